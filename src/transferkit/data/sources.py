@@ -1,0 +1,369 @@
+"""Data sources: a folder of class sub-folders, a table (CSV/TSV/Parquet), in-memory arrays / images / texts.
+
+Every source becomes a :class:`DataSource`: a list of items (file paths, PIL images, numpy arrays or
+texts), optional labels and domains, and a per-item content key that the feature cache is keyed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import BadInputError, DataError
+from .images import IMAGE_EXTENSIONS, array_to_image, check_image_header, open_image
+
+__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "load_data", "sorted_classes"]
+
+_INPUT_COLUMNS = ("path", "image", "file", "filename", "filepath", "image_path", "text", "sentence", "review",
+                  "document", "content")
+_LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
+_TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
+
+
+def sorted_classes(labels: Sequence[Any]) -> list[str]:
+    """Unique labels as strings, numerically sorted when they are all integers, else alphabetically."""
+    uniq = sorted({str(v) for v in labels})
+    if all(re.fullmatch(r"-?\d+", u) for u in uniq):
+        uniq.sort(key=int)
+    return uniq
+
+
+def _label_str(v: Any) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+@dataclass
+class DataSource:
+    """Items with optional labels and domains.
+
+    Attributes:
+        items: file paths (``str``), PIL images, numpy image arrays, or texts.
+        kind: ``"paths"``, ``"images"``, ``"arrays"`` or ``"texts"``.
+        labels: class names (strings), one per item, or ``None`` for unlabelled data.
+        domains: domain names, one per item, or ``None``.
+        name: a short name for reports (dataset name, folder or file name).
+        origin: where the data came from (path or description), used in messages.
+    """
+
+    items: Sequence[Any]
+    kind: str
+    labels: np.ndarray | None = None
+    domains: np.ndarray | None = None
+    name: str = "data"
+    origin: str = ""
+    _keys: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("paths", "images", "arrays", "texts"):
+            raise ValueError(f"unknown DataSource kind {self.kind!r}")
+        if self.labels is not None:
+            self.labels = np.asarray([_label_str(v) for v in self.labels], dtype=object)
+            if len(self.labels) != len(self.items):
+                raise DataError(f"{self.origin or self.name}: {len(self.items)} inputs but {len(self.labels)} labels")
+        if self.domains is not None:
+            self.domains = np.asarray([str(v) for v in self.domains], dtype=object)
+            if len(self.domains) != len(self.items):
+                raise DataError(f"{self.origin or self.name}: {len(self.items)} inputs but {len(self.domains)} domains")
+
+    # -- basic facts -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def modality(self) -> str:
+        """``"text"`` for texts, ``"image"`` for everything else."""
+        return "text" if self.kind == "texts" else "image"
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted class names (empty for unlabelled data)."""
+        return [] if self.labels is None else sorted_classes(self.labels)
+
+    def encoded_labels(self, classes: Sequence[str] | None = None) -> np.ndarray:
+        """Labels as integer indices into ``classes`` (default: :attr:`classes`)."""
+        if self.labels is None:
+            raise DataError(f"{self.origin or self.name} has no labels")
+        index = {c: i for i, c in enumerate(classes if classes is not None else self.classes)}
+        unknown = sorted({v for v in self.labels if v not in index})
+        if unknown:
+            raise DataError(f"{self.origin or self.name}: labels {unknown[:5]} are not among the classes {list(index)[:20]}")
+        return np.fromiter((index[v] for v in self.labels), dtype=np.int64, count=len(self.labels))
+
+    def describe(self, i: int) -> str:
+        """How to name item ``i`` in a message: its path, or its index."""
+        return str(self.items[i]) if self.kind == "paths" else f"{self.name}[{i}]"
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "DataSource":
+        """A new source with the items at ``index`` (keys carried over, not recomputed)."""
+        idx = np.asarray(index, dtype=np.int64)
+        items = [self.items[i] for i in idx]
+        return DataSource(items, self.kind,
+                          None if self.labels is None else self.labels[idx],
+                          None if self.domains is None else self.domains[idx],
+                          name=self.name, origin=self.origin,
+                          _keys=None if self._keys is None else self._keys[idx])
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self, i: int) -> Any:
+        """Item ``i`` ready for a backbone's transform: an RGB PIL image, or the text."""
+        item = self.items[i]
+        if self.kind == "paths":
+            return open_image(item)
+        if self.kind == "images":
+            from .images import to_rgb
+
+            return to_rgb(item)
+        if self.kind == "arrays":
+            return array_to_image(item)
+        return str(item)
+
+    def check_inputs(self) -> list[tuple[str, str]]:
+        """Cheap header check of every image file; returns ``(path, reason)`` for those that fail."""
+        if self.kind != "paths":
+            return []
+        return [(str(p), r) for p in self.items if (r := check_image_header(p)) is not None]
+
+    # -- identity --------------------------------------------------------------------------------
+    def item_keys(self) -> np.ndarray:
+        """One 16-byte content key per item, shape ``(N, 16)`` uint8.
+
+        Files: absolute path, size and modification time (so an edited file gets a new key); arrays and
+        images: their bytes, shape and dtype; texts: the text.
+        """
+        if self._keys is None:
+            keys = np.empty((len(self.items), 16), dtype=np.uint8)
+            for i, item in enumerate(self.items):
+                keys[i] = np.frombuffer(hashlib.blake2b(self._item_bytes(item), digest_size=16).digest(), np.uint8)
+            self._keys = keys
+        return self._keys
+
+    def _item_bytes(self, item: Any) -> bytes:
+        if self.kind == "paths":
+            p = os.path.abspath(item)
+            try:
+                st = os.stat(p)
+                return f"path|{p}|{st.st_size}|{st.st_mtime_ns}".encode()
+            except OSError:
+                return f"path|{p}|missing".encode()
+        if self.kind == "arrays":
+            a = np.ascontiguousarray(item)
+            return f"array|{a.shape}|{a.dtype}|".encode() + a.tobytes()
+        if self.kind == "images":
+            return f"image|{item.mode}|{item.size}|".encode() + item.tobytes()
+        return b"text|" + str(item).encode("utf-8", "surrogatepass")
+
+    def fingerprint(self) -> str:
+        """A hash of all item keys, labels excluded (features do not depend on labels)."""
+        return hashlib.sha256(self.item_keys().tobytes()).hexdigest()[:20]
+
+    # -- validation for training -----------------------------------------------------------------
+    def require_labels(self, min_classes: int = 2) -> None:
+        """Raise a clear :class:`DataError` unless the source is labelled with at least ``min_classes``."""
+        where = self.origin or self.name
+        if self.labels is None:
+            raise DataError(f"{where} has no labels: give a folder with one sub-folder per class, or a table "
+                            "with a label column (--label-column)")
+        if len(self.items) == 0:
+            raise DataError(f"{where} is empty")
+        classes = self.classes
+        if len(classes) < min_classes:
+            raise DataError(f"{where} has {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
+                            f"needs at least {min_classes} classes")
+
+
+# ---------------------------------------------------------------------------------------------------
+def from_folder(root: str | Path, *, on_bad_input: str = "error", require_classes: bool = True) -> DataSource:
+    """Images in ``root/<class>/...``, one sub-folder per class (nested folders allowed inside a class).
+
+    With ``require_classes=False`` a folder of images without class sub-folders is accepted (unlabelled,
+    e.g. for prediction). Hidden files are ignored. Non-image files raise :class:`BadInputError` unless
+    ``on_bad_input="skip"``.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder: give a folder with one sub-folder per class, or a table file "
+                        f"({', '.join(_TABLE_SUFFIXES)})")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not subdirs:
+        if require_classes:
+            raise DataError(f"{root} has no class sub-folders: put the images of each class in their own "
+                            f"folder, e.g. {root}/cats/1.jpg and {root}/dogs/2.jpg")
+        paths, bad = _image_files(loose, on_bad_input)
+        if not paths:
+            raise DataError(f"{root} contains no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return DataSource([str(p) for p in paths], "paths", name=root.name, origin=str(root))
+    paths: list[str] = []
+    labels: list[str] = []
+    empty: list[str] = []
+    nonimage: list[Path] = []
+    for d in subdirs:
+        files = sorted(f for f in d.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(d).parts))
+        good, bad = _image_files(files, "skip")
+        nonimage += bad
+        if not good:
+            empty.append(d.name)
+            continue
+        paths += [str(p) for p in good]
+        labels += [d.name] * len(good)
+    if nonimage and on_bad_input != "skip":
+        shown = ", ".join(str(p) for p in nonimage[:3]) + (f" and {len(nonimage) - 3} more" if len(nonimage) > 3 else "")
+        raise BadInputError(f"non-image files in class folders: {shown}. Remove them, or pass --on-bad-input skip",
+                            [(str(p), "not an image file") for p in nonimage])
+    if empty:
+        raise DataError(f"class folder(s) with no images in {root}: {', '.join(empty)}. Add images or remove the folder")
+    return DataSource(paths, "paths", np.asarray(labels, dtype=object), name=root.name, origin=str(root))
+
+
+def _image_files(files: Sequence[Path], on_bad_input: str) -> tuple[list[Path], list[Path]]:
+    good = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+    bad = [f for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
+    return good, bad
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix not in _TABLE_SUFFIXES:
+        raise DataError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
+    try:
+        if _TABLE_SUFFIXES[suffix] is None:
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=_TABLE_SUFFIXES[suffix])
+    except ImportError as e:
+        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from e
+    except Exception as e:
+        raise DataError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+
+
+def _pick_column(df, wanted: str | None, candidates: Sequence[str], what: str, path: Path, flag: str) -> str | None:
+    cols = list(df.columns)
+    if wanted is not None:
+        if wanted not in cols:
+            raise DataError(f"{path}: no column {wanted!r} for the {what}; the columns are {cols}. "
+                            f"Pass the right name with {flag}")
+        return wanted
+    lower = {str(c).lower(): c for c in cols}
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    return None
+
+
+def from_table(path: str | Path, *, input_column: str | None = None, label_column: str | None = None,
+               domain_column: str | None = None, require_labels: bool = True) -> DataSource:
+    """A CSV / TSV / Parquet table with an input column (image path or text), a label and optionally a domain.
+
+    Column names are detected (``path``/``image``/``text``/... and ``label``/``class``/...) unless given.
+    Image paths may be relative to the table's folder. The input column holds images when its values are
+    existing files with image extensions, else texts.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"table file not found: {path}")
+    df = _read_table(path)
+    if len(df) == 0:
+        raise DataError(f"{path} has no rows")
+    inp = _pick_column(df, input_column, _INPUT_COLUMNS, "inputs (image paths or texts)", path, "--input-column")
+    if inp is None:
+        raise DataError(f"{path}: cannot tell which column holds the inputs; the columns are {list(df.columns)}. "
+                        "Name it with --input-column")
+    lab = _pick_column(df, label_column, _LABEL_COLUMNS, "labels", path, "--label-column")
+    if lab is None and require_labels:
+        raise DataError(f"{path}: no label column found; the columns are {list(df.columns)}. "
+                        "Name it with --label-column")
+    dom = _pick_column(df, domain_column, (), "domains", path, "--domain-column") if domain_column else None
+    values = df[inp]
+    missing_inp = np.flatnonzero(values.isna().to_numpy())
+    if len(missing_inp):
+        raise DataError(f"{path}: column {inp!r} is empty in {len(missing_inp)} row(s) "
+                        f"(rows {', '.join(str(r + 2) for r in missing_inp[:5])}, counting the header as row 1); "
+                        "fill or drop them")
+    labels = None
+    if lab is not None:
+        lv = df[lab]
+        missing = np.flatnonzero(lv.isna().to_numpy() | (lv.astype(str).str.strip() == "").to_numpy())
+        if len(missing):
+            raise DataError(f"{path}: column {lab!r} has {len(missing)} missing label(s) "
+                            f"(rows {', '.join(str(r + 2) for r in missing[:5])}, counting the header as row 1); "
+                            "fill or drop those rows")
+        labels = lv.to_numpy()
+    domains = df[dom].fillna("").to_numpy() if dom is not None else None
+    strs = values.astype(str).tolist()
+    looks_like_image = sum(Path(s).suffix.lower() in IMAGE_EXTENSIONS for s in strs[:200]) >= 0.8 * min(len(strs), 200)
+    if looks_like_image:
+        base = path.parent
+        items = [str(p if (p := Path(s).expanduser()).is_absolute() else base / p) for s in strs]
+        missing_files = [s for s, it in zip(strs, items) if not os.path.exists(it)]
+        if missing_files:
+            raise BadInputError(f"{path}: {len(missing_files)} image file(s) in column {inp!r} do not exist "
+                                f"(e.g. {missing_files[0]}; relative paths are read from {base})",
+                                [(m, "file not found") for m in missing_files])
+        return DataSource(items, "paths", labels, domains, name=path.stem, origin=str(path))
+    return DataSource(strs, "texts", labels, domains, name=path.stem, origin=str(path))
+
+
+def from_arrays(X: Any, y: Sequence[Any] | None = None, *, domains: Sequence[Any] | None = None,
+                name: str = "arrays") -> DataSource:
+    """In-memory inputs: a numpy image batch ``(N, H, W[, C])``, a list of PIL images or arrays, or texts."""
+    if isinstance(X, DataSource):
+        return X
+    if isinstance(X, np.ndarray) and X.dtype.kind in "uifb" and X.ndim in (3, 4):
+        items: Sequence[Any] = list(X)
+        kind = "arrays"
+    else:
+        items = list(X)
+        if not items:
+            raise DataError(f"{name}: no inputs given")
+        first = items[0]
+        if isinstance(first, Image.Image):
+            kind = "images"
+        elif isinstance(first, np.ndarray):
+            kind = "arrays"
+        elif isinstance(first, (str, os.PathLike)):
+            str_items = [str(s) for s in items]
+            as_paths = all(Path(s).suffix.lower() in IMAGE_EXTENSIONS and os.path.exists(s) for s in str_items[:50])
+            kind, items = ("paths", str_items) if as_paths else ("texts", str_items)
+        else:
+            raise DataError(f"{name}: cannot use inputs of type {type(first).__name__}; give image arrays, "
+                            "PIL images, image file paths or texts")
+        expected = {"images": Image.Image, "arrays": np.ndarray, "paths": str, "texts": str}[kind]
+        wrong = next((i for i, it in enumerate(items) if not isinstance(it, expected)), None)
+        if wrong is not None:
+            raise DataError(f"{name}: input {wrong} is a {type(items[wrong]).__name__}, but input 0 is a "
+                            f"{type(first).__name__}; all inputs must be of one kind")
+    return DataSource(items, kind, None if y is None else np.asarray(list(y), dtype=object),
+                      None if domains is None else np.asarray(list(domains), dtype=object), name=name, origin=name)
+
+
+def load_data(spec: Any, *, input_column: str | None = None, label_column: str | None = None,
+              domain_column: str | None = None, on_bad_input: str = "error", require_labels: bool = True) -> DataSource:
+    """Turn what a user names into a :class:`DataSource`: a built-in dataset name, a folder, or a table file."""
+    from .builtin import DATASETS, load_builtin
+
+    if isinstance(spec, DataSource):
+        return spec
+    s = str(spec)
+    if s in DATASETS and not os.path.exists(s):
+        return load_builtin(s)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return from_folder(p, on_bad_input=on_bad_input, require_classes=require_labels)
+    if p.is_file():
+        if p.suffix.lower() in _TABLE_SUFFIXES:
+            return from_table(p, input_column=input_column, label_column=label_column, domain_column=domain_column,
+                              require_labels=require_labels)
+        raise DataError(f"{p}: not a folder or a table (.csv, .tsv, .parquet)")
+    raise DataError(f"no such dataset, folder or file: {s!r}. Built-in datasets: {', '.join(DATASETS)}")

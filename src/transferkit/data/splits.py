@@ -1,0 +1,80 @@
+"""Stratified, seeded train / validation / test splits, with an optional labels-per-class budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["Splits", "make_splits"]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Index arrays into one data source. ``val`` may be empty (tiny budgets)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": int(len(self.train)), "val": int(len(self.val)), "test": int(len(self.test))}
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Train and validation together: every label the model may learn from."""
+        return np.concatenate([self.train, self.val])
+
+
+def make_splits(y: np.ndarray, *, labels_per_class: int | None = None, val_fraction: float = 0.2,
+                test_fraction: float = 0.2, seed: int = 0, classes: list[str] | None = None) -> Splits:
+    """Split sample indices by class.
+
+    With ``labels_per_class=N`` each class contributes exactly ``N`` labelled samples (``round(N *
+    val_fraction)`` of them for validation when ``N >= 5``, the rest for training) and all its other samples
+    go to the test split: the low-data scenario. Without it, each class is split into fractions.
+
+    Args:
+        y: integer class index per sample.
+        labels_per_class: the labelled budget per class, or None.
+        val_fraction: share of the labelled samples held out for validation (early stopping, model choice).
+        test_fraction: share of each class held out for testing (ignored with ``labels_per_class``).
+        seed: the split's seed.
+        classes: class names, for messages.
+
+    Raises:
+        DataError: a class is too small for the requested budget or fractions.
+    """
+    y = np.asarray(y)
+    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1) and test_fraction in (0, 1); got {val_fraction}, {test_fraction}")
+    if labels_per_class is not None and labels_per_class < 1:
+        raise DataError(f"--labels-per-class must be at least 1, got {labels_per_class}")
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        name = classes[c] if classes is not None else str(c)
+        if labels_per_class is not None:
+            n = labels_per_class
+            if len(idx) <= n:
+                raise DataError(f"class {name!r} has {len(idx)} samples: too few for --labels-per-class {n} "
+                                f"with at least one left to test on; use at most {len(idx) - 1}")
+            n_val = int(round(n * val_fraction)) if n >= 5 else 0
+            val.append(idx[:n_val])
+            train.append(idx[n_val:n])
+            test.append(idx[n:])
+        else:
+            n_test = max(1, int(round(len(idx) * test_fraction)))
+            n_val = int(round(len(idx) * val_fraction))
+            if len(idx) - n_test - n_val < 1:
+                raise DataError(f"class {name!r} has {len(idx)} samples: too few to split into train, "
+                                "validation and test; add samples or remove the class")
+            test.append(idx[:n_test])
+            val.append(idx[n_test:n_test + n_val])
+            train.append(idx[n_test + n_val:])
+    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return Splits(cat(train), cat(val), cat(test))

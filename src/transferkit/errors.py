@@ -1,0 +1,66 @@
+"""Errors raised by transferkit.
+
+Every user mistake raises a :class:`TransferkitError` subclass whose message says what was received,
+what is allowed, and how to fix it. The CLI turns these into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TransferkitError",
+    "DataError",
+    "BadInputError",
+    "UnknownNameError",
+    "BackboneUnavailableError",
+    "ModalityError",
+    "NotFittedError",
+    "OutputError",
+    "CacheError",
+]
+
+
+class TransferkitError(Exception):
+    """Base class of every error transferkit raises on purpose."""
+
+
+class DataError(TransferkitError, ValueError):
+    """A data source is malformed: missing column, empty class, one class, missing labels, ..."""
+
+
+class BadInputError(DataError):
+    """One or more inputs (images, texts) could not be read.
+
+    Attributes:
+        bad: list of ``(item, reason)`` pairs naming every input that failed.
+    """
+
+    def __init__(self, message: str, bad: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.bad = list(bad or [])
+
+
+class UnknownNameError(TransferkitError, KeyError):
+    """A name (backbone, dataset, head, ...) is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BackboneUnavailableError(TransferkitError, RuntimeError):
+    """A backbone is registered but cannot be built here (package missing, no network, bad file)."""
+
+
+class ModalityError(TransferkitError, ValueError):
+    """Data of one modality (text / image) given to a backbone of the other."""
+
+
+class NotFittedError(TransferkitError, AttributeError):
+    """An estimator was used before ``fit``."""
+
+
+class OutputError(TransferkitError, OSError):
+    """An output location cannot be written."""
+
+
+class CacheError(TransferkitError, OSError):
+    """The feature cache is unusable (unwritable, corrupt)."""

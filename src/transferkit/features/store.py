@@ -1,0 +1,370 @@
+"""FeatureStore: extract a backbone's features once, keep them on disk, reuse them.
+
+Layout of the cache (``$TRANSFERKIT_CACHE`` or ``~/.cache/transferkit``, or ``cache_dir=``)::
+
+    <root>/<backbone key>/backbone.json          what the key stands for (name, weights digest, preprocessing)
+    <root>/<backbone key>/shards/*.npz           features of finished chunks of items, keyed per item
+    <root>/<backbone key>/views/<data key>.npy   one dataset's features in its order (memory-mapped reads)
+    <root>/<backbone key>/views/<data key>.json  its metadata: size, unreadable items, origin
+
+The backbone key hashes the backbone's name, weight digest, preprocessing and the package version; each
+item has a content key (file path + size + mtime, or the bytes of an array / text), and a dataset's key
+hashes its items' keys. Every file is written to a temporary name and renamed into place, so a run killed
+at any point (even ``kill -9``) leaves only finished shards, and the next run extracts only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..backbones.base import Backbone
+from ..data.sources import DataSource
+from ..errors import BadInputError, CacheError, ModalityError
+
+__all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "default_num_workers"]
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSFERKIT_CACHE``, else ``$XDG_CACHE_HOME/transferkit``, else ``~/.cache/transferkit``."""
+    env = os.environ.get("TRANSFERKIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "transferkit"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_num_workers() -> int:
+    """Data-loading worker processes: one fewer than the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(0, min(8, n - 1))
+
+
+@dataclass
+class Features:
+    """A dataset's features from one backbone.
+
+    Attributes:
+        X: ``(N, D)`` float32, memory-mapped from the cache (rows of unreadable items are NaN).
+        bad: ``(index, item, reason)`` for each item that could not be read.
+        extracted: how many items needed a forward pass in this call (0 on a full cache hit).
+        path: the view file ``X`` is mapped from.
+        seconds: wall time of the call.
+    """
+
+    X: np.ndarray
+    bad: list[tuple[int, str, str]]
+    extracted: int
+    path: Path
+    seconds: float
+
+    @property
+    def good(self) -> np.ndarray:
+        """Indices of the items that were read."""
+        mask = np.ones(len(self.X), bool)
+        mask[[b[0] for b in self.bad]] = False
+        return np.flatnonzero(mask)
+
+
+class _Items(torch.utils.data.Dataset):
+    """Loads and transforms items in worker processes; an unreadable item yields its reason instead."""
+
+    def __init__(self, source: DataSource, positions: np.ndarray, transform: Callable | None):
+        self.source, self.positions, self.transform = source, positions, transform
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, j: int):
+        i = int(self.positions[j])
+        try:
+            x = self.source.load(i)
+            return i, (self.transform(x) if self.transform is not None else x), None
+        except BadInputError as e:
+            return i, None, e.bad[0][1] if e.bad else str(e)
+
+
+class _Collate:
+    def __init__(self, backbone: Backbone):
+        self.collate = backbone.collate
+
+    def __call__(self, batch):
+        ok = [(i, x) for i, x, err in batch if err is None]
+        bad = [(i, err) for i, x, err in batch if err is not None]
+        inputs = self.collate([x for _, x in ok]) if ok else None
+        return np.asarray([i for i, _ in ok], dtype=np.int64), inputs, bad
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class FeatureStore:
+    """A disk cache of backbone features, keyed per backbone and per item.
+
+    Args:
+        root: cache folder (default :func:`default_cache_dir`).
+        shard_size: items per shard file; a killed run loses at most one shard of work.
+    """
+
+    def __init__(self, root: str | Path | None = None, shard_size: int = 256):
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.shard_size = int(shard_size)
+
+    # -- keys ------------------------------------------------------------------------------------
+    @staticmethod
+    def backbone_key(backbone: Backbone) -> str:
+        """Hash of the backbone's identity (name, weights, preprocessing) and the package version."""
+        blob = json.dumps({"identity": backbone.identity(), "transferkit": __version__}, sort_keys=True,
+                          default=str).encode()
+        return f"{_slug(backbone.name)}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+    def _dir(self, backbone: Backbone) -> Path:
+        d = self.root / self.backbone_key(backbone)
+        try:
+            (d / "shards").mkdir(parents=True, exist_ok=True)
+            (d / "views").mkdir(exist_ok=True)
+            meta = d / "backbone.json"
+            if not meta.exists():
+                _atomic_write(meta, lambda p: p.write_text(json.dumps(
+                    {**backbone.identity(), "transferkit": __version__}, indent=2, default=str)))
+        except OSError as e:
+            raise CacheError(f"cannot write the feature cache at {self.root} ({e.strerror or e}); choose another "
+                             "folder with --cache-dir or the TRANSFERKIT_CACHE environment variable") from e
+        return d
+
+    # -- the main entry point --------------------------------------------------------------------
+    def get(self, backbone: Backbone, source: DataSource, *, batch_size: int = 64, num_workers: int | None = None,
+            device: str | torch.device | None = "auto", progress: bool = False) -> Features:
+        """Features of every item in ``source``: read from the cache, extracting only what is missing.
+
+        Unreadable items do not stop extraction: they are recorded (rows of NaN in ``X``, listed in
+        ``Features.bad``) so the caller decides whether to fail or skip, and nothing extracted is lost.
+
+        Raises:
+            ModalityError: text data given to an image backbone or the other way round.
+            CacheError: the cache folder cannot be written.
+        """
+        t0 = time.perf_counter()
+        if source.modality != backbone.modality:
+            raise ModalityError(
+                f"{source.origin or source.name} holds {source.modality} data but backbone {backbone.name!r} takes "
+                f"{backbone.modality}s; choose a{'n' if backbone.modality == 'text' else ''} "
+                f"{source.modality} backbone (see `transferkit backbones`)")
+        d = self._dir(backbone)
+        data_key = source.fingerprint()
+        view, vmeta = d / "views" / f"{data_key}.npy", d / "views" / f"{data_key}.json"
+        if view.exists() and vmeta.exists():
+            try:
+                meta = json.loads(vmeta.read_text())
+                X = np.load(view, mmap_mode="r")
+                if X.shape == (len(source), backbone.num_features):
+                    _touch(vmeta)
+                    return Features(X, [tuple(b) for b in meta["bad"]], 0, view, time.perf_counter() - t0)
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged view is rebuilt from the shards below
+        keys = source.item_keys()
+        index = self._index(d)
+        missing = self._missing_positions(keys, index)
+        extracted = len(missing)
+        if extracted:
+            self._extract(backbone, source, missing, d, batch_size=batch_size, num_workers=num_workers,
+                          device=resolve_device(device), progress=progress)
+            index = self._index(d)
+        bad = self._assemble(source, keys, index, d, view, vmeta, backbone.num_features)
+        X = np.load(view, mmap_mode="r")
+        return Features(X, bad, extracted, view, time.perf_counter() - t0)
+
+    # -- internals -------------------------------------------------------------------------------
+    @staticmethod
+    def _index(d: Path) -> dict[bytes, tuple[Path, int]]:
+        index: dict[bytes, tuple[Path, int]] = {}
+        for shard in sorted((d / "shards").glob("*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    keys = z["keys"]
+            except (OSError, ValueError, KeyError, EOFError):
+                continue  # unreadable shard: its items are extracted again
+            for row, k in enumerate(keys):
+                index[k.tobytes()] = (shard, row)
+        return index
+
+    @staticmethod
+    def _missing_positions(keys: np.ndarray, index: dict) -> np.ndarray:
+        seen: set[bytes] = set()
+        out = []
+        for i, k in enumerate(keys):
+            b = k.tobytes()
+            if b not in index and b not in seen:
+                seen.add(b)
+                out.append(i)
+        return np.asarray(out, dtype=np.int64)
+
+    def _extract(self, backbone: Backbone, source: DataSource, positions: np.ndarray, d: Path, *, batch_size: int,
+                 num_workers: int | None, device: torch.device, progress: bool) -> None:
+        from .._progress import progress_bar
+
+        workers = default_num_workers() if num_workers is None else int(num_workers)
+        shard = max(batch_size, (self.shard_size // batch_size) * batch_size)  # batches never straddle shards
+        loader = torch.utils.data.DataLoader(
+            _Items(source, positions, backbone.transform()), batch_size=batch_size, shuffle=False,
+            num_workers=workers, collate_fn=_Collate(backbone), pin_memory=device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if workers else None)
+        backbone = backbone.to(device).eval()
+        keys = source.item_keys()
+        buf_idx: list[np.ndarray] = []
+        buf_feat: list[np.ndarray] = []
+        buf_bad: list[tuple[int, str]] = []
+        count = 0
+        unit = "images" if source.modality == "image" else "texts"
+        with progress_bar(len(positions), f"features {backbone.name}", unit=unit, enabled=progress) as bar, \
+                torch.inference_mode():
+            for idx, inputs, bad in loader:
+                if inputs is not None:
+                    out = backbone(_to_device(inputs, device)).float().cpu().numpy()
+                    buf_idx.append(idx)
+                    buf_feat.append(out)
+                buf_bad += bad
+                n = len(idx) + len(bad)
+                count += n
+                bar.advance(n)
+                if count >= shard:
+                    self._write_shard(d, keys, buf_idx, buf_feat, buf_bad, backbone.num_features)
+                    buf_idx, buf_feat, buf_bad, count = [], [], [], 0
+            if count:
+                self._write_shard(d, keys, buf_idx, buf_feat, buf_bad, backbone.num_features)
+
+    @staticmethod
+    def _write_shard(d: Path, keys: np.ndarray, idx: list[np.ndarray], feats: list[np.ndarray],
+                     bad: list[tuple[int, str]], dim: int) -> None:
+        good = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+        F = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
+        bad_idx = np.asarray([b[0] for b in bad], dtype=np.int64)
+        all_idx = np.concatenate([good, bad_idx])
+        F = np.concatenate([F, np.full((len(bad_idx), dim), np.nan, np.float32)])
+        reasons = np.asarray([""] * len(good) + [b[1] for b in bad], dtype=str)
+        path = d / "shards" / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=keys[all_idx], features=F.astype(np.float32), reasons=reasons)
+
+        _atomic_write(path, write)
+
+    def _assemble(self, source: DataSource, keys: np.ndarray, index: dict, d: Path, view: Path, vmeta: Path,
+                  dim: int) -> list[tuple[int, str, str]]:
+        rows_by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for i, k in enumerate(keys):
+            shard, row = index[k.tobytes()]
+            rows_by_shard.setdefault(shard, []).append((i, row))
+        bad: list[tuple[int, str, str]] = []
+
+        def write_view(tmp: Path) -> None:
+            X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dim))
+            for shard, pairs in rows_by_shard.items():
+                with np.load(shard, allow_pickle=False) as z:
+                    F, reasons = z["features"], z["reasons"]
+                dst = np.asarray([p[0] for p in pairs])
+                src = np.asarray([p[1] for p in pairs])
+                X[dst] = F[src]
+                for i, r in zip(dst, src):
+                    if reasons[r]:
+                        bad.append((int(i), source.describe(int(i)), str(reasons[r])))
+            X.flush()
+            del X
+
+        bad_sorted: list[tuple[int, str, str]] = []
+
+        def write_meta(tmp: Path) -> None:
+            tmp.write_text(json.dumps({"n": len(keys), "dim": dim, "origin": source.origin or source.name,
+                                       "name": source.name, "bad": bad_sorted, "created": time.time()}))
+
+        tmp_view = view.with_name(f".{view.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
+        try:
+            write_view(tmp_view)
+            bad_sorted = sorted(bad)
+            _atomic_write(vmeta, write_meta)
+            os.replace(tmp_view, view)
+        finally:
+            if tmp_view.exists():
+                tmp_view.unlink()
+        return bad_sorted
+
+    # -- listing and clearing --------------------------------------------------------------------
+    def entries(self) -> list[dict[str, Any]]:
+        """One record per backbone in the cache: name, key, items cached, datasets, size on disk."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                meta = json.loads((d / "backbone.json").read_text())
+            except (OSError, ValueError):
+                meta = {}
+            views = []
+            for vj in sorted((d / "views").glob("*.json")):
+                try:
+                    v = json.loads(vj.read_text())
+                    views.append({"key": vj.stem, "origin": v.get("origin", "?"), "n": v.get("n", 0),
+                                  "bad": len(v.get("bad", []))})
+                except (OSError, ValueError):
+                    continue
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            out.append({"key": d.name, "backbone": meta.get("name", "?"), "path": str(d), "datasets": views,
+                        "shards": len(list((d / "shards").glob("*.npz"))), "bytes": size})
+        return out
+
+    def clear(self, backbone: str | None = None) -> int:
+        """Delete cached features (of one backbone name, or all); returns the number of bytes freed."""
+        freed = 0
+        for e in self.entries():
+            if backbone is None or e["backbone"] == backbone:
+                freed += e["bytes"]
+                shutil.rmtree(e["path"], ignore_errors=True)
+        return freed
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
