@@ -276,7 +276,7 @@ def select_and_render(candidates, svg_root: Path, args):
     rejected = {c: [] for c in candidates}  # cname -> [(rel, reason)]
     pos = {c: 0 for c in candidates}
     ctx = mp.get_context("fork")
-    pool = ctx.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=25)
+    pool = ctx.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=1)
     try:
         while True:
             batch = []  # (cname, rel, sha, AsyncResult)

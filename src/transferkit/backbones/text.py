@@ -64,15 +64,29 @@ def hf_encoder(repo: str, name: str | None = None, source: str | None = None) ->
             "text backbones need transformers: pip install 'transferkit[text]'") from e
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    from transformers.utils import logging as hf_logging
+
+    from ._hub import offline_unless_reachable
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(repo)
-        model = AutoModel.from_pretrained(repo)
+        if os.path.isdir(repo):
+            tokenizer = AutoTokenizer.from_pretrained(repo)
+            model = AutoModel.from_pretrained(repo)
+        else:
+            with offline_unless_reachable():
+                tokenizer = AutoTokenizer.from_pretrained(repo)
+                model = AutoModel.from_pretrained(repo)
     except Exception as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise BackboneUnavailableError(
             f"could not load transformers encoder {repo!r} ({type(e).__name__}: {msg}). A hub name needs "
             "internet access or the model in the local HF cache; offline, use 'minilm', 'glove-50d' or "
             "hf:<local directory>") from e
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     return HFTextBackbone(model, tokenizer, name=name or f"hf:{repo}", source=source or repo)
 
 

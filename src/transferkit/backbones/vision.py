@@ -163,8 +163,11 @@ def timm_pretrained(arch: str) -> TimmBackbone:
 
     if not timm.is_model(arch):
         _create_timm(arch)  # raises UnknownNameError with suggestions
+    from ._hub import offline_unless_reachable
+
     try:
-        model = timm.create_model(arch, pretrained=True)
+        with offline_unless_reachable():
+            model = timm.create_model(arch, pretrained=True)
     except Exception as e:  # network / hub errors come in many types
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise BackboneUnavailableError(

@@ -60,6 +60,7 @@ class DataSource:
     domains: np.ndarray | None = None
     name: str = "data"
     origin: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _keys: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +110,7 @@ class DataSource:
         return DataSource(items, self.kind,
                           None if self.labels is None else self.labels[idx],
                           None if self.domains is None else self.domains[idx],
-                          name=self.name, origin=self.origin,
+                          name=self.name, origin=self.origin, skipped=list(self.skipped),
                           _keys=None if self._keys is None else self._keys[idx])
 
     # -- loading ---------------------------------------------------------------------------------
@@ -223,7 +224,8 @@ def from_folder(root: str | Path, *, on_bad_input: str = "error", require_classe
                             [(str(p), "not an image file") for p in nonimage])
     if empty:
         raise DataError(f"class folder(s) with no images in {root}: {', '.join(empty)}. Add images or remove the folder")
-    return DataSource(paths, "paths", np.asarray(labels, dtype=object), name=root.name, origin=str(root))
+    return DataSource(paths, "paths", np.asarray(labels, dtype=object), name=root.name, origin=str(root),
+                      skipped=[(str(p), "not an image file") for p in nonimage])
 
 
 def _image_files(files: Sequence[Path], on_bad_input: str) -> tuple[list[Path], list[Path]]:
@@ -333,6 +335,10 @@ def from_arrays(X: Any, y: Sequence[Any] | None = None, *, domains: Sequence[Any
         elif isinstance(first, np.ndarray):
             kind = "arrays"
         elif isinstance(first, (str, os.PathLike)):
+            wrong = next((i for i, it in enumerate(items) if not isinstance(it, (str, os.PathLike))), None)
+            if wrong is not None:
+                raise DataError(f"{name}: input {wrong} is a {type(items[wrong]).__name__}, but input 0 is a "
+                                f"{type(first).__name__}; all inputs must be of one kind")
             str_items = [str(s) for s in items]
             as_paths = all(Path(s).suffix.lower() in IMAGE_EXTENSIONS and os.path.exists(s) for s in str_items[:50])
             kind, items = ("paths", str_items) if as_paths else ("texts", str_items)

@@ -1,0 +1,280 @@
+"""The ``transferkit`` command: one Typer app, thin subcommands over the public API.
+
+User mistakes print one line on stderr and exit with code 2; no traceback reaches a user
+(set ``TRANSFERKIT_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer learning for images and text: pretrained backbones, cached features, shallow heads.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the feature cache.")
+app.add_typer(cache_app, name="cache")
+
+out = Console()
+err = Console(stderr=True)
+
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only the results (no progress bars or stage messages).")
+CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit].")
+
+
+def _friendly(fn: Callable) -> Callable:
+    """Turn transferkit errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .errors import TransferkitError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/red]: finished feature shards are kept; run the same command to resume")
+            raise typer.Exit(130)
+        except (TransferkitError, OSError) as e:
+            if os.environ.get("TRANSFERKIT_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/bold red] {_one_line(e)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except Exception as e:  # a bug: say so briefly instead of dumping a traceback
+            if os.environ.get("TRANSFERKIT_DEBUG"):
+                raise
+            err.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {_one_line(e)} — please report it; "
+                      "rerun with TRANSFERKIT_DEBUG=1 for the traceback", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return " ".join(text.split())
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+@app.command()
+@_friendly
+def fit(
+    data: str = typer.Argument("clipart", help="Built-in dataset name, a folder with one sub-folder per class, or a CSV/TSV/Parquet table."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
+    head: str = typer.Option("logreg", "--head", help="Head on the features: logreg, linear or mlp."),
+    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; the rest is the test split [default: 10 for built-in datasets, all labels for your data]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and of training."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<time>-<data>-<backbone>]."),
+    cache_dir: Optional[Path] = CacheOpt,
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Train the from-scratch baseline on the same labels."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
+    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error: stop at unreadable inputs; skip: leave them out and list them in the run."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the labelled samples held out for validation."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share held out for testing when no --labels-per-class is given."),
+    input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Table column with the labels."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes [default: CPUs - 1]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    quiet: bool = QuietOpt,
+):
+    """Train a shallow head on pretrained features and compare it with a from-scratch baseline.
+
+    With no arguments: the built-in clipart dataset, the shipped ImageNet EfficientNet-Lite0 backbone,
+    10 labels per class.
+    """
+    from .pipeline import fit_run
+
+    lpc = labels_per_class if labels_per_class is not None else "auto"
+    res = fit_run(data, backbone=backbone, head=head, labels_per_class=lpc, seed=seed, out=out_dir,
+                  cache_dir=cache_dir, baseline=baseline, report=report, on_bad_input=on_bad_input,
+                  val_fraction=val_fraction, test_fraction=test_fraction, input_column=input_column,
+                  label_column=label_column, batch_size=batch_size, num_workers=workers, device=device,
+                  progress=not quiet, log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    table = Table(title=f"test accuracy on {res.splits.get('test', 0)} held-out samples "
+                        f"(trained on {res.splits.get('train', 0)} + {res.splits.get('val', 0)} validation labels)")
+    table.add_column("model")
+    table.add_column("accuracy", justify="right")
+    table.add_column("macro-F1", justify="right")
+    table.add_column("seconds", justify="right")
+    for row in res.comparison:
+        table.add_row(row["name"], _pct(row["accuracy"]), _pct(row["macro_f1"]), f"{row['seconds']:.1f}"
+                      + (" (cached)" if row.get("cached") else ""))
+    out.print(table)
+    if res.baseline is not None:
+        gain = 100 * (res.metrics["accuracy"] - res.baseline["accuracy"])
+        out.print(f"transfer gain over training from scratch: [bold]{gain:+.1f} points[/bold]")
+    for w in res.warnings:
+        out.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    if res.skipped:
+        out.print(f"skipped {len(res.skipped)} unreadable input(s), listed in {res.run_dir / 'skipped.csv'}")
+    out.print(f"run directory: {res.run_dir}" + (f"  (report: {res.run_dir / 'report.html'})" if report else ""))
+
+
+@app.command()
+@_friendly
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `transferkit fit`."),
+    inputs: List[str] = typer.Argument(..., help="Image files, folders, a table, or a built-in dataset name."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write [default: print a table]."),
+    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip (skipped rows get the reason in 'error')."),
+    input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
+    cache_dir: Optional[Path] = CacheOpt,
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = QuietOpt,
+):
+    """Predict classes with class probabilities for new inputs."""
+    from .pipeline import _check_choice
+    from .runs import load_run, write_csv
+
+    _check_choice(on_bad_input, ("error", "skip"), "--on-bad-input")
+    run = load_run(run_dir)
+    df = run.predict(inputs, on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers,
+                     cache_dir=cache_dir, device=device, progress=not quiet, input_column=input_column)
+    if output is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            write_csv(output, df)
+        except OSError as e:
+            from .errors import OutputError
+
+            raise OutputError(f"cannot write {output} ({e.strerror or e}); choose another --output") from e
+        out.print(f"wrote {len(df)} predictions to {output}")
+        return
+    table = Table()
+    for col in ("input", "prediction", "confidence", "error"):
+        table.add_column(col, justify="right" if col == "confidence" else "left")
+    for _, r in df.iterrows():
+        table.add_row(str(r["input"]), str(r["prediction"]), f"{r['confidence']:.3f}", str(r["error"]))
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def extract(
+    data: str = typer.Argument(..., help="Built-in dataset, folder or table."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b"),
+    cache_dir: Optional[Path] = CacheOpt,
+    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip."),
+    input_column: Optional[str] = typer.Option(None, "--input-column"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = QuietOpt,
+):
+    """Extract features into the cache (resumable: rerun after an interruption to continue)."""
+    from .backbones import create_backbone
+    from .data import load_data
+    from .errors import BadInputError
+    from .features import FeatureStore
+    from .runs import _bad_message
+
+    source = load_data(data, input_column=input_column, on_bad_input=on_bad_input, require_labels=False)
+    bb = create_backbone(backbone)
+    store = FeatureStore(cache_dir)
+    feats = store.get(bb, source, batch_size=batch_size, num_workers=workers, device=device, progress=not quiet)
+    out.print(f"{len(source)} {source.modality}s x {bb.num_features} features from {bb.name}: "
+              f"{feats.extracted} extracted, {len(source) - feats.extracted} from cache, {feats.seconds:.1f}s")
+    out.print(f"features: {feats.path}")
+    if feats.bad:
+        msg = _bad_message(feats.bad)
+        if on_bad_input != "skip":
+            raise BadInputError(msg)
+        out.print(f"[yellow]{msg}[/yellow]")
+
+
+@cache_app.command("list")
+@_friendly
+def cache_list(cache_dir: Optional[Path] = CacheOpt):
+    """List cached features: backbone, datasets, size on disk."""
+    from .features import FeatureStore
+
+    store = FeatureStore(cache_dir)
+    entries = store.entries()
+    if not entries:
+        out.print(f"the feature cache at {store.root} is empty")
+        return
+    table = Table(title=f"feature cache: {store.root}")
+    for col in ("backbone", "key", "datasets", "items", "size"):
+        table.add_column(col, justify="right" if col in ("items", "size") else "left")
+    for e in entries:
+        names = ", ".join(d["origin"] for d in e["datasets"]) or "(partial)"
+        table.add_row(e["backbone"], e["key"], names, str(sum(d["n"] for d in e["datasets"])), _size(e["bytes"]))
+    out.print(table)
+
+
+@cache_app.command("clear")
+@_friendly
+def cache_clear(
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Only this backbone's features."),
+    cache_dir: Optional[Path] = CacheOpt,
+):
+    """Delete cached features (all, or one backbone's)."""
+    from .features import FeatureStore
+
+    store = FeatureStore(cache_dir)
+    freed = store.clear(backbone)
+    out.print(f"freed {_size(freed)} from {store.root}")
+
+
+@app.command()
+@_friendly
+def backbones():
+    """List backbones: modality, feature size, and whether they work here offline."""
+    from .backbones import list_backbones
+
+    table = Table(title="backbones")
+    for col in ("name", "modality", "features", "installed", "offline", "description"):
+        table.add_column(col)
+    for s in list_backbones():
+        table.add_row(s.name + ("<arg>" if s.is_family else ""), s.modality, str(s.num_features or "varies"),
+                      "yes" if s.installed() else "no", "yes" if s.offline else "needs internet", s.description)
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def datasets():
+    """List built-in datasets and whether they are installed."""
+    from .data import list_datasets
+
+    table = Table(title="built-in datasets")
+    for col in ("name", "modality", "installed", "description"):
+        table.add_column(col)
+    for d in list_datasets():
+        table.add_row(d.name, d.modality, "yes" if d.installed() else f"no: {d.install}", d.description)
+    out.print(table)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def main() -> None:
+    """Entry point of the ``transferkit`` console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    app(prog_name="transferkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

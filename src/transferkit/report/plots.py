@@ -1,0 +1,536 @@
+"""Report figures, rendered off-screen to PNG bytes.
+
+Every function builds a :class:`matplotlib.figure.Figure` directly and renders it with the Agg
+canvas, never through ``pyplot``: nothing here touches the global backend, the list of open figures
+or ``rcParams``, so a user's interactive session (a notebook, an open window) is left as it was.
+
+The module also holds :func:`projection_2d`, which turns a feature matrix into 2-D coordinates for
+:func:`plot_projection`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+import warnings
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter, NullLocator, ScalarFormatter
+
+from transferkit.errors import DataError
+
+__all__ = [
+    "plot_confusion",
+    "plot_learning_curve",
+    "plot_projection",
+    "plot_comparison",
+    "projection_2d",
+]
+
+_DPI = 110
+_FIGSIZE = (6.0, 4.5)
+_SERIES = {
+    # key: (legend label, colour)
+    "transfer": ("transfer (pretrained features)", "#1f77b4"),
+    "scratch": ("from scratch", "#d62728"),
+}
+_MARKERS = ["o", "^", "s", "D", "v", "P", "X", "*", "<", ">"]
+_CELL_TEXT_MAX_CLASSES = 20
+
+
+def _new_figure(figsize: tuple[float, float] = _FIGSIZE) -> Figure:
+    """Creates a figure attached to an Agg canvas (no pyplot, no global state)."""
+    fig = Figure(figsize=figsize, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _to_png(fig: Figure) -> bytes:
+    """Renders ``fig`` to PNG bytes (tight bounding box, no software stamp, reproducible)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.1, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _short(name: str, width: int = 18) -> str:
+    """Shortens a label for a tick: ``width`` characters at most, with an ellipsis."""
+    name = str(name)
+    return name if len(name) <= width else name[: width - 1] + "\u2026"
+
+
+def _finite(value: Any) -> float | None:
+    """Returns ``value`` as a finite float, or None when it is missing, None or NaN."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def plot_confusion(cm: list[list[int]], classes: list[str], title: str) -> bytes:
+    """Draws a confusion matrix with row-normalised colours and the counts in the cells.
+
+    Colours show the fraction of each true class predicted as each class, so that rare classes are
+    as visible as common ones. Counts are written in the cells for up to 20 classes; above that the
+    cells are too small and only the colours are drawn.
+
+    Args:
+        cm: Square matrix of counts; rows are true classes, columns are predicted classes.
+        classes: Class names, one per row.
+        title: Figure title.
+
+    Returns:
+        The figure as PNG bytes.
+
+    Raises:
+        DataError: If ``cm`` is not square or does not match ``classes``.
+    """
+    counts = np.asarray(cm, dtype=np.float64)
+    k = len(classes)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise DataError(f"cm must be a square matrix; got shape {counts.shape}.")
+    if counts.shape[0] != k:
+        raise DataError(f"cm is {counts.shape[0]}x{counts.shape[1]} but {k} classes were given.")
+    row_sums = counts.sum(axis=1, keepdims=True)
+    norm = counts / np.maximum(row_sums, 1.0)
+
+    side = float(min(max(4.8, 0.32 * k + 2.6), 11.0))
+    fig = _new_figure((side + 0.9, side))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal")
+    cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("fraction of true class", fontsize=9)
+    cbar.ax.tick_params(labelsize=8)
+
+    tick_size = 9 if k <= 10 else (7 if k <= 25 else 5)
+    names = [_short(c) for c in classes]
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size)
+    ax.set_yticklabels(names, fontsize=tick_size)
+    ax.set_xlabel("predicted class", fontsize=10)
+    ax.set_ylabel("true class", fontsize=10)
+    ax.set_title(title, fontsize=11)
+
+    if k <= _CELL_TEXT_MAX_CLASSES:
+        cell_size = 12 if k <= 4 else 9 if k <= 8 else (8 if k <= 12 else (7 if k <= 16 else 6))
+        for i in range(k):
+            for j in range(k):
+                value = int(counts[i, j])
+                if value == 0 and i != j:
+                    continue  # empty off-diagonal cells stay blank: easier to read
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=cell_size,
+                    color="white" if norm[i, j] > 0.55 else "#222222",
+                )
+    # thin grid between cells
+    ax.set_xticks(np.arange(-0.5, k, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, k, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.6 if k <= 30 else 0.0)
+    ax.tick_params(which="minor", length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return _to_png(fig)
+
+
+def plot_learning_curve(points: list[dict], title: str) -> bytes:
+    """Draws test accuracy against the number of labels per class, per training recipe.
+
+    Args:
+        points: One dict per budget with ``labels_per_class`` and any of ``transfer``, ``scratch``
+            (test accuracy in 0..1), ``transfer_std``, ``scratch_std`` (error bars). A point may miss
+            a series. If the first point has ``chance`` (the chance accuracy, e.g. ``0.1`` for ten
+            balanced classes; a value above 1 is read as a number of classes), a dashed line marks it.
+        title: Figure title.
+
+    Returns:
+        The figure as PNG bytes.
+
+    Raises:
+        DataError: If ``points`` is empty or a point has no usable ``labels_per_class``.
+    """
+    if not points:
+        raise DataError("points is empty; a learning curve needs at least one point.")
+    rows = []
+    for i, p in enumerate(points):
+        x = _finite(p.get("labels_per_class")) if isinstance(p, dict) else None
+        if x is None:
+            raise DataError(f"learning-curve point {i} has no numeric 'labels_per_class': {p!r}.")
+        rows.append((x, p))
+    rows.sort(key=lambda r: r[0])
+    xs_all = [x for x, _ in rows]
+
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for key, (label, colour) in _SERIES.items():
+        xs, ys, errs = [], [], []
+        for x, p in rows:
+            y = _finite(p.get(key))
+            if y is None:
+                continue
+            xs.append(x)
+            ys.append(y)
+            errs.append(_finite(p.get(f"{key}_std")) or 0.0)
+        if not xs:
+            continue
+        drawn += 1
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=errs if any(errs) else None,
+            label=label,
+            color=colour,
+            marker="o",
+            markersize=5,
+            linewidth=1.8,
+            capsize=3,
+        )
+
+    chance = _finite(points[0].get("chance")) if isinstance(points[0], dict) else None
+    if chance is not None and chance > 1:
+        chance = 1.0 / chance  # given as a number of classes
+    if chance is not None and 0 < chance <= 1:
+        ax.axhline(chance, color="#555555", linestyle="--", linewidth=1.1, label=f"chance ({chance:.3f})")
+        drawn += 1
+
+    lo, hi = min(xs_all), max(xs_all)
+    if lo > 0 and hi / lo >= 8:
+        ax.set_xscale("log")
+        ticks = sorted(set(xs_all))
+        ax.set_xticks(ticks)
+        formatter = ScalarFormatter()
+        formatter.set_scientific(False)
+        ax.xaxis.set_major_formatter(formatter)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(lo / 1.25, hi * 1.25)
+    elif lo == hi:
+        ax.set_xticks([lo])
+        ax.set_xlim(lo - 1, hi + 1)
+    else:
+        pad = 0.05 * (hi - lo)
+        ax.set_xlim(lo - pad, hi + pad)
+    if len(set(xs_all)) <= 12 and all(float(x).is_integer() for x in xs_all):
+        ax.set_xticks(sorted(set(xs_all)))
+        ax.set_xticklabels([str(int(x)) for x in sorted(set(xs_all))])
+
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("labels per class", fontsize=10)
+    ax.set_ylabel("test accuracy", fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=9)
+    if drawn:
+        # below the axes: inside, it would sit on the curves or the chance line
+        handles, texts = ax.get_legend_handles_labels()
+        order = sorted(range(len(texts)), key=lambda i: texts[i].startswith("chance"))  # chance last
+        ax.legend(
+            [handles[i] for i in order],
+            [texts[i] for i in order],
+            fontsize=9,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.13),
+            ncol=3,
+            frameon=False,
+        )
+    else:
+        ax.text(0.5, 0.5, "no accuracy values", ha="center", va="center", transform=ax.transAxes, color="#888888")
+    return _to_png(fig)
+
+
+def plot_projection(
+    coords: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    title: str,
+    markers: np.ndarray | None = None,
+    marker_names: list[str] | None = None,
+) -> bytes:
+    """Draws a 2-D scatter of samples coloured by class, optionally with one marker shape per group.
+
+    Args:
+        coords: Coordinates, shape ``(N, 2)`` (e.g. from :func:`projection_2d`).
+        labels: Integer class index of each point, shape ``(N,)``.
+        classes: Class names; index ``i`` names class ``i``.
+        title: Figure title.
+        markers: Optional integer group of each point, shape ``(N,)`` (e.g. 0 = train, 1 = test, or
+            0 = source domain, 1 = target domain); each group gets its own marker shape.
+        marker_names: Names of the marker groups, indexed like ``markers``.
+
+    Returns:
+        The figure as PNG bytes.
+
+    Raises:
+        DataError: If the shapes disagree or a label is out of range for ``classes``.
+    """
+    xy = np.asarray(coords, dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise DataError(f"coords must have shape (N, 2); got {xy.shape}.")
+    lab = np.asarray(labels).astype(np.int64).reshape(-1)
+    if lab.shape[0] != xy.shape[0]:
+        raise DataError(f"labels has {lab.shape[0]} entries but coords has {xy.shape[0]} rows.")
+    k = len(classes)
+    if lab.size and (lab.min() < 0 or lab.max() >= k):
+        raise DataError(f"labels must be class indices in 0..{k - 1}; got values {lab.min()}..{lab.max()}.")
+    if markers is None:
+        grp = np.zeros(xy.shape[0], dtype=np.int64)
+    else:
+        grp = np.asarray(markers).astype(np.int64).reshape(-1)
+        if grp.shape[0] != xy.shape[0]:
+            raise DataError(f"markers has {grp.shape[0]} entries but coords has {xy.shape[0]} rows.")
+        if grp.size and grp.min() < 0:
+            raise DataError("markers must be non-negative group indices.")
+    groups = sorted(set(grp.tolist()))
+    names = list(marker_names or [])
+
+    present = sorted(set(lab.tolist()))
+    ncol = max(1, math.ceil(len(present) / 18))
+    fig = _new_figure((6.0 + 1.7 * ncol, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    tab20 = matplotlib.colormaps["tab20"].colors
+    # dark shades first, then the light ones: up to 10 classes get 10 distinct hues
+    palette = [tab20[i] for i in range(0, 20, 2)] + [tab20[i] for i in range(1, 20, 2)]
+    size = 14 if xy.shape[0] > 1000 else (22 if xy.shape[0] > 200 else 34)
+    for g_i, g in enumerate(groups):
+        shape = _MARKERS[g_i % len(_MARKERS)]
+        in_group = grp == g
+        for c in present:
+            sel = in_group & (lab == c)
+            if not sel.any():
+                continue
+            ax.scatter(
+                xy[sel, 0],
+                xy[sel, 1],
+                s=size,
+                marker=shape,
+                color=palette[c % len(palette)],
+                alpha=0.8,
+                linewidths=0.3,
+                edgecolors="white" if shape in ("o", "s", "D") else "none",
+            )
+
+    class_handles = [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markersize=6,
+            color=palette[c % len(palette)],
+            label=_short(classes[c], 22),
+        )
+        for c in present
+    ]
+    legend = ax.legend(
+        handles=class_handles,
+        title="class",
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=7 if len(present) > 12 else 8,
+        title_fontsize=8,
+        ncol=ncol,
+        frameon=False,
+        borderaxespad=0.0,
+    )
+    if markers is not None and (len(groups) > 1 or names):
+        ax.add_artist(legend)
+        legend.set_clip_on(False)  # add_artist clips to the axes, which would hide the legend
+        group_handles = [
+            Line2D(
+                [],
+                [],
+                marker=_MARKERS[g_i % len(_MARKERS)],
+                linestyle="",
+                markersize=6,
+                color="#555555",
+                label=_short(names[g] if g < len(names) else f"group {g}", 22),
+            )
+            for g_i, g in enumerate(groups)
+        ]
+        # below the axes, in a row: never collides with a long class legend
+        ax.legend(
+            handles=group_handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.02),
+            ncol=min(len(group_handles), 4),
+            fontsize=8,
+            frameon=False,
+        )
+    ax.set_title(title, fontsize=11)
+    # the axes of a t-SNE map carry no meaning: no ticks, no labels
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _to_png(fig)
+
+
+def plot_comparison(rows: list[dict], title: str, chance: float | None = None) -> bytes:
+    """Draws a horizontal bar chart of the accuracy of each method.
+
+    Args:
+        rows: One dict per method with ``name``, ``accuracy`` (0..1) and optional ``std``. Rows are
+            drawn top to bottom in the given order; rows without an accuracy get an empty bar.
+        title: Figure title.
+        chance: Chance accuracy; drawn as a dashed vertical line when given.
+
+    Returns:
+        The figure as PNG bytes.
+
+    Raises:
+        DataError: If ``rows`` is empty.
+    """
+    if not rows:
+        raise DataError("rows is empty; a comparison needs at least one method.")
+    names = ["\n".join(textwrap.wrap(str(r.get("name", f"method {i}")), 26)) or "?" for i, r in enumerate(rows)]
+    accs = [_finite(r.get("accuracy")) for r in rows]
+    stds = [_finite(r.get("std")) or 0.0 for r in rows]
+    n = len(rows)
+
+    fig = _new_figure((6.0, float(min(max(2.2, 0.62 * n + 1.3), 12.0))))
+    ax = fig.add_subplot(1, 1, 1)
+    ys = np.arange(n)
+    best = max((a for a in accs if a is not None), default=None)
+    colours = ["#1f77b4" if a is not None and a == best else "#8fb3d9" for a in accs]
+    ax.barh(
+        ys,
+        [a or 0.0 for a in accs],
+        xerr=stds if any(stds) else None,
+        color=colours,
+        height=0.6,
+        error_kw={"ecolor": "#333333", "capsize": 3, "linewidth": 1},
+    )
+    for y, a, s in zip(ys, accs, stds):
+        if a is None:
+            ax.text(0.01, y, "n/a", va="center", ha="left", fontsize=9, color="#888888")
+            continue
+        label = f"{a:.3f}" + (f" \u00b1 {s:.3f}" if s else "")
+        end = a + s
+        if end > 0.78:  # no room right of the bar: write it inside, in white, left of the error bar
+            ax.text(a - s - 0.015, y, label, va="center", ha="right", fontsize=9, color="white", fontweight="bold")
+        else:
+            ax.text(end + 0.015, y, label, va="center", ha="left", fontsize=9, color="#222222")
+    c = _finite(chance)
+    if c is not None and 0 <= c <= 1:
+        ax.axvline(c, color="#555555", linestyle="--", linewidth=1.1, label=f"chance ({c:.3f})")
+        ax.legend(fontsize=8, loc="lower right", frameon=True, framealpha=0.9)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(names, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("test accuracy", fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.tick_params(axis="x", labelsize=9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _to_png(fig)
+
+
+def _pca(z: np.ndarray, k: int) -> np.ndarray:
+    """Projects centred rows onto their first ``k`` principal axes with a deterministic sign.
+
+    Always returns ``k`` columns: missing components (rank below ``k``) are zeros.
+    """
+    m = z.shape[0]
+    out = np.zeros((m, k), dtype=np.float64)
+    if m == 0 or z.shape[1] == 0:
+        return out
+    u, s, _ = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+    r = min(k, s.shape[0])
+    comp = u[:, :r] * s[:r]
+    # sign convention: the largest-magnitude entry of each column is positive
+    signs = np.sign(comp[np.argmax(np.abs(comp), axis=0), np.arange(r)])
+    signs[signs == 0] = 1.0
+    out[:, :r] = comp * signs
+    return out
+
+
+def projection_2d(X: np.ndarray, seed: int = 0, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray, str]:
+    """Projects a feature matrix to 2-D for a scatter plot.
+
+    Rows are standardised per feature (constant features become zero). With 10 rows or more, the
+    result is t-SNE (``init="pca"``, perplexity ``min(30, (M - 1) / 3)``, 500 iterations) on the first
+    50 principal components; with fewer rows it is a plain 2-D PCA. When ``X`` has more than
+    ``max_points`` rows, a seeded random subset of ``max_points`` rows is projected.
+
+    Args:
+        X: Features, shape ``(N, D)``.
+        seed: Seed of the subsample and of t-SNE; the same seed gives the same result.
+        max_points: Most rows to project.
+
+    Returns:
+        ``(coords, indices, method)``: coordinates of shape ``(M, 2)``, the sorted row indices of
+        ``X`` they belong to (shape ``(M,)``), and the method name (``"t-SNE"`` or ``"PCA"``).
+
+    Raises:
+        DataError: If ``X`` is not a non-empty 2-D array of finite numbers, or ``max_points < 1``.
+    """
+    x = np.asarray(X, dtype=np.float64)
+    if x.ndim != 2:
+        raise DataError(f"X must be a 2-D feature matrix (N, D); got shape {x.shape}.")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise DataError(f"X is empty (shape {x.shape}); there is nothing to project.")
+    if not np.all(np.isfinite(x)):
+        raise DataError("X holds NaN or infinite values; clean the features before projecting them.")
+    if int(max_points) < 1:
+        raise DataError(f"max_points must be at least 1; got {max_points}.")
+
+    n = x.shape[0]
+    if n > max_points:
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(n, size=int(max_points), replace=False)).astype(np.int64)
+        x = x[idx]
+    else:
+        idx = np.arange(n, dtype=np.int64)
+    m = x.shape[0]
+
+    std = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(std > 1e-12, std, 1.0)
+
+    if m < 10:
+        return _pca(z, 2), idx, "PCA"
+
+    if float(np.abs(z).max()) < 1e-9:
+        # every row is the same point: t-SNE would divide by zero; all coordinates are the origin
+        return np.zeros((m, 2)), idx, "PCA"
+
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    # One thread for BLAS and OpenMP: t-SNE's threaded gradient slows down several-fold when the
+    # cores are busy (feature extraction, a training run), and a single thread is quick enough here.
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k = min(50, m, z.shape[1])
+        if k >= 2 and min(m, z.shape[1]) > 2 * k:
+            # large matrix: a seeded randomized SVD is much faster than the exact one and as good here
+            reduced = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit_transform(z)
+        else:
+            reduced = _pca(z, k)
+        if reduced.shape[1] < 2:
+            reduced = np.hstack([reduced, np.zeros((m, 2 - reduced.shape[1]))])
+        tsne = TSNE(
+            n_components=2,
+            init="pca",
+            perplexity=float(min(30.0, (m - 1) / 3.0)),
+            max_iter=500,
+            random_state=seed,
+            n_jobs=1,
+        )
+        coords = tsne.fit_transform(reduced)
+    return np.asarray(coords, dtype=np.float64), idx, "t-SNE"

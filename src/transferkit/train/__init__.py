@@ -1,0 +1,1 @@
+"""Training: from-scratch baselines (the fine-tuning engine comes with issue 4)."""
