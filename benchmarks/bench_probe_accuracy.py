@@ -15,6 +15,7 @@ records to those already there (to rerun parts with ``--datasets`` / ``--budgets
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -64,7 +65,8 @@ def render(records: list[dict], extraction: list[dict], info: dict, cmd: str) ->
                            "total wall s"], wall_rows)
     return (f"### bench_probe_accuracy\n\ncommand: `{cmd}`\n\n{machine_line(info)}\n\n"
             f"Test accuracy on the test split (all samples outside the N labels per class); std over seeds "
-            f"(population std); s/seed = head fit + predict (or CNN training + predict) per seed.\n\n"
+            f"(population std); s/seed = head fit + predict (or CNN training + predict) per seed. An extraction row "
+            f"marked as extracted now = 0 is a cache hit; rows with a count come from the run that extracted.\n\n"
             f"{acc_table}\n\nFeature extraction (once per backbone and dataset, FeatureStore):\n\n{ext_table}\n\n"
             f"Wall time per model:\n\n{wall_table}\n")
 
@@ -78,6 +80,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default="/tmp/tk-bench-cache")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the package's)")
+    ap.add_argument("--blas-threads", type=int, default=0,
+                    help="limit BLAS/OpenMP threads (threadpoolctl) around the head fits (default: no limit)")
     ap.add_argument("--merge", action="store_true", help="keep earlier records from the JSON file for other cells")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_accuracy.md"))
     args = ap.parse_args()
@@ -106,12 +110,19 @@ def main() -> None:
         keep = lambda r: not (r["dataset"] in datasets and r["budget"] in budgets and r["model"] in models  # noqa: E731
                               and r["seed"] in seeds)
         records = [r for r in old.get("records", []) if keep(r)]
-        extraction = [e for e in old.get("extraction", []) if not (e["dataset"] in datasets and e["backbone"] in models)]
+        extraction = old.get("extraction", [])  # replaced below only by a measure that extracted something
 
     def save() -> None:
         atomic_write_text(raw_path, json.dumps({"command": cmd, "machine": info, "records": records,
                                                 "extraction": extraction}, indent=1))
         atomic_write_text(out, render(records, extraction, info, cmd))
+
+    def blas_limit():
+        if not args.blas_threads:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(args.blas_threads)
 
     store = FeatureStore(args.cache_dir)
     log(f"torch threads {torch.get_num_threads()}, cache {store.root}")
@@ -133,8 +144,11 @@ def main() -> None:
                               progress=False)
             if feats.bad:
                 raise SystemExit(f"{dname}: {len(feats.bad)} unreadable items: {feats.bad[:3]}")
-            extraction.append({"dataset": dname, "backbone": m, "n": len(source), "extracted": feats.extracted,
-                               "seconds": feats.seconds})
+            rec = {"dataset": dname, "backbone": m, "n": len(source), "extracted": feats.extracted,
+                   "seconds": feats.seconds}
+            earlier = [e for e in extraction if (e["dataset"], e["backbone"]) == (dname, m)]
+            if feats.extracted or not earlier:
+                extraction = [e for e in extraction if (e["dataset"], e["backbone"]) != (dname, m)] + [rec]
             log(f"{dname} {m}: features {feats.X.shape} in {feats.seconds:.1f}s (extracted {feats.extracted})")
             X = np.asarray(feats.X, dtype=np.float32)
             del bb
@@ -144,8 +158,9 @@ def main() -> None:
                     t = time.perf_counter()
                     head = create_head("logreg")
                     ev = (X[sp.val], y[sp.val]) if len(sp.val) else None
-                    head.fit(X[sp.train], y[sp.train], eval_set=ev)
-                    acc = float((head.predict(X[sp.test]) == y[sp.test]).mean())
+                    with blas_limit():
+                        head.fit(X[sp.train], y[sp.train], eval_set=ev)
+                        acc = float((head.predict(X[sp.test]) == y[sp.test]).mean())
                     sec = time.perf_counter() - t
                     records.append({"dataset": dname, "budget": b, "seed": s, "model": m, "accuracy": acc,
                                     "seconds": sec, "C": float(head.C_), "n_train": len(sp.train),

@@ -85,7 +85,8 @@ CLASSES: list[tuple[str, str]] = [
 SVG_SUFFIXES = (".svg", ".svg.gz", ".svgz")
 
 #: Files that render "successfully" but badly, found by visual inspection of
-#: the contact sheet (path relative to the svg root -> reason).
+#: the contact sheet (path relative to the svg root -> reason).  Identical
+#: copies (same sha256) elsewhere in the tree are excluded as well.
 EXCLUDE: dict[str, str] = {
     "plants/flowers/fiore_01.svg": "drawing extends far beyond its page (clipped)",
     "animals/mammals/skoynk_peterm_.svg": "caption text clipped by the page",
@@ -155,6 +156,9 @@ def class_candidates(svg_root: Path, max_bytes: int, seed: int):
             digests[rel] = d
             classes_of_digest.setdefault(d, set()).add(cname)
 
+    # Exclusion is by content, so identical copies of an excluded file go too.
+    excluded_digests = {digests[rel] for rel in EXCLUDE if rel in digests}
+
     result: dict[str, list[tuple[str, str]]] = {}
     stats: dict[str, dict[str, int]] = {}
     for _folder, cname in CLASSES:
@@ -164,7 +168,7 @@ def class_candidates(svg_root: Path, max_bytes: int, seed: int):
               "excluded": 0}
         for rel in listed[cname]:
             d = digests[rel]
-            if rel in EXCLUDE:
+            if d in excluded_digests:
                 st["excluded"] += 1
                 continue
             if len(classes_of_digest[d]) > 1:
@@ -276,6 +280,9 @@ def select_and_render(candidates, svg_root: Path, args):
     rejected = {c: [] for c in candidates}  # cname -> [(rel, reason)]
     pos = {c: 0 for c in candidates}
     ctx = mp.get_context("fork")
+    # maxtasksperchild=1: every file is rendered in a fresh worker forked from
+    # the same parent state.  Reusing workers is NOT deterministic: cairo/font
+    # state left by earlier renders changes how later files with <text> render.
     pool = ctx.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=1)
     try:
         while True:

