@@ -21,7 +21,8 @@ Pipeline
 4. Walk the shuffled candidates in order and render them (in a worker pool,
    each file under a ``--timeout`` alarm) until ``--max-per-class`` images are
    accepted or the candidates run out.  A candidate is rejected if it fails to
-   render, times out, or is (almost) blank on white.
+   render, times out, is (almost) blank on white, or renders to exactly the
+   same pixels as an image accepted before (in any class).
 5. Rendering: cairosvg renders the SVG with a transparent background so that
    its long side is ``--render-size`` px; the picture is cropped to the bounding
    box of its visible (non-transparent) pixels plus a small margin,
@@ -279,6 +280,7 @@ def select_and_render(candidates, svg_root: Path, args):
     accepted = {c: [] for c in candidates}  # cname -> [(rel, sha, arr)]
     rejected = {c: [] for c in candidates}  # cname -> [(rel, reason)]
     pos = {c: 0 for c in candidates}
+    seen_pixels: dict[str, str] = {}  # sha256 of an accepted render -> its source
     ctx = mp.get_context("fork")
     # maxtasksperchild=1: every file is rendered in a fresh worker forked from
     # the same parent state.  Reusing workers is NOT deterministic: cairo/font
@@ -303,8 +305,16 @@ def select_and_render(candidates, svg_root: Path, args):
                     _rel, arr, reason = res.get(timeout=args.timeout + 30)
                 except mp.TimeoutError:  # worker stuck inside C code
                     arr, reason = None, "timeout (worker unresponsive)"
+                if arr is not None:
+                    # different SVG files can draw the very same picture (a copy with other metadata, or
+                    # the same drawing filed in two classes): an identical render would leak between
+                    # train and test, or carry two labels, so only the first one is kept
+                    digest = hashlib.sha256(arr.tobytes()).hexdigest()
+                    if digest in seen_pixels:
+                        arr, reason = None, f"identical render to {seen_pixels[digest]}"
                 if arr is not None and len(accepted[cname]) < args.max_per_class:
                     accepted[cname].append((rel, sha, arr))
+                    seen_pixels[digest] = rel
                 elif arr is None:
                     rejected[cname].append((rel, reason))
     finally:

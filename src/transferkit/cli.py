@@ -25,7 +25,7 @@ out = Console()
 err = Console(stderr=True)
 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only the results (no progress bars or stage messages).")
-CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder [default: $TRANSFERKIT_CACHE or ~/.cache/transferkit].")
+CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit).")
 
 
 def _friendly(fn: Callable) -> Callable:
@@ -74,9 +74,9 @@ def fit(
     data: str = typer.Argument("clipart", help="Built-in dataset name, a folder with one sub-folder per class, or a CSV/TSV/Parquet table."),
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
     head: str = typer.Option("logreg", "--head", help="Head on the features: logreg, linear or mlp."),
-    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; the rest is the test split [default: 10 for built-in datasets, all labels for your data]."),
+    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; the rest is the test split (default: 10 for built-in datasets, all labels for your data)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of training."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<time>-<data>-<backbone>]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<time>-<data>-<backbone>)."),
     cache_dir: Optional[Path] = CacheOpt,
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Train the from-scratch baseline on the same labels."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html."),
@@ -86,7 +86,7 @@ def fit(
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Table column with the labels."),
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes [default: CPUs - 1]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
@@ -128,7 +128,7 @@ def fit(
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `transferkit fit`."),
     inputs: List[str] = typer.Argument(..., help="Image files, folders, a table, or a built-in dataset name."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write [default: print a table]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write (default: print a table)."),
     on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip (skipped rows get the reason in 'error')."),
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
     cache_dir: Optional[Path] = CacheOpt,
