@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -132,3 +133,18 @@ def test_predict_errors(tmp_path):
     assert_user_error(tk("predict", tmp_path / "norun", "x.png"), "run directory not found")
     (tmp_path / "fake").mkdir()
     assert_user_error(tk("predict", tmp_path / "fake", "x.png"), "model.json not found")
+
+
+def test_rank_scores_backbones_and_writes_report(image_folder, tmp_path):
+    import json
+
+    p = tk("rank", image_folder, "-b", f"{TINY},minilm", "--verify", "--out", tmp_path / "rank", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "LogME" in p.stdout and "minilm" in p.stdout and "text backbone" in p.stdout
+    doc = json.loads((tmp_path / "rank" / "rank.json").read_text())
+    ranked = [r for r in doc["rows"] if r["status"] != "skipped"]
+    assert [r["backbone"] for r in ranked] == [TINY] and ranked[0]["accuracy"] >= 0.5
+    assert np.isfinite(ranked[0]["logme"])
+    assert "backbone ranking" in p.stdout or "Ranking" in (tmp_path / "rank" / "report.html").read_text()
+    assert_user_error(tk("rank", image_folder, "-b", "lite9"), "unknown backbone 'lite9'")
+    assert_user_error(tk("rank", image_folder, "-b", TINY, "--scores", "bogus"), "unknown score")

@@ -197,6 +197,53 @@ def extract(
         out.print(f"[yellow]{msg}[/yellow]")
 
 
+_DEFAULT_RANK = {"image": "lite0,lite1,lite2,lite0-random", "text": "minilm,glove-50d"}
+
+
+@app.command()
+@_friendly
+def rank(
+    data: str = typer.Argument(..., help="Built-in dataset, folder of class sub-folders, or table."),
+    backbones: Optional[str] = typer.Option(None, "--backbones", "-b", help="Comma-separated backbone names (default: the shipped ones of the data's modality: lite0,lite1,lite2,lite0-random for images, minilm,glove-50d for texts)."),
+    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; scores use only the labelled part (default: split by fractions)."),
+    scores: Optional[str] = typer.Option(None, "--scores", help="Comma-separated scores (default: all that apply): logme, leep, nce, h_score, h_score_shrinkage, knn, probe."),
+    verify: bool = typer.Option(False, "--verify", help="Also train a logistic head on each backbone and show its test accuracy beside the scores."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and the subsample."),
+    max_samples: int = typer.Option(5000, "--max-samples", help="Score at most this many labelled samples (stratified)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for rank.json and report.html (default: runs/<time>-<data>-rank)."),
+    cache_dir: Optional[Path] = CacheOpt,
+    input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Table column with the labels."),
+    quiet: bool = QuietOpt,
+):
+    """Rank pretrained backbones for your data by transferability scores (LogME, LEEP, NCE, H-score), in seconds
+    from cached features, before any training."""
+    from .data import load_data
+    from .runs import default_run_dir, prepare_run_dir, write_json
+    from .transferability.rank import rank_backbones, rank_correlations, ranking_table, write_rank_report
+
+    source = load_data(data, input_column=input_column, label_column=label_column)
+    names = [b.strip() for b in (backbones or _DEFAULT_RANK[source.modality]).split(",") if b.strip()]
+    wanted = [x.strip() for x in scores.split(",") if x.strip()] if scores else None
+    run_dir = prepare_run_dir(out_dir if out_dir is not None else default_run_dir(source.name, "rank"))
+    rows = rank_backbones(source, names, labels_per_class=labels_per_class, scores=wanted, cache_dir=cache_dir,
+                          verify=verify, seed=seed, max_samples=max_samples, progress=not quiet,
+                          log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    out.print(ranking_table(rows))
+    corr = rank_correlations(rows)
+    for s, c in corr.items():
+        out.print(f"{s}: Kendall's tau {c['kendall_tau']:+.2f}, Pearson r {c['pearson_r']:+.2f} with the test accuracy "
+                  f"({c['n']} backbones)")
+    write_json(run_dir / "rank.json", {"data": str(data), "labels_per_class": labels_per_class, "seed": seed,
+                                       "rows": rows, "correlations": corr})
+    write_rank_report(run_dir / "report.html", rows, title=f"transferkit rank: {source.name}",
+                      summary=[("data", f"{source.origin or source.name} ({len(source)} {source.modality}s, "
+                                        f"{len(source.classes)} classes)"),
+                               ("labels per class", str(labels_per_class or "all (fractions)")),
+                               ("verified", "yes: logistic head test accuracy" if verify else "no (--verify)")])
+    out.print(f"run directory: {run_dir}  (report: {run_dir / 'report.html'})")
+
+
 @cache_app.command("list")
 @_friendly
 def cache_list(cache_dir: Optional[Path] = CacheOpt):

@@ -16,6 +16,9 @@ __all__ = [
     "NotFittedError",
     "OutputError",
     "CacheError",
+    "TrainingError",
+    "ResumeMismatchError",
+    "ExportError",
 ]
 
 
@@ -64,3 +67,30 @@ class OutputError(TransferkitError, OSError):
 
 class CacheError(TransferkitError, OSError):
     """The feature cache is unusable (unwritable, corrupt)."""
+
+
+class ScoreError(TransferkitError, ValueError):
+    """Inputs a transferability score or domain distance cannot use (one class, NaN features, wrong shapes, ...)."""
+
+
+__all__ += ["ScoreError"]
+
+
+class TrainingError(TransferkitError, RuntimeError):
+    """Training cannot go on: the loss became NaN/inf, or the run directory holds a checkpoint of another run."""
+
+
+class ResumeMismatchError(TrainingError, ValueError):
+    """``resume=True`` with settings that differ from those the checkpoint was made with.
+
+    Attributes:
+        differences: ``{key: (value in the checkpoint, value now)}`` for every setting that differs.
+    """
+
+    def __init__(self, message: str, differences: dict | None = None):
+        super().__init__(message)
+        self.differences = dict(differences or {})
+
+
+class ExportError(TransferkitError, RuntimeError):
+    """A model could not be exported, or the exported file does not reproduce the PyTorch outputs."""

@@ -440,6 +440,45 @@ def plot_comparison(rows: list[dict], title: str, chance: float | None = None) -
     return _to_png(fig)
 
 
+def plot_scores_vs_accuracy(rows: list[dict], labels: dict[str, str],
+                            correlations: dict[str, dict[str, float]] | None = None) -> bytes:
+    """Scatter each transferability score against the measured test accuracy, one panel per score.
+
+    Args:
+        rows: One dict per backbone with ``backbone``, ``accuracy`` (0..1) and a value per score key.
+        labels: Score key -> axis label, in panel order.
+        correlations: Optional score key -> ``{"kendall_tau", "pearson_r"}`` shown in each panel's title.
+
+    Returns:
+        The figure as PNG bytes.
+
+    Raises:
+        DataError: If ``labels`` is empty.
+    """
+    if not labels:
+        raise DataError("labels is empty; name at least one score to plot.")
+    keys = list(labels)
+    cols = min(3, len(keys))
+    nrows = int(np.ceil(len(keys) / cols))
+    fig = _new_figure((4.0 * cols, 3.3 * nrows))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        pts = [(_finite(r.get(key)), _finite(r.get("accuracy")), str(r.get("backbone", "?"))) for r in rows]
+        pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        for x, y, name in pts:
+            ax.scatter([x], [y], color="#1f77b4", s=28)
+            ax.annotate(_short(name, 14), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        c = (correlations or {}).get(key)
+        ttl = labels[key] + (f"\n\u03c4={c['kendall_tau']:.2f}, r={c['pearson_r']:.2f}" if c else "")
+        ax.set_title(ttl, fontsize=9)
+        ax.set_xlabel("score", fontsize=8)
+        ax.set_ylabel("test accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _to_png(fig)
+
+
 def _pca(z: np.ndarray, k: int) -> np.ndarray:
     """Projects centred rows onto their first ``k`` principal axes with a deterministic sign.
 
