@@ -12,6 +12,9 @@ class _NullBar:
     def advance(self, n: int = 1) -> None:
         pass
 
+    def set_description(self, text: str) -> None:
+        pass
+
 
 class _RichBar:
     def __init__(self, progress, task):
@@ -19,6 +22,10 @@ class _RichBar:
 
     def advance(self, n: int = 1) -> None:
         self._progress.advance(self._task, n)
+
+    def set_description(self, text: str) -> None:
+        """Replace the text before the bar (e.g. to show the current loss)."""
+        self._progress.update(self._task, description=text)
 
 
 @contextlib.contextmanager
