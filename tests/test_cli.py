@@ -117,6 +117,9 @@ def bad_cases(image_folder, tmp_path):
     ("one", ["--out", "{blocker}/run"], ["cannot write the run directory", "--out"]),
     ("notes", ["--on-bad-input", "ignore"], ["--on-bad-input must be one of error, skip"]),
     ("notes", ["--labels-per-class", "50", "--on-bad-input", "skip"], ["too few for --labels-per-class 50"]),
+    ("notes", ["--epochs", "3"], ["fine-tuning options", "--strategy finetune"]),
+    ("notes", ["--strategy", "finetuen"], ["unknown strategy 'finetuen'", "finetune"]),
+    ("notes", ["--strategy", "finetune", "--resume"], ["--resume needs --out"]),
 ])
 def test_bad_input_is_one_line_exit_2(bad_cases, case, args, needles):
     args = [a.format(**bad_cases) for a in args]

@@ -91,3 +91,35 @@ def test_estimator_sklearn_conventions(tmp_path):
     saved = clf.save(tmp_path / "model")
     out = load_run(saved).predict(list(X[80:]))
     assert (out["prediction"].to_numpy() == clf.predict(X[80:])).all()
+
+
+def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, tmp_path):
+    """--strategy finetune: the engine trains the whole network; the probe stays beside it for reference; the run's
+    exported network predicts the test split exactly as the run did."""
+    res = fit_run(str(image_folder), backbone=TINY, strategy="finetune", out=tmp_path / "ft", progress=False,
+                  report=False, baseline=False,
+                  train_config={"epochs": 6, "image_size": 32, "lr": 1e-2, "backbone_lr_scale": 1.0, "num_workers": 0,
+                                "patience": None})
+    names = [c["name"] for c in res.comparison]
+    assert names[0].endswith("finetune") and "probe, for reference" in names[1]
+    assert res.metrics["accuracy"] >= 2 / 3, f"three very different synthetic classes: {res.metrics['accuracy']:.2f}"
+    run = tmp_path / "ft"
+    info = json.loads((run / "model" / "model.json").read_text())
+    assert info["kind"] == "finetuned" and (run / info["weights"]).is_file() and (run / "epochs.csv").is_file()
+    preds = pd.read_csv(run / "predictions.csv")
+    loaded = load_run(run)
+    out = loaded.predict(list(preds["input"]), num_workers=0)
+    assert (out["prediction"].to_numpy() == preds["prediction"].to_numpy()).all()
+    p_cols = [c for c in preds.columns if c.startswith("p_")]
+    assert np.allclose(out[p_cols].to_numpy(), preds[p_cols].to_numpy(), atol=1e-5)
+
+
+def test_fit_rejects_unknown_strategy_and_settings_before_any_work(image_folder, tmp_path):
+    from transferkit.errors import TransferkitError, UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="finetune"):
+        fit_run(str(image_folder), backbone=TINY, strategy="finetuen", out=tmp_path / "a", progress=False)
+    with pytest.raises(TransferkitError, match="unknown training setting.*epoch"):
+        fit_run(str(image_folder), backbone=TINY, strategy="finetune", train_config={"epoch": 3},
+                out=tmp_path / "b", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -88,9 +88,21 @@ def fit(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init)."),
+    freeze: Optional[int] = typer.Option(None, "--freeze", help="partial: freeze the first K layer groups (timm's own grouping)."),
+    freeze_until: Optional[str] = typer.Option(None, "--freeze-until", help="partial: freeze every group up to and including this one (e.g. blocks.3)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping on validation)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning: learning rate of the head; the backbone gets a tenth (default: 2e-3)."),
+    train_batch_size: Optional[int] = typer.Option(None, "--train-batch-size", help="Fine-tuning batch size (default: 16)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Fine-tuning: train and evaluate at this side (default: the backbone's)."),
+    devices: int = typer.Option(1, "--devices", help="Fine-tuning: processes/GPUs (more than one trains with DDP through Lightning Fabric)."),
+    precision: str = typer.Option("32", "--precision", help="Fine-tuning: 32, bf16-mixed or 16-mixed."),
+    l2sp: Optional[float] = typer.Option(None, "--l2sp", help="Fine-tuning: L2-SP strength alpha (pull weights toward the pretrained ones), e.g. 0.01."),
+    bss: Optional[float] = typer.Option(None, "--bss", help="Fine-tuning: batch spectral shrinkage strength eta, e.g. 0.001."),
+    resume: bool = typer.Option(False, "--resume", help="Fine-tuning: continue the run in --out from its last checkpoint."),
     quiet: bool = QuietOpt,
 ):
-    """Train a shallow head on pretrained features and compare it with a from-scratch baseline.
+    """Train a shallow head on pretrained features (or fine-tune) and compare it with a from-scratch baseline.
 
     With no arguments: the built-in clipart dataset, the shipped ImageNet EfficientNet-Lite0 backbone,
     10 labels per class.
@@ -98,7 +110,23 @@ def fit(
     from .pipeline import fit_run
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
+    params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until)) if v is not None}
+    cfg = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", train_batch_size),
+                             ("image_size", image_size), ("devices", devices), ("precision", precision)) if v is not None}
+    regs = {k: v for k, v in (("l2sp", {"alpha": l2sp} if l2sp is not None else None),
+                              ("bss", {"eta": bss} if bss is not None else None)) if v is not None}
+    if strategy == "probe" and (params or regs or resume or devices != 1 or epochs or lr or image_size):
+        from .errors import TransferkitError
+
+        raise TransferkitError("--freeze, --epochs, --lr, --image-size, --devices, --l2sp, --bss and --resume are "
+                               "fine-tuning options; add --strategy finetune (or partial, gradual, scratch)")
+    if resume and out_dir is None:
+        from .errors import TransferkitError
+
+        raise TransferkitError("--resume needs --out: the run directory of the interrupted run")
     res = fit_run(data, backbone=backbone, head=head, labels_per_class=lpc, seed=seed, out=out_dir,
+                  strategy=strategy, strategy_params=params or None, train_config=cfg or None,
+                  regularizers=regs or None, resume=resume,
                   cache_dir=cache_dir, baseline=baseline, report=report, on_bad_input=on_bad_input,
                   val_fraction=val_fraction, test_fraction=test_fraction, input_column=input_column,
                   label_column=label_column, batch_size=batch_size, num_workers=workers, device=device,

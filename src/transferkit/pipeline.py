@@ -22,7 +22,7 @@ from .data.builtin import DATASETS
 from .data.sources import DataSource, from_arrays, from_folder, load_data
 from .data.splits import Splits, make_splits
 from .errors import BadInputError, DataError, TransferkitError
-from .runs import _bad_message, default_run_dir, prepare_run_dir, save_model, write_csv, write_json
+from .runs import MODEL_FORMAT, _bad_message, default_run_dir, prepare_run_dir, save_model, write_csv, write_json
 
 # torch, timm, scikit-learn and matplotlib are imported inside the functions, after the cheap checks of the
 # user's input, so that a mistake is reported in a fraction of a second.
@@ -128,6 +128,30 @@ def _result_cache(store: Any, kind: str, key: dict[str, Any], compute: Callable[
     return value, False
 
 
+def _engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] | None, seed: int) -> dict[str, Any]:
+    """The fine-tuning engine's ``TrainConfig`` (seeded like the split) and loss terms, checked before any work."""
+    from dataclasses import fields, replace
+
+    from .train.engine import TrainConfig
+    from .train.regularizers import create_regularizer
+
+    if train_config is None:
+        cfg = TrainConfig(seed=seed)
+    elif isinstance(train_config, TrainConfig):
+        cfg = train_config
+    elif isinstance(train_config, dict):
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(train_config) - known)
+        if unknown:
+            raise TransferkitError(f"unknown training setting(s) {unknown}; valid: {', '.join(sorted(known))}")
+        cfg = replace(TrainConfig(seed=seed), **train_config)
+    else:
+        raise TransferkitError(f"train_config must be a TrainConfig or a dict, got {type(train_config).__name__}")
+    cfg.validate()
+    losses = [create_regularizer(name, **(params or {})) for name, params in (regularizers or {}).items()]
+    return {"config": cfg, "losses": losses}
+
+
 def _view_id(view: Path) -> str:
     """``<backbone key>/<data key>`` of a feature view: the same data under two backbones gives two ids."""
     return f"{view.parent.parent.name}/{view.name}"
@@ -164,7 +188,9 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
             cache_dir: str | Path | None = None, baseline: bool = True, report: bool = True,
             on_bad_input: str = "error", batch_size: int = 64, num_workers: int | None = None, device: str = "auto",
             input_column: str | None = None, label_column: str | None = None, progress: bool = True,
-            log: Callable[[str], None] | None = None) -> FitResult:
+            log: Callable[[str], None] | None = None, strategy: str = "probe",
+            strategy_params: dict[str, Any] | None = None, train_config: Any = None,
+            regularizers: dict[str, dict[str, Any]] | None = None, resume: bool = False) -> FitResult:
     """Extract (or read cached) features, train a shallow head, compare with a from-scratch baseline, write a run.
 
     Args:
@@ -181,6 +207,13 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         report: write ``report.html``.
         on_bad_input: ``"error"`` or ``"skip"`` for unreadable inputs.
         log: called with one-line progress messages.
+        strategy: ``probe`` (frozen backbone, cached features, shallow head) or a fine-tuning strategy of the
+            engine (``finetune``, ``partial``, ``gradual``, ``scratch``); a fine-tuned run still reports the
+            probe beside it.
+        strategy_params: e.g. ``{"freeze": 3}`` for ``partial``.
+        train_config: a :class:`~transferkit.train.engine.TrainConfig` or a dict of its fields (fine-tuning).
+        regularizers: fine-tuning loss terms by name, e.g. ``{"l2sp": {"alpha": 0.01}, "bss": {"eta": 0.001}}``.
+        resume: continue a fine-tuning run killed in ``out`` from its last checkpoint.
 
     Returns:
         A :class:`FitResult`.
@@ -190,6 +223,12 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     t_all = time.perf_counter()
     _check_choice(on_bad_input, ON_BAD_INPUT, "--on-bad-input")
     _check_choice(head, ["logreg", "linear", "mlp"], "--head")
+    engine = None
+    if strategy != "probe":
+        from .train import strategies as engine_strategies
+
+        engine_strategies.create_strategy(strategy, **(strategy_params or {}))  # unknown names fail now
+        engine = _engine_settings(train_config, regularizers, seed)
     is_builtin = isinstance(data, str) and data in DATASETS and not os.path.exists(data)
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None
@@ -268,6 +307,23 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     transfer_name = f"{bb.name} + {head} head"
     comparison = [{"name": transfer_name, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                    "seconds": timings["features"] + timings["head"], "kind": "transfer"}]
+    ft = None
+    if engine is not None:
+        from .train.engine import finetune
+
+        t = time.perf_counter()
+        say(f"fine-tuning: strategy {strategy} {strategy_params or ''}".rstrip())
+        ft = finetune(src, y, splits, backbone, strategy, engine["config"], run_dir, resume=resume,
+                      strategy_params=strategy_params, extra_losses=engine["losses"], classes=classes,
+                      progress=progress, log=say)
+        timings["finetune"] = time.perf_counter() - t
+        proba = ft.proba
+        y_pred = np.asarray(ft.y_pred)
+        probe_row = comparison[0] | {"name": transfer_name + " (probe, for reference)", "kind": "reference"}
+        metrics = classification_metrics(y[splits.test], y_pred, classes)
+        transfer_name = f"{bb.name} {strategy}" + (f" {strategy_params}" if strategy_params else "")
+        comparison = [{"name": transfer_name, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                       "seconds": timings["finetune"], "kind": "transfer"}, probe_row]
     warnings: list[str] = []
     base_metrics = None
     if baseline:
@@ -297,16 +353,23 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         "head_fitted": {k: v for k, v in model.get_params().items()} | ({"C_": model.C_} if hasattr(model, "C_") else {}),
         "labels_per_class": labels_per_class, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "splits": splits.sizes(), "on_bad_input": on_bad_input, "cache": str(store.root),
+        "strategy": strategy, "strategy_params": strategy_params,
+        "finetune": None if ft is None else ft.config,
         "features_view": str(feats.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(run_dir / "config.json", config)
-    save_model(run_dir, model.to_module(), {"backbone": bb.name, "backbone_weights": bb.weights_digest(),
-                                            "modality": bb.modality, "preprocessing": bb.data_config(),
-                                            "classes": classes, "num_features": bb.num_features})
+    info = {"backbone": bb.name, "backbone_weights": bb.weights_digest(), "modality": bb.modality,
+            "preprocessing": bb.data_config(), "classes": classes, "num_features": bb.num_features}
+    if ft is None:
+        save_model(run_dir, model.to_module(), info)
+    else:
+        write_json(run_dir / "model" / "model.json", {"format": MODEL_FORMAT, **info, "kind": "finetuned",
+                                                      "strategy": strategy, "preprocessing": ft.preprocessing,
+                                                      "weights": str(Path(ft.model_path).relative_to(run_dir))})
     pred_df = pd.DataFrame({"index": splits.test, "input": [src.describe(int(i)) for i in splits.test],
                             "label": [classes[i] for i in y[splits.test]],
                             "prediction": [classes[i] for i in y_pred], "correct": y_pred == y[splits.test]})
-    for j, c in enumerate(model.classes_):
+    for j, c in enumerate(model.classes_ if ft is None else range(len(classes))):
         pred_df[f"p_{classes[c]}"] = proba[:, j]
     write_csv(run_dir / "predictions.csv", pred_df)
     if skipped:

@@ -108,6 +108,7 @@ class Run:
         self.classes: list[str] = list(self.model_info["classes"])
         self._head = None
         self._backbone = None
+        self._model = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, backbone={self.model_info['backbone']!r}, classes={len(self.classes)})"
@@ -161,6 +162,12 @@ class Run:
         from .pipeline import collect_inputs
 
         source = collect_inputs(inputs, input_column=input_column, on_bad_input=on_bad_input)
+        if self.model_info.get("kind") == "finetuned":
+            proba, bad = self._predict_finetuned(source, batch_size=batch_size, num_workers=num_workers,
+                                                 device=device, progress=progress)
+            if bad and on_bad_input != "skip":
+                raise BadInputError(_bad_message(bad), [(b[1], b[2]) for b in bad])
+            return self._frame(source, proba, bad)
         store = FeatureStore(cache_dir)
         feats = store.get(self.backbone, source, batch_size=batch_size, num_workers=num_workers, device=device,
                           progress=progress)
@@ -172,13 +179,51 @@ class Run:
             with torch.no_grad():
                 X = torch.as_tensor(np.asarray(feats.X[good], dtype=np.float32))
                 proba[good] = torch.softmax(self.head(X), 1).double().numpy()
+        return self._frame(source, proba, feats.bad)
+
+    @property
+    def finetuned_model(self) -> Any:
+        """The whole fine-tuned network (backbone + head) of a fine-tuned run, in eval mode."""
+        if self._model is None:
+            from .train.export import load_exported
+
+            self._model, _ = load_exported(self.path / self.model_info["weights"])
+        return self._model
+
+    def _predict_finetuned(self, source: Any, *, batch_size: int, num_workers: int | None, device: str,
+                           progress: bool) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+        """Class probabilities from the fine-tuned network on raw inputs (its weights differ from the
+        pretrained backbone's, so the feature cache does not apply)."""
+        import torch
+
+        from ._progress import progress_bar
+        from .features.store import _Collate, _Items, _to_device, default_num_workers, resolve_device
+
+        model = self.finetuned_model
+        dev = resolve_device(device)
+        model.to(dev)
+        bb = model.backbone
+        loader = torch.utils.data.DataLoader(
+            _Items(source, np.arange(len(source)), bb.transform()), batch_size=batch_size, shuffle=False,
+            num_workers=default_num_workers() if num_workers is None else num_workers, collate_fn=_Collate(bb))
+        proba = np.full((len(source), len(self.classes)), np.nan)
+        bad: list[tuple[int, str, str]] = []
+        with progress_bar(len(source), "predict", unit="items", enabled=progress) as bar, torch.inference_mode():
+            for idx, inputs, failed in loader:
+                if inputs is not None:
+                    proba[idx] = torch.softmax(model(_to_device(inputs, dev)).float(), 1).cpu().double().numpy()
+                bad += [(int(i), source.describe(int(i)), reason) for i, reason in failed]
+                bar.advance(len(idx) + len(failed))
+        return proba, sorted(bad)
+
+    def _frame(self, source: Any, proba: np.ndarray, bad: Sequence[tuple[int, str, str]]) -> pd.DataFrame:
         pred = np.asarray([self.classes[int(i)] if not np.isnan(p).any() else "" for i, p in
                            zip(np.nan_to_num(proba).argmax(1), proba)], dtype=object)
         df = pd.DataFrame({"input": [source.describe(i) for i in range(len(source))], "prediction": pred,
                            "confidence": np.nanmax(np.where(np.isnan(proba), -1, proba), axis=1).clip(min=0)})
         for j, c in enumerate(self.classes):
             df[f"p_{c}"] = proba[:, j]
-        errors = {b[0]: b[2] for b in feats.bad}
+        errors = {b[0]: b[2] for b in bad}
         df["error"] = [errors.get(i, "") for i in range(len(source))]
         return df
 
