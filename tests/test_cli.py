@@ -151,3 +151,32 @@ def test_rank_scores_backbones_and_writes_report(image_folder, tmp_path):
     assert "backbone ranking" in p.stdout or "Ranking" in (tmp_path / "rank" / "report.html").read_text()
     assert_user_error(tk("rank", image_folder, "-b", "lite9"), "unknown backbone 'lite9'")
     assert_user_error(tk("rank", image_folder, "-b", TINY, "--scores", "bogus"), "unknown score")
+
+
+def test_export_probe_run_to_onnx_matches_run_predictions(image_folder, tmp_path):
+    import json
+
+    import onnxruntime as ort
+    import torch
+
+    from transferkit import load_run
+
+    run = tmp_path / "run"
+    assert tk("fit", image_folder, "-b", TINY, "--no-baseline", "--no-report", "-o", run, "-q").returncode == 0
+    p = tk("export", run, "--format", "onnx")
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((run / "model" / "network.onnx.json").read_text())
+    assert meta["verified_max_abs_diff"] < 1e-4 and meta["classes"] == ["discs", "squares", "stripes"]
+    # the exported network (head folded into one linear layer) gives the run's own probabilities
+    loaded = load_run(run)
+    files = sorted(str(f) for f in (image_folder / "discs").glob("*.png"))[:4]
+    expected = loaded.predict(files, num_workers=0)[[f"p_{c}" for c in loaded.classes]].to_numpy()
+    tf = loaded.backbone.transform()
+    from transferkit.data.images import open_image
+
+    x = torch.stack([tf(open_image(f)) for f in files]).numpy()
+    sess = ort.InferenceSession(str(run / "model" / "network.onnx"))
+    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    got = torch.softmax(torch.as_tensor(logits), 1).numpy()
+    assert np.allclose(got, expected, atol=1e-4)
+    assert_user_error(tk("export", run, "--format", "pickle"), "unknown export format 'pickle'")

@@ -225,6 +225,30 @@ def extract(
         out.print(f"[yellow]{msg}[/yellow]")
 
 
+@app.command()
+@_friendly
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `transferkit fit`."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript or safetensors."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (default: <run>/model/network.<ext>)."),
+):
+    """Export the run's whole network (backbone + head, preprocessing in a JSON file beside it); ONNX and
+    TorchScript files are checked against PyTorch before this returns."""
+    from .runs import load_run
+    from .train.export import EXPORT_FORMATS, export_model
+
+    if format not in EXPORT_FORMATS:
+        from .errors import TransferkitError
+
+        raise TransferkitError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    run = load_run(run_dir)
+    ext = {"onnx": "onnx", "torchscript": "pt", "safetensors": "safetensors"}[format]
+    path = output if output is not None else run.path / "model" / f"network.{ext}"
+    written = export_model(run.network(), run.model_info["preprocessing"], run.classes, path, format,
+                           extra={"run": str(run.path), "strategy": run.model_info.get("strategy", "probe")})
+    out.print(f"wrote {written} (+ {written.name}.json with the preprocessing and class names)")
+
+
 _DEFAULT_RANK = {"image": "lite0,lite1,lite2,lite0-random", "text": "minilm,glove-50d"}
 
 

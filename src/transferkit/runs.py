@@ -181,6 +181,33 @@ class Run:
                 proba[good] = torch.softmax(self.head(X), 1).double().numpy()
         return self._frame(source, proba, feats.bad)
 
+    def network(self) -> Any:
+        """The run's whole network (backbone + head) as one :class:`~transferkit.train.model.TransferModel`.
+
+        A fine-tuned run loads its exported weights; a probe run puts its head on the pretrained backbone, with
+        the head's feature standardisation folded into the linear layer (``W / s``, ``b - W m / s``), so the
+        network maps preprocessed inputs straight to logits, ready for ONNX or TorchScript export.
+        """
+        import copy
+
+        import torch
+
+        if self.model_info.get("kind") == "finetuned":
+            return self.finetuned_model
+        from .train.model import TransferModel, prepare_backbone
+
+        head = self.head
+        model = TransferModel(prepare_backbone(copy.deepcopy(self.backbone)), len(self.classes))
+        linear = [m for m in head.layers if isinstance(m, torch.nn.Linear)]
+        if len(linear) == 1:
+            with torch.no_grad():
+                w = linear[0].weight / head.scale
+                model.head.weight.copy_(w)
+                model.head.bias.copy_(linear[0].bias - w @ head.mean)
+        else:  # an MLP head: keep it whole (standardisation included)
+            model.head = copy.deepcopy(head)
+        return model.eval()
+
     @property
     def finetuned_model(self) -> Any:
         """The whole fine-tuned network (backbone + head) of a fine-tuned run, in eval mode."""
