@@ -8,7 +8,6 @@ digest and preprocessing, head architecture, class names).
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ._io import atomic_write_bytes
 from .errors import BadInputError, OutputError, TransferkitError
 
 __all__ = ["Run", "load_run", "prepare_run_dir", "write_json", "save_model", "default_run_dir"]
@@ -53,14 +53,6 @@ def prepare_run_dir(path: str | Path) -> Path:
     return path
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -74,12 +66,12 @@ def write_json(path: Path, obj: Any) -> None:
             return str(o)
         return str(o)
 
-    _atomic(Path(path), json.dumps(obj, indent=2, default=default).encode())
+    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, default=default).encode())
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
     """Write a CSV atomically."""
-    _atomic(Path(path), df.to_csv(index=False).encode())
+    atomic_write_bytes(Path(path), df.to_csv(index=False).encode())
 
 
 def save_model(run_dir: Path, head_module: Any, info: dict[str, Any]) -> None:
@@ -87,7 +79,7 @@ def save_model(run_dir: Path, head_module: Any, info: dict[str, Any]) -> None:
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in head_module.state_dict().items()}
-    _atomic(run_dir / "model" / "head.safetensors", save(state, metadata={"format": MODEL_FORMAT}))
+    atomic_write_bytes(run_dir / "model" / "head.safetensors", save(state, metadata={"format": MODEL_FORMAT}))
     write_json(run_dir / "model" / "model.json", {"format": MODEL_FORMAT, **info, "head": head_module.config})
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .._io import atomic_write
 from ..backbones.base import Backbone
 from ..data.sources import DataSource
 from ..errors import BadInputError, CacheError, ModalityError
@@ -124,14 +125,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class FeatureStore:
@@ -161,7 +154,7 @@ class FeatureStore:
             (d / "views").mkdir(exist_ok=True)
             meta = d / "backbone.json"
             if not meta.exists():
-                _atomic_write(meta, lambda p: p.write_text(json.dumps(
+                atomic_write(meta, lambda p: p.write_text(json.dumps(
                     {**backbone.identity(), "transferkit": __version__}, indent=2, default=str)))
         except OSError as e:
             raise CacheError(f"cannot write the feature cache at {self.root} ({e.strerror or e}); choose another "
@@ -284,7 +277,7 @@ class FeatureStore:
             with open(tmp, "wb") as f:
                 np.savez(f, keys=keys[all_idx], features=F.astype(np.float32), reasons=reasons)
 
-        _atomic_write(path, write)
+        atomic_write(path, write)
 
     def _assemble(self, source: DataSource, keys: np.ndarray, index: dict, d: Path, view: Path, vmeta: Path,
                   dim: int) -> list[tuple[int, str, str]]:
@@ -318,7 +311,7 @@ class FeatureStore:
         try:
             write_view(tmp_view)
             bad_sorted = sorted(bad)
-            _atomic_write(vmeta, write_meta)
+            atomic_write(vmeta, write_meta)
             os.replace(tmp_view, view)
         finally:
             if tmp_view.exists():

@@ -31,11 +31,9 @@ import hashlib
 import io
 import json
 import math
-import os
 import pickle
 import random
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,6 +45,7 @@ from torch import nn
 from ..backbones.base import Backbone
 from ..data.sources import DataSource
 from ..data.splits import Splits
+from .._io import atomic_write_bytes
 from ..errors import DataError, ModalityError, ResumeMismatchError, TrainingError, TransferkitError
 from .model import TransferModel, layer_groups, prepare_backbone
 from .regularizers import describe_loss, loss_name
@@ -1014,7 +1013,7 @@ class _Trainer:
             }
             buf = io.BytesIO()
             torch.save(state, buf)
-            _atomic_write(self.ckpt_path, buf.getvalue())
+            atomic_write_bytes(self.ckpt_path, buf.getvalue())
         self.fabric.barrier()
 
     def _write_info(self) -> None:
@@ -1025,7 +1024,7 @@ class _Trainer:
                                "head": sum(p.numel() for p in self.raw.head.parameters())},
                 "steps_per_epoch": self.steps_per_epoch, "processes": self.world,
                 "device": str(self.fabric.device), "preprocessing": self.preprocessing}
-        _atomic_write(self.job.run_dir / "finetune.json", json.dumps(info, indent=2, default=str).encode())
+        atomic_write_bytes(self.job.run_dir / "finetune.json", json.dumps(info, indent=2, default=str).encode())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1077,19 +1076,6 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, flush to disk, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -1101,7 +1087,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, modality: str) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import atomic_write_bytes
 from ..errors import ExportError, TransferkitError
 
 __all__ = ["export_model", "load_exported", "EXPORT_FORMATS", "EXPORT_FORMAT"]
@@ -72,7 +73,7 @@ def export_model(model: nn.Module, preprocessing: dict[str, Any], classes: Seque
             from safetensors.torch import save
 
             state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-            _atomic_write(path, save(state, metadata={"format": EXPORT_FORMAT, "meta": json.dumps(meta)}))
+            atomic_write_bytes(path, save(state, metadata={"format": EXPORT_FORMAT, "meta": json.dumps(meta)}))
         else:
             example, check, names, axes = _examples(model, preprocessing, meta)
             wrapper = _Wrapper(model, names if meta["modality"] == "text" else None).eval()
@@ -82,7 +83,7 @@ def export_model(model: nn.Module, preprocessing: dict[str, Any], classes: Seque
                 meta["verified_max_abs_diff"] = _torchscript(wrapper, example, check, path, verify)
     finally:
         model.train(was_training)
-    _atomic_write(path.with_name(path.name + ".json"), json.dumps(meta, indent=2, default=str).encode())
+    atomic_write_bytes(path.with_name(path.name + ".json"), json.dumps(meta, indent=2, default=str).encode())
     return path
 
 
@@ -280,16 +281,3 @@ def _torchscript(wrapper: nn.Module, example: tuple, check: tuple, path: Path, v
 
 def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0][:300] if str(e) else ""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
