@@ -16,6 +16,7 @@ __all__ = [
     "NotFittedError",
     "OutputError",
     "CacheError",
+    "ScoreError",
     "TrainingError",
     "ResumeMismatchError",
     "ExportError",
@@ -71,9 +72,6 @@ class CacheError(TransferkitError, OSError):
 
 class ScoreError(TransferkitError, ValueError):
     """Inputs a transferability score or domain distance cannot use (one class, NaN features, wrong shapes, ...)."""
-
-
-__all__ += ["ScoreError"]
 
 
 class TrainingError(TransferkitError, RuntimeError):
