@@ -180,3 +180,18 @@ def test_export_probe_run_to_onnx_matches_run_predictions(image_folder, tmp_path
     got = torch.softmax(torch.as_tensor(logits), 1).numpy()
     assert np.allclose(got, expected, atol=1e-4)
     assert_user_error(tk("export", run, "--format", "pickle"), "unknown export format 'pickle'")
+
+
+def test_advise_and_fit_strategy_auto(image_folder, tmp_path):
+    import json
+
+    p = tk("advise", image_folder, "-b", TINY, "-n", "8", "-q")
+    assert p.returncode == 0, p.stderr
+    assert "advice: --strategy" in p.stdout and "labels per class" in p.stdout and "linear probe" in p.stdout
+    p = tk("fit", image_folder, "-b", TINY, "--strategy", "auto", "--no-baseline", "--image-size", "32",
+           "--epochs", "1", "-o", tmp_path / "auto", "-q")
+    assert p.returncode == 0, p.stderr
+    assert "strategy auto chose" in p.stdout
+    config = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert config["advice"]["strategy"] == config["strategy"] and config["advice"]["reasons"]
+    assert "(--strategy auto)" in (tmp_path / "auto" / "report.html").read_text()

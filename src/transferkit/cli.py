@@ -88,7 +88,7 @@ def fit(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init)."),
+    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (the advisor picks from data size and similarity), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init)."),
     freeze: Optional[int] = typer.Option(None, "--freeze", help="partial: freeze the first K layer groups (timm's own grouping)."),
     freeze_until: Optional[str] = typer.Option(None, "--freeze-until", help="partial: freeze every group up to and including this one (e.g. blocks.3)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping on validation)."),
@@ -141,6 +141,8 @@ def fit(
         table.add_row(row["name"], _pct(row["accuracy"]), _pct(row["macro_f1"]), f"{row['seconds']:.1f}"
                       + (" (cached)" if row.get("cached") else ""))
     out.print(table)
+    if res.advice is not None:
+        out.print(f"strategy auto chose [bold]{res.advice['strategy']}[/bold]: " + "; ".join(res.advice["reasons"]))
     if res.baseline is not None:
         gain = 100 * (res.metrics["accuracy"] - res.baseline["accuracy"])
         out.print(f"transfer gain over training from scratch: [bold]{gain:+.1f} points[/bold]")
@@ -247,6 +249,28 @@ def export(
     written = export_model(run.network(), run.model_info["preprocessing"], run.classes, path, format,
                            extra={"run": str(run.path), "strategy": run.model_info.get("strategy", "probe")})
     out.print(f"wrote {written} (+ {written.name}.json with the preprocessing and class names)")
+
+
+@app.command()
+@_friendly
+def advise(
+    data: str = typer.Argument(..., help="Built-in dataset, folder of class sub-folders, or table."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
+    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class, as in `fit` (default: split by fractions)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split."),
+    cache_dir: Optional[Path] = CacheOpt,
+    quiet: bool = QuietOpt,
+):
+    """Say whether to freeze the backbone and train a head, or fine-tune part or all of it, and why: from the
+    labelled data size and how well the frozen features already fit the task, without training."""
+    from .transferability.advisor import advise_data
+
+    advice = advise_data(data, backbone, labels_per_class=labels_per_class, cache_dir=cache_dir, seed=seed,
+                         progress=not quiet,
+                         log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    out.print(f"advice: [bold]--strategy {advice.strategy}[/bold]")
+    for r in advice.reasons:
+        out.print(f"  - {r}")
 
 
 _DEFAULT_RANK = {"image": "lite0,lite1,lite2,lite0-random", "text": "minilm,glove-50d"}

@@ -56,6 +56,7 @@ class FitResult:
     extracted: int
     splits: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    advice: dict[str, Any] | None = None
 
 
 def _check_choice(value: str, allowed: Sequence[str], what: str) -> None:
@@ -227,7 +228,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     if strategy != "probe":
         from .train import strategies as engine_strategies
 
-        engine_strategies.create_strategy(strategy, **(strategy_params or {}))  # unknown names fail now
+        if strategy != "auto":
+            engine_strategies.create_strategy(strategy, **(strategy_params or {}))  # unknown names fail now
         engine = _engine_settings(train_config, regularizers, seed)
     is_builtin = isinstance(data, str) and data in DATASETS and not os.path.exists(data)
     if labels_per_class == "auto":
@@ -288,6 +290,17 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     splits = make_splits(y, labels_per_class=labels_per_class, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, classes=classes)
 
+    advice = None
+    if strategy == "auto":
+        from .transferability.advisor import advise
+        from .transferability.source import source_probabilities
+
+        Xl = np.asarray(X[splits.labelled], dtype=np.float32)
+        advice = advise(Xl, y[splits.labelled], source_probs=source_probabilities(bb, Xl), seed=seed)
+        strategy = advice.strategy
+        say(f"strategy auto -> {strategy}: " + "; ".join(advice.reasons))
+        if strategy == "probe":
+            engine = None
     t = time.perf_counter()
     params = dict(head_params or {})
     if head != "logreg":
@@ -354,6 +367,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         "labels_per_class": labels_per_class, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "splits": splits.sizes(), "on_bad_input": on_bad_input, "cache": str(store.root),
         "strategy": strategy, "strategy_params": strategy_params,
+        "advice": None if advice is None else advice.to_dict(),
         "finetune": None if ft is None else ft.config,
         "features_view": str(feats.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -386,7 +400,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     timings["total"] = time.perf_counter() - t_all
     write_json(run_dir / "metrics.json", metrics_doc)
     return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, feats.extracted,
-                     splits.sizes(), skipped)
+                     splits.sizes(), skipped, None if advice is None else advice.to_dict())
 
 
 def _write_report(run_dir: Path, store: Any, feats, X, y, splits: Splits, classes: list[str], backbone: str,
@@ -420,8 +434,15 @@ def _write_report(run_dir: Path, store: Any, feats, X, y, splits: Splits, classe
                ("backbone", backbone), ("head", f"{head} {params or ''}".strip()),
                ("labels per class", str(config["labels_per_class"] or "all (fractions)")),
                ("train / val / test", " / ".join(str(v) for v in splits.sizes().values())),
-               ("features", config["features_view"])]
-    write_report(run_dir / "report.html", {
+               ("features", config["features_view"]),
+               ("strategy", str(config.get("strategy", "probe")))]
+    sections = []
+    if config.get("advice"):
+        import html as _html
+
+        items = "".join(f"<li>{_html.escape(r)}</li>" for r in config["advice"]["reasons"])
+        sections.append({"title": f"Why {config['advice']['strategy']}? (--strategy auto)", "html": f"<ul>{items}</ul>"})
+    write_report(run_dir / "report.html", {"sections": sections,
         "title": f"transferkit fit: {config['dataset']} with {backbone}",
         "subtitle": f"run {run_dir.name}, {config['created']}",
         "summary": summary, "comparison": comparison, "chance": 1.0 / len(classes), "warnings": warnings,
