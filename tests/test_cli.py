@@ -195,3 +195,13 @@ def test_advise_and_fit_strategy_auto(image_folder, tmp_path):
     config = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert config["advice"]["strategy"] == config["strategy"] and config["advice"]["reasons"]
     assert "(--strategy auto)" in (tmp_path / "auto" / "report.html").read_text()
+
+
+def test_compare_command_table_files_and_errors(image_folder, tmp_path):
+    p = tk("compare", image_folder, "-b", TINY, "--strategies", "probe,scratch", "-n", "4", "--seeds", "1",
+           "--epochs", "1", "--image-size", "32", "-o", tmp_path / "cmp", "-q")
+    assert p.returncode == 0, p.stderr
+    assert "probe" in p.stdout and "scratch" in p.stdout and "labels per class:" in p.stdout
+    assert (tmp_path / "cmp" / "compare.json").is_file() and (tmp_path / "cmp" / "report.html").is_file()
+    assert_user_error(tk("compare", image_folder, "-b", TINY, "-n", "five"), "--labels-per-class must be")
+    assert_user_error(tk("compare", image_folder, "-b", TINY, "--strategies", "probe,finetuen"), "finetuen")

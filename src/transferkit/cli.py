@@ -273,6 +273,53 @@ def advise(
         out.print(f"  - {r}")
 
 
+@app.command()
+@_friendly
+def compare(
+    data: str = typer.Argument(..., help="Built-in dataset, folder of class sub-folders, or table (images)."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
+    strategies: str = typer.Option("scratch,probe,partial,finetune", "--strategies", help="Comma-separated: probe, finetune, partial, gradual, scratch, cnn (small CNN from raw pixels)."),
+    labels_per_class: str = typer.Option("5,20", "--labels-per-class", "-n", help="Comma-separated labelled budgets per class."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per budget (one split each, shared by every strategy)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Train and evaluate at this side (default: the backbone's)."),
+    grayscale: bool = typer.Option(False, "--grayscale", help="Convert the images to grayscale first (the colour-vs-grayscale experiment)."),
+    max_test: Optional[int] = typer.Option(None, "--max-test", help="Evaluate on at most this many test items per cell (stratified)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; rerun with the same --out to resume (default: runs/<time>-compare-...)."),
+    cache_dir: Optional[Path] = CacheOpt,
+    quiet: bool = QuietOpt,
+):
+    """Run several strategies on the same splits and seeds: accuracy (mean ± std) and wall time per strategy and
+    label budget, the winner per budget, and negative transfer flagged."""
+    from .compare import compare_strategies
+    from .errors import TransferkitError
+
+    try:
+        budgets = [int(b) for b in labels_per_class.split(",") if b.strip()]
+    except ValueError:
+        raise TransferkitError(f"--labels-per-class must be comma-separated integers, got {labels_per_class!r}") from None
+    cfg = {k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v is not None}
+    from .pipeline import _engine_settings
+
+    res = compare_strategies(data, backbone=backbone, strategies=[x.strip() for x in strategies.split(",") if x.strip()],
+                             labels_per_class=budgets, seeds=list(range(seeds)),
+                             config=_engine_settings(cfg or None, None, 0)["config"], grayscale=grayscale,
+                             cache_dir=cache_dir, out=out_dir, progress=not quiet, max_test=max_test,
+                             log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    table = Table(title=f"test accuracy, mean ± std over {seeds} seed(s)")
+    for col in ("labels/class", "strategy", "accuracy", "wall s"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for a in res.aggregates:
+        table.add_row(str(a["budget"]), str(a["strategy"]),
+                      f"{100 * a['accuracy_mean']:.1f} ± {100 * a['accuracy_std']:.1f}", f"{a['seconds_mean']:.1f}")
+    out.print(table)
+    for n, w in res.winners.items():
+        out.print(f"{n} labels per class: [bold]{w}[/bold] wins")
+    for w in res.warnings:
+        out.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    out.print(f"results: {res.out}")
+
+
 _DEFAULT_RANK = {"image": "lite0,lite1,lite2,lite0-random", "text": "minilm,glove-50d"}
 
 

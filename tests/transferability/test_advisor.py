@@ -1,59 +1,144 @@
-"""The strategy advisor's decision table (size x similarity) on constructed cases, and its data entry point."""
+"""The strategy advisor: its decision table (size x similarity) on constructed cases, the similarity votes and
+their tie-break, the optional domain distance, input errors, and the data entry point over the feature cache."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from tests.conftest import TINY
 from transferkit.errors import ScoreError
-from transferkit.transferability.advisor import (LARGE_LABELS_PER_CLASS, SIMILAR_SKILL, TINY_LABELS_PER_CLASS,
-                                                 advise, advise_data)
+from transferkit.transferability.advisor import (KNN_SIMILAR_SKILL, LARGE_LABELS_PER_CLASS, PAD_DISSIMILAR,
+                                                 PAD_SIMILAR, SIMILAR_SKILL, SOURCE_FAMILIAR, SOURCE_UNFAMILIAR,
+                                                 TINY_LABELS_PER_CLASS, advise, advise_data)
 
 
-def _task(per_class: int, informative: bool, k: int = 4, d: int = 32, seed: int = 0):
+def _task(per_class: int, kind: str, k: int = 4, d: int = 32, seed: int = 0):
+    """Synthetic features of k classes: "similar" (class means far apart: probe and kNN near perfect), "dissimilar"
+    (pure noise: both near chance), "linear_only" (the class signal hides under 30x louder noise dimensions: a
+    standardised linear probe finds it, cosine kNN does not)."""
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(k), per_class)
     X = rng.normal(size=(len(y), d))
-    if informative:  # class means far apart: a linear probe is near perfect
+    if kind == "similar":
         X[:, :k] += 6.0 * np.eye(k)[y]
+    elif kind == "linear_only":
+        X[:, k:] *= 30.0
+        X[:, :k] += 4.0 * np.eye(k)[y]
     return X, y
 
 
-@pytest.mark.parametrize("per_class,informative,expected", [
-    (10, True, "probe"),                            # small & similar: freeze, train the head
-    (10, False, "partial"),                         # small & dissimilar: retrain the later layers
-    (LARGE_LABELS_PER_CLASS, True, "partial"),      # large & similar: fine-tune the later layers
-    (LARGE_LABELS_PER_CLASS, False, "finetune"),    # large & dissimilar: fine-tune everything
-    (TINY_LABELS_PER_CLASS - 1, False, "probe"),    # too few labels to fine-tune anything
+def _source(n: int, confident: bool, z: int = 50, seed: int = 0) -> np.ndarray:
+    """Source-classifier probabilities over z classes: 0.9 on one class (confident) or nearly uniform (flat)."""
+    rng = np.random.default_rng(seed)
+    if confident:
+        P = np.full((n, z), 0.1 / (z - 1))
+        P[np.arange(n), rng.integers(0, z, n)] = 0.9
+        return P
+    P = 1.0 + 0.1 * rng.random((n, z))
+    return P / P.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("per_class,kind,source,expected", [
+    (10, "similar", True, "probe"),                               # small & similar: freeze, train the head
+    (10, "dissimilar", False, "partial"),                         # small & dissimilar: retrain the later layers
+    (LARGE_LABELS_PER_CLASS, "similar", True, "partial"),         # large & similar: fine-tune the later layers
+    (LARGE_LABELS_PER_CLASS, "dissimilar", False, "finetune"),    # large & dissimilar: fine-tune everything
+    (10, "similar", None, "probe"),                               # no source classifier (text backbones)
+    (LARGE_LABELS_PER_CLASS, "dissimilar", None, "finetune"),
+    (TINY_LABELS_PER_CLASS - 1, "dissimilar", False, "probe"),    # too few labels to fine-tune anything
 ])
-def test_decision_table(per_class, informative, expected):
-    X, y = _task(per_class, informative)
-    a = advise(X, y)
-    assert a.strategy == expected, a.reasons
-    assert a.evidence["labels_per_class"] == per_class
-    skill = a.evidence["probe_skill"]
-    assert (skill >= SIMILAR_SKILL) == informative, skill
-    text = " ".join(a.reasons)
-    assert f"{per_class:g} labels per class" in text and f"{100 * a.evidence['probe_accuracy']:.1f}%" in text
-
-
-def test_source_confidence_is_reported_and_one_label_per_class_gives_probe():
-    X, y = _task(1, True)
-    probs = np.full((len(y), 5), 0.1)
-    probs[:, 0] = 0.6
+def test_decision_table(per_class, kind, source, expected):
+    X, y = _task(per_class, kind)
+    probs = None if source is None else _source(len(y), source)
     a = advise(X, y, source_probs=probs)
-    assert a.strategy == "probe" and a.evidence["probe_accuracy"] is None
-    assert np.isclose(a.evidence["source_confidence"], 0.6) and "60% confident" in " ".join(a.reasons)
+    assert a.strategy == expected, a.reasons
+    ev = a.evidence
+    assert ev["labels_per_class"] == per_class and ev["classes"] == 4 and ev["n_samples"] == len(y)
+    assert ev["similarity"] == kind
+    assert (ev["probe_skill"] >= SIMILAR_SKILL) == (kind == "similar"), ev["probe_skill"]
+    assert (ev["knn_skill"] >= KNN_SIMILAR_SKILL) == (kind == "similar"), ev["knn_skill"]
+    assert ev["size"] == ("tiny" if per_class < TINY_LABELS_PER_CLASS else
+                          "large" if per_class >= LARGE_LABELS_PER_CLASS else "small")
+    text = "\n".join(a.reasons)  # the reasons carry the numbers they are based on
+    assert f"{per_class:g} labels per class over 4 classes" in text
+    assert f"scores {100 * ev['probe_accuracy']:.1f}% (" in text and f"skill {ev['probe_skill']:.2f}" in text
+    assert f"scores {100 * ev['knn_accuracy']:.1f}%:" in text and f"LogME {ev['logme']:.3f}" in text
+    if source is None:
+        assert ev["source_confidence"] is None and "source" not in ev["votes"]
+    else:
+        assert (ev["source_confidence"] >= SOURCE_FAMILIAR) if source else (ev["source_confidence"] < SOURCE_UNFAMILIAR)
+        assert f"{100 * ev['source_confidence']:.1f}% confident" in text
+        assert ev["votes"]["source"] == kind
+    json.dumps(a.to_dict())  # plain JSON for config.json
+
+
+def test_votes_outvote_the_probe_and_the_probe_breaks_ties():
+    X, y = _task(20, "linear_only")  # the probe says similar, kNN dissimilar
+    a = advise(X, y)
+    assert a.evidence["votes"] == {"probe": "similar", "knn": "dissimilar"}
+    assert a.strategy == "probe" and "a 1-1 tie, broken by the linear probe" in a.reasons[-1]
+    flat = advise(X, y, source_probs=_source(len(y), False))  # the source classifier finds the inputs unfamiliar
+    assert flat.strategy == "partial" and flat.evidence["similarity"] == "dissimilar"
+    assert "(2 of 3 votes)" in flat.reasons[-1]
+    sure = advise(X, y, source_probs=_source(len(y), True))
+    assert sure.strategy == "probe" and "(2 of 3 votes)" in sure.reasons[-1]
+    middle = np.full((len(y), 50), 0.75 / 49)  # 25% top-1: between the two thresholds, no vote
+    middle[:, 0] = 0.25
+    m = advise(X, y, source_probs=middle)
+    assert m.evidence["votes"]["source"] is None and "no vote (in between)" in "\n".join(m.reasons)
+
+
+def test_domain_distance_to_a_source_reference_votes():
+    X, y = _task(20, "linear_only", seed=1)
+    near = advise(X, y, target_vs_source=_task(20, "linear_only", seed=2)[0])  # same distribution
+    assert near.evidence["domain"]["proxy_a_distance"] <= PAD_SIMILAR and near.evidence["votes"]["domain"] == "similar"
+    far_ref = _task(20, "linear_only", seed=2)[0] + 200.0  # a shifted domain: linearly separable
+    far = advise(X, y, target_vs_source=far_ref)
+    assert far.evidence["domain"]["proxy_a_distance"] >= PAD_DISSIMILAR and far.strategy == "partial"
+    assert f"proxy A-distance to the source reference {far.evidence['domain']['proxy_a_distance']:.2f}" in \
+        "\n".join(far.reasons)
+    given = advise(X, y, target_vs_source={"proxy_a_distance": 1.9})
+    assert given.evidence["votes"]["domain"] == "dissimilar" and given.evidence["domain"] == {"proxy_a_distance": 1.9}
+    with pytest.raises(ScoreError, match="proxy_a_distance"):
+        advise(X, y, target_vs_source={"mmd_linear": 0.3})
+    with pytest.raises(ScoreError, match="proxy_a_distance"):
+        advise(X, y, target_vs_source={"proxy_a_distance": "far"})
+    with pytest.raises(ScoreError, match="target features 32-d"):
+        advise(X, y, target_vs_source=np.zeros((10, 8)))
+
+
+def test_budget_subsample_and_input_errors():
+    X, y = _task(300, "similar")
+    a = advise(X, y, max_samples=200)  # measured on a subsample; the budget is still the full one
+    assert a.evidence["n_samples"] == 200 and a.evidence["n_given"] == 1200 and a.strategy == "partial"
+    assert "300 labels per class" in a.reasons[0] and "subsample of 200 of the 1200" in a.reasons[0]
+    small = advise(X[::30], y[::30], n_labelled_per_class=LARGE_LABELS_PER_CLASS)  # a subsample of a large budget
+    assert small.evidence["labels_per_class"] == LARGE_LABELS_PER_CLASS and small.evidence["size"] == "large"
+    one = advise(*_task(2, "similar"), source_probs=_source(8, True), n_labelled_per_class=1)
+    assert one.strategy == "probe" and one.evidence["size"] == "tiny"
+    X1, y1 = X[[0, 300, 301, 600, 601]], y[[0, 300, 301, 600, 601]]  # class 0 has one sample: no CV probe
+    b = advise(X1, y1)
+    assert b.evidence["probe_accuracy"] is None and "probe" not in b.evidence["votes"] and b.strategy == "probe"
     with pytest.raises(ScoreError, match="at least 2 classes"):
-        advise(X[:1], y[:1])
+        advise(X[:10], y[:10])
     with pytest.raises(ScoreError, match="one label per row"):
         advise(X, y[:-1])
+    with pytest.raises(ScoreError, match="n_labelled_per_class must be a positive number"):
+        advise(X, y, n_labelled_per_class=0)
+    with pytest.raises(ScoreError, match="rows of source probabilities"):
+        advise(X, y, source_probs=_source(10, True))
 
 
 def test_advise_data_uses_the_labelled_split_and_the_cache(image_folder, tmp_path):
-    a = advise_data(str(image_folder), TINY, labels_per_class=8, cache_dir=tmp_path)
+    logs: list[str] = []
+    a = advise_data(str(image_folder), TINY, labels_per_class=8, cache_dir=tmp_path, log=logs.append)
     assert a.strategy in ("probe", "partial", "finetune") and a.evidence["labels_per_class"] == 8
-    logs = []
+    assert a.evidence["n_samples"] == a.evidence["n_labelled"] == 3 * 8  # never the 3 x 4 test images
+    assert a.evidence["backbone"] == TINY and a.evidence["source_confidence"] is not None
+    assert "extracted" in logs[0]
     again = advise_data(str(image_folder), TINY, labels_per_class=8, cache_dir=tmp_path, log=logs.append)
-    assert again.to_dict() == a.to_dict() and "cache hit" in logs[0]
+    assert "cache hit" in logs[1]
+    assert again.strategy == a.strategy and again.reasons == a.reasons

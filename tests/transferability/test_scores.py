@@ -267,9 +267,11 @@ def test_logme_is_fast():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((5000, 1280)).astype(np.float32)
     y = rng.integers(0, 10, 5000)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     value = logme(X, y)
-    seconds = time.perf_counter() - t
-    print(f"logme 5000 x 1280: {seconds:.3f} s")
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+    print(f"logme 5000 x 1280: {seconds:.3f} s wall, {cpu_seconds:.3f} s CPU")
     assert np.isfinite(value) and -1.0 < value < 0.0
-    assert seconds < 3.0
+    # CPU time of this process (BLAS is limited to one thread in this folder's conftest): unlike wall time it does
+    # not grow when other jobs share the machine; measured 0.5-0.8 s on a 2-core EPYC
+    assert cpu_seconds < 3.0

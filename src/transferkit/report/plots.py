@@ -573,3 +573,85 @@ def projection_2d(X: np.ndarray, seed: int = 0, max_points: int = 2000) -> tuple
         )
         coords = tsne.fit_transform(reduced)
     return np.asarray(coords, dtype=np.float64), idx, "t-SNE"
+
+
+def plot_accuracy_vs_budget(series: dict[str, list[tuple[float, float, float]]], title: str) -> bytes:
+    """Draws test accuracy against labels per class, one line with error bars per strategy.
+
+    Args:
+        series: strategy name -> ``(labels per class, mean accuracy 0..1, std)`` points.
+        title: Figure title.
+
+    Returns:
+        The figure as PNG bytes.
+
+    Raises:
+        DataError: If ``series`` has no points.
+    """
+    if not any(series.values()):
+        raise DataError("series has no points; give at least one (budget, accuracy, std) point.")
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    budgets: set[float] = set()
+    for i, (name, pts) in enumerate(series.items()):
+        pts = sorted((float(b), float(m), float(s or 0.0)) for b, m, s in pts)
+        if not pts:
+            continue
+        xs, ms, ss = zip(*pts)
+        budgets.update(xs)
+        ax.errorbar(xs, ms, yerr=ss, marker=_MARKERS[i % len(_MARKERS)], capsize=3, linewidth=1.4, markersize=5,
+                    label=_short(name, 24))
+    if len(budgets) > 1 and max(budgets) / max(min(budgets), 1e-9) >= 8:
+        ax.set_xscale("log")
+    ax.set_xticks(sorted(budgets))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("labels per class", fontsize=10)
+    ax.set_ylabel("test accuracy (mean ± std over seeds)", fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", frameon=True, framealpha=0.9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _to_png(fig)
+
+
+def plot_wall_time(rows: list[dict], title: str) -> bytes:
+    """Draws a horizontal bar chart of wall time per method (log scale when the range is wide).
+
+    Args:
+        rows: One dict per method with ``name``, ``seconds`` and optional ``std``.
+        title: Figure title.
+
+    Returns:
+        The figure as PNG bytes.
+
+    Raises:
+        DataError: If ``rows`` is empty.
+    """
+    if not rows:
+        raise DataError("rows is empty; give at least one method.")
+    names = [_short(str(r.get("name", f"method {i}")), 24) for i, r in enumerate(rows)]
+    secs = [max(_finite(r.get("seconds")) or 0.0, 1e-3) for r in rows]
+    stds = [_finite(r.get("std")) or 0.0 for r in rows]
+    fig = _new_figure((6.0, float(min(max(2.2, 0.55 * len(rows) + 1.3), 12.0))))
+    ax = fig.add_subplot(1, 1, 1)
+    ys = np.arange(len(rows))
+    ax.barh(ys, secs, xerr=stds if any(stds) else None, color="#8fb3d9", height=0.6,
+            error_kw={"ecolor": "#333333", "capsize": 3, "linewidth": 1})
+    if max(secs) / min(secs) > 30:
+        ax.set_xscale("log")
+    for y, s in zip(ys, secs):
+        ax.text(s, y, f" {s:.1f}s", va="center", ha="left", fontsize=9, color="#222222")
+    ax.set_yticks(ys)
+    ax.set_yticklabels(names, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel("wall time per cell (s)", fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _to_png(fig)

@@ -1,32 +1,82 @@
-"""The strategy advisor: freeze the backbone and train a head, or fine-tune, and how much?
+"""The strategy advisor: freeze the backbone and train a head, or fine-tune, and how much of it?
 
-The classic rule (Yosinski et al. 2014; the CS231n transfer-learning notes; Keras' transfer-learning guide)
-crosses two questions, both answered here from cached features and labels alone, before any training:
+The classic rule crosses two questions (Yosinski et al. 2014; Azizpour et al. 2016; the CS231n transfer-learning
+notes; Keras' transfer-learning guide), both answered here from the frozen backbone's features of the *labelled*
+samples, before any training:
 
-* **How much labelled data?** ``LARGE_LABELS_PER_CLASS`` labels per class or more counts as large; fewer than
-  ``TINY_LABELS_PER_CLASS`` is too little to fine-tune anything without over-fitting.
-* **How similar is the target to the source domain?** Measured by how well the frozen features already solve
-  the task: the skill of a cross-validated linear probe above chance, ``(acc - chance) / (1 - chance)``;
-  at least ``SIMILAR_SKILL`` counts as similar. When the backbone has a source classifier (the ImageNet
-  backbones), the mean top-1 confidence of its source predictions on the target inputs is reported as further
-  evidence (confident = the inputs look like the source data).
+==============  ==============================================  ==============================================
+                similar to the source domain                    dissimilar
+==============  ==============================================  ==============================================
+small data      ``probe``: freeze everything, train the head    ``partial``: retrain the later layers too
+large data      ``partial``: fine-tune the later layers         ``finetune``: fine-tune every layer
+==============  ==============================================  ==============================================
 
-==========  =========================  ===============================
-            similar (probe skill high) dissimilar (probe skill low)
-==========  =========================  ===============================
-small data  ``probe``                  ``partial`` (retrain later layers)
-large data  ``partial``                ``finetune`` (all layers)
-==========  =========================  ===============================
+and fewer than :data:`TINY_LABELS_PER_CLASS` labels per class always gives ``probe``.
 
-and fewer than ``TINY_LABELS_PER_CLASS`` labels per class always gives ``probe``.
+Why. Early layers compute generic features (edges, textures), later ones features specific to the source task,
+and the specificity grows with depth (Yosinski et al. 2014). When the target resembles the source, the later
+features already separate the target classes, so a head on frozen features is enough, and with little data
+updating the backbone mostly over-fits and distorts good features (Kumar et al. 2022). When the target is
+different, the specific later layers are what must change: with little data only those (``partial``; the
+alternative, a probe on earlier layers, is not offered), with plenty of data all of them (``finetune``). With plenty
+of data *and* a similar target, fine-tuning the later layers captures most of the gain of full fine-tuning at a
+fraction of the cost and risk (the early layers are generic anyway); ``finetune`` remains a fine choice there.
+
+**Large** is decided by labels per class (the caller's labelled budget; by default the median class count):
+
+* :data:`LARGE_LABELS_PER_CLASS` = 100 or more is large. The guidance names no number; 100 is where, in our own
+  measurements (``benchmarks/bench_probe_accuracy.py``: mnist5k, clipart), a network trained from scratch has
+  caught up with a probe on ImageNet features to within a few points (at 50 per class on mnist5k the gap was 1.5
+  points), i.e. where the labels themselves start to carry the task and updating the backbone can pay off.
+* below :data:`TINY_LABELS_PER_CLASS` = 5 nothing but a head is trained: 1-4 examples per class cannot support
+  fine-tuning a network of millions of weights, nor even a held-out validation split (``make_splits`` keeps none
+  below 5 per class) to stop it from over-fitting.
+
+**Similar** is decided by votes of the measures that are available, each from the frozen features (no training
+of the backbone); on a tie the probe decides:
+
+* the *linear probe*: the 5-fold cross-validated accuracy of a logistic regression on the standardised features,
+  as skill over chance ``(acc - 1/C) / (1 - 1/C)``; similar from :data:`SIMILAR_SKILL` = 0.6 (the probe removes
+  60% of the errors of guessing). The linear-probe accuracy is the standard measure of how well a representation
+  transfers (Kornblith et al. 2019).
+* the *kNN* accuracy (leave-one-out, cosine, ``k = min(5, smallest class - 1)``): whether the feature geometry
+  *as is*, without fitting anything, puts each sample among its class; similar from :data:`KNN_SIMILAR_SKILL` =
+  0.5 (lower than the probe's because a kNN vote on few labels trails a fitted probe; on our data by 5-15 points).
+* the *source classifier's confidence* (only for backbones that kept their pretraining classifier, e.g. ImageNet):
+  the mean top-1 softmax probability over the target inputs, the maximum-softmax-probability signal of
+  in-distribution inputs (Hendrycks & Gimpel 2017). Similar from :data:`SOURCE_FAMILIAR` = 0.3, dissimilar below
+  :data:`SOURCE_UNFAMILIAR` = 0.2, no vote in between. Measured with lite0: about 0.35 on photos (scikit-image's
+  ``coffee``, ``chelsea``, ...), 0.23 on clip-art objects, 0.15 on MNIST digits, 0.07 for the random-weight
+  control (whose random classifier gives every input the same output). The normalised entropy of the source
+  outputs is reported beside it.
+* the *domain distance* to a reference sample of the source domain, when the caller gives one
+  (``target_vs_source``): the proxy A-distance ``2 (1 - 2 err)`` of a linear domain classifier (Ben-David et al.
+  2007, 2010). Similar at or below :data:`PAD_SIMILAR` = 0.5 (the domains are told apart at most 62.5% of the
+  time), dissimilar from :data:`PAD_DISSIMILAR` = 1.5 (at least 87.5%), no vote in between. Deep features separate
+  almost any two datasets, so expect values near 2 unless the domains truly match.
+
+LogME (You et al. 2021) is computed and reported too, but does not vote: its value has no absolute scale across
+datasets, only an order between backbones on the same data (use :func:`~transferkit.transferability.rank_backbones`).
+
+Limits: every similarity measure also reflects how *hard* the task is (an easy task on a distant domain can still
+give a good probe; random-weight features probe MNIST at ~66%), which is why the votes combine measures of different
+kinds; and a probe on very few labels understates similarity, which errs toward ``partial``.
 
 References:
     Yosinski, Clune, Bengio & Lipson, "How transferable are features in deep neural networks?", NeurIPS 2014.
-    Kornblith, Shlens & Le, "Do Better ImageNet Models Transfer Better?", CVPR 2019.
+    Azizpour, Razavian, Sullivan, Maki & Carlsson, "Factors of Transferability for a Generic ConvNet
+    Representation", IEEE TPAMI 2016. Karpathy et al., CS231n notes, "Transfer Learning"; Chollet, Keras guide
+    "Transfer learning & fine-tuning". Kornblith, Shlens & Le, "Do Better ImageNet Models Transfer Better?", CVPR
+    2019. Kumar, Raghunathan, Jones, Ma & Liang, "Fine-Tuning can Distort Pretrained Features and Underperform
+    Out-of-Distribution", ICLR 2022. Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and
+    Out-of-Distribution Examples in Neural Networks", ICLR 2017. Ben-David, Blitzer, Crammer & Pereira, "Analysis of
+    Representations for Domain Adaptation", NeurIPS 2007. You, Liu, Wang & Long, "LogME", ICML 2021.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,14 +85,36 @@ import numpy as np
 
 from ..errors import ScoreError
 
-__all__ = ["Advice", "advise", "advise_data", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS", "SIMILAR_SKILL"]
+__all__ = ["Advice", "advise", "advise_data", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
+           "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR",
+           "PAD_DISSIMILAR", "MAX_SAMPLES"]
 
-#: labels per class from which the data counts as large (fine-tuning more layers pays off)
+#: labels per class from which the data count as large (fine-tuning more layers pays off)
 LARGE_LABELS_PER_CLASS = 100
 #: below this many labels per class nothing but a head is trained (fine-tuning would over-fit)
 TINY_LABELS_PER_CLASS = 5
-#: probe skill above chance, (acc - chance) / (1 - chance), from which target and source count as similar
+#: linear-probe skill over chance, (acc - chance) / (1 - chance), from which the probe votes "similar"
 SIMILAR_SKILL = 0.6
+#: kNN skill over chance from which the kNN vote is "similar"
+KNN_SIMILAR_SKILL = 0.5
+#: mean top-1 probability of the source classifier from which its vote is "similar" (the inputs look familiar)
+SOURCE_FAMILIAR = 0.3
+#: mean top-1 probability of the source classifier below which its vote is "dissimilar"
+SOURCE_UNFAMILIAR = 0.2
+#: proxy A-distance to the source reference at or below which its vote is "similar"
+PAD_SIMILAR = 0.5
+#: proxy A-distance to the source reference from which its vote is "dissimilar"
+PAD_DISSIMILAR = 1.5
+#: the measures use a stratified subsample of at most this many labelled samples (they need hundreds, not more)
+MAX_SAMPLES = 2000
+
+#: (large data, similar) -> strategy
+STRATEGIES = {(False, True): "probe", (False, False): "partial", (True, True): "partial", (True, False): "finetune"}
+
+_WHY = {(False, True): "small and similar: freeze the backbone and train the head on its features",
+        (False, False): "small but dissimilar: retrain the later (source-specific) layers, keep the generic early ones",
+        (True, True): "large and similar: fine-tune the later layers (full fine-tuning is a fine alternative)",
+        (True, False): "large and dissimilar: fine-tune every layer"}
 
 
 @dataclass
@@ -50,10 +122,11 @@ class Advice:
     """The advisor's decision and the evidence behind it.
 
     Attributes:
-        strategy: ``"probe"``, ``"partial"`` or ``"finetune"``.
-        reasons: one line of evidence per measurement, with its number.
-        evidence: the measured numbers (labels per class, probe accuracy and skill, kNN accuracy, source
-            confidence, thresholds).
+        strategy: ``"probe"``, ``"partial"`` or ``"finetune"`` (the names ``transferkit fit --strategy`` takes).
+        reasons: human-readable evidence, one line per measurement with its number, the decision last.
+        evidence: every measured number (labels per class, probe / kNN accuracy and skill, LogME, source
+            confidence and entropy, domain distances, the votes, the thresholds, seconds per measure); None for a
+            measure that does not apply.
     """
 
     strategy: str
@@ -62,90 +135,214 @@ class Advice:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (for config.json and reports)."""
-        return asdict(self)
+        return _plain(asdict(self))
+
+    def __str__(self) -> str:
+        return "\n".join([f"strategy: {self.strategy}", *(f"  - {r}" for r in self.reasons)])
 
 
-def advise(features: np.ndarray, labels: np.ndarray, *, source_probs: np.ndarray | None = None,
-           n_labelled_per_class: float | None = None, seed: int = 0) -> Advice:
-    """Choose probe, partial or full fine-tuning from labelled features (the size x similarity rule).
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_per_class: float | None = None,
+           target_vs_source: Any = None, max_samples: int | None = MAX_SAMPLES, seed: int = 0) -> Advice:
+    """Choose ``probe``, ``partial`` or ``finetune`` from labelled features: the size x similarity rule.
+
+    The module docstring gives the rule, every threshold and the reasoning. Give the features of the *labelled*
+    samples only (never of the test split: the measures fit classifiers on these labels).
 
     Args:
-        features: ``(N, D)`` frozen-backbone features of the labelled samples only (never the test split).
-        labels: ``(N,)`` class labels.
-        source_probs: ``(N, Z)`` source-classifier probabilities on the same samples, if the backbone has one.
-        n_labelled_per_class: labels per class available for training (default: the median class count of
-            ``labels``).
-        seed: seed of the probe's folds.
+        features: frozen-backbone features of the labelled samples.
+        labels: their class labels.
+        source_probs: the backbone's source-classifier probabilities on the same samples (e.g. from
+            :func:`~transferkit.transferability.source_probabilities`), or None when it has none (text backbones).
+        n_labelled_per_class: labels per class available for training; default the median class count of
+            ``labels`` (give it when ``features`` is a subsample of the labelled data).
+        target_vs_source: optional evidence of the domain gap: either features of a reference sample of the
+            source domain from the same backbone, ``(M, D)`` (the proxy A-distance and MMDs to ``features`` are
+            computed), or a mapping of precomputed distances with at least ``"proxy_a_distance"``.
+        max_samples: measure on a stratified subsample of at most this many samples (None: all).
+        seed: seed of the subsample, the probe's folds and the domain classifier.
 
     Returns:
         An :class:`Advice`.
 
     Raises:
-        ScoreError: fewer than 2 classes, or features and labels of different lengths.
-    """
-    from .scores import knn_accuracy, probe_accuracy
+        ScoreError: bad shapes, NaN/inf, fewer than 2 classes, no more samples than classes, source probabilities
+            or reference features that do not fit, or a non-positive ``n_labelled_per_class``.
 
-    X = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels)
-    if X.ndim != 2 or len(X) != len(y):
-        raise ScoreError(f"features must be (N, D) with one label per row; got {X.shape} and {len(y)} labels")
-    classes, counts = np.unique(y, return_counts=True)
-    if len(classes) < 2:
-        raise ScoreError(f"advise needs at least 2 classes; got {len(classes)}")
-    per_class = float(n_labelled_per_class if n_labelled_per_class is not None else np.median(counts))
-    chance = 1.0 / len(classes)
-    ev: dict[str, Any] = {"labels_per_class": per_class, "classes": int(len(classes)), "chance": chance,
-                          "thresholds": {"large_labels_per_class": LARGE_LABELS_PER_CLASS,
-                                         "tiny_labels_per_class": TINY_LABELS_PER_CLASS,
-                                         "similar_skill": SIMILAR_SKILL}}
-    reasons = [f"{per_class:g} labels per class over {len(classes)} classes "
-               f"({'large' if per_class >= LARGE_LABELS_PER_CLASS else 'small'}: the threshold is "
-               f"{LARGE_LABELS_PER_CLASS})"]
-    if source_probs is not None:
-        conf = float(np.asarray(source_probs, dtype=np.float64).max(1).mean())
-        ev["source_confidence"] = conf
-        reasons.append(f"the backbone's source classifier is {100 * conf:.0f}% confident on average on these inputs "
-                       f"({'they resemble' if conf >= 0.3 else 'they look unlike'} its pretraining data)")
-    if counts.min() < 2:
-        ev["probe_accuracy"] = None
-        reasons.append("too few labels per class to cross-validate a probe: similarity not measured")
-        return Advice("probe", reasons + [f"fewer than {TINY_LABELS_PER_CLASS} labels per class: train only a "
-                                          "head on frozen features (fine-tuning would over-fit)"], ev)
-    folds = int(min(5, counts.min()))
-    acc = probe_accuracy(X, y, folds=folds, seed=seed)
-    skill = (acc - chance) / (1.0 - chance)
-    ev.update(probe_accuracy=acc, probe_skill=skill, knn_accuracy=knn_accuracy(X, y, k=min(5, int(counts.min()))))
-    similar = skill >= SIMILAR_SKILL
-    reasons.append(f"a linear probe on the frozen features scores {100 * acc:.1f}% ({folds}-fold CV; chance "
-                   f"{100 * chance:.1f}%), skill {skill:.2f} -> {'similar' if similar else 'dissimilar'} to the "
-                   f"source domain (threshold {SIMILAR_SKILL})")
-    if per_class < TINY_LABELS_PER_CLASS:
-        return Advice("probe", reasons + [f"fewer than {TINY_LABELS_PER_CLASS} labels per class: train only a head "
-                                          "on frozen features (fine-tuning would over-fit)"], ev)
+    Shape:
+        features ``(N, D)``, labels ``(N,)``, source_probs ``(N, Z)``, target_vs_source ``(M, D)``.
+
+    References:
+        Yosinski et al., NeurIPS 2014 (the rule); see the module docstring for the measures' references.
+    """
+    from .domain import domain_distances
+    from .rank import _stratified_subset
+    from .scores import _features, _few_threads, _knn, _labels, _logme, _probe, _probs
+
+    X = _features(features, "advise")
+    y, classes = _labels(labels, X.shape[0], "advise")
+    c = len(classes)
+    P = None if source_probs is None else _probs(source_probs, len(y), "advise")
+    counts_all = np.bincount(y, minlength=c)
+    if n_labelled_per_class is None:
+        per_class = float(np.median(counts_all))
+    else:
+        try:
+            per_class = float(n_labelled_per_class)
+        except (TypeError, ValueError):
+            per_class = float("nan")
+        if not per_class > 0:
+            raise ScoreError(f"advise: n_labelled_per_class must be a positive number (labels per class available "
+                             f"for training); got {n_labelled_per_class!r}")
+    n_given = int(len(y))
+    if max_samples is not None and len(y) > int(max_samples):
+        keep = _stratified_subset(np.arange(len(y)), y, int(max_samples), seed)
+        X, y, P = X[keep], y[keep], None if P is None else P[keep]
+    counts = np.bincount(y, minlength=c)
+    chance = 1.0 / c
     large = per_class >= LARGE_LABELS_PER_CLASS
-    strategy = {(False, True): "probe", (False, False): "partial", (True, True): "partial",
-                (True, False): "finetune"}[(large, similar)]
-    why = {"probe": "small and similar: freeze the backbone and train the head",
-           "partial": ("small but dissimilar: retrain the later layers, keep the generic early ones" if not large
-                       else "large and similar: fine-tune the later layers"),
-           "finetune": "large and dissimilar: fine-tune every layer"}[strategy]
-    return Advice(strategy, reasons + [why], ev)
+    size = "tiny" if per_class < TINY_LABELS_PER_CLASS else "large" if large else "small"
+    ev: dict[str, Any] = {
+        "labels_per_class": per_class, "classes": c, "n_samples": int(len(y)), "n_given": n_given,
+        "chance": chance, "size": size,
+        "probe_accuracy": None, "probe_skill": None, "probe_folds": None,
+        "knn_accuracy": None, "knn_skill": None, "knn_k": None, "logme": None,
+        "source_confidence": None, "source_entropy": None, "source_classes": None, "domain": None,
+        "votes": {}, "similarity": None, "seconds": {},
+        "thresholds": {"large_labels_per_class": LARGE_LABELS_PER_CLASS,
+                       "tiny_labels_per_class": TINY_LABELS_PER_CLASS, "similar_skill": SIMILAR_SKILL,
+                       "knn_similar_skill": KNN_SIMILAR_SKILL, "source_familiar": SOURCE_FAMILIAR,
+                       "source_unfamiliar": SOURCE_UNFAMILIAR, "pad_similar": PAD_SIMILAR,
+                       "pad_dissimilar": PAD_DISSIMILAR}}
+    sub = f" (measured on a stratified subsample of {len(y)} of the {n_given})" if len(y) < n_given else ""
+    reasons = [f"{per_class:g} labels per class over {c} classes: "
+               + {"tiny": f"tiny (fewer than {TINY_LABELS_PER_CLASS})",
+                  "small": f"small (large from {LARGE_LABELS_PER_CLASS})",
+                  "large": f"large (at least {LARGE_LABELS_PER_CLASS})"}[size] + sub]
+    votes: dict[str, str | None] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        out = fn()
+        seconds[name] = time.perf_counter() - t
+        return out
+
+    with _few_threads(X.size):
+        if counts.min() >= 2:
+            folds = int(min(5, counts.min()))
+            acc = timed("probe", lambda: _probe(X, y, c, folds=folds, seed=seed))
+            skill = (acc - chance) / (1.0 - chance)
+            votes["probe"] = "similar" if skill >= SIMILAR_SKILL else "dissimilar"
+            ev.update(probe_accuracy=acc, probe_skill=skill, probe_folds=folds)
+            reasons.append(f"a linear probe on the frozen features scores {_pct(acc)} ({folds}-fold CV; chance "
+                           f"{_pct(chance)}): skill {skill:.2f} {'>=' if skill >= SIMILAR_SKILL else '<'} "
+                           f"{SIMILAR_SKILL} -> {votes['probe']}")
+        else:
+            reasons.append(f"a class has a single labelled sample: no cross-validated linear probe (it needs 2 per "
+                           "class)")
+        k = int(max(1, min(5, counts.min() - 1)))
+        kacc = timed("knn", lambda: _knn(X, y, c, k=k))
+        kskill = (kacc - chance) / (1.0 - chance)
+        votes["knn"] = "similar" if kskill >= KNN_SIMILAR_SKILL else "dissimilar"
+        ev.update(knn_accuracy=kacc, knn_skill=kskill, knn_k=k)
+        reasons.append(f"{k}-NN on the frozen features (cosine, leave-one-out) scores {_pct(kacc)}: skill "
+                       f"{kskill:.2f} {'>=' if kskill >= KNN_SIMILAR_SKILL else '<'} {KNN_SIMILAR_SKILL} -> "
+                       f"{votes['knn']}")
+        ev["logme"] = timed("logme", lambda: _logme(X, y, c))
+    if P is not None:
+        conf = float(P.max(axis=1).mean())
+        ent = float(np.mean(-(P * np.log(np.clip(P, 1e-300, None))).sum(axis=1)) / np.log(P.shape[1])) \
+            if P.shape[1] > 1 else 0.0
+        vote = "similar" if conf >= SOURCE_FAMILIAR else "dissimilar" if conf < SOURCE_UNFAMILIAR else None
+        votes["source"] = vote
+        ev.update(source_confidence=conf, source_entropy=ent, source_classes=int(P.shape[1]))
+        reasons.append(f"the backbone's source classifier ({P.shape[1]} classes) is {_pct(conf)} confident on "
+                       f"average on these inputs (normalised entropy {ent:.2f}; familiar from "
+                       f"{_pct(SOURCE_FAMILIAR)}, unfamiliar below {_pct(SOURCE_UNFAMILIAR)}) -> "
+                       f"{vote or 'no vote (in between)'}")
+    if target_vs_source is not None:
+        if isinstance(target_vs_source, Mapping):
+            try:
+                dist = {str(k_): float(v) for k_, v in target_vs_source.items()}
+            except (TypeError, ValueError):
+                dist = {}
+            if not 0 <= dist.get("proxy_a_distance", float("nan")) <= 2:
+                raise ScoreError("advise: target_vs_source as a mapping needs a number 'proxy_a_distance' in [0, 2] "
+                                 "(e.g. from domain_distances(source_features, target_features)); got "
+                                 f"{dict(target_vs_source)!r}")
+        else:
+            R = target_vs_source
+            if max_samples is not None and np.ndim(R) == 2 and len(R) > int(max_samples):
+                rng = np.random.default_rng(seed)
+                R = np.asarray(R)[np.sort(rng.choice(len(R), int(max_samples), replace=False))]
+            dist = timed("domain", lambda: domain_distances(R, X, seed=seed))
+        pad = dist["proxy_a_distance"]
+        vote = "similar" if pad <= PAD_SIMILAR else "dissimilar" if pad >= PAD_DISSIMILAR else None
+        votes["domain"] = vote
+        ev["domain"] = dist
+        reasons.append(f"proxy A-distance to the source reference {pad:.2f} (similar up to {PAD_SIMILAR}, dissimilar "
+                       f"from {PAD_DISSIMILAR}; 2 = linearly separable) -> {vote or 'no vote (in between)'}")
+    ev["seconds"] = seconds
+    ev["votes"] = votes
+    n_sim = sum(v == "similar" for v in votes.values())
+    n_dis = sum(v == "dissimilar" for v in votes.values())
+    if n_sim != n_dis:
+        similar = n_sim > n_dis
+        how = f"{max(n_sim, n_dis)} of {n_sim + n_dis} votes"
+    else:
+        lead = "probe" if "probe" in votes else "knn"
+        similar = votes[lead] == "similar"
+        how = f"a {n_sim}-{n_dis} tie, broken by the {'linear probe' if lead == 'probe' else 'kNN'}"
+    ev["similarity"] = "similar" if similar else "dissimilar"
+    ev.update(similar_votes=n_sim, dissimilar_votes=n_dis)
+    reasons.append(f"LogME {ev['logme']:.3f} (compares backbones on these data; no absolute scale, so no vote)")
+    verdict = f"{ev['similarity']} to the source domain ({how})"
+    if size == "tiny":
+        return Advice("probe", reasons + [f"{verdict}; but with fewer than {TINY_LABELS_PER_CLASS} labels per class "
+                                          "only a head can be trained without over-fitting: freeze the backbone "
+                                          "(more labels would help most)"], ev)
+    return Advice(STRATEGIES[(large, similar)], reasons + [f"{verdict}; {_WHY[(large, similar)]}"], ev)
 
 
 def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | None = None,
-                cache_dir: str | Path | None = None, seed: int = 0, max_samples: int | None = 5000,
+                cache_dir: str | Path | None = None, seed: int = 0, max_samples: int | None = MAX_SAMPLES,
                 progress: bool = False, log: Callable[[str], None] | None = None) -> Advice:
     """:func:`advise` on a dataset: features from the cache, the labelled split only (as ``fit`` splits it).
+
+    The data are split as ``transferkit fit`` splits them (``make_splits`` with the same seed and budget, after
+    dropping unreadable inputs); only the labelled part (train + validation) is looked at, never the test labels.
 
     Args:
         data: built-in dataset name, folder, table or ``DataSource``.
         backbone: backbone name.
         labels_per_class: the labelled budget (as ``fit --labels-per-class``), or None for fraction splits.
-        cache_dir: feature-cache folder.
-        seed: seed of the split and the probe's folds.
+        cache_dir: feature-cache folder (default ``$TRANSFERKIT_CACHE`` or ``~/.cache/transferkit``).
+        seed: seed of the split, the subsample and the probe's folds.
         max_samples: advise from at most this many labelled samples (stratified subsample).
         progress: show the extraction progress bar.
         log: called with one-line progress messages.
+
+    Returns:
+        An :class:`Advice`; its evidence also names the ``backbone`` and the ``data``.
+
+    Raises:
+        DataError: unlabelled data, or classes too small for the budget.
+        UnknownNameError: an unknown backbone or dataset.
+        ModalityError: a text backbone for images or the other way round.
     """
     from ..backbones import create_backbone
     from ..data.sources import load_data
@@ -154,17 +351,23 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
     from .rank import _stratified_subset
     from .source import source_probabilities
 
+    say = log or (lambda m: None)
     source = load_data(data)
     source.require_labels()
     bb = create_backbone(backbone)
     feats = FeatureStore(cache_dir).get(bb, source, progress=progress)
-    (log or (lambda m: None))(f"features: {bb.name}, {'cache hit' if not feats.extracted else f'{feats.extracted} extracted'}")
+    say(f"features: {bb.name}, " + ("cache hit" if not feats.extracted else f"{feats.extracted} extracted")
+        + f" in {feats.seconds:.1f}s")
     y = source.encoded_labels()
     good = feats.good
     splits = make_splits(y[good], labels_per_class=labels_per_class, seed=seed, classes=source.classes)
+    per_class = float(labels_per_class if labels_per_class is not None
+                      else np.median(np.bincount(y[good][splits.labelled])))
     lab = good[_stratified_subset(splits.labelled, y[good], max_samples, seed)]
     X = np.asarray(feats.X[lab], dtype=np.float32)
-    per_class = float(np.median(np.bincount(y[good][splits.labelled])))
-    advice = advise(X, y[lab], source_probs=source_probabilities(bb, X), n_labelled_per_class=per_class, seed=seed)
-    advice.evidence["backbone"] = bb.name
+    advice = advise(X, y[lab], source_probs=source_probabilities(bb, X), n_labelled_per_class=per_class,
+                    max_samples=None, seed=seed)
+    if len(lab) < len(splits.labelled):
+        advice.reasons[0] += f" (measured on a stratified subsample of {len(lab)} of the {len(splits.labelled)})"
+    advice.evidence.update(backbone=bb.name, data=source.origin or source.name, n_labelled=int(len(splits.labelled)))
     return advice

@@ -1,0 +1,478 @@
+"""Compare transfer strategies on one dataset: freeze and train a head, or fine-tune, and how much?
+
+:func:`compare_strategies` runs every strategy on the same splits, for several labelled budgets and seeds,
+and answers with numbers: test accuracy and macro-F1 (mean ± std over seeds), wall time, the winner per
+budget, and **negative transfer** wherever a transfer strategy scores below the from-scratch baseline.
+
+Strategies (one flow, see DESIGN.md):
+
+- ``probe``: frozen backbone, features cached once (:class:`~transferkit.features.FeatureStore`), logistic
+  head with C chosen on the validation split: the classic linear probe, fast.
+- ``finetune``, ``partial``, ``gradual`` (any engine strategy): :func:`~transferkit.train.engine.finetune`.
+- ``scratch``: the engine's ``scratch`` strategy: the same architecture from random weights (the baseline
+  that negative transfer is measured against).
+- ``cnn``: the small CNN trained from raw pixels (:func:`~transferkit.train.scratch.train_scratch`).
+
+For every ``(budget, seed)`` there is ONE split (``make_splits(y, labels_per_class=N, seed=s)``) shared by
+all strategies. Every finished cell is appended to ``cells.jsonl`` in ``out`` at once, so a killed
+comparison rerun with the same ``out`` and settings skips the finished cells (an engine cell cut short
+resumes from its last epoch checkpoint).
+
+Files in ``out``: ``cells.jsonl`` (one line per finished cell), ``compare.json`` (cells, aggregates,
+winners, negative-transfer flags, settings), ``compare.csv`` (the cells) and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .data.splits import Splits, make_splits
+from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
+
+__all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_transfer_flags", "winners",
+           "valid_strategies", "cap_test"]
+
+CELLS_FILE = "cells.jsonl"
+_BASELINES = ("scratch", "cnn")  # the first one present is the yardstick of negative transfer
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare_strategies` returns.
+
+    Attributes:
+        cells: one dict per ``(strategy, budget, seed)``: ``accuracy``, ``macro_f1``, ``seconds``, split
+            sizes and details (``reused`` is True for cells read back from an earlier, interrupted run).
+        aggregates: one dict per ``(strategy, budget)``: ``accuracy_mean``, ``accuracy_std``,
+            ``macro_f1_mean``, ``macro_f1_std``, ``seconds_mean``, ``seconds_total``, ``n`` (std: population
+            std over seeds, 0 for one seed).
+        winners: budget -> the strategy with the best mean accuracy.
+        negative_transfer: one dict per flagged ``(strategy, budget)``: ``strategy``, ``budget``,
+            ``accuracy``, ``baseline``, ``baseline_accuracy``, ``gap_points`` (percentage points below).
+        warnings: the negative-transfer flags as sentences.
+        out: the output directory (None when nothing was written).
+        settings: the comparison's settings (data, backbone, training configuration, ...).
+        reused: number of cells read back from ``cells.jsonl`` instead of computed.
+        feature_seconds: time spent getting the probe's features (extraction or cache read), once.
+    """
+
+    cells: list[dict[str, Any]]
+    aggregates: list[dict[str, Any]]
+    winners: dict[int, str]
+    negative_transfer: list[dict[str, Any]]
+    warnings: list[str]
+    out: Path | None
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)
+    reused: int = 0
+    feature_seconds: float = 0.0
+
+    def table(self) -> str:
+        """A plain-text table: one row per budget, one column per strategy (accuracy % mean ± std)."""
+        return _text_table(self.aggregates, self.winners)
+
+
+def valid_strategies() -> list[str]:
+    """Names :func:`compare_strategies` accepts: the engine's strategies and ``cnn``."""
+    from .train.strategies import list_strategies
+
+    return [n for n, _ in list_strategies()] + ["cnn"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pure functions over cells (tested directly)
+def aggregate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and (population) std over seeds of accuracy, macro-F1 and seconds per ``(strategy, budget)``."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["strategy"], int(c["budget"])), []).append(c)
+    out = []
+    for (s, b), cs in groups.items():
+        acc = np.array([c["accuracy"] for c in cs], float)
+        f1 = np.array([c["macro_f1"] for c in cs], float)
+        sec = np.array([c["seconds"] for c in cs], float)
+        out.append({"strategy": s, "budget": b, "n": len(cs), "seeds": sorted(int(c["seed"]) for c in cs),
+                    "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+                    "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()),
+                    "seconds_mean": float(sec.mean()), "seconds_total": float(sec.sum())})
+    return out
+
+
+def winners(aggregates: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Budget -> the strategy with the highest mean accuracy (ties: the faster one)."""
+    best: dict[int, dict[str, Any]] = {}
+    for a in aggregates:
+        b = a["budget"]
+        if b not in best or (a["accuracy_mean"], -a["seconds_mean"]) > (best[b]["accuracy_mean"],
+                                                                         -best[b]["seconds_mean"]):
+            best[b] = a
+    return {b: best[b]["strategy"] for b in sorted(best)}
+
+
+def negative_transfer_flags(aggregates: Sequence[dict[str, Any]],
+                            baseline: str | None = None) -> list[dict[str, Any]]:
+    """Every ``(strategy, budget)`` whose mean accuracy is below the from-scratch baseline's at that budget.
+
+    Args:
+        aggregates: from :func:`aggregate_cells`.
+        baseline: the from-scratch strategy (default: ``scratch`` if present, else ``cnn``).
+    """
+    names = {a["strategy"] for a in aggregates}
+    if baseline is None:
+        baseline = next((b for b in _BASELINES if b in names), None)
+    if baseline is None:
+        return []
+    base = {a["budget"]: a["accuracy_mean"] for a in aggregates if a["strategy"] == baseline}
+    flags = []
+    for a in aggregates:
+        if a["strategy"] in _BASELINES or a["budget"] not in base:
+            continue
+        if a["accuracy_mean"] < base[a["budget"]]:
+            flags.append({"strategy": a["strategy"], "budget": a["budget"], "accuracy": a["accuracy_mean"],
+                          "baseline": baseline, "baseline_accuracy": base[a["budget"]],
+                          "gap_points": 100 * (base[a["budget"]] - a["accuracy_mean"])})
+    return flags
+
+
+def _flag_sentence(f: dict[str, Any]) -> str:
+    return (f"negative transfer: {f['strategy']} at {f['budget']} labels per class scores "
+            f"{100 * f['accuracy']:.1f}% mean test accuracy, {f['gap_points']:.1f} points below the from-scratch "
+            f"baseline {f['baseline']!r} ({100 * f['baseline_accuracy']:.1f}%)")
+
+
+def cap_test(test: np.ndarray, y: np.ndarray, max_test: int | None, seed: int) -> np.ndarray:
+    """At most ``max_test`` test indices, stratified by class (largest remainders), seeded; sorted."""
+    test = np.asarray(test, dtype=np.int64)
+    if max_test is None or len(test) <= max_test:
+        return test
+    rng = np.random.default_rng([seed, 7919])
+    classes, counts = np.unique(y[test], return_counts=True)
+    quota = counts * max_test / len(test)
+    take = np.floor(quota).astype(int)
+    for j in np.argsort(-(quota - take), kind="stable")[: max_test - take.sum()]:
+        take[j] += 1
+    keep = [rng.permutation(test[y[test] == c])[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the entry point
+def compare_strategies(data: Any, *, backbone: str = "lite0",
+                       strategies: Sequence[str] = ("scratch", "probe", "partial", "finetune"),
+                       labels_per_class: Sequence[int] = (5, 20), seeds: Sequence[int] = (0, 1, 2),
+                       config: Any = None, strategy_params: dict[str, dict[str, Any]] | None = None,
+                       grayscale: bool = False, cache_dir: str | Path | None = None, out: str | Path | None = None,
+                       progress: bool = False, log: Callable[[str], None] | None = None,
+                       max_test: int | None = None, keep_checkpoints: bool = False) -> CompareResult:
+    """Run every strategy on the same splits for every labelled budget and seed; aggregate; write a report.
+
+    Args:
+        data: a built-in dataset name, a folder, a table, or a :class:`DataSource` (images).
+        backbone: backbone registry name.
+        strategies: any of ``probe``, ``finetune``, ``partial``, ``gradual``, ``scratch`` (engine strategies)
+            and ``cnn`` (small CNN from raw pixels).
+        labels_per_class: the labelled budgets N (each class: N labels, the rest is the test split).
+        seeds: one split per ``(N, seed)``; the seed also seeds training.
+        config: :class:`~transferkit.train.engine.TrainConfig` for the engine strategies (its ``seed`` is
+            replaced by each cell's seed). With ``image_size`` set the probe's features are extracted at that
+            size too, so the probe and the engine see the same pixels.
+        strategy_params: per strategy, e.g. ``{"partial": {"freeze": 3}}``.
+        grayscale: convert the images to 3-channel gray first (:func:`~transferkit.data.transforms.to_grayscale`).
+        cache_dir: feature-cache folder for the probe.
+        out: output directory (default ``runs/<time>-compare-<data>-<backbone>``); rerun with the same ``out``
+            to resume.
+        progress: progress bars (feature extraction, epochs).
+        log: called with one line per finished cell (e.g. ``print``).
+        max_test: evaluate on at most this many test items per cell (stratified, seeded sample of the test
+            split; the same for all strategies): makes big test splits affordable on a CPU.
+        keep_checkpoints: keep each engine cell's checkpoints (default: deleted once the cell is recorded).
+
+    Returns:
+        A :class:`CompareResult`.
+
+    Raises:
+        UnknownNameError: an unknown strategy (the message lists the valid ones).
+        DataError: a budget too large for the smallest class, text data, no budgets or seeds.
+    """
+    from . import __version__
+    from .data.sources import load_data
+    from .report import classification_metrics
+    from .runs import default_run_dir, prepare_run_dir
+    from .train.engine import TrainConfig
+
+    say = log or (lambda msg: None)
+    strategies = list(dict.fromkeys(strategies))
+    valid = valid_strategies()
+    bad = [s for s in strategies if s not in valid]
+    if bad or not strategies:
+        raise UnknownNameError(f"unknown strateg{'y' if len(bad) == 1 else 'ies'} {', '.join(map(repr, bad))}; "
+                               f"valid strategies: {', '.join(valid)}" if bad else
+                               f"no strategies given; valid strategies: {', '.join(valid)}")
+    params = {k: dict(v) for k, v in (strategy_params or {}).items()}
+    unused = sorted(set(params) - set(strategies))
+    if unused:
+        raise TransferkitError(f"strategy_params given for {', '.join(unused)}, which are not compared "
+                               f"(strategies: {', '.join(strategies)})")
+    if "probe" in params or "cnn" in params:
+        raise TransferkitError("strategy_params do not apply to probe or cnn; give them for engine strategies")
+    from .train.strategies import create_strategy
+
+    for s in strategies:
+        if s not in ("probe", "cnn"):
+            create_strategy(s, **params.get(s, {}))  # bad parameters fail before any work
+    budgets = [int(b) for b in labels_per_class]
+    seeds = [int(s) for s in seeds]
+    if not budgets or not seeds:
+        raise DataError("labels_per_class and seeds must each hold at least one value")
+    cfg = config if config is not None else TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise TransferkitError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    if max_test is not None and (not isinstance(max_test, int) or max_test < 1):
+        raise DataError(f"max_test must be a positive integer or None (got {max_test!r})")
+
+    source = load_data(data)
+    source.require_labels()
+    if source.modality != "image":
+        raise DataError(f"{source.origin or source.name} holds {source.modality} data; compare_strategies "
+                        "compares image backbones (fine-tuning strategies, CNN baseline)")
+    if grayscale:
+        from .data.transforms import to_grayscale
+
+        source = to_grayscale(source)
+    classes = source.classes
+    y = source.encoded_labels(classes)
+    smallest = int(np.bincount(y).min())
+    too_big = [b for b in budgets if b >= smallest]
+    if too_big:
+        raise DataError(f"{source.origin or source.name}: the smallest class has {smallest} samples, too few for "
+                        f"{', '.join(map(str, too_big))} labels per class (at most {smallest - 1})")
+    out_dir = prepare_run_dir(out if out is not None else
+                              default_run_dir(f"compare-{source.name}", backbone))
+    labels_digest = hashlib.sha256(y.tobytes()).hexdigest()[:16]
+    base_settings = {"data": source.fingerprint(), "labels": labels_digest, "backbone": backbone,
+                     "grayscale": bool(grayscale), "max_test": max_test, "transferkit": __version__}
+
+    def cell_settings(strategy: str) -> dict[str, Any]:
+        s = {**base_settings, "strategy": strategy}
+        if strategy == "probe":
+            s["image_size"] = cfg.image_size
+        elif strategy != "cnn":
+            s["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "num_workers",
+                                                                                "eval_batch_size")}
+            s["params"] = params.get(strategy, {})
+        return s
+
+    def digest(obj: Any) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    hashes = {s: digest(cell_settings(s)) for s in strategies}
+    cells_path = out_dir / CELLS_FILE
+    done: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+    if cells_path.is_file():
+        for line in cells_path.read_text().splitlines():
+            try:
+                c = json.loads(line)
+                done[(c["strategy"], int(c["budget"]), int(c["seed"]), c["settings_hash"])] = c
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill: that cell is recomputed
+
+    cells: list[dict[str, Any]] = []
+    reused = 0
+    feats_X: np.ndarray | None = None
+    feature_seconds = 0.0
+
+    def probe_features() -> np.ndarray:
+        nonlocal feats_X, feature_seconds
+        if feats_X is None:
+            from .backbones import create_backbone
+            from .features import FeatureStore
+
+            bb = create_backbone(backbone)
+            if cfg.image_size and isinstance(getattr(bb, "_cfg", None), dict):
+                bb._cfg = {**bb._cfg, "input_size": (3, cfg.image_size, cfg.image_size)}  # part of the cache key
+            f = FeatureStore(cache_dir).get(bb, source, num_workers=0 if cfg.num_workers == 0 else None,
+                                            progress=progress)
+            if f.bad:
+                raise DataError(f"{len(f.bad)} unreadable item(s) in {source.origin or source.name}, e.g. "
+                                f"{f.bad[0][1]}: {f.bad[0][2]}")
+            feats_X = np.asarray(f.X, dtype=np.float32)
+            feature_seconds = f.seconds
+            say(f"probe features: {backbone} {feats_X.shape} in {f.seconds:.1f}s (extracted {f.extracted})")
+        return feats_X
+
+    def run_cell(strategy: str, budget: int, seed: int, sp: Splits) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if strategy == "probe":
+            X = probe_features()
+            t0 = time.perf_counter()
+            from .heads import create_head
+
+            head = create_head("logreg")
+            ev = (X[sp.val], y[sp.val]) if len(sp.val) else None
+            head.fit(X[sp.train], y[sp.train], eval_set=ev)
+            y_pred = head.classes_[head.predict_proba(X[sp.test]).argmax(1)]
+            extra = {"C": float(head.C_)}
+        elif strategy == "cnn":
+            from .train.scratch import train_scratch
+
+            r = train_scratch(source, y, sp.train, sp.val, sp.test, len(classes), seed=seed)
+            y_pred = np.asarray(r.y_pred)
+            extra = {k: v for k, v in r.details.items() if isinstance(v, (int, float, str, type(None)))}
+        else:
+            from .train.engine import finetune
+
+            run_dir = out_dir / "cells" / f"{strategy}-n{budget}-s{seed}-{hashes[strategy]}"
+            r = finetune(source, y, sp, backbone, strategy, replace(cfg, seed=seed), run_dir, resume=True,
+                         strategy_params=params.get(strategy) or None, classes=classes, progress=progress,
+                         export=False)
+            if not np.array_equal(r.test_index, sp.test):
+                raise TrainingError(f"the engine predicted other test items than the split's ({run_dir})")
+            y_pred = np.asarray(r.y_pred)
+            extra = {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "val_accuracy": r.val_accuracy,
+                     "train_seconds": r.train_seconds, "resumed_from": r.resumed_from}
+            if not keep_checkpoints:
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        seconds = time.perf_counter() - t0
+        if extra.get("resumed_from"):  # a cell resumed after a kill: count the epochs trained before it too
+            seconds += sum(float(row["seconds"]) for row in r.history[: extra["resumed_from"]])
+        m = classification_metrics(y[sp.test], y_pred, classes)
+        return {"strategy": strategy, "budget": budget, "seed": seed, "accuracy": float(m["accuracy"]),
+                "macro_f1": float(m["macro_f1"]), "seconds": seconds, "n_train": int(len(sp.train)),
+                "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "settings_hash": hashes[strategy],
+                "details": extra}
+
+    for budget in budgets:
+        for seed in seeds:
+            sp = make_splits(y, labels_per_class=budget, seed=seed, classes=classes)
+            sp = Splits(sp.train, sp.val, cap_test(sp.test, y, max_test, seed))
+            split_id = digest([sp.train.tolist(), sp.val.tolist(), sp.test.tolist()])
+            for strategy in strategies:
+                key = (strategy, budget, seed, hashes[strategy])
+                if key in done:
+                    cells.append({**done[key], "reused": True})
+                    reused += 1
+                    continue
+                c = {**run_cell(strategy, budget, seed, sp), "split": split_id,
+                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                with open(cells_path, "a", encoding="utf-8") as fh:  # one whole line per finished cell
+                    fh.write(json.dumps(c, default=_json_default) + "\n")
+                    fh.flush()
+                cells.append({**c, "reused": False})
+                say(f"{strategy:>9} N={budget:<4} seed={seed}: acc {100 * c['accuracy']:.1f}% "
+                    f"macro-F1 {100 * c['macro_f1']:.1f}% ({c['seconds']:.1f}s)")
+    return _finish(cells, out_dir, {
+        **base_settings, "dataset": source.name, "origin": source.origin, "classes": classes,
+        "strategies": strategies, "labels_per_class": budgets, "seeds": seeds, "train_config": cfg.to_dict(),
+        "strategy_params": params, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, reused, feature_seconds)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _finish(cells: list[dict[str, Any]], out_dir: Path, settings: dict[str, Any], reused: int,
+            feature_seconds: float) -> CompareResult:
+    from .runs import write_json
+
+    aggs = aggregate_cells(cells)
+    order = {s: i for i, s in enumerate(settings["strategies"])}
+    aggs.sort(key=lambda a: (a["budget"], order.get(a["strategy"], 99)))
+    win = winners(aggs)
+    flags = negative_transfer_flags(aggs)
+    warns = [_flag_sentence(f) for f in flags]
+    result = CompareResult(cells, aggs, win, flags, warns, out_dir, settings, reused, feature_seconds)
+    write_json(out_dir / "compare.json", {"settings": settings, "cells": cells, "aggregates": aggs,
+                                          "winners": {str(k): v for k, v in win.items()},
+                                          "negative_transfer": flags, "warnings": warns,
+                                          "feature_seconds": feature_seconds})
+    import pandas as pd
+
+    from .runs import write_csv
+
+    cols = ["strategy", "budget", "seed", "accuracy", "macro_f1", "seconds", "n_train", "n_val", "n_test", "split",
+            "reused"]
+    write_csv(out_dir / "compare.csv", pd.DataFrame([{k: c.get(k) for k in cols} for c in cells], columns=cols))
+    _write_html(result)
+    return result
+
+
+def _text_table(aggs: Sequence[dict[str, Any]], win: dict[int, str]) -> str:
+    strategies = list(dict.fromkeys(a["strategy"] for a in aggs))
+    by = {(a["strategy"], a["budget"]): a for a in aggs}
+    head = ["labels/class"] + strategies + ["winner"]
+    rows = [head]
+    for b in sorted({a["budget"] for a in aggs}):
+        rows.append([str(b)] + [f"{100 * by[(s, b)]['accuracy_mean']:.1f} ± {100 * by[(s, b)]['accuracy_std']:.1f}"
+                                if (s, b) in by else "-" for s in strategies] + [win.get(b, "-")])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _write_html(result: CompareResult) -> None:
+    from .report import write_report
+    from .report.plots import plot_accuracy_vs_budget, plot_wall_time
+
+    st = result.settings
+    aggs = result.aggregates
+    strategies = list(dict.fromkeys(a["strategy"] for a in aggs))
+    by = {(a["strategy"], a["budget"]): a for a in aggs}
+    flagged = {(f["strategy"], f["budget"]) for f in result.negative_transfer}
+    budgets = sorted({a["budget"] for a in aggs})
+    e = html.escape
+    rows = []
+    for b in budgets:
+        tds = []
+        for s in strategies:
+            a = by.get((s, b))
+            if a is None:
+                tds.append('<td class="num">&ndash;</td>')
+                continue
+            mark = " &#9888;" if (s, b) in flagged else ""
+            style = ' style="font-weight:600;background:#f2f7ff"' if result.winners.get(b) == s else ""
+            tds.append(f'<td class="num"{style}>{100 * a["accuracy_mean"]:.1f} &plusmn; {100 * a["accuracy_std"]:.1f}'
+                       f"{mark}<br><small>F1 {100 * a['macro_f1_mean']:.1f}, {a['seconds_mean']:.1f}s, "
+                       f"n={a['n']}</small></td>")
+        rows.append(f"<tr><td>{b}</td>{''.join(tds)}<td>{e(result.winners.get(b, '-'))}</td></tr>")
+    table = ("<table><tr><th>labels / class</th>" + "".join(f"<th>{e(s)}</th>" for s in strategies)
+             + "<th>winner</th></tr>" + "".join(rows) + "</table><p><small>Test accuracy % (mean &plusmn; "
+             "population std over seeds), macro-F1 %, mean wall time per cell; &#9888; = below the from-scratch "
+             "baseline (negative transfer); the winner is shaded. The probe's time excludes feature extraction "
+             f"({result.feature_seconds:.1f}s once for all cells).</small></p>")
+    from .report.html import _figure
+
+    series = {s: [(b, by[(s, b)]["accuracy_mean"], by[(s, b)]["accuracy_std"]) for b in budgets if (s, b) in by]
+              for s in strategies}
+    title = f"{st.get('dataset')} · {st.get('backbone')}" + (" · grayscale" if st.get("grayscale") else "")
+    figs = _figure(plot_accuracy_vs_budget(series, f"Test accuracy vs labels per class ({title})"),
+                   "accuracy vs labels per class")
+    wall = [{"name": s, "seconds": float(np.mean([by[(s, b)]["seconds_mean"] for b in budgets if (s, b) in by])),
+             "std": float(np.std([c["seconds"] for c in result.cells if c["strategy"] == s]))} for s in strategies]
+    figs += _figure(plot_wall_time(wall, "Mean wall time per cell"), "wall time per strategy")
+    write_report(result.out / "report.html", {
+        "title": f"Strategy comparison: {title}",
+        "subtitle": f"{len(result.cells)} cells: {len(strategies)} strategies x {len(budgets)} budgets x "
+                    f"{len(st.get('seeds', []))} seeds, one split per (budget, seed)",
+        "warnings": result.warnings,
+        "summary": [("winner per budget", ", ".join(f"{b}: {s}" for b, s in result.winners.items())),
+                    ("image size", st.get("train_config", {}).get("image_size") or "backbone default"),
+                    ("epochs", st.get("train_config", {}).get("epochs")),
+                    ("test items per cell", f"at most {st['max_test']}" if st.get("max_test") else "all"),
+                    ("cells reused from an earlier run", result.reused)],
+        "sections": [{"title": "Accuracy by strategy and budget", "html": table},
+                     {"title": "Figures", "html": figs}],
+        "config": st,
+    })

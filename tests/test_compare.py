@@ -1,0 +1,201 @@
+"""compare_strategies: shared splits, aggregates, negative-transfer flags, resume, errors; to_grayscale."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY
+from transferkit.compare import aggregate_cells, cap_test, compare_strategies, negative_transfer_flags, winners
+from transferkit.data.sources import from_arrays, from_folder
+from transferkit.data.splits import make_splits
+from transferkit.data.transforms import to_grayscale
+from transferkit.errors import DataError, UnknownNameError
+from transferkit.train.engine import TrainConfig
+
+STRATEGIES = ("scratch", "probe", "partial", "finetune", "cnn")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _config() -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, accelerator="cpu", patience=None,
+                       warmup_epochs=0.5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_cnn():
+    """The small-CNN baseline with a few epochs (its default trains 150)."""
+    import transferkit.train.scratch as scratch
+
+    real = scratch.train_scratch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scratch, "train_scratch", lambda *a, **k: real(*a, **{**k, "epochs": 3, "size": 32}))
+        yield
+
+
+def _run(data, out, **kw):
+    args = dict(backbone=TINY, strategies=STRATEGIES, labels_per_class=(3, 5), seeds=(0, 1), config=_config(),
+                out=out)
+    return compare_strategies(data, **{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One comparison (5 strategies x 2 budgets x 2 seeds) on 3 classes x 12 images, shared by two tests."""
+    from tests.conftest import make_image
+
+    folder = tmp_path_factory.mktemp("data") / "shapes"
+    for c, name in enumerate(["squares", "discs", "stripes"]):
+        (folder / name).mkdir(parents=True)
+        for i in range(12):
+            make_image(c, seed=100 * c + i).save(folder / name / f"{i:02d}.png")
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    return _run(folder, out, cache_dir=tmp_path_factory.mktemp("cache")), folder, out
+
+
+def test_every_strategy_runs_on_the_same_split_and_aggregates_are_right(compared):
+    res, folder, out = compared
+    y = from_folder(folder).encoded_labels()
+    assert len(res.cells) == len(STRATEGIES) * 2 * 2 and res.reused == 0
+    for b in (3, 5):
+        for s in (0, 1):
+            cs = [c for c in res.cells if (c["budget"], c["seed"]) == (b, s)]
+            assert sorted(c["strategy"] for c in cs) == sorted(STRATEGIES)
+            sp = make_splits(y, labels_per_class=b, seed=s)
+            assert {c["split"] for c in cs} == {cs[0]["split"]}  # one split shared by all strategies
+            assert {(c["n_train"], c["n_val"], c["n_test"]) for c in cs} == {(len(sp.train), len(sp.val),
+                                                                               len(sp.test))}
+            assert all(0 <= c["accuracy"] <= 1 and 0 <= c["macro_f1"] <= 1 and c["seconds"] > 0 for c in cs)
+    assert len({c["split"] for c in res.cells}) == 4  # and different splits per (budget, seed)
+    for a in res.aggregates:  # mean and population std by hand
+        accs = [c["accuracy"] for c in res.cells if (c["strategy"], c["budget"]) == (a["strategy"], a["budget"])]
+        f1s = [c["macro_f1"] for c in res.cells if (c["strategy"], c["budget"]) == (a["strategy"], a["budget"])]
+        assert a["n"] == 2 and a["seeds"] == [0, 1]
+        assert a["accuracy_mean"] == pytest.approx((accs[0] + accs[1]) / 2)
+        assert a["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2)
+        assert a["macro_f1_mean"] == pytest.approx(sum(f1s) / 2)
+    for b, s in res.winners.items():
+        best = max(a["accuracy_mean"] for a in res.aggregates if a["budget"] == b)
+        assert next(a for a in res.aggregates if (a["strategy"], a["budget"]) == (s, b))["accuracy_mean"] == best
+    saved = json.loads((out / "compare.json").read_text())
+    assert len(saved["cells"]) == 20 and len(saved["aggregates"]) == 10
+    assert len((out / "cells.jsonl").read_text().splitlines()) == 20
+    assert len((out / "compare.csv").read_text().splitlines()) == 21
+    page = (out / "report.html").read_text()
+    assert "Accuracy by strategy and budget" in page and page.count("data:image/png;base64") == 2
+    assert not list(out.glob("cells/*/checkpoints/*.ckpt"))  # engine checkpoints are dropped once recorded
+
+
+def test_a_rerun_with_the_same_out_skips_finished_cells(compared, monkeypatch):
+    res, folder, out = compared
+    import transferkit.heads as heads
+    import transferkit.train.engine as engine
+    import transferkit.train.scratch as scratch
+
+    calls = {"engine": 0, "probe": 0, "cnn": 0}
+    real_ft, real_head, real_cnn = engine.finetune, heads.create_head, scratch.train_scratch
+
+    def count(kind, fn):
+        def wrapped(*a, **k):
+            calls[kind] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(engine, "finetune", count("engine", real_ft))
+    monkeypatch.setattr(heads, "create_head", count("probe", real_head))
+    monkeypatch.setattr(scratch, "train_scratch", count("cnn", real_cnn))
+    again = _run(folder, out)
+    assert calls == {"engine": 0, "probe": 0, "cnn": 0} and again.reused == 20
+    assert again.aggregates == res.aggregates
+    # a kill while the last cell was written: its (partial) line is dropped and only that cell is recomputed
+    lines = (out / "cells.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    (out / "cells.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
+    third = _run(folder, out)
+    assert third.reused == 19 and sum(calls.values()) == 1
+    assert calls[{"probe": "probe", "cnn": "cnn"}.get(last["strategy"], "engine")] == 1
+    # other settings are other cells: nothing is reused
+    calls.update(engine=0, probe=0, cnn=0)
+    other = _run(folder, out, strategies=("probe",), labels_per_class=(3,), seeds=(0,), max_test=6)
+    assert other.reused == 0 and calls["probe"] == 1 and other.cells[0]["n_test"] == 6
+
+
+def test_negative_transfer_is_flagged_with_the_gap():
+    cells = [{"strategy": s, "budget": b, "seed": k, "accuracy": acc, "macro_f1": acc, "seconds": 1.0}
+             for s, b, accs in [("scratch", 5, (0.50, 0.60)), ("finetune", 5, (0.40, 0.44)),
+                                ("probe", 5, (0.70, 0.80)), ("scratch", 20, (0.70, 0.70)),
+                                ("finetune", 20, (0.90, 0.80))]
+             for k, acc in enumerate(accs)]
+    aggs = aggregate_cells(cells)
+    flags = negative_transfer_flags(aggs)
+    assert [(f["strategy"], f["budget"]) for f in flags] == [("finetune", 5)]
+    assert flags[0]["gap_points"] == pytest.approx(13.0) and flags[0]["baseline"] == "scratch"
+    assert winners(aggs) == {5: "probe", 20: "finetune"}
+    assert negative_transfer_flags([a for a in aggs if a["strategy"] != "scratch"]) == []
+
+
+def test_negative_transfer_reaches_the_result_and_the_report(image_folder, tmp_path, monkeypatch):
+    """Engine results replaced: scratch predicts every test item right, finetune every one wrong."""
+    import transferkit.train.engine as engine
+
+    y = from_folder(image_folder).encoded_labels()
+
+    def fake(source, y_, splits, backbone, strategy, *a, **k):
+        pred = y[splits.test] if strategy == "scratch" else (y[splits.test] + 1) % 3
+        return SimpleNamespace(test_index=splits.test, y_pred=pred, best_epoch=1, epochs_run=1, val_accuracy=None,
+                               train_seconds=0.0, resumed_from=None)
+
+    monkeypatch.setattr(engine, "finetune", fake)
+    res = _run(image_folder, tmp_path / "neg", strategies=("scratch", "finetune"))
+    assert [(f["strategy"], f["budget"], round(f["gap_points"], 6)) for f in res.negative_transfer] == [
+        ("finetune", 3, 100.0), ("finetune", 5, 100.0)]
+    assert res.winners == {3: "scratch", 5: "scratch"}
+    assert "100.0 points below" in res.warnings[0]
+    assert "negative transfer" in (tmp_path / "neg" / "report.html").read_text()
+
+
+def test_unknown_strategy_names_the_valid_ones(image_folder, tmp_path):
+    with pytest.raises(UnknownNameError, match=r"'fintune'.*finetune, partial, gradual, scratch, probe, cnn"):
+        _run(image_folder, tmp_path / "x", strategies=("probe", "fintune"))
+    with pytest.raises(DataError, match="smallest class has 12 samples"):
+        _run(image_folder, tmp_path / "x", labels_per_class=(12,))
+
+
+def test_cap_test_is_stratified_and_seeded():
+    y = np.repeat([0, 1, 2], [100, 50, 10])
+    test = np.arange(160)
+    a = cap_test(test, y, 32, seed=0)
+    assert len(a) == 32 and np.bincount(y[a]).tolist() == [20, 10, 2]
+    assert np.array_equal(a, cap_test(test, y, 32, seed=0)) and not np.array_equal(a, cap_test(test, y, 32, seed=1))
+    assert np.array_equal(cap_test(test, y, None, 0), test)
+
+
+def test_to_grayscale_gives_gray_three_channel_items_with_new_keys(image_folder):
+    src = from_folder(image_folder)
+    gray = to_grayscale(src)
+    img = gray.load(0)
+    a = np.asarray(img)
+    assert img.mode == "RGB" and a.shape == np.asarray(src.load(0)).shape
+    assert np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])
+    assert not np.array_equal(np.asarray(src.load(0)), a)
+    assert list(gray.labels) == list(src.labels) and gray.name == f"{src.name}-gray"
+    assert not (gray.item_keys() == src.item_keys()).all(axis=1).any()  # the feature cache cannot mix them
+    assert gray.fingerprint() != src.fingerprint()
+    sub = gray.subset([0, 2])
+    assert np.array_equal(np.asarray(sub.load(1)), np.asarray(gray.load(2)))
+    assert np.array_equal(sub.item_keys(), gray.item_keys()[[0, 2]])
+    arrays = from_arrays(np.stack([np.asarray(src.load(i)) for i in range(3)]), [0, 1, 2])
+    assert np.asarray(to_grayscale(arrays).load(1)).shape == (32, 32, 3)
+    with pytest.raises(DataError, match="needs images"):
+        to_grayscale(from_arrays(["a text", "another"], [0, 1]))
