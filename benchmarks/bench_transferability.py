@@ -66,7 +66,8 @@ def correlations(records: list[dict], scores: list[str]) -> dict:
         for s in scores:
             taus, rs, top1, n = [], [], [], 0
             for seed in seeds:
-                rows = [r for r in records if r["dataset"] == d and r["seed"] == seed and r["scores"].get(s) is not None]
+                rows = [r for r in records
+                        if r["dataset"] == d and r["seed"] == seed and r["scores"].get(s) is not None]
                 if len(rows) < 3:
                     continue
                 a = np.array([r["scores"][s] for r in rows], float)
@@ -109,7 +110,8 @@ def render(state: dict) -> str:
                 votes = "".join({"similar": "+", "dissimilar": "−", None: "·"}[e["votes"].get(k)]
                                 if k in e["votes"] else "" for k in ("probe", "knn", "source"))
                 src = f", src {100 * e['source_confidence']:.0f}%" if e["source_confidence"] is not None else ""
-                cells += [f"**{adv['strategy']}**", f"{adv['full']['strategy']} ({adv['full']['labels_per_class']:g}/cl)",
+                full = adv["full"]
+                cells += [f"**{adv['strategy']}**", f"{full['strategy']} ({full['labels_per_class']:g}/cl)",
                           f"{votes}: probe {e['probe_skill']:.2f}, kNN {e['knn_skill']:.2f}{src}"]
             else:
                 cells += ["–", "–", "–"]
@@ -117,24 +119,39 @@ def render(state: dict) -> str:
     main = md_table(["dataset", "backbone", "probe test acc % (mean ± std)", *[SHORT[s] for s in scores],
                      f"advice @ {L}/class", "advice @ full size", "advisor evidence (votes probe/kNN/source)"], rows)
 
-    # 2. correlations
+    # 2. correlations: all backbones, then the pretrained ones only (no random-weight controls)
     vision = [d for d in datasets if any(r["modality"] == "image" for r in records if r["dataset"] == d)]
-    crow = []
-    for d in datasets:
-        n = max((c["n"] for c in corr[d].values()), default=len({r["backbone"] for r in records if r["dataset"] == d}))
-        cells = [d, n]
-        for s in scores:
-            c = corr[d].get(s)
-            cells.append("–" if c is None else f"{c['kendall_tau']:+.2f} / {c['pearson_r']:+.2f} / {c['top1']:.0%}")
-        crow.append(cells)
-    if len(vision) > 1:
-        cells = [f"**mean over {len(vision)} image datasets**", ""]
-        for s in scores:
-            cs = [corr[d][s] for d in vision if s in corr[d]]
-            cells.append("–" if not cs else f"**{np.mean([c['kendall_tau'] for c in cs]):+.2f} / "
-                         f"{np.mean([c['pearson_r'] for c in cs]):+.2f} / {np.mean([c['top1'] for c in cs]):.0%}**")
-        crow.append(cells)
-    corr_table = md_table(["dataset", "backbones", *[SHORT[s] for s in scores]], crow)
+
+    def corr_table(corr: dict, recs: list[dict]) -> str:
+        crow = []
+        for d in datasets:
+            n = max((c["n"] for c in corr[d].values()),
+                    default=len({r["backbone"] for r in recs if r["dataset"] == d}))
+            cells = [d, n]
+            for s in scores:
+                c = corr[d].get(s)
+                cells.append("–" if c is None else
+                             f"{c['kendall_tau']:+.2f} / {c['pearson_r']:+.2f} / {c['top1']:.0%}")
+            crow.append(cells)
+        if len(vision) > 1:
+            cells = [f"**mean over {len(vision)} image datasets**", ""]
+            for s in scores:
+                cs = [corr[d][s] for d in vision if s in corr[d]]
+                cells.append("–" if not cs else f"**{np.mean([c['kendall_tau'] for c in cs]):+.2f} / "
+                             f"{np.mean([c['pearson_r'] for c in cs]):+.2f} / {np.mean([c['top1'] for c in cs]):.0%}**")
+            crow.append(cells)
+        return md_table(["dataset", "backbones", *[SHORT[s] for s in scores]], crow)
+
+    pre = [r for r in records if not r["backbone"].endswith("-random")]
+    corr_all = corr_table(corr, records)
+    corr_pre = corr_table(correlations(pre, scores), pre)
+    spans = []
+    for d in vision:
+        accs = [np.mean([r["accuracy"] for r in pre if (r["dataset"], r["backbone"]) == (d, b)])
+                for b in dict.fromkeys(r["backbone"] for r in pre if r["dataset"] == d)]
+        if len(accs) > 1:
+            spans.append(f"{d} {100 * min(accs):.1f}–{100 * max(accs):.1f}%")
+    spread = "; ".join(spans)
 
     # 3. timings
     trow = []
@@ -167,14 +184,17 @@ def render(state: dict) -> str:
         f"How well each score ranks the backbones of a dataset by probe test accuracy: Kendall's tau / Pearson's r "
         f"(per seed across backbones, then the mean over seeds) / share of seeds where the score's top backbone is the "
         f"most accurate one. – = fewer than 3 backbones with the score (text: 2 backbones only) or a constant score "
-        f"(the plain H-score is C - 1 whenever N <= D).\n\n{corr_table}\n\n"
+        f"(the plain H-score is C - 1 whenever N <= D).\n\nAll backbones (pretrained and random-weight controls):\n\n"
+        f"{corr_all}\n\nPretrained backbones only (lite0/1/2: 3 per image dataset, so a seed's tau is ±1/3 or ±1 "
+        f"unless accuracies tie; their mean probe accuracies span only {spread}, often within the seed-to-seed std, so "
+        f"this finer ranking is mostly noise at this budget):\n\n{corr_pre}\n\n"
         f"Score timings (one call on one seed's labelled features; single-threaded BLAS):\n\n{time_table}\n\n"
         f"Feature extraction (FeatureStore; `cache hit` = read from `--cache-dir`):\n\n{ext_table}\n\n"
         "Notes:\n\n"
-        "- Ground truth here is the *linear-probe* test accuracy. Fine-tuning accuracies are not included: the "
-        "benchmark has a `--with-finetune` hook, not implemented yet (on this 2-core CPU machine one fine-tuning "
-        "run per dataset × backbone × seed would take hours); so the advisor's choices below are not yet checked "
-        "against fine-tuning outcomes.\n"
+        "- Ground truth here is the *linear-probe* test accuracy. Fine-tuning accuracies are not included: "
+        "`--with-finetune` is a hook, not implemented yet (on this 2-core CPU machine one engine run per dataset × "
+        "backbone × seed takes minutes, 90 cells would take hours; the strategy comparison is bench_finetune / "
+        "`transferkit compare`), so the advisor's choices are not checked against fine-tuning outcomes here.\n"
         f"- Advice: `advise()` on seed 0's labelled features with `n_labelled_per_class={L}` (always 'small' here); "
         "'full size' reuses the same evidence with the budget of the whole dataset (80% of the median class, as "
         "`fit` splits by default). Votes: + similar, − dissimilar, · no vote (source confidence between the "
@@ -202,7 +222,14 @@ def main() -> None:
     ap.add_argument("--with-finetune", action="store_true",
                     help="also fine-tune each backbone with the advisor's strategy (not implemented yet)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_transferability.md"))
+    ap.add_argument("--render-only", metavar="JSON", default=None,
+                    help="only write the markdown (--out) from the raw JSON of an earlier run; nothing is recomputed")
     args = ap.parse_args()
+    if args.render_only:
+        state = json.loads(Path(args.render_only).read_text())
+        atomic_write_text(args.out, render(state))
+        print(render(state))
+        return
     if args.with_finetune:
         raise SystemExit("--with-finetune is not implemented yet: the fine-tuning ground truth for the advisor is "
                          "future work (see the notes in the results file)")
