@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
-import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write, atomic_write_bytes
 from ..errors import ExportError, TransferkitError
 
 __all__ = ["export_model", "load_exported", "EXPORT_FORMATS", "EXPORT_FORMAT"]
@@ -224,59 +222,60 @@ def _quiet():
         yield
 
 
+def _exported(path: Path, what: str, write: Callable[[Path], float | None]) -> float | None:
+    """Run ``write(tmp)`` (export to ``tmp`` and verify it, returning the verified difference) and rename the
+    file into place only when that succeeded; exporter failures become one clear :class:`ExportError`."""
+    diff: list[float | None] = [None]
+
+    def run(tmp: Path) -> None:
+        diff[0] = write(tmp)
+
+    try:
+        atomic_write(path, run)
+    except ExportError:
+        raise
+    except Exception as e:  # exporters and tracers fail with many error types
+        raise ExportError(f"{what} export failed ({type(e).__name__}: {_first_line(e)})") from e
+    return diff[0]
+
+
 def _onnx(wrapper: nn.Module, example: tuple, check: tuple, names: list[str], axes: dict, path: Path,
           verify: bool) -> float | None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    def write(tmp: Path) -> float | None:
         with _quiet(), torch.no_grad():
             # the TorchScript-based exporter: the torch.export-based one needs the onnxscript package
             torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["logits"],
                               dynamic_axes=axes, opset_version=17, do_constant_folding=True, dynamo=False)
-        diff = None
-        if verify:
-            try:
-                import onnxruntime as ort
-            except ImportError as e:
-                raise ExportError("verifying an ONNX export needs onnxruntime: pip install onnxruntime "
-                                  "(or pass verify=False)") from e
-            sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-            got = sess.run(["logits"], {n: t.numpy() for n, t in zip(names, check)})[0]
-            with torch.no_grad():
-                ref = wrapper(*check).float()
-            diff = _close(ref, got, "ONNX")
-        os.replace(tmp, path)
-        return diff
-    except ExportError:
-        raise
-    except Exception as e:  # exporters fail with many error types
-        raise ExportError(f"ONNX export failed ({type(e).__name__}: {_first_line(e)})") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        if not verify:
+            return None
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ExportError("verifying an ONNX export needs onnxruntime: pip install onnxruntime "
+                              "(or pass verify=False)") from e
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = sess.run(["logits"], {n: t.numpy() for n, t in zip(names, check)})[0]
+        with torch.no_grad():
+            ref = wrapper(*check).float()
+        return _close(ref, got, "ONNX")
+
+    return _exported(path, "ONNX", write)
 
 
 def _torchscript(wrapper: nn.Module, example: tuple, check: tuple, path: Path, verify: bool) -> float | None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    def write(tmp: Path) -> float | None:
         with _quiet(), torch.no_grad():
             traced = torch.jit.trace(wrapper, example, check_trace=False)
             torch.jit.save(traced, str(tmp))
-        diff = None
-        if verify:
-            with _quiet(), torch.no_grad():
-                loaded = torch.jit.load(str(tmp), map_location="cpu")
-                got = loaded(*check).float().numpy()
-                ref = wrapper(*check).float()
-            diff = _close(ref, got, "TorchScript")
-        os.replace(tmp, path)
-        return diff
-    except ExportError:
-        raise
-    except Exception as e:  # tracing fails with many error types
-        raise ExportError(f"TorchScript export failed ({type(e).__name__}: {_first_line(e)})") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        if not verify:
+            return None
+        with _quiet(), torch.no_grad():
+            loaded = torch.jit.load(str(tmp), map_location="cpu")
+            got = loaded(*check).float().numpy()
+            ref = wrapper(*check).float()
+        return _close(ref, got, "TorchScript")
+
+    return _exported(path, "TorchScript", write)
 
 
 def _first_line(e: BaseException) -> str:
