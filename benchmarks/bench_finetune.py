@@ -4,7 +4,7 @@ Every (budget, seed) has one split shared by all strategies: scratch (same archi
 the engine), probe (cached features + logistic head, C chosen on val), partial, gradual and finetune (the
 engine). Then the colour-vs-grayscale pair on ``mnist-m`` (probe and finetune at one budget).
 
-A full run at 224 px is far too slow on a 2-core CPU: the defaults train at ``--image-size 128`` (the probe's
+A full run at 224 px is far too slow on a 2-core CPU: the defaults train at ``--image-size 128`` (``--image-sizes`` overrides it per dataset: digits at 64 px) (the probe's
 features are extracted at the same size), for ``--epochs 10`` (early stopping patience 5 on val), and score
 at most ``--max-test 600`` test items per cell (a stratified, seeded sample of the test split, the same for
 every strategy). The table header says all of this.
@@ -55,17 +55,32 @@ def _acc_table(res: dict) -> str:
 def render(results: dict[str, dict], info: dict, cmd: str, args) -> str:
     parts = [f"### bench_finetune\n\ncommand: `{cmd}`\n\n{machine_line(info)}\n\n"
              f"Backbone `{args.backbone}`; **images at {args.image_size} px** (not the backbone's 224 px; the "
-             f"probe's features too), at most {args.epochs} epochs (early stopping, patience {args.patience}, on "
+             f"probe's features too; per-dataset overrides: {args.image_sizes or 'none'}), at most {args.epochs} epochs (early stopping, patience {args.patience}, on "
              f"the validation part of the N labels), batch {args.batch_size}, other TrainConfig defaults; "
              f"test accuracy on **at most {args.max_test} test items per cell** (stratified, seeded; the same "
              "items for every strategy). Mean ± population std over seeds (n = seeds done); s/cell = CPU wall "
              "time per cell (the probe's excludes its one feature extraction); ⚠ = negative transfer (mean below "
              "`scratch`, the same architecture from random init, at that budget).\n"]
+    pooled = [p for res in results.values() for p in res.get("advisor", {}).get("per_split", [])]
+    if pooled:
+        hits = sum(p["chosen"] in p["best"] for p in pooled)
+        loss = [p["loss_points"] for p in pooled]
+        parts.append(f"**Strategy advisor (`auto`, what `fit --strategy auto` picks from the labelled part of each "
+                     f"split) over every dataset and budget: best of probe/partial/finetune on {hits} of {len(pooled)} "
+                     f"splits ({100 * hits / len(pooled):.0f}%); accuracy lost {sum(loss) / len(loss):.1f} points on "
+                     f"average, at most {max(loss):.1f}.** The `auto` column scores the pick.\n")
     for name, res in results.items():
         st = res["settings"]
-        parts.append(f"#### {name} ({st['dataset']}, {len(st['classes'])} classes; seeds done: "
+        size = st.get("train_config", {}).get("image_size")
+        parts.append(f"#### {name} ({st['dataset']}, {len(st['classes'])} classes, {size} px; seeds done: "
                      f"{sorted({c['seed'] for c in res['cells']})}; budgets done: "
                      f"{sorted({c['budget'] for c in res['cells']})})\n\n{_acc_table(res)}\n")
+        if res.get("advisor"):
+            from transferkit.compare import advisor_sentence
+
+            picks = ", ".join(f"{p['budget']}/s{p['seed']}: {p['chosen']} (best {'/'.join(p['best'])}, "
+                              f"-{p['loss_points']:.1f})" for p in res["advisor"]["per_split"])
+            parts.append(f"Advisor: {advisor_sentence(res['advisor'])}. Per split (labels/class/seed): {picks}.\n")
         if res["warnings"]:
             parts.append("Negative transfer:\n\n" + "\n".join(f"- {w}" for w in res["warnings"]) + "\n")
         parts.append(f"Probe features: {res['feature_seconds']:.1f}s once. Report: `{res['report']}`\n")
@@ -77,10 +92,12 @@ def main() -> None:
     ap.add_argument("--datasets", default="clipart,mnist5k")
     ap.add_argument("--budgets", default="", help="labels per class for every dataset (default: "
                     + "; ".join(f"{k} {','.join(map(str, v))}" for k, v in BUDGETS.items() if k != "mnist-m") + ")")
-    ap.add_argument("--strategies", default="scratch,probe,partial,gradual,finetune")
+    ap.add_argument("--strategies", default="scratch,probe,partial,gradual,finetune,auto")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--backbone", default="lite0")
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-sizes", default="mnist5k=64,mnist-m=64",
+                    help="per-dataset overrides of --image-size, e.g. 'mnist5k=64' (digits are 28 px: 64 px is ample)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -103,8 +120,11 @@ def main() -> None:
     cmd = command_line()
     out = Path(args.out)
     raw_path = out.with_suffix(".json")
-    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
-                      image_size=args.image_size, num_workers=0, accelerator="cpu")
+    sizes = {k: int(v) for k, v in (x.split("=") for x in _csv(args.image_sizes))}
+
+    def cfg_for(data: str) -> TrainConfig:
+        return TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+                           image_size=sizes.get(data, args.image_size), num_workers=0, accelerator="cpu")
     results: dict[str, dict] = {}
     log(f"torch threads {torch.get_num_threads()}, work dir {args.work_dir}")
 
@@ -116,12 +136,12 @@ def main() -> None:
     def run(name: str, data: str, budgets: list[int], strategies: list[str], grayscale: bool = False) -> None:
         for k in range(1, len(budgets) + 1):  # growing budget lists: earlier cells are reused, tables appear early
             r = compare_strategies(data, backbone=args.backbone, strategies=strategies, labels_per_class=budgets[:k],
-                                   seeds=_csv(args.seeds, int), config=cfg, grayscale=grayscale,
+                                   seeds=_csv(args.seeds, int), config=cfg_for(data), grayscale=grayscale,
                                    cache_dir=args.cache_dir, out=Path(args.work_dir) / name, log=log,
                                    max_test=args.max_test)
             results[name] = {"settings": r.settings, "cells": r.cells, "aggregates": r.aggregates,
                              "winners": {str(b): s for b, s in r.winners.items()},
-                             "negative_transfer": r.negative_transfer, "warnings": r.warnings,
+                             "negative_transfer": r.negative_transfer, "warnings": r.warnings, "advisor": r.advisor,
                              "feature_seconds": r.feature_seconds, "report": str(r.out / "report.html")}
             save()
             log(f"{name}: budgets {budgets[:k]} done\n{r.table()}")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from transferkit.compare import aggregate_cells, cap_test, compare_strategies, negative_transfer_flags, winners
+from transferkit.compare import (advisor_sentence, advisor_summary, aggregate_cells, cap_test, compare_strategies,
+                                negative_transfer_flags, winners)
 from transferkit.data.sources import from_arrays, from_folder
 from transferkit.data.splits import make_splits
 from transferkit.data.transforms import to_grayscale
@@ -124,11 +125,72 @@ def test_a_rerun_with_the_same_out_skips_finished_cells(compared, monkeypatch):
     (out / "cells.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
     third = _run(folder, out)
     assert third.reused == 19 and sum(calls.values()) == 1
+    assert _run(folder, out).reused == 20  # the recomputed cell was not glued to the cut line
     assert calls[{"probe": "probe", "cnn": "cnn"}.get(last["strategy"], "engine")] == 1
     # other settings are other cells: nothing is reused
     calls.update(engine=0, probe=0, cnn=0)
     other = _run(folder, out, strategies=("probe",), labels_per_class=(3,), seeds=(0,), max_test=6)
     assert other.reused == 0 and calls["probe"] == 1 and other.cells[0]["n_test"] == 6
+
+
+def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_cells(compared, monkeypatch):
+    res, folder, out = compared
+    import transferkit.train.engine as engine
+
+    monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("auto must reuse the compared cells"))
+    again = _run(folder, out, strategies=("auto", *STRATEGIES))  # auto is run last whatever its position
+    assert again.reused == 20 and len(again.cells) == 24
+    by = {(c["strategy"], c["budget"], c["seed"]): c for c in again.cells}
+    for b in (3, 5):
+        for s in (0, 1):
+            a = by[("auto", b, s)]
+            chosen = a["details"]["chosen"]
+            assert chosen in ("probe", "partial", "finetune") and not a["details"]["trained_for_auto"]
+            assert a["accuracy"] == by[(chosen, b, s)]["accuracy"] and a["split"] == by[("probe", b, s)]["split"]
+    assert all(by[("auto", 3, s)]["details"]["chosen"] == "probe" for s in (0, 1))  # < 5 labels/class: probe
+    assert "auto" not in again.winners.values()
+    assert again.advisor["n"] == 4 and 0 <= again.advisor["hit_rate"] <= 1
+    assert "choices (strategy auto)" in (out / "report.html").read_text()
+    assert json.loads((out / "compare.json").read_text())["advisor"]["n"] == 4
+
+
+def test_auto_trains_its_pick_when_that_strategy_is_not_compared(image_folder, tmp_path, monkeypatch):
+    import transferkit.train.engine as engine
+    import transferkit.transferability.advisor as advisor
+
+    y = from_folder(image_folder).encoded_labels()
+    trained = []
+
+    def fake(source, y_, splits, backbone, strategy, *a, **k):
+        trained.append(strategy)
+        return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test], best_epoch=1, epochs_run=1,
+                               val_accuracy=None, train_seconds=0.0, resumed_from=None)
+
+    monkeypatch.setattr(engine, "finetune", fake)
+    monkeypatch.setattr(advisor, "advise", lambda *a, **k: advisor.Advice("partial", ["forced"], {}))
+    res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
+    auto = next(c for c in res.cells if c["strategy"] == "auto")
+    assert trained == ["partial"] and auto["details"]["trained_for_auto"] and auto["accuracy"] == 1.0
+    assert res.advisor == {}  # partial and finetune were not compared: nothing to judge the pick against
+
+
+def test_advisor_summary_hit_rate_and_loss_by_hand():
+    accs = {(5, 0): {"probe": 0.6, "partial": 0.5, "finetune": 0.4},
+            (5, 1): {"probe": 0.5, "partial": 0.7, "finetune": 0.7},
+            (20, 0): {"probe": 0.6, "partial": 0.8, "finetune": 0.9}}
+    picks = {(5, 0): "probe", (5, 1): "finetune", (20, 0): "probe"}
+    cells = [{"strategy": k, "budget": b, "seed": s, "accuracy": v} for (b, s), d in accs.items() for k, v in d.items()]
+    cells += [{"strategy": "auto", "budget": b, "seed": s, "accuracy": accs[(b, s)][k], "details": {"chosen": k}}
+              for (b, s), k in picks.items()]
+    summ = advisor_summary(cells)
+    assert (summ["n"], summ["hits"]) == (3, 2)  # a tie for the best counts as a hit
+    assert summ["mean_loss_points"] == pytest.approx(10.0) and summ["max_loss_points"] == pytest.approx(30.0)
+    assert summ["picked"] == {"probe": 2, "finetune": 1}
+    assert summ["best"] == {"probe": 1, "partial": 1, "finetune": 2}
+    assert summ["fixed"]["finetune"]["hit_rate"] == pytest.approx(2 / 3)
+    assert summ["fixed"]["finetune"]["mean_loss_points"] == pytest.approx(20 / 3)
+    assert summ["fixed"]["probe"]["mean_loss_points"] == pytest.approx((0 + 20 + 30) / 3)
+    assert "2 of 3 splits (67%)" in advisor_sentence(summ) and advisor_summary(cells[:9]) == {}
 
 
 def test_negative_transfer_is_flagged_with_the_gap():
@@ -166,7 +228,7 @@ def test_negative_transfer_reaches_the_result_and_the_report(image_folder, tmp_p
 
 
 def test_unknown_strategy_names_the_valid_ones(image_folder, tmp_path):
-    with pytest.raises(UnknownNameError, match=r"'fintune'.*finetune, partial, gradual, scratch, probe, cnn"):
+    with pytest.raises(UnknownNameError, match=r"'fintune'.*finetune, partial, gradual, scratch, probe, cnn, auto"):
         _run(image_folder, tmp_path / "x", strategies=("probe", "fintune"))
     with pytest.raises(DataError, match="smallest class has 12 samples"):
         _run(image_folder, tmp_path / "x", labels_per_class=(12,))

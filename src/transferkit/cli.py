@@ -278,7 +278,7 @@ def advise(
 def compare(
     data: str = typer.Argument(..., help="Built-in dataset, folder of class sub-folders, or table (images)."),
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
-    strategies: str = typer.Option("scratch,probe,partial,finetune", "--strategies", help="Comma-separated: probe, finetune, partial, gradual, scratch, cnn (small CNN from raw pixels)."),
+    strategies: str = typer.Option("scratch,probe,partial,finetune", "--strategies", help="Comma-separated: probe, finetune, partial, gradual, scratch, cnn (small CNN from raw pixels), auto (the advisor's pick, scored and judged)."),
     labels_per_class: str = typer.Option("5,20", "--labels-per-class", "-n", help="Comma-separated labelled budgets per class."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per budget (one split each, shared by every strategy)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping)."),
@@ -315,6 +315,10 @@ def compare(
     out.print(table)
     for n, w in res.winners.items():
         out.print(f"{n} labels per class: [bold]{w}[/bold] wins")
+    if res.advisor:
+        from .compare import advisor_sentence
+
+        out.print(advisor_sentence(res.advisor))
     for w in res.warnings:
         out.print(f"[bold yellow]warning:[/bold yellow] {w}")
     out.print(f"results: {res.out}")

@@ -12,6 +12,10 @@ Strategies (one flow, see DESIGN.md):
 - ``scratch``: the engine's ``scratch`` strategy: the same architecture from random weights (the baseline
   that negative transfer is measured against).
 - ``cnn``: the small CNN trained from raw pixels (:func:`~transferkit.train.scratch.train_scratch`).
+- ``auto``: the strategy advisor (:func:`~transferkit.transferability.advisor.advise`, what ``fit --strategy
+  auto`` runs) on the probe's features of the labelled part of the split; the cell scores what the strategy it
+  chose scored on the same split (run for it when that strategy is not compared). :func:`advisor_summary` then
+  says how often the advisor picked the best of ``probe`` / ``partial`` / ``finetune`` and what it lost when not.
 
 For every ``(budget, seed)`` there is ONE split (``make_splits(y, labels_per_class=N, seed=s)``) shared by
 all strategies. Every finished cell is appended to ``cells.jsonl`` in ``out`` at once, so a killed
@@ -39,10 +43,12 @@ from .data.splits import Splits, make_splits
 from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
 
 __all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_transfer_flags", "winners",
-           "valid_strategies", "cap_test"]
+           "valid_strategies", "cap_test", "advisor_summary",
+           "advisor_sentence"]
 
 CELLS_FILE = "cells.jsonl"
 _BASELINES = ("scratch", "cnn")  # the first one present is the yardstick of negative transfer
+ADVISOR_CHOICES = ("probe", "partial", "finetune")  # what the advisor can answer
 
 
 @dataclass
@@ -63,6 +69,7 @@ class CompareResult:
         settings: the comparison's settings (data, backbone, training configuration, ...).
         reused: number of cells read back from ``cells.jsonl`` instead of computed.
         feature_seconds: time spent getting the probe's features (extraction or cache read), once.
+        advisor: :func:`advisor_summary` of the ``auto`` cells (empty without them).
     """
 
     cells: list[dict[str, Any]]
@@ -74,6 +81,7 @@ class CompareResult:
     settings: dict[str, Any] = field(default_factory=dict, repr=False)
     reused: int = 0
     feature_seconds: float = 0.0
+    advisor: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """A plain-text table: one row per budget, one column per strategy (accuracy % mean ± std)."""
@@ -81,10 +89,10 @@ class CompareResult:
 
 
 def valid_strategies() -> list[str]:
-    """Names :func:`compare_strategies` accepts: the engine's strategies and ``cnn``."""
+    """Names :func:`compare_strategies` accepts: the engine's strategies, ``cnn`` and ``auto``."""
     from .train.strategies import list_strategies
 
-    return [n for n, _ in list_strategies()] + ["cnn"]
+    return [n for n, _ in list_strategies()] + ["cnn", "auto"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,10 +115,13 @@ def aggregate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def winners(aggregates: Sequence[dict[str, Any]]) -> dict[int, str]:
-    """Budget -> the strategy with the highest mean accuracy (ties: the faster one)."""
+    """Budget -> the strategy with the highest mean accuracy (ties: the faster one); ``auto`` never wins (it
+    scores what the strategy it chose scored)."""
     best: dict[int, dict[str, Any]] = {}
     for a in aggregates:
         b = a["budget"]
+        if a["strategy"] == "auto":
+            continue
         if b not in best or (a["accuracy_mean"], -a["seconds_mean"]) > (best[b]["accuracy_mean"],
                                                                          -best[b]["seconds_mean"]):
             best[b] = a
@@ -140,6 +151,65 @@ def negative_transfer_flags(aggregates: Sequence[dict[str, Any]],
                           "baseline": baseline, "baseline_accuracy": base[a["budget"]],
                           "gap_points": 100 * (base[a["budget"]] - a["accuracy_mean"])})
     return flags
+
+
+def advisor_summary(cells: Sequence[dict[str, Any]], choices: Sequence[str] = ADVISOR_CHOICES) -> dict[str, Any]:
+    """How good were the advisor's choices? Hit rate and accuracy lost, from the ``auto`` cells.
+
+    For every ``(budget, seed)`` with an ``auto`` cell, the candidates are the cells of ``choices`` on the same
+    split; the advisor *hits* when its choice scored the best test accuracy among them (ties count as hits) and
+    otherwise loses ``best - chosen`` points. For scale, the same is given for always answering one fixed
+    strategy (a choice is only scored where every candidate was run).
+
+    Returns:
+        ``{}`` without ``auto`` cells, else ``n`` (splits judged), ``hits``, ``hit_rate``,
+        ``mean_loss_points`` / ``max_loss_points`` (accuracy lost, percentage points, 0 on hits), ``picked``
+        (choice -> count), ``best`` (strategy -> how often it was best), ``fixed`` (strategy -> its hit rate and
+        mean loss when always chosen) and ``per_split`` (one dict per judged split).
+    """
+    by = {(c["strategy"], int(c["budget"]), int(c["seed"])): c for c in cells}
+    per_split = []
+    for c in cells:
+        if c["strategy"] != "auto":
+            continue
+        b, s = int(c["budget"]), int(c["seed"])
+        cand = {k: by[(k, b, s)]["accuracy"] for k in choices if (k, b, s) in by}
+        chosen = c.get("details", {}).get("chosen")
+        if len(cand) < len(choices) or chosen not in cand:
+            continue
+        best_acc = max(cand.values())
+        per_split.append({"budget": b, "seed": s, "chosen": chosen, "accuracy": cand[chosen],
+                          "best": [k for k, v in cand.items() if v == best_acc], "best_accuracy": best_acc,
+                          "loss_points": 100 * (best_acc - cand[chosen]), "candidates": cand})
+    if not per_split:
+        return {}
+    loss = np.array([p["loss_points"] for p in per_split])
+    hits = int(sum(p["chosen"] in p["best"] for p in per_split))
+    fixed = {}
+    for k in choices:
+        lk = np.array([100 * (p["best_accuracy"] - p["candidates"][k]) for p in per_split])
+        fixed[k] = {"hit_rate": float(np.mean(lk <= 0)), "mean_loss_points": float(lk.mean())}
+    best_counts: dict[str, int] = {}
+    for p in per_split:
+        for k in p["best"]:
+            best_counts[k] = best_counts.get(k, 0) + 1
+    picked: dict[str, int] = {}
+    for p in per_split:
+        picked[p["chosen"]] = picked.get(p["chosen"], 0) + 1
+    return {"n": len(per_split), "hits": hits, "hit_rate": hits / len(per_split),
+            "mean_loss_points": float(loss.mean()), "max_loss_points": float(loss.max()), "picked": picked,
+            "best": best_counts, "fixed": fixed, "per_split": per_split}
+
+
+def advisor_sentence(summary: dict[str, Any]) -> str:
+    """One line from :func:`advisor_summary`: hit rate, accuracy lost, and the fixed strategies for scale."""
+    if not summary:
+        return "no advisor cells (add 'auto' to the strategies)"
+    fixed = ", ".join(f"always {k}: {100 * v['hit_rate']:.0f}% / {v['mean_loss_points']:.1f} pts"
+                      for k, v in summary["fixed"].items())
+    return (f"advisor (auto) picked the best of {'/'.join(summary['fixed'])} on {summary['hits']} of {summary['n']} "
+            f"splits ({100 * summary['hit_rate']:.0f}%), losing {summary['mean_loss_points']:.1f} accuracy points on "
+            f"average (at most {summary['max_loss_points']:.1f}); {fixed}")
 
 
 def _flag_sentence(f: dict[str, Any]) -> str:
@@ -221,12 +291,14 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
     if unused:
         raise TransferkitError(f"strategy_params given for {', '.join(unused)}, which are not compared "
                                f"(strategies: {', '.join(strategies)})")
-    if "probe" in params or "cnn" in params:
-        raise TransferkitError("strategy_params do not apply to probe or cnn; give them for engine strategies")
+    if {"probe", "cnn", "auto"} & set(params):
+        raise TransferkitError("strategy_params do not apply to probe, cnn or auto; give them for engine strategies")
     from .train.strategies import create_strategy
 
+    if "auto" in strategies:  # judged against the strategies it chooses from: run it after them
+        strategies = [s for s in strategies if s != "auto"] + ["auto"]
     for s in strategies:
-        if s not in ("probe", "cnn"):
+        if s not in ("probe", "cnn", "auto"):
             create_strategy(s, **params.get(s, {}))  # bad parameters fail before any work
     budgets = [int(b) for b in labels_per_class]
     seeds = [int(s) for s in seeds]
@@ -263,9 +335,11 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
 
     def cell_settings(strategy: str) -> dict[str, Any]:
         s = {**base_settings, "strategy": strategy}
-        if strategy == "probe":
+        if strategy in ("probe", "auto"):
             s["image_size"] = cfg.image_size
-        elif strategy != "cnn":
+        if strategy == "auto":  # scores the strategy it picks, trained as the others are
+            s["choices"] = {k: digest(cell_settings(k)) for k in ADVISOR_CHOICES}
+        elif strategy not in ("probe", "cnn"):
             s["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "num_workers",
                                                                                 "eval_batch_size")}
             s["params"] = params.get(strategy, {})
@@ -274,11 +348,15 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
     def digest(obj: Any) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
-    hashes = {s: digest(cell_settings(s)) for s in strategies}
+    hashes = {s: digest(cell_settings(s)) for s in dict.fromkeys([*strategies, *ADVISOR_CHOICES])}
     cells_path = out_dir / CELLS_FILE
     done: dict[tuple[str, int, int, str], dict[str, Any]] = {}
     if cells_path.is_file():
-        for line in cells_path.read_text().splitlines():
+        text = cells_path.read_text()
+        if text and not text.endswith("\n"):  # a line cut short by a kill: end it, or the next append joins it
+            with open(cells_path, "a", encoding="utf-8") as fh:
+                fh.write("\n")
+        for line in text.splitlines():
             try:
                 c = json.loads(line)
                 done[(c["strategy"], int(c["budget"]), int(c["seed"]), c["settings_hash"])] = c
@@ -288,10 +366,11 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
     cells: list[dict[str, Any]] = []
     reused = 0
     feats_X: np.ndarray | None = None
+    feats_bb: Any = None
     feature_seconds = 0.0
 
     def probe_features() -> np.ndarray:
-        nonlocal feats_X, feature_seconds
+        nonlocal feats_X, feats_bb, feature_seconds
         if feats_X is None:
             from .backbones import create_backbone
             from .features import FeatureStore
@@ -305,6 +384,7 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
                 raise DataError(f"{len(f.bad)} unreadable item(s) in {source.origin or source.name}, e.g. "
                                 f"{f.bad[0][1]}: {f.bad[0][2]}")
             feats_X = np.asarray(f.X, dtype=np.float32)
+            feats_bb = bb
             feature_seconds = f.seconds
             say(f"probe features: {backbone} {feats_X.shape} in {f.seconds:.1f}s (extracted {f.extracted})")
         return feats_X
@@ -322,6 +402,8 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
             head.fit(X[sp.train], y[sp.train], eval_set=ev)
             y_pred = head.classes_[head.predict_proba(X[sp.test]).argmax(1)]
             extra = {"C": float(head.C_)}
+        elif strategy == "auto":
+            return auto_cell(budget, seed, sp)
         elif strategy == "cnn":
             from .train.scratch import train_scratch
 
@@ -350,6 +432,29 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
                 "macro_f1": float(m["macro_f1"]), "seconds": seconds, "n_train": int(len(sp.train)),
                 "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "settings_hash": hashes[strategy],
                 "details": extra}
+
+    def auto_cell(budget: int, seed: int, sp: Splits) -> dict[str, Any]:
+        from .transferability.advisor import advise
+        from .transferability.source import source_probabilities
+
+        X = probe_features()
+        t0 = time.perf_counter()
+        lab = np.sort(np.concatenate([sp.train, sp.val]))  # the labelled part only, as fit --strategy auto
+        adv = advise(X[lab], y[lab], source_probs=source_probabilities(feats_bb, X[lab]),
+                     n_labelled_per_class=float(budget), seed=seed)
+        advice_seconds = time.perf_counter() - t0
+        chosen = adv.strategy
+        twin = next((c for c in cells if (c["strategy"], c["budget"], c["seed"]) == (chosen, budget, seed)
+                     and c["settings_hash"] == hashes[chosen]), None)
+        ran = twin is None
+        if ran:  # the advisor chose a strategy that is not compared: train it for this cell
+            twin = run_cell(chosen, budget, seed, sp)
+        return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": twin["accuracy"],
+                "macro_f1": twin["macro_f1"], "seconds": advice_seconds + twin["seconds"],
+                "n_train": int(len(sp.train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
+                "settings_hash": hashes["auto"],
+                "details": {"chosen": chosen, "advice_seconds": advice_seconds, "trained_for_auto": ran,
+                            "reasons": adv.reasons, "votes": adv.evidence.get("votes")}}
 
     for budget in budgets:
         for seed in seeds:
@@ -394,11 +499,12 @@ def _finish(cells: list[dict[str, Any]], out_dir: Path, settings: dict[str, Any]
     win = winners(aggs)
     flags = negative_transfer_flags(aggs)
     warns = [_flag_sentence(f) for f in flags]
-    result = CompareResult(cells, aggs, win, flags, warns, out_dir, settings, reused, feature_seconds)
+    adv = advisor_summary(cells)
+    result = CompareResult(cells, aggs, win, flags, warns, out_dir, settings, reused, feature_seconds, adv)
     write_json(out_dir / "compare.json", {"settings": settings, "cells": cells, "aggregates": aggs,
                                           "winners": {str(k): v for k, v in win.items()},
                                           "negative_transfer": flags, "warnings": warns,
-                                          "feature_seconds": feature_seconds})
+                                          "feature_seconds": feature_seconds, "advisor": adv})
     import pandas as pd
 
     from .runs import write_csv
@@ -473,6 +579,21 @@ def _write_html(result: CompareResult) -> None:
                     ("test items per cell", f"at most {st['max_test']}" if st.get("max_test") else "all"),
                     ("cells reused from an earlier run", result.reused)],
         "sections": [{"title": "Accuracy by strategy and budget", "html": table},
+                     *([{"title": "The advisor's choices (strategy auto)", "html": _advisor_html(result.advisor)}]
+                       if result.advisor else []),
                      {"title": "Figures", "html": figs}],
         "config": st,
     })
+
+
+def _advisor_html(summary: dict[str, Any]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{p['budget']}</td><td>{p['seed']}</td><td>{e(p['chosen'])}</td><td>{e(', '.join(p['best']))}</td>"
+        f"<td class=\"num\">{100 * p['accuracy']:.1f}</td><td class=\"num\">{100 * p['best_accuracy']:.1f}</td>"
+        f"<td class=\"num\">{p['loss_points']:.1f}</td></tr>" for p in summary["per_split"])
+    return (f"<p>{e(advisor_sentence(summary))}.</p><table><tr><th>labels / class</th><th>seed</th><th>advisor "
+            "chose</th><th>best (measured)</th><th>chosen acc %</th><th>best acc %</th><th>points lost</th></tr>"
+            f"{rows}</table><p><small>The advisor sees only the labelled part of each split (features of the frozen "
+            "backbone); the best is the measured test accuracy of probe, partial and finetune on the same split."
+            "</small></p>")
