@@ -329,6 +329,63 @@ _DEFAULT_RANK = {"image": "lite0,lite1,lite2,lite0-random", "text": "minilm,glov
 
 @app.command()
 @_friendly
+def adapt(
+    source: Optional[str] = typer.Option(None, "--source", help="Labelled source data: built-in dataset, folder or table."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target data; its labels, if any, only score the result."),
+    method: str = typer.Option("source-only,dann", "--method", "-m", help="Comma-separated methods, or 'all' (see --list)."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone for cached features, or 'lenet' (small CNN from scratch, end to end)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Train the backbone end to end with the method's loss (images at --image-size)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="End-to-end input side (default: 32 for lenet, 64 otherwise)."),
+    target_labels: Optional[int] = typer.Option(None, "--target-labels", help="Labelled target samples per class (semi-supervised DA; needed by tradaboost, finetune-target)."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds (one target split and one training run each)."),
+    steps: int = typer.Option(1000, "--steps", help="Training steps of the deep methods."),
+    trade_off: float = typer.Option(1.0, "--trade-off", help="Weight of the alignment term."),
+    selection: str = typer.Option("dev", "--selection", help="Checkpoint choice without target labels: dev, snd, entropy, source-val, last."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; rerun with the same --out to resume."),
+    list_methods: bool = typer.Option(False, "--list", help="List the methods and exit."),
+    cache_dir: Optional[Path] = CacheOpt,
+    quiet: bool = QuietOpt,
+):
+    """Domain adaptation from a labelled --source to a --target domain: every method on the same splits, with
+    source-only as the baseline, checkpoints chosen without target labels, a table and report.html."""
+    from .errors import TransferkitError
+
+    if list_methods:
+        from .adapt import list_all_methods
+
+        table = Table(title="domain-adaptation methods")
+        table.add_column("method")
+        table.add_column("family")
+        for name, fam in list_all_methods():
+            table.add_row(name, fam)
+        out.print(table)
+        return
+    if not source or not target:
+        raise TransferkitError("give both --source and --target (e.g. --source mnist5k --target digits)")
+    from .adapt import AdaptConfig, adapt_compare
+
+    cfg = AdaptConfig(steps=steps, trade_off=trade_off, selection=selection, eval_every=max(steps // 5, 1))
+    cfg.validate()
+    res = adapt_compare(source, target, methods=[m.strip() for m in method.split(",")], backbone=backbone,
+                        finetune=finetune, image_size=image_size, seeds=list(range(seeds)),
+                        target_labels=target_labels, config=cfg, cache_dir=cache_dir, out=out_dir, progress=not quiet,
+                        log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    table = Table(title=f"{source} → {target}: target accuracy, mean ± std over {seeds} seed(s)")
+    for col in ("method", "target acc %", "source val %", "seconds", "checkpoint chosen by"):
+        table.add_column(col, justify="left" if col in ("method", "checkpoint chosen by") else "right")
+    for r in res.rows:
+        table.add_row(r["method"] + (" ⚠" if r.get("negative") else ""),
+                      "-" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}",
+                      "-" if r["source_val_mean"] is None else f"{100 * r['source_val_mean']:.1f}",
+                      f"{r['seconds_mean']:.1f}", str(r["selection"]))
+    out.print(table)
+    for w in res.warnings:
+        out.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    out.print(f"results: {res.out}")
+
+
+@app.command()
+@_friendly
 def rank(
     data: str = typer.Argument(..., help="Built-in dataset, folder of class sub-folders, or table."),
     backbones: Optional[str] = typer.Option(None, "--backbones", "-b", help="Comma-separated backbone names (default: the shipped ones of the data's modality: lite0,lite1,lite2,lite0-random for images, minilm,glove-50d for texts)."),

@@ -1,0 +1,330 @@
+"""Run several domain-adaptation methods on the same data and seeds: one table, one report (``transferkit adapt``).
+
+Protocol, per seed: the target is split (stratified when it has labels) into an **adaptation** part, whose
+inputs the methods see without labels, and an **evaluation** part (``eval_fraction``), whose labels are read
+only to score the finished models. With ``target_labels=N``, N labelled samples per class are drawn from the
+adaptation part (semi-supervised DA). Checkpoints are chosen by :mod:`transferkit.adapt.selection` (named in the
+table); ``source-only`` always runs as the baseline, and every method scoring below it is flagged as negative
+transfer. Every finished (method, seed) cell is appended to ``cells.jsonl``: a rerun with the same ``out``
+skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import DataError, UnknownNameError
+from .adapter import ALL_METHODS, NEEDS_TARGET_LABELS, DomainAdapter, check_class_sets
+from .trainer import AdaptConfig
+
+__all__ = ["AdaptResult", "adapt_compare"]
+
+
+@dataclass
+class AdaptResult:
+    """What :func:`adapt_compare` returns: ``cells`` (one per method and seed), ``rows`` (per method: mean ± std
+    accuracy, seconds), ``warnings`` (negative transfer), ``diagnostics`` (domain distances before/after),
+    ``out`` (folder with adapt.json, cells.jsonl, report.html)."""
+
+    cells: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    warnings: list[str]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """Plain-text table of the rows."""
+        lines = [f"{'method':<16} {'target acc %':>14} {'source-val %':>13} {'seconds':>8}  selection"]
+        for r in self.rows:
+            acc = "-" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}"
+            sv = "-" if r.get("source_val_mean") is None else f"{100 * r['source_val_mean']:.1f}"
+            lines.append(f"{r['method']:<16} {acc:>14} {sv:>13} {r['seconds_mean']:>8.1f}  {r['selection']}"
+                         + ("  ⚠ negative transfer" if r.get("negative") else ""))
+        return "\n".join(lines)
+
+
+def _split_target(y: np.ndarray | None, n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, 4242])
+    if y is None:
+        idx = rng.permutation(n)
+        k = int(round(eval_fraction * n))
+        return np.sort(idx[k:]), np.sort(idx[:k])
+    ev = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        ev.extend(idx[: int(round(eval_fraction * len(idx)))])
+    ev = np.sort(np.asarray(ev, dtype=np.int64))
+    return np.setdiff1d(np.arange(n), ev), ev
+
+
+def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source-only", "dann"),
+                  backbone: str = "lite0", finetune: bool = False, image_size: int | None = None,
+                  seeds: Sequence[int] = (0,), target_labels: int | None = None, config: AdaptConfig | None = None,
+                  eval_fraction: float = 0.3, cache_dir: Any = None, out: Any = None, progress: bool = False,
+                  diagnostics: bool = True, log: Callable[[str], None] | None = None) -> AdaptResult:
+    """Every method of ``methods`` (plus ``source-only``) on the same splits for every seed; a table and a report.
+
+    Args:
+        source: labelled source data (built-in name, folder, table, DataSource).
+        target: target data; its labels, if any, are used only to score the finished models.
+        methods: names from :data:`~transferkit.adapt.adapter.ALL_METHODS`, or ``["all"]`` (every method that
+            applies: those needing target labels only with ``target_labels``).
+        backbone: backbone name, or ``lenet`` (end to end from scratch).
+        finetune: end-to-end training of the backbone instead of a head on cached features.
+        image_size: end-to-end input side.
+        seeds: one target split and one training seed each.
+        target_labels: labelled target samples per class (semi-supervised DA), drawn from the adaptation part.
+        config: :class:`AdaptConfig` (its ``seed`` is replaced by each seed).
+        eval_fraction: share of the target held out for evaluation.
+        out: output folder (default ``runs/<time>-adapt-<source>-<target>``); rerun with it to resume.
+        diagnostics: compute domain distances and projections before/after (seed 0; a few seconds each).
+
+    Returns:
+        An :class:`AdaptResult`.
+
+    Raises:
+        UnknownNameError: an unknown method. DataError: different class sets, an empty target, a method that
+        needs target labels without ``target_labels``, a budget larger than a target class.
+    """
+    from ..data.sources import load_data
+    from ..runs import default_run_dir, prepare_run_dir
+
+    say = log or (lambda m: None)
+    names = list(ALL_METHODS) if list(methods) == ["all"] else [m.strip() for m in methods if m.strip()]
+    if list(methods) == ["all"]:
+        names = [m for m in names if m != "tradaboost-r2" and (target_labels or m not in NEEDS_TARGET_LABELS)]
+        if backbone == "lenet" or finetune:
+            from .adapter import SHALLOW_METHODS
+
+            names = [m for m in names if m not in SHALLOW_METHODS]
+    bad = [m for m in names if m not in ALL_METHODS]
+    if bad:
+        raise UnknownNameError(f"unknown method(s) {', '.join(map(repr, bad))}; valid: all, {', '.join(ALL_METHODS)}")
+    need = [m for m in names if m in NEEDS_TARGET_LABELS]
+    if need and not target_labels:
+        raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give --target-labels N "
+                        "(labels per class drawn from the target's adaptation part)")
+    names = ["source-only"] + [m for m in dict.fromkeys(names) if m != "source-only"]
+    src = load_data(source)
+    src.require_labels()
+    tgt = load_data(target, require_labels=False)
+    if len(tgt) == 0:
+        raise DataError(f"the target {tgt.origin or tgt.name} has no samples")
+    check_class_sets(src.classes, tgt.classes if tgt.labels is not None else None)
+    if target_labels and tgt.labels is None:
+        raise DataError("--target-labels needs a labelled target (the labels of N samples per class are used)")
+    cfg = config or AdaptConfig()
+    out_dir = prepare_run_dir(out if out is not None else default_run_dir(f"adapt-{src.name}-{tgt.name}", backbone))
+    settings = {"source": src.fingerprint(), "target": tgt.fingerprint(), "backbone": backbone,
+                "finetune": bool(finetune), "image_size": image_size, "target_labels": target_labels,
+                "eval_fraction": eval_fraction, "config": {k: v for k, v in cfg.to_dict().items() if k != "seed"}}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cells_path = out_dir / "cells.jsonl"
+    done = {}
+    if cells_path.is_file():
+        text = cells_path.read_text()
+        if text and not text.endswith("\n"):
+            with open(cells_path, "a", encoding="utf-8") as fh:
+                fh.write("\n")
+        for line in text.splitlines():
+            try:
+                c = json.loads(line)
+                if c.get("key") == key:
+                    done[(c["method"], int(c["seed"]))] = c
+            except (ValueError, KeyError, TypeError):
+                continue
+
+    # inputs once for every method: features from the cache, or image tensors
+    prep = DomainAdapter(backbone, finetune=finetune, image_size=image_size, cache_dir=cache_dir, progress=progress)
+    prep._bb = None
+    t_feat = time.perf_counter()
+    Xs, _ = prep._inputs(src, "source")
+    Xt_all, _ = prep._inputs(tgt, "target")
+    feature_seconds = time.perf_counter() - t_feat
+    say(f"inputs: source {Xs.shape}, target {Xt_all.shape} in {feature_seconds:.1f}s")
+    ys = np.asarray(src.labels)
+    yt_all = None if tgt.labels is None else np.asarray(tgt.labels)
+    classes = src.classes
+    cells: list[dict[str, Any]] = []
+    diag: dict[str, Any] = {}
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for seed in seeds:
+        adapt_idx, eval_idx = _split_target(yt_all, len(tgt), eval_fraction, seed)
+        lab_idx = None
+        if target_labels:
+            rng = np.random.default_rng([seed, 77])
+            lab_idx = []
+            for c in classes:
+                pool = adapt_idx[yt_all[adapt_idx] == c]
+                if len(pool) < target_labels:
+                    raise DataError(f"target class {c!r} has {len(pool)} samples in the adaptation part, fewer than "
+                                    f"--target-labels {target_labels}")
+                lab_idx.extend(rng.permutation(pool)[:target_labels])
+            lab_idx = np.sort(np.asarray(lab_idx, dtype=np.int64))
+        for m in names:
+            if (m, seed) in done:
+                cells.append({**done[(m, seed)], "reused": True})
+                continue
+            da = DomainAdapter(backbone, m, config=replace(cfg, seed=seed), finetune=finetune, image_size=image_size,
+                               cache_dir=cache_dir, progress=progress)
+            da._bb = prep._bb
+            tl = None if lab_idx is None else (Xt_all[lab_idx], yt_all[lab_idx])
+            da.fit((Xs, ys), Xt_all[adapt_idx], target_labelled=tl)  # arrays: the target's labels cannot be read
+            cell = {"method": m, "seed": seed, "key": key, "seconds": da.seconds_, "selection": da.selection_,
+                    "n_source": int(len(Xs)), "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)),
+                    "n_target_labels": 0 if lab_idx is None else int(len(lab_idx))}
+            if da.fit_ is not None:
+                h = da.fit_.history
+                sel = next(r for r in h if r["step"] == da.fit_.selected_step)
+                cell.update(selected_step=da.fit_.selected_step, source_val=sel["source-val"],
+                            selected_by=da.fit_.selected_by, history=h)
+            if yt_all is not None and len(eval_idx):
+                pred = da.predict(Xt_all[eval_idx])
+                truth = yt_all[eval_idx]
+                cell["accuracy"] = float(np.mean(pred == truth))
+                cell["per_class"] = {c: float(np.mean(pred[truth == c] == c)) for c in classes if (truth == c).any()}
+            with open(cells_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(cell, default=_plain) + "\n")
+            cells.append({**cell, "reused": False})
+            say(f"{m:>14} seed {seed}: " + (f"target acc {100 * cell['accuracy']:.1f}%" if "accuracy" in cell else
+                                           "done") + f" ({cell['seconds']:.1f}s, selection {cell['selection']})")
+            if diagnostics and seed == seeds[0]:
+                n = min(1000, len(Xs), len(adapt_idx))
+                r = np.random.default_rng(0)
+                si, ti = r.permutation(len(Xs))[:n], r.permutation(adapt_idx)[:n]
+                es, et = da.embed(Xs[si], domain="source"), da.embed(Xt_all[ti])
+                from ..transferability.domain import domain_distances
+
+                d = domain_distances(es, et)
+                diag[m] = {k: float(v) for k, v in d.items()}
+                embeddings[m] = (np.concatenate([es, et]), np.concatenate([ys[si], (yt_all[ti] if yt_all is not None
+                                                                                     else np.full(n, classes[0]))]))
+    rows, warnings = _rows(cells, names)
+    result = AdaptResult(cells, rows, warnings, diag, out_dir, {**settings, "methods": names, "seeds": list(seeds),
+                                                                "classes": classes, "source_name": src.name,
+                                                                "target_name": tgt.name,
+                                                                "feature_seconds": feature_seconds})
+    from ..runs import write_json
+
+    write_json(out_dir / "adapt.json", {"settings": result.settings, "rows": rows, "warnings": warnings,
+                                        "diagnostics": diag,
+                                        "cells": [{k: v for k, v in c.items() if k != "history"} for c in cells]})
+    _report(result, embeddings, yt_all is not None)
+    return result
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _rows(cells: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = []
+    for m in names:
+        cs = [c for c in cells if c["method"] == m]
+        accs = [c["accuracy"] for c in cs if "accuracy" in c]
+        svs = [c["source_val"] for c in cs if c.get("source_val") is not None]
+        rows.append({"method": m, "n": len(cs), "accuracy_mean": float(np.mean(accs)) if accs else None,
+                     "accuracy_std": float(np.std(accs)) if accs else None,
+                     "source_val_mean": float(np.mean(svs)) if svs else None,
+                     "seconds_mean": float(np.mean([c["seconds"] for c in cs])), "selection": cs[0]["selection"]})
+    base = rows[0]["accuracy_mean"]
+    warnings = []
+    for r in rows[1:]:
+        if base is not None and r["accuracy_mean"] is not None and r["accuracy_mean"] < base:
+            r["negative"] = True
+            warnings.append(f"negative transfer: {r['method']} scores {100 * r['accuracy_mean']:.1f}% on the target "
+                            f"evaluation split, {100 * (base - r['accuracy_mean']):.1f} points below source-only "
+                            f"({100 * base:.1f}%)")
+    return rows, warnings
+
+
+def _report(result: AdaptResult, embeddings: dict[str, tuple[np.ndarray, np.ndarray]], labelled: bool) -> None:
+    from ..report import write_report
+    from ..report.html import _figure
+    from ..report.plots import plot_comparison, plot_projection, projection_2d
+
+    st = result.settings
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(r['method'])}</td><td class=\"num\">"
+        + ("&ndash;" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.1f} &plusmn; {100 * r['accuracy_std']:.1f}")
+        + ("" if not r.get("negative") else " &#9888;") + "</td><td class=\"num\">"
+        + ("&ndash;" if r["source_val_mean"] is None else f"{100 * r['source_val_mean']:.1f}")
+        + f"</td><td class=\"num\">{r['seconds_mean']:.1f}</td><td>{e(str(r['selection']))}</td></tr>"
+        for r in result.rows)
+    table = ("<table><tr><th>method</th><th>target accuracy %</th><th>source val %</th><th>seconds</th>"
+             f"<th>checkpoint chosen by</th></tr>{rows}</table><p><small>Target accuracy on the held-out evaluation "
+             f"part of the target ({int(100 * st['eval_fraction'])}%; its labels are read only here), mean &plusmn; std "
+             f"over seeds {st['seeds']}. Checkpoints are chosen without target labels (the selector is named). "
+             "&#9888; = below source-only (negative transfer).</small></p>")
+    sections = [{"title": "Accuracy by method", "html": table}]
+    if labelled:
+        chart = [{"name": r["method"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]}
+                 for r in result.rows if r["accuracy_mean"] is not None]
+        try:
+            sections.append({"title": "Target accuracy", "html": _figure(plot_comparison(
+                chart, f"{st['source_name']} → {st['target_name']} ({st['backbone']})"), "target accuracy")})
+        except Exception:  # noqa: BLE001 - a plot must not lose the results
+            pass
+    if result.diagnostics:
+        d = result.diagnostics
+        drows = "".join(f"<tr><td>{e(m)}</td><td class=\"num\">{v['proxy_a_distance']:.3f}</td><td class=\"num\">"
+                        f"{v['mmd_gaussian']:.4f}</td><td class=\"num\">{v['mmd_linear']:.4f}</td></tr>"
+                        for m, v in d.items())
+        sections.append({"title": "Domain distances before / after adaptation", "html": (
+            "<table><tr><th>representation of</th><th>proxy A-distance</th><th>MMD (Gaussian)</th><th>MMD (linear)"
+            f"</th></tr>{drows}</table><p><small>Between 1000 source and 1000 target samples (seed {st['seeds'][0]}) "
+            "in the representation each method aligned; <b>source-only</b> is the before. Lower = closer domains."
+            "</small></p>")})
+        figs = ""
+        show = ["source-only"] + sorted((m for m in embeddings if m != "source-only"),
+                                        key=lambda m: -(next((r["accuracy_mean"] or 0) for r in result.rows
+                                                             if r["method"] == m)))[:1]
+        classes = st["classes"]
+        for m in show:
+            if m not in embeddings:
+                continue
+            Z, lab = embeddings[m]
+            half = len(Z) // 2
+            coords, keep, how = projection_2d(Z, seed=0)
+            idx = {c: i for i, c in enumerate(classes)}
+            labels = np.array([idx.get(str(v), 0) for v in lab])[keep]
+            dom = np.r_[np.zeros(half, int), np.ones(len(Z) - half, int)][keep]
+            figs += _figure(plot_projection(coords, labels, classes, f"{m}: source (o) and target (x), {how}",
+                                            markers=dom, marker_names=["source", "target"]), f"projection {m}")
+        sections.append({"title": "Source and target features, before (source-only) and after (best method)",
+                         "html": figs})
+    per_class = {}
+    for c in result.cells:
+        for k, v in (c.get("per_class") or {}).items():
+            per_class.setdefault(c["method"], {}).setdefault(k, []).append(v)
+    if per_class:
+        cls = st["classes"]
+        prow = "".join(f"<tr><td>{e(m)}</td>" + "".join(
+            f"<td class=\"num\">{100 * np.mean(per_class[m].get(c, [np.nan])):.0f}</td>" for c in cls) + "</tr>"
+            for m in per_class)
+        sections.append({"title": "Per-class target accuracy %", "html": "<table><tr><th>method</th>" + "".join(
+            f"<th>{e(c)}</th>" for c in cls) + f"</tr>{prow}</table>"})
+    write_report(result.out / "report.html", {
+        "title": f"Domain adaptation: {st['source_name']} → {st['target_name']}",
+        "subtitle": f"backbone {st['backbone']}{' (end to end)' if st['finetune'] or st['backbone'] == 'lenet' else ' (cached features)'}; "
+                    f"{len(st['methods'])} methods x {len(st['seeds'])} seeds",
+        "warnings": result.warnings,
+        "summary": [("source", st["source_name"]), ("target", st["target_name"]),
+                    ("labelled target samples per class", st["target_labels"] or 0),
+                    ("checkpoint selection", result.rows[0]["selection"]),
+                    ("steps", st["config"]["steps"])],
+        "sections": sections, "config": st})

@@ -1,0 +1,268 @@
+"""Deep domain-adaptation methods: each is a loss term (with the small modules it trains) over one shared loop.
+
+A method sees one step's source and target representations and predictions (:class:`Step`) and returns the
+alignment term that :func:`transferkit.adapt.trainer.train_adapter` adds to the source cross-entropy, multiplied
+by ``trade_off``. Adversarial methods own a discriminator (or an adversarial head) that the same optimizer
+trains through a gradient reversal layer, so there is one optimizer and one backward pass per step for every
+method: no per-method loops.
+
+Names: ``source-only``, ``ddc``, ``dan``, ``jan``, ``coral``, ``swd`` (mapping-based); ``dann``, ``confusion``,
+``cdan``, ``cdan+e``, ``mdd`` (adversarial). :func:`create_method` builds one by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import UnknownNameError
+from .losses import (coral_loss, dann_schedule, entropy, grad_reverse, jmmd, mk_mmd, mmd, sliced_wasserstein)
+
+__all__ = ["Step", "Method", "create_method", "list_methods", "DEEP_METHODS"]
+
+
+@dataclass
+class Step:
+    """What a method may look at in one training step (no target labels: there are none here).
+
+    Attributes:
+        z_s, z_t: bottleneck features of the source and target batch.
+        logits_s, logits_t: classifier outputs for them.
+        y_s: source labels.
+        progress: fraction of training done, in [0, 1] (for schedules).
+    """
+
+    z_s: torch.Tensor
+    z_t: torch.Tensor
+    logits_s: torch.Tensor
+    logits_t: torch.Tensor
+    y_s: torch.Tensor
+    progress: float
+
+
+def _discriminator(dim: int, hidden: int = 256) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Dropout(0.5), nn.Linear(hidden, 1))
+
+
+def _domain_bce(logits_s: torch.Tensor, logits_t: torch.Tensor, w_s: torch.Tensor | None = None,
+                w_t: torch.Tensor | None = None) -> torch.Tensor:
+    ls = F.binary_cross_entropy_with_logits(logits_s.squeeze(1), torch.ones_like(logits_s.squeeze(1)), weight=w_s)
+    lt = F.binary_cross_entropy_with_logits(logits_t.squeeze(1), torch.zeros_like(logits_t.squeeze(1)), weight=w_t)
+    return 0.5 * (ls + lt)
+
+
+class Method(nn.Module):
+    """Base class: ``build`` creates the method's own modules, ``forward(step)`` returns the alignment term.
+
+    Class attributes: ``name``, ``family`` (``"baseline"``, ``"mapping"`` or ``"adversarial"``), ``paper``.
+    """
+
+    name = "source-only"
+    family = "baseline"
+    paper = "no adaptation: the classifier trained on the source only (the baseline of every method)"
+
+    def build(self, dim: int, n_classes: int) -> "Method":
+        """Create the modules that depend on the feature width ``dim`` and ``n_classes``; returns self."""
+        return self
+
+    def forward(self, step: Step) -> torch.Tensor:  # noqa: D102 - documented in the class
+        return step.z_s.new_zeros(())
+
+
+class SourceOnly(Method):
+    """No alignment term: the source-only baseline."""
+
+
+class DDC(Method):
+    """Single-kernel MMD between the bottleneck features (Tzeng, Hoffman, Zhang, Saenko & Darrell, "Deep Domain
+    Confusion: Maximizing for Domain Invariance", arXiv:1412.3474, 2014)."""
+
+    name, family, paper = "ddc", "mapping", "Tzeng et al. 2014 (DDC)"
+
+    def forward(self, step: Step) -> torch.Tensor:
+        return mmd(step.z_s, step.z_t)
+
+
+class DAN(Method):
+    """Multi-kernel MMD (Long, Cao, Wang & Jordan, "Learning Transferable Features with Deep Adaptation Networks",
+    ICML 2015), on the bottleneck features (the paper also aligns the logits layer; one layer here)."""
+
+    name, family, paper = "dan", "mapping", "Long et al., ICML 2015 (DAN)"
+
+    def forward(self, step: Step) -> torch.Tensor:
+        return mk_mmd(step.z_s, step.z_t)
+
+
+class JAN(Method):
+    """Joint MMD of features and softmax predictions (Long, Zhu, Wang & Jordan, "Deep Transfer Learning with
+    Joint Adaptation Networks", ICML 2017): multi-kernel on features, one kernel on predictions."""
+
+    name, family, paper = "jan", "mapping", "Long et al., ICML 2017 (JAN)"
+
+    def forward(self, step: Step) -> torch.Tensor:
+        ps, pt = F.softmax(step.logits_s, 1), F.softmax(step.logits_t, 1)
+        return jmmd([step.z_s, ps], [step.z_t, pt], n_kernels=(5, 1))
+
+
+class DeepCORAL(Method):
+    """Covariance alignment loss (Sun & Saenko, "Deep CORAL: Correlation Alignment for Deep Domain Adaptation",
+    ECCV Workshops 2016)."""
+
+    name, family, paper = "coral", "mapping", "Sun & Saenko, ECCV-W 2016 (Deep CORAL)"
+
+    def forward(self, step: Step) -> torch.Tensor:
+        return coral_loss(step.z_s, step.z_t)
+
+
+class SlicedWasserstein(Method):
+    """Sliced Wasserstein distance between the feature distributions (Lee, Batra, Baig & Ulbricht, "Sliced
+    Wasserstein Discrepancy for Unsupervised Domain Adaptation", CVPR 2019; here between the two domains'
+    features, as in Bonneel et al. 2015), 128 random directions per step."""
+
+    name, family, paper = "swd", "mapping", "Lee et al., CVPR 2019 / Bonneel et al. 2015 (sliced Wasserstein)"
+
+    def forward(self, step: Step) -> torch.Tensor:
+        return sliced_wasserstein(step.z_s, step.z_t)
+
+
+class DANN(Method):
+    """Domain-adversarial training: a domain discriminator behind a gradient reversal layer, coefficient
+    ``2/(1+exp(-10 p)) - 1`` (Ganin, Ustinova, Ajakan, Germain, Larochelle, Laviolette, Marchand & Lempitsky,
+    "Domain-Adversarial Training of Neural Networks", JMLR 2016)."""
+
+    name, family, paper = "dann", "adversarial", "Ganin et al., JMLR 2016 (DANN)"
+
+    def build(self, dim: int, n_classes: int) -> "DANN":
+        self.disc = _discriminator(dim)
+        return self
+
+    def forward(self, step: Step) -> torch.Tensor:
+        c = dann_schedule(step.progress)
+        return _domain_bce(self.disc(grad_reverse(step.z_s, c)), self.disc(grad_reverse(step.z_t, c)))
+
+
+class DomainConfusion(Method):
+    """Domain confusion (Tzeng, Hoffman, Darrell & Saenko, "Simultaneous Deep Transfer Across Domains and Tasks",
+    ICCV 2015): the discriminator learns the domain on detached features; the features are trained so that the
+    (frozen for this term) discriminator outputs the uniform distribution — a cross-entropy against 1/2, not a
+    reversed gradient."""
+
+    name, family, paper = "confusion", "adversarial", "Tzeng et al., ICCV 2015 (domain confusion)"
+
+    def build(self, dim: int, n_classes: int) -> "DomainConfusion":
+        self.disc = _discriminator(dim)
+        return self
+
+    def forward(self, step: Step) -> torch.Tensor:
+        d_loss = _domain_bce(self.disc(step.z_s.detach()), self.disc(step.z_t.detach()))
+        frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
+        z = torch.cat([step.z_s, step.z_t])
+        out = torch.func.functional_call(self.disc, frozen, (z,)).squeeze(1)
+        confusion = F.binary_cross_entropy_with_logits(out, torch.full_like(out, 0.5))
+        return d_loss + confusion
+
+
+class CDAN(Method):
+    """Conditional adversarial adaptation: the discriminator sees the multilinear map ``z ⊗ softmax(logits)``
+    behind a gradient reversal layer; ``entropy=True`` is CDAN+E, which weights each sample by
+    ``1 + exp(-H(p))`` (Long, Cao, Wang & Jordan, "Conditional Adversarial Domain Adaptation", NeurIPS 2018).
+    The map is randomized (``randomized_dim`` random projections multiplied elementwise) when ``dim x classes``
+    exceeds 4096, as in the paper."""
+
+    name, family, paper = "cdan", "adversarial", "Long et al., NeurIPS 2018 (CDAN)"
+
+    def __init__(self, entropy: bool = False, randomized_dim: int = 1024):
+        super().__init__()
+        self.entropy = entropy
+        self.randomized_dim = randomized_dim
+        if entropy:
+            self.name = "cdan+e"
+
+    def build(self, dim: int, n_classes: int) -> "CDAN":
+        self.randomized = dim * n_classes > 4096
+        if self.randomized:
+            g = torch.Generator().manual_seed(0)
+            self.register_buffer("rf", torch.randn(dim, self.randomized_dim, generator=g))
+            self.register_buffer("rg", torch.randn(n_classes, self.randomized_dim, generator=g))
+            in_dim = self.randomized_dim
+        else:
+            in_dim = dim * n_classes
+        self.disc = _discriminator(in_dim)
+        return self
+
+    def _map(self, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        if self.randomized:
+            return (z @ self.rf) * (p @ self.rg) / self.randomized_dim ** 0.5
+        return torch.bmm(p.unsqueeze(2), z.unsqueeze(1)).flatten(1)
+
+    def forward(self, step: Step) -> torch.Tensor:
+        c = dann_schedule(step.progress)
+        ps, pt = F.softmax(step.logits_s, 1).detach(), F.softmax(step.logits_t, 1).detach()
+        ds = self.disc(grad_reverse(self._map(step.z_s, ps), c))
+        dt = self.disc(grad_reverse(self._map(step.z_t, pt), c))
+        if not self.entropy:
+            return _domain_bce(ds, dt)
+        ws = 1.0 + torch.exp(-entropy(step.logits_s.detach(), reduction="none"))
+        wt = 1.0 + torch.exp(-entropy(step.logits_t.detach(), reduction="none"))
+        return _domain_bce(ds, dt, ws / ws.sum() * len(ws), wt / wt.sum() * len(wt))
+
+
+class MDD(Method):
+    """Margin disparity discrepancy (Zhang, Liu, Long & Jordan, "Bridging Theory and Algorithm for Domain
+    Adaptation", ICML 2019): an adversarial classifier head behind a gradient reversal layer learns to agree
+    with the main classifier on the source and to disagree on the target; the features learn the opposite.
+    ``margin`` is the paper's gamma (4 here, TLlib's digit setting)."""
+
+    name, family, paper = "mdd", "adversarial", "Zhang et al., ICML 2019 (MDD)"
+
+    def __init__(self, margin: float = 4.0):
+        super().__init__()
+        self.margin = margin
+
+    def build(self, dim: int, n_classes: int) -> "MDD":
+        self.adv = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, n_classes))
+        return self
+
+    def forward(self, step: Step) -> torch.Tensor:
+        c = dann_schedule(step.progress)
+        ys = step.logits_s.argmax(1).detach()
+        yt = step.logits_t.argmax(1).detach()
+        adv_s = self.adv(grad_reverse(step.z_s, c))
+        adv_t = self.adv(grad_reverse(step.z_t, c))
+        agree_s = F.cross_entropy(adv_s, ys)
+        p_t = F.softmax(adv_t, 1).gather(1, yt.unsqueeze(1)).squeeze(1)
+        disagree_t = -torch.log(torch.clamp(1 - p_t, min=1e-6)).mean()
+        return self.margin * agree_s + disagree_t
+
+
+_REGISTRY: dict[str, tuple[Callable[[], Method], str]] = {
+    "source-only": (SourceOnly, SourceOnly.paper),
+    "ddc": (DDC, DDC.paper),
+    "dan": (DAN, DAN.paper),
+    "jan": (JAN, JAN.paper),
+    "coral": (DeepCORAL, DeepCORAL.paper),
+    "swd": (SlicedWasserstein, SlicedWasserstein.paper),
+    "dann": (DANN, DANN.paper),
+    "confusion": (DomainConfusion, DomainConfusion.paper),
+    "cdan": (CDAN, CDAN.paper),
+    "cdan+e": (lambda: CDAN(entropy=True), "Long et al., NeurIPS 2018 (CDAN+E: entropy conditioning)"),
+    "mdd": (MDD, MDD.paper),
+}
+DEEP_METHODS = tuple(_REGISTRY)
+
+
+def list_methods() -> list[tuple[str, str]]:
+    """(name, paper) of every deep method."""
+    return [(k, v[1]) for k, v in _REGISTRY.items()]
+
+
+def create_method(name: str, **kwargs: Any) -> Method:
+    """A fresh (unbuilt) method by name; the error lists the valid names."""
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"unknown domain-adaptation method {name!r}; deep methods: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name][0](**kwargs)

@@ -1,0 +1,144 @@
+"""DomainAdapter (arrays, lenet end to end, shallow methods), adapt_compare (table, report, resume, negative
+transfer), target labels never read, bad input, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.adapt.test_methods import SRC, TGT
+from transferkit.adapt import AdaptConfig, DomainAdapter, adapt_compare
+from transferkit.adapt.experiment import _rows
+from transferkit.data.sources import from_arrays
+from transferkit.errors import DataError, NotFittedError, UnknownNameError
+
+FAST = AdaptConfig(steps=30, batch_size=16, eval_every=15, bottleneck=16, lr=0.03)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def digits_like(n: int, seed: int, colour: bool = False, classes=("a", "b", "c")):
+    """Tiny 12x12 'digits': a bright bar whose position is the class; the target domain is inverted/coloured."""
+    r = np.random.default_rng(seed)
+    y = r.integers(0, len(classes), n)
+    X = r.integers(0, 60, (n, 12, 12, 3)).astype(np.uint8)
+    for i, c in enumerate(y):
+        X[i, :, 2 + 3 * c: 4 + 3 * c] = 230
+    if colour:
+        X = (255 - X) // 2 + np.array([60, 0, 30], np.uint8)
+    return from_arrays(X, [classes[c] for c in y], name=f"toy{seed}")
+
+
+def test_domain_adapter_on_feature_arrays_predicts_class_names():
+    ys = np.array(["x", "y", "z"])[SRC[1]]
+    da = DomainAdapter(None, "dann", config=FAST).fit((SRC[0], ys), TGT[0])
+    pred = da.predict(TGT[0])
+    assert set(pred) <= {"x", "y", "z"} and da.classes_ == ["x", "y", "z"] and len(pred) == len(TGT[0])
+    p = da.predict_proba(TGT[0][:5])
+    assert p.shape == (5, 3) and np.allclose(p.sum(1), 1)
+    assert da.selection_ == "dev" and da.fit_.selected_step in (15, 30)
+    with pytest.raises(NotFittedError):
+        DomainAdapter(None, "dann").predict(TGT[0])
+
+
+@pytest.mark.parametrize("method", ["coral-closed", "sa", "tca", "iw", "kmm"])
+def test_shallow_methods_run_through_the_adapter(method):
+    X = np.c_[SRC[0], np.random.default_rng(0).normal(size=(len(SRC[0]), 3))]
+    Xt = np.c_[TGT[0], np.random.default_rng(1).normal(size=(len(TGT[0]), 3))]
+    da = DomainAdapter(None, method).fit((X, SRC[1]), Xt)
+    assert da.estimator_ is not None and da.fit_ is None
+    assert np.mean(da.predict(Xt).astype(int) == TGT[1]) > 0.4
+
+
+def test_tradaboost_and_finetune_target_need_target_labels():
+    for m in ("tradaboost", "finetune-target"):
+        with pytest.raises(DataError, match="needs a few labelled target samples"):
+            DomainAdapter(None, m, config=FAST).fit((SRC[0], SRC[1]), TGT[0])
+    da = DomainAdapter(None, "finetune-target", config=FAST).fit((SRC[0], SRC[1]), TGT[0],
+                                                                  target_labelled=(TGT[0][:15], TGT[1][:15]))
+    assert da.fit_.history[-1].get("phase") == "target fine-tune"
+    da = DomainAdapter(None, "tradaboost").fit((SRC[0], SRC[1]), TGT[0], target_labelled=(TGT[0][:30], TGT[1][:30]))
+    assert da.predict(TGT[0]).shape == (len(TGT[0]),)
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(UnknownNameError, match="valid: source-only"):
+        DomainAdapter(None, "dnn").fit((SRC[0], SRC[1]), TGT[0])
+    with pytest.raises(DataError, match="regression method"):
+        DomainAdapter(None, "tradaboost-r2").fit((SRC[0], SRC[1]), TGT[0], target_labelled=(TGT[0][:9], TGT[1][:9]))
+    with pytest.raises(DataError, match="classification method"):
+        DomainAdapter(None, "dann").fit((SRC[0], SRC[0][:, 0] * 0.37), TGT[0])
+    with pytest.raises(DataError, match="target domain has no samples"):
+        DomainAdapter(None, "dann", config=FAST).fit((SRC[0], SRC[1]), TGT[0][:0])
+    with pytest.raises(DataError, match=r"only in the source \['c'\], only in the target \['d'\]"):
+        adapt_compare(digits_like(30, 0), digits_like(30, 1, classes=("a", "b", "d")), backbone="lenet",
+                      config=FAST)
+    with pytest.raises(DataError, match="need.*labelled target"):
+        adapt_compare(digits_like(30, 0), digits_like(30, 1), methods=["tradaboost"], backbone="lenet", config=FAST)
+
+
+def test_lenet_end_to_end_never_reads_target_labels():
+    """Poisoned target labels (all one class, or shuffled) give exactly the same model and predictions."""
+    src, tgt = digits_like(60, 0), digits_like(60, 1, colour=True)
+    poisoned = from_arrays(np.stack([np.asarray(tgt.load(i)) for i in range(len(tgt))]), ["a"] * len(tgt))
+    a = DomainAdapter("lenet", "dann", config=FAST).fit(src, tgt)
+    b = DomainAdapter("lenet", "dann", config=FAST).fit(src, poisoned)
+    assert a.fit_.selected_step == b.fit_.selected_step
+    assert np.array_equal(a.decision_function(tgt), b.decision_function(poisoned))
+
+
+def test_adapt_compare_table_report_resume_and_flags(tmp_path):
+    src, tgt = digits_like(90, 0), digits_like(90, 1, colour=True)
+    out = tmp_path / "run"
+    res = adapt_compare(src, tgt, methods=["dann", "coral"], backbone="lenet", seeds=[0, 1], config=FAST, out=out)
+    assert [r["method"] for r in res.rows] == ["source-only", "dann", "coral"]
+    assert len(res.cells) == 6 and all(0 <= c["accuracy"] <= 1 and c["n_eval"] == 27 for c in res.cells)
+    assert set(res.diagnostics) == {"source-only", "dann", "coral"}
+    assert all("proxy_a_distance" in d for d in res.diagnostics.values())
+    page = (out / "report.html").read_text()
+    for needle in ("Accuracy by method", "Domain distances before / after", "Per-class target accuracy",
+                   "checkpoint chosen by"):
+        assert needle in page
+    saved = json.loads((out / "adapt.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == ["source-only", "dann", "coral"]
+    again = adapt_compare(src, tgt, methods=["dann", "coral"], backbone="lenet", seeds=[0, 1], config=FAST, out=out,
+                          diagnostics=False)
+    assert all(c["reused"] for c in again.cells) and again.rows == res.rows
+    assert "source-only" in res.table() and "dann" in res.table()
+
+
+def test_negative_transfer_rows_are_flagged_with_the_gap():
+    cells = [{"method": m, "seed": s, "accuracy": a, "seconds": 1.0, "selection": "dev"}
+             for m, accs in [("source-only", (0.6, 0.7)), ("dann", (0.5, 0.5)), ("jan", (0.8, 0.8))]
+             for s, a in enumerate(accs)]
+    rows, warnings = _rows(cells, ["source-only", "dann", "jan"])
+    assert [r.get("negative", False) for r in rows] == [False, True, False]
+    assert warnings == ["negative transfer: dann scores 50.0% on the target evaluation split, 15.0 points below "
+                        "source-only (65.0%)"]
+
+
+def test_cli_adapt_runs_and_reports_bad_input(tmp_path):
+    from tests.test_cli import assert_user_error, tk
+
+    for name, seed, colour in (("src", 0, False), ("tgt", 1, True)):
+        ds = digits_like(30, seed, colour=colour)
+        for i in range(len(ds)):
+            d = tmp_path / name / ds.labels[i]
+            d.mkdir(parents=True, exist_ok=True)
+            ds.load(i).save(d / f"{i}.png")
+    p = tk("adapt", "--source", tmp_path / "src", "--target", tmp_path / "tgt", "--backbone", "lenet", "--method",
+           "dann", "--steps", "10", "--out", tmp_path / "out", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "source-only" in p.stdout and "dann" in p.stdout and (tmp_path / "out" / "report.html").is_file()
+    assert_user_error(tk("adapt", "--source", tmp_path / "src", "--target", tmp_path / "tgt", "--method", "dnn",
+                         "--backbone", "lenet"), "unknown method", "dann")
+    assert_user_error(tk("adapt", "--source", tmp_path / "src"), "--target")
