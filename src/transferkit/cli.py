@@ -342,6 +342,9 @@ def adapt(
     trade_off: float = typer.Option(1.0, "--trade-off", help="Weight of the alignment term."),
     selection: str = typer.Option("dev", "--selection", help="Checkpoint choice without target labels: dev, snd, entropy, source-val, last."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; rerun with the same --out to resume."),
+    domain_column: Optional[str] = typer.Option(None, "--domain-column", help="Split a table into domains by this column (with --source-domain, --target-domain; --target defaults to the same table)."),
+    source_domain: Optional[str] = typer.Option(None, "--source-domain", help="Value of --domain-column that marks the source rows."),
+    target_domain: Optional[str] = typer.Option(None, "--target-domain", help="Value of --domain-column that marks the target rows."),
     list_methods: bool = typer.Option(False, "--list", help="List the methods and exit."),
     cache_dir: Optional[Path] = CacheOpt,
     quiet: bool = QuietOpt,
@@ -360,8 +363,9 @@ def adapt(
             table.add_row(name, fam)
         out.print(table)
         return
-    if not source or not target:
-        raise TransferkitError("give both --source and --target (e.g. --source mnist5k --target digits)")
+    if not source or not (target or domain_column):
+        raise TransferkitError("give both --source and --target (e.g. --source mnist5k --target digits), or one table "
+                               "with --domain-column, --source-domain and --target-domain")
     from .adapt import AdaptConfig, adapt_compare
 
     cfg = AdaptConfig(steps=steps, trade_off=trade_off, selection=selection, eval_every=max(steps // 5, 1))
@@ -369,8 +373,10 @@ def adapt(
     res = adapt_compare(source, target, methods=[m.strip() for m in method.split(",")], backbone=backbone,
                         finetune=finetune, image_size=image_size, seeds=list(range(seeds)),
                         target_labels=target_labels, config=cfg, cache_dir=cache_dir, out=out_dir, progress=not quiet,
+                        domain_column=domain_column, source_domain=source_domain, target_domain=target_domain,
                         log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
-    table = Table(title=f"{source} → {target}: target accuracy, mean ± std over {seeds} seed(s)")
+    table = Table(title=f"{res.settings['source_name']} → {res.settings['target_name']}: target accuracy, mean ± std "
+                        f"over {seeds} seed(s)")
     for col in ("method", "target acc %", "source val %", "seconds", "checkpoint chosen by"):
         table.add_column(col, justify="left" if col in ("method", "checkpoint chosen by") else "right")
     for r in res.rows:

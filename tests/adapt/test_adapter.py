@@ -142,3 +142,35 @@ def test_cli_adapt_runs_and_reports_bad_input(tmp_path):
     assert_user_error(tk("adapt", "--source", tmp_path / "src", "--target", tmp_path / "tgt", "--method", "dnn",
                          "--backbone", "lenet"), "unknown method", "dann")
     assert_user_error(tk("adapt", "--source", tmp_path / "src"), "--target")
+
+
+def test_one_table_split_into_domains_by_its_domain_column(tmp_path):
+    import pandas as pd
+
+    rows = []
+    for dom, seed, colour in (("paper", 0, False), ("screen", 1, True)):
+        ds = digits_like(30, seed, colour=colour)
+        for i in range(len(ds)):
+            path = tmp_path / f"{dom}-{i}.png"
+            ds.load(i).save(path)
+            rows.append({"image": str(path), "label": ds.labels[i], "domain": dom})
+    table = tmp_path / "all.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    res = adapt_compare(table, None, methods=["dann"], backbone="lenet", config=FAST, out=tmp_path / "o",
+                        domain_column="domain", source_domain="paper", target_domain="screen", diagnostics=False)
+    assert res.settings["source_name"].endswith("[paper]") and res.cells[0]["n_source"] == 30
+    assert res.cells[0]["n_adapt"] + res.cells[0]["n_eval"] == 30
+    with pytest.raises(DataError, match="values: paper, screen"):
+        adapt_compare(table, None, backbone="lenet", config=FAST, domain_column="domain", source_domain="paper",
+                      target_domain="phone")
+
+
+def test_end_to_end_adaptation_of_a_timm_backbone():
+    from tests.conftest import TINY
+
+    src, tgt = digits_like(24, 0), digits_like(24, 1, colour=True)
+    da = DomainAdapter(TINY, "dan", finetune=True, image_size=32, config=FAST).fit(src, tgt)
+    assert da.fit_.net.feature.__class__.__name__ != "Identity"
+    feats = [p for p in da.fit_.net.feature.parameters()]
+    assert feats and all(p.requires_grad for p in feats)
+    assert da.predict(tgt).shape == (24,)

@@ -70,7 +70,8 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
                   backbone: str = "lite0", finetune: bool = False, image_size: int | None = None,
                   seeds: Sequence[int] = (0,), target_labels: int | None = None, config: AdaptConfig | None = None,
                   eval_fraction: float = 0.3, cache_dir: Any = None, out: Any = None, progress: bool = False,
-                  diagnostics: bool = True, log: Callable[[str], None] | None = None) -> AdaptResult:
+                  diagnostics: bool = True, domain_column: str | None = None, source_domain: str | None = None,
+                  target_domain: str | None = None, log: Callable[[str], None] | None = None) -> AdaptResult:
     """Every method of ``methods`` (plus ``source-only``) on the same splits for every seed; a table and a report.
 
     Args:
@@ -87,6 +88,8 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         eval_fraction: share of the target held out for evaluation.
         out: output folder (default ``runs/<time>-adapt-<source>-<target>``); rerun with it to resume.
         diagnostics: compute domain distances and projections before/after (seed 0; a few seconds each).
+        domain_column, source_domain, target_domain: split one table into the two domains by the values of its
+            domain column (``target`` may then be None: the same table).
 
     Returns:
         An :class:`AdaptResult`.
@@ -114,9 +117,12 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give --target-labels N "
                         "(labels per class drawn from the target's adaptation part)")
     names = ["source-only"] + [m for m in dict.fromkeys(names) if m != "source-only"]
-    src = load_data(source)
+    if domain_column or source_domain or target_domain:
+        src, tgt = _split_by_domain(source, target, domain_column, source_domain, target_domain)
+    else:
+        src = load_data(source)
+        tgt = load_data(target, require_labels=False)
     src.require_labels()
-    tgt = load_data(target, require_labels=False)
     if len(tgt) == 0:
         raise DataError(f"the target {tgt.origin or tgt.name} has no samples")
     check_class_sets(src.classes, tgt.classes if tgt.labels is not None else None)
@@ -220,6 +226,28 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
                                         "cells": [{k: v for k, v in c.items() if k != "history"} for c in cells]})
     _report(result, embeddings, yt_all is not None)
     return result
+
+
+def _split_by_domain(source: Any, target: Any, column: str | None, s_dom: str | None, t_dom: str | None):
+    """The two domains of one table (or of two tables) selected by the values of a domain column."""
+    from ..data.sources import load_data
+
+    if not (column and s_dom and t_dom):
+        raise DataError("splitting a table into domains needs all three of --domain-column, --source-domain and "
+                        f"--target-domain (got {column!r}, {s_dom!r}, {t_dom!r})")
+    parts = []
+    for spec, want, role in ((source, s_dom, "source"), (target if target is not None else source, t_dom, "target")):
+        full = load_data(spec, domain_column=column, require_labels=(role == "source"))
+        if full.domains is None:
+            raise DataError(f"{full.origin or full.name} has no domain column {column!r}")
+        have = sorted(set(full.domains))
+        if str(want) not in have:
+            raise DataError(f"{role} domain {want!r} is not a value of column {column!r} in {full.origin or full.name};"
+                            f" values: {', '.join(have[:20])}")
+        sub = full.subset(np.flatnonzero(full.domains == str(want)))
+        sub.name = f"{full.name}[{want}]"
+        parts.append(sub)
+    return parts[0], parts[1]
 
 
 def _plain(o: Any) -> Any:
