@@ -34,7 +34,7 @@ def assert_user_error(p: subprocess.CompletedProcess, *needles: str) -> None:
 def test_help_lists_every_command():
     p = tk("--help")
     assert p.returncode == 0
-    for cmd in ("fit", "predict", "extract", "cache", "backbones", "datasets"):
+    for cmd in ("fit", "predict", "extract", "cache", "backbones", "datasets", "compare", "adapt", "rank", "advise"):
         assert cmd in p.stdout
     fit_help = " ".join(tk("fit", "--help").stdout.split())
     assert "--labels-per-class" in fit_help
