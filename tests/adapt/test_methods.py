@@ -55,7 +55,7 @@ def baseline_acc():
     return _mean_acc("source-only")
 
 
-@pytest.mark.parametrize("method", ["ddc", "dan", "jan", "dann", "cdan", "cdan+e", "mdd"])
+@pytest.mark.parametrize("method", ["ddc", "dan", "jan", "dann", "cdan", "cdan+e", "mdd", "mcd"])
 def test_method_beats_source_only_on_rotated_blobs(method, baseline_acc):
     # mean over two seeds; MDD's adversarial head diverges at lr 0.03 on one seed (measured 0.43), so it runs at 0.01
     acc = _mean_acc(method, **({"lr": 0.01} if method == "mdd" else {}))

@@ -7,7 +7,7 @@ trains through a gradient reversal layer, so there is one optimizer and one back
 method: no per-method loops.
 
 Names: ``source-only``, ``ddc``, ``dan``, ``jan``, ``coral``, ``swd`` (mapping-based); ``dann``, ``confusion``,
-``cdan``, ``cdan+e``, ``mdd`` (adversarial). :func:`create_method` builds one by name.
+``cdan``, ``cdan+e``, ``mdd``, ``mcd`` (adversarial). :func:`create_method` builds one by name.
 """
 
 from __future__ import annotations
@@ -240,6 +240,29 @@ class MDD(Method):
         return self.margin * agree_s + disagree_t
 
 
+class MCD(Method):
+    """Maximum classifier discrepancy (Saito, Watanabe, Ushiku & Harada, "Maximum Classifier Discrepancy for
+    Unsupervised Domain Adaptation", CVPR 2018): two extra classifiers, trained on the source, learn to *disagree*
+    on the target (L1 distance of their softmax outputs) while the features learn to make them agree.
+
+    The paper alternates three optimisation steps per batch; here the min-max is one step through a gradient
+    reversal layer between the features and the two classifiers (the one-optimizer form every method of this
+    loop uses), so the classifiers ascend the discrepancy and the features descend it in the same update."""
+
+    name, family, paper = "mcd", "adversarial", "Saito et al., CVPR 2018 (MCD; one-step gradient-reversal form)"
+
+    def build(self, dim: int, n_classes: int) -> "MCD":
+        self.f1 = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, n_classes))
+        self.f2 = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, n_classes))
+        return self
+
+    def forward(self, step: Step) -> torch.Tensor:
+        source_ce = F.cross_entropy(self.f1(step.z_s), step.y_s) + F.cross_entropy(self.f2(step.z_s), step.y_s)
+        zt = grad_reverse(step.z_t, 1.0)
+        discrepancy = (F.softmax(self.f1(zt), 1) - F.softmax(self.f2(zt), 1)).abs().mean()
+        return source_ce - discrepancy  # classifiers: min CE, max discrepancy; features (reversed): min discrepancy
+
+
 _REGISTRY: dict[str, tuple[Callable[[], Method], str]] = {
     "source-only": (SourceOnly, SourceOnly.paper),
     "ddc": (DDC, DDC.paper),
@@ -252,6 +275,7 @@ _REGISTRY: dict[str, tuple[Callable[[], Method], str]] = {
     "cdan": (CDAN, CDAN.paper),
     "cdan+e": (lambda: CDAN(entropy=True), "Long et al., NeurIPS 2018 (CDAN+E: entropy conditioning)"),
     "mdd": (MDD, MDD.paper),
+    "mcd": (MCD, MCD.paper),
 }
 DEEP_METHODS = tuple(_REGISTRY)
 
