@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_info, machine_line, md_table  # noqa: E402
 
 PAIRS = "mnist5k:digits,digits:mnist5k,mnist5k:mnist-m,synth-digits:mnist5k"
-FEATURE_METHODS = "source-only,ddc,dan,jan,coral,swd,dann,confusion,cdan,cdan+e,mdd,mcd,coral-closed,sa,tca,iw,kmm"
+FEATURE_METHODS = "source-only,ddc,dan,jan,coral,swd,dann,confusion,cdan,cdan+e,mdd,mcd,adda,coral-closed,sa,tca,iw,kmm"
 LENET_METHODS = "source-only,dann,cdan,jan,dan,coral,mdd"
 #: our name -> (skada class, what it is)
 SKADA = {"coral-closed": "CORAL", "sa": "SubspaceAlignment", "tca": "TransferComponentAnalysis", "kmm": "KMMReweight",

@@ -174,3 +174,38 @@ def test_end_to_end_adaptation_of_a_timm_backbone():
     feats = [p for p in da.fit_.net.feature.parameters()]
     assert feats and all(p.requires_grad for p in feats)
     assert da.predict(tgt).shape == (24,)
+
+
+def test_adda_trains_the_target_encoder_against_a_frozen_source_encoder_and_keeps_the_classifier():
+    import copy
+
+    import transferkit.adapt.trainer as trainer
+
+    snapshots = []
+    real = trainer.train_adapter
+
+    def spy(net, method, *a, **k):
+        snapshots.append(copy.deepcopy(net.classifier.state_dict()))
+        return real(net, method, *a, **k)
+
+    cfg = AdaptConfig(steps=500, batch_size=32, eval_every=250, bottleneck=32, lr=0.03, selection="last")
+    accs = {}
+    for m in ("source-only", "adda"):
+        accs[m] = []
+        for seed in (0, 1):
+            import transferkit.adapt.adapter as adapter
+
+            orig = adapter.train_adapter
+            adapter.train_adapter = spy
+            try:
+                da = DomainAdapter(None, m, config=AdaptConfig(**{**cfg.to_dict(), "seed": seed})).fit(
+                    (SRC[0], SRC[1]), TGT[0])
+            finally:
+                adapter.train_adapter = orig
+            accs[m].append(np.mean(da.predict(TGT[0]).astype(int) == TGT[1]))
+            if m == "adda":
+                assert [h["phase"] for h in da.fit_.history][-1] == "adversarial"
+                after = da.fit_.net.classifier.state_dict()
+                assert all(torch.equal(after[k], snapshots[-1][k]) for k in after)  # frozen in stage 2
+    # measured 0.642 / 0.732 against 0.626 / 0.692
+    assert np.mean(accs["adda"]) > np.mean(accs["source-only"]), accs

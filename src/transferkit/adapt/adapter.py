@@ -273,6 +273,25 @@ class DomainAdapter:
             cfg = replace(cfg, feature_lr_scale=0.1)  # a pretrained backbone moves slower than the new layers
         n_classes = len(self.classes_)
         net = self._net(Xs.shape[1] if Xs.ndim == 2 else 0, n_classes, cfg)
+        if self.method == "adda":  # stage 1 source-only; stage 2 target encoder vs frozen source encoder, at lr / 10
+            # (the paper trains the target encoder with a far smaller step than the source stage)
+            import copy
+
+            import torch.nn as nn
+
+            from .methods import ADDA
+
+            fit = train_adapter(net, create_method("source-only"), Xs, ys, Xt, cfg, progress=self.progress,
+                                log=self.log)
+            src_enc = copy.deepcopy(nn.Sequential(fit.net.feature, fit.net.bottleneck))
+            for p in [*src_enc.parameters(), *fit.net.classifier.parameters()]:
+                p.requires_grad_(False)
+            fit2 = train_adapter(fit.net, ADDA(src_enc), Xs, ys, Xt, replace(cfg, source_loss_weight=0.0, lr=cfg.lr / 10),
+                                 progress=self.progress, log=self.log)
+            fit2.history = [{**h, "phase": "source"} for h in fit.history] + [{**h, "phase": "adversarial"}
+                                                                              for h in fit2.history]
+            fit2.seconds += fit.seconds
+            return fit2
         if self.method == "finetune-target":  # network-based: source-only, then fine-tune on the target labels
             fit = train_adapter(net, create_method("source-only"), Xs, ys, Xt, cfg, progress=self.progress,
                                 log=self.log)

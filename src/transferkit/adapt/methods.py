@@ -7,7 +7,7 @@ trains through a gradient reversal layer, so there is one optimizer and one back
 method: no per-method loops.
 
 Names: ``source-only``, ``ddc``, ``dan``, ``jan``, ``coral``, ``swd`` (mapping-based); ``dann``, ``confusion``,
-``cdan``, ``cdan+e``, ``mdd``, ``mcd`` (adversarial). :func:`create_method` builds one by name.
+``cdan``, ``cdan+e``, ``mdd``, ``mcd``, ``adda`` (adversarial; ``adda`` through ``DomainAdapter``, which trains its first stage). :func:`create_method` builds one by name.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Step:
         logits_s, logits_t: classifier outputs for them.
         y_s: source labels.
         progress: fraction of training done, in [0, 1] (for schedules).
+        x_s, x_t: the raw inputs of the batch (for methods with a second encoder, such as ADDA).
     """
 
     z_s: torch.Tensor
@@ -42,6 +43,8 @@ class Step:
     logits_t: torch.Tensor
     y_s: torch.Tensor
     progress: float
+    x_s: torch.Tensor | None = None
+    x_t: torch.Tensor | None = None
 
 
 def _discriminator(dim: int, hidden: int = 256) -> nn.Module:
@@ -263,6 +266,36 @@ class MCD(Method):
         return source_ce - discrepancy  # classifiers: min CE, max discrepancy; features (reversed): min discrepancy
 
 
+class ADDA(Method):
+    """Adversarial discriminative domain adaptation, second stage (Tzeng, Hoffman, Saenko & Darrell, "Adversarial
+    Discriminative Domain Adaptation", CVPR 2017): a frozen copy of the source-trained encoder embeds the source
+    batch; the target encoder (initialised from it) is trained with the inverted-label GAN loss against a
+    discriminator that learns to tell the two embeddings apart. The classifier stays frozen. The first stage
+    (source-only training) and the freezing are done by :class:`~transferkit.adapt.DomainAdapter`."""
+
+    name, family, paper = "adda", "adversarial", "Tzeng et al., CVPR 2017 (ADDA)"
+
+    def __init__(self, source_encoder: nn.Module | None = None):
+        super().__init__()
+        self._source = [source_encoder]  # a list: not a registered submodule, so never trained or moved twice
+
+    def build(self, dim: int, n_classes: int) -> "ADDA":
+        if self._source[0] is None:
+            raise ValueError("ADDA needs the frozen source encoder: use DomainAdapter(method='adda')")
+        self.disc = _discriminator(dim)
+        return self
+
+    def forward(self, step: Step) -> torch.Tensor:
+        enc = self._source[0].to(step.z_t.device).eval()
+        with torch.no_grad():
+            zs = enc(step.x_s)
+        d_loss = _domain_bce(self.disc(zs), self.disc(step.z_t.detach()))
+        frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
+        out = torch.func.functional_call(self.disc, frozen, (step.z_t,)).squeeze(1)
+        g_loss = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))  # inverted label: look like source
+        return d_loss + g_loss
+
+
 _REGISTRY: dict[str, tuple[Callable[[], Method], str]] = {
     "source-only": (SourceOnly, SourceOnly.paper),
     "ddc": (DDC, DDC.paper),
@@ -276,6 +309,7 @@ _REGISTRY: dict[str, tuple[Callable[[], Method], str]] = {
     "cdan+e": (lambda: CDAN(entropy=True), "Long et al., NeurIPS 2018 (CDAN+E: entropy conditioning)"),
     "mdd": (MDD, MDD.paper),
     "mcd": (MCD, MCD.paper),
+    "adda": (ADDA, ADDA.paper),
 }
 DEEP_METHODS = tuple(_REGISTRY)
 

@@ -52,6 +52,7 @@ class AdaptConfig:
             or ``last``.
         seed: seeds the split, the initialisation and the batches.
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        source_loss_weight: weight of the source cross-entropy (0 in ADDA's second stage).
     """
 
     steps: int = 1000
@@ -66,6 +67,7 @@ class AdaptConfig:
     selection: str = "dev"
     seed: int = 0
     device: str = "auto"
+    source_loss_weight: float = 1.0
 
     def validate(self) -> None:
         """Raise a clear error for settings that cannot work."""
@@ -264,10 +266,11 @@ def train_adapter(net: AdaptNet, method: Method, Xs: Any, ys: Any, Xt: Any, conf
                 parts.append(Xtl[bl])
             z, logits = net(torch.cat(parts))
             n_s = cfg.batch_size
-            cls = F.cross_entropy(logits[:n_s], ys_t[bs])
+            cls = cfg.source_loss_weight * F.cross_entropy(logits[:n_s], ys_t[bs])
             if labelled_t:
                 cls = cls + F.cross_entropy(logits[2 * n_s:], ytl[bl])
-            transfer = method(Step(z[:n_s], z[n_s:2 * n_s], logits[:n_s], logits[n_s:2 * n_s], ys_t[bs], p))
+            transfer = method(Step(z[:n_s], z[n_s:2 * n_s], logits[:n_s], logits[n_s:2 * n_s], ys_t[bs], p,
+                                   x_s=parts[0], x_t=parts[1]))
             loss = cls + cfg.trade_off * transfer
             if not torch.isfinite(loss):
                 raise TrainingError(f"the {method.name} loss became {loss.item()} at step {step} (classification "
