@@ -18,14 +18,6 @@ from transferkit.errors import DataError, NotFittedError, UnknownNameError
 FAST = AdaptConfig(steps=30, batch_size=16, eval_every=15, bottleneck=16, lr=0.03)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def digits_like(n: int, seed: int, colour: bool = False, classes=("a", "b", "c")):
     """Tiny 12x12 'digits': a bright bar whose position is the class; the target domain is inverted/coloured."""
     r = np.random.default_rng(seed)

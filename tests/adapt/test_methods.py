@@ -13,14 +13,6 @@ from transferkit.adapt.trainer import AdaptConfig, AdaptNet, features_of, predic
 from transferkit.errors import DataError, TrainingError, UnknownNameError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blobs(n, shift, rot, seed):
     r = np.random.default_rng(seed)
     y = r.integers(0, 3, n)
