@@ -1,8 +1,8 @@
 """Run several domain-adaptation methods on the same data and seeds: one table, one report (``transferkit adapt``).
 
-Protocol, per seed: the target is split (stratified when it has labels) into an **adaptation** part, whose
-inputs the methods see without labels, and an **evaluation** part (``eval_fraction``), whose labels are read
-only to score the finished models. With ``target_labels=N``, N labelled samples per class are drawn from the
+Protocol, per seed: a labelled target is split (stratified) into an **adaptation** part, whose inputs the
+methods see without labels, and an **evaluation** part (``eval_fraction``), whose labels are read only to score
+the finished models; an unlabelled target is used whole for adaptation (no accuracy is reported then). With ``target_labels=N``, N labelled samples per class are drawn from the
 adaptation part (semi-supervised DA). Checkpoints are chosen by :mod:`transferkit.adapt.selection` (named in the
 table); ``source-only`` always runs as the baseline, and every method scoring below it is flagged as negative
 transfer. Every finished (method, seed) cell is appended to ``cells.jsonl``: a rerun with the same ``out``
@@ -52,12 +52,9 @@ class AdaptResult:
         return "\n".join(lines)
 
 
-def _split_target(y: np.ndarray | None, n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split_target(y: np.ndarray, n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(adaptation indices, evaluation indices): ``eval_fraction`` of each class held out, seeded."""
     rng = np.random.default_rng([seed, 4242])
-    if y is None:
-        idx = rng.permutation(n)
-        k = int(round(eval_fraction * n))
-        return np.sort(idx[k:]), np.sort(idx[:k])
     ev = []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
@@ -164,7 +161,10 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     diag: dict[str, Any] = {}
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for seed in seeds:
-        adapt_idx, eval_idx = _split_target(yt_all, len(tgt), eval_fraction, seed)
+        if yt_all is None:  # nothing to evaluate with: every target input adapts
+            adapt_idx, eval_idx = np.arange(len(tgt)), np.arange(0)
+        else:
+            adapt_idx, eval_idx = _split_target(yt_all, len(tgt), eval_fraction, seed)
         lab_idx = None
         if target_labels:
             rng = np.random.default_rng([seed, 77])
