@@ -201,3 +201,12 @@ def test_adda_trains_the_target_encoder_against_a_frozen_source_encoder_and_keep
                 assert all(torch.equal(after[k], snapshots[-1][k]) for k in after)  # frozen in stage 2
     # measured 0.642 / 0.732 against 0.626 / 0.692
     assert np.mean(accs["adda"]) > np.mean(accs["source-only"]), accs
+
+
+def test_an_unlabelled_target_is_used_whole_and_no_accuracy_is_claimed(tmp_path):
+    tgt = digits_like(30, 1, colour=True)
+    unlabelled = from_arrays(np.stack([np.asarray(tgt.load(i)) for i in range(len(tgt))]))
+    res = adapt_compare(digits_like(30, 0), unlabelled, methods=["dann"], backbone="lenet", config=FAST,
+                        out=tmp_path / "u", diagnostics=False)
+    assert all(c["n_adapt"] == 30 and c["n_eval"] == 0 and "accuracy" not in c for c in res.cells)
+    assert all(r["accuracy_mean"] is None for r in res.rows) and not res.warnings
