@@ -40,6 +40,10 @@ def test_domain_adapter_on_feature_arrays_predicts_class_names():
     assert da.selection_ == "dev" and da.fit_.selected_step in (15, 30)
     with pytest.raises(NotFittedError):
         DomainAdapter(None, "dann").predict(TGT[0])
+    from sklearn.base import clone
+
+    c = clone(DomainAdapter(None, "cdan", config=FAST))
+    assert c.get_params()["method"] == "cdan" and not hasattr(c, "seconds_")
 
 
 @pytest.mark.parametrize("method", ["coral-closed", "sa", "tca", "iw", "kmm"])

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ..errors import DataError, NotFittedError, TransferkitError, UnknownNameError
 from .methods import DEEP_METHODS, create_method
@@ -61,8 +62,9 @@ def check_class_sets(source_classes: list[str], target_classes: list[str] | None
                         f"source {only_s[:10]}, only in the target {only_t[:10]}; drop or rename those classes")
 
 
-class DomainAdapter:
-    """Domain adaptation with scikit-learn conventions: ``fit(source, target)``, then ``predict`` on target inputs.
+class DomainAdapter(BaseEstimator):
+    """Domain adaptation with scikit-learn conventions: ``fit(source, target)``, then ``predict`` on target inputs
+    (``get_params`` / ``set_params`` / ``clone`` work; ``__init__`` only stores its arguments).
 
     Args:
         backbone: a backbone registry name (features cached, or trained with ``finetune``), ``"lenet"`` (a small
@@ -92,6 +94,7 @@ class DomainAdapter:
         self.cache_dir = cache_dir
         self.progress = progress
         self.log = log
+        self._bb = None
 
     # -- inputs ------------------------------------------------------------------------------------------------
     @property
