@@ -331,7 +331,7 @@ def _report(result: AdaptResult, embeddings: dict[str, tuple[np.ndarray, np.ndar
             idx = {c: i for i, c in enumerate(classes)}
             labels = np.array([idx.get(str(v), 0) for v in lab])[keep]
             dom = np.r_[np.zeros(half, int), np.ones(len(Z) - half, int)][keep]
-            figs += _figure(plot_projection(coords, labels, classes, f"{m}: source (o) and target (x), {how}",
+            figs += _figure(plot_projection(coords, labels, classes, f"{m}: source and target features, {how}",
                                             markers=dom, marker_names=["source", "target"]), f"projection {m}")
         sections.append({"title": "Source and target features, before (source-only) and after (best method)",
                          "html": figs})
