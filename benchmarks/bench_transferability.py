@@ -184,7 +184,10 @@ def render(state: dict) -> str:
             f"all layers, at most {fcfg['epochs']} epochs, early stopping on the validation part, images at "
             f"{fcfg['image_size']} px, per dataset {fcfg['image_size_per_dataset'] or 'no override'}) on the same "
             f"labelled split, tested on the same test items; seeds {fcfg['seeds']}; "
-            f"{state.get('finetune_wall_seconds', 0) / 60:.1f} min of CPU wall time:\n\n{ft_table}\n\n"
+            f"{state.get('finetune_wall_seconds', 0) / 60:.1f} min of CPU wall time (command: "
+            f"`{state.get('finetune_command', '?')}`; {state.get('finetune_date', '')}). The probe column is the "
+            f"probe on features at the backbone's own 224 px; the fine-tuning ran at the smaller size above (CPU "
+            f"time), so the difference mixes the strategy with the resolution:\n\n{ft_table}\n\n"
             f"Kendall's tau / Pearson's r / top-1 of each score (computed once, from the frozen features at the "
             f"backbone's own resolution) against the fine-tuned test accuracy:\n\n{ft_corr}\n\n")
 
@@ -404,6 +407,8 @@ def add_finetune(state: dict, args, out: Path) -> None:
     default_size = int(next(x for x in sizes if "=" not in x))
     per_data = {k: int(v) for k, v in (x.split("=") for x in sizes if "=" in x)}
     seeds = _csv(args.finetune_seeds, int)
+    state["finetune_command"] = command_line()
+    state["finetune_date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     state["finetune_config"] = {"seeds": seeds, "image_size": default_size, "image_size_per_dataset": per_data,
                                 "epochs": args.finetune_epochs, "strategy": "finetune", "patience": 5}
     done = {(f["dataset"], f["backbone"], f["seed"]) for f in state["finetune"]}
