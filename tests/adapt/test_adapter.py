@@ -78,6 +78,8 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(DataError, match=r"only in the source \['c'\], only in the target \['d'\]"):
         adapt_compare(digits_like(30, 0), digits_like(30, 1, classes=("a", "b", "d")), backbone="lenet",
                       config=FAST)
+    with pytest.raises(DataError, match="sa work.*on cached features, not end to end"):
+        adapt_compare(digits_like(30, 0), digits_like(30, 1), methods=["sa"], backbone="lenet", config=FAST)
     with pytest.raises(DataError, match="need.*labelled target"):
         adapt_compare(digits_like(30, 0), digits_like(30, 1), methods=["tradaboost"], backbone="lenet", config=FAST)
 

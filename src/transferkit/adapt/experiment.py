@@ -103,12 +103,18 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     if list(methods) == ["all"]:
         names = [m for m in names if m != "tradaboost-r2" and (target_labels or m not in NEEDS_TARGET_LABELS)]
         if backbone == "lenet" or finetune:
-            from .adapter import SHALLOW_METHODS
+            from .adapter import SHALLOW_METHODS as _shallow
 
-            names = [m for m in names if m not in SHALLOW_METHODS]
+            names = [m for m in names if m not in _shallow]
     bad = [m for m in names if m not in ALL_METHODS]
     if bad:
         raise UnknownNameError(f"unknown method(s) {', '.join(map(repr, bad))}; valid: all, {', '.join(ALL_METHODS)}")
+    from .adapter import SHALLOW_METHODS
+
+    shallow = [m for m in names if m in SHALLOW_METHODS]
+    if shallow and (backbone == "lenet" or finetune):
+        raise DataError(f"{', '.join(shallow)} work(s) on cached features, not end to end ({backbone}"
+                        f"{' --finetune' if finetune else ''}); drop them or use a pretrained backbone without --finetune")
     need = [m for m in names if m in NEEDS_TARGET_LABELS]
     if need and not target_labels:
         raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give --target-labels N "
