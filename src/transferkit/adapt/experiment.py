@@ -109,16 +109,16 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     bad = [m for m in names if m not in ALL_METHODS]
     if bad:
         raise UnknownNameError(f"unknown method(s) {', '.join(map(repr, bad))}; valid: all, {', '.join(ALL_METHODS)}")
+    need = [m for m in names if m in NEEDS_TARGET_LABELS]
+    if need and not target_labels:
+        raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give --target-labels N "
+                        "(labels per class drawn from the target's adaptation part)")
     from .adapter import SHALLOW_METHODS
 
     shallow = [m for m in names if m in SHALLOW_METHODS]
     if shallow and (backbone == "lenet" or finetune):
         raise DataError(f"{', '.join(shallow)} work(s) on cached features, not end to end ({backbone}"
                         f"{' --finetune' if finetune else ''}); drop them or use a pretrained backbone without --finetune")
-    need = [m for m in names if m in NEEDS_TARGET_LABELS]
-    if need and not target_labels:
-        raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give --target-labels N "
-                        "(labels per class drawn from the target's adaptation part)")
     names = ["source-only"] + [m for m in dict.fromkeys(names) if m != "source-only"]
     if domain_column or source_domain or target_domain:
         src, tgt = _split_by_domain(source, target, domain_column, source_domain, target_domain)
