@@ -182,18 +182,19 @@ def main() -> None:
                 prep._bb = None
                 Xs, _ = prep._inputs(src, "source")
                 Xt, _ = prep._inputs(tgt, "target")
-                mu, sd = Xs.mean(0), Xs.std(0) + 1e-6  # the standardisation DomainAdapter applies
-                Xs, Xt = (Xs - mu) / sd, (Xt - mu) / sd
+                from transferkit.adapt.adapter import input_scaling
                 classes = src.classes
                 ys = np.array([classes.index(v) for v in src.labels])
                 yt = np.array([classes.index(v) for v in tgt.labels])
                 for seed in seeds:
                     a_idx, e_idx = _split_target(np.asarray(tgt.labels), len(tgt), 0.3, seed)
+                    mu, sd = input_scaling(Xs, Xt[a_idx])  # the standardisation DomainAdapter applies
+                    Zs, Zt = (Xs - mu) / sd, (Xt - mu) / sd
                     for m in SKADA:
                         if any(c["pair"] == pair and c["method"] == m and c["seed"] == seed for c in state["skada"]):
                             continue
                         try:
-                            c = run_skada(m, Xs, ys, Xt[a_idx], Xt[e_idx], yt[e_idx], seed)
+                            c = run_skada(m, Zs, ys, Zt[a_idx], Zt[e_idx], yt[e_idx], seed)
                         except Exception as e:  # noqa: BLE001 - a failing reference method is recorded, not fatal
                             c = {"accuracy": float("nan"), "seconds": float("nan"), "error": f"{type(e).__name__}: {e}"}
                         c.update(pair=pair, method=m, seed=seed)

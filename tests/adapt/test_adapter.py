@@ -216,3 +216,13 @@ def test_an_unlabelled_target_is_used_whole_and_no_accuracy_is_claimed(tmp_path)
                         out=tmp_path / "u", diagnostics=False)
     assert all(c["n_adapt"] == 30 and c["n_eval"] == 0 and "accuracy" not in c for c in res.cells)
     assert all(r["accuracy_mean"] is None for r in res.rows) and not res.warnings
+
+
+def test_a_feature_constant_on_the_source_does_not_blow_up_the_target():
+    """ReLU features that are ~0 on the source but active on the target once made the head learn nothing."""
+    r = np.random.default_rng(0)
+    Xs = np.c_[SRC[0], np.full((len(SRC[0]), 4), 0.5) + r.normal(0, 1e-7, (len(SRC[0]), 4))].astype(np.float32)
+    Xt = np.c_[TGT[0], r.uniform(0, 50, (len(TGT[0]), 4))].astype(np.float32)
+    da = DomainAdapter(None, "dann", config=AdaptConfig(steps=200, batch_size=32, eval_every=100, bottleneck=32,
+                                                        lr=0.03)).fit((Xs, SRC[1]), Xt)
+    assert da.fit_.history[-1]["source-val"] > 0.9 and np.abs(da.transform_inputs(Xt)).max() < 1e4
