@@ -12,6 +12,18 @@ from PIL import Image
 TINY = "random:test_efficientnet"  # a tiny timm architecture with seeded random weights
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread for every test: tiny models, a 2-core machine shared with other work, and
+    oversubscription makes them crawl."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own feature cache; nothing touches ~/.cache."""

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import TINY
 from transferkit.compare import (advisor_sentence, advisor_summary, aggregate_cells, cap_test, compare_strategies,
@@ -19,14 +18,6 @@ from transferkit.errors import DataError, UnknownNameError
 from transferkit.train.engine import TrainConfig
 
 STRATEGIES = ("scratch", "probe", "partial", "finetune", "cnn")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _config() -> TrainConfig:

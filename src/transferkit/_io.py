@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_bytes", "read_journal", "append_journal", "json_default"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -39,3 +39,49 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
                 os.fsync(f.fileno())
 
     atomic_write(path, write)
+
+
+def json_default(o):
+    """``json.dumps`` fallback: numpy scalars and arrays as Python values, anything else as its ``str``."""
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def read_journal(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines journal (one finished unit of work per line; see :func:`append_journal`).
+
+    A last line cut short by a kill is skipped and ended with a newline, so the next append starts a line of its
+    own instead of being glued to the broken one.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("\n")
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def append_journal(path: str | os.PathLike, record: dict) -> None:
+    """Append one record as one whole line (flushed), the unit that makes long comparisons resumable."""
+    import json
+
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=json_default) + "\n")
+        fh.flush()

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._io import append_journal, read_journal
 from .data.splits import Splits, make_splits
 from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
 
@@ -351,17 +352,11 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
     hashes = {s: digest(cell_settings(s)) for s in dict.fromkeys([*strategies, *ADVISOR_CHOICES])}
     cells_path = out_dir / CELLS_FILE
     done: dict[tuple[str, int, int, str], dict[str, Any]] = {}
-    if cells_path.is_file():
-        text = cells_path.read_text()
-        if text and not text.endswith("\n"):  # a line cut short by a kill: end it, or the next append joins it
-            with open(cells_path, "a", encoding="utf-8") as fh:
-                fh.write("\n")
-        for line in text.splitlines():
-            try:
-                c = json.loads(line)
-                done[(c["strategy"], int(c["budget"]), int(c["seed"]), c["settings_hash"])] = c
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a kill: that cell is recomputed
+    for c in read_journal(cells_path):
+        try:
+            done[(c["strategy"], int(c["budget"]), int(c["seed"]), c["settings_hash"])] = c
+        except (KeyError, TypeError, ValueError):
+            continue
 
     cells: list[dict[str, Any]] = []
     reused = 0
@@ -469,9 +464,7 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
                     continue
                 c = {**run_cell(strategy, budget, seed, sp), "split": split_id,
                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                with open(cells_path, "a", encoding="utf-8") as fh:  # one whole line per finished cell
-                    fh.write(json.dumps(c, default=_json_default) + "\n")
-                    fh.flush()
+                append_journal(cells_path, c)  # one whole line per finished cell
                 cells.append({**c, "reused": False})
                 say(f"{strategy:>9} N={budget:<4} seed={seed}: acc {100 * c['accuracy']:.1f}% "
                     f"macro-F1 {100 * c['macro_f1']:.1f}% ({c['seconds']:.1f}s)")
@@ -479,14 +472,6 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
         **base_settings, "dataset": source.name, "origin": source.origin, "classes": classes,
         "strategies": strategies, "labels_per_class": budgets, "seeds": seeds, "train_config": cfg.to_dict(),
         "strategy_params": params, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, reused, feature_seconds)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _finish(cells: list[dict[str, Any]], out_dir: Path, settings: dict[str, Any], reused: int,

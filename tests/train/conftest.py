@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import TINY, make_image
 from transferkit.data.sources import from_arrays
 from transferkit.data.splits import make_splits
 from transferkit.train.engine import TrainConfig, finetune
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():
-    """One intra-op thread: the tests share 2 cores with other work, and oversubscription makes them crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Shapes:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._io import append_journal, read_journal
 from ..errors import DataError, UnknownNameError
 from .adapter import ALL_METHODS, NEEDS_TARGET_LABELS, DomainAdapter, check_class_sets
 from .trainer import AdaptConfig
@@ -139,18 +140,9 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     cells_path = out_dir / "cells.jsonl"
     done = {}
-    if cells_path.is_file():
-        text = cells_path.read_text()
-        if text and not text.endswith("\n"):
-            with open(cells_path, "a", encoding="utf-8") as fh:
-                fh.write("\n")
-        for line in text.splitlines():
-            try:
-                c = json.loads(line)
-                if c.get("key") == key:
-                    done[(c["method"], int(c["seed"]))] = c
-            except (ValueError, KeyError, TypeError):
-                continue
+    for c in read_journal(cells_path):
+        if c.get("key") == key and "method" in c and "seed" in c:
+            done[(c["method"], int(c["seed"]))] = c
 
     # inputs once for every method: features from the cache, or image tensors
     prep = DomainAdapter(backbone, finetune=finetune, image_size=image_size, cache_dir=cache_dir, progress=progress)
@@ -204,8 +196,7 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
                 truth = yt_all[eval_idx]
                 cell["accuracy"] = float(np.mean(pred == truth))
                 cell["per_class"] = {c: float(np.mean(pred[truth == c] == c)) for c in classes if (truth == c).any()}
-            with open(cells_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(cell, default=_plain) + "\n")
+            append_journal(cells_path, cell)
             cells.append({**cell, "reused": False})
             say(f"{m:>14} seed {seed}: " + (f"target acc {100 * cell['accuracy']:.1f}%" if "accuracy" in cell else
                                            "done") + f" ({cell['seconds']:.1f}s, selection {cell['selection']})")
@@ -254,14 +245,6 @@ def _split_by_domain(source: Any, target: Any, column: str | None, s_dom: str | 
         sub.name = f"{full.name}[{want}]"
         parts.append(sub)
     return parts[0], parts[1]
-
-
-def _plain(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _rows(cells: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
