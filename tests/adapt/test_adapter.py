@@ -226,3 +226,12 @@ def test_a_feature_constant_on_the_source_does_not_blow_up_the_target():
     da = DomainAdapter(None, "dann", config=AdaptConfig(steps=200, batch_size=32, eval_every=100, bottleneck=32,
                                                         lr=0.03)).fit((Xs, SRC[1]), Xt)
     assert da.fit_.history[-1]["source-val"] > 0.9 and np.abs(da.transform_inputs(Xt)).max() < 1e4
+
+
+def test_importance_weighting_survives_global_metadata_routing():
+    """skada switches scikit-learn's metadata routing on for the whole process; our weighted fits must still work."""
+    import sklearn
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        da = DomainAdapter(None, "iw").fit((SRC[0], SRC[1]), TGT[0])
+    assert da.predict(TGT[0]).shape == (len(TGT[0]),)

@@ -152,9 +152,16 @@ def _require_sample_weight(estimator: Any, owner: str) -> None:
 
 
 def _fit_weighted(estimator: Any, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> Any:
-    """Fit ``estimator`` with ``sample_weight=w``, routed to the last step of a Pipeline."""
+    """Fit ``estimator`` with ``sample_weight=w``; for a Pipeline the steps are fitted one by one and only the
+    last one gets the weights (``step__sample_weight`` routing breaks when another library, e.g. skada, has
+    switched on scikit-learn's global metadata routing)."""
     if isinstance(estimator, Pipeline):
-        return estimator.fit(X, y, **{f"{estimator.steps[-1][0]}__sample_weight": w})
+        Xt = X
+        for _, step in estimator.steps[:-1]:
+            if step is not None and step != "passthrough":
+                Xt = step.fit_transform(Xt, y)
+        estimator.steps[-1][1].fit(Xt, y, sample_weight=w)
+        return estimator
     return estimator.fit(X, y, sample_weight=w)
 
 
