@@ -639,7 +639,8 @@ def plot_wall_time(rows: list[dict], title: str) -> bytes:
     fig = _new_figure((6.0, float(min(max(2.2, 0.55 * len(rows) + 1.3), 12.0))))
     ax = fig.add_subplot(1, 1, 1)
     ys = np.arange(len(rows))
-    ax.barh(ys, secs, xerr=stds if any(stds) else None, color="#8fb3d9", height=0.6,
+    err = [[min(sd, sec) for sd, sec in zip(stds, secs)], stds]  # a wall time is never negative: clip the bar at 0
+    ax.barh(ys, secs, xerr=err if any(stds) else None, color="#8fb3d9", height=0.6,
             error_kw={"ecolor": "#333333", "capsize": 3, "linewidth": 1})
     if max(secs) / min(secs) > 30:
         ax.set_xscale("log")
