@@ -179,9 +179,8 @@ def main() -> None:
             save()
             if proto == "features" and not args.no_skada:
                 prep = DomainAdapter("lite0", cache_dir=args.cache_dir)
-                prep._bb = None
-                Xs, _ = prep._inputs(src, "source")
-                Xt, _ = prep._inputs(tgt, "target")
+                Xs = prep.prepare_inputs(src, "source")
+                Xt = prep.prepare_inputs(tgt, "target")
                 from transferkit.adapt.adapter import input_scaling
                 classes = src.classes
                 ys = np.array([classes.index(v) for v in src.labels])

@@ -153,6 +153,12 @@ class DomainAdapter(BaseEstimator):
                             f"{f.bad[0][1]}: {f.bad[0][2]}")
         return np.asarray(f.X, dtype=np.float32), src
 
+    def prepare_inputs(self, data: Any, role: str = "input") -> np.ndarray:
+        """``data`` as the array the network takes, before standardisation: cached backbone features (read from
+        or written to the feature cache), or image tensors end to end. Feature arrays pass through. Works before
+        ``fit``, so several adapters can share one extraction."""
+        return self._inputs(data, role)[0]
+
     def _size(self) -> int:
         return int(self.image_size or (32 if self.backbone == "lenet" else 64))
 

@@ -146,10 +146,9 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
 
     # inputs once for every method: features from the cache, or image tensors
     prep = DomainAdapter(backbone, finetune=finetune, image_size=image_size, cache_dir=cache_dir, progress=progress)
-    prep._bb = None
     t_feat = time.perf_counter()
-    Xs, _ = prep._inputs(src, "source")
-    Xt_all, _ = prep._inputs(tgt, "target")
+    Xs = prep.prepare_inputs(src, "source")
+    Xt_all = prep.prepare_inputs(tgt, "target")
     feature_seconds = time.perf_counter() - t_feat
     say(f"inputs: source {Xs.shape}, target {Xt_all.shape} in {feature_seconds:.1f}s")
     ys = np.asarray(src.labels)
@@ -180,7 +179,6 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
                 continue
             da = DomainAdapter(backbone, m, config=replace(cfg, seed=seed), finetune=finetune, image_size=image_size,
                                cache_dir=cache_dir, progress=progress)
-            da._bb = prep._bb
             tl = None if lab_idx is None else (Xt_all[lab_idx], yt_all[lab_idx])
             da.fit((Xs, ys), Xt_all[adapt_idx], target_labelled=tl)  # arrays: the target's labels cannot be read
             cell = {"method": m, "seed": seed, "key": key, "seconds": da.seconds_, "selection": da.selection_,
