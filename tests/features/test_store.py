@@ -79,6 +79,7 @@ def test_key_depends_on_backbone_weights(digits48, tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
+    torch.set_num_threads(int(sys.argv[2]))  # the parent's thread count: float sums must match bit for bit
     from transferkit.backbones import create_backbone
     from transferkit.data import load_builtin
     from transferkit.features import FeatureStore
@@ -95,7 +96,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def test_kill_9_then_resume_gives_identical_features(tiny, tmp_path):
     cache = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(cache)])
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(cache), str(torch.get_num_threads())])
     deadline = time.time() + 120
     shards = []
     while time.time() < deadline and proc.poll() is None:
