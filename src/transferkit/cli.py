@@ -341,6 +341,8 @@ def adapt(
     steps: int = typer.Option(1000, "--steps", help="Training steps of the deep methods."),
     trade_off: float = typer.Option(1.0, "--trade-off", help="Weight of the alignment term."),
     selection: str = typer.Option("dev", "--selection", help="Checkpoint choice without target labels: dev, snd, entropy, source-val, last."),
+    device: str = typer.Option("auto", "--device", help="Training device of the deep methods: auto, cpu, cuda, cuda:1, ..."),
+    precision: str = typer.Option("32", "--precision", help="32, bf16-mixed or 16-mixed (GPU), through Lightning Fabric."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; rerun with the same --out to resume."),
     domain_column: Optional[str] = typer.Option(None, "--domain-column", help="Split a table into domains by this column (with --source-domain, --target-domain; --target defaults to the same table)."),
     source_domain: Optional[str] = typer.Option(None, "--source-domain", help="Value of --domain-column that marks the source rows."),
@@ -368,7 +370,8 @@ def adapt(
                                "with --domain-column, --source-domain and --target-domain")
     from .adapt import AdaptConfig, adapt_compare
 
-    cfg = AdaptConfig(steps=steps, trade_off=trade_off, selection=selection, eval_every=max(steps // 5, 1))
+    cfg = AdaptConfig(steps=steps, trade_off=trade_off, selection=selection, eval_every=max(steps // 5, 1),
+                      device=device, precision=precision)
     cfg.validate()
     res = adapt_compare(source, target, methods=[m.strip() for m in method.split(",")], backbone=backbone,
                         finetune=finetune, image_size=image_size, seeds=list(range(seeds)),

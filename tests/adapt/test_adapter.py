@@ -140,6 +140,8 @@ def test_cli_adapt_runs_and_reports_bad_input(tmp_path):
     assert_user_error(tk("adapt", "--source", tmp_path / "src", "--target", tmp_path / "tgt", "--method", "dnn",
                          "--backbone", "lenet"), "unknown method", "dann")
     assert_user_error(tk("adapt", "--source", tmp_path / "src"), "--target")
+    assert_user_error(tk("adapt", "--source", tmp_path / "src", "--target", tmp_path / "tgt", "--precision", "8"),
+                      "precision must be one of 32, bf16-mixed, 16-mixed")
 
 
 def test_one_table_split_into_domains_by_its_domain_column(tmp_path):

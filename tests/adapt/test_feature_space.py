@@ -390,3 +390,19 @@ def test_too_many_components():
 def test_bad_parameters(make, pattern):
     with pytest.raises(DataError, match=pattern):
         make().fit(*_small())
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_default_classifier_sees_pooled_standardised_mapped_features(cls):
+    """The default logistic regression gets the mapped features standardised with mapped source and mapped target
+    pooled (a scaler fitted on the mapped source alone would re-scale the target by source statistics)."""
+    Xs, ys, Xt = _small(seed=2, n=60, D=5)
+    m = _make(cls).fit(Xs, ys, Xt)
+    M = np.vstack([m.transform(Xs, domain="source"), m.transform(Xt, domain="target")])
+    assert np.allclose(m.output_mean_, M.mean(0)) and np.allclose(m.output_scale_, M.std(0))
+    assert isinstance(m.estimator_, LogisticRegression)
+    ref = m.estimator_.predict_proba((m.transform(Xt) - m.output_mean_) / m.output_scale_)
+    assert np.allclose(m.predict_proba(Xt), ref)
+    user = _make(cls, estimator=LogisticRegression()).fit(Xs, ys, Xt)
+    assert user.output_mean_ is None
+    assert np.allclose(user.predict_proba(Xt), user.estimator_.predict_proba(user.transform(Xt)))

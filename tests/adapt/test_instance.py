@@ -165,6 +165,8 @@ def test_pipeline_estimator_gets_the_weights():
 def kmm_objective(model, Xs, Xt):
     from transferkit.adapt.instance import _kernel
 
+    if model.mean_ is not None:  # the QP is solved on the pooled-standardised inputs
+        Xs, Xt = (Xs - model.mean_) / model.scale_, (Xt - model.mean_) / model.scale_
     K = _kernel(Xs, Xs, model.kernel, model.gamma_)
     kappa = len(Xs) / len(Xt) * _kernel(Xs, Xt, model.kernel, model.gamma_).sum(1)
     return lambda b: 0.5 * b @ K @ b - kappa @ b
@@ -432,3 +434,22 @@ def test_same_seed_same_weights_and_none_seed_runs(cls):
     assert np.array_equal(a.weights_, b.weights_)
     assert np.array_equal(a.predict(XT), b.predict(XT))
     assert cls(random_state=None, **extra).fit(*args).predict(XT).shape == (20,)
+
+
+@pytest.mark.parametrize("cls", [ImportanceWeighting, KMM])
+def test_pooled_standardisation_makes_units_irrelevant(cls):
+    """Both domains are standardised with pooled statistics (never source-only ones): changing a feature's units
+    in both domains changes nothing; without the standardisation it does."""
+    Xs, ys, Xt, Xte, _ = covariate_shift(0, "classification")
+    noise = np.random.default_rng(1)  # a second, uninformative feature whose units will change
+    Xs, Xt, Xte = (np.c_[X, noise.normal(size=len(X))] for X in (Xs, Xt, Xte))
+    model = cls().fit(Xs, ys, Xt)
+    pooled = np.concatenate([Xs, Xt])
+    assert np.allclose(model.mean_, pooled.mean(0)) and np.allclose(model.scale_, pooled.std(0))
+    assert isinstance(model.estimator_, LogisticRegression)  # no scaler of its own, fitted on the source alone
+    units = np.array([1.0] * (Xs.shape[1] - 1) + [1000.0])
+    rescaled = cls().fit(Xs * units + 50, ys, Xt * units + 50)
+    assert np.allclose(rescaled.weights_, model.weights_, atol=1e-6)
+    assert np.array_equal(rescaled.predict(Xte * units + 50), model.predict(Xte))
+    raw = cls(standardize=False).fit(Xs * units + 50, ys, Xt * units + 50)
+    assert raw.mean_ is None and not np.allclose(raw.weights_, model.weights_, atol=1e-3)

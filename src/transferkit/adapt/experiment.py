@@ -64,6 +64,11 @@ def _split_target(y: np.ndarray, n: int, eval_fraction: float, seed: int) -> tup
     return np.setdiff1d(np.arange(n), ev), ev
 
 
+#: settings added after results were recorded, at the value that reproduces them: left out of a cell's key so that
+#: earlier cells stay valid
+_NEUTRAL_SETTINGS = {("precision", "32")}
+
+
 def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source-only", "dann"),
                   backbone: str = "lite0", finetune: bool = False, image_size: int | None = None,
                   seeds: Sequence[int] = (0,), target_labels: int | None = None, config: AdaptConfig | None = None,
@@ -136,7 +141,8 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     out_dir = prepare_run_dir(out if out is not None else default_run_dir(f"adapt-{src.name}-{tgt.name}", backbone))
     settings = {"source": src.fingerprint(), "target": tgt.fingerprint(), "backbone": backbone,
                 "finetune": bool(finetune), "image_size": image_size, "target_labels": target_labels,
-                "eval_fraction": eval_fraction, "config": {k: v for k, v in cfg.to_dict().items() if k != "seed"}}
+                "eval_fraction": eval_fraction, "config": {k: v for k, v in cfg.to_dict().items() if k != "seed"
+                                                           and (k, v) not in _NEUTRAL_SETTINGS}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     cells_path = out_dir / "cells.jsonl"
     done = {}

@@ -122,11 +122,12 @@ def _sym_power(C: np.ndarray, power: float) -> np.ndarray:
 
 
 def _default_estimator() -> Any:
+    """``LogisticRegression(max_iter=2000)``; with the default the mapped features are standardised with the
+    statistics of mapped source and mapped target *pooled* (``output_mean_``, ``output_scale_``). A scaler fitted on
+    the mapped source alone would re-scale the target by source statistics and undo part of the alignment."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return LogisticRegression(max_iter=2000)
 
 
 class _FeatureSpaceAdapter:
@@ -156,8 +157,15 @@ class _FeatureSpaceAdapter:
         self._fit_mapping(Xs, Xt)
         from sklearn.base import clone
 
-        est = _default_estimator() if self.estimator is None else clone(self.estimator)
-        est.fit(self._map(Xs, "source"), y)
+        Ms = self._map(Xs, "source")
+        if self.estimator is None:
+            est = _default_estimator()
+            self.output_mean_, self.output_scale_ = _standardize_stats(np.vstack([Ms, self._map(Xt, "target")]),
+                                                                       ddof=0)
+        else:
+            est = clone(self.estimator)
+            self.output_mean_ = self.output_scale_ = None
+        est.fit(self._classifier_input(Ms), y)
         self.estimator_ = est
         self.classes_ = np.asarray(getattr(est, "classes_", np.unique(y)))
         return self
@@ -173,6 +181,10 @@ class _FeatureSpaceAdapter:
         raise NotImplementedError
 
     # -- shared API --
+    def _classifier_input(self, M: np.ndarray) -> np.ndarray:
+        """Mapped features as the classifier sees them (pooled standardisation with the default estimator)."""
+        return M if self.output_mean_ is None else (M - self.output_mean_) / self.output_scale_
+
     def _check_fitted(self, what: str) -> None:
         if not hasattr(self, self._fitted_attr):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(Xs, ys, Xt) before "
@@ -203,7 +215,7 @@ class _FeatureSpaceAdapter:
     def predict(self, X: Any) -> np.ndarray:
         """Classes of target-domain inputs ``X`` (mapped as target), ``(n,)``."""
         self._check_fitted("predict")
-        return self.estimator_.predict(self._map(self._input(X), "target"))
+        return self.estimator_.predict(self._classifier_input(self._map(self._input(X), "target")))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities of target-domain inputs ``X``, ``(n, n_classes)`` in the order of ``classes_``."""
@@ -211,7 +223,7 @@ class _FeatureSpaceAdapter:
         if not hasattr(self.estimator_, "predict_proba"):
             raise AttributeError(f"the estimator {type(self.estimator_).__name__} has no predict_proba; pass one "
                                  "that has (e.g. LogisticRegression)")
-        return self.estimator_.predict_proba(self._map(self._input(X), "target"))
+        return self.estimator_.predict_proba(self._classifier_input(self._map(self._input(X), "target")))
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy on target-domain inputs ``X`` with labels ``y`` (for evaluation only)."""
@@ -257,15 +269,16 @@ class CORAL(_FeatureSpaceAdapter):
        statistics (no further transform).
 
     Args:
-        estimator: sklearn-style classifier, cloned before fitting. Default: ``StandardScaler`` +
-            ``LogisticRegression(max_iter=2000)``.
+        estimator: sklearn-style classifier, cloned before fitting. Default: ``LogisticRegression(max_iter=2000)``
+            on the mapped features standardised with pooled (mapped source + mapped target) statistics.
         reg: the ridge added to both covariances (> 0). 1.0 as in the paper, which suits standardised features.
 
     Fitted attributes:
         source_mean_, source_scale_, target_mean_, target_scale_: the per-domain standardisation, ``(D,)``.
         source_cov_, target_cov_: covariances of the standardised domains (without ``reg``), ``(D, D)``.
         coral_matrix_: ``A = (Cs + reg I)^(-1/2) (Ct + reg I)^(1/2)``, ``(D, D)``; source rows map as ``Zs @ A``.
-        estimator_: the fitted classifier. classes_: its classes. n_features_in_: ``D``.
+        estimator_: the fitted classifier. classes_: its classes. n_features_in_: ``D``. output_mean_, output_scale_:
+            the pooled standardisation of the mapped features (None with a user estimator).
     """
 
     def __init__(self, estimator: Any = None, reg: float = 1.0):
@@ -324,15 +337,15 @@ class SubspaceAlignment(_FeatureSpaceAdapter):
     as ``Zt @ Pt``, and ``estimator`` is fitted on the aligned source.
 
     Args:
-        estimator: sklearn-style classifier, cloned before fitting. Default: ``StandardScaler`` +
-            ``LogisticRegression(max_iter=2000)``.
+        estimator: sklearn-style classifier, cloned before fitting. Default: ``LogisticRegression(max_iter=2000)``
+            on the mapped features standardised with pooled (mapped source + mapped target) statistics.
         n_components: ``d``. Default ``min(50, D, n_s - 1, n_t - 1)``; at most ``min(D, n_s - 1, n_t - 1)``.
 
     Fitted attributes:
         source_mean_, source_scale_, target_mean_, target_scale_: the per-domain standardisation, ``(D,)``.
         source_components_, target_components_: ``Ps``, ``Pt``, ``(D, d)``.
         alignment_matrix_: ``M``, ``(d, d)``. n_components_: ``d``.
-        estimator_, classes_, n_features_in_.
+        estimator_, classes_, n_features_in_, output_mean_, output_scale_ (see CORAL).
     """
 
     def __init__(self, estimator: Any = None, n_components: int | None = None):
@@ -404,8 +417,8 @@ class TCA(_FeatureSpaceAdapter):
       embedded through the out-of-sample extension.
 
     Args:
-        estimator: sklearn-style classifier, cloned before fitting. Default: ``StandardScaler`` +
-            ``LogisticRegression(max_iter=2000)`` (the embedding's scale is arbitrary, hence the scaler).
+        estimator: sklearn-style classifier, cloned before fitting. Default: ``LogisticRegression(max_iter=2000)``
+            on the embedding standardised with pooled source + target statistics (its scale is arbitrary).
         n_components: ``m``, at most ``n - 1`` (and at most ``D`` for the linear kernel, whose ``K`` has rank
             ``<= D``).
         mu: the trade-off ``mu > 0``: weight of ``tr(W'W)`` against the MMD term ``tr(W'KLKW)``. Larger
@@ -420,7 +433,7 @@ class TCA(_FeatureSpaceAdapter):
         mean_, scale_: the pooled standardisation, ``(D,)``. X_fit_: the standardised samples in ``K``,
         ``(n, D)`` (source rows first); n_source_fit_, n_target_fit_: their counts. components_: ``W``,
         ``(n, m)``. eigenvalues_: ``(m,)``, descending. gamma_: the RBF width used (None for linear).
-        n_components_, estimator_, classes_, n_features_in_.
+        n_components_, estimator_, classes_, n_features_in_, output_mean_, output_scale_ (see CORAL).
     """
 
     def __init__(self, estimator: Any = None, n_components: int = 30, mu: float = 1.0, kernel: str = "linear",

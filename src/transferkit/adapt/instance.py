@@ -195,8 +195,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _default_classifier() -> Pipeline:
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+def _default_classifier() -> LogisticRegression:
+    """The default final and domain classifier of IW and KMM: logistic regression, no scaler of its own.
+
+    A ``StandardScaler`` inside the estimator would be fitted on the source alone and re-standardise the target with
+    source statistics, undoing the pooled standardisation (``standardize=True``) that puts both domains on one scale.
+    """
+    return LogisticRegression(max_iter=2000)
+
+
+def _pooled_stats(Xs: np.ndarray, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over source and target rows together (constant features: scale 1)."""
+    X = np.concatenate([Xs, Xt])
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    return mean, np.where(scale > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), scale, 1.0)
 
 
 class _Base(BaseEstimator):
@@ -223,6 +235,7 @@ class _WeightedSourceModel(_Base):
     """IW and KMM: compute source weights, then fit ``estimator`` on the weighted source."""
 
     def _prepare(self, Xs: Any, ys: Any, Xt: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+        """Checked ``Xs, ys, Xt`` (standardised with pooled statistics when ``standardize``) and the estimator."""
         owner = type(self).__name__
         estimator = _default_classifier() if self.estimator is None else clone(self.estimator)
         _require_sample_weight(estimator, owner)
@@ -234,6 +247,11 @@ class _WeightedSourceModel(_Base):
         if task == "classification" and len(np.unique(ys)) < 2:
             raise DataError(f"{owner}: ys holds a single class ({np.unique(ys)[0]!r}); a classifier needs at least "
                             "two classes in the source")
+        if self.standardize:
+            self.mean_, self.scale_ = _pooled_stats(Xs, Xt)
+            Xs, Xt = (Xs - self.mean_) / self.scale_, (Xt - self.mean_) / self.scale_
+        else:
+            self.mean_ = self.scale_ = None
         return Xs, ys, Xt, estimator
 
     def _fit_estimator(self, estimator: Any, Xs: np.ndarray, ys: np.ndarray, w: np.ndarray) -> None:
@@ -242,9 +260,13 @@ class _WeightedSourceModel(_Base):
         if hasattr(self.estimator_, "classes_"):
             self.classes_ = self.estimator_.classes_
 
+    def _scaled(self, X: Any) -> np.ndarray:
+        A = self._check_predict_X(X)
+        return A if self.mean_ is None else (A - self.mean_) / self.scale_
+
     def predict(self, X: Any) -> np.ndarray:
         """Predictions of the estimator fitted on the weighted source, for the rows of ``X``."""
-        A = self._check_predict_X(X)
+        A = self._scaled(X)  # checks fitted before estimator_ is touched
         return self.estimator_.predict(A)
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -252,7 +274,7 @@ class _WeightedSourceModel(_Base):
 
         Only for an estimator with ``predict_proba`` (the default logistic regression has one).
         """
-        A = self._check_predict_X(X)
+        A = self._scaled(X)
         if not hasattr(self.estimator_, "predict_proba"):
             raise TransferkitError(f"{type(self).__name__}.predict_proba: the estimator "
                                    f"{type(_final_step(self.estimator_)).__name__} has no predict_proba; use predict, "
@@ -282,27 +304,33 @@ class ImportanceWeighting(_WeightedSourceModel):
 
     Args:
         estimator: the model fitted on the weighted source; a classifier or a regressor that accepts
-            ``sample_weight`` (routed to the last step of a Pipeline). Default: ``StandardScaler`` +
-            ``LogisticRegression(max_iter=2000)``.
+            ``sample_weight`` (routed to the last step of a Pipeline). Default: ``LogisticRegression(max_iter=2000)``
+            (no scaler of its own: see ``standardize``).
         domain_estimator: a probabilistic classifier (``predict_proba``) for source vs target. Default:
-            ``StandardScaler`` + ``LogisticRegression(max_iter=2000)``.
+            ``LogisticRegression(max_iter=2000)``.
         clip: upper bound of the raw weights before normalisation, or None for no clipping. Default 10.
         cv: number of folds of the out-of-fold domain probabilities (lowered to the size of the smaller domain
             when that is smaller). Default 5.
+        standardize: standardise every feature with the mean and standard deviation of source and target pooled,
+            before the domain classifier and the estimator (and in ``predict``). Default True. A scaler fitted on
+            the source alone would put the target on the source's scale and hide part of the shift from the
+            domain classifier while re-introducing it for the estimator.
         random_state: seed of the fold split and of estimators that have a ``random_state``.
 
     Attributes:
         weights_: ``(n_source,)`` importance weight of each source sample, mean 1.
         domain_proba_: ``(n_source,)`` out-of-fold ``p(target | x)`` of each source sample.
+        mean_, scale_: the pooled standardisation (None when ``standardize=False``).
         estimator_: the fitted estimator. ``classes_``: its classes (classifiers). ``n_features_in_``.
     """
 
     def __init__(self, estimator: Any = None, domain_estimator: Any = None, clip: float | None = 10.0, cv: int = 5,
-                 random_state: int = 0):
+                 standardize: bool = True, random_state: int = 0):
         self.estimator = estimator
         self.domain_estimator = domain_estimator
         self.clip = clip
         self.cv = cv
+        self.standardize = standardize
         self.random_state = random_state
 
     def fit(self, Xs: Any, ys: Any, Xt: Any, yt: Any = None) -> "ImportanceWeighting":
@@ -402,10 +430,10 @@ class KMM(_WeightedSourceModel):
 
     Args:
         estimator: the model fitted on the weighted source (classifier or regressor accepting ``sample_weight``).
-            Default: ``StandardScaler`` + ``LogisticRegression(max_iter=2000)``.
+            Default: ``LogisticRegression(max_iter=2000)`` (no scaler of its own: see ``standardize``).
         kernel: ``"rbf"`` (``exp(-gamma ||x - x'||^2)``), ``"laplacian"`` (``exp(-gamma ||x - x'||_1)``) or
-            ``"linear"`` (matches only the means). Default ``"rbf"``. The kernel works on the raw features: scale
-            them first when their units differ.
+            ``"linear"`` (matches only the means). Default ``"rbf"``. The kernel works on the features as
+            ``standardize`` leaves them.
         gamma: kernel width; default (None) the median heuristic, ``1 / (2 median ||x - x'||^2)`` for ``"rbf"`` and
             ``1 / median ||x - x'||_1`` for ``"laplacian"``, over pooled source and target rows.
         B: upper bound of each weight. Default 1000.
@@ -413,17 +441,20 @@ class KMM(_WeightedSourceModel):
         max_iter: maximum number of projected-gradient iterations. Default 2000.
         tol: stop when an iteration moves the weights by less than ``tol * max(1, ||beta||)``. Default 1e-7.
         max_target_samples: the target is subsampled to at most this many rows for ``kappa``. Default 1000.
+        standardize: standardise every feature with the mean and standard deviation of source and target pooled,
+            before the kernel and the estimator (and in ``predict``). Default True.
         random_state: seed of the target subsample and of estimators that have a ``random_state``.
 
     Attributes:
         weights_: ``(n_source,)`` the weights ``beta`` (they meet the constraints above; mean close to 1).
+        mean_, scale_: the pooled standardisation (None when ``standardize=False``).
         gamma_: the kernel width used. eps_: the slack used. n_iter_: iterations run. objective_: final QP value.
         estimator_, classes_ (classifiers), n_features_in_.
     """
 
     def __init__(self, estimator: Any = None, kernel: str = "rbf", gamma: float | None = None, B: float = 1000.0,
                  eps: float | None = None, max_iter: int = 2000, tol: float = 1e-7, max_target_samples: int = 1000,
-                 random_state: int = 0):
+                 standardize: bool = True, random_state: int = 0):
         self.estimator = estimator
         self.kernel = kernel
         self.gamma = gamma
@@ -432,6 +463,7 @@ class KMM(_WeightedSourceModel):
         self.max_iter = max_iter
         self.tol = tol
         self.max_target_samples = max_target_samples
+        self.standardize = standardize
         self.random_state = random_state
 
     def _median_gamma(self, Xs: np.ndarray, Xt: np.ndarray, rng: np.random.Generator) -> float:

@@ -219,20 +219,23 @@ class MDD(Method):
     """Margin disparity discrepancy (Zhang, Liu, Long & Jordan, "Bridging Theory and Algorithm for Domain
     Adaptation", ICML 2019): an adversarial classifier head behind a gradient reversal layer learns to agree
     with the main classifier on the source and to disagree on the target; the features learn the opposite.
-    ``margin`` is the paper's gamma (4 here, TLlib's digit setting)."""
+    ``margin`` is the paper's gamma (4 here, TLlib's digit setting). The reversal coefficient ramps up with DANN's
+    schedule to at most ``grl_max`` = 0.1, the cap of the authors' warm-start gradient reversal layer (high_value
+    0.1): at DANN's full strength 1 the margin-weighted term overwhelms the features, which collapse."""
 
     name, family, paper = "mdd", "adversarial", "Zhang et al., ICML 2019 (MDD)"
 
-    def __init__(self, margin: float = 4.0):
+    def __init__(self, margin: float = 4.0, grl_max: float = 0.1):
         super().__init__()
         self.margin = margin
+        self.grl_max = grl_max
 
     def build(self, dim: int, n_classes: int) -> "MDD":
         self.adv = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, n_classes))
         return self
 
     def forward(self, step: Step) -> torch.Tensor:
-        c = dann_schedule(step.progress)
+        c = self.grl_max * dann_schedule(step.progress)
         ys = step.logits_s.argmax(1).detach()
         yt = step.logits_t.argmax(1).detach()
         adv_s = self.adv(grad_reverse(step.z_s, c))

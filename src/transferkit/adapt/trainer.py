@@ -8,7 +8,9 @@ the network *together* (batch norm sees both domains), and minimises
     cross-entropy(source) [+ cross-entropy(labelled target, if given)] + trade_off * method(step)
 
 with one SGD optimizer (momentum 0.9, the DANN learning-rate annealing ``lr (1 + 10 p)^-0.75``) over the
-network and the method's own modules (discriminators sit behind gradient reversal layers). Every
+network and the method's own modules (discriminators sit behind gradient reversal layers). Lightning Fabric
+places the work on the device and runs the precision (``32``, ``bf16-mixed``, ``16-mixed`` with loss scaling),
+as in the fine-tuning engine; one process (no DDP for domain adaptation). Every
 ``eval_every`` steps the checkpoint is scored by every selector of :mod:`transferkit.adapt.selection`
 (source validation split and unlabelled target only: the loop never receives target test labels) and the best
 checkpoint of the chosen ``selection`` is the one returned.
@@ -32,6 +34,9 @@ from .selection import SELECTORS, score_checkpoint
 
 __all__ = ["AdaptConfig", "AdaptNet", "AdaptFit", "train_adapter", "predict_logits", "features_of"]
 
+#: our precision names -> Lightning Fabric's
+PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+
 
 @dataclass
 class AdaptConfig:
@@ -51,7 +56,8 @@ class AdaptConfig:
         selection: which scorer picks the checkpoint: ``dev`` (default), ``snd``, ``entropy``, ``source-val``,
             or ``last``.
         seed: seeds the split, the initialisation and the batches.
-        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"32"`` (default), ``"bf16-mixed"`` or ``"16-mixed"`` (GPU), through Lightning Fabric.
         source_loss_weight: weight of the source cross-entropy (0 in ADDA's second stage).
     """
 
@@ -68,6 +74,7 @@ class AdaptConfig:
     seed: int = 0
     device: str = "auto"
     source_loss_weight: float = 1.0
+    precision: str = "32"
 
     def validate(self) -> None:
         """Raise a clear error for settings that cannot work."""
@@ -78,6 +85,8 @@ class AdaptConfig:
                 raise TransferkitError(f"{k} must be a positive integer, got {getattr(self, k)!r}")
         if not 0 < self.val_fraction < 1:
             raise TransferkitError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.precision not in PRECISIONS:
+            raise TransferkitError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lr <= 0 or self.trade_off < 0:
             raise TransferkitError(f"lr must be > 0 and trade_off >= 0 (got lr={self.lr}, trade_off={self.trade_off})")
 
@@ -125,10 +134,21 @@ class AdaptFit:
     source_val: np.ndarray | None = None
 
 
-def _device(name: str) -> torch.device:
+def _fabric(cfg: AdaptConfig):
+    """A one-device Lightning Fabric for ``cfg.device`` and ``cfg.precision``."""
+    from lightning.fabric import Fabric
+
+    name = cfg.device
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        accelerator, devices = ("cuda" if torch.cuda.is_available() else "cpu"), 1
+    elif name.startswith("cuda"):
+        accelerator, devices = "cuda", ([int(name.split(":", 1)[1])] if ":" in name else 1)
+    else:
+        accelerator, devices = name, 1
+    try:
+        return Fabric(accelerator=accelerator, devices=devices, precision=PRECISIONS[cfg.precision])
+    except Exception as e:  # Lightning's MisconfigurationException, ValueError, RuntimeError
+        raise TransferkitError(f"cannot train on device={name!r} with precision={cfg.precision!r} here: {e}") from e
 
 
 def _stratified_val(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +216,8 @@ def train_adapter(net: AdaptNet, method: Method, Xs: Any, ys: Any, Xt: Any, conf
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     train_idx, val_idx = _stratified_val(ys_np, cfg.val_fraction, rng)
-    dev = _device(cfg.device)
+    fabric = _fabric(cfg)
+    dev = fabric.device
     n_classes = net.classifier.out_features
     method.build(net.bottleneck[0].out_features, n_classes)
     net.to(dev)
@@ -213,8 +234,8 @@ def train_adapter(net: AdaptNet, method: Method, Xs: Any, ys: Any, Xt: Any, conf
     if feat_params:
         groups.append({"params": feat_params, "scale": cfg.feature_lr_scale})
     groups = [g for g in groups if g["params"]]
-    opt = torch.optim.SGD([{**g, "lr": cfg.lr * g["scale"]} for g in groups], lr=cfg.lr, momentum=0.9,
-                          weight_decay=cfg.weight_decay, nesterov=True)
+    opt = fabric.setup_optimizers(torch.optim.SGD([{**g, "lr": cfg.lr * g["scale"]} for g in groups], lr=cfg.lr,
+                                                  momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True))
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     tr = torch.from_numpy(train_idx)
     eval_sub = {"train": train_idx[rng.permutation(len(train_idx))[:2000]],
@@ -264,19 +285,20 @@ def train_adapter(net: AdaptNet, method: Method, Xs: Any, ys: Any, Xt: Any, conf
             if labelled_t:
                 bl = torch.randint(len(ytl), (min(cfg.batch_size, len(ytl)),), generator=gen).to(dev)
                 parts.append(Xtl[bl])
-            z, logits = net(torch.cat(parts))
-            n_s = cfg.batch_size
-            cls = cfg.source_loss_weight * F.cross_entropy(logits[:n_s], ys_t[bs])
-            if labelled_t:
-                cls = cls + F.cross_entropy(logits[2 * n_s:], ytl[bl])
-            transfer = method(Step(z[:n_s], z[n_s:2 * n_s], logits[:n_s], logits[n_s:2 * n_s], ys_t[bs], p,
-                                   x_s=parts[0], x_t=parts[1]))
-            loss = cls + cfg.trade_off * transfer
+            with fabric.autocast():
+                z, logits = net(torch.cat(parts))
+                n_s = cfg.batch_size
+                cls = cfg.source_loss_weight * F.cross_entropy(logits[:n_s], ys_t[bs])
+                if labelled_t:
+                    cls = cls + F.cross_entropy(logits[2 * n_s:], ytl[bl])
+                transfer = method(Step(z[:n_s], z[n_s:2 * n_s], logits[:n_s], logits[n_s:2 * n_s], ys_t[bs], p,
+                                       x_s=parts[0], x_t=parts[1]))
+                loss = cls + cfg.trade_off * transfer
             if not torch.isfinite(loss):
                 raise TrainingError(f"the {method.name} loss became {loss.item()} at step {step} (classification "
                                     f"{cls.item():.4g}, transfer {transfer.item():.4g}); lower lr or trade_off")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            fabric.backward(loss)
             opt.step()
             sums["cls"] += float(cls.detach())
             sums["transfer"] += float(transfer.detach())
