@@ -124,6 +124,34 @@ def test_negative_transfer_rows_are_flagged_with_the_gap():
                         "source-only (65.0%)"]
 
 
+
+def test_shallow_methods_are_judged_against_their_own_classifier_without_adaptation():
+    """iw beats the deep source-only but not the logistic regression it re-weights: that is negative transfer;
+    a deep method is still judged against source-only."""
+    cells = [{"method": m, "seed": 0, "accuracy": a, "seconds": 1.0, "selection": "dev"}
+             for m, a in [("source-only", 0.5), ("source-only-linear", 0.7), ("iw", 0.6), ("dann", 0.55)]]
+    rows, warnings = _rows(cells, ["source-only", "source-only-linear", "iw", "dann"])
+    flags = {r["method"]: (r.get("baseline"), r.get("negative", False)) for r in rows}
+    assert flags == {"source-only": (None, False), "source-only-linear": (None, False),
+                     "iw": ("source-only-linear", True), "dann": ("source-only", False)}
+    assert warnings == ["negative transfer: iw scores 60.0% on the target evaluation split, 10.0 points below "
+                        "source-only-linear (70.0%)"]
+
+
+def test_no_adaptation_baseline_is_the_shallow_methods_classifier():
+    from transferkit.adapt.feature_space import NoAdaptation
+
+    da = DomainAdapter(None, "source-only-linear").fit((SRC[0], SRC[1]), TGT[0])
+    ref = NoAdaptation().fit(*_scaled(da, SRC[0], SRC[1], TGT[0]))
+    assert np.allclose(da.estimator_.predict_proba((TGT[0] - da.mean_) / da.std_),
+                       ref.predict_proba((TGT[0] - da.mean_) / da.std_))
+    assert np.allclose(da.estimator_.output_mean_, ((np.r_[SRC[0], TGT[0]] - da.mean_) / da.std_).mean(0), atol=1e-6)
+
+
+def _scaled(da, Xs, ys, Xt):
+    return (Xs - da.mean_) / da.std_, ys.astype(str), (Xt - da.mean_) / da.std_
+
+
 def test_cli_adapt_runs_and_reports_bad_input(tmp_path):
     from tests.test_cli import assert_user_error, tk
 

@@ -8,7 +8,8 @@ Levels (the same method names where both make sense):
 - **end to end** (``finetune=True``, or ``backbone="lenet"``): the network itself is trained with the loss on
   image tensors (``image_size`` px); ``lenet`` is the small CNN of the published digit protocol, from scratch.
 
-Methods: the deep ones of :mod:`transferkit.adapt.methods`; on features also the closed-form ``coral-closed``,
+Methods: the deep ones of :mod:`transferkit.adapt.methods`; on features also ``source-only-linear`` (the shallow
+methods' baseline: their classifier without adaptation), the closed-form ``coral-closed``,
 ``sa`` (subspace alignment) and ``tca`` (:mod:`transferkit.adapt.feature_space`), the instance-based ``iw``
 (importance weighting), ``kmm`` (:mod:`transferkit.adapt.instance`) and, with a few labelled target samples,
 ``tradaboost`` and ``finetune-target`` (network-based: train on the source, then fine-tune on the target labels).
@@ -31,7 +32,7 @@ __all__ = ["DomainAdapter", "ALL_METHODS", "SHALLOW_METHODS", "NEEDS_TARGET_LABE
            "check_class_sets", "input_scaling"]
 
 #: closed-form and instance-based methods on features: name -> (module, class)
-SHALLOW_METHODS = {"coral-closed": ("feature_space", "CORAL"), "sa": ("feature_space", "SubspaceAlignment"),
+SHALLOW_METHODS = {"source-only-linear": ("feature_space", "NoAdaptation"), "coral-closed": ("feature_space", "CORAL"), "sa": ("feature_space", "SubspaceAlignment"),
                    "tca": ("feature_space", "TCA"), "iw": ("instance", "ImportanceWeighting"),
                    "kmm": ("instance", "KMM"), "tradaboost": ("instance", "TrAdaBoost"),
                    "tradaboost-r2": ("instance", "TrAdaBoostR2")}
@@ -45,7 +46,8 @@ def list_all_methods() -> list[tuple[str, str]]:
     from .methods import _REGISTRY
 
     fam = {k: _REGISTRY[k][0]().family if k != "cdan+e" else "adversarial" for k in DEEP_METHODS}
-    fam.update({"finetune-target": "network-based (needs target labels)", "coral-closed": "feature space",
+    fam.update({"finetune-target": "network-based (needs target labels)",
+                "source-only-linear": "baseline of the shallow methods (no adaptation)", "coral-closed": "feature space",
                 "sa": "feature space", "tca": "feature space", "iw": "instance", "kmm": "instance",
                 "tradaboost": "instance (needs target labels)", "tradaboost-r2": "instance, regression (needs target labels)"})
     return [(k, fam[k]) for k in ALL_METHODS]

@@ -4,8 +4,9 @@ Protocol, per seed: a labelled target is split (stratified) into an **adaptation
 methods see without labels, and an **evaluation** part (``eval_fraction``), whose labels are read only to score
 the finished models; an unlabelled target is used whole for adaptation (no accuracy is reported then). With ``target_labels=N``, N labelled samples per class are drawn from the
 adaptation part (semi-supervised DA). Checkpoints are chosen by :mod:`transferkit.adapt.selection` (named in the
-table); ``source-only`` always runs as the baseline, and every method scoring below it is flagged as negative
-transfer. Every finished (method, seed) cell is appended to ``cells.jsonl``: a rerun with the same ``out``
+table); ``source-only`` always runs as the baseline of the deep methods, and ``source-only-linear`` (the same
+logistic regression the shallow methods fit, without adaptation) as the baseline of the shallow ones whenever one
+runs; every method scoring below its baseline is flagged as negative transfer. Every finished (method, seed) cell is appended to ``cells.jsonl``: a rerun with the same ``out``
 skips them.
 """
 
@@ -125,6 +126,8 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     if shallow and (backbone == "lenet" or finetune):
         raise DataError(f"{', '.join(shallow)} work(s) on cached features, not end to end ({backbone}"
                         f"{' --finetune' if finetune else ''}); drop them or use a pretrained backbone without --finetune")
+    if shallow and "source-only-linear" not in names:
+        names.insert(0, "source-only-linear")
     names = ["source-only"] + [m for m in dict.fromkeys(names) if m != "source-only"]
     if domain_column or source_domain or target_domain:
         src, tgt = _split_by_domain(source, target, domain_column, source_domain, target_domain)
@@ -261,13 +264,21 @@ def _rows(cells: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str,
                      "accuracy_std": float(np.std(accs)) if accs else None,
                      "source_val_mean": float(np.mean(svs)) if svs else None,
                      "seconds_mean": float(np.mean([c["seconds"] for c in cs])), "selection": cs[0]["selection"]})
-    base = rows[0]["accuracy_mean"]
+    from .adapter import SHALLOW_METHODS
+
+    means = {r["method"]: r["accuracy_mean"] for r in rows}
     warnings = []
-    for r in rows[1:]:
+    for r in rows:
+        # deep methods against source-only; shallow ones against the same classifier without adaptation
+        ref = "source-only-linear" if r["method"] in SHALLOW_METHODS and "source-only-linear" in means else "source-only"
+        if r["method"] in (ref, "source-only", "source-only-linear"):
+            continue
+        base = means.get(ref)
+        r["baseline"] = ref
         if base is not None and r["accuracy_mean"] is not None and r["accuracy_mean"] < base:
             r["negative"] = True
             warnings.append(f"negative transfer: {r['method']} scores {100 * r['accuracy_mean']:.1f}% on the target "
-                            f"evaluation split, {100 * (base - r['accuracy_mean']):.1f} points below source-only "
+                            f"evaluation split, {100 * (base - r['accuracy_mean']):.1f} points below {ref} "
                             f"({100 * base:.1f}%)")
     return rows, warnings
 
@@ -290,7 +301,8 @@ def _report(result: AdaptResult, embeddings: dict[str, tuple[np.ndarray, np.ndar
              f"<th>checkpoint chosen by</th></tr>{rows}</table><p><small>Target accuracy on the held-out evaluation "
              f"part of the target ({int(100 * st['eval_fraction'])}%; its labels are read only here), mean &plusmn; std "
              f"over seeds {st['seeds']}. Checkpoints are chosen without target labels (the selector is named). "
-             "&#9888; = below source-only (negative transfer).</small></p>")
+             "&#9888; = below its baseline (negative transfer): source-only for the deep methods, "
+             "source-only-linear (the same classifier without adaptation) for the shallow ones.</small></p>")
     sections = [{"title": "Accuracy by method", "html": table}]
     if labelled:
         chart = [{"name": r["method"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]}

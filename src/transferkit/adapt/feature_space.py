@@ -30,7 +30,7 @@ from scipy import linalg
 
 from ..errors import DataError, NotFittedError
 
-__all__ = ["CORAL", "SubspaceAlignment", "TCA"]
+__all__ = ["NoAdaptation", "CORAL", "SubspaceAlignment", "TCA"]
 
 _DOMAINS = ("source", "target")
 
@@ -253,6 +253,28 @@ class _FeatureSpaceAdapter:
 # --------------------------------------------------------------------------------------------------------------
 # CORAL
 # --------------------------------------------------------------------------------------------------------------
+
+class NoAdaptation(_FeatureSpaceAdapter):
+    """The baseline of the shallow methods: no mapping, the same classifier on the source features.
+
+    With the default estimator the features are standardised with source and target pooled and a
+    ``LogisticRegression(max_iter=2000)`` is fitted on the source, exactly the classifier that :class:`CORAL`,
+    :class:`SubspaceAlignment`, :class:`TCA` and the instance-based methods fit after their mapping or weighting;
+    so the difference between any of them and this one is what the adaptation did.
+    """
+
+    def __init__(self, estimator: Any = None):
+        self.estimator = estimator
+
+    def _params(self) -> dict[str, Any]:
+        return {"estimator": self.estimator}
+
+    def _fit_mapping(self, Xs: np.ndarray, Xt: np.ndarray) -> None:
+        pass
+
+    def _map(self, X: np.ndarray, domain: str) -> np.ndarray:
+        return X
+
 
 class CORAL(_FeatureSpaceAdapter):
     """CORrelation ALignment: recolour the source so its feature covariance matches the target's.
