@@ -4,7 +4,9 @@ Protocols:
 
 - ``features``: cached ``lite0`` ImageNet features (frozen), a bottleneck + head trained with each method's loss
   (``DomainAdapter(backbone="lite0")``), plus the closed-form and instance-based methods; beside them the same
-  shallow methods from **skada** with its defaults, on the very same standardised features and splits.
+  methods from **skada** with its defaults, on the very same standardised features and splits: its shallow ones
+  (CORAL, subspace alignment, TCA, KMM, discriminator re-weighting) and its deep ones (``skada.deep``, on skorch:
+  source-only, Deep CORAL, DAN, DANN, CDAN, MDD) with our network shape and the same number of batches.
 - ``lenet``: the small CNN trained end to end from scratch on 32x32 inputs, the published digit protocol.
 
 Pairs (source -> target) default to MNIST -> digits, digits -> MNIST, MNIST -> MNIST-M-like, synthetic -> MNIST.
@@ -40,6 +42,11 @@ SKADA = {"coral-closed": "CORAL", "sa": "SubspaceAlignment", "tca": "TransferCom
          "iw": "DiscriminatorReweight"}
 
 
+#: our deep method -> skada.deep's (run with skorch on the same standardised features, the same network shape)
+SKADA_DEEP = {"source-only": "SourceOnly", "coral": "DeepCoral", "dan": "DAN", "dann": "DANN", "cdan": "CDAN",
+              "mdd": "MDD"}
+
+
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -66,6 +73,43 @@ def run_skada(name: str, Xs, ys, Xt_adapt, Xt_eval, yt_eval, seed: int) -> dict:
     return {"accuracy": float(np.mean(pred == yt_eval)), "seconds": secs}
 
 
+def run_skada_deep(name: str, Zs, ys, Zt_adapt, Zt_eval, yt_eval, seed: int, steps: int, batch: int,
+                   bottleneck: int) -> dict:
+    """skada.deep's ``name`` with its defaults, on our network shape (bottleneck Linear-BN-ReLU-Dropout, linear
+    head; the alignment acts on the bottleneck), trained for about ``steps`` batches of ``batch`` per domain (the
+    budget of ours), no validation split (skada trains to the last epoch)."""
+    import skada.deep as skd
+    import torch
+    import torch.nn as nn
+
+    k = int(ys.max()) + 1
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bottleneck = nn.Sequential(nn.Linear(Zs.shape[1], bottleneck), nn.BatchNorm1d(bottleneck), nn.ReLU(),
+                                            nn.Dropout(0.5))
+            self.head = nn.Linear(bottleneck, k)
+
+        def forward(self, X, sample_weight=None):
+            return self.head(self.bottleneck(X))
+
+    extra = {"DANN": {"num_features": bottleneck}, "CDAN": {"num_features": bottleneck, "n_classes": k},
+             "MDD": {"num_features": bottleneck, "n_classes": k}}.get(SKADA_DEEP[name], {})
+    torch.manual_seed(seed)
+    epochs = max(1, round(steps * batch / max(len(Zs), len(Zt_adapt))))  # batches per epoch ~ the larger domain
+    net = getattr(skd, SKADA_DEEP[name])(Net(), layer_name="bottleneck", batch_size=batch, max_epochs=epochs,
+                                         train_split=None, verbose=0, **extra)
+    X = np.concatenate([Zs, Zt_adapt]).astype(np.float32)
+    y = np.r_[ys, -np.ones(len(Zt_adapt), dtype=ys.dtype)]
+    sd = np.r_[np.ones(len(Zs), int), -np.ones(len(Zt_adapt), int)]
+    t = time.perf_counter()
+    net.fit(X, y, sd)
+    secs = time.perf_counter() - t
+    pred = net.predict(Zt_eval.astype(np.float32), -np.ones(len(Zt_eval), int))
+    return {"accuracy": float(np.mean(pred == yt_eval)), "seconds": secs, "epochs": epochs}
+
+
 def render(state: dict) -> str:
     parts = [f"### bench_adapt\n\ncommand: `{state['command']}`\n\n{machine_line(state['machine'])}\n\n"
              f"Each domain subsampled to {state['config']['per_class']} items per class (seeded); per seed the target "
@@ -90,12 +134,16 @@ def render(state: dict) -> str:
                              f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}"
                              f"{' ⚠' if r.get('negative') else ''} (n={r['n']}, {r['seconds_mean']:.1f}s)")
             rows.append(cells)
-            if proto == "features" and m in SKADA:
-                sk = ["skada " + SKADA[m] + " (defaults)"]
+            for key, table, label in (("", SKADA, "(defaults)"), ("deep:", SKADA_DEEP, "(skada.deep, defaults)")):
+                if proto != "features" or m not in table:
+                    continue
+                sk = [f"skada {table[m]} {label}"]
                 for p in pairs:
-                    v = [c for c in state["skada"] if c["pair"] == p and c["method"] == m and "error" not in c]
-                    errs = [c["error"] for c in state["skada"] if c["pair"] == p and c["method"] == m and "error" in c]
-                    sk.append(f"error: {errs[0][:80]}" if errs and not v else "–" if not v else f"{100 * np.mean([c['accuracy'] for c in v]):.1f} ± "
+                    v = [c for c in state["skada"] if c["pair"] == p and c["method"] == key + m and "error" not in c]
+                    errs = [c["error"] for c in state["skada"] if c["pair"] == p and c["method"] == key + m
+                            and "error" in c]
+                    sk.append(f"error: {errs[0][:80]}" if errs and not v else "–" if not v else
+                              f"{100 * np.mean([c['accuracy'] for c in v]):.1f} ± "
                               f"{100 * np.std([c['accuracy'] for c in v]):.1f} (n={len(v)}, "
                               f"{np.mean([c['seconds'] for c in v]):.1f}s)")
                 rows.append(sk)
@@ -106,14 +154,15 @@ def render(state: dict) -> str:
                      f"Inputs (extraction or cache read, once per pair): {feat}.\n")
         if proto == "features" and state["skada"]:
             cmp_rows = []
-            for m in SKADA:
+            refs = [(key, table, m) for key, table in (("", SKADA), ("deep:", SKADA_DEEP)) for m in table]
+            for key, table, m in refs:
                 for p in pairs:
                     ours = [c for c in res[p]["cells"] if c["method"] == m and "accuracy" in c]
-                    sk = [c for c in state["skada"] if c["pair"] == p and c["method"] == m and "error" not in c]
+                    sk = [c for c in state["skada"] if c["pair"] == p and c["method"] == key + m and "error" not in c]
                     if ours and sk:
                         da = 100 * (np.mean([c["accuracy"] for c in ours]) - np.mean([c["accuracy"] for c in sk]))
                         tr = np.mean([c["seconds"] for c in sk]) / max(np.mean([c["seconds"] for c in ours]), 1e-9)
-                        cmp_rows.append([m, SKADA[m], p.replace(":", " → "), f"{da:+.1f}", f"{tr:.2f}x",
+                        cmp_rows.append([m, table[m], p.replace(":", " → "), f"{da:+.1f}", f"{tr:.2f}x",
                                          "yes" if da >= -1.0 else "**no**", "yes" if tr >= 0.9 else "**no**"])
             parts.append("Ours vs skada on the same features and splits (accuracy difference in points; speed-up = "
                          "skada's time / ours. Accuracy matches = within 1 point or better; time matches = at most 10% "
@@ -134,6 +183,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lenet-steps", type=int, default=1000)
     ap.add_argument("--no-skada", action="store_true")
+    ap.add_argument("--no-skada-deep", action="store_true", help="skip skada.deep (needs skorch)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work-dir", default="/tmp/tk-bench-adapt")
     ap.add_argument("--cache-dir", default="/tmp/tk-bench-cache")
@@ -191,18 +241,23 @@ def main() -> None:
                     a_idx, e_idx = _split_target(np.asarray(tgt.labels), len(tgt), 0.3, seed)
                     mu, sd = input_scaling(Xs, Xt[a_idx])  # the standardisation DomainAdapter applies
                     Zs, Zt = (Xs - mu) / sd, (Xt - mu) / sd
-                    for m in SKADA:
-                        if any(c["pair"] == pair and c["method"] == m and c["seed"] == seed for c in state["skada"]):
+                    jobs = [(m, m) for m in SKADA] + ([] if args.no_skada_deep else [("deep:" + m, m) for m in SKADA_DEEP])
+                    for key, m in jobs:
+                        if any(c["pair"] == pair and c["method"] == key and c["seed"] == seed for c in state["skada"]):
                             continue
                         try:
-                            c = run_skada(m, Zs, ys, Zt[a_idx], Zt[e_idx], yt[e_idx], seed)
+                            if key.startswith("deep:"):
+                                c = run_skada_deep(m, Zs, ys, Zt[a_idx], Zt[e_idx], yt[e_idx], seed, cfg.steps,
+                                                   cfg.batch_size, cfg.bottleneck)
+                            else:
+                                c = run_skada(m, Zs, ys, Zt[a_idx], Zt[e_idx], yt[e_idx], seed)
                         except Exception as e:  # noqa: BLE001 - a failing reference method is recorded, not fatal
                             c = {"accuracy": float("nan"), "seconds": float("nan"), "error": f"{type(e).__name__}: {e}"}
-                        c.update(pair=pair, method=m, seed=seed)
+                        c.update(pair=pair, method=key, seed=seed)
                         state["skada"].append(c)
                         with open(sk_path, "a") as fh:
                             fh.write(json.dumps(c) + "\n")
-                        log(f"skada {SKADA[m]} {pair} seed {seed}: acc {100 * c['accuracy']:.1f}% in {c['seconds']:.1f}s")
+                        log(f"skada {key} {pair} seed {seed}: acc {100 * c['accuracy']:.1f}% in {c['seconds']:.1f}s")
                 save()
     print(render(state))
     log(f"wrote {out}")

@@ -21,7 +21,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
      ["bench_extraction", "bench_cache", "bench_probe_accuracy"]),
     ("Transferability scores (issue 3)", ["bench_transferability"]),
     ("Fine-tuning strategies (issue 4)", ["bench_finetune"]),
-    ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_lenet"]),
+    ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_timing", "bench_adapt_lenet"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"
