@@ -35,13 +35,13 @@ from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier, is_regressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import has_fit_parameter
 
 from ..errors import DataError, NotFittedError, TransferkitError
+from .feature_space import _standardize_stats
 
 __all__ = ["ImportanceWeighting", "KMM", "TrAdaBoost", "TrAdaBoostR2"]
 
@@ -204,13 +204,6 @@ def _default_classifier() -> LogisticRegression:
     return LogisticRegression(max_iter=2000)
 
 
-def _pooled_stats(Xs: np.ndarray, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation over source and target rows together (constant features: scale 1)."""
-    X = np.concatenate([Xs, Xt])
-    mean, scale = X.mean(axis=0), X.std(axis=0)
-    return mean, np.where(scale > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), scale, 1.0)
-
-
 class _Base(BaseEstimator):
     """Shared predict / checks. Subclasses set ``estimator_`` (IW, KMM) or their ensemble in ``fit``."""
 
@@ -248,7 +241,7 @@ class _WeightedSourceModel(_Base):
             raise DataError(f"{owner}: ys holds a single class ({np.unique(ys)[0]!r}); a classifier needs at least "
                             "two classes in the source")
         if self.standardize:
-            self.mean_, self.scale_ = _pooled_stats(Xs, Xt)
+            self.mean_, self.scale_ = _standardize_stats(np.concatenate([Xs, Xt]), ddof=0)  # pooled
             Xs, Xt = (Xs - self.mean_) / self.scale_, (Xt - self.mean_) / self.scale_
         else:
             self.mean_ = self.scale_ = None
