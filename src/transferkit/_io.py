@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "read_journal", "append_journal", "json_default"]
+__all__ = ["atomic_write", "atomic_write_bytes", "read_journal", "append_journal", "json_default", "file_digest"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -39,6 +39,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
                 os.fsync(f.fileno())
 
     atomic_write(path, write)
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (hex), read in chunks: recorded when a file is written, checked when it is read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def json_default(o):

@@ -371,8 +371,8 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
             from .features import FeatureStore
 
             bb = create_backbone(backbone)
-            if cfg.image_size and isinstance(getattr(bb, "_cfg", None), dict):
-                bb._cfg = {**bb._cfg, "input_size": (3, cfg.image_size, cfg.image_size)}  # part of the cache key
+            if cfg.image_size:
+                bb = bb.with_preprocessing(input_size=cfg.image_size)  # part of the cache key
             f = FeatureStore(cache_dir).get(bb, source, num_workers=0 if cfg.num_workers == 0 else None,
                                             progress=progress)
             if f.bad:

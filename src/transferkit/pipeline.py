@@ -235,9 +235,9 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None
 
-    from .backbones import create_backbone, get_spec
+    from .backbones import backbone_entry, create_backbone
 
-    spec, _ = get_spec(backbone)  # unknown names and modality mismatches fail before the slow work
+    spec = backbone_entry(backbone)  # unknown names and modality mismatches fail before the slow work
     t = time.perf_counter()
     source = load_data(data, input_column=input_column, label_column=label_column, on_bad_input=on_bad_input)
     source.require_labels()

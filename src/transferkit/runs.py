@@ -80,7 +80,7 @@ def save_model(run_dir: Path, head_module: Any, info: dict[str, Any]) -> None:
 
     state = {k: v.detach().cpu().contiguous() for k, v in head_module.state_dict().items()}
     atomic_write_bytes(run_dir / "model" / "head.safetensors", save(state, metadata={"format": MODEL_FORMAT}))
-    write_json(run_dir / "model" / "model.json", {"format": MODEL_FORMAT, **info, "head": head_module.config})
+    write_json(run_dir / "model" / "model.json", {"format": MODEL_FORMAT, **info, "head": head_module.config()})
 
 
 class Run:
@@ -216,21 +216,21 @@ class Run:
         import torch
 
         from ._progress import progress_bar
-        from .features.store import _Collate, _Items, _to_device, default_num_workers, resolve_device
+        from .features.store import CollateItems, ItemDataset, default_num_workers, resolve_device, to_device
 
         model = self.finetuned_model
         dev = resolve_device(device)
         model.to(dev)
         bb = model.backbone
         loader = torch.utils.data.DataLoader(
-            _Items(source, np.arange(len(source)), bb.transform()), batch_size=batch_size, shuffle=False,
-            num_workers=default_num_workers() if num_workers is None else num_workers, collate_fn=_Collate(bb))
+            ItemDataset(source, np.arange(len(source)), bb.transform()), batch_size=batch_size, shuffle=False,
+            num_workers=default_num_workers() if num_workers is None else num_workers, collate_fn=CollateItems(bb))
         proba = np.full((len(source), len(self.classes)), np.nan)
         bad: list[tuple[int, str, str]] = []
         with progress_bar(len(source), "predict", unit="items", enabled=progress) as bar, torch.inference_mode():
             for idx, inputs, failed in loader:
                 if inputs is not None:
-                    proba[idx] = torch.softmax(model(_to_device(inputs, dev)).float(), 1).cpu().double().numpy()
+                    proba[idx] = torch.softmax(model(to_device(inputs, dev)).float(), 1).cpu().double().numpy()
                 bad += [(int(i), source.describe(int(i)), reason) for i, reason in failed]
                 bar.advance(len(idx) + len(failed))
         return proba, sorted(bad)

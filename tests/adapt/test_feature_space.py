@@ -369,7 +369,8 @@ def test_too_many_components():
         SubspaceAlignment(n_components=6).fit(Xs, ys, Xt)
     with pytest.raises(DataError, match=r"n_components=30 is larger than possible: at most 5 .*n_features=5.*"
                                         r"pass n_components <= 5 or kernel='rbf'"):
-        TCA().fit(Xs, ys, Xt)  # default n_components=30, linear kernel on 5 features
+        TCA(n_components=30).fit(Xs, ys, Xt)  # a linear kernel on 5 features has at most 5 components
+    assert TCA().fit(Xs, ys, Xt).n_components_ == 5  # the default: min(30, what exists)
     with pytest.raises(DataError, match=r"n_components=80 is larger than possible: at most 69 .*40\+30-1 = 69"):
         TCA(n_components=80, kernel="rbf").fit(Xs, ys, Xt[:30])
     with pytest.raises(DataError, match=r"at most 19 .*10\+10-1 = 19"):  # max_samples caps the kernel matrix

@@ -69,5 +69,5 @@ def test_memmap_features_train_without_loading(tmp_path):
 
 
 def test_unknown_head():
-    with pytest.raises(UnknownNameError, match="logreg, linear, mlp"):
+    with pytest.raises(UnknownNameError, match="unknown head.*Valid: logreg, linear, mlp"):
         create_head("svm")

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from transferkit.errors import DataError, ResumeMismatchError, TrainingError, TransferkitError
-from transferkit.train.engine import TrainConfig, load_checkpoint
+from transferkit.train.engine import TrainConfig
+from transferkit.train.loop import load_checkpoint
 from transferkit.train.regularizers import L2SP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,9 +99,9 @@ def test_resume_with_other_settings_is_refused_naming_the_differences(shapes, un
         shapes.fit(run, extra_losses=[L2SP(alpha=0.5)], resume=True, lr=0.05,
                    **{**RESUMABLE, "strategy_params": {"head_epochs": 2, "unfreeze_every": 1}})
     msg = str(e.value)
-    for key in ("train.lr", "strategy.head_epochs", "losses"):
+    for key in ("train.lr", "strategy.head_epochs", "objective.terms"):
         assert key in msg, msg
-    assert set(e.value.differences) == {"train.lr", "strategy.head_epochs", "losses"}
+    assert set(e.value.differences) == {"train.lr", "strategy.head_epochs", "objective.terms"}
     assert e.value.differences["train.lr"] == (0.01, 0.05)
     with pytest.raises(TrainingError, match="already holds a training checkpoint.*resume=True"):
         shapes.fit(run, extra_losses=[L2SP(alpha=0.1)], **RESUMABLE)
@@ -127,7 +128,7 @@ def test_bad_settings_fail_before_training(shapes, tmp_path):
 
         finetune(shapes.source, shapes.y[:5], shapes.splits, "random:test_efficientnet", config=shapes.config(),
                  run_dir=tmp_path / "r")
-    with pytest.raises(TransferkitError, match="extra loss 'vector' returned a tensor of shape \\(3,\\)"):
+    with pytest.raises(TransferkitError, match="loss term 'vector' returned a tensor of shape \\(3,\\)"):
         def vector(model, out):
             return torch.ones(3)
         shapes.fit(tmp_path / "r2", extra_losses=[vector])
@@ -158,6 +159,6 @@ def test_early_stopping_restores_the_best_weights_chosen_on_validation(shapes, t
     state = load_checkpoint(r.checkpoint)
     assert state["finished"] and state["best"]["epoch"] == r.best_epoch
     returned = r.model.state_dict()
-    for k, v in state["best"]["state"].items():
+    for k, v in state["best"]["state"]["model"].items():
         assert torch.equal(returned[k], v), k
     assert any(not torch.equal(returned[k], v) for k, v in state["model"].items())  # the last epoch's differ

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from transferkit.errors import TransferkitError, UnknownNameError
-from transferkit.train.engine import StepOutputs
+from transferkit.train.objectives import Outputs, Step
+from transferkit.train.streams import Batch
 from transferkit.train.regularizers import BSS, L2SP, bss_penalty, create_regularizer, l2sp_penalty
 
 
@@ -33,7 +34,7 @@ def test_l2sp_equals_hand_computation():
         m.backbone.bias += torch.tensor([0.0, 3.0])  # moved by 3
     # alpha/2 * (1 + 4 + 9) + beta/2 * (4 + 1 + 9)
     expected = 0.05 * 14 + 0.005 * 14
-    value = reg(m)
+    value = reg.penalty(m)
     assert value.item() == pytest.approx(expected, rel=1e-6)
     value.backward()  # gradient of alpha/2 ||w - w0||^2 is alpha (w - w0)
     torch.testing.assert_close(m.backbone.weight.grad, 0.1 * torch.tensor([[1.0, 0.0], [0.0, -2.0]]))
@@ -41,7 +42,7 @@ def test_l2sp_equals_hand_computation():
     assert reg.replaces_weight_decay
     # frozen backbone parameters are left out
     m.backbone.weight.requires_grad_(False)
-    assert reg(m).item() == pytest.approx(0.05 * 9 + 0.005 * 14, rel=1e-6)
+    assert reg.penalty(m).item() == pytest.approx(0.05 * 9 + 0.005 * 14, rel=1e-6)
     assert l2sp_penalty([(torch.ones(3), torch.zeros(3))], [], 2.0, 1.0).item() == pytest.approx(3.0)
 
 
@@ -54,11 +55,13 @@ def test_bss_equals_hand_computation():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(6, 4))
     s = np.linalg.svd(X, compute_uv=False)
-    out = StepOutputs(None, None, None, torch.tensor(X, dtype=torch.float32, requires_grad=True), 0, 0)
-    value = BSS(eta=0.01, k=2)(None, out)
+    feats = torch.tensor(X, dtype=torch.float32, requires_grad=True)
+    step = Step(lambda x, return_features=True: (torch.zeros(len(x), 2), feats), {
+        "labelled": Batch({"train": torch.zeros(6, 1)}, None, torch.arange(6), 6)}, 0, 0, 0.0)
+    value = BSS(eta=0.01, k=2)(step)["bss"]  # the features of the labelled batch, from the step's shared outputs
     assert value.item() == pytest.approx(0.01 * (s[-1] ** 2 + s[-2] ** 2), rel=1e-5)
     value.backward()
-    assert out.features.grad is not None and torch.isfinite(out.features.grad).all()
+    assert feats.grad is not None and torch.isfinite(feats.grad).all()
     with pytest.raises(TransferkitError, match=r"\(N, D\).*\(2, 3, 4\)"):
         bss_penalty(torch.zeros(2, 3, 4))
 
@@ -66,7 +69,7 @@ def test_bss_equals_hand_computation():
 def test_regularizer_registry():
     assert isinstance(create_regularizer("l2sp", alpha=0.1), L2SP)
     assert create_regularizer("bss", eta=0.1, k=2).config() == {"name": "bss", "eta": 0.1, "k": 2}
-    with pytest.raises(UnknownNameError, match="Valid regularizers: l2sp, bss"):
+    with pytest.raises(UnknownNameError, match="unknown regularizer.*Valid: l2sp, bss"):
         create_regularizer("l2-sp2000")
     with pytest.raises(TransferkitError, match="takes alpha, beta"):
         create_regularizer("l2sp", gamma=1)
@@ -88,4 +91,5 @@ def test_l2sp_and_bss_plug_into_the_engine(shapes, tmp_path, finetuned):
     assert shapes.test_accuracy(r) >= 0.6
     # the starting-point penalty keeps the backbone much closer to where it started than plain fine-tuning
     assert _distance(r.model, start) < 0.25 * _distance(finetuned.model, start)
-    assert r.config["losses"] == [{"name": "l2sp", "alpha": 10.0, "beta": 0.01}, {"name": "bss", "eta": 0.01, "k": 1}]
+    assert r.config["objective"]["terms"][1:] == [{"name": "l2sp", "alpha": 10.0, "beta": 0.01},
+                                                  {"name": "bss", "eta": 0.01, "k": 1}]

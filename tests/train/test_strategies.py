@@ -12,7 +12,8 @@ from transferkit.data.sources import from_arrays
 from transferkit.data.splits import make_splits
 from transferkit.errors import TransferkitError, UnknownNameError
 from transferkit.train.model import layer_groups, prepare_backbone
-from transferkit.train.strategies import STRATEGIES, create_strategy, list_strategies, set_train_mode
+from transferkit.train.loop import set_train_mode
+from transferkit.train.strategies import STRATEGIES, create_strategy, list_strategies
 
 # strategy -> (extra settings, epochs); probe trains only the head on random-init features: a larger lr
 SETTINGS = {"finetune": ({}, 6), "partial": ({"strategy_params": {"freeze": 2}}, 6),

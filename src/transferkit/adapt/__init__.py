@@ -1,6 +1,6 @@
 """Domain adaptation: a labelled source domain, an unlabelled (or sparsely labelled) target domain.
 
-- :class:`DomainAdapter`: one estimator over every method, on cached features or end to end (``lenet``).
+- :class:`DomainAdapter`: one estimator over every method, on cached features or end to end.
 - :func:`adapt_compare`: several methods on the same splits and seeds, a table and an HTML report
   (``transferkit adapt``).
 - Building blocks: alignment losses (:mod:`.losses`), deep methods as loss terms (:mod:`.methods`) over one loop
@@ -8,10 +8,10 @@
   (:mod:`.instance`), checkpoint selection without target labels (:mod:`.selection`).
 """
 
-from .adapter import ALL_METHODS, DomainAdapter, list_all_methods
+from .adapter import DomainAdapter, all_methods, list_all_methods
 from .experiment import AdaptResult, adapt_compare
-from .methods import create_method, list_methods
+from .methods import METHODS, create_method, list_methods
 from .trainer import AdaptConfig, AdaptNet, train_adapter
 
-__all__ = ["DomainAdapter", "adapt_compare", "AdaptResult", "AdaptConfig", "AdaptNet", "train_adapter",
-           "create_method", "list_methods", "list_all_methods", "ALL_METHODS"]
+__all__ = ["DomainAdapter", "adapt_compare", "AdaptResult", "AdaptConfig", "AdaptNet", "train_adapter", "METHODS",
+           "create_method", "list_methods", "list_all_methods", "all_methods"]

@@ -5,8 +5,9 @@ Levels (the same method names where both make sense):
 - **cached features** (default): the backbone is frozen and its features come from the
   :class:`~transferkit.features.FeatureStore`; a bottleneck + classifier is trained with the method's loss by
   :func:`~transferkit.adapt.trainer.train_adapter`. Fast on a CPU, any backbone.
-- **end to end** (``finetune=True``, or ``backbone="lenet"``): the network itself is trained with the loss on
-  image tensors (``image_size`` px); ``lenet`` is the small CNN of the published digit protocol, from scratch.
+- **end to end** (``finetune=True``, or a backbone meant to be trained on pixels such as ``lenet``, the small CNN
+  of the published digit protocol, from scratch): the network itself is trained with the loss on image tensors
+  (``image_size`` px).
 
 Methods: the deep ones of :mod:`transferkit.adapt.methods`; on features also ``source-only-linear`` (the shallow
 methods' baseline: their classifier without adaptation), the closed-form ``coral-closed``,
@@ -19,38 +20,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ..errors import DataError, NotFittedError, TransferkitError, UnknownNameError
-from .methods import DEEP_METHODS, create_method
+from ..errors import DataError, NotFittedError, TransferkitError
+from . import feature_space as _feature_space  # noqa: F401 - registers the feature-space methods
+from . import instance as _instance  # noqa: F401 - registers the instance-based methods
+from .methods import METHODS, create_method
 from .trainer import AdaptConfig, AdaptNet, features_of, predict_logits, train_adapter
 
-__all__ = ["DomainAdapter", "ALL_METHODS", "SHALLOW_METHODS", "NEEDS_TARGET_LABELS", "list_all_methods",
-           "check_class_sets", "input_scaling"]
+__all__ = ["DomainAdapter", "all_methods", "list_all_methods", "check_class_sets", "input_scaling"]
 
-#: closed-form and instance-based methods on features: name -> (module, class)
-SHALLOW_METHODS = {"source-only-linear": ("feature_space", "NoAdaptation"), "coral-closed": ("feature_space", "CORAL"), "sa": ("feature_space", "SubspaceAlignment"),
-                   "tca": ("feature_space", "TCA"), "iw": ("instance", "ImportanceWeighting"),
-                   "kmm": ("instance", "KMM"), "tradaboost": ("instance", "TrAdaBoost"),
-                   "tradaboost-r2": ("instance", "TrAdaBoostR2")}
-NEEDS_TARGET_LABELS = ("tradaboost", "tradaboost-r2", "finetune-target")
-REGRESSION_METHODS = ("tradaboost-r2",)
-ALL_METHODS = (*DEEP_METHODS, "finetune-target", *SHALLOW_METHODS)
+
+def all_methods() -> tuple[str, ...]:
+    """Every method :class:`DomainAdapter` takes (deep ones first)."""
+    return tuple(METHODS.names(level="deep") + METHODS.names(level="shallow"))
 
 
 def list_all_methods() -> list[tuple[str, str]]:
     """(name, family) of every method :class:`DomainAdapter` takes."""
-    from .methods import _REGISTRY
-
-    fam = {k: _REGISTRY[k][0]().family if k != "cdan+e" else "adversarial" for k in DEEP_METHODS}
-    fam.update({"finetune-target": "network-based (needs target labels)",
-                "source-only-linear": "baseline of the shallow methods (no adaptation)", "coral-closed": "feature space",
-                "sa": "feature space", "tca": "feature space", "iw": "instance", "kmm": "instance",
-                "tradaboost": "instance (needs target labels)", "tradaboost-r2": "instance, regression (needs target labels)"})
-    return [(k, fam[k]) for k in ALL_METHODS]
+    out = []
+    for name in all_methods():
+        e = METHODS.get(name)
+        fam = e.family + (" (shallow, on features)" if e.level == "shallow" else "")
+        if e.task == "regression":
+            fam += ", regression"
+        if e.needs_target_labels:
+            fam += " (needs target labels)"
+        out.append((name, fam))
+    return out
 
 
 def input_scaling(Xs: np.ndarray, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,11 +86,15 @@ class DomainAdapter(BaseEstimator):
     Args:
         backbone: a backbone registry name (features cached, or trained with ``finetune``), ``"lenet"`` (a small
             CNN from scratch, end to end), or ``None`` when ``fit`` gets feature arrays.
-        method: one of :data:`ALL_METHODS` (``transferkit adapt --list`` prints them with their families).
+        method: a name of :data:`~transferkit.adapt.methods.METHODS` (``transferkit adapt --list`` prints them with
+            their families).
         config: :class:`~transferkit.adapt.trainer.AdaptConfig` of the deep methods (steps, lr, selection, ...).
         finetune: train the backbone end to end (images at ``image_size``) instead of a head on cached features.
-        image_size: input side for end-to-end training (default 32 for lenet, 64 for other backbones).
+        image_size: input side for end-to-end training (default: the native size of a network trained on pixels,
+            32 for lenet; 64 for pretrained backbones).
         cache_dir: feature-cache folder.
+        run_dir: where the deep loop writes its checkpoints (one per evaluation); None: in memory.
+        resume: continue a deep fit killed in ``run_dir`` from its last checkpoint (same settings only).
         progress: progress bars.
         log: one line per evaluation of the deep loop.
 
@@ -101,13 +106,16 @@ class DomainAdapter(BaseEstimator):
 
     def __init__(self, backbone: str | None = "lite0", method: str = "dann", *, config: AdaptConfig | None = None,
                  finetune: bool = False, image_size: int | None = None, cache_dir: Any = None,
-                 progress: bool = False, log: Callable[[str], None] | None = None):
+                 run_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+                 log: Callable[[str], None] | None = None):
         self.backbone = backbone
         self.method = method
         self.config = config
         self.finetune = finetune
         self.image_size = image_size
         self.cache_dir = cache_dir
+        self.run_dir = run_dir
+        self.resume = resume
         self.progress = progress
         self.log = log
         self._bb = None
@@ -115,8 +123,15 @@ class DomainAdapter(BaseEstimator):
     # -- inputs ------------------------------------------------------------------------------------------------
     @property
     def end_to_end(self) -> bool:
-        """Whether the network is trained on images (lenet, or ``finetune=True``)."""
-        return self.backbone == "lenet" or bool(self.finetune)
+        """Whether the network is trained on images (``finetune=True``, or a backbone registered as trained end to
+        end, such as ``lenet``)."""
+        if self.finetune:
+            return True
+        if self.backbone is None:
+            return False
+        from ..backbones import backbone_entry
+
+        return bool(backbone_entry(self.backbone).cap("end_to_end", False))
 
     def _inputs(self, data: Any, role: str) -> tuple[np.ndarray, Any]:
         """(inputs as an array the network takes, the DataSource or None)."""
@@ -135,21 +150,15 @@ class DomainAdapter(BaseEstimator):
             raise DataError(f"{role}: backbone=None takes feature arrays; give a backbone name to use "
                             f"{src.origin or src.name}")
         if self.end_to_end:
-            from .lenet import images_to_tensor
+            from ..data.views import render
 
             if src.modality != "image":
                 raise DataError(f"{role}: end-to-end adaptation takes images; {src.origin or src.name} holds texts")
-            X = images_to_tensor(src, self._size(), progress=self.progress)
-            if self.backbone != "lenet":
-                mean, std = self._norm()
-                X = ((X + 1) / 2 - mean[:, None, None]) / std[:, None, None]
-            return X.astype(np.float32), src
-        from ..backbones import create_backbone
+            view = self._backbone().transform("eval")
+            return render(src, view, progress=self.progress, label=f"{role} images"), src
         from ..features import FeatureStore
 
-        if self._bb is None:
-            self._bb = create_backbone(self.backbone)
-        f = FeatureStore(self.cache_dir).get(self._bb, src, progress=self.progress)
+        f = FeatureStore(self.cache_dir).get(self._backbone(), src, progress=self.progress)
         if len(f.bad):
             raise DataError(f"{role}: {len(f.bad)} unreadable input(s) in {src.origin or src.name}, e.g. "
                             f"{f.bad[0][1]}: {f.bad[0][2]}")
@@ -162,16 +171,29 @@ class DomainAdapter(BaseEstimator):
         return self._inputs(data, role)[0]
 
     def _size(self) -> int:
-        return int(self.image_size or (32 if self.backbone == "lenet" else 64))
+        """End-to-end input side: ``image_size``, else the native size of a network trained on pixels (32 for
+        lenet), else 64 for a pretrained backbone (a CPU-sized compromise)."""
+        if self.image_size:
+            return int(self.image_size)
+        from ..backbones import backbone_entry
 
-    def _norm(self) -> tuple[np.ndarray, np.ndarray]:
-        from ..backbones import create_backbone
+        if backbone_entry(self.backbone).cap("end_to_end", False):
+            from ..backbones import create_backbone
 
+            return int(create_backbone(self.backbone).preprocessing.input_size)
+        return 64
+
+    def _backbone(self):
+        """The backbone (built once per fit); end to end, its preprocessing squashes whole images to the input size."""
         if self._bb is None:
-            self._bb = create_backbone(self.backbone)
-        cfg = self._bb.data_config()
-        return (np.asarray(cfg.get("mean", (0.5,) * 3), np.float32), np.asarray(cfg.get("std", (0.5,) * 3),
-                                                                                 np.float32))
+            from ..backbones import create_backbone
+
+            bb = create_backbone(self.backbone)
+            if self.end_to_end:
+                bb = bb.with_preprocessing(input_size=self._size(), crop_pct=1.0, crop_mode="squash",
+                                           interpolation="bilinear")
+            self._bb = bb
+        return self._bb
 
     @staticmethod
     def _labels(data: Any, src: Any, role: str) -> np.ndarray | None:
@@ -197,11 +219,11 @@ class DomainAdapter(BaseEstimator):
             self.
         """
         self._bb = None
-        if self.method not in ALL_METHODS:
-            raise UnknownNameError(f"unknown domain-adaptation method {self.method!r}; valid: {', '.join(ALL_METHODS)}")
-        if self.method in SHALLOW_METHODS and self.end_to_end:
-            raise TransferkitError(f"{self.method} works on cached features; use a backbone without --finetune "
-                                   f"(end-to-end methods: {', '.join(DEEP_METHODS)}, finetune-target)")
+        entry = METHODS.get(self.method)
+        if entry.level == "shallow" and self.end_to_end:
+            raise TransferkitError(f"{self.method} works on cached features; use a backbone without finetune=True "
+                                   f"(end-to-end methods: {', '.join(METHODS.names(level='deep'))})")
+        regression = entry.task == "regression"
         src_data = source[0] if isinstance(source, tuple) and len(source) == 2 else source
         Xs, s_src = self._inputs(src_data, "source")
         ys_raw = self._labels(source, s_src, "source")
@@ -212,10 +234,10 @@ class DomainAdapter(BaseEstimator):
         from sklearn.utils.multiclass import type_of_target
 
         kind = type_of_target(ys_raw)
-        if self.method in REGRESSION_METHODS and kind not in ("continuous",):
+        if regression and kind not in ("continuous",):
             raise DataError(f"{self.method} is a regression method but the source labels are {kind} class labels; "
                             f"use tradaboost for classification")
-        if self.method not in REGRESSION_METHODS and kind == "continuous":
+        if not regression and kind == "continuous":
             raise DataError(f"{self.method} is a classification method but the source labels are continuous values; "
                             f"use tradaboost-r2 for regression")
         Xt, t_src = self._inputs(target, "target")
@@ -230,12 +252,12 @@ class DomainAdapter(BaseEstimator):
             ytl_raw = self._labels(target_labelled, tl_src, "labelled target")
             if ytl_raw is None:
                 raise DataError("target_labelled has no labels: give a labelled data source or (X, y)")
-        if self.method in NEEDS_TARGET_LABELS and (ytl_raw is None or len(ytl_raw) == 0):
+        if entry.needs_target_labels and (ytl_raw is None or len(ytl_raw) == 0):
             raise DataError(f"{self.method} needs a few labelled target samples: pass target_labelled (CLI: "
-                            f"--target-labels N); unsupervised methods: {', '.join(DEEP_METHODS)}, "
-                            "coral-closed, sa, tca, iw, kmm")
+                            "--target-labels N); unsupervised methods: "
+                            f"{', '.join(e.name for e in METHODS.entries(needs_target_labels=False))}")
         t0 = time.perf_counter()
-        if self.method in REGRESSION_METHODS:
+        if regression:
             self.classes_ = None
             ys = ys_raw.astype(float)
             ytl = None if ytl_raw is None else ytl_raw.astype(float)
@@ -255,13 +277,9 @@ class DomainAdapter(BaseEstimator):
             self.mean_, self.std_ = input_scaling(Xs, Xt)
             Xs, Xt = (Xs - self.mean_) / self.std_, (Xt - self.mean_) / self.std_
             Xtl = None if Xtl is None else (Xtl - self.mean_) / self.std_
-        if self.method in SHALLOW_METHODS:
-            import importlib
-
-            mod, cls = SHALLOW_METHODS[self.method]
-            kw = {"n_components": min(30, Xs.shape[1])} if self.method == "tca" else {}
-            est = getattr(importlib.import_module(f"transferkit.adapt.{mod}"), cls)(**kw)
-            if self.method in ("tradaboost", "tradaboost-r2"):
+        if entry.level == "shallow":
+            est = METHODS.create(self.method)
+            if entry.needs_target_labels:
                 est.fit(Xs, ys, Xtl, ytl)
             else:
                 est.fit(Xs, ys, Xt)
@@ -274,18 +292,15 @@ class DomainAdapter(BaseEstimator):
         return self
 
     def _net(self, in_dim: int, n_classes: int, cfg: AdaptConfig) -> AdaptNet:
+        import copy
+
         import torch
 
         torch.manual_seed(cfg.seed)
-        if self.backbone == "lenet":
-            from .lenet import LeNet
-
-            return AdaptNet(LeNet.num_features, n_classes, cfg.bottleneck, feature=LeNet())
         if self.end_to_end:
-            from ..backbones import create_backbone
             from ..train.model import prepare_backbone
 
-            bb = prepare_backbone(create_backbone(self.backbone))
+            bb = prepare_backbone(copy.deepcopy(self._backbone()))
             for p in bb.parameters():
                 p.requires_grad_(True)
             return AdaptNet(bb.num_features, n_classes, cfg.bottleneck, feature=bb)
@@ -293,42 +308,12 @@ class DomainAdapter(BaseEstimator):
 
     def _fit_deep(self, Xs, ys, Xt, Xtl, ytl):
         cfg = self.config or AdaptConfig()
-        if self.end_to_end and self.backbone != "lenet" and self.config is None:
+        pretrained = self.end_to_end and self._backbone().source != "random-init"
+        if pretrained and self.config is None:
             cfg = replace(cfg, feature_lr_scale=0.1)  # a pretrained backbone moves slower than the new layers
-        n_classes = len(self.classes_)
-        net = self._net(Xs.shape[1] if Xs.ndim == 2 else 0, n_classes, cfg)
-        if self.method == "adda":  # stage 1 source-only; stage 2 target encoder vs frozen source encoder, at lr / 10
-            # (the paper trains the target encoder with a far smaller step than the source stage)
-            import copy
-
-            import torch.nn as nn
-
-            from .methods import ADDA
-
-            fit = train_adapter(net, create_method("source-only"), Xs, ys, Xt, cfg, progress=self.progress,
-                                log=self.log)
-            src_enc = copy.deepcopy(nn.Sequential(fit.net.feature, fit.net.bottleneck))
-            for p in [*src_enc.parameters(), *fit.net.classifier.parameters()]:
-                p.requires_grad_(False)
-            fit2 = train_adapter(fit.net, ADDA(src_enc), Xs, ys, Xt, replace(cfg, source_loss_weight=0.0, lr=cfg.lr / 10),
-                                 progress=self.progress, log=self.log)
-            fit2.history = [{**h, "phase": "source"} for h in fit.history] + [{**h, "phase": "adversarial"}
-                                                                              for h in fit2.history]
-            fit2.seconds += fit.seconds
-            return fit2
-        if self.method == "finetune-target":  # network-based: source-only, then fine-tune on the target labels
-            fit = train_adapter(net, create_method("source-only"), Xs, ys, Xt, cfg, progress=self.progress,
-                                log=self.log)
-            cfg2 = replace(cfg, steps=max(cfg.steps // 4, 1), lr=cfg.lr / 10, selection="last",
-                           eval_every=max(cfg.steps // 4, 1))
-            fit2 = train_adapter(fit.net, create_method("source-only"), Xtl, ytl, Xt, cfg2,
-                                 progress=self.progress, log=self.log)
-            fit2.history = fit.history + [{**h, "phase": "target fine-tune"} for h in fit2.history]
-            fit2.seconds += fit.seconds
-            fit2.selection = f"{fit.selection} (source phase), last (target phase)"
-            return fit2
-        return train_adapter(net, create_method(self.method), Xs, ys, Xt, cfg, Xt_labelled=Xtl,
-                             yt_labelled=ytl, progress=self.progress, log=self.log)
+        net = self._net(Xs.shape[1] if Xs.ndim == 2 else 0, len(self.classes_), cfg)
+        return train_adapter(net, create_method(self.method), Xs, ys, Xt, cfg, Xt_labelled=Xtl, yt_labelled=ytl,
+                             run_dir=self.run_dir, resume=self.resume, progress=self.progress, log=self.log)
 
     def _check(self) -> None:
         if not hasattr(self, "seconds_"):

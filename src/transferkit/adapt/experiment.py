@@ -24,7 +24,8 @@ import numpy as np
 
 from .._io import append_journal, read_journal
 from ..errors import DataError, UnknownNameError
-from .adapter import ALL_METHODS, NEEDS_TARGET_LABELS, DomainAdapter, check_class_sets
+from .adapter import DomainAdapter, all_methods, check_class_sets
+from .methods import METHODS
 from .trainer import AdaptConfig
 
 __all__ = ["AdaptResult", "adapt_compare"]
@@ -81,8 +82,9 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     Args:
         source: labelled source data (built-in name, folder, table, DataSource).
         target: target data; its labels, if any, are used only to score the finished models.
-        methods: names from :data:`~transferkit.adapt.adapter.ALL_METHODS`, or ``["all"]`` (every method that
-            applies: those needing target labels only with ``target_labels``).
+        methods: names of :data:`~transferkit.adapt.methods.METHODS`, or ``["all"]`` (every classification method
+            that applies: those needing target labels only with ``target_labels``, the shallow ones only on cached
+            features).
         backbone: backbone name, or ``lenet`` (end to end from scratch).
         finetune: end-to-end training of the backbone instead of a head on cached features.
         image_size: end-to-end input side.
@@ -106,24 +108,22 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     from ..runs import default_run_dir, prepare_run_dir
 
     say = log or (lambda m: None)
-    names = list(ALL_METHODS) if list(methods) == ["all"] else [m.strip() for m in methods if m.strip()]
+    end_to_end = DomainAdapter(backbone, finetune=finetune).end_to_end
+    everything = all_methods()
+    names = list(everything) if list(methods) == ["all"] else [m.strip() for m in methods if m.strip()]
     if list(methods) == ["all"]:
-        names = [m for m in names if m != "tradaboost-r2" and (target_labels or m not in NEEDS_TARGET_LABELS)]
-        if backbone == "lenet" or finetune:
-            from .adapter import SHALLOW_METHODS as _shallow
-
-            names = [m for m in names if m not in _shallow]
-    bad = [m for m in names if m not in ALL_METHODS]
+        names = [m for m in names if METHODS.get(m).task == "classification"
+                 and (target_labels or not METHODS.get(m).needs_target_labels)
+                 and not (end_to_end and METHODS.get(m).level == "shallow")]
+    bad = [m for m in names if m not in METHODS]
     if bad:
-        raise UnknownNameError(f"unknown method(s) {', '.join(map(repr, bad))}; valid: all, {', '.join(ALL_METHODS)}")
-    need = [m for m in names if m in NEEDS_TARGET_LABELS]
+        raise UnknownNameError(f"unknown method(s) {', '.join(map(repr, bad))}; valid: all, {', '.join(everything)}")
+    need = [m for m in names if METHODS.get(m).needs_target_labels]
     if need and not target_labels:
         raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give --target-labels N "
                         "(labels per class drawn from the target's adaptation part)")
-    from .adapter import SHALLOW_METHODS
-
-    shallow = [m for m in names if m in SHALLOW_METHODS]
-    if shallow and (backbone == "lenet" or finetune):
+    shallow = [m for m in names if METHODS.get(m).level == "shallow"]
+    if shallow and end_to_end:
         raise DataError(f"{', '.join(shallow)} work(s) on cached features, not end to end ({backbone}"
                         f"{' --finetune' if finetune else ''}); drop them or use a pretrained backbone without --finetune")
     if shallow and "source-only-linear" not in names:
@@ -142,7 +142,7 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         raise DataError("--target-labels needs a labelled target (the labels of N samples per class are used)")
     cfg = config or AdaptConfig()
     out_dir = prepare_run_dir(out if out is not None else default_run_dir(f"adapt-{src.name}-{tgt.name}", backbone))
-    settings = {"source": src.fingerprint(), "target": tgt.fingerprint(), "backbone": backbone,
+    settings = {"source": src.fingerprint(), "target": tgt.fingerprint(), "backbone": backbone, "end_to_end": end_to_end,
                 "finetune": bool(finetune), "image_size": image_size, "target_labels": target_labels,
                 "eval_fraction": eval_fraction, "config": {k: v for k, v in cfg.to_dict().items() if k != "seed"
                                                            and (k, v) not in _NEUTRAL_SETTINGS}}
@@ -264,13 +264,12 @@ def _rows(cells: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str,
                      "accuracy_std": float(np.std(accs)) if accs else None,
                      "source_val_mean": float(np.mean(svs)) if svs else None,
                      "seconds_mean": float(np.mean([c["seconds"] for c in cs])), "selection": cs[0]["selection"]})
-    from .adapter import SHALLOW_METHODS
-
     means = {r["method"]: r["accuracy_mean"] for r in rows}
     warnings = []
     for r in rows:
         # deep methods against source-only; shallow ones against the same classifier without adaptation
-        ref = "source-only-linear" if r["method"] in SHALLOW_METHODS and "source-only-linear" in means else "source-only"
+        ref = METHODS.get(r["method"]).cap("baseline", "source-only")
+        ref = ref if ref in means else "source-only"
         if r["method"] in (ref, "source-only", "source-only-linear"):
             continue
         base = means.get(ref)
@@ -353,7 +352,7 @@ def _report(result: AdaptResult, embeddings: dict[str, tuple[np.ndarray, np.ndar
             f"<th>{e(c)}</th>" for c in cls) + f"</tr>{prow}</table>"})
     write_report(result.out / "report.html", {
         "title": f"Domain adaptation: {st['source_name']} → {st['target_name']}",
-        "subtitle": f"backbone {st['backbone']}{' (end to end)' if st['finetune'] or st['backbone'] == 'lenet' else ' (cached features)'}; "
+        "subtitle": f"backbone {st['backbone']}{' (end to end)' if st.get('end_to_end') else ' (cached features)'}; "
                     f"{len(st['methods'])} methods x {len(st['seeds'])} seeds",
         "warnings": result.warnings,
         "summary": [("source", st["source_name"]), ("target", st["target_name"]),

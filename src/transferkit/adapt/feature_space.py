@@ -29,6 +29,7 @@ import numpy as np
 from scipy import linalg
 
 from ..errors import DataError, NotFittedError
+from .methods import METHODS
 
 __all__ = ["NoAdaptation", "CORAL", "SubspaceAlignment", "TCA"]
 
@@ -106,7 +107,7 @@ def _positive(value: Any, name: str, *, allow_zero: bool = False, integer: bool 
     return int(value) if integer else float(value)
 
 
-def _standardize_stats(X: np.ndarray, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def standardize_stats(X: np.ndarray, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation (constant features get scale 1, so they stay 0)."""
     mean = X.mean(axis=0)
     scale = X.std(axis=0, ddof=ddof) if len(X) > ddof else np.zeros(X.shape[1])
@@ -160,7 +161,7 @@ class _FeatureSpaceAdapter:
         Ms = self._map(Xs, "source")
         if self.estimator is None:
             est = _default_estimator()
-            self.output_mean_, self.output_scale_ = _standardize_stats(np.vstack([Ms, self._map(Xt, "target")]),
+            self.output_mean_, self.output_scale_ = standardize_stats(np.vstack([Ms, self._map(Xt, "target")]),
                                                                        ddof=0)
         else:
             est = clone(self.estimator)
@@ -254,6 +255,9 @@ class _FeatureSpaceAdapter:
 # CORAL
 # --------------------------------------------------------------------------------------------------------------
 
+@METHODS.register("source-only-linear", family="baseline", level="shallow", needs_target_labels=False,
+                  task="classification", baseline="source-only-linear",
+                  paper="no adaptation: the shallow methods' classifier on the source features")
 class NoAdaptation(_FeatureSpaceAdapter):
     """The baseline of the shallow methods: no mapping, the same classifier on the source features.
 
@@ -276,6 +280,9 @@ class NoAdaptation(_FeatureSpaceAdapter):
         return X
 
 
+@METHODS.register("coral-closed", family="feature space", level="shallow", needs_target_labels=False,
+                  task="classification", baseline="source-only-linear",
+                  paper="Sun, Feng & Saenko, AAAI 2016 (CORAL)")
 class CORAL(_FeatureSpaceAdapter):
     """CORrelation ALignment: recolour the source so its feature covariance matches the target's.
 
@@ -315,8 +322,8 @@ class CORAL(_FeatureSpaceAdapter):
 
     def _fit_mapping(self, Xs: np.ndarray, Xt: np.ndarray) -> None:
         reg = float(self.reg)
-        self.source_mean_, self.source_scale_ = _standardize_stats(Xs)
-        self.target_mean_, self.target_scale_ = _standardize_stats(Xt)
+        self.source_mean_, self.source_scale_ = standardize_stats(Xs)
+        self.target_mean_, self.target_scale_ = standardize_stats(Xt)
         Zs = (Xs - self.source_mean_) / self.source_scale_
         Zt = (Xt - self.target_mean_) / self.target_scale_
         eye = np.eye(Xs.shape[1])
@@ -349,6 +356,9 @@ def _pca_basis(Z: np.ndarray, d: int) -> np.ndarray:
     return P * signs
 
 
+@METHODS.register("sa", family="feature space", level="shallow", needs_target_labels=False,
+                  task="classification", baseline="source-only-linear",
+                  paper="Fernando et al., ICCV 2013 (subspace alignment)")
 class SubspaceAlignment(_FeatureSpaceAdapter):
     """Subspace Alignment: align the source PCA basis with the target PCA basis by a linear map.
 
@@ -393,8 +403,8 @@ class SubspaceAlignment(_FeatureSpaceAdapter):
                                 f"n_source-1={len(Xs) - 1}, n_target-1={len(Xt) - 1}) = {limit} principal "
                                 f"directions exist here; pass n_components <= {limit} (or None for "
                                 f"{min(50, limit)})")
-        self.source_mean_, self.source_scale_ = _standardize_stats(Xs)
-        self.target_mean_, self.target_scale_ = _standardize_stats(Xt)
+        self.source_mean_, self.source_scale_ = standardize_stats(Xs)
+        self.target_mean_, self.target_scale_ = standardize_stats(Xt)
         Zs = (Xs - self.source_mean_) / self.source_scale_
         Zt = (Xt - self.target_mean_) / self.target_scale_
         self.source_components_ = _pca_basis(Zs, d)
@@ -418,6 +428,9 @@ def _sq_dists(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
+@METHODS.register("tca", family="feature space", level="shallow", needs_target_labels=False,
+                  task="classification", baseline="source-only-linear",
+                  paper="Pan et al., IEEE TNN 2011 (TCA)")
 class TCA(_FeatureSpaceAdapter):
     """Transfer Component Analysis: a kernel embedding in which the two domains' means (MMD) nearly coincide.
 
@@ -442,7 +455,7 @@ class TCA(_FeatureSpaceAdapter):
         estimator: sklearn-style classifier, cloned before fitting. Default: ``LogisticRegression(max_iter=2000)``
             on the embedding standardised with pooled source + target statistics (its scale is arbitrary).
         n_components: ``m``, at most ``n - 1`` (and at most ``D`` for the linear kernel, whose ``K`` has rank
-            ``<= D``).
+            ``<= D``); None: ``min(30, that limit)``.
         mu: the trade-off ``mu > 0``: weight of ``tr(W'W)`` against the MMD term ``tr(W'KLKW)``. Larger
             values keep more variance and remove less of the domain gap; RBF kernels (values in [0, 1]) may
             need a smaller ``mu`` than the linear kernel.
@@ -458,7 +471,7 @@ class TCA(_FeatureSpaceAdapter):
         n_components_, estimator_, classes_, n_features_in_, output_mean_, output_scale_ (see CORAL).
     """
 
-    def __init__(self, estimator: Any = None, n_components: int = 30, mu: float = 1.0, kernel: str = "linear",
+    def __init__(self, estimator: Any = None, n_components: int | None = None, mu: float = 1.0, kernel: str = "linear",
                  gamma: float | None = None, max_samples: int | None = 1000):
         self.estimator = estimator
         self.n_components = n_components
@@ -474,7 +487,8 @@ class TCA(_FeatureSpaceAdapter):
     def _validate_params(self) -> None:
         if self.kernel not in ("linear", "rbf"):
             raise DataError(f"kernel must be 'linear' or 'rbf'; got {self.kernel!r}")
-        _positive(self.n_components, "n_components", integer=True)
+        if self.n_components is not None:
+            _positive(self.n_components, "n_components", integer=True)
         _positive(self.mu, "mu")
         if self.gamma is not None:
             _positive(self.gamma, "gamma")
@@ -500,9 +514,9 @@ class TCA(_FeatureSpaceAdapter):
         Ss, St = subsample(Xs), subsample(Xt)
         ns, nt = len(Ss), len(St)
         n = ns + nt
-        m = int(self.n_components)
         D = Xs.shape[1]
         limit = n - 1 if self.kernel == "rbf" else min(n - 1, D)
+        m = min(30, limit) if self.n_components is None else int(self.n_components)
         if m > limit:
             why = (f"n_source+n_target-1 = {ns}+{nt}-1 = {n - 1} samples in the kernel matrix"
                    if self.kernel == "rbf" or limit == n - 1 else
@@ -511,7 +525,7 @@ class TCA(_FeatureSpaceAdapter):
                             f"here ({why}); pass n_components <= {limit}"
                             + (" or kernel='rbf'" if self.kernel == "linear" and limit == D < n - 1 else ""))
 
-        self.mean_, self.scale_ = _standardize_stats(np.vstack([Xs, Xt]), ddof=0)
+        self.mean_, self.scale_ = standardize_stats(np.vstack([Xs, Xt]), ddof=0)
         Xfit = (np.vstack([Ss, St]) - self.mean_) / self.scale_
         if self.kernel == "rbf":
             if self.gamma is None:

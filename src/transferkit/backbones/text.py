@@ -10,14 +10,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._io import atomic_write_bytes
+from ..data.views import TextPreprocessing
 from ..errors import BackboneUnavailableError
-from .base import Backbone
+from .base import BACKBONE_KINDS, Backbone
 
 __all__ = ["HFTextBackbone", "GloveBackbone", "shipped_minilm", "hf_encoder", "shipped_glove"]
 
 _TOKEN = re.compile(r"[\w']+|[^\w\s]", re.UNICODE)
 
 
+@BACKBONE_KINDS.register("hf-text")
 class HFTextBackbone(Backbone):
     """A transformers encoder whose token states are mean-pooled over the attention mask.
 
@@ -28,6 +31,7 @@ class HFTextBackbone(Backbone):
     """
 
     modality = "text"
+    kind = "hf-text"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str, source: str, max_length: int = 256):
         super().__init__()
@@ -35,12 +39,33 @@ class HFTextBackbone(Backbone):
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
-        self.max_length = int(max_length)
         self.num_features = int(model.config.hidden_size)
+        self.preprocessing = TextPreprocessing(tokenizer=type(tokenizer).__name__, pooling="mean",
+                                               vocab_size=int(getattr(tokenizer, "vocab_size", 0) or 0),
+                                               max_length=int(max_length))
 
-    def data_config(self) -> dict[str, Any]:
-        return {"tokenizer": type(self.tokenizer).__name__, "max_length": self.max_length, "pooling": "mean",
-                "vocab_size": int(getattr(self.tokenizer, "vocab_size", 0) or 0)}
+    @property
+    def max_length(self) -> int:
+        """Tokens kept per text."""
+        return int(self.preprocessing.max_length or 256)
+
+    def _save_files(self, directory: Path) -> list[str]:
+        self.model.config.save_pretrained(str(directory))
+        written = [Path(p).name for p in self.tokenizer.save_pretrained(str(directory))]
+        return ["config.json", *sorted({w for w in written if (directory / w).is_file()})]
+
+    @classmethod
+    def from_saved(cls, directory: Path, meta: dict[str, Any]) -> "HFTextBackbone":
+        try:
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise BackboneUnavailableError("text backbones need transformers: pip install 'transferkit[text]'") from e
+        config = AutoConfig.from_pretrained(str(directory))
+        model = AutoModel.from_config(config)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        max_length = int((meta.get("preprocessing") or {}).get("max_length") or 256)
+        return cls(model, tokenizer, name=str(meta.get("name", "")), source=str(meta.get("source", "")),
+                   max_length=max_length)
 
     def collate(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
         return dict(self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length,
@@ -112,6 +137,7 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+@BACKBONE_KINDS.register("word-vectors")
 class GloveBackbone(Backbone):
     """Average of pretrained word vectors over the known tokens of a text (zeros when none is known).
 
@@ -120,19 +146,32 @@ class GloveBackbone(Backbone):
     """
 
     modality = "text"
+    kind = "word-vectors"
 
     def __init__(self, vectors: np.ndarray, words: Sequence[str], name: str, source: str):
         super().__init__()
         self.name = name
         self.source = source
         self.num_features = int(vectors.shape[1])
-        self.vocab = {w: i for i, w in enumerate(words)}
+        self.words = [str(w) for w in words]
+        self.vocab = {w: i for i, w in enumerate(self.words)}
         self.embedding = torch.nn.EmbeddingBag.from_pretrained(
             torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), mode="mean", freeze=True)
-        self._vocab_size = len(words)
+        self.preprocessing = TextPreprocessing(tokenizer="lowercase-words", pooling="mean", vocab_size=len(words))
 
-    def data_config(self) -> dict[str, Any]:
-        return {"tokenizer": "lowercase-words", "pooling": "mean", "vocab_size": self._vocab_size}
+    def _save_files(self, directory: Path) -> list[str]:
+        import json
+
+        atomic_write_bytes(directory / "vocab.json", json.dumps(self.words, ensure_ascii=False).encode("utf-8"))
+        return ["vocab.json"]
+
+    @classmethod
+    def from_saved(cls, directory: Path, meta: dict[str, Any]) -> "GloveBackbone":
+        import json
+
+        words = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        return cls(np.zeros((len(words), int(meta["num_features"])), np.float32), words, name=str(meta.get("name", "")),
+                   source=str(meta.get("source", "")))
 
     def collate(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
         ids: list[int] = []

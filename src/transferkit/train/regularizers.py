@@ -1,31 +1,27 @@
-"""Fine-tuning regularizers: loss terms that plug into the engine's ``extra_losses``.
+"""Fine-tuning regularizers as objectives: terms added to the cross-entropy in the training loop.
 
-An extra loss is any callable ``term(model, out) -> scalar tensor`` where ``model`` is the
-:class:`~transferkit.train.model.TransferModel` being trained and ``out`` the step's
-:class:`~transferkit.train.engine.StepOutputs` (inputs, targets, logits, features, epoch, step). Optional
-attributes the engine honours:
+- :class:`L2SP` pulls the backbone towards its pretrained starting point (and replaces the optimizer's weight decay);
+- :class:`BSS` shrinks the smallest singular values of the batch's features.
 
-- ``setup(model)``: called once before training, after the strategy has prepared the model (L2-SP takes
-  its starting point here);
-- ``name``: the column name of the term in the history (``loss_<name>``);
-- ``config()``: its parameters, part of the run's configuration hash (resume refuses other values);
-- ``replaces_weight_decay = True``: the optimizer's weight decay is set to 0 (L2-SP replaces it);
-- an ``nn.Module`` with parameters (e.g. a domain discriminator) gets them trained with the model.
-
-Domain-adaptation losses use the same protocol.
+Both are :class:`~transferkit.train.objectives.Objective` terms; :data:`REGULARIZERS` names them for the CLI
+(``--l2sp``, ``--bss``) and :func:`create_regularizer` builds one by name.
 """
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from ..errors import TransferkitError, UnknownNameError
+from ..errors import TransferkitError
+from ..registry import Registry
+from .objectives import Objective, Step
 
-__all__ = ["L2SP", "BSS", "l2sp_penalty", "bss_penalty", "REGULARIZERS", "create_regularizer", "describe_loss"]
+__all__ = ["L2SP", "BSS", "l2sp_penalty", "bss_penalty", "REGULARIZERS", "create_regularizer"]
+
+#: regularizers by name; capability ``replaces_weight_decay``
+REGULARIZERS: Registry[Objective] = Registry("regularizer")
 
 
 def l2sp_penalty(params: Iterable[tuple[torch.Tensor, torch.Tensor]], head_params: Iterable[torch.Tensor],
@@ -58,7 +54,8 @@ def bss_penalty(features: torch.Tensor, k: int = 1) -> torch.Tensor:
     return s[s.numel() - k:].pow(2).sum()
 
 
-class L2SP:
+@REGULARIZERS.register("l2sp", replaces_weight_decay=True)
+class L2SP(Objective):
     """L2-SP: pull the backbone towards its pretrained starting point, shrink the new head towards 0.
 
     ``alpha/2 ||w_S - w0_S||^2 + beta/2 ||w_head||^2`` where ``w0`` are the backbone's weights when training
@@ -78,9 +75,11 @@ class L2SP:
     """
 
     name = "l2sp"
+    streams = ()
     replaces_weight_decay = True
 
     def __init__(self, alpha: float = 0.01, beta: float = 0.01):
+        super().__init__()
         self.alpha = alpha
         self.beta = beta
 
@@ -90,10 +89,11 @@ class L2SP:
     def setup(self, model: nn.Module) -> None:
         self.w0_ = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
 
-    def __call__(self, model: nn.Module, out: Any = None) -> torch.Tensor:
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """The penalty of ``model``'s current weights (trainable ones only)."""
         if not hasattr(self, "w0_"):
-            raise TransferkitError("L2SP was called before setup(model): the engine calls it; when used by hand, "
-                                   "call l2sp.setup(model) before training starts")
+            raise TransferkitError("L2SP was used before setup(model): the training loop calls it; when used by "
+                                   "hand, call l2sp.setup(model) before training starts")
         pairs = []
         for n, p in model.backbone.named_parameters():
             if p.requires_grad:
@@ -104,19 +104,24 @@ class L2SP:
         head = [p for p in model.head.parameters() if p.requires_grad]
         return l2sp_penalty(pairs, head, self.alpha, self.beta)
 
-    def __repr__(self) -> str:
-        return f"L2SP(alpha={self.alpha}, beta={self.beta})"
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        return {self.name: self.penalty(step.net)}
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}"
 
 
-class BSS:
+@REGULARIZERS.register("bss", replaces_weight_decay=False)
+class BSS(Objective):
     """Batch Spectral Shrinkage: penalise the smallest singular values of the batch's feature matrix.
 
-    ``eta * sum_{i=1..k} sigma_{-i}^2`` of the ``(N, D)`` backbone features of each batch: the small spectral
-    components carry the untransferable (negative-transfer) directions.
+    ``eta * sum_{i=1..k} sigma_{-i}^2`` of the ``(N, D)`` backbone features of each labelled batch: the small
+    spectral components carry the untransferable (negative-transfer) directions.
 
     Args:
         eta: strength (0.001 in the paper).
         k: how many of the smallest singular values (1 in the paper).
+        stream: the stream whose features are penalised.
 
     References:
         Chen, Wang, Fu, Long & Wang, "Catastrophic Forgetting Meets Negative Transfer: Batch Spectral
@@ -125,55 +130,26 @@ class BSS:
 
     name = "bss"
 
-    def __init__(self, eta: float = 0.001, k: int = 1):
-        self.eta = eta
-        self.k = k
+    def __init__(self, eta: float = 0.001, k: int = 1, stream: str = "labelled"):
+        super().__init__()
+        self.eta, self.k, self.stream = eta, k, stream
+        self.streams = (stream,)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "eta": float(self.eta), "k": int(self.k)}
 
-    def __call__(self, model: nn.Module, out: Any) -> torch.Tensor:
-        return self.eta * bss_penalty(out.features, self.k)
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        return {self.name: self.eta * bss_penalty(step.outputs(self.stream)[0].features, self.k)}
 
-    def __repr__(self) -> str:
-        return f"BSS(eta={self.eta}, k={self.k})"
-
-
-REGULARIZERS: dict[str, type] = {"l2sp": L2SP, "bss": BSS}
+    def extra_repr(self) -> str:
+        return f"eta={self.eta}, k={self.k}"
 
 
-def create_regularizer(name: str, **params: Any):
+def create_regularizer(name: str, **params: Any) -> Objective:
     """A regularizer by name (``"l2sp"``, ``"bss"``) with its parameters.
 
     Raises:
         UnknownNameError: unknown name (the message lists the valid ones).
         TransferkitError: a parameter it does not take.
     """
-    if name not in REGULARIZERS:
-        close = difflib.get_close_matches(str(name), list(REGULARIZERS), n=2, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownNameError(f"unknown regularizer {name!r}.{hint} Valid regularizers: {', '.join(REGULARIZERS)}")
-    try:
-        return REGULARIZERS[name](**params)
-    except TypeError as e:
-        import inspect
-
-        takes = [p for p in inspect.signature(REGULARIZERS[name]).parameters]
-        raise TransferkitError(f"regularizer {name!r} takes {', '.join(takes)}; got {sorted(params)}") from e
-
-
-def describe_loss(term: Any) -> dict[str, Any]:
-    """What identifies an extra loss in the run configuration: its ``config()``, else its name."""
-    if hasattr(term, "config") and callable(term.config):
-        return dict(term.config())
-    return {"name": loss_name(term)}
-
-
-def loss_name(term: Any) -> str:
-    """``term.name``, else the class or function name, for history columns."""
-    name = getattr(term, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    if isinstance(term, nn.Module) or not hasattr(term, "__name__"):
-        return type(term).__name__.lower()
-    return str(term.__name__)
+    return REGULARIZERS.create(name, **params)

@@ -1,7 +1,8 @@
 """Fine-tuning strategies: which layer groups train in which epoch, and at what learning rate.
 
-A strategy never trains anything itself: the one engine loop (:mod:`transferkit.train.engine`) asks it which
-backbone groups are trainable in each epoch and which learning-rate multiplier each group gets. Layer
+A strategy never trains anything itself: the training loop (:mod:`transferkit.train.loop`, through
+:func:`transferkit.train.engine.finetune`) asks it which backbone groups are trainable in each epoch and which
+learning-rate multiplier each group gets. Layer
 groups come from the backbone's own library (:func:`transferkit.train.model.layer_groups`: timm's
 ``group_matcher``, or embeddings + encoder layers for transformers).
 
@@ -16,38 +17,34 @@ Registered names (``--strategy``):
   The backbone never changes, so a caller may instead use the cached-feature path
   (:func:`transferkit.pipeline.fit_run`), which is much faster and gives the classic linear probe.
 
-Frozen parts run in eval mode (BatchNorm keeps its running statistics, dropout is off), also after the engine
-calls ``model.train()`` each epoch: see :func:`set_train_mode`.
+Frozen parts run in eval mode (BatchNorm keeps its running statistics, dropout is off), also after the loop
+calls ``model.train()`` each epoch: see :func:`transferkit.train.loop.set_train_mode`.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import TransferkitError, UnknownNameError
+from ..registry import Registry
 from .model import LayerGroup, TransferModel
 
-__all__ = ["Strategy", "FineTune", "Partial", "Gradual", "Scratch", "Probe", "STRATEGIES", "register_strategy",
-           "create_strategy", "list_strategies", "set_train_mode", "frozen_modules"]
+__all__ = ["Strategy", "FineTune", "Partial", "Gradual", "Scratch", "Probe", "STRATEGIES", "create_strategy",
+           "list_strategies", "group_lr", "reinitialise"]
 
-STRATEGIES: dict[str, type["Strategy"]] = {}
-
-
-def register_strategy(cls: type["Strategy"]) -> type["Strategy"]:
-    """Class decorator: add a strategy to the registry under ``cls.name``."""
-    STRATEGIES[cls.name] = cls
-    return cls
+#: fine-tuning strategies; capability ``backbone_frozen``: the backbone never changes (the cached-feature path works)
+STRATEGIES: Registry["Strategy"] = Registry("strategy")
 
 
 def list_strategies() -> list[tuple[str, str]]:
     """``(name, one-line description)`` of every registered strategy."""
-    return [(name, cls.description) for name, cls in STRATEGIES.items()]
+    return [(e.name, e.factory.description) for e in STRATEGIES.entries()]
 
 
 def create_strategy(name: "str | Strategy", **params: Any) -> "Strategy":
@@ -62,17 +59,7 @@ def create_strategy(name: "str | Strategy", **params: Any) -> "Strategy":
             raise TransferkitError(f"strategy parameters {sorted(params)} given with a ready strategy object {name!r}; "
                                    "pass the strategy by name, or set them on the object")
         return name
-    if name not in STRATEGIES:
-        close = difflib.get_close_matches(str(name), list(STRATEGIES), n=2, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownNameError(f"unknown strategy {name!r}.{hint} Valid strategies: {', '.join(STRATEGIES)}")
-    cls = STRATEGIES[name]
-    allowed = [f.name for f in fields(cls)]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise TransferkitError(f"strategy {name!r} takes no parameter {', '.join(unknown)}; it takes "
-                               f"{', '.join(allowed) if allowed else 'no parameters'}")
-    strategy = cls(**params)
+    strategy = STRATEGIES.create(name, **params)
     strategy.validate()
     return strategy
 
@@ -88,8 +75,6 @@ class Strategy:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    #: the backbone never changes: a caller may use the cached-feature path instead of the engine
-    backbone_frozen: ClassVar[bool] = False
     granularity: ClassVar[str] = "coarse"
 
     def validate(self) -> None:
@@ -124,7 +109,7 @@ class Strategy:
         return 0
 
 
-@register_strategy
+@STRATEGIES.register(backbone_frozen=False)
 @dataclass
 class FineTune(Strategy):
     """Fine-tune every layer: the backbone at ``lr * backbone_lr_scale``, the new head at ``lr``.
@@ -137,7 +122,7 @@ class FineTune(Strategy):
     description: ClassVar[str] = "train all layers (backbone at lr * backbone_lr_scale)"
 
 
-@register_strategy
+@STRATEGIES.register(backbone_frozen=False)
 @dataclass
 class Partial(Strategy):
     """Freeze the first layer groups, fine-tune the rest.
@@ -196,7 +181,7 @@ class Partial(Strategy):
         return self.trainable(0)
 
 
-@register_strategy
+@STRATEGIES.register(backbone_frozen=False)
 @dataclass
 class Gradual(Strategy):
     """Train the head with the backbone frozen, then unfreeze it with discriminative learning rates.
@@ -257,7 +242,7 @@ class Gradual(Strategy):
         return self.head_epochs + max(0, self.n_groups_ - 1) * self.unfreeze_every
 
 
-@register_strategy
+@STRATEGIES.register(backbone_frozen=False)
 @dataclass
 class Scratch(Strategy):
     """The same architecture with random (seeded) initial weights, every layer at the full ``lr``.
@@ -275,12 +260,12 @@ class Scratch(Strategy):
         return [1.0] * self.n_groups_
 
 
-@register_strategy
+@STRATEGIES.register(backbone_frozen=True)
 @dataclass
 class Probe(Strategy):
     """The whole backbone frozen (eval mode); only the linear head trains, on augmented inputs.
 
-    The backbone never changes, so :attr:`backbone_frozen` is True: a caller that wants the classic linear
+    The backbone never changes (the registry capability ``backbone_frozen``): a caller that wants the classic linear
     probe without augmentation should use the cached-feature path (``fit_run`` with a head), which extracts
     features once and is far faster.
     """
@@ -288,7 +273,6 @@ class Probe(Strategy):
     name: ClassVar[str] = "probe"
     description: ClassVar[str] = ("backbone frozen, only the head trains (the cached-feature path is the fast "
                                   "equivalent)")
-    backbone_frozen: ClassVar[bool] = True
 
     def trainable(self, epoch: int) -> list[bool]:
         return [False] * self.n_groups_
@@ -330,33 +314,6 @@ def reinitialise(backbone: nn.Module, seed: int) -> None:
         for m in backbone.modules():
             if hasattr(m, "reset_parameters") and m is not backbone:
                 m.reset_parameters()
-
-
-def frozen_modules(model: nn.Module) -> list[str]:
-    """Names of the largest sub-modules whose parameters are all frozen (and that have some)."""
-    out: list[str] = []
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            out.append(prefix)
-            return
-        for name, child in module.named_children():
-            visit(f"{prefix}.{name}" if prefix else name, child)
-
-    visit("", model)
-    return out
-
-
-def set_train_mode(model: nn.Module) -> None:
-    """``model.train()``, then eval mode for every fully frozen part.
-
-    Frozen BatchNorm layers keep their running statistics (and normalise with them), and dropout in frozen
-    parts is off: a frozen part behaves as the fixed feature extractor it is meant to be.
-    """
-    model.train()
-    for name in frozen_modules(model):
-        (model.get_submodule(name) if name else model).eval()
 
 
 def group_lr(base_lr: float, scale: float) -> float:

@@ -79,7 +79,7 @@ def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int
         DataError: the data cannot be read, are unlabelled, or are too small for the split.
         ScoreError: no backbone given, or data the scores cannot use (e.g. one labelled sample per class).
     """
-    from ..backbones import create_backbone, get_spec
+    from ..backbones import backbone_entry, create_backbone
     from ..data.sources import load_data
     from ..data.splits import make_splits
     from ..features import FeatureStore
@@ -88,7 +88,7 @@ def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int
     names = [backbones] if isinstance(backbones, str) else list(dict.fromkeys(backbones or []))
     if not names:
         raise ScoreError("rank_backbones: no backbone given; name at least one (e.g. lite0), or several to compare")
-    specs = {name: get_spec(name)[0] for name in names}  # unknown names fail here, before the slow work
+    specs = {name: backbone_entry(name) for name in names}  # unknown names fail here, before the slow work
     wanted = list(SCORES) if scores is None else list(dict.fromkeys(scores))
     unknown = [s for s in wanted if s not in SCORES]
     if unknown:
