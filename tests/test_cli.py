@@ -80,7 +80,7 @@ def test_corrupt_image_error_then_skip_keeps_extracted_features(image_folder, tm
     assert_user_error(p, "zz.png")
     p = tk("fit", image_folder, "--backbone", TINY, "--out", tmp_path / "r2", "--no-report", "--on-bad-input", "skip")
     assert p.returncode == 0, p.stderr
-    assert "read from cache" in p.stderr, "features extracted before the error must not be extracted again"
+    assert "read from the cache" in p.stderr, "features extracted before the error must not be extracted again"
     skipped = pd.read_csv(tmp_path / "r2" / "skipped.csv")
     assert list(skipped["input"].str.endswith("zz.png")) == [True]
 

@@ -105,7 +105,10 @@ def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, t
     assert res.metrics["accuracy"] >= 2 / 3, f"three very different synthetic classes: {res.metrics['accuracy']:.2f}"
     run = tmp_path / "ft"
     info = json.loads((run / "model" / "model.json").read_text())
-    assert info["kind"] == "finetuned" and (run / info["weights"]).is_file() and (run / "epochs.csv").is_file()
+    assert info["kind"] == "finetuned" and (run / "epochs.csv").is_file()
+    # the fine-tuned backbone lives inside the run, every file with its digest
+    assert info["backbone"]["path"] == "backbone" and (run / "model" / "backbone" / "backbone.json").is_file()
+    assert len(info["head"]["sha256"]) == 64
     preds = pd.read_csv(run / "predictions.csv")
     loaded = load_run(run)
     out = loaded.predict(list(preds["input"]), num_workers=0)

@@ -8,7 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "read_journal", "append_journal", "json_default", "file_digest"]
+__all__ = ["atomic_write", "atomic_write_bytes", "read_journal", "append_journal", "json_default", "file_digest",
+           "default_cache_dir"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -50,6 +51,15 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSFERKIT_CACHE``, else ``$XDG_CACHE_HOME/transferkit``, else ``~/.cache/transferkit``."""
+    env = os.environ.get("TRANSFERKIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "transferkit"
 
 
 def json_default(o):

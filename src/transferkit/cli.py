@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -57,11 +58,39 @@ def _friendly(fn: Callable) -> Callable:
     return wrapper
 
 
+#: library parameter -> the CLI flag that sets it. Library messages name parameters (``labels_per_class=50``,
+#: ``on_bad_input="skip"``); a CLI user sees the flags instead. This table is the only place the two meet.
+FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-input", "out": "--out",
+         "input_column": "--input-column", "label_column": "--label-column", "domain_column": "--domain-column",
+         "source_domain": "--source-domain", "target_domain": "--target-domain", "target_labels": "--target-labels",
+         "cache_dir": "--cache-dir", "batch_size": "--batch-size", "num_workers": "--workers",
+         "val_fraction": "--val-fraction", "test_fraction": "--test-fraction", "backbone": "--backbone",
+         "strategy": "--strategy", "resume": "--resume", "image_size": "--image-size", "finetune": "--finetune",
+         "seed": "--seed", "head": "--head", "precision": "--precision", "device": "--device", "devices": "--devices",
+         "epochs": "--epochs", "lr": "--lr", "freeze": "--freeze", "freeze_until": "--freeze-until",
+         "output": "--output", "max_test": "--max-test", "strategies": "--strategies", "steps": "--steps",
+         "trade_off": "--trade-off", "selection": "--selection", "max_samples": "--max-samples",
+         "scores": "--scores", "encoding": "--encoding", "accelerator": "--device"}
+_ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
+_BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
+
+
+def as_flags(text: str) -> str:
+    """A library message in the CLI's words: ``name=value`` becomes ``--flag value`` (``--flag`` for True), and
+    multi-word parameter names become their flags."""
+    def assign(m: re.Match) -> str:
+        value = m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
+        flag = FLAGS[m.group(1)]
+        return flag if value in (None, "", "True") else f"{flag} {value}"
+
+    return _BARE.sub(lambda m: FLAGS[m.group(1)], _ASSIGN.sub(assign, text))
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{e.filename}: {text}"
-    return " ".join(text.split())
+    return as_flags(" ".join(text.split()))
 
 
 def _pct(v: float | None) -> str:
@@ -168,10 +197,10 @@ def predict(
     quiet: bool = QuietOpt,
 ):
     """Predict classes with class probabilities for new inputs."""
-    from .pipeline import _check_choice
+    from .pipeline import check_choice
     from .runs import load_run, write_csv
 
-    _check_choice(on_bad_input, ("error", "skip"), "--on-bad-input")
+    check_choice(on_bad_input, ("error", "skip"), "on_bad_input")
     run = load_run(run_dir)
     df = run.predict(inputs, on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers,
                      cache_dir=cache_dir, device=device, progress=not quiet, input_column=input_column)
@@ -208,23 +237,19 @@ def extract(
 ):
     """Extract features into the cache (resumable: rerun after an interruption to continue)."""
     from .backbones import create_backbone
-    from .data import load_data
-    from .errors import BadInputError
-    from .features import FeatureStore
-    from .runs import _bad_message
+    from .features.featureset import build_featureset
 
-    source = load_data(data, input_column=input_column, on_bad_input=on_bad_input, require_labels=False)
     bb = create_backbone(backbone)
-    store = FeatureStore(cache_dir)
-    feats = store.get(bb, source, batch_size=batch_size, num_workers=workers, device=device, progress=not quiet)
-    out.print(f"{len(source)} {source.modality}s x {bb.num_features} features from {bb.name}: "
-              f"{feats.extracted} extracted, {len(source) - feats.extracted} from cache, {feats.seconds:.1f}s")
-    out.print(f"features: {feats.path}")
-    if feats.bad:
-        msg = _bad_message(feats.bad)
-        if on_bad_input != "skip":
-            raise BadInputError(msg)
-        out.print(f"[yellow]{msg}[/yellow]")
+    fs = build_featureset(data, bb, cache_dir=cache_dir, labels="ignore", split=False, on_bad_input=on_bad_input,
+                          batch_size=batch_size, num_workers=workers, device=device, input_column=input_column,
+                          progress=not quiet)
+    n = len(fs) + len(fs.skipped)
+    out.print(f"{n} {fs.source.modality}s x {bb.num_features} features from {bb.name}: "
+              f"{fs.extracted} extracted, {len(fs) - fs.extracted} from cache, {fs.seconds:.1f}s")
+    out.print(f"features: {fs.path}")
+    if fs.skipped:
+        out.print(f"[yellow]{len(fs.skipped)} unreadable input(s) left out, e.g. {fs.skipped[0][0]}: "
+                  f"{fs.skipped[0][1]}[/yellow]")
 
 
 @app.command()
@@ -299,11 +324,11 @@ def compare(
     except ValueError:
         raise TransferkitError(f"--labels-per-class must be comma-separated integers, got {labels_per_class!r}") from None
     cfg = {k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v is not None}
-    from .pipeline import _engine_settings
+    from .pipeline import engine_settings
 
     res = compare_strategies(data, backbone=backbone, strategies=[x.strip() for x in strategies.split(",") if x.strip()],
                              labels_per_class=budgets, seeds=list(range(seeds)),
-                             config=_engine_settings(cfg or None, None, 0)["config"], grayscale=grayscale,
+                             config=engine_settings(cfg or None, None, 0)["config"], grayscale=grayscale,
                              cache_dir=cache_dir, out=out_dir, progress=not quiet, max_test=max_test,
                              log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
     table = Table(title=f"test accuracy, mean ± std over {seeds} seed(s)")

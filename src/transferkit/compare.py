@@ -39,7 +39,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._io import append_journal, read_journal
 from .data.splits import Splits, make_splits
 from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
 
@@ -274,44 +273,13 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
         DataError: a budget too large for the smallest class, text data, no budgets or seeds.
     """
     from . import __version__
-    from .data.sources import load_data
-    from .report import classification_metrics
+    from .data.load import load_data
+    from .experiment import Cell, run_grid, settings_hash
     from .runs import default_run_dir, prepare_run_dir
-    from .train.engine import TrainConfig
 
     say = log or (lambda msg: None)
-    strategies = list(dict.fromkeys(strategies))
-    valid = valid_strategies()
-    bad = [s for s in strategies if s not in valid]
-    if bad or not strategies:
-        raise UnknownNameError(f"unknown strateg{'y' if len(bad) == 1 else 'ies'} {', '.join(map(repr, bad))}; "
-                               f"valid strategies: {', '.join(valid)}" if bad else
-                               f"no strategies given; valid strategies: {', '.join(valid)}")
-    params = {k: dict(v) for k, v in (strategy_params or {}).items()}
-    unused = sorted(set(params) - set(strategies))
-    if unused:
-        raise TransferkitError(f"strategy_params given for {', '.join(unused)}, which are not compared "
-                               f"(strategies: {', '.join(strategies)})")
-    if {"probe", "cnn", "auto"} & set(params):
-        raise TransferkitError("strategy_params do not apply to probe, cnn or auto; give them for engine strategies")
-    from .train.strategies import create_strategy
-
-    if "auto" in strategies:  # judged against the strategies it chooses from: run it after them
-        strategies = [s for s in strategies if s != "auto"] + ["auto"]
-    for s in strategies:
-        if s not in ("probe", "cnn", "auto"):
-            create_strategy(s, **params.get(s, {}))  # bad parameters fail before any work
-    budgets = [int(b) for b in labels_per_class]
-    seeds = [int(s) for s in seeds]
-    if not budgets or not seeds:
-        raise DataError("labels_per_class and seeds must each hold at least one value")
-    cfg = config if config is not None else TrainConfig()
-    if not isinstance(cfg, TrainConfig):
-        raise TransferkitError(f"config must be a TrainConfig, got {type(cfg).__name__}")
-    cfg.validate()
-    if max_test is not None and (not isinstance(max_test, int) or max_test < 1):
-        raise DataError(f"max_test must be a positive integer or None (got {max_test!r})")
-
+    strategies, params, budgets, seeds, cfg = _check_settings(strategies, strategy_params, labels_per_class, seeds,
+                                                              config, max_test)
     source = load_data(data)
     source.require_labels()
     if source.modality != "image":
@@ -328,67 +296,130 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
     if too_big:
         raise DataError(f"{source.origin or source.name}: the smallest class has {smallest} samples, too few for "
                         f"{', '.join(map(str, too_big))} labels per class (at most {smallest - 1})")
-    out_dir = prepare_run_dir(out if out is not None else
-                              default_run_dir(f"compare-{source.name}", backbone))
-    labels_digest = hashlib.sha256(y.tobytes()).hexdigest()[:16]
-    base_settings = {"data": source.fingerprint(), "labels": labels_digest, "backbone": backbone,
-                     "grayscale": bool(grayscale), "max_test": max_test, "transferkit": __version__}
+    out_dir = prepare_run_dir(out if out is not None else default_run_dir(f"compare-{source.name}", backbone),
+                              "compare", resume=True)
+    base_settings = {"data": source.fingerprint(), "labels": hashlib.sha256(y.tobytes()).hexdigest()[:16],
+                     "backbone": backbone, "grayscale": bool(grayscale), "max_test": max_test,
+                     "transferkit": __version__}
 
     def cell_settings(strategy: str) -> dict[str, Any]:
-        s = {**base_settings, "strategy": strategy}
+        st = {**base_settings, "strategy": strategy}
         if strategy in ("probe", "auto"):
-            s["image_size"] = cfg.image_size
+            st["image_size"] = cfg.image_size
         if strategy == "auto":  # scores the strategy it picks, trained as the others are
-            s["choices"] = {k: digest(cell_settings(k)) for k in ADVISOR_CHOICES}
+            st["choices"] = {k: settings_hash(cell_settings(k)) for k in ADVISOR_CHOICES}
         elif strategy not in ("probe", "cnn"):
-            s["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "num_workers",
-                                                                                "eval_batch_size")}
-            s["params"] = params.get(strategy, {})
-        return s
+            st["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "num_workers",
+                                                                                 "eval_batch_size")}
+            st["params"] = params.get(strategy, {})
+        return st
 
-    def digest(obj: Any) -> str:
-        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    hashes = {s: settings_hash(cell_settings(s)) for s in dict.fromkeys([*strategies, *ADVISOR_CHOICES])}
+    runner = _CellRunner(source, y, classes, backbone, cfg, params, hashes, out_dir, cache_dir, progress,
+                         keep_checkpoints, say)
+    cells = []
+    for budget in budgets:
+        for seed in seeds:
+            sp = make_splits(y, labels_per_class=budget, seed=seed, classes=classes)
+            sp = Splits(sp.train, sp.val, cap_test(sp.test, y, max_test, seed))
+            split_id = settings_hash([sp.train.tolist(), sp.val.tolist(), sp.test.tolist()])
+            for strategy in strategies:
+                cells.append(Cell({"strategy": strategy, "budget": budget, "seed": seed}, hashes[strategy],
+                                  {"splits": sp, "split": split_id}))
 
-    hashes = {s: digest(cell_settings(s)) for s in dict.fromkeys([*strategies, *ADVISOR_CHOICES])}
-    cells_path = out_dir / CELLS_FILE
-    done: dict[tuple[str, int, int, str], dict[str, Any]] = {}
-    for c in read_journal(cells_path):
-        try:
-            done[(c["strategy"], int(c["budget"]), int(c["seed"]), c["settings_hash"])] = c
-        except (KeyError, TypeError, ValueError):
-            continue
+    def logged(rec: dict[str, Any]) -> None:
+        say(f"{rec['strategy']:>9} N={rec['budget']:<4} seed={rec['seed']}: acc {100 * rec['accuracy']:.1f}% "
+            f"macro-F1 {100 * rec['macro_f1']:.1f}% ({rec['seconds']:.1f}s)")
 
-    cells: list[dict[str, Any]] = []
-    reused = 0
-    feats_X: np.ndarray | None = None
-    feats_bb: Any = None
-    feature_seconds = 0.0
+    grid = run_grid(cells, runner, out_dir / CELLS_FILE, log=logged)
+    return _finish(grid.records, out_dir, {
+        **base_settings, "dataset": source.name, "origin": source.origin, "classes": classes,
+        "strategies": strategies, "labels_per_class": budgets, "seeds": seeds, "train_config": cfg.to_dict(),
+        "strategy_params": params, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, grid.reused,
+        runner.feature_seconds)
 
-    def probe_features() -> np.ndarray:
-        nonlocal feats_X, feats_bb, feature_seconds
-        if feats_X is None:
+
+def _check_settings(strategies: Sequence[str], strategy_params: dict[str, dict[str, Any]] | None,
+                    labels_per_class: Sequence[int], seeds: Sequence[int], config: Any, max_test: int | None):
+    """Every setting checked before any work: strategies, their parameters, budgets, seeds, the engine config."""
+    from .train.engine import TrainConfig
+    from .train.strategies import create_strategy
+
+    strategies = list(dict.fromkeys(strategies))
+    valid = valid_strategies()
+    bad = [s for s in strategies if s not in valid]
+    if bad or not strategies:
+        raise UnknownNameError(f"unknown strateg{'y' if len(bad) == 1 else 'ies'} {', '.join(map(repr, bad))}; "
+                               f"valid strategies: {', '.join(valid)}" if bad else
+                               f"no strategies given; valid strategies: {', '.join(valid)}")
+    params = {k: dict(v) for k, v in (strategy_params or {}).items()}
+    unused = sorted(set(params) - set(strategies))
+    if unused:
+        raise TransferkitError(f"strategy_params given for {', '.join(unused)}, which are not compared "
+                               f"(strategies: {', '.join(strategies)})")
+    if {"probe", "cnn", "auto"} & set(params):
+        raise TransferkitError("strategy_params do not apply to probe, cnn or auto; give them for engine strategies")
+    if "auto" in strategies:  # judged against the strategies it chooses from: run it after them
+        strategies = [s for s in strategies if s != "auto"] + ["auto"]
+    for s in strategies:
+        if s not in ("probe", "cnn", "auto"):
+            create_strategy(s, **params.get(s, {}))  # bad parameters fail before any work
+    budgets = [int(b) for b in labels_per_class]
+    seeds = [int(s) for s in seeds]
+    if not budgets or not seeds:
+        raise DataError("labels_per_class and seeds must each hold at least one value")
+    cfg = config if config is not None else TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise TransferkitError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    if max_test is not None and (not isinstance(max_test, int) or max_test < 1):
+        raise DataError(f"max_test must be a positive integer or None (got {max_test!r})")
+    return strategies, params, budgets, seeds, cfg
+
+
+class _CellRunner:
+    """Computes one (strategy, budget, seed) cell on its split; the probe's features are read once."""
+
+    def __init__(self, source: Any, y: np.ndarray, classes: list[str], backbone: str, cfg: Any, params: dict,
+                 hashes: dict[str, str], out_dir: Path, cache_dir: Any, progress: bool, keep_checkpoints: bool,
+                 say: Callable[[str], None]):
+        self.source, self.y, self.classes, self.backbone, self.cfg = source, y, classes, backbone, cfg
+        self.params, self.hashes, self.out_dir, self.cache_dir = params, hashes, out_dir, cache_dir
+        self.progress, self.keep_checkpoints, self.say = progress, keep_checkpoints, say
+        self.features: Any = None
+        self.feature_seconds = 0.0
+
+    def probe_features(self) -> Any:
+        """The frozen backbone's features of every item (at ``image_size`` when set), once for all cells."""
+        if self.features is None:
             from .backbones import create_backbone
-            from .features import FeatureStore
+            from .features.featureset import build_featureset
 
-            bb = create_backbone(backbone)
-            if cfg.image_size:
-                bb = bb.with_preprocessing(input_size=cfg.image_size)  # part of the cache key
-            f = FeatureStore(cache_dir).get(bb, source, num_workers=0 if cfg.num_workers == 0 else None,
-                                            progress=progress)
-            if f.bad:
-                raise DataError(f"{len(f.bad)} unreadable item(s) in {source.origin or source.name}, e.g. "
-                                f"{f.bad[0][1]}: {f.bad[0][2]}")
-            feats_X = np.asarray(f.X, dtype=np.float32)
-            feats_bb = bb
-            feature_seconds = f.seconds
-            say(f"probe features: {backbone} {feats_X.shape} in {f.seconds:.1f}s (extracted {f.extracted})")
-        return feats_X
+            bb = create_backbone(self.backbone)
+            if self.cfg.image_size:
+                bb = bb.with_preprocessing(input_size=self.cfg.image_size)  # part of the cache key
+            fs = build_featureset(self.source, bb, cache_dir=self.cache_dir, labels="ignore", split=False,
+                                  num_workers=0 if self.cfg.num_workers == 0 else None, progress=self.progress)
+            self.features = fs
+            self.feature_seconds = fs.seconds
+            self.say(f"probe features: {self.backbone} {fs.X.shape} in {fs.seconds:.1f}s (extracted {fs.extracted})")
+        return self.features
 
-    def run_cell(strategy: str, budget: int, seed: int, sp: Splits) -> dict[str, Any]:
+    def __call__(self, cell: Any, done: list[dict[str, Any]]) -> dict[str, Any]:
+        c = cell.coords
+        out = self.run(c["strategy"], c["budget"], c["seed"], cell.context["splits"], done)
+        return {**out, "split": cell.context["split"]}
+
+    def run(self, strategy: str, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
+        from .report import classification_metrics
+
+        y, classes = self.y, self.classes
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
+        if strategy == "auto":
+            return self.auto(budget, seed, sp, done)
         if strategy == "probe":
-            X = probe_features()
+            X = np.asarray(self.probe_features().X, dtype=np.float32)
             t0 = time.perf_counter()
             from .heads import create_head
 
@@ -397,27 +428,25 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
             head.fit(X[sp.train], y[sp.train], eval_set=ev)
             y_pred = head.classes_[head.predict_proba(X[sp.test]).argmax(1)]
             extra = {"C": float(head.C_)}
-        elif strategy == "auto":
-            return auto_cell(budget, seed, sp)
         elif strategy == "cnn":
             from .train.scratch import train_scratch
 
-            r = train_scratch(source, y, sp.train, sp.val, sp.test, len(classes), seed=seed)
+            r = train_scratch(self.source, y, sp.train, sp.val, sp.test, len(classes), seed=seed)
             y_pred = np.asarray(r.y_pred)
             extra = {k: v for k, v in r.details.items() if isinstance(v, (int, float, str, type(None)))}
         else:
             from .train.engine import finetune
 
-            run_dir = out_dir / "cells" / f"{strategy}-n{budget}-s{seed}-{hashes[strategy]}"
-            r = finetune(source, y, sp, backbone, strategy, replace(cfg, seed=seed), run_dir, resume=True,
-                         strategy_params=params.get(strategy) or None, classes=classes, progress=progress,
-                         export=False)
+            run_dir = self.out_dir / "cells" / f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
+            r = finetune(self.source, y, sp, self.backbone, strategy, replace(self.cfg, seed=seed), run_dir,
+                         resume=True, strategy_params=self.params.get(strategy) or None, classes=classes,
+                         progress=self.progress, export=False)
             if not np.array_equal(r.test_index, sp.test):
                 raise TrainingError(f"the engine predicted other test items than the split's ({run_dir})")
             y_pred = np.asarray(r.y_pred)
             extra = {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "val_accuracy": r.val_accuracy,
                      "train_seconds": r.train_seconds, "resumed_from": r.resumed_from}
-            if not keep_checkpoints:
+            if not self.keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         seconds = time.perf_counter() - t0
         if extra.get("resumed_from"):  # a cell resumed after a kill: count the epochs trained before it too
@@ -425,53 +454,31 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
         m = classification_metrics(y[sp.test], y_pred, classes)
         return {"strategy": strategy, "budget": budget, "seed": seed, "accuracy": float(m["accuracy"]),
                 "macro_f1": float(m["macro_f1"]), "seconds": seconds, "n_train": int(len(sp.train)),
-                "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "settings_hash": hashes[strategy],
-                "details": extra}
+                "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "details": extra}
 
-    def auto_cell(budget: int, seed: int, sp: Splits) -> dict[str, Any]:
+    def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
+        """The advisor's pick on the labelled part of the split, scored by the cell of the strategy it chose."""
         from .transferability.advisor import advise
         from .transferability.source import source_probabilities
 
-        X = probe_features()
+        fs = self.probe_features()
+        X = np.asarray(fs.X, dtype=np.float32)
         t0 = time.perf_counter()
         lab = np.sort(np.concatenate([sp.train, sp.val]))  # the labelled part only, as fit --strategy auto
-        adv = advise(X[lab], y[lab], source_probs=source_probabilities(feats_bb, X[lab]),
+        adv = advise(X[lab], self.y[lab], source_probs=source_probabilities(fs.backbone, X[lab]),
                      n_labelled_per_class=float(budget), seed=seed)
         advice_seconds = time.perf_counter() - t0
         chosen = adv.strategy
-        twin = next((c for c in cells if (c["strategy"], c["budget"], c["seed"]) == (chosen, budget, seed)
-                     and c["settings_hash"] == hashes[chosen]), None)
+        twin = next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (chosen, budget, seed)
+                     and c["settings_hash"] == self.hashes[chosen]), None)
         ran = twin is None
         if ran:  # the advisor chose a strategy that is not compared: train it for this cell
-            twin = run_cell(chosen, budget, seed, sp)
+            twin = self.run(chosen, budget, seed, sp, done)
         return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": twin["accuracy"],
                 "macro_f1": twin["macro_f1"], "seconds": advice_seconds + twin["seconds"],
                 "n_train": int(len(sp.train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
-                "settings_hash": hashes["auto"],
                 "details": {"chosen": chosen, "advice_seconds": advice_seconds, "trained_for_auto": ran,
                             "reasons": adv.reasons, "votes": adv.evidence.get("votes")}}
-
-    for budget in budgets:
-        for seed in seeds:
-            sp = make_splits(y, labels_per_class=budget, seed=seed, classes=classes)
-            sp = Splits(sp.train, sp.val, cap_test(sp.test, y, max_test, seed))
-            split_id = digest([sp.train.tolist(), sp.val.tolist(), sp.test.tolist()])
-            for strategy in strategies:
-                key = (strategy, budget, seed, hashes[strategy])
-                if key in done:
-                    cells.append({**done[key], "reused": True})
-                    reused += 1
-                    continue
-                c = {**run_cell(strategy, budget, seed, sp), "split": split_id,
-                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                append_journal(cells_path, c)  # one whole line per finished cell
-                cells.append({**c, "reused": False})
-                say(f"{strategy:>9} N={budget:<4} seed={seed}: acc {100 * c['accuracy']:.1f}% "
-                    f"macro-F1 {100 * c['macro_f1']:.1f}% ({c['seconds']:.1f}s)")
-    return _finish(cells, out_dir, {
-        **base_settings, "dataset": source.name, "origin": source.origin, "classes": classes,
-        "strategies": strategies, "labels_per_class": budgets, "seeds": seeds, "train_config": cfg.to_dict(),
-        "strategy_params": params, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, reused, feature_seconds)
 
 
 def _finish(cells: list[dict[str, Any]], out_dir: Path, settings: dict[str, Any], reused: int,
@@ -543,16 +550,16 @@ def _write_html(result: CompareResult) -> None:
              "population std over seeds), macro-F1 %, mean wall time per cell; &#9888; = below the from-scratch "
              "baseline (negative transfer); the winner is shaded. The probe's time excludes feature extraction "
              f"({result.feature_seconds:.1f}s once for all cells).</small></p>")
-    from .report.html import _figure
+    from .report.html import figure_html
 
     series = {s: [(b, by[(s, b)]["accuracy_mean"], by[(s, b)]["accuracy_std"]) for b in budgets if (s, b) in by]
               for s in strategies}
     title = f"{st.get('dataset')} · {st.get('backbone')}" + (" · grayscale" if st.get("grayscale") else "")
-    figs = _figure(plot_accuracy_vs_budget(series, f"Test accuracy vs labels per class ({title})"),
+    figs = figure_html(plot_accuracy_vs_budget(series, f"Test accuracy vs labels per class ({title})"),
                    "accuracy vs labels per class")
     wall = [{"name": s, "seconds": float(np.mean([by[(s, b)]["seconds_mean"] for b in budgets if (s, b) in by])),
              "std": float(np.std([c["seconds"] for c in result.cells if c["strategy"] == s]))} for s in strategies]
-    figs += _figure(plot_wall_time(wall, "Mean wall time per cell"), "wall time per strategy")
+    figs += figure_html(plot_wall_time(wall, "Mean wall time per cell"), "wall time per strategy")
     write_report(result.out / "report.html", {
         "title": f"Strategy comparison: {title}",
         "subtitle": f"{len(result.cells)} cells: {len(strategies)} strategies x {len(budgets)} budgets x "

@@ -20,6 +20,7 @@ __all__ = [
     "TrainingError",
     "ResumeMismatchError",
     "ExportError",
+    "bad_inputs_message",
 ]
 
 
@@ -92,3 +93,15 @@ class ResumeMismatchError(TrainingError, ValueError):
 
 class ExportError(TransferkitError, RuntimeError):
     """A model could not be exported, or the exported file does not reproduce the PyTorch outputs."""
+
+
+def bad_inputs_message(bad) -> str:
+    """One message for unreadable inputs: how many, the first three with their reasons, and how to go on.
+
+    Args:
+        bad: ``(index, input, reason)`` triples.
+    """
+    first = "; ".join(f"{b[1]}: {b[2]}" for b in bad[:3])
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    return (f"{len(bad)} input(s) could not be read: {first}{more}. Fix or remove them, or leave them out with "
+            'on_bad_input="skip" (features already extracted are kept in the cache)')

@@ -11,7 +11,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from .backbones import Backbone, create_backbone
 from .data.sources import DataSource, from_arrays
 from .errors import BadInputError, NotFittedError, TransferkitError
-from .features import FeatureStore
 from .heads import create_head
 
 __all__ = ["TransferClassifier"]
@@ -60,15 +59,14 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.progress = progress
 
     def _features(self, X: Any, y: Any = None) -> tuple[np.ndarray, np.ndarray, DataSource]:
-        source = X if isinstance(X, DataSource) else from_arrays(X, y, name="X")
-        bb = _backbone(self.backbone)
-        feats = FeatureStore(self.cache_dir).get(bb, source, batch_size=self.batch_size, num_workers=self.num_workers,
-                                                 device=self.device, progress=self.progress)
-        if feats.bad and self.on_bad_input != "skip":
-            from .runs import _bad_message
+        """Features of the kept inputs, their positions among the inputs given, and the source."""
+        from .features.featureset import build_featureset
 
-            raise BadInputError(_bad_message(feats.bad), [(b[1], b[2]) for b in feats.bad])
-        return np.asarray(feats.X, dtype=np.float32), feats.good, source
+        source = X if isinstance(X, DataSource) else from_arrays(X, y, name="X")
+        fs = build_featureset(source, _backbone(self.backbone), cache_dir=self.cache_dir, labels="ignore", split=False,
+                              on_bad_input=self.on_bad_input, batch_size=self.batch_size,
+                              num_workers=self.num_workers, device=self.device, progress=self.progress)
+        return np.asarray(fs.X, dtype=np.float32), fs.positions, source
 
     def fit(self, X: Any, y: Any = None, eval_set: tuple[Any, Any] | None = None) -> "TransferClassifier":
         """Extract (or read cached) features of ``X`` and train the head on them.
@@ -92,8 +90,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         ev = None
         if eval_set is not None:
             Fv, gv, _ = self._features(eval_set[0])
-            ev = (Fv[gv], np.asarray(eval_set[1])[gv])
-        self.head_.fit(F[good], y[good], eval_set=ev)
+            ev = (Fv, np.asarray(eval_set[1])[gv])
+        self.head_.fit(F, y[good], eval_set=ev)
         self.classes_ = self.head_.classes_
         self.n_skipped_ = int(len(y) - len(good))
         return self
@@ -105,9 +103,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(N, n_classes)``, columns in the order of ``classes_``."""
         self._check_fitted()
-        F, good, _ = self._features(X)
-        if len(good) != len(F):
-            raise BadInputError(f"{len(F) - len(good)} input(s) could not be read; predict_proba needs every input")
+        F, good, source = self._features(X)
+        if len(good) != len(source):
+            raise BadInputError(f"{len(source) - len(good)} input(s) could not be read; predict_proba needs every "
+                                "input")
         return self.head_.predict_proba(F)
 
     def predict(self, X: Any) -> np.ndarray:
@@ -124,10 +123,6 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         from .runs import prepare_run_dir, save_model
 
         self._check_fitted()
-        bb = _backbone(self.backbone)
-        run_dir = prepare_run_dir(path)
-        save_model(run_dir, self.head_.to_module(), {
-            "backbone": bb.name, "backbone_weights": bb.weights_digest(), "modality": bb.modality,
-            "preprocessing": bb.data_config(), "classes": [str(c) for c in self.classes_],
-            "num_features": bb.num_features})
+        run_dir = prepare_run_dir(path, "fit")
+        save_model(run_dir, self.head_.to_module(), _backbone(self.backbone), [str(c) for c in self.classes_])
         return run_dir

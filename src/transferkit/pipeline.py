@@ -1,36 +1,38 @@
 """The main job: pretrained backbone -> cached features -> shallow head, beside a from-scratch baseline.
 
-``fit_run`` is what ``transferkit fit`` runs; the CLI is a thin layer over it.
+``fit_run`` is what ``transferkit fit`` runs; the CLI is a thin layer over it. Its stages: check the settings,
+get the :class:`~transferkit.features.featureset.FeatureSet` (features cached, bad inputs handled, splits), train
+the head (the probe), optionally fine-tune through the training loop, train the from-scratch baseline on the same
+labels, and write the run (config, metrics, predictions, model, report).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from . import __version__
 from .data.builtin import DATASETS
-from .data.sources import DataSource, from_arrays, from_folder, load_data
-from .data.splits import Splits, make_splits
-from .errors import BadInputError, DataError, TransferkitError
-from .runs import MODEL_FORMAT, _bad_message, default_run_dir, prepare_run_dir, save_model, write_csv, write_json
+from .data.sources import DataSource
+from .data.splits import Splits
+from .errors import TransferkitError
+from .runs import default_run_dir, prepare_run_dir, save_model, write_csv, write_json
 
 # torch, timm, scikit-learn and matplotlib are imported inside the functions, after the cheap checks of the
 # user's input, so that a mistake is reported in a fraction of a second.
 
-__all__ = ["FitResult", "fit_run", "collect_inputs", "DEFAULT_LABELS_PER_CLASS", "negative_transfer_warning"]
+__all__ = ["FitResult", "fit_run", "DEFAULT_LABELS_PER_CLASS", "negative_transfer_warning", "check_choice",
+           "engine_settings"]
 
 DEFAULT_LABELS_PER_CLASS = 10
-ON_BAD_INPUT = ("error", "skip")
 
 
 @dataclass
@@ -59,47 +61,10 @@ class FitResult:
     advice: dict[str, Any] | None = None
 
 
-def _check_choice(value: str, allowed: Sequence[str], what: str) -> None:
+def check_choice(value: str, allowed: Any, what: str) -> None:
+    """Raise a clear error unless ``value`` is one of ``allowed`` (``what`` names the parameter)."""
     if value not in allowed:
         raise TransferkitError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input: str = "error") -> DataSource:
-    """Inputs for prediction as one unlabelled :class:`DataSource`.
-
-    Accepts a built-in dataset name, a folder (with or without class sub-folders), a table, a list of image
-    files / folders / tables, or in-memory images or texts.
-    """
-    if isinstance(inputs, DataSource):
-        return inputs
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    items = list(inputs)
-    if items and all(isinstance(i, (str, os.PathLike)) for i in items) and any(
-            Path(i).exists() or str(i) in DATASETS for i in items):
-        parts: list[DataSource] = []
-        for i in items:
-            p = Path(i).expanduser()
-            if p.is_dir():
-                src = from_folder(p, on_bad_input=on_bad_input, require_classes=False)
-            elif p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
-                src = load_data(p, input_column=input_column, require_labels=False)
-            elif p.is_file() or str(i) in DATASETS:
-                src = load_data(str(i), require_labels=False) if str(i) in DATASETS else from_arrays([str(p)])
-                if src.kind == "texts" and p.is_file():
-                    raise DataError(f"{p}: not an image file or a table; give images, folders or a .csv/.tsv/.parquet")
-            else:
-                raise DataError(f"input not found: {i}")
-            parts.append(src)
-        kinds = {s.kind for s in parts}
-        if len(kinds) > 1 and kinds != {"paths"}:
-            raise DataError(f"inputs mix kinds of data ({', '.join(sorted(kinds))}); predict one kind at a time")
-        if len(parts) == 1:
-            return DataSource(parts[0].items, parts[0].kind, name=parts[0].name, origin=parts[0].origin,
-                              skipped=parts[0].skipped)
-        return DataSource([x for s in parts for x in s.items], parts[0].kind, name="inputs", origin="inputs",
-                          skipped=[x for s in parts for x in s.skipped])
-    return from_arrays(items, name="inputs")
 
 
 def negative_transfer_warning(transfer_acc: float, scratch_acc: float, what: str = "transfer") -> str | None:
@@ -111,25 +76,7 @@ def negative_transfer_warning(transfer_acc: float, scratch_acc: float, what: str
     return None
 
 
-def _result_cache(store: Any, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """A JSON result computed once per key (baselines, projections), kept beside the features."""
-    digest = hashlib.sha256(json.dumps({**key, "kind": kind, "v": __version__}, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = store.root / "results" / f"{kind}-{digest}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text()), True
-        except (OSError, ValueError):
-            pass
-    value = compute()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, value)
-    except OSError:
-        pass  # the result is still returned; only the reuse is lost
-    return value, False
-
-
-def _engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] | None, seed: int) -> dict[str, Any]:
+def engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] | None, seed: int) -> dict[str, Any]:
     """The fine-tuning engine's ``TrainConfig`` (seeded like the split) and loss terms, checked before any work."""
     from dataclasses import fields, replace
 
@@ -153,9 +100,11 @@ def _engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] 
     return {"config": cfg, "losses": losses}
 
 
-def _view_id(view: Path) -> str:
-    """``<backbone key>/<data key>`` of a feature view: the same data under two backbones gives two ids."""
-    return f"{view.parent.parent.name}/{view.name}"
+def _view_id(fs: Any) -> str:
+    """``<backbone key>/<data key>`` of a feature set's cached view: the same data under two backbones differ."""
+    view = Path(fs.path)
+    return f"{view.parent.parent.name}/{view.name}" + ("" if len(fs.source) == len(fs.X) and not fs.skipped
+                                                       else f"#{hashlib.sha256(fs.positions.tobytes()).hexdigest()[:8]}")
 
 
 def _learning_curve(head_name: str, head_params: dict, X: np.ndarray, y: np.ndarray, splits: Splits,
@@ -197,20 +146,22 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     Args:
         data: a built-in dataset name, a folder of class sub-folders, a table, or a :class:`DataSource`.
         backbone: backbone registry name.
-        head: ``logreg``, ``linear`` or ``mlp``; ``head_params`` go to its constructor.
+        head: a head of :data:`~transferkit.heads.HEADS` (``logreg``, ``linear``, ``mlp``); ``head_params`` go to
+            its constructor.
         labels_per_class: labelled budget per class (the rest is the test split); ``"auto"`` means
             10 for built-in datasets and every label (split into fractions) for a user's data.
         val_fraction, test_fraction: split shares (validation is carved from the labelled samples).
         seed: seed of the split and of training.
-        out: run directory (default ``runs/<time>-<data>-<backbone>``).
+        out: run directory (default ``runs/<time>-<data>-<backbone>``); it must be new or empty (or hold the
+            fine-tuning run being resumed).
         cache_dir: feature-cache folder (default ``$TRANSFERKIT_CACHE`` or ``~/.cache/transferkit``).
         baseline: also train the from-scratch baseline on the same labels.
         report: write ``report.html``.
         on_bad_input: ``"error"`` or ``"skip"`` for unreadable inputs.
         log: called with one-line progress messages.
-        strategy: ``probe`` (frozen backbone, cached features, shallow head) or a fine-tuning strategy of the
-            engine (``finetune``, ``partial``, ``gradual``, ``scratch``); a fine-tuned run still reports the
-            probe beside it.
+        strategy: ``probe`` (frozen backbone, cached features, shallow head), ``auto`` (the advisor picks) or a
+            fine-tuning strategy of the engine (``finetune``, ``partial``, ``gradual``, ``scratch``); a fine-tuned
+            run still reports the probe beside it.
         strategy_params: e.g. ``{"freeze": 3}`` for ``partial``.
         train_config: a :class:`~transferkit.train.engine.TrainConfig` or a dict of its fields (fine-tuning).
         regularizers: fine-tuning loss terms by name, e.g. ``{"l2sp": {"alpha": 0.01}, "bss": {"eta": 0.001}}``.
@@ -219,99 +170,50 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     Returns:
         A :class:`FitResult`.
     """
+    from .backbones import backbone_entry, create_backbone
+    from .features import FeatureStore
+    from .features.featureset import ON_BAD_INPUT, build_featureset
+    from .heads import HEADS
+
     say = log or (lambda msg: None)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    _check_choice(on_bad_input, ON_BAD_INPUT, "--on-bad-input")
-    _check_choice(head, ["logreg", "linear", "mlp"], "--head")
+    check_choice(on_bad_input, ON_BAD_INPUT, "on_bad_input")
+    HEADS.get(head)  # unknown heads fail before any work
     engine = None
     if strategy != "probe":
-        from .train import strategies as engine_strategies
+        from .train.strategies import create_strategy
 
         if strategy != "auto":
-            engine_strategies.create_strategy(strategy, **(strategy_params or {}))  # unknown names fail now
-        engine = _engine_settings(train_config, regularizers, seed)
+            create_strategy(strategy, **(strategy_params or {}))  # unknown names fail now
+        engine = engine_settings(train_config, regularizers, seed)
     is_builtin = isinstance(data, str) and data in DATASETS and not os.path.exists(data)
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None
-
-    from .backbones import backbone_entry, create_backbone
-
-    spec = backbone_entry(backbone)  # unknown names and modality mismatches fail before the slow work
+    backbone_entry(backbone)  # unknown names fail before the slow work
     t = time.perf_counter()
-    source = load_data(data, input_column=input_column, label_column=label_column, on_bad_input=on_bad_input)
-    source.require_labels()
-    run_dir = prepare_run_dir(out if out is not None else default_run_dir(source.name, backbone))
-    if spec.modality != source.modality:
-        from .errors import ModalityError
-
-        raise ModalityError(f"{source.origin or source.name} holds {source.modality} data but backbone {backbone!r} "
-                            f"takes {spec.modality}s; pick a{'n' if source.modality == 'image' else ''} "
-                            f"{source.modality} backbone (see `transferkit backbones`)")
-    from .features import FeatureStore
-    from .heads import create_head
-
     bb = create_backbone(backbone)
-    if source.modality != bb.modality:
-        from .errors import ModalityError
-
-        raise ModalityError(f"{source.origin or source.name} holds {source.modality} data but backbone {backbone!r} "
-                            f"takes {bb.modality}s; pick a{'n' if source.modality == 'image' else ''} {source.modality} "
-                            "backbone (see `transferkit backbones`)")
-    skipped = list(source.skipped)
-    header_bad = source.check_inputs()
-    if header_bad:
-        if on_bad_input == "error":
-            raise BadInputError(_bad_message([(0, p, r) for p, r in header_bad]), header_bad)
-        bad_set = {p for p, _ in header_bad}
-        source = source.subset([i for i, p in enumerate(source.items) if p not in bad_set])
-        skipped += header_bad
-    timings["load"] = time.perf_counter() - t
-    say(f"data: {source.origin or source.name}: {len(source)} {source.modality}s, {len(source.classes)} classes")
-
-    t = time.perf_counter()
+    run_dir = prepare_run_dir(out if out is not None else default_run_dir(_data_name(data), backbone), "fit",
+                              resume=resume)
     store = FeatureStore(cache_dir)
-    feats = store.get(bb, source, batch_size=batch_size, num_workers=num_workers, device=device, progress=progress)
+    fs = build_featureset(data, bb, store=store, labels_per_class=labels_per_class, val_fraction=val_fraction,
+                          test_fraction=test_fraction, seed=seed, on_bad_input=on_bad_input, batch_size=batch_size,
+                          num_workers=num_workers, device=device, input_column=input_column,
+                          label_column=label_column, progress=progress, log=say)
     timings["features"] = time.perf_counter() - t
-    say(f"features: {bb.name} ({bb.num_features}-d) " + (f"extracted {feats.extracted} in {feats.seconds:.1f}s"
-        if feats.extracted else f"read from cache in {feats.seconds:.2f}s ({feats.path.parent.parent})"))
-    if feats.bad:
-        if on_bad_input == "error":
-            raise BadInputError(_bad_message(feats.bad), [(b[1], b[2]) for b in feats.bad])
-        skipped += [(b[1], b[2]) for b in feats.bad]
-    keep = feats.good
-    classes = source.classes
-    y_all = source.encoded_labels(classes)
-    X = feats.X if len(keep) == len(source) else np.asarray(feats.X[keep])
-    src = source if len(keep) == len(source) else source.subset(keep)
-    y = y_all[keep]
-    if len(np.unique(y)) < 2:
-        raise DataError(f"{source.origin or source.name}: fewer than 2 classes are left after skipping bad inputs")
-    splits = make_splits(y, labels_per_class=labels_per_class, val_fraction=val_fraction,
-                         test_fraction=test_fraction, seed=seed, classes=classes)
+    source, splits, classes, y = fs.source, fs.splits, fs.classes, fs.y
+    say(f"data: {source.origin or source.name}: {len(source)} {source.modality}s, {len(classes)} classes")
 
     advice = None
     if strategy == "auto":
-        from .transferability.advisor import advise
-        from .transferability.source import source_probabilities
-
-        Xl = np.asarray(X[splits.labelled], dtype=np.float32)
-        advice = advise(Xl, y[splits.labelled], source_probs=source_probabilities(bb, Xl), seed=seed)
-        strategy = advice.strategy
-        say(f"strategy auto -> {strategy}: " + "; ".join(advice.reasons))
+        advice, strategy = _advise(fs, seed, say)
         if strategy == "probe":
             engine = None
     t = time.perf_counter()
     params = dict(head_params or {})
-    if head != "logreg":
+    if HEADS.get(head).kind == "torch":
         params.setdefault("random_state", seed)
-    model = create_head(head, **params)
-    Xtr = np.asarray(X[splits.train], dtype=np.float32)
-    eval_set = (np.asarray(X[splits.val], dtype=np.float32), y[splits.val]) if len(splits.val) else None
-    model.fit(Xtr, y[splits.train], eval_set=eval_set)
-    Xte = np.asarray(X[splits.test], dtype=np.float32)
-    proba = model.predict_proba(Xte)
-    y_pred = model.classes_[proba.argmax(1)]
+    model, proba, y_pred = _fit_head(fs, head, params)
     timings["head"] = time.perf_counter() - t
 
     from .report import classification_metrics
@@ -326,12 +228,11 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
 
         t = time.perf_counter()
         say(f"fine-tuning: strategy {strategy} {strategy_params or ''}".rstrip())
-        ft = finetune(src, y, splits, backbone, strategy, engine["config"], run_dir, resume=resume,
+        ft = finetune(source, y, splits, bb, strategy, engine["config"], run_dir, resume=resume,
                       strategy_params=strategy_params, extra_losses=engine["losses"], classes=classes,
-                      progress=progress, log=say)
+                      progress=progress, log=say, export=False)
         timings["finetune"] = time.perf_counter() - t
-        proba = ft.proba
-        y_pred = np.asarray(ft.y_pred)
+        proba, y_pred = ft.proba, np.asarray(ft.y_pred)
         probe_row = comparison[0] | {"name": transfer_name + " (probe, for reference)", "kind": "reference"}
         metrics = classification_metrics(y[splits.test], y_pred, classes)
         transfer_name = f"{bb.name} {strategy}" + (f" {strategy_params}" if strategy_params else "")
@@ -341,26 +242,15 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     base_metrics = None
     if baseline:
         t = time.perf_counter()
-        from .train.scratch import train_scratch
-
-        def compute() -> dict[str, Any]:
-            r = train_scratch(src, y, splits.train, splits.val, splits.test, len(classes), seed=seed)
-            return {"name": r.name, "y_pred": r.y_pred.tolist(), "seconds": r.seconds, "details": r.details}
-
-        key = {"data": src.fingerprint(), "labels": hashlib.sha256(y.tobytes()).hexdigest(),
-               "splits": [splits.train.tolist(), splits.val.tolist(), splits.test.tolist()], "seed": seed}
-        res, hit = _result_cache(store, "scratch", key, compute)
-        base_metrics = classification_metrics(y[splits.test], np.asarray(res["y_pred"]), classes)
+        base_metrics, row = _baseline(fs, store, seed, progress)
         timings["baseline"] = time.perf_counter() - t
-        label = "small CNN from scratch" if res["name"] == "small-cnn" else "TF-IDF + logreg from scratch"
-        comparison.append({"name": label, "accuracy": base_metrics["accuracy"], "macro_f1": base_metrics["macro_f1"],
-                           "seconds": res["seconds"], "kind": "scratch", "cached": hit})
+        comparison.append(row)
         w = negative_transfer_warning(metrics["accuracy"], base_metrics["accuracy"], transfer_name)
         if w:
             warnings.append(w)
 
     config = {
-        "transferkit": __version__, "python": platform.python_version(), "data": str(data if not isinstance(data, DataSource) else data.origin),
+        "transferkit": __version__, "python": platform.python_version(), "data": _data_name(data, full=True),
         "dataset": source.name, "modality": source.modality, "classes": classes, "backbone": bb.name,
         "backbone_identity": bb.identity(), "head": head, "head_params": params,
         "head_fitted": {k: v for k, v in model.get_params().items()} | ({"C_": model.C_} if hasattr(model, "C_") else {}),
@@ -369,60 +259,114 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         "strategy": strategy, "strategy_params": strategy_params,
         "advice": None if advice is None else advice.to_dict(),
         "finetune": None if ft is None else ft.config,
-        "features_view": str(feats.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "features_view": str(fs.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(run_dir / "config.json", config)
-    info = {"backbone": bb.name, "backbone_weights": bb.weights_digest(), "modality": bb.modality,
-            "preprocessing": bb.data_config(), "classes": classes, "num_features": bb.num_features}
-    if ft is None:
-        save_model(run_dir, model.to_module(), info)
-    else:
-        write_json(run_dir / "model" / "model.json", {"format": MODEL_FORMAT, **info, "kind": "finetuned",
-                                                      "strategy": strategy, "preprocessing": ft.preprocessing,
-                                                      "weights": str(Path(ft.model_path).relative_to(run_dir))})
-    pred_df = pd.DataFrame({"index": splits.test, "input": [src.describe(int(i)) for i in splits.test],
+    _save_fit_model(run_dir, model, bb, ft, classes, strategy)
+    pred_df = pd.DataFrame({"index": fs.positions[splits.test], "input": [source.describe(int(i)) for i in splits.test],
                             "label": [classes[i] for i in y[splits.test]],
                             "prediction": [classes[i] for i in y_pred], "correct": y_pred == y[splits.test]})
     for j, c in enumerate(model.classes_ if ft is None else range(len(classes))):
         pred_df[f"p_{classes[c]}"] = proba[:, j]
     write_csv(run_dir / "predictions.csv", pred_df)
-    if skipped:
-        write_csv(run_dir / "skipped.csv", pd.DataFrame(skipped, columns=["input", "reason"]))
+    if fs.skipped:
+        write_csv(run_dir / "skipped.csv", pd.DataFrame(fs.skipped, columns=["input", "reason"]))
 
     timings["total_before_report"] = time.perf_counter() - t_all
     metrics_doc = {"transfer": metrics, "baseline": base_metrics, "comparison": comparison, "warnings": warnings,
-                   "timings": timings, "extracted": feats.extracted, "skipped": len(skipped)}
+                   "timings": timings, "extracted": fs.extracted, "skipped": len(fs.skipped)}
     if report:
         t = time.perf_counter()
-        _write_report(run_dir, store, feats, X, y, splits, classes, bb.name, head, params, metrics, comparison,
-                      warnings, config, skipped, seed, model)
+        _write_report(run_dir, store, fs, bb.name, head, params, metrics, comparison, warnings, config, seed)
         timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     write_json(run_dir / "metrics.json", metrics_doc)
-    return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, feats.extracted,
-                     splits.sizes(), skipped, None if advice is None else advice.to_dict())
+    return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, fs.extracted,
+                     splits.sizes(), fs.skipped, None if advice is None else advice.to_dict())
 
 
-def _write_report(run_dir: Path, store: Any, feats, X, y, splits: Splits, classes: list[str], backbone: str,
-                  head: str, params: dict, metrics: dict, comparison: list, warnings: list[str], config: dict,
-                  skipped: list, seed: int, model) -> None:
+def _data_name(data: Any, full: bool = False) -> str:
+    if isinstance(data, DataSource):
+        return data.origin if full else data.name
+    return str(data) if full else Path(str(data)).stem or str(data)
+
+
+def _advise(fs: Any, seed: int, say: Callable[[str], None]) -> tuple[Any, str]:
+    """The advisor's choice on the labelled part of the split."""
+    from .transferability.advisor import advise
+    from .transferability.source import source_probabilities
+
+    Xl, yl = fs.part("labelled")
+    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=seed)
+    say(f"strategy auto -> {advice.strategy}: " + "; ".join(advice.reasons))
+    return advice, advice.strategy
+
+
+def _fit_head(fs: Any, head: str, params: dict[str, Any]) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The head trained on the train split (model choice on validation); test probabilities and predictions."""
+    from .heads import create_head
+
+    model = create_head(head, **params)
+    Xtr, ytr = fs.part("train")
+    Xv, yv = fs.part("val")
+    model.fit(Xtr, ytr, eval_set=(Xv, yv) if len(yv) else None)
+    Xte, _ = fs.part("test")
+    proba = model.predict_proba(Xte)
+    return model, proba, model.classes_[proba.argmax(1)]
+
+
+def _baseline(fs: Any, store: Any, seed: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The from-scratch baseline on the same split (cached per data, labels, split and seed)."""
+    from .report import classification_metrics
+    from .train.scratch import train_scratch
+
+    src, y, sp, classes = fs.source, fs.y, fs.splits, fs.classes
+
+    def compute() -> dict[str, Any]:
+        r = train_scratch(src, y, sp.train, sp.val, sp.test, len(classes), seed=seed, progress=progress)
+        return {"name": r.name, "y_pred": r.y_pred.tolist(), "seconds": r.seconds, "details": r.details}
+
+    key = {"data": src.fingerprint(), "labels": hashlib.sha256(y.tobytes()).hexdigest(),
+           "splits": [sp.train.tolist(), sp.val.tolist(), sp.test.tolist()], "seed": seed}
+    res, hit = store.cached_result("scratch", key, compute)
+    m = classification_metrics(y[sp.test], np.asarray(res["y_pred"]), classes)
+    label = "small CNN from scratch" if res["name"] == "small-cnn" else "TF-IDF + logreg from scratch"
+    return m, {"name": label, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "seconds": res["seconds"],
+               "kind": "scratch", "cached": hit}
+
+
+def _save_fit_model(run_dir: Path, model: Any, bb: Any, ft: Any, classes: list[str], strategy: str) -> None:
+    """The probe's head on the unchanged backbone, or the fine-tuned network (its backbone saved inside the run)."""
+    if ft is None:
+        save_model(run_dir, model.to_module(), bb, classes, kind="probe")
+        return
+    from .heads import HeadModule
+
+    net = ft.model
+    save_model(run_dir, HeadModule.from_linear(net.head), net.backbone, classes, kind="finetuned",
+               backbone_trained=True, extra={"strategy": strategy, "best_epoch": ft.best_epoch})
+
+
+def _write_report(run_dir: Path, store: Any, fs: Any, backbone: str, head: str, params: dict, metrics: dict,
+                  comparison: list, warnings: list[str], config: dict, seed: int) -> None:
     from .report import projection_2d, write_report
 
+    X, y, splits, classes = fs.X, fs.y, fs.splits, fs.classes
     idx = np.concatenate([splits.labelled, splits.test])
 
     def compute_projection() -> dict[str, Any]:
         coords, used, method = projection_2d(np.asarray(X[idx], dtype=np.float32), seed=seed)
         return {"coords": coords.tolist(), "used": used.tolist(), "method": method}
 
-    key = {"view": _view_id(feats.path), "rows": hashlib.sha256(np.asarray(idx).tobytes()).hexdigest(), "seed": seed}
-    proj, _ = _result_cache(store, "projection", key, compute_projection)
+    key = {"view": _view_id(fs), "rows": hashlib.sha256(np.asarray(idx).tobytes()).hexdigest(), "seed": seed}
+    proj, _ = store.cached_result("projection", key, compute_projection)
     used = idx[np.asarray(proj["used"], dtype=np.int64)]
     is_test = np.isin(used, splits.test)
-    curve_key = {"view": _view_id(feats.path), "y": hashlib.sha256(y.tobytes()).hexdigest(), "seed": seed,
+    curve_key = {"view": _view_id(fs), "y": hashlib.sha256(y.tobytes()).hexdigest(), "seed": seed,
                  "labelled": splits.labelled.tolist(), "test": hashlib.sha256(splits.test.tobytes()).hexdigest(),
                  "head": head, "params": params}
-    curve, _ = _result_cache(store, "learning-curve", curve_key,
-                             lambda: {"points": _learning_curve(head, params, X, y, splits, classes, seed)})
+    curve, _ = store.cached_result("learning-curve", curve_key,
+                                   lambda: {"points": _learning_curve(head, params, X, y, splits, classes, seed)})
     curve = curve["points"]
     scratch = next((c for c in comparison if c["kind"] == "scratch"), None)
     if scratch and curve:
@@ -449,5 +393,5 @@ def _write_report(run_dir: Path, store: Any, feats, X, y, splits: Splits, classe
         "metrics": metrics, "classes": classes, "learning_curve": curve,
         "projection": {"coords": np.asarray(proj["coords"]), "labels": y[used], "markers": is_test.astype(int),
                        "marker_names": ["labelled", "test"], "method": proj["method"]},
-        "bad_inputs": skipped, "config": config,
+        "bad_inputs": fs.skipped, "config": config,
     })

@@ -75,9 +75,11 @@ def test_safetensors_export_round_trips_without_pickle(model_and_prep, tmp_path)
         export_model(model, prep, CLASSES[:2], tmp_path / "m.safetensors")
 
 
-def test_finetune_exports_the_best_model(finetuned):
-    back, meta = load_exported(finetuned.model_path)
-    assert meta["best_epoch"] == finetuned.best_epoch
+def test_finetune_saves_the_best_model_as_a_run(finetuned):
+    from transferkit import load_run
+
+    run = load_run(finetuned.run_dir)
+    assert run.model_info["best_epoch"] == finetuned.best_epoch and run.kind == "finetuned"
     x = _batch(2)
     with torch.no_grad():
-        torch.testing.assert_close(back(x), finetuned.model(x))
+        torch.testing.assert_close(run.network()(x), finetuned.model(x))

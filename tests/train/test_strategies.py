@@ -43,7 +43,7 @@ def test_each_strategy_lowers_the_loss_and_beats_chance(shapes, tmp_path, finetu
     assert r.proba.shape == (len(shapes.splits.test), 3)
     np.testing.assert_allclose(r.proba.sum(1), 1.0, rtol=1e-6)
     assert (r.run_dir / "epochs.csv").read_text().count("\n") == epochs + 1
-    assert r.model_path is not None and r.model_path.is_file()
+    assert r.model_path is not None and (r.model_path / "model.json").is_file()
 
 
 def test_partial_freezes_exactly_the_first_groups(shapes, tmp_path):

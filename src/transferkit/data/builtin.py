@@ -161,7 +161,7 @@ def _generated(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[st
     import uuid
 
     from .. import __version__
-    from ..features.store import default_cache_dir
+    from .._io import default_cache_dir
 
     path = default_cache_dir() / "datasets" / f"{name}-v{__version__}.npz"
     if path.is_file():

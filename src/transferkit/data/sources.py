@@ -19,12 +19,12 @@ from PIL import Image
 from ..errors import BadInputError, DataError
 from .images import IMAGE_EXTENSIONS, array_to_image, check_image_header, open_image
 
-__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "load_data", "sorted_classes"]
+__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "sorted_classes", "TABLE_SUFFIXES"]
 
 _INPUT_COLUMNS = ("path", "image", "file", "filename", "filepath", "image_path", "text", "sentence", "review",
                   "document", "content")
 _LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
-_TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
 
 
 def sorted_classes(labels: Sequence[Any]) -> list[str]:
@@ -194,7 +194,7 @@ def from_folder(root: str | Path, *, on_bad_input: str = "error", require_classe
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give a folder with one sub-folder per class, or a table file "
-                        f"({', '.join(_TABLE_SUFFIXES)})")
+                        f"({', '.join(TABLE_SUFFIXES)})")
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     loose = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
     if not subdirs:
@@ -238,12 +238,12 @@ def _read_table(path: Path):
     import pandas as pd
 
     suffix = path.suffix.lower()
-    if suffix not in _TABLE_SUFFIXES:
+    if suffix not in TABLE_SUFFIXES:
         raise DataError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
     try:
-        if _TABLE_SUFFIXES[suffix] is None:
+        if TABLE_SUFFIXES[suffix] is None:
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=_TABLE_SUFFIXES[suffix])
+        return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix])
     except ImportError as e:
         raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from e
     except Exception as e:
@@ -352,24 +352,3 @@ def from_arrays(X: Any, y: Sequence[Any] | None = None, *, domains: Sequence[Any
                             f"{type(first).__name__}; all inputs must be of one kind")
     return DataSource(items, kind, None if y is None else np.asarray(list(y), dtype=object),
                       None if domains is None else np.asarray(list(domains), dtype=object), name=name, origin=name)
-
-
-def load_data(spec: Any, *, input_column: str | None = None, label_column: str | None = None,
-              domain_column: str | None = None, on_bad_input: str = "error", require_labels: bool = True) -> DataSource:
-    """Turn what a user names into a :class:`DataSource`: a built-in dataset name, a folder, or a table file."""
-    from .builtin import DATASETS, load_builtin
-
-    if isinstance(spec, DataSource):
-        return spec
-    s = str(spec)
-    if s in DATASETS and not os.path.exists(s):
-        return load_builtin(s)
-    p = Path(s).expanduser()
-    if p.is_dir():
-        return from_folder(p, on_bad_input=on_bad_input, require_classes=require_labels)
-    if p.is_file():
-        if p.suffix.lower() in _TABLE_SUFFIXES:
-            return from_table(p, input_column=input_column, label_column=label_column, domain_column=domain_column,
-                              require_labels=require_labels)
-        raise DataError(f"{p}: not a folder or a table (.csv, .tsv, .parquet)")
-    raise DataError(f"no such dataset, folder or file: {s!r}. Built-in datasets: {', '.join(DATASETS)}")

@@ -29,22 +29,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._io import atomic_write
+from .._io import atomic_write, default_cache_dir, json_default
 from ..backbones.base import Backbone
 from ..data.sources import DataSource
 from ..errors import BadInputError, CacheError, ModalityError
 
 __all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "default_num_workers", "ItemDataset",
            "CollateItems", "to_device"]
-
-
-def default_cache_dir() -> Path:
-    """``$TRANSFERKIT_CACHE``, else ``$XDG_CACHE_HOME/transferkit``, else ``~/.cache/transferkit``."""
-    env = os.environ.get("TRANSFERKIT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "transferkit"
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -321,6 +312,29 @@ class FeatureStore:
             if tmp_view.exists():
                 tmp_view.unlink()
         return bad_sorted
+
+    # -- small computed results kept beside the features ----------------------------------------------
+    def cached_result(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]
+                      ) -> tuple[dict[str, Any], bool]:
+        """A JSON result computed once per key (baselines, projections, learning curves), kept in ``results/``.
+
+        Returns:
+            ``(value, hit)``: the value, and whether it came from the cache. An unwritable cache only loses the reuse.
+        """
+        digest = hashlib.sha256(json.dumps({**key, "kind": kind, "v": __version__}, sort_keys=True,
+                                           default=str).encode()).hexdigest()[:24]
+        path = self.root / "results" / f"{kind}-{digest}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()), True
+            except (OSError, ValueError):
+                pass
+        value = compute()
+        try:
+            atomic_write(path, lambda p: p.write_text(json.dumps(value, default=json_default)))
+        except OSError:
+            pass
+        return value, False
 
     # -- listing and clearing --------------------------------------------------------------------
     def entries(self) -> list[dict[str, Any]]:

@@ -61,6 +61,15 @@ class HeadModule(nn.Module):
         return dict(self._config)
 
     @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "HeadModule":
+        """A linear layer (the head of a fine-tuned network) as a head module with the same outputs."""
+        m = cls(linear.in_features, linear.out_features)
+        with torch.no_grad():
+            m.layers[0].weight.copy_(linear.weight)
+            m.layers[0].bias.copy_(linear.bias)
+        return m.eval()
+
+    @classmethod
     def from_config(cls, config: dict[str, Any]) -> "HeadModule":
         """The architecture of a saved head (weights loaded separately)."""
         return cls(int(config["in_features"]), int(config["num_classes"]), tuple(config.get("hidden", ())),

@@ -23,7 +23,7 @@ import numpy as np
 from transferkit.errors import DataError, OutputError
 from transferkit.report.plots import plot_comparison, plot_confusion, plot_learning_curve, plot_projection
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "figure_html"]
 
 _BAD_INPUT_ROWS = 50
 
@@ -116,7 +116,8 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
 
 
-def _figure(png: bytes, alt: str, caption: str | None = None) -> str:
+def figure_html(png: bytes, alt: str, caption: str | None = None) -> str:
+    """A ``<figure>`` holding a PNG (inline, base64) with its alt text and an optional caption (HTML)."""
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
     return f"<figure>{_img(png, alt)}{cap}</figure>"
 
@@ -177,7 +178,7 @@ def _comparison_html(rows: list[dict], chance: float | None) -> str:
     png = plot_comparison(rows, "test accuracy by method", chance=chance)
     return (
         f'<div class="scroll"><table>{head}{"".join(body)}</table></div>{note}'
-        + _figure(png, "bar chart of test accuracy by method")
+        + figure_html(png, "bar chart of test accuracy by method")
     )
 
 
@@ -217,7 +218,7 @@ def _metrics_html(metrics: Mapping, classes: list[str] | None) -> str:
         if len(names) == len(cm):
             png = plot_confusion(cm, names, "confusion matrix (test)")
             parts.append(
-                _figure(
+                figure_html(
                     png,
                     "confusion matrix",
                     "Rows are true classes, columns predicted classes; colours are normalised per row.",
@@ -249,7 +250,7 @@ def _learning_curve_html(points: list[dict]) -> str:
             cells.append(f"<td class=num>{'&mdash;' if t is None or s is None else f'{t - s:+.3f}'}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     table = f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
-    return _figure(png, "learning curve") + table
+    return figure_html(png, "learning curve") + table
 
 
 def _projection_html(proj: Mapping, classes: list[str] | None) -> str:
@@ -271,7 +272,7 @@ def _projection_html(proj: Mapping, classes: list[str] | None) -> str:
         f"{method} projection of {coords.shape[0]:,} samples' features, coloured by class. "
         "Nearby points have similar features; distances between far-apart clusters are not meaningful."
     )
-    return _figure(png, f"{method} projection", _e(caption))
+    return figure_html(png, f"{method} projection", _e(caption))
 
 
 def _bad_inputs_html(bad: Any) -> str:

@@ -13,7 +13,7 @@ What a run leaves in ``run_dir``::
     checkpoints/last.ckpt    written atomically after every epoch (see the loop)
     epochs.csv               one row per epoch: train loss, extra-loss terms, val loss/accuracy, lr, time, speed
     finetune.json            the configuration, layer groups and parameter counts
-    model/finetuned.safetensors (+ .json)   the best model with its preprocessing (see export.py)
+    model/                   the best model: the fine-tuned backbone (backbone/) and the head, read by load_run
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ class FinetuneResult:
         train_seconds: training time summed over all epochs (also those before a resume).
         run_dir: the run directory.
         checkpoint: path of the last checkpoint.
-        model_path: the exported model (``model/finetuned.safetensors``) or None.
+        model_path: the run's saved model folder (``model/``: the fine-tuned backbone and the head, which
+            :func:`transferkit.load_run` reads) or None.
         resumed_from: the epoch the run resumed after (None for a fresh run).
         model: the trained :class:`TransferModel` with the best weights, on CPU, in eval mode.
         config: the run configuration (training settings, strategy, backbone, losses, data) and its hash.
@@ -260,7 +261,7 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
             "model", "rank"}`` (on every process).
         progress: show a progress bar per epoch (loss, images/s) on stderr.
         log: called with one line per epoch (e.g. ``print``).
-        export: write the best model to ``run_dir/model/finetuned.safetensors`` (+ ``.json``).
+        export: save the best model in ``run_dir/model`` (the run format :func:`transferkit.load_run` reads).
 
     Returns:
         :class:`FinetuneResult`: test predictions and probabilities, validation accuracy, history, timings,
@@ -309,8 +310,10 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
                         f"(at least {2 * cfg.devices})")
     from ..runs import default_run_dir, prepare_run_dir
 
+    # a folder of this run kind is accepted (fit prepares it first); the loop refuses a checkpoint without resume
     out_dir = prepare_run_dir(run_dir if run_dir is not None else
-                              default_run_dir(source.name, backbone if isinstance(backbone, str) else backbone.name))
+                              default_run_dir(source.name, backbone if isinstance(backbone, str) else backbone.name),
+                              "fit", resume=True)
     terms = [as_objective(t) for t in extra_losses]
     job = FinetunePlan(source=source, y=y, splits=splits, backbone=backbone, strategy=strat, cfg=cfg, losses=terms,
                        classes=classes)
@@ -327,11 +330,13 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
     preprocessing = r.model.backbone.data_config()
     model_path = None
     if export and r.model is not None:
-        from .export import export_model
+        from ..heads.modules import HeadModule
+        from ..runs.writer import save_model
 
-        model_path = out_dir / "model" / "finetuned.safetensors"
-        export_model(r.model, preprocessing, classes, model_path, "safetensors",
-                     extra={"strategy": strat.config(), "config_hash": config_hash, "best_epoch": r.best_epoch})
+        save_model(out_dir, HeadModule.from_linear(r.model.head), r.model.backbone, classes, kind="finetuned",
+                   backbone_trained=True, extra={"strategy": strat.config(), "config_hash": config_hash,
+                                                 "best_epoch": r.best_epoch})
+        model_path = out_dir / "model"
     return FinetuneResult(
         test_index=np.asarray(splits.test), y_pred=proba.argmax(1) if len(proba) else np.zeros(0, np.int64),
         proba=proba, val_accuracy=r.best_scores.get("val_accuracy"), best_epoch=r.best_epoch, epochs_run=r.epochs_run,

@@ -19,7 +19,7 @@ __all__ = ["TransferModel", "LayerGroup", "layer_groups", "prepare_backbone"]
 
 
 class TransferModel(nn.Module):
-    """A backbone followed by a linear classification head.
+    """A backbone followed by a classification head (a new linear layer by default, or any head module).
 
     ``forward`` returns the same thing in training and evaluation mode: logits, or ``(logits, features)``
     when asked for the features (regularizers such as BSS need them).
@@ -28,18 +28,19 @@ class TransferModel(nn.Module):
         backbone: any :class:`~transferkit.backbones.Backbone` (its forward gives ``(N, D)`` features).
         num_classes: number of target classes.
         dropout: dropout on the features before the head.
+        head: a head module mapping ``(N, D)`` features to logits (default: ``nn.Linear(D, num_classes)``).
 
     Shape:
         forward: backbone input (``(N, 3, H, W)`` images or a dict of token tensors) -> ``(N, num_classes)``;
         with ``return_features=True`` -> ``((N, num_classes), (N, D))``.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0):
+    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0, head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.head = nn.Linear(int(backbone.num_features), self.num_classes)
+        self.head = head if head is not None else nn.Linear(int(backbone.num_features), self.num_classes)
 
     def forward(self, x: Any, return_features: bool = False):
         features = self.backbone(x)

@@ -196,13 +196,13 @@ def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_p
         Yosinski et al., NeurIPS 2014 (the rule); see the module docstring for the measures' references.
     """
     from .domain import domain_distances
-    from .rank import _stratified_subset
-    from .scores import _features, _few_threads, _knn, _labels, _logme, _probe, _probs
+    from ..data.splits import stratified_subset
+    from .scores import as_features, as_labels, as_probs, few_threads, knn_checked, logme_checked, probe_checked
 
-    X = _features(features, "advise")
-    y, classes = _labels(labels, X.shape[0], "advise")
+    X = as_features(features, "advise")
+    y, classes = as_labels(labels, X.shape[0], "advise")
     c = len(classes)
-    P = None if source_probs is None else _probs(source_probs, len(y), "advise")
+    P = None if source_probs is None else as_probs(source_probs, len(y), "advise")
     counts_all = np.bincount(y, minlength=c)
     if n_labelled_per_class is None:
         per_class = float(np.median(counts_all))
@@ -216,7 +216,7 @@ def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_p
                              f"for training); got {n_labelled_per_class!r}")
     n_given = int(len(y))
     if max_samples is not None and len(y) > int(max_samples):
-        keep = _stratified_subset(np.arange(len(y)), y, int(max_samples), seed)
+        keep = stratified_subset(np.arange(len(y)), y, int(max_samples), seed)
         X, y, P = X[keep], y[keep], None if P is None else P[keep]
     counts = np.bincount(y, minlength=c)
     chance = 1.0 / c
@@ -248,10 +248,10 @@ def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_p
         seconds[name] = time.perf_counter() - t
         return out
 
-    with _few_threads(X.size):
+    with few_threads(X.size):
         if counts.min() >= 2:
             folds = int(min(5, counts.min()))
-            acc = timed("probe", lambda: _probe(X, y, c, folds=folds, seed=seed))
+            acc = timed("probe", lambda: probe_checked(X, y, c, folds=folds, seed=seed))
             skill = (acc - chance) / (1.0 - chance)
             votes["probe"] = "similar" if skill >= SIMILAR_SKILL else "dissimilar"
             ev.update(probe_accuracy=acc, probe_skill=skill, probe_folds=folds)
@@ -262,14 +262,14 @@ def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_p
             reasons.append("a class has a single labelled sample: no cross-validated linear probe (it needs 2 per "
                            "class)")
         k = int(max(1, min(5, counts.min() - 1)))
-        kacc = timed("knn", lambda: _knn(X, y, c, k=k))
+        kacc = timed("knn", lambda: knn_checked(X, y, c, k=k))
         kskill = (kacc - chance) / (1.0 - chance)
         votes["knn"] = "similar" if kskill >= KNN_SIMILAR_SKILL else "dissimilar"
         ev.update(knn_accuracy=kacc, knn_skill=kskill, knn_k=k)
         reasons.append(f"{k}-NN on the frozen features (cosine, leave-one-out) scores {_pct(kacc)}: skill "
                        f"{kskill:.2f} {'>=' if kskill >= KNN_SIMILAR_SKILL else '<'} {KNN_SIMILAR_SKILL} -> "
                        f"{votes['knn']}")
-        ev["logme"] = timed("logme", lambda: _logme(X, y, c))
+        ev["logme"] = timed("logme", lambda: logme_checked(X, y, c))
     if P is not None:
         conf = float(P.max(axis=1).mean())
         ent = float(np.mean(-(P * np.log(np.clip(P, 1e-300, None))).sum(axis=1)) / np.log(P.shape[1])) \
@@ -352,29 +352,25 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
         ModalityError: a text backbone for images or the other way round.
     """
     from ..backbones import create_backbone
-    from ..data.sources import load_data
-    from ..data.splits import make_splits
-    from ..features import FeatureStore
-    from .rank import _stratified_subset
+    from ..data.splits import stratified_subset
+    from ..features.featureset import build_featureset
     from .source import source_probabilities
 
     say = log or (lambda m: None)
-    source = load_data(data)
-    source.require_labels()
     bb = create_backbone(backbone)
-    feats = FeatureStore(cache_dir).get(bb, source, progress=progress)
-    say(f"features: {bb.name}, " + ("cache hit" if not feats.extracted else f"{feats.extracted} extracted")
-        + f" in {feats.seconds:.1f}s")
-    y = source.encoded_labels()
-    good = feats.good
-    splits = make_splits(y[good], labels_per_class=labels_per_class, seed=seed, classes=source.classes)
+    fs = build_featureset(data, bb, cache_dir=cache_dir, labels_per_class=labels_per_class, seed=seed,
+                          on_bad_input="skip", progress=progress)
+    say(f"features: {bb.name}, " + ("cache hit" if not fs.extracted else f"{fs.extracted} extracted")
+        + f" in {fs.seconds:.1f}s")
+    splits, y = fs.splits, fs.y
     per_class = float(labels_per_class if labels_per_class is not None
-                      else np.median(np.bincount(y[good][splits.labelled])))
-    lab = good[_stratified_subset(splits.labelled, y[good], max_samples, seed)]
-    X = np.asarray(feats.X[lab], dtype=np.float32)
+                      else np.median(np.bincount(y[splits.labelled])))
+    lab = stratified_subset(splits.labelled, y, max_samples, seed)
+    X = np.asarray(fs.X[lab], dtype=np.float32)
     advice = advise(X, y[lab], source_probs=source_probabilities(bb, X), n_labelled_per_class=per_class,
                     max_samples=None, seed=seed)
     if len(lab) < len(splits.labelled):
         advice.reasons[0] += f" (measured on a stratified subsample of {len(lab)} of the {len(splits.labelled)})"
-    advice.evidence.update(backbone=bb.name, data=source.origin or source.name, n_labelled=int(len(splits.labelled)))
+    advice.evidence.update(backbone=bb.name, data=fs.source.origin or fs.source.name,
+                           n_labelled=int(len(splits.labelled)))
     return advice

@@ -14,24 +14,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import BackboneUnavailableError, ModalityError, ScoreError, UnknownNameError
+from ..data.splits import stratified_subset
 from .scores import SCORES, compute_scores
 from .source import source_probabilities
 
 __all__ = ["rank_backbones", "ranking_table", "rank_correlations", "write_rank_report"]
-
-
-def _stratified_subset(idx: np.ndarray, y: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
-    """At most ``max_samples`` of ``idx``, each class keeping its share (and at least 2 where it has them)."""
-    if max_samples is None or len(idx) <= max_samples:
-        return idx
-    rng = np.random.default_rng(seed)
-    frac = max_samples / len(idx)
-    keep = []
-    for c in np.unique(y[idx]):
-        members = idx[y[idx] == c]
-        k = min(len(members), max(2, int(round(len(members) * frac))))
-        keep.append(rng.choice(members, k, replace=False))
-    return np.sort(np.concatenate(keep))
 
 
 def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int | None = None,
@@ -80,9 +67,9 @@ def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int
         ScoreError: no backbone given, or data the scores cannot use (e.g. one labelled sample per class).
     """
     from ..backbones import backbone_entry, create_backbone
-    from ..data.sources import load_data
-    from ..data.splits import make_splits
+    from ..data.load import load_data
     from ..features import FeatureStore
+    from ..features.featureset import build_featureset
 
     say = log or (lambda msg: None)
     names = [backbones] if isinstance(backbones, str) else list(dict.fromkeys(backbones or []))
@@ -100,11 +87,7 @@ def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int
     source = load_data(data)
     source.require_labels()
     classes = source.classes
-    y_all = source.encoded_labels(classes)
-    splits = make_splits(y_all, labels_per_class=labels_per_class, seed=seed, classes=classes)
-    scored = _stratified_subset(splits.labelled, y_all, max_samples, seed)
-    say(f"data: {source.origin or source.name}: {len(source)} {source.modality}s, {len(classes)} classes; scoring on "
-        f"{len(scored)} labelled samples")
+    say(f"data: {source.origin or source.name}: {len(source)} {source.modality}s, {len(classes)} classes")
     store = FeatureStore(cache_dir)
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -121,23 +104,22 @@ def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int
             continue
         try:
             bb = create_backbone(name)
-            feats = store.get(bb, source, batch_size=batch_size, num_workers=num_workers, device=device,
-                              progress=progress)
+            fs = build_featureset(source, bb, store=store, labels_per_class=labels_per_class, seed=seed,
+                                  on_bad_input="skip", batch_size=batch_size, num_workers=num_workers, device=device,
+                                  progress=progress)
         except (BackboneUnavailableError, ModalityError) as e:
             row.update(status="skipped", reason=str(e))
             say(f"{name}: skipped ({e})")
             continue
-        row.update(pretraining=bb.source, num_features=bb.num_features, extracted=feats.extracted)
-        row["seconds"]["features"] = feats.seconds
-        say(f"{name}: features " + (f"extracted for {feats.extracted} items in {feats.seconds:.1f}s"
-                                    if feats.extracted else f"read from the cache in {feats.seconds:.2f}s"))
-        good = np.zeros(len(source), bool)
-        good[feats.good] = True
-        if len(feats.bad):
-            row["notes"].append(f"{len(feats.bad)} unreadable inputs left out")
-        idx = scored[good[scored]]
-        X = np.asarray(feats.X[idx], dtype=np.float64)
-        y = y_all[idx]
+        row.update(pretraining=bb.source, num_features=bb.num_features, extracted=fs.extracted)
+        row["seconds"]["features"] = fs.seconds
+        say(f"{name}: features " + (f"extracted for {fs.extracted} items in {fs.seconds:.1f}s"
+                                    if fs.extracted else f"read from the cache in {fs.seconds:.2f}s"))
+        if fs.skipped:
+            row["notes"].append(f"{len(fs.skipped)} unreadable inputs left out")
+        idx = stratified_subset(fs.splits.labelled, fs.y, max_samples, seed)
+        X = np.asarray(fs.X[idx], dtype=np.float64)
+        y = fs.y[idx]
         needs_probs = [s for s in wanted if SCORES[s].needs_source_probs]
         probs = source_probabilities(bb, X) if needs_probs else None
         names_here = [s for s in wanted if probs is not None or not SCORES[s].needs_source_probs]
@@ -153,7 +135,7 @@ def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int
             names_here = list(result)
         if verify:
             t = time.perf_counter()
-            row.update(_verify(feats.X, y_all, good, splits))
+            row.update(_verify(fs))
             row["seconds"]["verify"] = time.perf_counter() - t
         say(f"{name}: " + ", ".join(f"{SCORES[s].label} {row[s]:.4g}" for s in names_here)
             + (f", test accuracy {row['accuracy']:.3f}" if verify else ""))
@@ -165,16 +147,15 @@ def rank_backbones(data: Any, backbones: Sequence[str], *, labels_per_class: int
     return ok + [r for r in rows if r["status"] != "ok"]
 
 
-def _verify(X_all: np.ndarray, y_all: np.ndarray, good: np.ndarray, splits) -> dict[str, Any]:
+def _verify(fs: Any) -> dict[str, Any]:
     """Test accuracy of the logistic head trained on the train split (C chosen on the validation split)."""
     from ..heads import create_head
 
-    tr, va, te = (s[good[s]] for s in (splits.train, splits.val, splits.test))
-    head = create_head("logreg")
-    eval_set = (np.asarray(X_all[va], dtype=np.float32), y_all[va]) if len(va) else None
-    head.fit(np.asarray(X_all[tr], dtype=np.float32), y_all[tr], eval_set=eval_set)
-    pred = head.predict(np.asarray(X_all[te], dtype=np.float32))
-    return {"accuracy": float(np.mean(pred == y_all[te])), "n_test": int(len(te))}
+    Xtr, ytr = fs.part("train")
+    Xv, yv = fs.part("val")
+    Xte, yte = fs.part("test")
+    head = create_head("logreg").fit(Xtr, ytr, eval_set=(Xv, yv) if len(yv) else None)
+    return {"accuracy": float(np.mean(head.predict(Xte) == yte)), "n_test": int(len(yte))}
 
 
 _SHORT = {"logme": "LogME", "h_score": "H", "h_score_shrinkage": "H-LW", "leep": "LEEP", "nce": "NCE",

@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import ScoreError, UnknownNameError
 
 __all__ = ["logme", "leep", "nce", "h_score", "knn_accuracy", "probe_accuracy", "ScoreInfo", "SCORES", "Scores",
-           "compute_scores", "SOURCE_PROBS_HINT"]
+           "compute_scores", "SOURCE_PROBS_HINT", "as_features", "as_labels", "as_probs", "logme_checked",
+           "knn_checked", "probe_checked", "few_threads"]
 
 _EPS = np.finfo(np.float64).eps
 _TINY = np.finfo(np.float64).tiny
@@ -35,7 +36,7 @@ SOURCE_PROBS_HINT = (
 
 
 # -- input checks --------------------------------------------------------------------------------------------------
-def _labels(labels: Any, n: int | None, what: str, rows: str = "features") -> tuple[np.ndarray, np.ndarray]:
+def as_labels(labels: Any, n: int | None, what: str, rows: str = "features") -> tuple[np.ndarray, np.ndarray]:
     """Labels -> (integer codes, class values); checks 1-d, length, finite, >= 2 classes, more samples than classes."""
     if labels is None:
         raise ScoreError(f"{what}: labels are missing; give one target label per sample")
@@ -60,7 +61,7 @@ def _labels(labels: Any, n: int | None, what: str, rows: str = "features") -> tu
     return codes.reshape(-1).astype(np.int64), classes
 
 
-def _features(features: Any, what: str, n: int | None = None) -> np.ndarray:
+def as_features(features: Any, what: str, n: int | None = None) -> np.ndarray:
     """Features -> float64 (N, D) array. Checks 2-d, non-empty, row count, finite."""
     if features is None:
         raise ScoreError(f"{what}: features are missing; give an (N, D) array of backbone features")
@@ -86,12 +87,13 @@ def _features(features: Any, what: str, n: int | None = None) -> np.ndarray:
 
 def _task(features: Any, labels: Any, what: str) -> tuple[np.ndarray, np.ndarray, int]:
     y0 = np.asarray(labels) if labels is not None else None
-    X = _features(features, what, None)
-    y, classes = _labels(y0, X.shape[0], what)
+    X = as_features(features, what, None)
+    y, classes = as_labels(y0, X.shape[0], what)
     return X, y, len(classes)
 
 
-def _probs(source_probs: Any, n: int, what: str) -> np.ndarray:
+def as_probs(source_probs: Any, n: int, what: str) -> np.ndarray:
+    """Source-classifier probabilities -> float64 (N, Z) rows that sum to 1; checks shape, range and finiteness."""
     if source_probs is None:
         raise ScoreError(f"{what} needs the source model's class probabilities (an (N, Z) array of softmax outputs "
                          f"over its own Z classes), and none were given. {SOURCE_PROBS_HINT}")
@@ -158,10 +160,11 @@ def logme(features: Any, labels: Any) -> float:
         (the eigenbasis evaluation).
     """
     X, y, c = _task(features, labels, "logme")
-    return _logme(X, y, c)
+    return logme_checked(X, y, c)
 
 
-def _logme(X: np.ndarray, y: np.ndarray, c: int, *, tol: float = 1e-10, max_iter: int = 200) -> float:
+def logme_checked(X: np.ndarray, y: np.ndarray, c: int, *, tol: float = 1e-10, max_iter: int = 200) -> float:
+    """:func:`logme` on arrays already checked by :func:`as_features` / :func:`as_labels` (``c`` classes)."""
     n, d = X.shape
     Y = _one_hot(y, c)
     if n > d:  # eigenbasis of the D x D Gram matrix
@@ -240,9 +243,9 @@ def leep(source_probs: Any, labels: Any) -> float:
     """
     n = None if source_probs is None or np.ndim(source_probs) != 2 else np.shape(source_probs)[0]
     if source_probs is None:
-        _probs(None, 0, "leep")
-    y, classes = _labels(labels, n, "leep", "source probabilities")
-    P = _probs(source_probs, len(y), "leep")
+        as_probs(None, 0, "leep")
+    y, classes = as_labels(labels, n, "leep", "source probabilities")
+    P = as_probs(source_probs, len(y), "leep")
     return _leep(P, y, len(classes))
 
 
@@ -283,10 +286,10 @@ def nce(source_labels: Any, labels: Any) -> float:
                          f"were given. {SOURCE_PROBS_HINT}")
     z = np.asarray(source_labels)
     if z.ndim == 2:
-        z = _probs(z, z.shape[0], "nce").argmax(axis=1)
+        z = as_probs(z, z.shape[0], "nce").argmax(axis=1)
     if z.ndim != 1:
         raise ScoreError(f"nce: source predictions must be 1-d (one source class per sample); got shape {z.shape}")
-    y, classes = _labels(labels, len(z), "nce", "source predictions")
+    y, classes = as_labels(labels, len(z), "nce", "source predictions")
     _, zc = np.unique(z, return_inverse=True)
     return _nce(zc.reshape(-1), y)
 
@@ -411,10 +414,11 @@ def knn_accuracy(features: Any, labels: Any, k: int = 5, metric: str = "cosine")
         CVPR 2019.
     """
     X, y, c = _task(features, labels, "knn_accuracy")
-    return _knn(X, y, c, k=k, metric=metric)
+    return knn_checked(X, y, c, k=k, metric=metric)
 
 
-def _knn(X: np.ndarray, y: np.ndarray, c: int, *, k: int = 5, metric: str = "cosine") -> float:
+def knn_checked(X: np.ndarray, y: np.ndarray, c: int, *, k: int = 5, metric: str = "cosine") -> float:
+    """:func:`knn_accuracy` on arrays already checked by :func:`as_features` / :func:`as_labels`."""
     from sklearn.neighbors import NearestNeighbors
 
     if metric not in ("cosine", "euclidean"):
@@ -459,10 +463,11 @@ def probe_accuracy(features: Any, labels: Any, folds: int = 5, C: float = 1.0, s
         Kornblith, Shlens & Le, "Do Better ImageNet Models Transfer Better?", CVPR 2019 (linear probes).
     """
     X, y, c = _task(features, labels, "probe_accuracy")
-    return _probe(X, y, c, folds=folds, C=C, seed=seed)
+    return probe_checked(X, y, c, folds=folds, C=C, seed=seed)
 
 
-def _probe(X: np.ndarray, y: np.ndarray, c: int, *, folds: int = 5, C: float = 1.0, seed: int = 0) -> float:
+def probe_checked(X: np.ndarray, y: np.ndarray, c: int, *, folds: int = 5, C: float = 1.0, seed: int = 0) -> float:
+    """:func:`probe_accuracy` on arrays already checked by :func:`as_features` / :func:`as_labels`."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -584,29 +589,29 @@ def compute_scores(features: Any, labels: Any, source_probs: Any = None, names: 
     feature_based = [n for n in names if not SCORES[n].needs_source_probs]
     X = None
     if feature_based:
-        X = _features(features, "compute_scores", None)
-        y, classes = _labels(y0, X.shape[0], "compute_scores")
+        X = as_features(features, "compute_scores", None)
+        y, classes = as_labels(y0, X.shape[0], "compute_scores")
     else:
         n = np.shape(source_probs)[0] if np.ndim(source_probs) == 2 else None
-        y, classes = _labels(y0, n, "compute_scores", "source probabilities")
+        y, classes = as_labels(y0, n, "compute_scores", "source probabilities")
     c = len(classes)
-    P = _probs(source_probs, len(y), "compute_scores") if any(SCORES[n].needs_source_probs for n in names) else None
+    P = as_probs(source_probs, len(y), "compute_scores") if any(SCORES[n].needs_source_probs for n in names) else None
     if X is not None and P is not None and len(P) != len(X):
         raise ScoreError(f"compute_scores: {len(X)} rows of features but {len(P)} rows of source probabilities")
     impl = {
-        "logme": lambda: _logme(X, y, c),
+        "logme": lambda: logme_checked(X, y, c),
         "h_score": lambda: _h_score(X, y, c),
         "h_score_shrinkage": lambda: _h_score(X, y, c, shrinkage=True),
         "leep": lambda: _leep(P, y, c),
         "nce": lambda: _nce(P.argmax(axis=1), y),
-        "knn": lambda: _knn(X, y, c),
-        "probe": lambda: _probe(X, y, c, seed=seed),
+        "knn": lambda: knn_checked(X, y, c),
+        "probe": lambda: probe_checked(X, y, c, seed=seed),
     }
     values: dict[str, float] = {}
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
     size = len(y) * (X.shape[1] if X is not None else P.shape[1])
-    with _few_threads(size):
+    with few_threads(size):
         for name in names:
             t = time.perf_counter()
             try:
@@ -621,7 +626,7 @@ def compute_scores(features: Any, labels: Any, source_probs: Any = None, names: 
 
 
 @contextlib.contextmanager
-def _few_threads(size: int, limit: int = 4_000_000):
+def few_threads(size: int, limit: int = 4_000_000):
     """One BLAS / OpenMP thread for small problems: threads do not help there, and on a busy machine they thrash
     (a 49 x 1280 probe took 0.8 s with one thread and 7 s with two while other jobs ran)."""
     if size >= limit:
