@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,6 +174,53 @@ def test_clear_deletes_only_what_the_cache_wrote(tiny, digits48, tmp_path):
     assert not any(f.exists() for f in ours)
     assert not list(bb_dir.rglob("*.npz")) and not (bb_dir / "backbone.json").exists()
     assert store.entries() == [] and store.clear_plan() == []
+
+
+def _leftovers(root):
+    """Temporary files anywhere in the cache (names start with a dot and carry .tmp)."""
+    return [p for p in root.rglob(".*") if ".tmp" in p.name]
+
+
+def test_full_disk_before_the_view_is_an_error_not_sigbus(tiny, digits48, tmp_path, monkeypatch):
+    store = FeatureStore(tmp_path, shard_size=16)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(CacheError) as info:
+        store.get(tiny, digits48, batch_size=16, num_workers=0)
+    msg = str(info.value)
+    need = 48 * tiny.num_features * 4
+    assert "views" in msg and "1000 B is free" in msg and "--cache-dir" in msg and "transferkit cache clear" in msg
+    assert f"{need / 1024:.1f} KB" in msg or f"{(need + 4096) / 1024:.1f} KB" in msg
+    assert not list(tmp_path.glob("*/views/*")) and not _leftovers(tmp_path)
+    assert len(list(tmp_path.glob("*/shards/*.npz"))) == 3, "finished shards are the resumable work: kept"
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert store.get(tiny, digits48, batch_size=16, num_workers=0).extracted == 0
+
+
+def test_full_disk_while_reserving_the_view_leaves_no_temporary_file(tiny, digits48, tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(CacheError, match=r"no space left .* writing .*views.*\.npy needs about .* is free there"):
+        FeatureStore(tmp_path).get(tiny, digits48, num_workers=0)
+    assert not list(tmp_path.glob("*/views/*")) and not _leftovers(tmp_path)
+
+
+def test_full_disk_while_writing_a_shard_keeps_finished_shards(tiny, digits48, tmp_path, monkeypatch):
+    real_savez, calls = np.savez, {"n": 0}
+
+    def savez(f, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second shard: half written, then the disk is full
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(f, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez)
+    with pytest.raises(CacheError, match=r"writing .*shards.*\.npz needs about .*--cache-dir.*cache clear"):
+        FeatureStore(tmp_path, shard_size=16).get(tiny, digits48, batch_size=16, num_workers=0)
+    assert len(list(tmp_path.glob("*/shards/*.npz"))) == 1 and not _leftovers(tmp_path)
 
 
 def test_text_backbone_extraction(tmp_path):

@@ -21,10 +21,12 @@ match these layouts, in folders the cache recognises as its own; anything else u
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -166,6 +168,8 @@ class FeatureStore:
                 atomic_write(meta, lambda p: p.write_text(json.dumps(
                     {**backbone.identity(), "transferkit": __version__}, indent=2, default=str)))
         except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise _no_space_error(d / "backbone.json", 4096) from e
             raise CacheError(f"cannot write the feature cache at {self.root} ({e.strerror or e}); choose another "
                              "folder with --cache-dir or the TRANSFERKIT_CACHE environment variable") from e
         return d
@@ -286,7 +290,12 @@ class FeatureStore:
             with open(tmp, "wb") as f:
                 np.savez(f, keys=keys[all_idx], features=F.astype(np.float32), reasons=reasons)
 
-        atomic_write(path, write)
+        try:
+            atomic_write(path, write)  # the temporary file is removed if this fails; finished shards stay
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise _no_space_error(path, F.nbytes + keys[all_idx].nbytes + reasons.nbytes) from e
+            raise
 
     def _assemble(self, source: DataSource, keys: np.ndarray, index: dict, d: Path, view: Path, vmeta: Path,
                   dim: int) -> list[tuple[int, str, str]]:
@@ -296,8 +305,16 @@ class FeatureStore:
             rows_by_shard.setdefault(shard, []).append((i, row))
         bad: list[tuple[int, str, str]] = []
 
+        # The view is written through a memory map. On a full disk, writing into the pages of a sparse file
+        # kills the process with SIGBUS instead of raising, so the space is checked and reserved first.
+        needed = len(keys) * dim * np.dtype(np.float32).itemsize + 4096  # + the .npy header and the .json
+        free = _free_bytes(view.parent)
+        if free is not None and free < needed:
+            raise _no_space_error(view, needed, free)
+
         def write_view(tmp: Path) -> None:
             X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dim))
+            _preallocate(tmp, os.path.getsize(tmp))
             for shard, pairs in rows_by_shard.items():
                 with np.load(shard, allow_pickle=False) as z:
                     F, reasons = z["features"], z["reasons"]
@@ -322,6 +339,10 @@ class FeatureStore:
             bad_sorted = sorted(bad)
             atomic_write(vmeta, write_meta)
             os.replace(tmp_view, view)
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise _no_space_error(view, needed) from e
+            raise
         finally:
             if tmp_view.exists():
                 tmp_view.unlink()
@@ -496,6 +517,43 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free bytes on the disk that holds ``folder`` (None when it cannot be told)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _no_space_error(path: Path, needed: int, free: int | None = None) -> CacheError:
+    """The CacheError for a full disk: which file, the space it needs, the space left, and what to do."""
+    free = _free_bytes(path.parent) if free is None else free
+    left = "an unknown amount" if free is None else _size(free)
+    return CacheError(f"no space left on the disk of the feature cache: writing {path} needs about {_size(needed)} "
+                      f"but {left} is free there. Free some disk space, put the cache on another disk with "
+                      "--cache-dir (or the TRANSFERKIT_CACHE environment variable), or delete old features with "
+                      "`transferkit cache clear`; finished feature shards are kept, so rerunning resumes")
+
+
+def _preallocate(path: Path, size: int) -> None:
+    """Reserve ``size`` bytes of disk for ``path`` so that a full disk fails here with ENOSPC (an OSError)
+    instead of with SIGBUS when a memory map writes into the file's holes. A filesystem that cannot
+    preallocate is left to the free-space check done before."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _slug(name: str) -> str:
