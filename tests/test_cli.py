@@ -62,6 +62,13 @@ def test_fit_predict_extract_cache_roundtrip(image_folder, tmp_path):
     df = pd.read_csv(out_csv)
     assert len(df) == 13 and {"prediction", "confidence", "p_discs", "p_squares", "p_stripes"} <= set(df.columns)
     assert (df["prediction"].iloc[:12] == "discs").mean() > 0.7
+    # a missing file is reported as missing, not as text data; with skip it gets a row and the reason
+    assert_user_error(tk("predict", run, "nothing_here.png", cwd=tmp_path), "1 of 1 input file(s) not found: "
+                      "nothing_here.png", "--on-bad-input skip")
+    p = tk("predict", run, image_folder / "discs" / "00.png", "nothing_here.png", "--on-bad-input", "skip", "-o",
+           out_csv, "--quiet", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert pd.read_csv(out_csv)["error"].fillna("").tolist() == ["", "file not found"]
     p = tk("extract", image_folder, "--backbone", TINY, "--quiet")
     assert p.returncode == 0 and "0 extracted, 36 from cache" in p.stdout
     p = tk("cache", "list")

@@ -69,28 +69,45 @@ def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input
 
     Accepts a built-in dataset name, a folder (with or without class sub-folders), a table, a list of image
     files / folders / tables, or in-memory images or texts.
+
+    Strings that name no existing file, folder or dataset but look like file paths (an image extension, or a
+    path separator and no whitespace) are *missing files*, not texts: with ``on_bad_input="error"`` a
+    :class:`BadInputError` names them; with ``"skip"`` they stay as items that feature extraction records as
+    unreadable ("file not found"), so predictions list them with the reason. Missing image files named in a
+    table's path column are handled the same way.
     """
+    from .data.images import IMAGE_EXTENSIONS
+    from .data.sources import looks_like_path, missing_files_message
+
+    _check_choice(on_bad_input, ON_BAD_INPUT, "--on-bad-input")
     if isinstance(inputs, DataSource):
         return inputs
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     items = list(inputs)
-    if items and all(isinstance(i, (str, os.PathLike)) for i in items) and any(
-            Path(i).exists() or str(i) in DATASETS for i in items):
+    if items and all(isinstance(i, (str, os.PathLike)) for i in items) and all(
+            Path(i).expanduser().exists() or str(i) in DATASETS or looks_like_path(str(i)) for i in items):
         parts: list[DataSource] = []
+        missing: list[str] = []
         for i in items:
             p = Path(i).expanduser()
             if p.is_dir():
                 src = from_folder(p, on_bad_input=on_bad_input, require_classes=False)
             elif p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
-                src = load_data(p, input_column=input_column, require_labels=False)
-            elif p.is_file() or str(i) in DATASETS:
-                src = load_data(str(i), require_labels=False) if str(i) in DATASETS else from_arrays([str(p)])
-                if src.kind == "texts" and p.is_file():
+                src = load_data(p, input_column=input_column, require_labels=False, on_bad_input=on_bad_input)
+            elif str(i) in DATASETS and not p.exists():
+                src = load_data(str(i), require_labels=False)
+            elif p.is_file():
+                if p.suffix.lower() not in IMAGE_EXTENSIONS:
                     raise DataError(f"{p}: not an image file or a table; give images, folders or a .csv/.tsv/.parquet")
+                src = DataSource([str(p)], "paths", name=p.stem, origin=str(p))
             else:
-                raise DataError(f"input not found: {i}")
+                missing.append(str(i))
+                src = DataSource([str(p)], "paths", name=p.stem, origin=str(p))  # kept only with skip
             parts.append(src)
+        if missing and on_bad_input != "skip":
+            raise BadInputError(missing_files_message("inputs", missing, len(items), os.getcwd()),
+                                [(m, "file not found") for m in missing])
         kinds = {s.kind for s in parts}
         if len(kinds) > 1 and kinds != {"paths"}:
             raise DataError(f"inputs mix kinds of data ({', '.join(sorted(kinds))}); predict one kind at a time")
@@ -99,7 +116,7 @@ def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input
                               skipped=parts[0].skipped)
         return DataSource([x for s in parts for x in s.items], parts[0].kind, name="inputs", origin="inputs",
                           skipped=[x for s in parts for x in s.skipped])
-    return from_arrays(items, name="inputs")
+    return from_arrays(items, name="inputs", on_bad_input=on_bad_input)
 
 
 def negative_transfer_warning(transfer_acc: float, scratch_acc: float, what: str = "transfer") -> str | None:

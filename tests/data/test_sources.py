@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import numpy as np
 import pandas as pd
@@ -114,7 +115,7 @@ def test_table_errors(tmp_path):
         from_table(nolab)
     missing = tmp_path / "m.csv"
     pd.DataFrame({"path": ["nowhere/x.png"], "label": ["a"]}).to_csv(missing, index=False)
-    with pytest.raises(BadInputError, match=r"do not exist.*x\.png"):
+    with pytest.raises(BadInputError, match=r"column 'path': 1 of 1 input file\(s\) not found: nowhere/x\.png"):
         from_table(missing)
 
 
@@ -126,6 +127,36 @@ def test_from_arrays_kinds_and_errors():
         from_arrays(["a", 3])
     with pytest.raises(DataError, match="2 inputs but 1 labels"):
         from_arrays(["a", "b"], ["x"])
+
+
+def test_missing_files_are_missing_not_texts(image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = [str(p) for p in sorted(image_folder.rglob("*.png"))[:17]] + ["nothing_here.png"]
+    # one missing path among 18 used to turn the whole list into texts
+    with pytest.raises(BadInputError, match=r"1 of 18 input file\(s\) not found: nothing_here\.png.*read from") as e:
+        from_arrays(files)
+    assert e.value.bad == [("nothing_here.png", "file not found")]
+    with pytest.raises(BadInputError, match=r"not found: photos/cat, nothing\.jpg"):
+        from_arrays(["photos/cat", "nothing.jpg"])
+    skipped = from_arrays(files, on_bad_input="skip")
+    assert skipped.kind == "paths" and len(skipped) == 18 and skipped.check_inputs() == [("nothing_here.png",
+                                                                                         "file not found")]
+    # texts stay texts: whitespace and no image extension, or not every item looks like a path
+    assert from_arrays(["a nice photo.", "and/or", "see the docs"]).kind == "texts"
+    assert from_arrays(["great movie", "awful"]).kind == "texts"
+
+
+def test_table_with_missing_files_can_be_skipped(image_folder, tmp_path):
+    csv = tmp_path / "t.csv"
+    rows = [str(p) for p in sorted(image_folder.rglob("*.png"))[:6]] + ["gone/a.png", "gone/b.png"]
+    pd.DataFrame({"path": rows, "label": ["x", "y"] * 4}).to_csv(csv, index=False)
+    with pytest.raises(BadInputError, match=r"2 of 8 input file\(s\) not found: gone/a\.png, gone/b\.png.*--on-bad-input skip"):
+        load_data(csv)
+    src = load_data(csv, on_bad_input="skip")
+    assert src.kind == "paths" and len(src) == 8
+    # the pipeline's header check names them, and with skip leaves them out and lists them
+    assert [(os.path.basename(p), r) for p, r in src.check_inputs()] == [("a.png", "file not found"),
+                                                                          ("b.png", "file not found")]
 
 
 def test_one_class_and_unlabelled_are_rejected_for_training():
