@@ -251,3 +251,17 @@ def test_cache_clear_asks_first_and_keeps_user_files(tmp_path, monkeypatch):
     assert not (tmp_path / "lite0-0123456789abcdef").exists()
     p = tk("cache", "clear", "--cache-dir", tmp_path)
     assert p.returncode == 0 and "nothing to delete" in p.stdout
+
+
+def test_extract_reads_a_non_utf8_table_with_a_note_or_the_given_encoding(image_folder, tmp_path):
+    renamed = image_folder / "discs" / "café.png"
+    (image_folder / "discs" / "00.png").rename(renamed)
+    csv = tmp_path / "cp1252.csv"
+    csv.write_bytes(f"path\n{renamed}\n{image_folder / 'squares' / '00.png'}\n".encode("cp1252"))
+    p = tk("extract", csv, "--backbone", TINY, "--quiet")
+    assert p.returncode == 0 and "2 images" in p.stdout, p.stderr
+    assert "note: " in p.stderr and "read it as cp1252" in p.stderr and "Traceback" not in p.stderr
+    assert_user_error(tk("extract", csv, "--backbone", TINY, "--encoding", "utf-8", "--quiet"),
+                      "is not valid utf-8 text", "--encoding")
+    p = tk("extract", csv, "--backbone", TINY, "--encoding", "cp1252", "--quiet")
+    assert p.returncode == 0 and "0 extracted, 2 from cache" in p.stdout and "note:" not in p.stderr

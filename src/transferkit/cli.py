@@ -26,6 +26,7 @@ err = Console(stderr=True)
 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only the results (no progress bars or stage messages).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit).")
+EncodingOpt = typer.Option(None, "--encoding", help="Text encoding of a CSV/TSV table, e.g. utf-8, cp1252, latin-1, shift_jis (default: UTF-8, else cp1252 or latin-1 with a note).")
 
 
 def _friendly(fn: Callable) -> Callable:
@@ -33,10 +34,15 @@ def _friendly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import TransferkitError
+        import warnings
+
+        from .errors import TransferkitError, TransferkitWarning
 
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+                warnings.simplefilter("always", TransferkitWarning)
+                warnings.showwarning = _show_note(warnings.showwarning, TransferkitWarning)
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except KeyboardInterrupt:
@@ -55,6 +61,18 @@ def _friendly(fn: Callable) -> Callable:
             raise typer.Exit(1)
 
     return wrapper
+
+
+def _show_note(fallback: Callable, category: type) -> Callable:
+    """A ``warnings.showwarning`` that prints transferkit's own warnings as one ``note:`` line on stderr."""
+
+    def show(message, cat, filename, lineno, file=None, line=None):
+        if issubclass(cat, category):
+            err.print(f"[yellow]note:[/yellow] {_one_line(message)}", highlight=False, soft_wrap=True)
+        else:
+            fallback(message, cat, filename, lineno, file, line)
+
+    return show
 
 
 def _one_line(e: BaseException) -> str:
@@ -161,18 +179,21 @@ def predict(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write (default: print a table)."),
     on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip (skipped rows get the reason in 'error')."),
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
+    encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    batch_size: int = typer.Option(64, "--batch-size"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
     """Predict classes with class probabilities for new inputs."""
-    from .pipeline import _check_choice
+    from .pipeline import _check_choice, collect_inputs
     from .runs import load_run, write_csv
 
     _check_choice(on_bad_input, ("error", "skip"), "--on-bad-input")
     run = load_run(run_dir)
+    if encoding is not None:  # tables are read here, with the encoding; the run predicts the loaded inputs
+        inputs = collect_inputs(inputs, input_column=input_column, on_bad_input=on_bad_input, encoding=encoding)
     df = run.predict(inputs, on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers,
                      cache_dir=cache_dir, device=device, progress=not quiet, input_column=input_column)
     if output is not None:
@@ -197,13 +218,14 @@ def predict(
 @_friendly
 def extract(
     data: str = typer.Argument(..., help="Built-in dataset, folder or table."),
-    backbone: str = typer.Option("lite0", "--backbone", "-b"),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
     cache_dir: Optional[Path] = CacheOpt,
-    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip."),
-    input_column: Optional[str] = typer.Option(None, "--input-column"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
+    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error: stop at unreadable or missing inputs; skip: leave them out and list them."),
+    input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
+    encoding: Optional[str] = EncodingOpt,
+    batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
     """Extract features into the cache (resumable: rerun after an interruption to continue)."""
@@ -213,7 +235,8 @@ def extract(
     from .features import FeatureStore
     from .runs import _bad_message
 
-    source = load_data(data, input_column=input_column, on_bad_input=on_bad_input, require_labels=False)
+    source = load_data(data, input_column=input_column, on_bad_input=on_bad_input, require_labels=False,
+                       encoding=encoding)
     bb = create_backbone(backbone)
     store = FeatureStore(cache_dir)
     feats = store.get(bb, source, batch_size=batch_size, num_workers=workers, device=device, progress=not quiet)
@@ -407,6 +430,7 @@ def rank(
     cache_dir: Optional[Path] = CacheOpt,
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Table column with the labels."),
+    encoding: Optional[str] = EncodingOpt,
     quiet: bool = QuietOpt,
 ):
     """Rank pretrained backbones for your data by transferability scores (LogME, LEEP, NCE, H-score), in seconds
@@ -415,7 +439,7 @@ def rank(
     from .runs import default_run_dir, prepare_run_dir, write_json
     from .transferability.rank import rank_backbones, rank_correlations, ranking_table, write_rank_report
 
-    source = load_data(data, input_column=input_column, label_column=label_column)
+    source = load_data(data, input_column=input_column, label_column=label_column, encoding=encoding)
     names = [b.strip() for b in (backbones or _DEFAULT_RANK[source.modality]).split(",") if b.strip()]
     wanted = [x.strip() for x in scores.split(",") if x.strip()] if scores else None
     run_dir = prepare_run_dir(out_dir if out_dir is not None else default_run_dir(source.name, "rank"))

@@ -20,6 +20,7 @@ __all__ = [
     "TrainingError",
     "ResumeMismatchError",
     "ExportError",
+    "TransferkitWarning",
 ]
 
 
@@ -92,3 +93,10 @@ class ResumeMismatchError(TrainingError, ValueError):
 
 class ExportError(TransferkitError, RuntimeError):
     """A model could not be exported, or the exported file does not reproduce the PyTorch outputs."""
+
+
+class TransferkitWarning(UserWarning):
+    """Something a user should know that is not an error, e.g. a table read with a guessed text encoding.
+
+    The CLI prints these as one ``note:`` line on stderr.
+    """

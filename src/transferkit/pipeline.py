@@ -64,7 +64,8 @@ def _check_choice(value: str, allowed: Sequence[str], what: str) -> None:
         raise TransferkitError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input: str = "error") -> DataSource:
+def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input: str = "error",
+                   encoding: str | None = None) -> DataSource:
     """Inputs for prediction as one unlabelled :class:`DataSource`.
 
     Accepts a built-in dataset name, a folder (with or without class sub-folders), a table, a list of image
@@ -74,7 +75,8 @@ def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input
     path separator and no whitespace) are *missing files*, not texts: with ``on_bad_input="error"`` a
     :class:`BadInputError` names them; with ``"skip"`` they stay as items that feature extraction records as
     unreadable ("file not found"), so predictions list them with the reason. Missing image files named in a
-    table's path column are handled the same way.
+    table's path column are handled the same way. ``encoding`` is the text encoding of tables (see
+    :func:`~transferkit.data.from_table`).
     """
     from .data.images import IMAGE_EXTENSIONS
     from .data.sources import looks_like_path, missing_files_message
@@ -94,7 +96,8 @@ def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input
             if p.is_dir():
                 src = from_folder(p, on_bad_input=on_bad_input, require_classes=False)
             elif p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq"):
-                src = load_data(p, input_column=input_column, require_labels=False, on_bad_input=on_bad_input)
+                src = load_data(p, input_column=input_column, require_labels=False, on_bad_input=on_bad_input,
+                                encoding=encoding)
             elif str(i) in DATASETS and not p.exists():
                 src = load_data(str(i), require_labels=False)
             elif p.is_file():

@@ -14,7 +14,7 @@ from tests.conftest import make_image
 from transferkit.data import (array_to_image, from_arrays, from_folder, from_table, load_builtin, load_data,
                               make_splits, open_image, to_rgb)
 from transferkit.data import builtin
-from transferkit.errors import BadInputError, DataError, UnknownNameError
+from transferkit.errors import BadInputError, DataError, TransferkitWarning, UnknownNameError
 
 
 def test_to_rgb_handles_every_mode():
@@ -117,6 +117,24 @@ def test_table_errors(tmp_path):
     pd.DataFrame({"path": ["nowhere/x.png"], "label": ["a"]}).to_csv(missing, index=False)
     with pytest.raises(BadInputError, match=r"column 'path': 1 of 1 input file\(s\) not found: nowhere/x\.png"):
         from_table(missing)
+
+
+def test_table_encodings(tmp_path):
+    csv = tmp_path / "cp.csv"
+    csv.write_bytes("text,label\ncafé crème,a\nnaïve résumé,b\n".encode("cp1252"))
+    with pytest.warns(TransferkitWarning, match=r"not UTF-8 \(byte 0xe9 .*read it as cp1252.*--encoding"):
+        assert from_table(csv).items == ["café crème", "naïve résumé"]
+    assert load_data(csv, encoding="latin-1").items == ["café crème", "naïve résumé"]
+    with pytest.raises(DataError, match=r"is not valid utf-8 text \(byte 0xe9 at position \d+\); pass .*--encoding"):
+        load_data(csv, encoding="utf-8")
+    with pytest.raises(DataError, match=r"unknown text encoding 'nope'"):
+        load_data(csv, encoding="nope")
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("text,label\n日本語,a\nçà,b\n".encode("utf-8-sig"))
+    assert from_table(bom).items == ["日本語", "çà"]  # a byte-order mark is not part of the first column's name
+    sjis = tmp_path / "sjis.csv"
+    sjis.write_bytes("text,label\n日本語の文,a\n".encode("shift_jis"))
+    assert from_table(sjis, encoding="shift_jis").items == ["日本語の文"]
 
 
 def test_from_arrays_kinds_and_errors():

@@ -261,20 +261,68 @@ def _image_files(files: Sequence[Path], on_bad_input: str) -> tuple[list[Path], 
     return good, bad
 
 
-def _read_table(path: Path):
+_FALLBACK_ENCODINGS = (("cp1252", "Windows Western European"), ("latin-1", "ISO-8859-1"))
+
+
+def _read_table(path: Path, encoding: str | None = None):
+    """Read a table; a CSV/TSV whose ``encoding`` is not given is read as UTF-8 (with or without a byte-order
+    mark), else as cp1252, else as latin-1, with a :class:`~transferkit.errors.TransferkitWarning` saying so."""
     import pandas as pd
 
     suffix = path.suffix.lower()
     if suffix not in _TABLE_SUFFIXES:
         raise DataError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
-    try:
-        if _TABLE_SUFFIXES[suffix] is None:
+    sep = _TABLE_SUFFIXES[suffix]
+
+    def read(enc: str):
+        try:
+            return pd.read_csv(path, sep=sep, encoding=enc)
+        except (UnicodeDecodeError, LookupError):
+            raise
+        except Exception as e:
+            raise DataError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+
+    if sep is None:
+        try:
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=_TABLE_SUFFIXES[suffix])
-    except ImportError as e:
-        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from e
-    except Exception as e:
-        raise DataError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+        except ImportError as e:
+            raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from e
+        except Exception as e:
+            raise DataError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+    if encoding is not None:
+        try:
+            return read(encoding)
+        except LookupError:
+            raise DataError(f"unknown text encoding {encoding!r} for {path}; use a Python codec name such as "
+                            "utf-8, cp1252, latin-1, shift_jis or gb18030") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not valid {encoding} text ({_decode_where(e)}); pass the encoding it was "
+                            "saved in with --encoding (e.g. utf-8, cp1252, latin-1, shift_jis, gb18030)") from None
+    try:
+        return read("utf-8-sig")  # UTF-8, with or without a byte-order mark
+    except UnicodeDecodeError as e:
+        first_error = e
+    for enc, what in _FALLBACK_ENCODINGS:
+        try:
+            df = read(enc)
+        except UnicodeDecodeError:
+            continue
+        import warnings
+
+        from ..errors import TransferkitWarning
+
+        warnings.warn(TransferkitWarning(
+            f"{path} is not UTF-8 ({_decode_where(first_error)}); read it as {enc} ({what}). If its text looks "
+            "wrong, pass the encoding it was saved in with --encoding (encoding= in Python), e.g. shift_jis or "
+            "gb18030"), stacklevel=4)
+        return df
+    raise DataError(f"{path}: cannot decode the table's text ({_decode_where(first_error)}); pass its encoding "
+                    "with --encoding")  # latin-1 decodes every byte: not reached
+
+
+def _decode_where(e: UnicodeDecodeError) -> str:
+    bad = e.object[e.start:e.start + 1] if isinstance(e.object, (bytes, bytearray)) else b""
+    return f"byte 0x{bad.hex()} at position {e.start}" if bad else str(e)
 
 
 def _pick_column(df, wanted: str | None, candidates: Sequence[str], what: str, path: Path, flag: str) -> str | None:
@@ -293,7 +341,7 @@ def _pick_column(df, wanted: str | None, candidates: Sequence[str], what: str, p
 
 def from_table(path: str | Path, *, input_column: str | None = None, label_column: str | None = None,
                domain_column: str | None = None, require_labels: bool = True,
-               on_bad_input: str = "error") -> DataSource:
+               on_bad_input: str = "error", encoding: str | None = None) -> DataSource:
     """A CSV / TSV / Parquet table with an input column (image path or text), a label and optionally a domain.
 
     Column names are detected (``path``/``image``/``text``/... and ``label``/``class``/...) unless given.
@@ -304,12 +352,15 @@ def from_table(path: str | Path, *, input_column: str | None = None, label_colum
         on_bad_input: what to do with image paths that do not exist: ``"error"`` raises
             :class:`BadInputError` naming them; ``"skip"`` keeps their rows, and feature extraction records
             them as unreadable ("file not found") so that the caller leaves them out and lists them.
+        encoding: text encoding of a CSV/TSV (any Python codec name). Default: UTF-8 (a byte-order mark is
+            allowed); a file that is not UTF-8 is read as cp1252, else latin-1, with a
+            :class:`~transferkit.errors.TransferkitWarning` naming the encoding used.
     """
     _check_on_bad_input(on_bad_input)
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"table file not found: {path}")
-    df = _read_table(path)
+    df = _read_table(path, encoding)
     if len(df) == 0:
         raise DataError(f"{path} has no rows")
     inp = _pick_column(df, input_column, _INPUT_COLUMNS, "inputs (image paths or texts)", path, "--input-column")
@@ -402,8 +453,13 @@ def from_arrays(X: Any, y: Sequence[Any] | None = None, *, domains: Sequence[Any
 
 
 def load_data(spec: Any, *, input_column: str | None = None, label_column: str | None = None,
-              domain_column: str | None = None, on_bad_input: str = "error", require_labels: bool = True) -> DataSource:
-    """Turn what a user names into a :class:`DataSource`: a built-in dataset name, a folder, or a table file."""
+              domain_column: str | None = None, on_bad_input: str = "error", require_labels: bool = True,
+              encoding: str | None = None) -> DataSource:
+    """Turn what a user names into a :class:`DataSource`: a built-in dataset name, a folder, or a table file.
+
+    ``on_bad_input`` applies to non-image files in class folders and to missing image files named in a table;
+    ``encoding`` is a table's text encoding (see :func:`from_table`).
+    """
     from .builtin import DATASETS, load_builtin
 
     if isinstance(spec, DataSource):
@@ -417,6 +473,6 @@ def load_data(spec: Any, *, input_column: str | None = None, label_column: str |
     if p.is_file():
         if p.suffix.lower() in _TABLE_SUFFIXES:
             return from_table(p, input_column=input_column, label_column=label_column, domain_column=domain_column,
-                              require_labels=require_labels, on_bad_input=on_bad_input)
+                              require_labels=require_labels, on_bad_input=on_bad_input, encoding=encoding)
         raise DataError(f"{p}: not a folder or a table (.csv, .tsv, .parquet)")
     raise DataError(f"no such dataset, folder or file: {s!r}. Built-in datasets: {', '.join(DATASETS)}")
