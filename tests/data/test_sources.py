@@ -205,6 +205,23 @@ def test_builtin_datasets(name, n, k):
     assert img.mode == "RGB"
 
 
+def test_builtin_descriptions_match_the_data():
+    """The sizes `transferkit datasets` prints are the shipped files' (clipart once said ~750; it holds 620)."""
+    src = load_builtin("clipart")
+    desc = builtin.DATASETS["clipart"].description
+    counts = np.bincount(src.encoded_labels())
+    assert desc.startswith(f"{len(src)} clip-art drawings, {len(src.classes)} object categories "
+                           f"({counts.min()}-{counts.max()} each)")
+    assert builtin.DATASETS["digits"].description.startswith(f"{len(load_builtin('digits'))} ")
+
+
+def test_describe_names_texts_by_their_content():
+    src = from_arrays(["great  drug,\nit worked", "x" * 100], name="texts_new")
+    assert src.describe(0) == "great drug, it worked"
+    assert src.describe(1) == "x" * 59 + "\u2026" and len(src.describe(1)) == 60
+    assert from_arrays(np.zeros((2, 4, 4), np.uint8), name="batch").describe(1) == "batch[1]"
+
+
 def test_builtin_registry_errors(monkeypatch, tmp_path):
     with pytest.raises(UnknownNameError, match="unknown dataset"):
         load_builtin("cifar10")

@@ -126,9 +126,15 @@ class DataSource:
             raise DataError(f"{self.origin or self.name}: labels {unknown[:5]} are not among the classes {list(index)[:20]}")
         return np.fromiter((index[v] for v in self.labels), dtype=np.int64, count=len(self.labels))
 
-    def describe(self, i: int) -> str:
-        """How to name item ``i`` in a message: its path, or its index."""
-        return str(self.items[i]) if self.kind == "paths" else f"{self.name}[{i}]"
+    def describe(self, i: int, width: int = 60) -> str:
+        """How to name item ``i`` in a message or a prediction table: a file's path, a text's content (on one
+        line, shortened to ``width`` characters with an ellipsis), or ``name[i]`` for in-memory images."""
+        if self.kind == "paths":
+            return str(self.items[i])
+        if self.kind == "texts":
+            text = " ".join(str(self.items[i]).split())
+            return text if len(text) <= width else text[: width - 1].rstrip() + "\u2026"
+        return f"{self.name}[{i}]"
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "DataSource":
         """A new source with the items at ``index`` (keys carried over, not recomputed)."""
