@@ -176,6 +176,22 @@ def test_clear_deletes_only_what_the_cache_wrote(tiny, digits48, tmp_path):
     assert store.entries() == [] and store.clear_plan() == []
 
 
+def test_features_are_writable_copy_on_write_maps(tiny, digits48, tmp_path):
+    import warnings
+
+    store = FeatureStore(tmp_path)
+    store.get(tiny, digits48, num_workers=0)
+    f = store.get(tiny, digits48, num_workers=0)  # a cache hit maps the view again
+    assert isinstance(f.X, np.memmap) and f.X.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch: "The given NumPy array is not writable ..." on read-only maps
+        torch.as_tensor(f.X[:8])
+        torch.from_numpy(np.asarray(f.X))
+    before = np.load(f.path).copy()
+    f.X[0] = 123.0
+    assert np.array_equal(np.load(f.path), before), "writes stay in memory, the cache file is unchanged"
+
+
 def _leftovers(root):
     """Temporary files anywhere in the cache (names start with a dot and carry .tmp)."""
     return [p for p in root.rglob(".*") if ".tmp" in p.name]

@@ -75,7 +75,9 @@ class Features:
     """A dataset's features from one backbone.
 
     Attributes:
-        X: ``(N, D)`` float32, memory-mapped from the cache (rows of unreadable items are NaN).
+        X: ``(N, D)`` float32, memory-mapped from the cache (rows of unreadable items are NaN), copy-on-write:
+            writable like an ordinary array (``torch.as_tensor`` takes it without a warning), while changes
+            stay in memory and never reach the cache file.
         bad: ``(index, item, reason)`` for each item that could not be read.
         extracted: how many items needed a forward pass in this call (0 on a full cache hit).
         path: the view file ``X`` is mapped from.
@@ -198,7 +200,7 @@ class FeatureStore:
         if view.exists() and vmeta.exists():
             try:
                 meta = json.loads(vmeta.read_text())
-                X = np.load(view, mmap_mode="r")
+                X = _map(view)
                 if X.shape == (len(source), backbone.num_features):
                     _touch(vmeta)
                     return Features(X, [tuple(b) for b in meta["bad"]], 0, view, time.perf_counter() - t0)
@@ -213,7 +215,7 @@ class FeatureStore:
                           device=resolve_device(device), progress=progress)
             index = self._index(d)
         bad = self._assemble(source, keys, index, d, view, vmeta, backbone.num_features)
-        X = np.load(view, mmap_mode="r")
+        X = _map(view)
         return Features(X, bad, extracted, view, time.perf_counter() - t0)
 
     # -- internals -------------------------------------------------------------------------------
@@ -517,6 +519,12 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def _map(view: Path) -> np.memmap:
+    """The view memory-mapped copy-on-write (``mmap_mode="c"``): read lazily from the file like ``"r"``, but
+    writable, so that code handing it to torch gets no "non-writable array" warning, and writes stay private."""
+    return np.load(view, mmap_mode="c")
 
 
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
