@@ -44,6 +44,31 @@ def test_help_lists_every_command():
     assert "(default: 10 for built-in datasets" in fit_help and "$TRANSFERKIT_CACHE" in fit_help
 
 
+def test_every_option_of_every_command_has_help():
+    import typer
+
+    from transferkit.cli import app
+
+    missing, seen = [], 0
+
+    def walk(cmd, path: list[str]) -> None:  # a click Group has .commands (typer ships its own click classes)
+        nonlocal seen
+        if getattr(cmd, "commands", None):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+            return
+        if not (cmd.help or "").strip():
+            missing.append(f"{' '.join(path)} (the command)")
+        for param in cmd.params:
+            seen += 1
+            if not (getattr(param, "help", None) or "").strip():
+                missing.append(f"{' '.join(path)} {param.opts[0]}")
+
+    walk(typer.main.get_command(app), ["transferkit"])
+    assert seen > 100, "the walk must reach every command's options"
+    assert not missing, f"options without a help text: {missing}"
+
+
 def test_backbones_and_datasets_tables():
     p = tk("backbones")
     assert p.returncode == 0 and "lite0" in p.stdout and "1280" in p.stdout and "minilm" in p.stdout
