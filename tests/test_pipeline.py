@@ -84,6 +84,8 @@ def test_collect_inputs_names_missing_files(image_folder, tmp_path, monkeypatch)
         collect_inputs(str(csv))
     assert len(collect_inputs(str(csv), on_bad_input="skip")) == 2
     assert collect_inputs(["a review, with words", "another one"]).kind == "texts"
+    with pytest.raises(BadInputError, match=r"not found: a typo in a name"):  # beside an existing file: a path
+        collect_inputs([good, "a typo in a name"])
 
 
 def test_negative_transfer_warning():

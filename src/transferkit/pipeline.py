@@ -87,8 +87,10 @@ def collect_inputs(inputs: Any, *, input_column: str | None = None, on_bad_input
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     items = list(inputs)
-    if items and all(isinstance(i, (str, os.PathLike)) for i in items) and all(
-            Path(i).expanduser().exists() or str(i) in DATASETS or looks_like_path(str(i)) for i in items):
+    named = [Path(i).expanduser().exists() or str(i) in DATASETS for i in items] if all(
+        isinstance(i, (str, os.PathLike)) for i in items) else []
+    # files, folders, tables or datasets: when one of them exists, or every one looks like a path
+    if items and named and (any(named) or all(n or looks_like_path(str(i)) for n, i in zip(named, items))):
         parts: list[DataSource] = []
         missing: list[str] = []
         for i in items:
