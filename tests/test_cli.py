@@ -19,7 +19,9 @@ ENTRY = [shutil.which("transferkit")] if shutil.which("transferkit") else [sys.e
 
 def tk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([*ENTRY, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    # no terminal on stdin: a command that would prompt must refuse instead of waiting
+    return subprocess.run([*ENTRY, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+                          stdin=subprocess.DEVNULL)
 
 
 def assert_user_error(p: subprocess.CompletedProcess, *needles: str) -> None:
@@ -42,6 +44,31 @@ def test_help_lists_every_command():
     assert "(default: 10 for built-in datasets" in fit_help and "$TRANSFERKIT_CACHE" in fit_help
 
 
+def test_every_option_of_every_command_has_help():
+    import typer
+
+    from transferkit.cli import app
+
+    missing, seen = [], 0
+
+    def walk(cmd, path: list[str]) -> None:  # a click Group has .commands (typer ships its own click classes)
+        nonlocal seen
+        if getattr(cmd, "commands", None):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+            return
+        if not (cmd.help or "").strip():
+            missing.append(f"{' '.join(path)} (the command)")
+        for param in cmd.params:
+            seen += 1
+            if not (getattr(param, "help", None) or "").strip():
+                missing.append(f"{' '.join(path)} {param.opts[0]}")
+
+    walk(typer.main.get_command(app), ["transferkit"])
+    assert seen > 100, "the walk must reach every command's options"
+    assert not missing, f"options without a help text: {missing}"
+
+
 def test_backbones_and_datasets_tables():
     p = tk("backbones")
     assert p.returncode == 0 and "lite0" in p.stdout and "1280" in p.stdout and "minilm" in p.stdout
@@ -60,11 +87,18 @@ def test_fit_predict_extract_cache_roundtrip(image_folder, tmp_path):
     df = pd.read_csv(out_csv)
     assert len(df) == 13 and {"prediction", "confidence", "p_discs", "p_squares", "p_stripes"} <= set(df.columns)
     assert (df["prediction"].iloc[:12] == "discs").mean() > 0.7
+    # a missing file is reported as missing, not as text data; with skip it gets a row and the reason
+    assert_user_error(tk("predict", run, "nothing_here.png", cwd=tmp_path), "1 of 1 input file(s) not found: "
+                      "nothing_here.png", "--on-bad-input skip")
+    p = tk("predict", run, image_folder / "discs" / "00.png", "nothing_here.png", "--on-bad-input", "skip", "-o",
+           out_csv, "--quiet", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert pd.read_csv(out_csv)["error"].fillna("").tolist() == ["", "file not found"]
     p = tk("extract", image_folder, "--backbone", TINY, "--quiet")
     assert p.returncode == 0 and "0 extracted, 36 from cache" in p.stdout
     p = tk("cache", "list")
     assert p.returncode == 0 and TINY in p.stdout
-    p = tk("cache", "clear")
+    p = tk("cache", "clear", "--yes")
     assert p.returncode == 0 and "freed" in p.stdout
     assert "empty" in tk("cache", "list").stdout
 
@@ -205,3 +239,54 @@ def test_compare_command_table_files_and_errors(image_folder, tmp_path):
     assert (tmp_path / "cmp" / "compare.json").is_file() and (tmp_path / "cmp" / "report.html").is_file()
     assert_user_error(tk("compare", image_folder, "-b", TINY, "-n", "five"), "--labels-per-class must be")
     assert_user_error(tk("compare", image_folder, "-b", TINY, "--strategies", "probe,finetuen"), "finetuen")
+
+
+def _fake_cache(root: Path) -> tuple[list[Path], list[Path]]:
+    """A cache folder as transferkit writes it (one backbone, a result) beside a user's own files."""
+    bb = root / "lite0-0123456789abcdef"
+    ours = [bb / ".transferkit-cache", bb / "backbone.json", bb / "shards" / f"{'1' * 20}-abcdef12.npz",
+            bb / "views" / f"{'0' * 20}.npy", root / "results" / f"projection-{'b' * 24}.json"]
+    mine = [root / "sub" / "data.csv", root / "results" / "mine.json"]
+    for f in ours + mine:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text('{"name": "lite0", "transferkit": "0.1.0"}' if f.name == "backbone.json" else "1234")
+    return ours, mine
+
+
+def test_cache_clear_asks_first_and_keeps_user_files(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from transferkit import cli
+
+    ours, mine = _fake_cache(tmp_path)
+    # no terminal and no --yes: refuse with exit 2, delete nothing, never hang on a prompt
+    p = tk("cache", "clear", "--cache-dir", tmp_path)
+    assert_user_error(p, "--yes", "no terminal")
+    assert "features of lite0" in p.stdout and "projection-" not in p.stdout and all(f.exists() for f in ours + mine)
+    # a terminal that answers no: nothing deleted
+    monkeypatch.setattr(cli, "_stdin_is_tty", lambda: True)
+    r = CliRunner().invoke(cli.app, ["cache", "clear", "--cache-dir", str(tmp_path)], input="n\n")
+    assert r.exit_code == 1 and "nothing deleted" in r.output and all(f.exists() for f in ours + mine)
+    assert "cached results" in r.output and "Delete these 5 file(s)" in r.output
+    # --yes: the cache's own files go, the user's stay
+    size = sum(f.stat().st_size for f in ours)
+    p = tk("cache", "clear", "--cache-dir", tmp_path, "-y")
+    assert p.returncode == 0 and f"freed {size} B" in p.stdout, p.stdout + p.stderr
+    assert not any(f.exists() for f in ours) and all(f.read_text() == "1234" for f in mine)
+    assert not (tmp_path / "lite0-0123456789abcdef").exists()
+    p = tk("cache", "clear", "--cache-dir", tmp_path)
+    assert p.returncode == 0 and "nothing to delete" in p.stdout
+
+
+def test_extract_reads_a_non_utf8_table_with_a_note_or_the_given_encoding(image_folder, tmp_path):
+    renamed = image_folder / "discs" / "café.png"
+    (image_folder / "discs" / "00.png").rename(renamed)
+    csv = tmp_path / "cp1252.csv"
+    csv.write_bytes(f"path\n{renamed}\n{image_folder / 'squares' / '00.png'}\n".encode("cp1252"))
+    p = tk("extract", csv, "--backbone", TINY, "--quiet")
+    assert p.returncode == 0 and "2 images" in p.stdout, p.stderr
+    assert "note: " in p.stderr and "read it as cp1252" in p.stderr and "Traceback" not in p.stderr
+    assert_user_error(tk("extract", csv, "--backbone", TINY, "--encoding", "utf-8", "--quiet"),
+                      "is not valid utf-8 text", "--encoding")
+    p = tk("extract", csv, "--backbone", TINY, "--encoding", "cp1252", "--quiet")
+    assert p.returncode == 0 and "0 extracted, 2 from cache" in p.stdout and "note:" not in p.stderr

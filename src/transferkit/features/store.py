@@ -2,6 +2,7 @@
 
 Layout of the cache (``$TRANSFERKIT_CACHE`` or ``~/.cache/transferkit``, or ``cache_dir=``)::
 
+    <root>/<backbone key>/.transferkit-cache     marker: this folder was written by the feature cache
     <root>/<backbone key>/backbone.json          what the key stands for (name, weights digest, preprocessing)
     <root>/<backbone key>/shards/*.npz           features of finished chunks of items, keyed per item
     <root>/<backbone key>/views/<data key>.npy   one dataset's features in its order (memory-mapped reads)
@@ -11,13 +12,20 @@ The backbone key hashes the backbone's name, weight digest, preprocessing and th
 item has a content key (file path + size + mtime, or the bytes of an array / text), and a dataset's key
 hashes its items' keys. Every file is written to a temporary name and renamed into place, so a run killed
 at any point (even ``kill -9``) leaves only finished shards, and the next run extracts only what is missing.
+
+The package keeps two more kinds of files under the root: ``results/<kind>-<digest>.json`` (baselines and
+projections computed once, see ``pipeline._result_cache``) and ``datasets/<name>-v<version>.npz`` (generated
+built-in datasets, see ``data.builtin._generated``). :meth:`FeatureStore.clear` deletes only files whose names
+match these layouts, in folders the cache recognises as its own; anything else under the root is left alone.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -59,7 +67,9 @@ class Features:
     """A dataset's features from one backbone.
 
     Attributes:
-        X: ``(N, D)`` float32, memory-mapped from the cache (rows of unreadable items are NaN).
+        X: ``(N, D)`` float32, memory-mapped from the cache (rows of unreadable items are NaN), copy-on-write:
+            writable like an ordinary array (``torch.as_tensor`` takes it without a warning), while changes
+            stay in memory and never reach the cache file.
         bad: ``(index, item, reason)`` for each item that could not be read.
         extracted: how many items needed a forward pass in this call (0 on a full cache hit).
         path: the view file ``X`` is mapped from.
@@ -147,11 +157,16 @@ class FeatureStore:
         try:
             (d / "shards").mkdir(parents=True, exist_ok=True)
             (d / "views").mkdir(exist_ok=True)
+            marker = d / _MARKER
+            if not marker.exists():
+                atomic_write(marker, lambda p: p.write_text(_MARKER_TEXT))
             meta = d / "backbone.json"
             if not meta.exists():
                 atomic_write(meta, lambda p: p.write_text(json.dumps(
                     {**backbone.identity(), "transferkit": __version__}, indent=2, default=str)))
         except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise _no_space_error(d / "backbone.json", 4096) from e
             raise CacheError(f"cannot write the feature cache at {self.root} ({e.strerror or e}); choose another "
                              "folder with --cache-dir or the TRANSFERKIT_CACHE environment variable") from e
         return d
@@ -180,7 +195,7 @@ class FeatureStore:
         if view.exists() and vmeta.exists():
             try:
                 meta = json.loads(vmeta.read_text())
-                X = np.load(view, mmap_mode="r")
+                X = _map(view)
                 if X.shape == (len(source), backbone.num_features):
                     _touch(vmeta)
                     return Features(X, [tuple(b) for b in meta["bad"]], 0, view, time.perf_counter() - t0)
@@ -195,7 +210,7 @@ class FeatureStore:
                           device=resolve_device(device), progress=progress)
             index = self._index(d)
         bad = self._assemble(source, keys, index, d, view, vmeta, backbone.num_features)
-        X = np.load(view, mmap_mode="r")
+        X = _map(view)
         return Features(X, bad, extracted, view, time.perf_counter() - t0)
 
     # -- internals -------------------------------------------------------------------------------
@@ -272,7 +287,12 @@ class FeatureStore:
             with open(tmp, "wb") as f:
                 np.savez(f, keys=keys[all_idx], features=F.astype(np.float32), reasons=reasons)
 
-        atomic_write(path, write)
+        try:
+            atomic_write(path, write)  # the temporary file is removed if this fails; finished shards stay
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise _no_space_error(path, F.nbytes + keys[all_idx].nbytes + reasons.nbytes) from e
+            raise
 
     def _assemble(self, source: DataSource, keys: np.ndarray, index: dict, d: Path, view: Path, vmeta: Path,
                   dim: int) -> list[tuple[int, str, str]]:
@@ -282,8 +302,16 @@ class FeatureStore:
             rows_by_shard.setdefault(shard, []).append((i, row))
         bad: list[tuple[int, str, str]] = []
 
+        # The view is written through a memory map. On a full disk, writing into the pages of a sparse file
+        # kills the process with SIGBUS instead of raising, so the space is checked and reserved first.
+        needed = len(keys) * dim * np.dtype(np.float32).itemsize + 4096  # + the .npy header and the .json
+        free = _free_bytes(view.parent)
+        if free is not None and free < needed:
+            raise _no_space_error(view, needed, free)
+
         def write_view(tmp: Path) -> None:
             X = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dim))
+            _preallocate(tmp, os.path.getsize(tmp))
             for shard, pairs in rows_by_shard.items():
                 with np.load(shard, allow_pickle=False) as z:
                     F, reasons = z["features"], z["reasons"]
@@ -308,6 +336,10 @@ class FeatureStore:
             bad_sorted = sorted(bad)
             atomic_write(vmeta, write_meta)
             os.replace(tmp_view, view)
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise _no_space_error(view, needed) from e
+            raise
         finally:
             if tmp_view.exists():
                 tmp_view.unlink()
@@ -337,37 +369,217 @@ class FeatureStore:
         return value, False
 
     # -- listing and clearing --------------------------------------------------------------------
-    def entries(self) -> list[dict[str, Any]]:
-        """One record per backbone in the cache: name, key, items cached, datasets, size on disk."""
-        out = []
+    def _backbone_dirs(self) -> list[Path]:
+        """The backbone folders under the root that the cache wrote (marker file, or key name + backbone.json)."""
         if not self.root.is_dir():
-            return out
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            return []
+        return [d for d in sorted(self.root.iterdir()) if _is_backbone_dir(d)]
+
+    def entries(self) -> list[dict[str, Any]]:
+        """One record per backbone in the cache: name, key, items cached, datasets, size on disk.
+
+        Only folders the cache wrote are listed, and ``bytes`` counts only the files it wrote there (what
+        :meth:`clear` would free); other folders and files under the root are ignored.
+        """
+        out = []
+        for d in self._backbone_dirs():
             try:
                 meta = json.loads((d / "backbone.json").read_text())
             except (OSError, ValueError):
                 meta = {}
             views = []
-            for vj in sorted((d / "views").glob("*.json")):
+            for vj in _own_files(d / "views", _VIEW_JSON):
                 try:
                     v = json.loads(vj.read_text())
                     views.append({"key": vj.stem, "origin": v.get("origin", "?"), "n": v.get("n", 0),
                                   "bad": len(v.get("bad", []))})
-                except (OSError, ValueError):
+                except (OSError, ValueError, AttributeError):
                     continue
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-            out.append({"key": d.name, "backbone": meta.get("name", "?"), "path": str(d), "datasets": views,
-                        "shards": len(list((d / "shards").glob("*.npz"))), "bytes": size})
+            files = _backbone_files(d)
+            out.append({"key": d.name, "backbone": meta.get("name", "?") if isinstance(meta, dict) else "?",
+                        "path": str(d), "datasets": views, "shards": len(_own_files(d / "shards", _SHARD)),
+                        "bytes": _bytes(files)})
         return out
 
-    def clear(self, backbone: str | None = None) -> int:
-        """Delete cached features (of one backbone name, or all); returns the number of bytes freed."""
-        freed = 0
+    def clear_plan(self, backbone: str | None = None) -> list[dict[str, Any]]:
+        """What :meth:`clear` would delete, without deleting anything.
+
+        Args:
+            backbone: only this backbone's features (its registered name, e.g. ``"lite0"``); ``None`` for the
+                whole cache: every backbone's features, the cached results and the generated datasets.
+
+        Returns:
+            One record per group: ``what`` (a description), ``path`` (its folder), ``files`` (the paths to
+            delete: only names that match what the package writes) and ``bytes``. Empty groups are left out.
+        """
+        plan = []
         for e in self.entries():
             if backbone is None or e["backbone"] == backbone:
-                freed += e["bytes"]
-                shutil.rmtree(e["path"], ignore_errors=True)
+                files = _backbone_files(Path(e["path"]))
+                if files:
+                    plan.append({"what": f"features of {e['backbone']}", "path": Path(e["path"]), "files": files,
+                                 "bytes": _bytes(files)})
+        if backbone is None:
+            for sub, pattern, what in (("results", _RESULT, "cached results (baselines, projections)"),
+                                       ("datasets", _DATASET, "generated built-in datasets")):
+                files = _own_files(self.root / sub, pattern)
+                if files:
+                    plan.append({"what": what, "path": self.root / sub, "files": files, "bytes": _bytes(files)})
+        return plan
+
+    def clear(self, backbone: str | None = None) -> int:
+        """Delete cached features (of one backbone name, or all with the results and generated datasets).
+
+        Only files the package writes are deleted (see :meth:`clear_plan`); a folder is removed only when
+        nothing else is left in it, so a user's own files under the cache folder survive.
+
+        Returns:
+            The number of bytes freed.
+
+        Raises:
+            CacheError: a file could not be deleted (the message names it).
+        """
+        freed = 0
+        failed: list[tuple[Path, str]] = []
+        for group in self.clear_plan(backbone):
+            for f in group["files"]:
+                try:
+                    size = f.stat().st_size
+                    f.unlink()
+                    freed += size
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    failed.append((f, e.strerror or str(e)))
+            folder = group["path"]
+            for sub in (folder / "shards", folder / "views", folder):
+                _rmdir_if_empty(sub)
+        if failed:
+            shown = "; ".join(f"{p} ({why})" for p, why in failed[:3])
+            more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+            raise CacheError(f"could not delete {len(failed)} cache file(s): {shown}{more}; check their permissions "
+                             f"and run `transferkit cache clear` again ({_size(freed)} were freed)")
         return freed
+
+
+_MARKER = ".transferkit-cache"
+_MARKER_TEXT = ("This folder holds features cached by transferkit. `transferkit cache clear` deletes only the files "
+                "transferkit wrote here.\n")
+_KEY_DIR = re.compile(r"[A-Za-z0-9_-]{1,40}-[0-9a-f]{16}")
+_SHARD = re.compile(r"\d{20}-[0-9a-f]{8}\.npz")
+_VIEW = re.compile(r"[0-9a-f]{20}\.(?:npy|json)")
+_VIEW_JSON = re.compile(r"[0-9a-f]{20}\.json")
+_RESULT = re.compile(r"[a-z][a-z0-9_-]*-[0-9a-f]{24}\.json")
+_DATASET = re.compile(r"[a-z0-9][a-z0-9_-]*-v[0-9][0-9A-Za-z.+!_-]*\.npz")
+_TOP = re.compile(r"backbone\.json|" + re.escape(_MARKER))
+_TMP = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp(?:\.npy)?")
+
+
+def _own_files(folder: Path, pattern: re.Pattern) -> list[Path]:
+    """Regular files (no links) in ``folder`` whose name matches ``pattern``, or is the temporary name of one."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    out = []
+    for e in entries:
+        m = _TMP.fullmatch(e.name)
+        name = m.group("name") if m else e.name
+        if pattern.fullmatch(name) and e.is_file(follow_symlinks=False):
+            out.append(Path(e.path))
+    return sorted(out)
+
+
+def _backbone_files(d: Path) -> list[Path]:
+    """The files the cache writes in backbone folder ``d``: marker, backbone.json, shards and views."""
+    return _own_files(d, _TOP) + _own_files(d / "shards", _SHARD) + _own_files(d / "views", _VIEW)
+
+
+def _is_backbone_dir(d: Path) -> bool:
+    """Whether ``d`` is a backbone folder written by the cache.
+
+    New folders carry the marker file; folders from versions before the marker are recognised by their key
+    name (``<name>-<16 hex digits>``) and a ``backbone.json`` that names the transferkit version.
+    """
+    if d.is_symlink() or not d.is_dir():
+        return False
+    if (d / _MARKER).is_file():
+        return True
+    if not _KEY_DIR.fullmatch(d.name):
+        return False
+    try:
+        meta = json.loads((d / "backbone.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "transferkit" in meta
+
+
+def _bytes(files: list[Path]) -> int:
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (a user's files stay), or already gone
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _map(view: Path) -> np.memmap:
+    """The view memory-mapped copy-on-write (``mmap_mode="c"``): read lazily from the file like ``"r"``, but
+    writable, so that code handing it to torch gets no "non-writable array" warning, and writes stay private."""
+    return np.load(view, mmap_mode="c")
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free bytes on the disk that holds ``folder`` (None when it cannot be told)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _no_space_error(path: Path, needed: int, free: int | None = None) -> CacheError:
+    """The CacheError for a full disk: which file, the space it needs, the space left, and what to do."""
+    free = _free_bytes(path.parent) if free is None else free
+    left = "an unknown amount" if free is None else _size(free)
+    return CacheError(f"no space left on the disk of the feature cache: writing {path} needs about {_size(needed)} "
+                      f"but {left} is free there. Free some disk space, put the cache on another disk with "
+                      "--cache-dir (or the TRANSFERKIT_CACHE environment variable), or delete old features with "
+                      "`transferkit cache clear`; finished feature shards are kept, so rerunning resumes")
+
+
+def _preallocate(path: Path, size: int) -> None:
+    """Reserve ``size`` bytes of disk for ``path`` so that a full disk fails here with ENOSPC (an OSError)
+    instead of with SIGBUS when a memory map writes into the file's holes. A filesystem that cannot
+    preallocate is left to the free-space check done before."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _slug(name: str) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from transferkit.errors import DataError, OutputError
-from transferkit.report.plots import plot_comparison, plot_confusion, plot_learning_curve, plot_projection
+from transferkit.report.plots import (missing_glyphs, plot_comparison, plot_confusion, plot_learning_curve,
+                                      plot_projection)
 
 __all__ = ["write_report", "figure_html"]
 
@@ -344,8 +345,18 @@ def _render(report: Mapping) -> str:
     head = [f"<h1>{_e(title)}</h1>"]
     if report.get("subtitle"):
         head.append(f'<p class="subtitle">{_e(report["subtitle"])}</p>')
-    if report.get("warnings"):
-        head.append(_warnings_html(report["warnings"]))
+    alerts = report.get("warnings") or []
+    alerts = [alerts] if isinstance(alerts, str) else list(alerts)
+    glyphs = missing_glyphs([title, *(classes or [])])
+    if glyphs:  # said once here, not as a warning per figure on stderr
+        shown = " ".join(glyphs[:12]) + (" ..." if len(glyphs) > 12 else "")
+        alerts.append(f"{len(glyphs)} character(s) in the title or class names ({shown}) are in a script that "
+                        "no installed font covers, so the figures write them as \\uXXXX codes (the tables show "
+                        "them as they are). Install a font for that script, e.g. Noto Sans CJK for Chinese, "
+                        "Japanese and Korean (Debian/Ubuntu: apt-get install fonts-noto-cjk), to see them in the "
+                        "figures.")
+    if alerts:
+        head.append(_warnings_html(alerts))
     head.append(nav)
     body = "\n".join(head + [_section(a, t, b) for a, t, b in sections])
     return (

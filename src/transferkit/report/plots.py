@@ -6,21 +6,30 @@ or ``rcParams``, so a user's interactive session (a notebook, an open window) is
 
 The module also holds :func:`projection_2d`, which turns a feature matrix into 2-D coordinates for
 :func:`plot_projection`.
+
+Fonts: every text is drawn with DejaVu Sans (Latin, Greek, Cyrillic, ...) and, as fallbacks, whichever
+installed fonts cover other scripts (CJK: Noto Sans CJK, Source Han Sans, WenQuanYi, IPA, Microsoft YaHei,
+...; see ``_FALLBACK_FONTS``), set per text object, not through ``rcParams``. A character that no installed
+font can draw is written as its ``\\uXXXX`` escape instead of an empty box; :func:`missing_glyphs` tells
+which, so that the report can say so once.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import re
 import textwrap
 import warnings
-from typing import Any
+from typing import Any, Iterable
 
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.ticker import NullFormatter, NullLocator, ScalarFormatter
 
 from transferkit.errors import DataError
@@ -31,6 +40,7 @@ __all__ = [
     "plot_projection",
     "plot_comparison",
     "projection_2d",
+    "missing_glyphs",
 ]
 
 _DPI = 110
@@ -51,16 +61,129 @@ def _new_figure(figsize: tuple[float, float] = _FIGSIZE) -> Figure:
     return fig
 
 
+# Fonts that cover scripts DejaVu Sans lacks (CJK first), in order of preference; only installed ones are used.
+_FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Noto Sans JP", "Noto Sans SC",
+    "Noto Sans TC", "Noto Sans KR", "Source Han Sans", "Source Han Sans SC", "Source Han Sans JP",
+    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "IPAexGothic", "IPAGothic", "TakaoGothic",
+    "VL Gothic", "Microsoft YaHei", "SimHei", "Yu Gothic", "Meiryo", "MS Gothic", "Malgun Gothic",
+    "Apple SD Gothic Neo", "Hiragino Sans", "PingFang SC", "Noto Sans", "Noto Sans Arabic", "Noto Sans Hebrew",
+    "Noto Sans Devanagari", "Noto Sans Thai", "Arial Unicode MS", "Unifont",
+)
+_BASE_FONT = "DejaVu Sans"
+
+
+@functools.lru_cache(maxsize=1)
+def _font_families() -> tuple[str, ...]:
+    """DejaVu Sans, then the installed fallback fonts (a family list: Agg draws each glyph from the first font
+    that has it)."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return (_BASE_FONT,) + tuple(name for name in _FALLBACK_FONTS if name in installed)
+
+
+@functools.lru_cache(maxsize=1)
+def _covered() -> frozenset[int]:
+    """Code points that at least one of :func:`_font_families` can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    points: set[int] = set()
+    for name in _font_families():
+        try:
+            path = font_manager.findfont(font_manager.FontProperties(family=name), fallback_to_default=False)
+            points.update(FT2Font(path).get_charmap())
+        except (ValueError, OSError, RuntimeError):
+            continue  # listed but unreadable: it covers nothing
+    return frozenset(points)
+
+
+def missing_glyphs(texts: Iterable[Any]) -> list[str]:
+    """The characters of ``texts`` that no installed font can draw (sorted, each once).
+
+    The figures write these as ``\\uXXXX`` escapes; a report uses this to say so once, with the fix (install
+    a font that covers the script, e.g. Noto Sans CJK for Chinese, Japanese and Korean).
+    """
+    cover = _covered()
+    return sorted({c for t in texts for c in str(t) if not c.isspace() and ord(c) not in cover})
+
+
+def _drawable(text: str) -> str:
+    """``text`` with every character no installed font can draw written as its ``\\uXXXX`` escape."""
+    cover = _covered()
+    if all(c.isspace() or ord(c) in cover for c in text):
+        return text
+    return "".join(c if c.isspace() or ord(c) in cover else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _apply_fonts(fig: Figure) -> None:
+    """Gives every text of ``fig`` the font family list (with fallbacks) and escapes what no font can draw.
+
+    Tick labels set from strings are rewritten from their formatter at draw time, so names that become tick
+    labels are escaped where they are made (:func:`_short`, :func:`_wrap`, :func:`_tick_names`).
+    """
+    families = list(_font_families())
+    for ax in fig.axes:
+        ax.tick_params(which="both", labelfontfamily=families)  # also for ticks made at draw time
+    for t in fig.findobj(Text):
+        text = t.get_text()
+        if text:
+            drawable = _drawable(text)
+            if drawable != text:
+                t.set_text(drawable)
+        t.set_fontfamily(families)
+
+
 def _to_png(fig: Figure) -> bytes:
     """Renders ``fig`` to PNG bytes (tight bounding box, no software stamp, reproducible)."""
+    _apply_fonts(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.1, metadata={"Software": None})
+    with warnings.catch_warnings():
+        # every glyph has a fallback (a font from _font_families, or an escape): matplotlib's note that the
+        # first font lacks a glyph it then takes from a later one is noise
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from (current )?font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.1, metadata={"Software": None})
     return buf.getvalue()
+
+
+_BREAK = re.compile(r"(?<=[\s_/\-.,;:+])")
+
+
+def _wrap(name: str, width: int = 16, max_lines: int = 2) -> str | None:
+    """``name`` on at most ``max_lines`` lines of ``width`` characters, broken after spaces, ``_``, ``-``, ``/``,
+    ``.`` (a longer piece is cut hard); None when it does not fit."""
+    lines: list[str] = []
+    cur = ""
+    for part in (p for p in _BREAK.split(_drawable(str(name))) if p):
+        while len(part) > width:  # a piece longer than a line: cut it
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(part[:width])
+            part = part[width:]
+        if len(cur) + len(part.rstrip()) > width:
+            lines.append(cur)
+            cur = ""
+        cur += part
+    if cur:
+        lines.append(cur)
+    lines = [line.strip() for line in lines if line.strip()]
+    return "\n".join(lines) if len(lines) <= max_lines else None
+
+
+def _tick_names(classes: list[str], width: int = 16, max_lines: int = 2) -> tuple[list[str], list[str] | None]:
+    """Tick labels for class names: wrapped when every name fits on ``max_lines`` lines, else the numbers
+    ``1..k`` with a key (``"1  full name"`` lines) to print beside the figure."""
+    wrapped = [_wrap(c, width, max_lines) for c in classes]
+    if all(w is not None for w in wrapped):
+        return [str(w) for w in wrapped], None
+    return [str(i + 1) for i in range(len(classes))], [f"{i + 1}  {_drawable(c)}" for i, c in enumerate(classes)]
 
 
 def _short(name: str, width: int = 18) -> str:
     """Shortens a label for a tick: ``width`` characters at most, with an ellipsis."""
-    name = str(name)
+    name = _drawable(str(name))
     return name if len(name) <= width else name[: width - 1] + "\u2026"
 
 
@@ -99,6 +222,12 @@ def plot_confusion(cm: list[list[int]], classes: list[str], title: str) -> bytes
         raise DataError(f"cm must be a square matrix; got shape {counts.shape}.")
     if counts.shape[0] != k:
         raise DataError(f"cm is {counts.shape[0]}x{counts.shape[1]} but {k} classes were given.")
+    return _to_png(_confusion_figure(counts, [str(c) for c in classes], title))
+
+
+def _confusion_figure(counts: np.ndarray, classes: list[str], title: str) -> Figure:
+    """The figure of :func:`plot_confusion` (checked inputs), before rendering."""
+    k = len(classes)
     row_sums = counts.sum(axis=1, keepdims=True)
     norm = counts / np.maximum(row_sums, 1.0)
 
@@ -111,13 +240,20 @@ def plot_confusion(cm: list[list[int]], classes: list[str], title: str) -> bytes
     cbar.ax.tick_params(labelsize=8)
 
     tick_size = 9 if k <= 10 else (7 if k <= 25 else 5)
-    names = [_short(c) for c in classes]
+    names, key = _tick_names([str(c) for c in classes])
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
-    ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size)
+    ax.set_xticklabels(names, rotation=0 if key else 45, ha="center" if key else "right", rotation_mode="anchor",
+                       fontsize=tick_size)
     ax.set_yticklabels(names, fontsize=tick_size)
-    ax.set_xlabel("predicted class", fontsize=10)
+    ax.set_xlabel("predicted class" + (" (numbers: see the key below)" if key else ""), fontsize=10)
     ax.set_ylabel("true class", fontsize=10)
+    if key:  # long names: numbered ticks and the full names below (the tight bounding box makes room)
+        columns = 1 if k <= 12 else (2 if k <= 30 else 3)
+        per = math.ceil(k / columns)
+        for c in range(columns):
+            fig.text(0.02 + c / columns, -0.01, "\n".join(key[c * per:(c + 1) * per]), ha="left", va="top",
+                     fontsize=8 if k <= 30 else 6)
     ax.set_title(title, fontsize=11)
 
     if k <= _CELL_TEXT_MAX_CLASSES:
@@ -143,7 +279,7 @@ def plot_confusion(cm: list[list[int]], classes: list[str], title: str) -> bytes
     ax.tick_params(which="minor", length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    return _to_png(fig)
+    return fig
 
 
 def plot_learning_curve(points: list[dict], title: str) -> bytes:
@@ -394,7 +530,8 @@ def plot_comparison(rows: list[dict], title: str, chance: float | None = None) -
     """
     if not rows:
         raise DataError("rows is empty; a comparison needs at least one method.")
-    names = ["\n".join(textwrap.wrap(str(r.get("name", f"method {i}")), 26)) or "?" for i, r in enumerate(rows)]
+    names = ["\n".join(textwrap.wrap(_drawable(str(r.get("name", f"method {i}"))), 26)) or "?"
+             for i, r in enumerate(rows)]
     accs = [_finite(r.get("accuracy")) for r in rows]
     stds = [_finite(r.get("std")) or 0.0 for r in rows]
     n = len(rows)
@@ -633,19 +770,32 @@ def plot_wall_time(rows: list[dict], title: str) -> bytes:
     """
     if not rows:
         raise DataError("rows is empty; give at least one method.")
-    names = [_short(str(r.get("name", f"method {i}")), 24) for i, r in enumerate(rows)]
+    return _to_png(_wall_time_figure(rows, title))
+
+
+def _wall_time_figure(rows: list[dict], title: str) -> Figure:
+    """The figure of :func:`plot_wall_time` (rows checked), before rendering."""
+    names = [_wrap(str(r.get("name", f"method {i}")), 24, 2) or _short(str(r.get("name", f"method {i}")), 24)
+             for i, r in enumerate(rows)]
     secs = [max(_finite(r.get("seconds")) or 0.0, 1e-3) for r in rows]
     stds = [_finite(r.get("std")) or 0.0 for r in rows]
-    fig = _new_figure((6.0, float(min(max(2.2, 0.55 * len(rows) + 1.3), 12.0))))
+    lines = sum(max(1, n.count("\n") + 1) for n in names)
+    fig = _new_figure((6.0, float(min(max(2.2, 0.42 * lines + 0.2 * len(rows) + 1.3), 12.0))))
     ax = fig.add_subplot(1, 1, 1)
     ys = np.arange(len(rows))
     err = [[min(sd, sec) for sd, sec in zip(stds, secs)], stds]  # a wall time is never negative: clip the bar at 0
     ax.barh(ys, secs, xerr=err if any(stds) else None, color="#8fb3d9", height=0.6,
             error_kw={"ecolor": "#333333", "capsize": 3, "linewidth": 1})
-    if max(secs) / min(secs) > 30:
+    ends = [sec + sd for sec, sd in zip(secs, stds)]
+    log = max(secs) / min(secs) > 30
+    if log:
         ax.set_xscale("log")
-    for y, s in zip(ys, secs):
-        ax.text(s, y, f" {s:.1f}s", va="center", ha="left", fontsize=9, color="#222222")
+        ax.set_xlim(right=max(ends) * 4.0)  # room for the value labels right of the longest bar
+    else:
+        ax.set_xlim(0, max(ends) * 1.22)
+    for y, end, s in zip(ys, ends, secs):  # the value sits right of the error bar, never on it
+        ax.annotate(f"{s:.1f}s", (end, y), xytext=(4, 0), textcoords="offset points", va="center", ha="left",
+                    fontsize=9, color="#222222")
     ax.set_yticks(ys)
     ax.set_yticklabels(names, fontsize=9)
     ax.invert_yaxis()
@@ -655,4 +805,4 @@ def plot_wall_time(rows: list[dict], title: str) -> bytes:
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    return _to_png(fig)
+    return fig
