@@ -14,7 +14,8 @@ from tests.conftest import TINY
 from transferkit import TransferClassifier, load_run
 from transferkit.data import load_builtin
 from transferkit.errors import BadInputError, NotFittedError
-from transferkit.pipeline import collect_inputs, fit_run, negative_transfer_warning
+from transferkit.data import collect_inputs
+from transferkit.pipeline import fit_run, negative_transfer_warning
 
 
 @pytest.fixture(scope="module")
