@@ -75,7 +75,7 @@ def test_collect_inputs_names_missing_files(image_folder, tmp_path, monkeypatch)
     # `predict RUN nothing_here.png` used to say "inputs holds text data but backbone 'lite0' takes images"
     with pytest.raises(BadInputError, match=r"inputs: 1 of 1 input file\(s\) not found: nothing_here\.png"):
         collect_inputs("nothing_here.png")
-    with pytest.raises(BadInputError, match=r"1 of 3 .*not found: gone/x\.jpg.*--on-bad-input skip"):
+    with pytest.raises(BadInputError, match=r"1 of 3 .*not found: gone/x\.jpg.*on_bad_input=\"skip\""):
         collect_inputs([good, str(image_folder / "squares"), "gone/x.jpg"])
     src = collect_inputs([good, "gone/x.jpg"], on_bad_input="skip")
     assert src.kind == "paths" and src.items[1].endswith("x.jpg") and src.check_inputs()[0][1] == "file not found"

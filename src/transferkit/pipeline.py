@@ -385,7 +385,7 @@ def _write_report(run_dir: Path, store: Any, fs: Any, backbone: str, head: str, 
         import html as _html
 
         items = "".join(f"<li>{_html.escape(r)}</li>" for r in config["advice"]["reasons"])
-        sections.append({"title": f"Why {config['advice']['strategy']}? (--strategy auto)", "html": f"<ul>{items}</ul>"})
+        sections.append({"title": f"Why {config['advice']['strategy']}? (strategy auto)", "html": f"<ul>{items}</ul>"})
     write_report(run_dir / "report.html", {"sections": sections,
         "title": f"transferkit fit: {config['dataset']} with {backbone}",
         "subtitle": f"run {run_dir.name}, {config['created']}",

@@ -26,7 +26,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import TransferkitError, UnknownNameError
 
-__all__ = ["Registry", "Entry"]
+__all__ = ["Registry", "Entry", "import_submodules"]
 
 T = TypeVar("T")
 
@@ -191,3 +191,18 @@ def _parameters(factory: Callable[..., Any]) -> list[str] | None:
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and not (i == 0 and p.name in ("self", "cls")):
             out.append(p.name)
     return out
+
+
+def import_submodules(package: str, path: Any) -> None:
+    """Import every module of a package (non-recursive, ``_``-prefixed ones too), so that whatever they register is
+    present: a new backbone, head or domain-adaptation method is one new file, found without editing a list.
+
+    Args:
+        package: the package's ``__name__``.
+        path: its ``__path__``.
+    """
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(path), key=lambda i: i.name):
+        importlib.import_module(f"{package}.{info.name}")

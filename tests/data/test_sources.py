@@ -55,7 +55,7 @@ def test_folder_source(image_folder):
 
 def test_folder_bad_inputs(image_folder, tmp_path):
     (image_folder / "discs" / "notes.txt").write_text("not an image")
-    with pytest.raises(BadInputError, match=r"notes\.txt.*--on-bad-input skip"):
+    with pytest.raises(BadInputError, match=r"notes\.txt.*on_bad_input=\"skip\""):
         from_folder(image_folder)
     src = from_folder(image_folder, on_bad_input="skip")
     assert len(src) == 36 and src.skipped and "notes.txt" in src.skipped[0][0]
@@ -122,10 +122,10 @@ def test_table_errors(tmp_path):
 def test_table_encodings(tmp_path):
     csv = tmp_path / "cp.csv"
     csv.write_bytes("text,label\ncafé crème,a\nnaïve résumé,b\n".encode("cp1252"))
-    with pytest.warns(TransferkitWarning, match=r"not UTF-8 \(byte 0xe9 .*read it as cp1252.*--encoding"):
+    with pytest.warns(TransferkitWarning, match=r"not UTF-8 \(byte 0xe9 .*read it as cp1252.*encoding="):
         assert from_table(csv).items == ["café crème", "naïve résumé"]
     assert load_data(csv, encoding="latin-1").items == ["café crème", "naïve résumé"]
-    with pytest.raises(DataError, match=r"is not valid utf-8 text \(byte 0xe9 at position \d+\); pass .*--encoding"):
+    with pytest.raises(DataError, match=r"is not valid utf-8 text \(byte 0xe9 at position \d+\); pass .*encoding="):
         load_data(csv, encoding="utf-8")
     with pytest.raises(DataError, match=r"unknown text encoding 'nope'"):
         load_data(csv, encoding="nope")
@@ -168,7 +168,7 @@ def test_table_with_missing_files_can_be_skipped(image_folder, tmp_path):
     csv = tmp_path / "t.csv"
     rows = [str(p) for p in sorted(image_folder.rglob("*.png"))[:6]] + ["gone/a.png", "gone/b.png"]
     pd.DataFrame({"path": rows, "label": ["x", "y"] * 4}).to_csv(csv, index=False)
-    with pytest.raises(BadInputError, match=r"2 of 8 input file\(s\) not found: gone/a\.png, gone/b\.png.*--on-bad-input skip"):
+    with pytest.raises(BadInputError, match=r"2 of 8 input file\(s\) not found: gone/a\.png, gone/b\.png.*on_bad_input=\"skip\""):
         load_data(csv)
     src = load_data(csv, on_bad_input="skip")
     assert src.kind == "paths" and len(src) == 8

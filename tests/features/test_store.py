@@ -140,7 +140,7 @@ def test_modality_and_unwritable_cache_errors(tiny, tmp_path):
         FeatureStore(tmp_path).get(tiny, from_arrays(["some text", "more"]))
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(CacheError, match="--cache-dir"):
+    with pytest.raises(CacheError, match="cache_dir="):
         FeatureStore(blocker / "sub").get(tiny, from_arrays(np.zeros((2, 8, 8), np.uint8)))
 
 
@@ -205,7 +205,7 @@ def test_full_disk_before_the_view_is_an_error_not_sigbus(tiny, digits48, tmp_pa
         store.get(tiny, digits48, batch_size=16, num_workers=0)
     msg = str(info.value)
     need = 48 * tiny.num_features * 4
-    assert "views" in msg and "1000 B is free" in msg and "--cache-dir" in msg and "transferkit cache clear" in msg
+    assert "views" in msg and "1000 B is free" in msg and "cache_dir=" in msg and "transferkit cache clear" in msg
     assert f"{need / 1024:.1f} KB" in msg or f"{(need + 4096) / 1024:.1f} KB" in msg
     assert not list(tmp_path.glob("*/views/*")) and not _leftovers(tmp_path)
     assert len(list(tmp_path.glob("*/shards/*.npz"))) == 3, "finished shards are the resumable work: kept"
@@ -234,7 +234,7 @@ def test_full_disk_while_writing_a_shard_keeps_finished_shards(tiny, digits48, t
         return real_savez(f, **arrays)
 
     monkeypatch.setattr(np, "savez", savez)
-    with pytest.raises(CacheError, match=r"writing .*shards.*\.npz needs about .*--cache-dir.*cache clear"):
+    with pytest.raises(CacheError, match=r"writing .*shards.*\.npz needs about .*cache_dir=.*cache clear"):
         FeatureStore(tmp_path, shard_size=16).get(tiny, digits48, batch_size=16, num_workers=0)
     assert len(list(tmp_path.glob("*/shards/*.npz"))) == 1 and not _leftovers(tmp_path)
 

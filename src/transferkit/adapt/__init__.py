@@ -8,10 +8,13 @@
   (:mod:`.instance`), checkpoint selection without target labels (:mod:`.selection`).
 """
 
+from ..registry import import_submodules
 from .adapter import DomainAdapter, all_methods, list_all_methods
 from .experiment import AdaptResult, adapt_compare
 from .methods import METHODS, create_method, list_methods
 from .trainer import AdaptConfig, AdaptNet, train_adapter
+
+import_submodules(__name__, __path__)  # methods registered in their own files (one file per new method)
 
 __all__ = ["DomainAdapter", "adapt_compare", "AdaptResult", "AdaptConfig", "AdaptNet", "train_adapter", "METHODS",
            "create_method", "list_methods", "list_all_methods", "all_methods"]

@@ -27,8 +27,6 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..errors import DataError, NotFittedError, TransferkitError
-from . import feature_space as _feature_space  # noqa: F401 - registers the feature-space methods
-from . import instance as _instance  # noqa: F401 - registers the instance-based methods
 from .methods import METHODS, create_method
 from .trainer import AdaptConfig, AdaptNet, features_of, predict_logits, train_adapter
 
@@ -252,8 +250,8 @@ class DomainAdapter(BaseEstimator):
             if ytl_raw is None:
                 raise DataError("target_labelled has no labels: give a labelled data source or (X, y)")
         if entry.needs_target_labels and (ytl_raw is None or len(ytl_raw) == 0):
-            raise DataError(f"{self.method} needs a few labelled target samples: pass target_labelled (CLI: "
-                            "--target-labels N); unsupervised methods: "
+            raise DataError(f"{self.method} needs a few labelled target samples: pass target_labelled (in the CLI: "
+                            "target_labels=N); unsupervised methods: "
                             f"{', '.join(e.name for e in METHODS.entries(needs_target_labels=False))}")
         t0 = time.perf_counter()
         if regression:

@@ -123,12 +123,12 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         raise UnknownNameError(f"unknown method(s) {', '.join(map(repr, bad))}; valid: all, {', '.join(everything)}")
     need = [m for m in names if METHODS.get(m).needs_target_labels]
     if need and not target_labels:
-        raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give --target-labels N "
+        raise DataError(f"{', '.join(need)} need(s) a few labelled target samples: give target_labels=N "
                         "(labels per class drawn from the target's adaptation part)")
     shallow = [m for m in names if METHODS.get(m).level == "shallow"]
     if shallow and end_to_end:
         raise DataError(f"{', '.join(shallow)} work(s) on cached features, not end to end ({backbone}"
-                        f"{' --finetune' if finetune else ''}); drop them or use a pretrained backbone without --finetune")
+                        f"{' finetune=True' if finetune else ''}); drop them or use a pretrained backbone without finetune=True")
     if shallow and "source-only-linear" not in names:
         names.insert(0, "source-only-linear")
     names = ["source-only"] + [m for m in dict.fromkeys(names) if m != "source-only"]
@@ -142,7 +142,7 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         raise DataError(f"the target {tgt.origin or tgt.name} has no samples")
     check_class_sets(src.classes, tgt.classes if tgt.labels is not None else None)
     if target_labels and tgt.labels is None:
-        raise DataError("--target-labels needs a labelled target (the labels of N samples per class are used)")
+        raise DataError("target_labels= needs a labelled target (the labels of N samples per class are used)")
     cfg = config or AdaptConfig()
     out_dir = prepare_run_dir(out if out is not None else default_run_dir(f"adapt-{src.name}-{tgt.name}", backbone),
                               "adapt", resume=True)
@@ -273,8 +273,8 @@ def _split_by_domain(source: Any, target: Any, column: str | None, s_dom: str | 
     from ..data.load import load_data
 
     if not (column and s_dom and t_dom):
-        raise DataError("splitting a table into domains needs all three of --domain-column, --source-domain and "
-                        f"--target-domain (got {column!r}, {s_dom!r}, {t_dom!r})")
+        raise DataError("splitting a table into domains needs all three of domain_column=, source_domain= and "
+                        f"target_domain= (got {column!r}, {s_dom!r}, {t_dom!r})")
     parts = []
     for spec, want, role in ((source, s_dom, "source"), (target if target is not None else source, t_dom, "target")):
         full = load_data(spec, domain_column=column, require_labels=(role == "source"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..registry import Entry, Registry
+from ..registry import Entry, Registry, import_submodules
 from .base import BACKBONE_KINDS, Backbone, load_backbone, state_dict_digest
 
 __all__ = ["Backbone", "BACKBONES", "BACKBONE_KINDS", "register_backbone", "create_backbone", "list_backbones",
@@ -115,3 +115,4 @@ def _register_builtins() -> None:
 
 
 _register_builtins()
+import_submodules(__name__, __path__)  # backbones registered in their own files (one file per new backbone kind)

@@ -54,7 +54,7 @@ def missing_files_message(where: str, missing: Sequence[str], total: int, base: 
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     rel = f"; relative paths are read from {base}" if base else ""
     return (f"{where}: {len(missing)} of {total} input file(s) not found: {shown}{rel}. Check the path(s), or pass "
-            "--on-bad-input skip (on_bad_input='skip' in Python) to leave them out and list them")
+            'on_bad_input="skip" to leave them out and list them')
 
 
 def _check_on_bad_input(on_bad_input: str) -> None:
@@ -205,7 +205,7 @@ class DataSource:
         where = self.origin or self.name
         if self.labels is None:
             raise DataError(f"{where} has no labels: give a folder with one sub-folder per class, or a table "
-                            "with a label column (--label-column)")
+                            "with a label column (label_column=)")
         if len(self.items) == 0:
             raise DataError(f"{where} is empty")
         classes = self.classes
@@ -253,7 +253,7 @@ def from_folder(root: str | Path, *, on_bad_input: str = "error", require_classe
         labels += [d.name] * len(good)
     if nonimage and on_bad_input != "skip":
         shown = ", ".join(str(p) for p in nonimage[:3]) + (f" and {len(nonimage) - 3} more" if len(nonimage) > 3 else "")
-        raise BadInputError(f"non-image files in class folders: {shown}. Remove them, or pass --on-bad-input skip",
+        raise BadInputError(f"non-image files in class folders: {shown}. Remove them, or pass on_bad_input=\"skip\"",
                             [(str(p), "not an image file") for p in nonimage])
     if empty:
         raise DataError(f"class folder(s) with no images in {root}: {', '.join(empty)}. Add images or remove the folder")
@@ -303,7 +303,7 @@ def _read_table(path: Path, encoding: str | None = None):
                             "utf-8, cp1252, latin-1, shift_jis or gb18030") from None
         except UnicodeDecodeError as e:
             raise DataError(f"{path} is not valid {encoding} text ({_decode_where(e)}); pass the encoding it was "
-                            "saved in with --encoding (e.g. utf-8, cp1252, latin-1, shift_jis, gb18030)") from None
+                            "saved in with encoding= (e.g. utf-8, cp1252, latin-1, shift_jis, gb18030)") from None
     try:
         return read("utf-8-sig")  # UTF-8, with or without a byte-order mark
     except UnicodeDecodeError as e:
@@ -319,11 +319,11 @@ def _read_table(path: Path, encoding: str | None = None):
 
         warnings.warn(TransferkitWarning(
             f"{path} is not UTF-8 ({_decode_where(first_error)}); read it as {enc} ({what}). If its text looks "
-            "wrong, pass the encoding it was saved in with --encoding (encoding= in Python), e.g. shift_jis or "
+            "wrong, pass the encoding it was saved in with encoding=, e.g. shift_jis or "
             "gb18030"), stacklevel=4)
         return df
     raise DataError(f"{path}: cannot decode the table's text ({_decode_where(first_error)}); pass its encoding "
-                    "with --encoding")  # latin-1 decodes every byte: not reached
+                    "with encoding=")  # latin-1 decodes every byte: not reached
 
 
 def _decode_where(e: UnicodeDecodeError) -> str:
@@ -369,15 +369,15 @@ def from_table(path: str | Path, *, input_column: str | None = None, label_colum
     df = _read_table(path, encoding)
     if len(df) == 0:
         raise DataError(f"{path} has no rows")
-    inp = _pick_column(df, input_column, _INPUT_COLUMNS, "inputs (image paths or texts)", path, "--input-column")
+    inp = _pick_column(df, input_column, _INPUT_COLUMNS, "inputs (image paths or texts)", path, "input_column=")
     if inp is None:
         raise DataError(f"{path}: cannot tell which column holds the inputs; the columns are {list(df.columns)}. "
-                        "Name it with --input-column")
-    lab = _pick_column(df, label_column, _LABEL_COLUMNS, "labels", path, "--label-column")
+                        "Name it with input_column=")
+    lab = _pick_column(df, label_column, _LABEL_COLUMNS, "labels", path, "label_column=")
     if lab is None and require_labels:
         raise DataError(f"{path}: no label column found; the columns are {list(df.columns)}. "
-                        "Name it with --label-column")
-    dom = _pick_column(df, domain_column, (), "domains", path, "--domain-column") if domain_column else None
+                        "Name it with label_column=")
+    dom = _pick_column(df, domain_column, (), "domains", path, "domain_column=") if domain_column else None
     values = df[inp]
     missing_inp = np.flatnonzero(values.isna().to_numpy())
     if len(missing_inp):

@@ -168,7 +168,7 @@ class FeatureStore:
             if e.errno in _NO_SPACE:
                 raise _no_space_error(d / "backbone.json", 4096) from e
             raise CacheError(f"cannot write the feature cache at {self.root} ({e.strerror or e}); choose another "
-                             "folder with --cache-dir or the TRANSFERKIT_CACHE environment variable") from e
+                             "folder with cache_dir= or the TRANSFERKIT_CACHE environment variable") from e
         return d
 
     # -- the main entry point --------------------------------------------------------------------
@@ -562,7 +562,7 @@ def _no_space_error(path: Path, needed: int, free: int | None = None) -> CacheEr
     left = "an unknown amount" if free is None else _size(free)
     return CacheError(f"no space left on the disk of the feature cache: writing {path} needs about {_size(needed)} "
                       f"but {left} is free there. Free some disk space, put the cache on another disk with "
-                      "--cache-dir (or the TRANSFERKIT_CACHE environment variable), or delete old features with "
+                      "cache_dir= (or the TRANSFERKIT_CACHE environment variable), or delete old features with "
                       "`transferkit cache clear`; finished feature shards are kept, so rerunning resumes")
 
 
