@@ -107,6 +107,10 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def remove(self, name: str) -> None:
+        """Forget an entry (for tests and interactive sessions that registered something temporary)."""
+        self._entries.pop(name, None)
+
     # -- look-up ---------------------------------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
         try:
