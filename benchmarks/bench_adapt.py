@@ -193,7 +193,7 @@ def main() -> None:
     import torch
 
     from transferkit.adapt import AdaptConfig, DomainAdapter, adapt_compare
-    from transferkit.adapt.experiment import _split_target
+    from transferkit.adapt.experiment import split_target
     from transferkit.data import load_data
 
     torch.set_num_threads(args.threads)
@@ -238,7 +238,7 @@ def main() -> None:
                 ys = np.array([classes.index(v) for v in src.labels])
                 yt = np.array([classes.index(v) for v in tgt.labels])
                 for seed in seeds:
-                    a_idx, e_idx = _split_target(np.asarray(tgt.labels), len(tgt), 0.3, seed)
+                    a_idx, e_idx = split_target(np.asarray(tgt.labels), len(tgt), 0.3, seed)
                     mu, sd = input_scaling(Xs, Xt[a_idx])  # the standardisation DomainAdapter applies
                     Zs, Zt = (Xs - mu) / sd, (Xt - mu) / sd
                     jobs = [(m, m) for m in SKADA] + ([] if args.no_skada_deep else [("deep:" + m, m) for m in SKADA_DEEP])

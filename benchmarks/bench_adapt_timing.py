@@ -41,7 +41,7 @@ def main() -> None:
 
     from transferkit.adapt import AdaptConfig, DomainAdapter
     from transferkit.adapt.adapter import input_scaling
-    from transferkit.adapt.experiment import _split_target
+    from transferkit.adapt.experiment import split_target
     from transferkit.data import load_data
 
     torch.set_num_threads(args.threads)
@@ -56,7 +56,7 @@ def main() -> None:
         classes = src.classes
         ys = np.array([classes.index(v) for v in src.labels])
         yt = np.array([classes.index(v) for v in tgt.labels])
-        a_idx, e_idx = _split_target(np.asarray(tgt.labels), len(tgt), 0.3, args.seed)
+        a_idx, e_idx = split_target(np.asarray(tgt.labels), len(tgt), 0.3, args.seed)
         mu, sd = input_scaling(Xs, Xt[a_idx])
         Zs, Zt = (Xs - mu) / sd, (Xt - mu) / sd
         for kind, table in (("shallow", SKADA), ("deep", SKADA_DEEP)):

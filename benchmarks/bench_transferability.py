@@ -287,7 +287,7 @@ def main() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from transferkit.backbones import create_backbone, get_spec
+    from transferkit.backbones import backbone_entry, create_backbone
     from transferkit.data import load_data, make_splits
     from transferkit.errors import TransferkitError
     from transferkit.features import FeatureStore
@@ -299,7 +299,7 @@ def main() -> None:
     threadpool_limits(args.threads)
     t_start = time.perf_counter()
     datasets, backbones, seeds = _csv(args.datasets), _csv(args.backbones), _csv(args.seeds, int)
-    modality = {b: get_spec(b)[0].modality for b in backbones}  # unknown names fail here
+    modality = {b: backbone_entry(b).modality for b in backbones}  # unknown names fail here
     L = args.labels_per_class
     out = Path(args.out)
     raw_path = out.with_suffix(".json")

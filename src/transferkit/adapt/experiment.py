@@ -28,7 +28,7 @@ from .adapter import DomainAdapter, all_methods, check_class_sets
 from .methods import METHODS
 from .trainer import AdaptConfig
 
-__all__ = ["AdaptResult", "adapt_compare"]
+__all__ = ["AdaptResult", "adapt_compare", "split_target"]
 
 
 @dataclass
@@ -55,7 +55,7 @@ class AdaptResult:
         return "\n".join(lines)
 
 
-def _split_target(y: np.ndarray, n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_target(y: np.ndarray, n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(adaptation indices, evaluation indices): ``eval_fraction`` of each class held out, seeded."""
     rng = np.random.default_rng([seed, 4242])
     ev = []
@@ -197,7 +197,7 @@ def _target_parts(yt: np.ndarray | None, n: int, eval_fraction: float, seed: int
     if yt is None:  # nothing to evaluate with: every target input adapts
         adapt_idx, eval_idx = np.arange(n), np.arange(0)
     else:
-        adapt_idx, eval_idx = _split_target(yt, n, eval_fraction, seed)
+        adapt_idx, eval_idx = split_target(yt, n, eval_fraction, seed)
     lab_idx = None
     if target_labels:
         rng = np.random.default_rng([seed, 77])
