@@ -1,4 +1,6 @@
-"""The CLI through its real entry point: results on stdout, one-line errors with exit code 2, no tracebacks."""
+"""The CLI: results on stdout, one-line errors with exit code 2, no tracebacks. Commands run in-process through
+Typer's test runner (the same app, exit codes and streams, without paying the imports for every call); the tests
+marked ``entry point`` start the installed ``transferkit`` executable."""
 
 from __future__ import annotations
 
@@ -17,11 +19,26 @@ from tests.conftest import TINY, make_image
 ENTRY = [shutil.which("transferkit")] if shutil.which("transferkit") else [sys.executable, "-m", "transferkit"]
 
 
-def tk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def tk(*args: str, cwd: Path | None = None, entry_point: bool = False) -> subprocess.CompletedProcess:
+    """Run ``transferkit ARGS``: in-process by default, or through the installed executable with ``entry_point``."""
     env = {**os.environ, "COLUMNS": "200"}
-    # no terminal on stdin: a command that would prompt must refuse instead of waiting
-    return subprocess.run([*ENTRY, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
-                          stdin=subprocess.DEVNULL)
+    if entry_point:
+        # no terminal on stdin: a command that would prompt must refuse instead of waiting
+        return subprocess.run([*ENTRY, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                              timeout=600, stdin=subprocess.DEVNULL)
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        r = CliRunner(env={"COLUMNS": "200", "TOKENIZERS_PARALLELISM": "false"}).invoke(
+            app, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess([*ENTRY, *map(str, args)], r.exit_code, r.stdout, r.stderr)
 
 
 def assert_user_error(p: subprocess.CompletedProcess, *needles: str) -> None:
@@ -34,11 +51,11 @@ def assert_user_error(p: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_help_lists_every_command():
-    p = tk("--help")
+    p = tk("--help", entry_point=True)
     assert p.returncode == 0
     for cmd in ("fit", "predict", "extract", "cache", "backbones", "datasets", "compare", "adapt", "rank", "advise"):
         assert cmd in p.stdout
-    fit_help = " ".join(tk("fit", "--help").stdout.split())
+    fit_help = " ".join(tk("fit", "--help", entry_point=True).stdout.split())
     assert "--labels-per-class" in fit_help
     # defaults written in brackets were once swallowed by rich markup: the text must survive
     assert "(default: 10 for built-in datasets" in fit_help and "$TRANSFERKIT_CACHE" in fit_help
@@ -228,7 +245,7 @@ def test_advise_and_fit_strategy_auto(image_folder, tmp_path):
     assert "strategy auto chose" in p.stdout
     config = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert config["advice"]["strategy"] == config["strategy"] and config["advice"]["reasons"]
-    assert "(--strategy auto)" in (tmp_path / "auto" / "report.html").read_text()
+    assert "(strategy auto)" in (tmp_path / "auto" / "report.html").read_text()
 
 
 def test_compare_command_table_files_and_errors(image_folder, tmp_path):
