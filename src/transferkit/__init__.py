@@ -5,7 +5,7 @@ from a few labels; every result stands beside a from-scratch baseline.
 
 The public API is small::
 
-    from transferkit import TransferClassifier, load_run, list_backbones, list_datasets
+    from transferkit import TransferClassifier, DomainAdapter, load_run, list_backbones, list_datasets
 
 Names are imported on first use, so ``transferkit --help`` starts without loading torch.
 """
@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "TransferClassifier": "transferkit.estimator",
+    "DomainAdapter": "transferkit.adapt",
+    "adapt_compare": "transferkit.adapt",
     "TransferkitError": "transferkit.errors",
     "create_backbone": "transferkit.backbones",
     "list_backbones": "transferkit.backbones",

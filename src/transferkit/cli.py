@@ -26,6 +26,8 @@ out = Console()
 err = Console(stderr=True)
 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only the results (no progress bars or stage messages).")
+InputColOpt = typer.Option(None, "--input-column", help="Table column with image paths or texts (detected when not given).")
+LabelColOpt = typer.Option(None, "--label-column", help="Table column with the labels (detected when not given).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit).")
 EncodingOpt = typer.Option(None, "--encoding", help="Text encoding of a CSV/TSV table, e.g. utf-8, cp1252, latin-1, shift_jis (default: UTF-8, else cp1252 or latin-1 with a note).")
 
@@ -111,6 +113,48 @@ def _one_line(e: BaseException) -> str:
     return as_flags(" ".join(text.split()))
 
 
+#: option -> (kind, lowest allowed, highest allowed or None, inclusive high): checked before any work
+_RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int, 0, None),
+           "labels_per_class": (int, 1, None), "epochs": (int, 1, None), "train_batch_size": (int, 1, None),
+           "image_size": (int, 8, None), "devices": (int, 1, None), "steps": (int, 1, None), "seeds": (int, 1, None),
+           "max_samples": (int, 1, None), "target_labels": (int, 1, None), "max_test": (int, 1, None),
+           "freeze": (int, 0, None), "lr": (float, 0.0, None), "trade_off": (float, 0.0, None),
+           "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0)}
+_OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
+
+
+def check_options(**values: object) -> None:
+    """Every numeric option and the device checked at the CLI boundary, before any data is read: one line naming the
+    flag, what it got and what is allowed."""
+    from .errors import TransferkitError
+
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag = _OPTION_FLAGS.get(name) or FLAGS.get(name, "--" + name.replace("_", "-"))
+        if name == "device":
+            from .features.store import resolve_device
+
+            try:
+                resolve_device(str(value))
+            except TransferkitError as e:
+                raise TransferkitError(str(e).replace(f"device={value!r}", f"{flag} {value}")) from None
+            continue
+        kind, low, high = _RANGES[name]
+        if kind is int:
+            ok = value >= low and (high is None or value <= high)
+            allowed = f"an integer >= {low}"
+        elif name in ("lr",):
+            ok, allowed = value > low, "a number > 0"
+        elif high is not None:
+            ok = low <= value < high if name == "val_fraction" else low < value < high
+            allowed = f"in [{low:g}, {high:g})" if name == "val_fraction" else f"in ({low:g}, {high:g})"
+        else:
+            ok, allowed = value >= low, f"a number >= {low:g}"
+        if not ok:
+            raise TransferkitError(f"{flag} must be {allowed}; got {value}")
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -147,6 +191,7 @@ def fit(
     l2sp: Optional[float] = typer.Option(None, "--l2sp", help="Fine-tuning: L2-SP strength alpha (pull weights toward the pretrained ones), e.g. 0.01."),
     bss: Optional[float] = typer.Option(None, "--bss", help="Fine-tuning: batch spectral shrinkage strength eta, e.g. 0.001."),
     resume: bool = typer.Option(False, "--resume", help="Fine-tuning: continue the run in --out from its last checkpoint."),
+    encoding: Optional[str] = EncodingOpt,
     quiet: bool = QuietOpt,
 ):
     """Train a shallow head on pretrained features (or fine-tune) and compare it with a from-scratch baseline.
@@ -155,6 +200,10 @@ def fit(
     10 labels per class.
     """
     from .pipeline import fit_run
+
+    check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
+                  val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
+                  train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze)
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
     params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until)) if v is not None}
@@ -171,7 +220,7 @@ def fit(
         from .errors import TransferkitError
 
         raise TransferkitError("--resume needs --out: the run directory of the interrupted run")
-    res = fit_run(data, backbone=backbone, head=head, labels_per_class=lpc, seed=seed, out=out_dir,
+    res = fit_run(data, backbone=backbone, head=head, labels_per_class=lpc, seed=seed, out=out_dir, encoding=encoding,
                   strategy=strategy, strategy_params=params or None, train_config=cfg or None,
                   regularizers=regs or None, resume=resume,
                   cache_dir=cache_dir, baseline=baseline, report=report, on_bad_input=on_bad_input,
@@ -221,6 +270,7 @@ def predict(
     from .runs import load_run, write_csv
 
     check_choice(on_bad_input, ("error", "skip"), "on_bad_input")
+    check_options(batch_size=batch_size, workers=workers, device=device)
     run = load_run(run_dir)
     if encoding is not None:  # tables are read here, with the encoding; the run predicts the loaded inputs
         inputs = collect_inputs(inputs, input_column=input_column, on_bad_input=on_bad_input, encoding=encoding)
@@ -261,6 +311,8 @@ def extract(
     """Extract features into the cache (resumable: rerun after an interruption to continue)."""
     from .backbones import create_backbone
     from .features.featureset import build_featureset
+
+    check_options(batch_size=batch_size, workers=workers, device=device)
 
     bb = create_backbone(backbone)
     fs = build_featureset(data, bb, cache_dir=cache_dir, labels="ignore", split=False, on_bad_input=on_bad_input,
@@ -306,6 +358,9 @@ def advise(
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
     labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class, as in `fit` (default: split by fractions)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
+    input_column: Optional[str] = InputColOpt,
+    label_column: Optional[str] = LabelColOpt,
+    encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
     quiet: bool = QuietOpt,
 ):
@@ -313,7 +368,9 @@ def advise(
     labelled data size and how well the frozen features already fit the task, without training."""
     from .transferability.advisor import advise_data
 
+    check_options(labels_per_class=labels_per_class, seed=seed)
     advice = advise_data(data, backbone, labels_per_class=labels_per_class, cache_dir=cache_dir, seed=seed,
+                         input_column=input_column, label_column=label_column, encoding=encoding,
                          progress=not quiet,
                          log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
     out.print(f"advice: [bold]--strategy {advice.strategy}[/bold]")
@@ -334,6 +391,9 @@ def compare(
     grayscale: bool = typer.Option(False, "--grayscale", help="Convert the images to grayscale first (the colour-vs-grayscale experiment)."),
     max_test: Optional[int] = typer.Option(None, "--max-test", help="Evaluate on at most this many test items per cell (stratified)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; rerun with the same --out to resume (default: runs/<time>-compare-...)."),
+    input_column: Optional[str] = InputColOpt,
+    label_column: Optional[str] = LabelColOpt,
+    encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
     quiet: bool = QuietOpt,
 ):
@@ -346,6 +406,11 @@ def compare(
         budgets = [int(b) for b in labels_per_class.split(",") if b.strip()]
     except ValueError:
         raise TransferkitError(f"--labels-per-class must be comma-separated integers, got {labels_per_class!r}") from None
+    if not budgets:
+        raise TransferkitError("--labels-per-class needs at least one budget, e.g. 5,20")
+    for b in budgets:
+        check_options(labels_per_class=b)
+    check_options(seeds=seeds, epochs=epochs, image_size=image_size, max_test=max_test)
     cfg = {k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v is not None}
     from .pipeline import engine_settings
 
@@ -353,6 +418,7 @@ def compare(
                              labels_per_class=budgets, seeds=list(range(seeds)),
                              config=engine_settings(cfg or None, None, 0)["config"], grayscale=grayscale,
                              cache_dir=cache_dir, out=out_dir, progress=not quiet, max_test=max_test,
+                             input_column=input_column, label_column=label_column, encoding=encoding,
                              log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
     table = Table(title=f"test accuracy, mean ± std over {seeds} seed(s)")
     for col in ("labels/class", "strategy", "accuracy", "wall s"):
@@ -381,9 +447,9 @@ def adapt(
     source: Optional[str] = typer.Option(None, "--source", help="Labelled source data: built-in dataset, folder or table."),
     target: Optional[str] = typer.Option(None, "--target", help="Target data; its labels, if any, only score the result."),
     method: str = typer.Option("source-only,dann", "--method", "-m", help="Comma-separated methods, or 'all' (see --list)."),
-    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone for cached features, or 'lenet' (small CNN from scratch, end to end)."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone for cached features, or a network trained on the pixels end to end ('lenet': the small CNN of the digit protocol, from scratch)."),
     finetune: bool = typer.Option(False, "--finetune", help="Train the backbone end to end with the method's loss (images at --image-size)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="End-to-end input side (default: 32 for lenet, 64 otherwise)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="End-to-end input side (default: the network's own, 32 for lenet; 64 for pretrained backbones)."),
     target_labels: Optional[int] = typer.Option(None, "--target-labels", help="Labelled target samples per class (semi-supervised DA; needed by tradaboost, finetune-target)."),
     seeds: int = typer.Option(1, "--seeds", help="Seeds (one target split and one training run each)."),
     steps: int = typer.Option(1000, "--steps", help="Training steps of the deep methods."),
@@ -396,12 +462,16 @@ def adapt(
     source_domain: Optional[str] = typer.Option(None, "--source-domain", help="Value of --domain-column that marks the source rows."),
     target_domain: Optional[str] = typer.Option(None, "--target-domain", help="Value of --domain-column that marks the target rows."),
     list_methods: bool = typer.Option(False, "--list", help="List the methods and exit."),
+    encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
     quiet: bool = QuietOpt,
 ):
     """Domain adaptation from a labelled --source to a --target domain: every method on the same splits, with
     source-only as the baseline, checkpoints chosen without target labels, a table and report.html."""
     from .errors import TransferkitError
+
+    check_options(target_labels=target_labels, seeds=seeds, steps=steps, trade_off=trade_off, image_size=image_size,
+                  device=device)
 
     if list_methods:
         from .adapt import list_all_methods
@@ -422,6 +492,7 @@ def adapt(
                       device=device, precision=precision)
     cfg.validate()
     res = adapt_compare(source, target, methods=[m.strip() for m in method.split(",")], backbone=backbone,
+                        encoding=encoding,
                         finetune=finetune, image_size=image_size, seeds=list(range(seeds)),
                         target_labels=target_labels, config=cfg, cache_dir=cache_dir, out=out_dir, progress=not quiet,
                         domain_column=domain_column, source_domain=source_domain, target_domain=target_domain,
@@ -463,6 +534,8 @@ def rank(
     from .data import load_data
     from .runs import default_run_dir, prepare_run_dir, write_json
     from .transferability.rank import rank_backbones, rank_correlations, ranking_table, write_rank_report
+
+    check_options(labels_per_class=labels_per_class, seed=seed, max_samples=max_samples)
 
     source = load_data(data, input_column=input_column, label_column=label_column, encoding=encoding)
     names = [b.strip() for b in (backbones or _DEFAULT_RANK[source.modality]).split(",") if b.strip()]

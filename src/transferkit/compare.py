@@ -241,7 +241,8 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
                        config: Any = None, strategy_params: dict[str, dict[str, Any]] | None = None,
                        grayscale: bool = False, cache_dir: str | Path | None = None, out: str | Path | None = None,
                        progress: bool = False, log: Callable[[str], None] | None = None,
-                       max_test: int | None = None, keep_checkpoints: bool = False) -> CompareResult:
+                       max_test: int | None = None, keep_checkpoints: bool = False, input_column: str | None = None,
+                       label_column: str | None = None, encoding: str | None = None) -> CompareResult:
     """Run every strategy on the same splits for every labelled budget and seed; aggregate; write a report.
 
     Args:
@@ -264,6 +265,7 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
         max_test: evaluate on at most this many test items per cell (stratified, seeded sample of the test
             split; the same for all strategies): makes big test splits affordable on a CPU.
         keep_checkpoints: keep each engine cell's checkpoints (default: deleted once the cell is recorded).
+        input_column, label_column, encoding: how to read a table (detected when None).
 
     Returns:
         A :class:`CompareResult`.
@@ -280,7 +282,7 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
     say = log or (lambda msg: None)
     strategies, params, budgets, seeds, cfg = _check_settings(strategies, strategy_params, labels_per_class, seeds,
                                                               config, max_test)
-    source = load_data(data)
+    source = load_data(data, input_column=input_column, label_column=label_column, encoding=encoding)
     source.require_labels()
     if source.modality != "image":
         raise DataError(f"{source.origin or source.name} holds {source.modality} data; compare_strategies "

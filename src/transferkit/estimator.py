@@ -83,6 +83,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             if not isinstance(X, DataSource) or X.labels is None:
                 raise TransferkitError("fit needs labels: pass y, or a labelled DataSource as X")
             y = X.labels
+        from .data.sources import check_labels
+
+        check_labels(list(y), "y")
         y = np.asarray(y)
         F, good, _ = self._features(X, y)
         params = dict(self.head_params or {})

@@ -140,7 +140,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
             input_column: str | None = None, label_column: str | None = None, progress: bool = True,
             log: Callable[[str], None] | None = None, strategy: str = "probe",
             strategy_params: dict[str, Any] | None = None, train_config: Any = None,
-            regularizers: dict[str, dict[str, Any]] | None = None, resume: bool = False) -> FitResult:
+            regularizers: dict[str, dict[str, Any]] | None = None, resume: bool = False,
+            encoding: str | None = None) -> FitResult:
     """Extract (or read cached) features, train a shallow head, compare with a from-scratch baseline, write a run.
 
     Args:
@@ -166,6 +167,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         train_config: a :class:`~transferkit.train.engine.TrainConfig` or a dict of its fields (fine-tuning).
         regularizers: fine-tuning loss terms by name, e.g. ``{"l2sp": {"alpha": 0.01}, "bss": {"eta": 0.001}}``.
         resume: continue a fine-tuning run killed in ``out`` from its last checkpoint.
+        encoding: a table's text encoding (detected when None).
 
     Returns:
         A :class:`FitResult`.
@@ -190,6 +192,9 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     is_builtin = isinstance(data, str) and data in DATASETS and not os.path.exists(data)
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None
+    if labels_per_class is not None and (not isinstance(labels_per_class, int) or labels_per_class < 1):
+        raise TransferkitError(f"labels_per_class must be an integer >= 1 (or None for fraction splits); got "
+                               f"{labels_per_class!r}")
     backbone_entry(backbone)  # unknown names fail before the slow work
     t = time.perf_counter()
     bb = create_backbone(backbone)
@@ -199,7 +204,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     fs = build_featureset(data, bb, store=store, labels_per_class=labels_per_class, val_fraction=val_fraction,
                           test_fraction=test_fraction, seed=seed, on_bad_input=on_bad_input, batch_size=batch_size,
                           num_workers=num_workers, device=device, input_column=input_column,
-                          label_column=label_column, progress=progress, log=say)
+                          label_column=label_column, encoding=encoding, progress=progress, log=say)
     timings["features"] = time.perf_counter() - t
     source, splits, classes, y = fs.source, fs.splits, fs.classes, fs.y
     say(f"data: {source.origin or source.name}: {len(source)} {source.modality}s, {len(classes)} classes")

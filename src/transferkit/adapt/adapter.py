@@ -142,7 +142,14 @@ class DomainAdapter(BaseEstimator):
             if X.ndim != 2 and not self.end_to_end:
                 raise DataError(f"{role}: feature arrays must be 2-D (samples x features), got shape {X.shape}")
             return X, None
-        src = data if isinstance(data, DataSource) else load_data(data, require_labels=False)
+        if isinstance(data, DataSource):
+            src = data
+        elif isinstance(data, (list, tuple)):  # file paths, PIL images, image arrays or texts
+            from ..data.load import collect_inputs
+
+            src = collect_inputs(list(data))
+        else:
+            src = load_data(data, require_labels=False)
         if len(src) == 0:
             raise DataError(f"{role} ({src.origin or src.name}) has no samples")
         if self.backbone is None:
@@ -194,10 +201,10 @@ class DomainAdapter(BaseEstimator):
 
     @staticmethod
     def _labels(data: Any, src: Any, role: str) -> np.ndarray | None:
+        if isinstance(data, tuple) and len(data) == 2:  # (inputs, labels): the labels given win
+            return np.asarray(data[1])
         if src is not None:
             return None if src.labels is None else np.asarray(src.labels)
-        if isinstance(data, tuple) and len(data) == 2:
-            return np.asarray(data[1])
         return None
 
     # -- fit / predict -----------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
                   seeds: Sequence[int] = (0,), target_labels: int | None = None, config: AdaptConfig | None = None,
                   eval_fraction: float = 0.3, cache_dir: Any = None, out: Any = None, progress: bool = False,
                   diagnostics: bool = True, domain_column: str | None = None, source_domain: str | None = None,
-                  target_domain: str | None = None, keep_checkpoints: bool = False,
+                  target_domain: str | None = None, keep_checkpoints: bool = False, encoding: str | None = None,
                   log: Callable[[str], None] | None = None) -> AdaptResult:
     """Every method of ``methods`` (plus ``source-only``) on the same splits for every seed; a table and a report.
 
@@ -97,6 +97,7 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         diagnostics: compute domain distances and projections before/after (seed 0; a few seconds each).
         domain_column, source_domain, target_domain: split one table into the two domains by the values of its
             domain column (``target`` may then be None: the same table).
+        encoding: the text encoding of tables (detected when None).
         keep_checkpoints: keep each deep cell's checkpoints (default: deleted once the cell is recorded; a cell
             killed before that resumes from them on the next run with the same ``out``).
 
@@ -133,10 +134,10 @@ def adapt_compare(source: Any, target: Any, *, methods: Sequence[str] = ("source
         names.insert(0, "source-only-linear")
     names = ["source-only"] + [m for m in dict.fromkeys(names) if m != "source-only"]
     if domain_column or source_domain or target_domain:
-        src, tgt = _split_by_domain(source, target, domain_column, source_domain, target_domain)
+        src, tgt = _split_by_domain(source, target, domain_column, source_domain, target_domain, encoding)
     else:
-        src = load_data(source)
-        tgt = load_data(target, require_labels=False)
+        src = load_data(source, encoding=encoding)
+        tgt = load_data(target, require_labels=False, encoding=encoding)
     src.require_labels()
     if len(tgt) == 0:
         raise DataError(f"the target {tgt.origin or tgt.name} has no samples")
@@ -268,7 +269,8 @@ class _AdaptCell:
         self.embeddings[m] = (np.concatenate([es, et]), np.concatenate([self.ys[si], labels_t]))
 
 
-def _split_by_domain(source: Any, target: Any, column: str | None, s_dom: str | None, t_dom: str | None):
+def _split_by_domain(source: Any, target: Any, column: str | None, s_dom: str | None, t_dom: str | None,
+                     encoding: str | None = None):
     """The two domains of one table (or of two tables) selected by the values of a domain column."""
     from ..data.load import load_data
 
@@ -277,7 +279,7 @@ def _split_by_domain(source: Any, target: Any, column: str | None, s_dom: str | 
                         f"target_domain= (got {column!r}, {s_dom!r}, {t_dom!r})")
     parts = []
     for spec, want, role in ((source, s_dom, "source"), (target if target is not None else source, t_dom, "target")):
-        full = load_data(spec, domain_column=column, require_labels=(role == "source"))
+        full = load_data(spec, domain_column=column, require_labels=(role == "source"), encoding=encoding)
         if full.domains is None:
             raise DataError(f"{full.origin or full.name} has no domain column {column!r}")
         have = sorted(set(full.domains))

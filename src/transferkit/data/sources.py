@@ -19,7 +19,7 @@ from PIL import Image
 from ..errors import BadInputError, DataError
 from .images import IMAGE_EXTENSIONS, array_to_image, check_image_header, open_image
 
-__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "sorted_classes", "TABLE_SUFFIXES",
+__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "sorted_classes", "TABLE_SUFFIXES", "check_labels",
            "looks_like_path", "missing_files_message"]
 
 _INPUT_COLUMNS = ("path", "image", "file", "filename", "filepath", "image_path", "text", "sentence", "review",
@@ -62,6 +62,25 @@ def _check_on_bad_input(on_bad_input: str) -> None:
         raise DataError(f"on_bad_input must be 'error' or 'skip'; got {on_bad_input!r}")
 
 
+def check_labels(labels: Sequence[Any], where: str) -> None:
+    """Raise a :class:`DataError` naming the positions of missing labels (None, NaN or empty): a label of ``'nan'`` or
+    ``'None'`` is never made up."""
+    missing = [i for i, v in enumerate(labels) if _missing_label(v)]
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise DataError(f"{where}: {len(missing)} label(s) are missing (None, NaN or empty) at position(s) {shown}; "
+                        "label those items or leave them out (a label of 'nan' or 'None' is never made up)")
+
+
+def _missing_label(v: Any) -> bool:
+    """None, a float NaN (pandas' and numpy's missing value) or an empty string."""
+    if v is None:
+        return True
+    if isinstance(v, (float, np.floating)) and np.isnan(v):
+        return True
+    return isinstance(v, str) and not v.strip()
+
+
 def _label_str(v: Any) -> str:
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
@@ -94,7 +113,9 @@ class DataSource:
         if self.kind not in ("paths", "images", "arrays", "texts"):
             raise ValueError(f"unknown DataSource kind {self.kind!r}")
         if self.labels is not None:
-            self.labels = np.asarray([_label_str(v) for v in self.labels], dtype=object)
+            raw = list(self.labels)
+            check_labels(raw, self.origin or self.name)
+            self.labels = np.asarray([_label_str(v) for v in raw], dtype=object)
             if len(self.labels) != len(self.items):
                 raise DataError(f"{self.origin or self.name}: {len(self.items)} inputs but {len(self.labels)} labels")
         if self.domains is not None:

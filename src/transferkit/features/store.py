@@ -47,10 +47,29 @@ __all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "d
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU."""
+    """``"auto"`` picks CUDA when available, else CPU; a device that is not here is a clear error.
+
+    Raises:
+        TransferkitError: an unknown device name, or a CUDA / MPS device this machine does not have.
+    """
+    from ..errors import TransferkitError
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise TransferkitError(f"device={device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise TransferkitError(f"device={device!r}: no CUDA GPU is visible here (torch {torch.__version__}); use "
+                                   "device=cpu or device=auto")
+        if dev.index is not None and dev.index >= n:
+            raise TransferkitError(f"device={device!r}: this machine has {n} CUDA GPU(s), numbered 0..{n - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise TransferkitError(f"device={device!r}: Apple's MPS is not available here; use device=cpu or device=auto")
+    return dev
 
 
 def default_num_workers() -> int:

@@ -18,7 +18,7 @@ from .._io import atomic_write_bytes, file_digest
 from ..errors import TransferkitError
 from ..registry import Registry
 
-__all__ = ["HeadModule", "HEAD_MODULES", "save_head", "load_head", "HEAD_FORMAT"]
+__all__ = ["HeadModule", "HEAD_MODULES", "save_head", "load_head", "head_metadata", "HEAD_FORMAT"]
 
 HEAD_FORMAT = "transferkit-head/2"
 
@@ -83,8 +83,11 @@ class HeadModule(nn.Module):
         return (logits, h) if return_features else logits
 
 
-def save_head(directory: str | Path, module: nn.Module) -> dict[str, Any]:
+def save_head(directory: str | Path, module: nn.Module, metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Write ``head.safetensors`` into ``directory``; return ``{kind, config, file, sha256}`` for the run's model.json.
+
+    ``metadata`` (strings) is stored inside the weights file, e.g. the class names, so an edit of model.json that
+    the weights do not know about is caught on loading.
 
     Raises:
         TransferkitError: the module's class is not registered in :data:`HEAD_MODULES`.
@@ -98,7 +101,7 @@ def save_head(directory: str | Path, module: nn.Module) -> dict[str, Any]:
     d = Path(directory)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     path = d / "head.safetensors"
-    atomic_write_bytes(path, save(state, metadata={"format": HEAD_FORMAT, "kind": kind}))
+    atomic_write_bytes(path, save(state, metadata={"format": HEAD_FORMAT, "kind": kind, **(metadata or {})}))
     return {"kind": kind, "config": module.config(), "file": path.name, "sha256": file_digest(path)}
 
 
@@ -133,3 +136,14 @@ def load_head(directory: str | Path, info: dict[str, Any]) -> nn.Module:
                                f"{json.dumps(info.get('config'))} ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
                                ) from e
     return module.eval()
+
+
+def head_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata stored inside a head's weights file (empty when it cannot be read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - a damaged file is reported by load_head, which runs first
+        return {}

@@ -75,6 +75,13 @@ class Run:
             if n_out != len(self.classes):
                 raise TransferkitError(f"{self.path}/model/model.json lists {len(self.classes)} classes but the head "
                                        f"has {n_out} outputs: the run is damaged or was edited; fit it again")
+            from ..heads.modules import head_metadata
+
+            saved = head_metadata(self.path / "model" / str(info.get("file", "head.safetensors"))).get("classes")
+            if saved is not None and json.loads(saved) != self.classes:
+                raise TransferkitError(f"{self.path}/model/model.json lists the classes {self.classes[:6]} but the head "
+                                       f"was saved with {json.loads(saved)[:6]}: the class list was edited; restore it "
+                                       "or fit the run again")
             self._head = head
         return self._head
 

@@ -327,7 +327,8 @@ def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_p
 
 def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | None = None,
                 cache_dir: str | Path | None = None, seed: int = 0, max_samples: int | None = MAX_SAMPLES,
-                progress: bool = False, log: Callable[[str], None] | None = None) -> Advice:
+                progress: bool = False, log: Callable[[str], None] | None = None, input_column: str | None = None,
+                label_column: str | None = None, encoding: str | None = None) -> Advice:
     """:func:`advise` on a dataset: features from the cache, the labelled split only (as ``fit`` splits it).
 
     The data are split as ``transferkit fit`` splits them (``make_splits`` with the same seed and budget, after
@@ -342,6 +343,7 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
         max_samples: advise from at most this many labelled samples (stratified subsample).
         progress: show the extraction progress bar.
         log: called with one-line progress messages.
+        input_column, label_column, encoding: how to read a table (detected when None).
 
     Returns:
         An :class:`Advice`; its evidence also names the ``backbone`` and the ``data``.
@@ -359,7 +361,8 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
     say = log or (lambda m: None)
     bb = create_backbone(backbone)
     fs = build_featureset(data, bb, cache_dir=cache_dir, labels_per_class=labels_per_class, seed=seed,
-                          on_bad_input="skip", progress=progress)
+                          on_bad_input="skip", progress=progress, input_column=input_column,
+                          label_column=label_column, encoding=encoding)
     say(f"features: {bb.name}, " + ("cache hit" if not fs.extracted else f"{fs.extracted} extracted")
         + f" in {fs.seconds:.1f}s")
     splits, y = fs.splits, fs.y
