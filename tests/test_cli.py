@@ -200,6 +200,9 @@ def test_rank_scores_backbones_and_writes_report(image_folder, tmp_path):
     assert [r["backbone"] for r in ranked] == [TINY] and ranked[0]["accuracy"] >= 0.5
     assert np.isfinite(ranked[0]["logme"])
     assert "backbone ranking" in p.stdout or "Ranking" in (tmp_path / "rank" / "report.html").read_text()
+    # one verified backbone: no correlation, and the output says why; a rank folder holds no empty model/
+    assert "needs at least 3 verified backbones" in " ".join(p.stdout.split())
+    assert not (tmp_path / "rank" / "model").exists()
     assert_user_error(tk("rank", image_folder, "-b", "lite9"), "unknown backbone 'lite9'")
     assert_user_error(tk("rank", image_folder, "-b", TINY, "--scores", "bogus"), "unknown score")
 

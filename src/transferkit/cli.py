@@ -540,7 +540,7 @@ def rank(
     source = load_data(data, input_column=input_column, label_column=label_column, encoding=encoding)
     names = [b.strip() for b in (backbones or _DEFAULT_RANK[source.modality]).split(",") if b.strip()]
     wanted = [x.strip() for x in scores.split(",") if x.strip()] if scores else None
-    run_dir = prepare_run_dir(out_dir if out_dir is not None else default_run_dir(source.name, "rank"))
+    run_dir = prepare_run_dir(out_dir if out_dir is not None else default_run_dir(source.name, "rank"), "rank")
     rows = rank_backbones(source, names, labels_per_class=labels_per_class, scores=wanted, cache_dir=cache_dir,
                           verify=verify, seed=seed, max_samples=max_samples, progress=not quiet,
                           log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
@@ -549,6 +549,10 @@ def rank(
     for s, c in corr.items():
         out.print(f"{s}: Kendall's tau {c['kendall_tau']:+.2f}, Pearson r {c['pearson_r']:+.2f} with the test accuracy "
                   f"({c['n']} backbones)")
+    if verify and not corr:
+        verified = sum(r.get("accuracy") is not None for r in rows)
+        out.print(f"no correlation between the scores and the test accuracy: it needs at least 3 verified backbones "
+                  f"with different scores, and {verified} were verified; rank more backbones with -b a,b,c")
     write_json(run_dir / "rank.json", {"data": str(data), "labels_per_class": labels_per_class, "seed": seed,
                                        "rows": rows, "correlations": corr})
     write_rank_report(run_dir / "report.html", rows, title=f"transferkit rank: {source.name}",
