@@ -184,18 +184,25 @@ def test_advisor_summary_hit_rate_and_loss_by_hand():
     assert "2 of 3 splits (67%)" in advisor_sentence(summ) and advisor_summary(cells[:9]) == {}
 
 
-def test_negative_transfer_is_flagged_with_the_gap():
-    cells = [{"strategy": s, "budget": b, "seed": k, "accuracy": acc, "macro_f1": acc, "seconds": 1.0}
+def test_negative_transfer_is_flagged_with_the_gap_when_significant():
+    from transferkit.report.metrics import pack_outcomes
+
+    def outcomes(acc, n=100):
+        return np.arange(n) < round(acc * n)  # nested: a lower accuracy loses items the higher one keeps
+
+    cells = [{"strategy": s, "budget": b, "seed": k, "accuracy": acc, "macro_f1": acc, "seconds": 1.0,
+              "correct": pack_outcomes(outcomes(acc))}
              for s, b, accs in [("scratch", 5, (0.50, 0.60)), ("finetune", 5, (0.40, 0.44)),
                                 ("probe", 5, (0.70, 0.80)), ("scratch", 20, (0.70, 0.70)),
-                                ("finetune", 20, (0.90, 0.80))]
+                                ("finetune", 20, (0.90, 0.80)), ("partial", 20, (0.69, 0.70))]
              for k, acc in enumerate(accs)]
     aggs = aggregate_cells(cells)
-    flags = negative_transfer_flags(aggs)
-    assert [(f["strategy"], f["budget"]) for f in flags] == [("finetune", 5)]
+    flags = negative_transfer_flags(cells)
+    assert [(f["strategy"], f["budget"]) for f in flags] == [("finetune", 5)]  # not partial: 1 item of 200 is noise
     assert flags[0]["gap_points"] == pytest.approx(13.0) and flags[0]["baseline"] == "scratch"
+    assert flags[0]["difference"]["n"] == 200 and flags[0]["difference"]["high"] < 0
     assert winners(aggs) == {5: "probe", 20: "finetune"}
-    assert negative_transfer_flags([a for a in aggs if a["strategy"] != "scratch"]) == []
+    assert negative_transfer_flags([c for c in cells if c["strategy"] != "scratch"]) == []
 
 
 def test_negative_transfer_reaches_the_result_and_the_report(image_folder, tmp_path, monkeypatch):

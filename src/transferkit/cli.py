@@ -240,8 +240,12 @@ def fit(
     if res.advice is not None:
         out.print(f"strategy auto chose [bold]{res.advice['strategy']}[/bold]: " + "; ".join(res.advice["reasons"]))
     if res.baseline is not None:
-        gain = 100 * (res.metrics["accuracy"] - res.baseline["accuracy"])
-        out.print(f"transfer gain over training from scratch: [bold]{gain:+.1f} points[/bold]")
+        from .report.metrics import difference_text
+
+        diff = next(r["difference"] for r in res.comparison if r.get("kind") == "scratch")
+        text = difference_text(diff)
+        gain, rest = text.split(" (", 1)
+        out.print(f"transfer gain over training from scratch: [bold]{gain}[/bold] ({rest}")
     for w in res.warnings:
         out.print(f"[bold yellow]warning:[/bold yellow] {w}")
     if res.skipped:

@@ -62,8 +62,8 @@ class CompareResult:
             ``macro_f1_mean``, ``macro_f1_std``, ``seconds_mean``, ``seconds_total``, ``n`` (std: population
             std over seeds, 0 for one seed).
         winners: budget -> the strategy with the best mean accuracy.
-        negative_transfer: one dict per flagged ``(strategy, budget)``: ``strategy``, ``budget``,
-            ``accuracy``, ``baseline``, ``baseline_accuracy``, ``gap_points`` (percentage points below).
+        negative_transfer: one dict per ``(strategy, budget)`` significantly below the from-scratch baseline
+            (:func:`negative_transfer_flags`).
         warnings: the negative-transfer flags as sentences.
         out: the output directory (None when nothing was written).
         settings: the comparison's settings (data, backbone, training configuration, ...).
@@ -128,29 +128,53 @@ def winners(aggregates: Sequence[dict[str, Any]]) -> dict[int, str]:
     return {b: best[b]["strategy"] for b in sorted(best)}
 
 
-def negative_transfer_flags(aggregates: Sequence[dict[str, Any]],
-                            baseline: str | None = None) -> list[dict[str, Any]]:
-    """Every ``(strategy, budget)`` whose mean accuracy is below the from-scratch baseline's at that budget.
+def negative_transfer_flags(cells: Sequence[dict[str, Any]], baseline: str | None = None,
+                            alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Every ``(strategy, budget)`` significantly below the from-scratch baseline at that budget.
+
+    The test pools the seeds: each seed's split has the same test items for every strategy, so the per-item outcomes
+    of a strategy and of the baseline are paired, and McNemar's exact test over all of them decides
+    (:func:`~transferkit.report.metrics.negative_transfer`); a lower mean that the test does not support is not
+    flagged. The interval of the accuracy difference is reported either way.
 
     Args:
-        aggregates: from :func:`aggregate_cells`.
+        cells: the comparison's cells (each with its per-item ``correct`` outcomes).
         baseline: the from-scratch strategy (default: ``scratch`` if present, else ``cnn``).
+        alpha: the test's level.
+
+    Returns:
+        One dict per flagged ``(strategy, budget)``: ``strategy``, ``budget``, ``accuracy``, ``baseline``,
+        ``baseline_accuracy``, ``gap_points`` (mean points below), ``difference`` (the paired difference: ``diff``,
+        ``low``, ``high``, ``p_value``, ``n``).
     """
-    names = {a["strategy"] for a in aggregates}
+    from .report.metrics import negative_transfer, unpack_outcomes
+
+    names = {c["strategy"] for c in cells}
     if baseline is None:
         baseline = next((b for b in _BASELINES if b in names), None)
     if baseline is None:
         return []
-    base = {a["budget"]: a["accuracy_mean"] for a in aggregates if a["strategy"] == baseline}
-    flags = []
-    for a in aggregates:
-        if a["strategy"] in _BASELINES or a["budget"] not in base:
+    base = {(int(c["budget"]), int(c["seed"])): c for c in cells if c["strategy"] == baseline}
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        if c["strategy"] in _BASELINES or c["strategy"] == "auto":
             continue
-        if a["accuracy_mean"] < base[a["budget"]]:
-            flags.append({"strategy": a["strategy"], "budget": a["budget"], "accuracy": a["accuracy_mean"],
-                          "baseline": baseline, "baseline_accuracy": base[a["budget"]],
-                          "gap_points": 100 * (base[a["budget"]] - a["accuracy_mean"])})
-    return flags
+        groups.setdefault((c["strategy"], int(c["budget"])), []).append(c)
+    flags = []
+    for (s, b), cs in groups.items():
+        pairs = [(c, base[(b, int(c["seed"]))]) for c in cs if (b, int(c["seed"])) in base]
+        if not pairs or not all("correct" in c and "correct" in bc for c, bc in pairs):
+            continue
+        mine = np.concatenate([unpack_outcomes(c["correct"]) for c, _ in pairs])
+        theirs = np.concatenate([unpack_outcomes(bc["correct"]) for _, bc in pairs])
+        test = negative_transfer(mine, theirs, alpha=alpha)
+        if test["flag"]:
+            acc = float(np.mean([c["accuracy"] for c, _ in pairs]))
+            base_acc = float(np.mean([bc["accuracy"] for _, bc in pairs]))
+            flags.append({"strategy": s, "budget": b, "accuracy": acc, "baseline": baseline,
+                          "baseline_accuracy": base_acc, "gap_points": 100 * (base_acc - acc),
+                          "difference": {k: test[k] for k in ("diff", "low", "high", "p_value", "n", "confidence")}})
+    return sorted(flags, key=lambda f: (f["budget"], f["strategy"]))
 
 
 def advisor_summary(cells: Sequence[dict[str, Any]], choices: Sequence[str] = ADVISOR_CHOICES) -> dict[str, Any]:
@@ -213,9 +237,12 @@ def advisor_sentence(summary: dict[str, Any]) -> str:
 
 
 def _flag_sentence(f: dict[str, Any]) -> str:
+    from .report.metrics import difference_text
+
     return (f"negative transfer: {f['strategy']} at {f['budget']} labels per class scores "
             f"{100 * f['accuracy']:.1f}% mean test accuracy, {f['gap_points']:.1f} points below the from-scratch "
-            f"baseline {f['baseline']!r} ({100 * f['baseline_accuracy']:.1f}%)")
+            f"baseline {f['baseline']!r} ({100 * f['baseline_accuracy']:.1f}%); paired over "
+            f"{f['difference']['n']} test items: {difference_text(f['difference'])}")
 
 
 def cap_test(test: np.ndarray, y: np.ndarray, max_test: int | None, seed: int) -> np.ndarray:
@@ -414,6 +441,7 @@ class _CellRunner:
 
     def run(self, strategy: str, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
         from .report import classification_metrics
+        from .report.metrics import pack_outcomes
 
         y, classes = self.y, self.classes
         t0 = time.perf_counter()
@@ -456,7 +484,8 @@ class _CellRunner:
         m = classification_metrics(y[sp.test], y_pred, classes)
         return {"strategy": strategy, "budget": budget, "seed": seed, "accuracy": float(m["accuracy"]),
                 "macro_f1": float(m["macro_f1"]), "seconds": seconds, "n_train": int(len(sp.train)),
-                "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "details": extra}
+                "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "details": extra,
+                "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
         """The advisor's pick on the labelled part of the split, scored by the cell of the strategy it chose."""
@@ -477,7 +506,7 @@ class _CellRunner:
         if ran:  # the advisor chose a strategy that is not compared: train it for this cell
             twin = self.run(chosen, budget, seed, sp, done)
         return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": twin["accuracy"],
-                "macro_f1": twin["macro_f1"], "seconds": advice_seconds + twin["seconds"],
+                "macro_f1": twin["macro_f1"], "seconds": advice_seconds + twin["seconds"], "correct": twin.get("correct"),
                 "n_train": int(len(sp.train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
                 "details": {"chosen": chosen, "advice_seconds": advice_seconds, "trained_for_auto": ran,
                             "reasons": adv.reasons, "votes": adv.evidence.get("votes")}}
@@ -491,7 +520,7 @@ def _finish(cells: list[dict[str, Any]], out_dir: Path, settings: dict[str, Any]
     order = {s: i for i, s in enumerate(settings["strategies"])}
     aggs.sort(key=lambda a: (a["budget"], order.get(a["strategy"], 99)))
     win = winners(aggs)
-    flags = negative_transfer_flags(aggs)
+    flags = negative_transfer_flags(cells)
     warns = [_flag_sentence(f) for f in flags]
     adv = advisor_summary(cells)
     result = CompareResult(cells, aggs, win, flags, warns, out_dir, settings, reused, feature_seconds, adv)

@@ -67,13 +67,21 @@ def check_choice(value: str, allowed: Any, what: str) -> None:
         raise TransferkitError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def negative_transfer_warning(transfer_acc: float, scratch_acc: float, what: str = "transfer") -> str | None:
-    """A warning when the transfer result is worse than the from-scratch baseline, with the gap in points."""
-    if transfer_acc < scratch_acc:
-        return (f"negative transfer: {what} scores {100 * transfer_acc:.1f}% test accuracy, "
-                f"{100 * (scratch_acc - transfer_acc):.1f} points below the from-scratch baseline "
-                f"({100 * scratch_acc:.1f}%)")
-    return None
+def negative_transfer_warning(correct_transfer: Any, correct_baseline: Any, what: str = "transfer",
+                              alpha: float = 0.05) -> str | None:
+    """A warning when the transfer result is significantly worse than the from-scratch baseline on the same test
+    items (McNemar's exact test at ``alpha``), with the difference and its interval; None otherwise (also when it
+    is lower by an amount the test cannot tell from noise)."""
+    from .report.metrics import difference_text, negative_transfer
+
+    t = negative_transfer(correct_transfer, correct_baseline, alpha=alpha)
+    if not t["flag"]:
+        return None
+    acc_t = float(np.mean(correct_transfer))
+    acc_b = float(np.mean(correct_baseline))
+    return (f"negative transfer: {what} scores {100 * acc_t:.1f}% test accuracy, {100 * (acc_b - acc_t):.1f} points "
+            f"below the from-scratch baseline ({100 * acc_b:.1f}%) on the same {t['n']} test items: "
+            f"{difference_text(t)}")
 
 
 def engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] | None, seed: int) -> dict[str, Any]:
@@ -247,10 +255,14 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     base_metrics = None
     if baseline:
         t = time.perf_counter()
-        base_metrics, row = _baseline(fs, store, seed, progress)
+        base_metrics, row, base_pred = _baseline(fs, store, seed, progress)
         timings["baseline"] = time.perf_counter() - t
+        from .report.metrics import paired_difference
+
+        truth = y[splits.test]
+        row["difference"] = paired_difference(y_pred == truth, base_pred == truth)  # transfer minus scratch
         comparison.append(row)
-        w = negative_transfer_warning(metrics["accuracy"], base_metrics["accuracy"], transfer_name)
+        w = negative_transfer_warning(y_pred == truth, base_pred == truth, transfer_name)
         if w:
             warnings.append(w)
 
@@ -320,7 +332,7 @@ def _fit_head(fs: Any, head: str, params: dict[str, Any]) -> tuple[Any, np.ndarr
     return model, proba, model.classes_[proba.argmax(1)]
 
 
-def _baseline(fs: Any, store: Any, seed: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _baseline(fs: Any, store: Any, seed: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
     """The from-scratch baseline on the same split (cached per data, labels, split and seed)."""
     from .report import classification_metrics
     from .train.scratch import train_scratch
@@ -337,7 +349,7 @@ def _baseline(fs: Any, store: Any, seed: int, progress: bool) -> tuple[dict[str,
     m = classification_metrics(y[sp.test], np.asarray(res["y_pred"]), classes)
     label = "small CNN from scratch" if res["name"] == "small-cnn" else "TF-IDF + logreg from scratch"
     return m, {"name": label, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "seconds": res["seconds"],
-               "kind": "scratch", "cached": hit}
+               "kind": "scratch", "cached": hit}, np.asarray(res["y_pred"])
 
 
 def _save_fit_model(run_dir: Path, model: Any, bb: Any, ft: Any, classes: list[str], strategy: str) -> None:

@@ -114,28 +114,44 @@ def test_adapt_compare_table_report_resume_and_flags(tmp_path):
     assert "source-only" in res.table() and "dann" in res.table()
 
 
-def test_negative_transfer_rows_are_flagged_with_the_gap():
-    cells = [{"method": m, "seed": s, "accuracy": a, "seconds": 1.0, "selection": "dev"}
-             for m, accs in [("source-only", (0.6, 0.7)), ("dann", (0.5, 0.5)), ("jan", (0.8, 0.8))]
-             for s, a in enumerate(accs)]
-    rows, warnings = _rows(cells, ["source-only", "dann", "jan"])
-    assert [r.get("negative", False) for r in rows] == [False, True, False]
-    assert warnings == ["negative transfer: dann scores 50.0% on the target evaluation split, 15.0 points below "
-                        "source-only (65.0%)"]
+def test_negative_transfer_rows_are_flagged_with_the_gap_when_significant():
+    from transferkit.report.metrics import pack_outcomes
+
+    def cell(m, s, correct):
+        correct = np.asarray(correct, bool)
+        return {"method": m, "seed": s, "accuracy": float(correct.mean()), "seconds": 1.0, "selection": "dev",
+                "correct": pack_outcomes(correct)}
+
+    ones = np.ones(100, bool)
+    cells = [cell("source-only", s, np.r_[ones[:70], ~ones[:30]]) for s in (0, 1)]  # 70 %
+    cells += [cell("dann", s, np.r_[ones[:50], ~ones[:50]]) for s in (0, 1)]  # 50 %: 20 items worse, every seed
+    cells += [cell("jan", s, np.r_[ones[:80], ~ones[:20]]) for s in (0, 1)]  # 80 %
+    cells += [cell("cdan", s, np.r_[ones[:69], ~ones[:31]]) for s in (0, 1)]  # 69 %: 2 of 200 items, noise
+    rows, warnings = _rows(cells, ["source-only", "dann", "jan", "cdan"])
+    assert [r.get("negative", False) for r in rows] == [False, True, False, False]
+    assert len(warnings) == 1 and warnings[0].startswith("negative transfer: dann scores 50.0% on the target "
+                                                         "evaluation split, 20.0 points below source-only (70.0%)")
+    assert "paired over 200 target items" in warnings[0] and "McNemar p" in warnings[0]
+    cdan = rows[3]["difference"]
+    assert cdan["diff"] == pytest.approx(-0.01) and cdan["low"] < 0 < cdan["high"]
 
 
 
 def test_shallow_methods_are_judged_against_their_own_classifier_without_adaptation():
     """iw beats the deep source-only but not the logistic regression it re-weights: that is negative transfer;
     a deep method is still judged against source-only."""
-    cells = [{"method": m, "seed": 0, "accuracy": a, "seconds": 1.0, "selection": "dev"}
+    from transferkit.report.metrics import pack_outcomes
+
+    cells = [{"method": m, "seed": 0, "accuracy": a, "seconds": 1.0, "selection": "dev",
+              "correct": pack_outcomes(np.arange(300) < round(300 * a))}
              for m, a in [("source-only", 0.5), ("source-only-linear", 0.7), ("iw", 0.6), ("dann", 0.55)]]
     rows, warnings = _rows(cells, ["source-only", "source-only-linear", "iw", "dann"])
     flags = {r["method"]: (r.get("baseline"), r.get("negative", False)) for r in rows}
     assert flags == {"source-only": (None, False), "source-only-linear": (None, False),
                      "iw": ("source-only-linear", True), "dann": ("source-only", False)}
-    assert warnings == ["negative transfer: iw scores 60.0% on the target evaluation split, 10.0 points below "
-                        "source-only-linear (70.0%)"]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "negative transfer: iw scores 60.0% on the target evaluation split, 10.0 points below source-only-linear "
+        "(70.0%)")
 
 
 def test_no_adaptation_baseline_is_the_shallow_methods_classifier():

@@ -250,6 +250,9 @@ class _AdaptCell:
             pred = da.predict(self.Xt[eval_idx])
             truth = self.yt[eval_idx]
             out["accuracy"] = float(np.mean(pred == truth))
+            from ..report.metrics import pack_outcomes
+
+            out["correct"] = pack_outcomes(pred == truth)
             out["per_class"] = {c: float(np.mean(pred[truth == c] == c)) for c in self.classes if (truth == c).any()}
         if self.want_diagnostics and seed == self.diag_seed:
             self._diagnose(m, da, adapt_idx)
@@ -302,7 +305,10 @@ def _rows(cells: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str,
                      "accuracy_std": float(np.std(accs)) if accs else None,
                      "source_val_mean": float(np.mean(svs)) if svs else None,
                      "seconds_mean": float(np.mean([c["seconds"] for c in cs])), "selection": cs[0]["selection"]})
+    from ..report.metrics import difference_text, negative_transfer, unpack_outcomes
+
     means = {r["method"]: r["accuracy_mean"] for r in rows}
+    by = {(c["method"], int(c["seed"])): c for c in cells}
     warnings = []
     for r in rows:
         # deep methods against source-only; shallow ones against the same classifier without adaptation
@@ -310,13 +316,20 @@ def _rows(cells: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str,
         ref = ref if ref in means else "source-only"
         if r["method"] in (ref, "source-only", "source-only-linear"):
             continue
-        base = means.get(ref)
         r["baseline"] = ref
-        if base is not None and r["accuracy_mean"] is not None and r["accuracy_mean"] < base:
+        pairs = [(c, by[(ref, int(c["seed"]))]) for c in cells if c["method"] == r["method"]
+                 and (ref, int(c["seed"])) in by and "correct" in c and "correct" in by[(ref, int(c["seed"]))]]
+        if not pairs:
+            continue
+        test = negative_transfer(np.concatenate([unpack_outcomes(c["correct"]) for c, _ in pairs]),
+                                 np.concatenate([unpack_outcomes(b["correct"]) for _, b in pairs]))
+        r["difference"] = {k: test[k] for k in ("diff", "low", "high", "p_value", "n", "confidence")}
+        if test["flag"]:
             r["negative"] = True
             warnings.append(f"negative transfer: {r['method']} scores {100 * r['accuracy_mean']:.1f}% on the target "
-                            f"evaluation split, {100 * (base - r['accuracy_mean']):.1f} points below {ref} "
-                            f"({100 * base:.1f}%)")
+                            f"evaluation split, {100 * (means[ref] - r['accuracy_mean']):.1f} points below {ref} "
+                            f"({100 * means[ref]:.1f}%); paired over {test['n']} target items: "
+                            f"{difference_text(test)}")
     return rows, warnings
 
 

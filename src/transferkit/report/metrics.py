@@ -21,7 +21,8 @@ from sklearn.metrics import (
 
 from transferkit.errors import DataError
 
-__all__ = ["classification_metrics"]
+__all__ = ["classification_metrics", "paired_difference", "negative_transfer", "difference_text", "pack_outcomes",
+           "unpack_outcomes"]
 
 
 def _as_index_array(values: Any, name: str, n_classes: int) -> np.ndarray:
@@ -119,3 +120,73 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         ],
         "confusion_matrix": [[int(v) for v in row] for row in cm],
     }
+
+
+def paired_difference(correct_a: Any, correct_b: Any, *, confidence: float = 0.95) -> dict[str, Any]:
+    """How much more often model A is right than model B on the same test items, with an interval and a test.
+
+    The difference of accuracies ``acc_a - acc_b`` is estimated from the paired outcomes; its interval is the Wald
+    interval for paired proportions (standard error ``sqrt(b + c - (b - c)^2 / n) / n``, where ``b`` items only A
+    got right and ``c`` only B), and the p-value is McNemar's exact test (a two-sided binomial test of ``b`` against
+    ``b + c`` trials at 1/2), which asks whether the disagreements lean one way more than chance allows.
+
+    Args:
+        correct_a, correct_b: booleans, one per test item, in the same order.
+        confidence: the interval's level.
+
+    Returns:
+        ``diff``, ``low``, ``high`` (fractions), ``p_value``, ``n``, ``only_a`` (b), ``only_b`` (c), ``confidence``.
+
+    Raises:
+        DataError: the two sequences differ in length or are empty.
+
+    References:
+        McNemar, "Note on the sampling error of the difference between correlated proportions or percentages",
+        Psychometrika 1947; Agresti, "Categorical Data Analysis" (2002), section 10.1.
+    """
+    from scipy.stats import binomtest, norm
+
+    a = np.asarray(correct_a, dtype=bool).ravel()
+    b_ = np.asarray(correct_b, dtype=bool).ravel()
+    if len(a) != len(b_) or len(a) == 0:
+        raise DataError(f"paired outcomes must be two equally long, non-empty sequences; got {len(a)} and {len(b_)}")
+    n = len(a)
+    only_a = int(np.sum(a & ~b_))
+    only_b = int(np.sum(~a & b_))
+    diff = (only_a - only_b) / n
+    se = np.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return {"diff": float(diff), "low": float(max(-1.0, diff - z * se)), "high": float(min(1.0, diff + z * se)),
+            "p_value": p, "n": n, "only_a": only_a, "only_b": only_b, "confidence": confidence}
+
+
+def negative_transfer(correct_transfer: Any, correct_baseline: Any, *, alpha: float = 0.05) -> dict[str, Any]:
+    """Is a transfer result worse than its from-scratch (or no-adaptation) baseline on the same test items?
+
+    Flagged only when it scores lower *and* McNemar's test says the difference is unlikely to be noise
+    (``p < alpha``): a few test items more or less on a small test split do not make negative transfer.
+
+    Returns:
+        :func:`paired_difference` of transfer minus baseline, plus ``flag`` (bool) and ``alpha``.
+    """
+    d = paired_difference(correct_transfer, correct_baseline)
+    return {**d, "flag": bool(d["diff"] < 0 and d["p_value"] < alpha), "alpha": alpha}
+
+
+def difference_text(d: dict[str, Any]) -> str:
+    """``-3.3 points (95% CI -8.1 to +1.5; McNemar p = 0.62)`` for a :func:`paired_difference`."""
+    return (f"{100 * d['diff']:+.1f} points ({int(round(100 * d['confidence']))}% CI {100 * d['low']:+.1f} to "
+            f"{100 * d['high']:+.1f}; McNemar p = {d['p_value']:.2g})")
+
+
+def pack_outcomes(correct: Any) -> str:
+    """Per-item right/wrong outcomes as a compact hex string (for journals); :func:`unpack_outcomes` reverses it."""
+    bits = np.asarray(correct, dtype=bool).ravel()
+    return f"{len(bits)}:" + np.packbits(bits).tobytes().hex()
+
+
+def unpack_outcomes(packed: str) -> np.ndarray:
+    """The booleans :func:`pack_outcomes` packed."""
+    n, hexed = packed.split(":", 1)
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexed), dtype=np.uint8))[: int(n)].astype(bool)
