@@ -17,7 +17,7 @@ from transferkit.data.transforms import to_grayscale
 from transferkit.errors import DataError, UnknownNameError
 from transferkit.train.engine import TrainConfig
 
-STRATEGIES = ("scratch", "probe", "partial", "finetune", "cnn")
+STRATEGIES = ("scratch", "probe", "gradual", "partial", "finetune", "cnn")
 
 
 def _config() -> TrainConfig:
@@ -81,9 +81,9 @@ def test_every_strategy_runs_on_the_same_split_and_aggregates_are_right(compared
         best = max(a["accuracy_mean"] for a in res.aggregates if a["budget"] == b)
         assert next(a for a in res.aggregates if (a["strategy"], a["budget"]) == (s, b))["accuracy_mean"] == best
     saved = json.loads((out / "compare.json").read_text())
-    assert len(saved["cells"]) == 20 and len(saved["aggregates"]) == 10
-    assert len((out / "cells.jsonl").read_text().splitlines()) == 20
-    assert len((out / "compare.csv").read_text().splitlines()) == 21
+    assert len(saved["cells"]) == 24 and len(saved["aggregates"]) == 12
+    assert len((out / "cells.jsonl").read_text().splitlines()) == 24
+    assert len((out / "compare.csv").read_text().splitlines()) == 25
     page = (out / "report.html").read_text()
     assert "Accuracy by strategy and budget" in page and page.count("data:image/png;base64") == 2
     assert not list(out.glob("cells/*/checkpoints/*.ckpt"))  # engine checkpoints are dropped once recorded
@@ -108,15 +108,15 @@ def test_a_rerun_with_the_same_out_skips_finished_cells(compared, monkeypatch):
     monkeypatch.setattr(heads, "create_head", count("probe", real_head))
     monkeypatch.setattr(scratch, "train_scratch", count("cnn", real_cnn))
     again = _run(folder, out)
-    assert calls == {"engine": 0, "probe": 0, "cnn": 0} and again.reused == 20
+    assert calls == {"engine": 0, "probe": 0, "cnn": 0} and again.reused == 24
     assert again.aggregates == res.aggregates
     # a kill while the last cell was written: its (partial) line is dropped and only that cell is recomputed
     lines = (out / "cells.jsonl").read_text().splitlines()
     last = json.loads(lines[-1])
     (out / "cells.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
     third = _run(folder, out)
-    assert third.reused == 19 and sum(calls.values()) == 1
-    assert _run(folder, out).reused == 20  # the recomputed cell was not glued to the cut line
+    assert third.reused == 23 and sum(calls.values()) == 1
+    assert _run(folder, out).reused == 24  # the recomputed cell was not glued to the cut line
     assert calls[{"probe": "probe", "cnn": "cnn"}.get(last["strategy"], "engine")] == 1
     # other settings are other cells: nothing is reused
     calls.update(engine=0, probe=0, cnn=0)
@@ -130,39 +130,54 @@ def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_ce
 
     monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("auto must reuse the compared cells"))
     again = _run(folder, out, strategies=("auto", *STRATEGIES))  # auto is run last whatever its position
-    assert again.reused == 20 and len(again.cells) == 24
+    assert again.reused == 24 and len(again.cells) == 28
     by = {(c["strategy"], c["budget"], c["seed"]): c for c in again.cells}
     for b in (3, 5):
         for s in (0, 1):
             a = by[("auto", b, s)]
             chosen = a["details"]["chosen"]
-            assert chosen in ("probe", "partial", "finetune") and not a["details"]["trained_for_auto"]
+            assert chosen in ("probe", "gradual", "partial", "finetune") and not a["details"]["trained_for_auto"]
             assert a["accuracy"] == by[(chosen, b, s)]["accuracy"] and a["split"] == by[("probe", b, s)]["split"]
-    assert all(by[("auto", 3, s)]["details"]["chosen"] == "probe" for s in (0, 1))  # < 5 labels/class: probe
+            if b == 5:  # the race: the best validation accuracy of the four, ties to the cheaper
+                val = {k: by[(k, b, s)]["details"]["val_accuracy"] for k in ("probe", "gradual", "partial", "finetune")}
+                assert a["details"]["val_accuracy"] == val and val[chosen] == max(val.values())
+                cheaper = ("probe", "gradual", "partial", "finetune")[: ("probe", "gradual", "partial",
+                                                                        "finetune").index(chosen)]
+                assert all(val[k] < val[chosen] for k in cheaper)
+                assert a["seconds"] >= sum(by[(k, b, s)]["seconds"] for k in val)  # the race's cost: all four
+    assert all(by[("auto", 3, s)]["details"]["chosen"] == "probe" for s in (0, 1))  # no validation split: the rule
     assert "auto" not in again.winners.values()
     assert again.advisor["n"] == 4 and 0 <= again.advisor["hit_rate"] <= 1
-    assert "choices (strategy auto)" in (out / "report.html").read_text()
+    assert "What auto chose" in (out / "report.html").read_text()
     assert json.loads((out / "compare.json").read_text())["advisor"]["n"] == 4
 
 
-def test_auto_trains_its_pick_when_that_strategy_is_not_compared(image_folder, tmp_path, monkeypatch):
+def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validation(image_folder, tmp_path,
+                                                                                   monkeypatch):
     import transferkit.train.engine as engine
-    import transferkit.transferability.advisor as advisor
 
     y = from_folder(image_folder).encoded_labels()
     trained = []
+    val = {"gradual": 0.6, "partial": 1.0, "finetune": 0.6}  # partial wins the race on validation
 
     def fake(source, y_, splits, backbone, strategy, *a, **k):
         trained.append(strategy)
-        return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test], best_epoch=1, epochs_run=1,
-                               val_accuracy=None, train_seconds=0.0, resumed_from=None)
+        pred = y[splits.test] if strategy == "partial" else (y[splits.test] + 1) % 3
+        return SimpleNamespace(test_index=splits.test, y_pred=pred, best_epoch=1, epochs_run=1,
+                               val_accuracy=val[strategy], train_seconds=0.0, resumed_from=None)
 
     monkeypatch.setattr(engine, "finetune", fake)
-    monkeypatch.setattr(advisor, "advise", lambda *a, **k: advisor.Advice("partial", ["forced"], {}))
     res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
     auto = next(c for c in res.cells if c["strategy"] == "auto")
-    assert trained == ["partial"] and auto["details"]["trained_for_auto"] and auto["accuracy"] == 1.0
-    assert res.advisor == {}  # partial and finetune were not compared: nothing to judge the pick against
+    assert trained == ["gradual", "partial", "finetune"] and auto["details"]["trained_for_auto"] == trained
+    seen = auto["details"]["val_accuracy"]
+    assert {k: seen[k] for k in val} == val and seen["probe"] is not None
+    # partial wins unless the probe ties it on validation (these shapes are easy): then the cheaper probe wins
+    expected = "probe" if seen["probe"] >= 1.0 else "partial"
+    probe_acc = next(c for c in res.cells if c["strategy"] == "probe")["accuracy"]
+    assert auto["details"]["chosen"] == expected
+    assert auto["accuracy"] == (probe_acc if expected == "probe" else 1.0)
+    assert res.advisor == {}  # only probe was compared: nothing to judge the pick against
 
 
 def test_advisor_summary_hit_rate_and_loss_by_hand():
@@ -173,15 +188,18 @@ def test_advisor_summary_hit_rate_and_loss_by_hand():
     cells = [{"strategy": k, "budget": b, "seed": s, "accuracy": v} for (b, s), d in accs.items() for k, v in d.items()]
     cells += [{"strategy": "auto", "budget": b, "seed": s, "accuracy": accs[(b, s)][k], "details": {"chosen": k}}
               for (b, s), k in picks.items()]
-    summ = advisor_summary(cells)
-    assert (summ["n"], summ["hits"]) == (3, 2)  # a tie for the best counts as a hit
+    summ = advisor_summary(cells, choices=("probe", "partial", "finetune"))
+    assert (summ["n"], summ["hits"], summ["near"]) == (3, 2, 2)  # a tie for the best counts as a hit
     assert summ["mean_loss_points"] == pytest.approx(10.0) and summ["max_loss_points"] == pytest.approx(30.0)
     assert summ["picked"] == {"probe": 2, "finetune": 1}
     assert summ["best"] == {"probe": 1, "partial": 1, "finetune": 2}
     assert summ["fixed"]["finetune"]["hit_rate"] == pytest.approx(2 / 3)
     assert summ["fixed"]["finetune"]["mean_loss_points"] == pytest.approx(20 / 3)
     assert summ["fixed"]["probe"]["mean_loss_points"] == pytest.approx((0 + 20 + 30) / 3)
-    assert "2 of 3 splits (67%)" in advisor_sentence(summ) and advisor_summary(cells[:9]) == {}
+    assert summ["mean_accuracy"] == pytest.approx((0.6 + 0.7 + 0.6) / 3)
+    assert summ["fixed"]["probe"]["mean_accuracy"] == pytest.approx((0.6 + 0.5 + 0.6) / 3)
+    assert "within 1 point of it on 2 of 3 splits (67%; the best on 2)" in advisor_sentence(summ)
+    assert advisor_summary(cells[:9], choices=("probe", "partial", "finetune")) == {}
 
 
 def test_negative_transfer_is_flagged_with_the_gap_when_significant():

@@ -48,7 +48,8 @@ __all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_t
 
 CELLS_FILE = "cells.jsonl"
 _BASELINES = ("scratch", "cnn")  # the first one present is the yardstick of negative transfer
-ADVISOR_CHOICES = ("probe", "partial", "finetune")  # what the advisor can answer
+ADVISOR_CHOICES = ("probe", "gradual", "partial", "finetune")  # what ``auto`` races (the advisor's candidates)
+NEAR_POINTS = 1.0  # "within a point of the best" counts as a good choice too
 
 
 @dataclass
@@ -186,10 +187,12 @@ def advisor_summary(cells: Sequence[dict[str, Any]], choices: Sequence[str] = AD
     strategy (a choice is only scored where every candidate was run).
 
     Returns:
-        ``{}`` without ``auto`` cells, else ``n`` (splits judged), ``hits``, ``hit_rate``,
+        ``{}`` without ``auto`` cells, else ``n`` (splits judged), ``hits``, ``hit_rate``, ``near`` /
+        ``near_rate`` (best or within ``NEAR_POINTS`` of it), ``mean_accuracy`` (of the choices),
         ``mean_loss_points`` / ``max_loss_points`` (accuracy lost, percentage points, 0 on hits), ``picked``
-        (choice -> count), ``best`` (strategy -> how often it was best), ``fixed`` (strategy -> its hit rate and
-        mean loss when always chosen) and ``per_split`` (one dict per judged split).
+        (choice -> count), ``best`` (strategy -> how often it was best), ``fixed`` (strategy -> its hit rate, near
+        rate, mean accuracy and mean loss when always chosen), ``extra_seconds`` (mean time the race spent beyond
+        training the winner alone) and ``per_split`` (one dict per judged split).
     """
     by = {(c["strategy"], int(c["budget"]), int(c["seed"])): c for c in cells}
     per_split = []
@@ -209,10 +212,15 @@ def advisor_summary(cells: Sequence[dict[str, Any]], choices: Sequence[str] = AD
         return {}
     loss = np.array([p["loss_points"] for p in per_split])
     hits = int(sum(p["chosen"] in p["best"] for p in per_split))
+    near = int(np.sum(loss <= NEAR_POINTS + 1e-9))
     fixed = {}
     for k in choices:
         lk = np.array([100 * (p["best_accuracy"] - p["candidates"][k]) for p in per_split])
-        fixed[k] = {"hit_rate": float(np.mean(lk <= 0)), "mean_loss_points": float(lk.mean())}
+        fixed[k] = {"hit_rate": float(np.mean(lk <= 0)), "near_rate": float(np.mean(lk <= NEAR_POINTS + 1e-9)),
+                    "mean_accuracy": float(np.mean([p["candidates"][k] for p in per_split])),
+                    "mean_loss_points": float(lk.mean())}
+    extra = [c.get("details", {}).get("extra_seconds") for c in cells if c["strategy"] == "auto"]
+    extra = [float(e) for e in extra if e is not None]
     best_counts: dict[str, int] = {}
     for p in per_split:
         for k in p["best"]:
@@ -220,20 +228,27 @@ def advisor_summary(cells: Sequence[dict[str, Any]], choices: Sequence[str] = AD
     picked: dict[str, int] = {}
     for p in per_split:
         picked[p["chosen"]] = picked.get(p["chosen"], 0) + 1
-    return {"n": len(per_split), "hits": hits, "hit_rate": hits / len(per_split),
+    return {"n": len(per_split), "hits": hits, "hit_rate": hits / len(per_split), "near": near,
+            "near_rate": near / len(per_split), "mean_accuracy": float(np.mean([p["accuracy"] for p in per_split])),
             "mean_loss_points": float(loss.mean()), "max_loss_points": float(loss.max()), "picked": picked,
-            "best": best_counts, "fixed": fixed, "per_split": per_split}
+            "best": best_counts, "fixed": fixed, "extra_seconds": float(np.mean(extra)) if extra else None,
+            "per_split": per_split}
 
 
 def advisor_sentence(summary: dict[str, Any]) -> str:
     """One line from :func:`advisor_summary`: hit rate, accuracy lost, and the fixed strategies for scale."""
     if not summary:
         return "no advisor cells (add 'auto' to the strategies)"
-    fixed = ", ".join(f"always {k}: {100 * v['hit_rate']:.0f}% / {v['mean_loss_points']:.1f} pts"
+    fixed = ", ".join(f"always {k}: {100 * v['near_rate']:.0f}% / {100 * v['mean_accuracy']:.1f}%"
                       for k, v in summary["fixed"].items())
-    return (f"advisor (auto) picked the best of {'/'.join(summary['fixed'])} on {summary['hits']} of {summary['n']} "
-            f"splits ({100 * summary['hit_rate']:.0f}%), losing {summary['mean_loss_points']:.1f} accuracy points on "
-            f"average (at most {summary['max_loss_points']:.1f}); {fixed}")
+    extra = summary.get("extra_seconds")
+    return (f"auto (the race on validation) was the best of {'/'.join(summary['fixed'])} or within {NEAR_POINTS:g} "
+            f"point of it on {summary['near']} of {summary['n']} splits ({100 * summary['near_rate']:.0f}%; the best "
+            f"on {summary['hits']}), mean test accuracy {100 * summary['mean_accuracy']:.1f}%, "
+            f"{summary['mean_loss_points']:.1f} points below the best on average (at most "
+            f"{summary['max_loss_points']:.1f}); for scale (within a point / mean accuracy): {fixed}"
+            + (f"; the race cost {extra:.0f}s per split beyond training the winner alone" if extra is not None
+               else ""))
 
 
 def _flag_sentence(f: dict[str, Any]) -> str:
@@ -457,7 +472,7 @@ class _CellRunner:
             ev = (X[sp.val], y[sp.val]) if len(sp.val) else None
             head.fit(X[sp.train], y[sp.train], eval_set=ev)
             y_pred = head.classes_[head.predict_proba(X[sp.test]).argmax(1)]
-            extra = {"C": float(head.C_)}
+            extra = {"C": float(head.C_), "val_accuracy": head.scores_.get(head.C_) if ev is not None else None}
         elif strategy == "cnn":
             from .train.scratch import train_scratch
 
@@ -488,28 +503,45 @@ class _CellRunner:
                 "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
-        """The advisor's pick on the labelled part of the split, scored by the cell of the strategy it chose."""
-        from .transferability.advisor import advise
+        """``auto``: the candidates race on the split and the best validation accuracy wins
+        (:func:`~transferkit.transferability.advisor.race_choice`); the cell scores what the winner scored on the
+        test items, and its time is the whole race (every candidate trained). The size x similarity rule is computed
+        too: it decides when there is no validation split, and explains."""
+        from .transferability.advisor import advise, race_choice
         from .transferability.source import source_probabilities
 
         fs = self.probe_features()
         X = np.asarray(fs.X, dtype=np.float32)
         t0 = time.perf_counter()
-        lab = np.sort(np.concatenate([sp.train, sp.val]))  # the labelled part only, as fit --strategy auto
+        lab = np.sort(np.concatenate([sp.train, sp.val]))  # the labelled part only
         adv = advise(X[lab], self.y[lab], source_probs=source_probabilities(fs.backbone, X[lab]),
                      n_labelled_per_class=float(budget), seed=seed)
         advice_seconds = time.perf_counter() - t0
-        chosen = adv.strategy
-        twin = next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (chosen, budget, seed)
-                     and c["settings_hash"] == self.hashes[chosen]), None)
-        ran = twin is None
-        if ran:  # the advisor chose a strategy that is not compared: train it for this cell
-            twin = self.run(chosen, budget, seed, sp, done)
-        return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": twin["accuracy"],
-                "macro_f1": twin["macro_f1"], "seconds": advice_seconds + twin["seconds"], "correct": twin.get("correct"),
+        runs: dict[str, dict[str, Any]] = {}
+        trained = []
+        for k in ADVISOR_CHOICES:
+            twin = next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
+                         and c["settings_hash"] == self.hashes[k]), None)
+            if twin is None and len(sp.val):  # a candidate that is not compared: train it for the race
+                twin = self.run(k, budget, seed, sp, done)
+                trained.append(k)
+            if twin is not None:
+                runs[k] = twin
+        val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
+        chosen, why = race_choice(val, len(sp.val), rule=adv.strategy)
+        if chosen not in runs:  # no validation split: the rule's pick, trained if it was not compared
+            runs[chosen] = self.run(chosen, budget, seed, sp, done)
+            trained.append(chosen)
+        winner = runs[chosen]
+        race_seconds = advice_seconds + sum(float(r["seconds"]) for r in runs.values())
+        return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": winner["accuracy"],
+                "macro_f1": winner["macro_f1"], "seconds": race_seconds, "correct": winner.get("correct"),
                 "n_train": int(len(sp.train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
-                "details": {"chosen": chosen, "advice_seconds": advice_seconds, "trained_for_auto": ran,
-                            "reasons": adv.reasons, "votes": adv.evidence.get("votes")}}
+                "details": {"chosen": chosen, "rule": adv.strategy, "val_accuracy": val,
+                            "advice_seconds": advice_seconds, "trained_for_auto": trained,
+                            "chosen_seconds": float(winner["seconds"]), "extra_seconds": race_seconds - float(
+                                winner["seconds"]), "reasons": why + adv.reasons,
+                            "votes": adv.evidence.get("votes")}}
 
 
 def _finish(cells: list[dict[str, Any]], out_dir: Path, settings: dict[str, Any], reused: int,
@@ -602,7 +634,7 @@ def _write_html(result: CompareResult) -> None:
                     ("test items per cell", f"at most {st['max_test']}" if st.get("max_test") else "all"),
                     ("cells reused from an earlier run", result.reused)],
         "sections": [{"title": "Accuracy by strategy and budget", "html": table},
-                     *([{"title": "The advisor's choices (strategy auto)", "html": _advisor_html(result.advisor)}]
+                     *([{"title": "What auto chose (the race on validation)", "html": _advisor_html(result.advisor)}]
                        if result.advisor else []),
                      {"title": "Figures", "html": figs}],
         "config": st,
@@ -617,6 +649,7 @@ def _advisor_html(summary: dict[str, Any]) -> str:
         f"<td class=\"num\">{p['loss_points']:.1f}</td></tr>" for p in summary["per_split"])
     return (f"<p>{e(advisor_sentence(summary))}.</p><table><tr><th>labels / class</th><th>seed</th><th>advisor "
             "chose</th><th>best (measured)</th><th>chosen acc %</th><th>best acc %</th><th>points lost</th></tr>"
-            f"{rows}</table><p><small>The advisor sees only the labelled part of each split (features of the frozen "
-            "backbone); the best is the measured test accuracy of probe, partial and finetune on the same split."
-            "</small></p>")
+            f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: every candidate is "
+            "trained on its training part and the best accuracy on its validation part wins (ties: the cheaper "
+            f"candidate); the best here is the measured test accuracy of {', '.join(ADVISOR_CHOICES)} on the same "
+            "split.</small></p>")

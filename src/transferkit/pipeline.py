@@ -191,7 +191,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     check_choice(on_bad_input, ON_BAD_INPUT, "on_bad_input")
     HEADS.get(head)  # unknown heads fail before any work
     engine = None
-    if strategy != "probe":
+    if strategy != "probe":  # the engine's settings are checked now, also for auto (whose race may fine-tune)
         from .train.strategies import create_strategy
 
         if strategy != "auto":
@@ -217,17 +217,19 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     source, splits, classes, y = fs.source, fs.splits, fs.classes, fs.y
     say(f"data: {source.origin or source.name}: {len(source)} {source.modality}s, {len(classes)} classes")
 
-    advice = None
-    if strategy == "auto":
-        advice, strategy = _advise(fs, seed, say)
-        if strategy == "probe":
-            engine = None
     t = time.perf_counter()
     params = dict(head_params or {})
     if HEADS.get(head).kind == "torch":
         params.setdefault("random_state", seed)
     model, proba, y_pred = _fit_head(fs, head, params)
     timings["head"] = time.perf_counter() - t
+    advice = raced = None
+    if strategy == "auto":
+        t = time.perf_counter()
+        advice, strategy, raced = _race(fs, model, engine, run_dir, resume, progress, say)
+        timings["race"] = time.perf_counter() - t
+        if strategy == "probe":
+            engine = None
 
     from .report import classification_metrics
 
@@ -240,11 +242,14 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         from .train.engine import finetune
 
         t = time.perf_counter()
-        say(f"fine-tuning: strategy {strategy} {strategy_params or ''}".rstrip())
-        ft = finetune(source, y, splits, bb, strategy, engine["config"], run_dir, resume=resume,
-                      strategy_params=strategy_params, extra_losses=engine["losses"], classes=classes,
-                      progress=progress, log=say, export=False)
-        timings["finetune"] = time.perf_counter() - t
+        if raced is not None:  # auto: the race already trained the winner
+            ft = raced[strategy]
+        else:
+            say(f"fine-tuning: strategy {strategy} {strategy_params or ''}".rstrip())
+            ft = finetune(source, y, splits, bb, strategy, engine["config"], run_dir, resume=resume,
+                          strategy_params=strategy_params, extra_losses=engine["losses"], classes=classes,
+                          progress=progress, log=say, export=False)
+        timings["finetune"] = time.perf_counter() - t + (timings.get("race", 0.0) if raced is not None else 0.0)
         proba, y_pred = ft.proba, np.asarray(ft.y_pred)
         probe_row = comparison[0] | {"name": transfer_name + " (probe, for reference)", "kind": "reference"}
         metrics = classification_metrics(y[splits.test], y_pred, classes)
@@ -308,15 +313,58 @@ def _data_name(data: Any, full: bool = False) -> str:
     return str(data) if full else Path(str(data)).stem or str(data)
 
 
-def _advise(fs: Any, seed: int, say: Callable[[str], None]) -> tuple[Any, str]:
-    """The advisor's choice on the labelled part of the split."""
-    from .transferability.advisor import advise
+def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bool, progress: bool,
+          say: Callable[[str], None]) -> tuple[Any, str, dict[str, Any] | None]:
+    """``--strategy auto``: race the probe and the fine-tuning strategies on the split and keep the best validation
+    accuracy (:func:`~transferkit.transferability.advisor.race_choice`); the size x similarity rule explains and
+    decides when there is no validation split. Each candidate trains in ``run_dir/race/<strategy>`` (resumable);
+    the losers' checkpoints are removed once the race is decided.
+
+    Returns:
+        ``(advice with the race's reasons first, the chosen strategy, strategy -> FinetuneResult or None)``.
+    """
+    import shutil
+
+    from .train.engine import finetune
+    from .transferability.advisor import RACE_CANDIDATES, advise, race_choice
     from .transferability.source import source_probabilities
 
     Xl, yl = fs.part("labelled")
-    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=seed)
-    say(f"strategy auto -> {advice.strategy}: " + "; ".join(advice.reasons))
-    return advice, advice.strategy
+    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=engine["config"].seed)
+    sp = fs.splits
+    advice.evidence["rule"] = advice.strategy
+    if not len(sp.val):
+        choice, why = race_choice({}, 0, rule=advice.strategy)
+        advice.reasons[:0] = why
+        advice.strategy = choice
+        say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
+        return advice, choice, None
+    val = {"probe": probe.scores_.get(probe.C_) if hasattr(probe, "scores_") else _best_val(probe)}
+    results = {}
+    for k in RACE_CANDIDATES:
+        if k == "probe":
+            continue
+        say(f"strategy auto: racing {k} on the training part, judged on {len(sp.val)} validation items")
+        results[k] = finetune(fs.source, fs.y, sp, fs.backbone, k, engine["config"], run_dir / "race" / k,
+                              resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
+                              log=say, export=False)
+        val[k] = results[k].val_accuracy
+    choice, why = race_choice(val, len(sp.val), rule=advice.strategy)
+    for k, r in results.items():
+        if k != choice:
+            shutil.rmtree(r.run_dir / "checkpoints", ignore_errors=True)
+    advice.reasons[:0] = why
+    advice.strategy = choice
+    advice.evidence["race"] = {"validation_accuracy": val, "validation_items": int(len(sp.val)), "choice": choice,
+                               "seconds": {k: r.seconds for k, r in results.items()}}
+    say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
+    return advice, choice, results
+
+
+def _best_val(head: Any) -> float | None:
+    """The best validation accuracy a torch head recorded (None without a validation split)."""
+    accs = [h.get("val_accuracy") for h in getattr(head, "history_", []) if h.get("val_accuracy") is not None]
+    return max(accs) if accs else None
 
 
 def _fit_head(fs: Any, head: str, params: dict[str, Any]) -> tuple[Any, np.ndarray, np.ndarray]:

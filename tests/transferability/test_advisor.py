@@ -142,3 +142,16 @@ def test_advise_data_uses_the_labelled_split_and_the_cache(image_folder, tmp_pat
     again = advise_data(str(image_folder), TINY, labels_per_class=8, cache_dir=tmp_path, log=logs.append)
     assert "cache hit" in logs[1]
     assert again.strategy == a.strategy and again.reasons == a.reasons
+
+
+def test_the_race_picks_the_best_validation_accuracy_and_the_cheaper_on_ties():
+    from transferkit.transferability.advisor import race_choice
+
+    assert race_choice({"probe": 0.6, "gradual": 0.7, "partial": 0.8, "finetune": 0.75}, 40)[0] == "partial"
+    choice, why = race_choice({"probe": 0.6, "gradual": 0.8, "partial": 0.8, "finetune": None}, 40)
+    assert choice == "gradual" and "tied with partial" in why[0] and "40 held-out" in why[0]
+    assert race_choice({"probe": 0.9, "gradual": 0.9}, 12)[0] == "probe"  # a tie: the probe costs seconds
+    # no validation split (fewer than 5 labels per class): the size x similarity rule decides
+    choice, why = race_choice({"probe": None, "gradual": None}, 0, rule="partial")
+    assert choice == "partial" and "no validation split" in why[0]
+    assert race_choice({}, 0)[0] == "probe"

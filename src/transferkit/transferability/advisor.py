@@ -92,7 +92,7 @@ import numpy as np
 
 from ..errors import ScoreError
 
-__all__ = ["Advice", "advise", "advise_data", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
+__all__ = ["Advice", "advise", "advise_data", "race_choice", "RACE_CANDIDATES", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
            "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR",
            "PAD_DISSIMILAR", "MAX_SAMPLES"]
 
@@ -114,6 +114,9 @@ PAD_SIMILAR = 0.5
 PAD_DISSIMILAR = 1.5
 #: the measures use a stratified subsample of at most this many labelled samples (they need hundreds, not more)
 MAX_SAMPLES = 2000
+
+#: what ``auto`` races, cheapest first (the order breaks ties on validation)
+RACE_CANDIDATES = ("probe", "gradual", "partial", "finetune")
 
 #: (large data, similar) -> strategy
 STRATEGIES = {(False, True): "probe", (False, False): "partial", (True, True): "partial", (True, False): "finetune"}
@@ -377,3 +380,38 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
     advice.evidence.update(backbone=bb.name, data=fs.source.origin or fs.source.name,
                            n_labelled=int(len(splits.labelled)))
     return advice
+
+
+def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str | None = None,
+                order: tuple[str, ...] = RACE_CANDIDATES) -> tuple[str, list[str]]:
+    """The strategy ``auto`` picks: the best **validation** accuracy of the strategies raced on the same split.
+
+    Every candidate was trained on the training part of the labelled split and chosen (head C, best epoch) on its
+    validation part; the one that scores best there wins. Ties, which are common on a few validation items, go to
+    the cheapest candidate (``order``: the probe first). Without a validation split (fewer than 5 labels per class)
+    there is nothing to judge on, and the size x similarity ``rule`` (the probe when not given) decides. Test labels
+    are never looked at.
+
+    Args:
+        val_scores: candidate -> its validation accuracy (None when it could not be scored).
+        n_val: validation items.
+        rule: the size x similarity rule's choice (:func:`advise`), the fallback.
+        order: candidate preference on ties.
+
+    Returns:
+        ``(choice, reasons)``.
+    """
+    scored = {k: float(v) for k, v in val_scores.items() if v is not None}
+    if n_val == 0 or not scored:
+        choice = rule or "probe"
+        return choice, [f"no validation split to race on (fewer than {TINY_LABELS_PER_CLASS} labels per class): "
+                        f"{choice}, by the size x similarity rule"]
+    best = max(scored.values())
+    tied = [k for k in order if k in scored and scored[k] >= best - 1e-12] + \
+        [k for k in scored if k not in order and scored[k] >= best - 1e-12]
+    choice = tied[0]
+    table = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(scored.items(), key=lambda kv: -kv[1]))
+    why = f"validation accuracy on {n_val} held-out labelled items: {table} -> {choice}"
+    if len(tied) > 1:
+        why += f" (tied with {', '.join(tied[1:])}: the cheaper wins)"
+    return choice, [why]
