@@ -522,7 +522,10 @@ class _CellRunner:
         for k in ADVISOR_CHOICES:
             twin = next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
                          and c["settings_hash"] == self.hashes[k]), None)
-            if twin is None and len(sp.val):  # a candidate that is not compared: train it for the race
+            missing_score = twin is not None and twin.get("details", {}).get("val_accuracy") is None
+            if len(sp.val) and (twin is None or missing_score):
+                # a candidate that is not compared (or a cell recorded before cells kept their validation score):
+                # train it for the race
                 twin = self.run(k, budget, seed, sp, done)
                 trained.append(k)
             if twin is not None:
