@@ -92,3 +92,30 @@ def test_a_two_stage_method_resumes_inside_its_second_stage(tmp_path):
         fit("adda", tmp_path / "run", log=stop)
     assert (tmp_path / "run" / "stage1-source" / "checkpoints" / "last.ckpt").is_file()
     same_fit(full, fit("adda", tmp_path / "run", resume=True))
+
+
+def test_two_ddp_processes_train_the_same_network_as_one():
+    """DDP (2 CPU processes, gloo): each process takes half of every global batch of both domains; with a network
+    free of batch norm and dropout (whose statistics and masks are per process) the result equals one process."""
+    from torch import nn
+
+    from transferkit.adapt.methods import create_method
+    from transferkit.adapt.trainer import AdaptNet, train_adapter
+
+    def net():
+        torch.manual_seed(0)
+        n = AdaptNet(2, 3, 16)
+        n.bottleneck = nn.Sequential(nn.Linear(2, 16), nn.ReLU())
+        return n
+
+    cfg = AdaptConfig(steps=40, batch_size=32, eval_every=20, bottleneck=16, lr=0.03, selection="last", seed=0,
+                      device="cpu")
+    one = train_adapter(net(), create_method("source-only"), SRC[0], SRC[1], TGT[0], cfg)
+    two = train_adapter(net(), create_method("source-only"), SRC[0], SRC[1], TGT[0],
+                        AdaptConfig(**{**cfg.to_dict(), "devices": 2}))
+    assert [r["step"] for r in one.history] == [r["step"] for r in two.history] == [20, 40]
+    for a, b in zip(one.history, two.history):
+        assert a["cls_loss"] == pytest.approx(b["cls_loss"], rel=1e-4)
+    from transferkit.adapt.trainer import predict_logits
+
+    np.testing.assert_allclose(predict_logits(one.net, TGT[0]), predict_logits(two.net, TGT[0]), atol=1e-4)

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import random
 import sys
@@ -312,11 +313,18 @@ def run_loop(plan_factory: Callable[[Any], Plan], settings: LoopSettings, run_di
     out = fabric.launch(_worker, payload)
     if isinstance(out, dict) and "error" in out:
         raise out["error"]
-    if out.get("model") is None:  # trained in other processes: rebuild the chosen weights from the checkpoint
+    state_file = out.pop("state_file", None)
+    if out.get("model") is None:  # trained in other processes: rebuild the model and load the chosen weights
         plan = plan_factory(None)
-        state = load_checkpoint(Path(out["checkpoint"]))
-        plan.model.load_state_dict(state["best"]["state"]["model"])
-        plan.objective.load_state_dict(state["best"]["state"]["objective"])
+        if state_file is not None:
+            try:
+                state = torch.load(state_file, map_location="cpu", weights_only=True)
+            finally:
+                os.unlink(state_file)
+        else:
+            state = load_checkpoint(Path(out["checkpoint"]))["best"]["state"]
+        plan.model.load_state_dict(state["model"])
+        plan.objective.load_state_dict(state["objective"])
         out["model"], out["objective"] = plan.model.eval(), plan.objective.eval()
     out["seconds"] = time.perf_counter() - t0
     return LoopResult(**out)
@@ -678,6 +686,15 @@ class _Loop:
                "checkpoint": self.ckpt_path, "device": str(self.fabric.device),
                "model": copy.deepcopy(self.raw).cpu().eval() if keep and not self.job.spawned else None,
                "objective": copy.deepcopy(self.objective).cpu().eval() if keep and not self.job.spawned else None}
+        if self.job.spawned and self.rank == 0:
+            # the chosen weights go back to the parent through a file: through the launcher's queue, tensors would
+            # travel as shared-memory handles that die with this process, and a large payload blocks the pipe
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix="transferkit-state-", suffix=".pt")
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"model": _cpu_state(self.raw), "objective": _cpu_state(self.objective)}, f)
+            out["state_file"] = name
         return out
 
     # -- checkpoints ------------------------------------------------------------------------------------------
