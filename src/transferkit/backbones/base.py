@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_bytes, file_digest
+from .._random import derive_seed, seeded_rng
 from ..data.views import ImagePreprocessing, Preprocessing, TextPreprocessing, make_view, preprocessing_from_dict
 from ..errors import BackboneUnavailableError, TransferkitError
 from ..registry import Registry
@@ -76,10 +77,24 @@ class Backbone(nn.Module):
         """The preprocessing as a JSON-ready dict (timm's data config for images; tokenizer settings for text)."""
         return self.preprocessing.to_dict()
 
-    def transform(self, view: str = "eval", **params: Any) -> Callable[[Any], torch.Tensor] | None:
+    def transform(self, view: str | None = None, **params: Any) -> Callable[[Any], torch.Tensor] | None:
         """The transform of ``view`` (``eval``, ``train``, ``weak``, ``strong``) from one PIL RGB image to a tensor;
-        None for text backbones."""
-        return make_view(self.preprocessing, view, **params)
+        None for text backbones. Without a view: the eval view, or the seeded draw :meth:`with_view` chose."""
+        if view is None and getattr(self, "_view", None) is not None:
+            name, draw, seed = self._view
+            tf = make_view(self.preprocessing, name)
+            return None if tf is None else SeededView(tf, derive_seed(seed, draw))
+        return make_view(self.preprocessing, view or "eval", **params)
+
+    def with_view(self, view: str, draw: int = 0, seed: int = 0) -> "Backbone":
+        """The same backbone (weights shared) whose extraction transform is draw ``draw`` of the random ``view``
+        (``weak``, ``strong``): each item gets the same augmentation every time (seeded by ``seed``, ``draw`` and the
+        item's content), so the features of K views of a dataset are cached once like any others, under their own
+        cache key (:meth:`identity` names the view)."""
+        clone = copy.copy(self)
+        clone.__dict__ = dict(self.__dict__)
+        clone._view = (str(view), int(draw), int(seed))
+        return clone
 
     def collate(self, items: Sequence[Any]) -> Any:
         """Batch a list of transformed items into model inputs (images: stack; text: tokenize)."""
@@ -106,7 +121,7 @@ class Backbone(nn.Module):
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines the features this backbone produces for a given input."""
-        return {
+        out = {
             "name": self.name,
             "class": type(self).__name__,
             "modality": self.modality,
@@ -114,6 +129,9 @@ class Backbone(nn.Module):
             "weights": self.weights_digest(),
             "preprocessing": self.data_config(),
         }
+        if getattr(self, "_view", None) is not None:
+            out["view"] = list(self._view)
+        return out
 
     def identity_key(self) -> str:
         """A short hash of :meth:`identity`."""
@@ -172,6 +190,21 @@ class Backbone(nn.Module):
         """Rebuild the architecture from ``meta["config"]`` and the files in ``directory`` (weights are loaded
         after by :func:`load_backbone`)."""
         raise TransferkitError(f"{cls.__name__} does not implement from_saved")
+
+
+class SeededView:
+    """A random view applied with a seed drawn from the item's content: the same item always gets the same
+    augmentation (whatever worker or run loads it), different items get different ones."""
+
+    def __init__(self, transform: Callable[[Any], Any], seed: int):
+        self.transform, self.seed = transform, int(seed)
+
+    def __call__(self, img: Any) -> Any:
+        import zlib
+
+        content = img.tobytes() if hasattr(img, "tobytes") else str(img).encode()
+        with seeded_rng(derive_seed(self.seed, zlib.crc32(content))):
+            return self.transform(img)
 
 
 def load_backbone(directory: str | Path, *, root: Path | None = None) -> Backbone:

@@ -238,7 +238,8 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
              run_dir: str | Path | None = None, *, resume: bool = False, strategy_params: dict[str, Any] | None = None,
              extra_losses: Sequence[Any] = (), classes: Sequence[str] | None = None,
              callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), progress: bool = False,
-             log: Callable[[str], None] | None = None, export: bool = True) -> FinetuneResult:
+             log: Callable[[str], None] | None = None, export: bool = True, unlabelled: Any = None,
+             unlabelled_ratio: int = 7, ema_decay: float | None = None) -> FinetuneResult:
     """Train ``backbone`` + a linear head on ``source`` with a fine-tuning strategy; predict the test split.
 
     Args:
@@ -262,6 +263,11 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
         progress: show a progress bar per epoch (loss, images/s) on stderr.
         log: called with one line per epoch (e.g. ``print``).
         export: save the best model in ``run_dir/model`` (the run format :func:`transferkit.load_run` reads).
+        unlabelled: unlabelled inputs for a semi-supervised objective among ``extra_losses`` (the ``unlabelled``
+            stream, in its ``weak`` and ``strong`` views): positions in ``source``, or another DataSource. An epoch
+            is then one pass over them; the labelled stream cycles.
+        unlabelled_ratio: unlabelled items per labelled item in a step (FixMatch's mu).
+        ema_decay: evaluate and return the moving average of the weights (FixMatch's EMA model); None: the raw ones.
 
     Returns:
         :class:`FinetuneResult`: test predictions and probabilities, validation accuracy, history, timings,
@@ -315,13 +321,19 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
                               default_run_dir(source.name, backbone if isinstance(backbone, str) else backbone.name),
                               "fit", resume=True)
     terms = [as_objective(t) for t in extra_losses]
+    if unlabelled is not None and not isinstance(unlabelled, DataSource):
+        unlabelled = np.asarray(unlabelled, dtype=np.int64)
+        if len(unlabelled) == 0 or unlabelled.min() < 0 or unlabelled.max() >= len(source):
+            raise DataError(f"unlabelled must hold positions in 0..{len(source) - 1} (got {len(unlabelled)} positions)")
+    if not isinstance(unlabelled_ratio, int) or unlabelled_ratio < 1:
+        raise DataError(f"unlabelled_ratio must be an integer >= 1, got {unlabelled_ratio!r}")
     job = FinetunePlan(source=source, y=y, splits=splits, backbone=backbone, strategy=strat, cfg=cfg, losses=terms,
-                       classes=classes)
+                       classes=classes, unlabelled=unlabelled, unlabelled_ratio=unlabelled_ratio)
     settings = LoopSettings(epochs=cfg.epochs, seed=cfg.seed, max_grad_norm=cfg.max_grad_norm, patience=cfg.patience,
                             precision=cfg.precision, accelerator=cfg.accelerator, devices=cfg.devices,
                             num_workers=_workers(cfg), eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
                             progress="epoch" if progress else None, label=strat.name,
-                            unit="images" if source.modality == "image" else "texts")
+                            unit="images" if source.modality == "image" else "texts", ema_decay=ema_decay)
     r = run_loop(job, settings, out_dir, resume=resume, callbacks=callbacks, log=log)
     logits = r.predictions["test"].logits if "test" in r.predictions else np.zeros((0, len(classes)), np.float32)
     proba = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()
@@ -367,6 +379,8 @@ class FinetunePlan:
     cfg: TrainConfig
     losses: list
     classes: list[str]
+    unlabelled: Any = None
+    unlabelled_ratio: int = 7
 
     def build_model(self) -> tuple[TransferModel, dict[str, Any], list, list[str]]:
         """The model (pretrained backbone + seeded head), the backbone's identity, its groups and unused params."""
@@ -408,6 +422,14 @@ class FinetunePlan:
                               collate=collate, batch_size=cfg.batch_size, seed=cfg.seed)
 
         labelled = stream("labelled", sp.train, train_view)
+        streams = {"labelled": labelled}
+        if self.unlabelled is not None:  # semi-supervised: an epoch is a pass over the unlabelled items
+            src = self.unlabelled if isinstance(self.unlabelled, DataSource) else self.source
+            pos = np.arange(len(src)) if isinstance(self.unlabelled, DataSource) else self.unlabelled
+            views = {"weak": bb.transform("weak"), "strong": bb.transform("strong"), "eval": eval_view}
+            streams = {"unlabelled": ItemStream("unlabelled", src, pos, None, views=views, collate=collate,
+                                                batch_size=cfg.batch_size * self.unlabelled_ratio, seed=cfg.seed),
+                       **streams}
         val = stream("val", sp.val, eval_view) if len(sp.val) else None
         final = {"test": stream("test", sp.test, eval_view)} if len(sp.test) else {}
         # parameter groups: the head at lr, each backbone group at lr x its strategy scale, the objective's own
@@ -428,7 +450,8 @@ class FinetunePlan:
                 param_groups.append({"params": decay, "lr": lr, "weight_decay": wd, "name": name})
             if no_decay:
                 param_groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}:no_decay"})
-        warm = int(round(cfg.warmup_epochs * _steps_per_epoch(len(sp.train), cfg.batch_size, cfg.devices)))
+        primary = next(iter(streams.values()))
+        warm = int(round(cfg.warmup_epochs * _steps_per_epoch(len(primary), primary.batch_size, cfg.devices)))
         identity = {
             "train": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED},
             "strategy": strategy.config(),
@@ -442,7 +465,11 @@ class FinetunePlan:
                 "parameters": {"backbone": sum(p.numel() for p in model.backbone.parameters()),
                                "head": sum(p.numel() for p in model.head.parameters())},
                 "preprocessing": bb.data_config()}
-        return Plan(model=model, objective=objective, streams={"labelled": labelled}, param_groups=param_groups,
+        if self.unlabelled is not None:
+            identity["unlabelled"] = {"items": (self.unlabelled.fingerprint() if isinstance(self.unlabelled, DataSource)
+                                                else _digest(np.asarray(self.unlabelled).tobytes())),
+                                      "ratio": self.unlabelled_ratio}
+        return Plan(model=model, objective=objective, streams=streams, param_groups=param_groups,
                     optimizer=lambda groups_: torch.optim.AdamW(groups_, lr=cfg.lr, weight_decay=cfg.weight_decay),
                     schedule=cosine_warmup(warm, cfg.schedule, cfg.min_lr_ratio),
                     evaluator=ValidationAccuracy(val, None if val is None else self.y[sp.val]),

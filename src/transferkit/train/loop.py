@@ -178,6 +178,9 @@ class LoopSettings:
         progress: ``"epoch"`` (a bar per epoch), ``"run"`` (one bar for the run) or None.
         label: what the progress bar and log lines call the run.
         unit: what the progress bar counts (``images``, ``texts``, ``steps``).
+        ema_decay: keep an exponential moving average of the model's weights (decay per step, with the usual
+            warm-up ``min(decay, (1 + t) / (10 + t))`` so a short run is not dominated by its initial weights); the
+            evaluation, the chosen checkpoint and the returned model use the averaged weights (FixMatch's EMA model).
     """
 
     epochs: int = 1
@@ -193,6 +196,7 @@ class LoopSettings:
     progress: str | None = None
     label: str = "train"
     unit: str = "samples"
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -417,7 +421,8 @@ class _Loop:
                 raise TransferkitError(f"objective {self.objective.name!r} reads stream {name!r}, which this run does "
                                        f"not have (streams: {', '.join(plan.streams) or 'none'}); give it that data")
             plan.streams[name].check_views(self.objective.views_of(name))
-        self.streams = {n: plan.streams[n] for n in self.objective.streams}
+        # in the plan's order: its first stream that the objective reads is the primary one of an epoch
+        self.streams = {n: plan.streams[n] for n in plan.streams if n in self.objective.streams}
         workers = int(s.num_workers)
         for st in [*plan.streams.values(), *plan.final.values(),
                    *(plan.evaluator.streams.values() if plan.evaluator else [])]:
@@ -436,7 +441,8 @@ class _Loop:
         self.identity = json.loads(json.dumps({**plan.identity, "objective": self.objective.config(),
                                                "loop": {"epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
                                                         "seed": s.seed, "max_grad_norm": s.max_grad_norm,
-                                                        "precision": s.precision, "devices": s.devices}},
+                                                        "precision": s.precision, "devices": s.devices,
+                                                        "ema_decay": s.ema_decay}},
                                               default=str))
         self.config_hash = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -479,6 +485,13 @@ class _Loop:
             self.container = nn.SyncBatchNorm.convert_sync_batchnorm(self.container)
         self._apply_trainable(min(start, s.epochs - 1))
         self.model = fabric.setup_module(self.container)
+        self.ema = None
+        self.ema_updates = 0
+        if s.ema_decay:
+            saved = state.get("ema") if state is not None else None
+            self.ema = {k: (saved[k] if saved is not None else v).detach().clone().to(v.device)
+                        for k, v in self.raw.state_dict().items()}
+            self.ema_updates = int(state.get("ema_updates", 0)) if state is not None else 0
         optimizer = plan.optimizer([g for g in plan.param_groups if g["params"]])
         total = s.epochs * self.steps_per_epoch
         sched = plan.schedule
@@ -548,6 +561,7 @@ class _Loop:
                    for n in self.streams]
         device = fabric.device
         sums: dict[str, torch.Tensor] = {}
+        msums: dict[str, float] = {}
         seen = 0
         total_steps = s.epochs * self.steps_per_epoch
         t0 = time.perf_counter()
@@ -556,7 +570,7 @@ class _Loop:
             for k, parts in enumerate(zip(*loaders)):
                 gstep = epoch * self.steps_per_epoch + k
                 step = Step(self.model, dict(zip(self.streams, parts)), epoch, gstep, gstep / max(total_steps, 1),
-                            self.world, net=self.raw)
+                            self.world, net=self.raw, gather=self._gather)
                 with fabric.autocast():
                     terms = {n: scalar_term(v, n).to(device) for n, v in self.objective(step).items()}
                 if not terms:
@@ -574,6 +588,9 @@ class _Loop:
                                           error_if_nonfinite=False)
                 self.optimizer.step()
                 self.scheduler.step()
+                self._ema_update()
+                for n, v in step.metrics.items():
+                    msums[n] = msums.get(n, 0.0) + float(v)
                 size = parts[0].global_size
                 seen += size
                 for n, v in terms.items():
@@ -594,6 +611,12 @@ class _Loop:
             row["train_loss"] = values[0]
         for n, v in zip(names, values):
             row[f"loss_{n}"] = v
+        if msums:  # what objectives measure without it being a loss (e.g. the share of pseudo-labels used)
+            mvec = torch.tensor([msums[n] / max(self.steps_per_epoch, 1) for n in msums], device=device,
+                                dtype=torch.float64)
+            if self.world > 1:
+                mvec = fabric.all_reduce(mvec, reduce_op="mean")
+            row.update({f"metric_{n}": float(v) for n, v in zip(msums, mvec.tolist())})
         scores = self._evaluate(epoch)
         row.update(scores)
         row.update(lr=float(self.optimizer.param_groups[0]["lr"]), trainable_groups=int(sum(getattr(self, "_flags", []) or [])),
@@ -610,20 +633,53 @@ class _Loop:
             run_bar.set_description(f"{s.label} epoch {epoch + 1}/{s.epochs}{shown}")
         return row
 
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor from every process, concatenated along the first dimension (itself with one process)."""
+        if self.world == 1:
+            return t
+        return self.fabric.all_gather(t).reshape(-1, *t.shape[1:])
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        if self.ema is None:
+            return
+        self.ema_updates += 1
+        t = self.ema_updates
+        d = min(float(self.s.ema_decay), (1 + t) / (10 + t))
+        for k, v in self.raw.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.ema[k].copy_(v)
+
+    @contextlib.contextmanager
+    def _averaged(self):
+        """The model holds the averaged weights inside the block (nothing changes without an EMA)."""
+        if self.ema is None:
+            yield
+            return
+        current = {k: v.detach().clone() for k, v in self.raw.state_dict().items()}
+        self.raw.load_state_dict(self.ema)
+        try:
+            yield
+        finally:
+            self.raw.load_state_dict(current)
+
     def _evaluate(self, epoch: int) -> dict[str, Any]:
         ev = self.plan.evaluator
         if ev is None:
             return {}
         self.container.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._averaged():
             return dict(ev.evaluate(lambda name: self._predict(ev.streams[name], ev.features), epoch))
 
     def _update_best(self, epoch: int, scores: dict[str, Any]) -> bool:
         ev = self.plan.evaluator
         better = ev is None or ev.is_better(scores, self.best["scores"])
         if better:
-            self.best = {"epoch": epoch, "scores": dict(scores),
-                         "state": {"model": _cpu_state(self.raw), "objective": _cpu_state(self.objective)}}
+            with self._averaged():
+                self.best = {"epoch": epoch, "scores": dict(scores),
+                             "state": {"model": _cpu_state(self.raw), "objective": _cpu_state(self.objective)}}
         return bool(better)
 
     @torch.no_grad()
@@ -730,6 +786,8 @@ class _Loop:
                 "model": self.raw.state_dict(), "objective": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "best": self.best, "history": self.history, "rng": _get_rng(self.fabric.device),
+                "ema": None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.items()},
+                "ema_updates": self.ema_updates,
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             buf = io.BytesIO()

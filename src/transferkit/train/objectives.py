@@ -50,12 +50,19 @@ class Step:
         batches: stream name -> :class:`~transferkit.train.streams.Batch` (this process's share).
         epoch: 0-based epoch; step: 0-based global step; progress: fraction of all steps done, in [0, 1).
         world: number of processes.
+        gather: ``gather(t)`` concatenates a tensor over every process (the identity with one): for state that
+            must see the global batch (FlexMatch's per-sample learning status, FreeMatch's running means).
+        metrics: what an objective measures without it being a loss (``{"mask_rate": 0.4}``); the loop logs the
+            epoch mean as ``metric_<name>``.
     """
 
     def __init__(self, model: Callable[..., Any], batches: dict[str, Batch], epoch: int, step: int, progress: float,
-                 world: int = 1, net: nn.Module | None = None):
+                 world: int = 1, net: nn.Module | None = None,
+                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model, self.batches = model, batches
         self.net = net if net is not None else model
+        self.gather = gather if gather is not None else (lambda t: t)
+        self.metrics: dict[str, float] = {}
         self.epoch, self.step, self.progress, self.world = epoch, step, float(progress), world
         self._cache: dict[tuple[tuple[str, ...], str], tuple[Outputs, ...]] = {}
 

@@ -21,8 +21,6 @@ step, so a small stream cycles and a large one is sampled without repetition.
 
 from __future__ import annotations
 
-import contextlib
-import random
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -30,30 +28,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .._random import derive_seed, seeded_rng
 from ..errors import DataError
 
-__all__ = ["Stream", "TensorStream", "ItemStream", "Batch", "derive_seed", "seeded_rng", "epoch_batches",
+__all__ = ["Stream", "TensorStream", "DrawStream", "ItemStream", "Batch", "derive_seed", "seeded_rng", "epoch_batches",
            "cycle_batches", "eval_shard", "stream_key", "stack"]
-
-
-def derive_seed(*parts: int) -> int:
-    """A 32-bit seed from integers (``SeedSequence`` mixing: nearby inputs give unrelated seeds)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int):
-    """Seed Python's, NumPy's and torch's CPU generators for a block, then restore them."""
-    py, npst, tst = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.default_generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npst)
-        torch.set_rng_state(tst)
 
 
 def stream_key(name: str) -> int:
@@ -232,6 +211,53 @@ class TensorStream(Stream):
             pos = mine[s:s + batch_size]
             real = np.where(pos < len(self), pos, pos % max(len(self), 1))
             yield self.rows(real), np.where(pos < len(self), pos, -1)
+
+
+class DrawStream(TensorStream):
+    """Cached features of several random draws of each view (e.g. K weak and K strong augmentations of every image,
+    extracted once into the feature cache): each batch takes, for every item and view, one of its draws at random
+    (torch's global generator, which the loop seeds per epoch). Semi-supervised consistency at the cost of a probe.
+
+    Args:
+        name: the stream's name.
+        banks: view name -> ``(K, N, D)`` features of K draws (``eval`` may be ``(N, D)``: one deterministic view).
+        y: ``(N,)`` integer labels, or None.
+        batch_size: global batch size.
+    """
+
+    def __init__(self, name: str, banks: dict[str, Any], y: Any = None, *, batch_size: int = 32):
+        base = banks.get("eval")
+        if base is None:
+            raise DataError(f"stream {name!r} needs an 'eval' bank (the un-augmented features)")
+        super().__init__(name, base, y, batch_size=batch_size)
+        self.banks = {}
+        for v, b in banks.items():
+            t = torch.as_tensor(np.asarray(b, dtype=np.float32))
+            if t.ndim == 2:
+                t = t[None]
+            if t.shape[1:] != self.x.shape:
+                raise DataError(f"stream {name!r}: view {v!r} holds features of shape {tuple(t.shape[1:])}, the "
+                                f"eval view {tuple(self.x.shape)}")
+            self.banks[v] = t
+        self.view_fns = {v: None for v in self.banks}
+        self.views = tuple(self.banks)
+
+    def setup(self, fabric: Any, num_workers: int) -> None:
+        super().setup(fabric, num_workers)
+        self.banks = {v: b.to(self.device) for v, b in self.banks.items()}
+
+    def loader(self, batches: list[np.ndarray], views: Sequence[str], epoch: int, seed: int, rank: int,
+               world: int) -> Iterator[Batch]:
+        for b in batches:
+            idx = torch.as_tensor(_share(b, rank, world), device=self.device)
+            xs = {}
+            for v in views:
+                bank = self.banks[v]
+                draw = torch.randint(bank.shape[0], (len(idx),), device=self.device) if bank.shape[0] > 1 else \
+                    torch.zeros(len(idx), dtype=torch.long, device=self.device)
+                xs[v] = bank[draw, idx]
+            y = None if self._yt is None else self._yt[idx.to(self._yt.device)]
+            yield Batch(xs, y, idx.cpu(), len(b))
 
 
 class _Items(torch.utils.data.Dataset):

@@ -1,0 +1,44 @@
+"""The semi-supervised methods by name: each is the consistency objective with one masking rule
+(:mod:`.masks`), registered in :data:`SEMI_METHODS` with its paper and defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Registry
+from .masks import FixedThreshold, FlexThreshold, Mask, SelfAdaptiveThreshold
+from .objective import PseudoLabelConsistency
+
+__all__ = ["SEMI_METHODS", "create_semi_objective"]
+
+#: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name)
+SEMI_METHODS: Registry[PseudoLabelConsistency] = Registry("semi-supervised method")
+
+
+@SEMI_METHODS.register("fixmatch", needs_unlabelled=True, mask="fixed",
+                       paper="Sohn et al., FixMatch, NeurIPS 2020")
+def fixmatch(tau: float = 0.95, lambda_u: float = 1.0) -> PseudoLabelConsistency:
+    """FixMatch: pseudo-labels from the weak view above a fixed confidence ``tau``, cross-entropy on the strong."""
+    return PseudoLabelConsistency(FixedThreshold(tau), lambda_u)
+
+
+@SEMI_METHODS.register("flexmatch", needs_unlabelled=True, mask="flex",
+                       paper="Zhang et al., FlexMatch, NeurIPS 2021")
+def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True) -> PseudoLabelConsistency:
+    """FlexMatch: FixMatch with per-class curriculum thresholds from each class's learning effect."""
+    return PseudoLabelConsistency(FlexThreshold(tau, warmup), lambda_u)
+
+
+@SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",
+                       paper="Wang et al., FreeMatch, ICLR 2023")
+def freematch(momentum: float = 0.999, lambda_u: float = 1.0, fairness: float = 0.01) -> PseudoLabelConsistency:
+    """FreeMatch: self-adaptive global and per-class thresholds and the self-adaptive fairness term."""
+    return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum), lambda_u, fairness)
+
+
+def create_semi_objective(name: str, n_unlabelled: int, n_classes: int, **params: Any) -> PseudoLabelConsistency:
+    """A semi-supervised method's objective by name, its mask sized for the unlabelled pool and the classes."""
+    objective = SEMI_METHODS.create(name, **params)
+    mask: Mask = objective.mask
+    mask.setup(n_unlabelled, n_classes)
+    return objective

@@ -1,0 +1,182 @@
+"""Which unlabelled predictions become training targets: the masking rules of the FixMatch family.
+
+A mask sees the class probabilities of the weak view of an unlabelled batch (and the items' positions in the
+unlabelled pool) and returns one weight per item, 0 or 1; its running state (FlexMatch's per-item learning status,
+FreeMatch's running means) is a set of buffers, so it is checkpointed and resumed with the model. Under DDP the state
+is updated from the whole global batch (``gather``), so every process keeps the same one.
+
+References:
+    Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence", NeurIPS 2020.
+    Zhang et al., "FlexMatch: Boosting Semi-Supervised Learning with Curriculum Pseudo Labeling", NeurIPS 2021.
+    Wang et al., "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning", ICLR 2023.
+    Wang et al., "USB: A Unified Semi-supervised Learning Benchmark", NeurIPS 2022 (the masking-hook design).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import TransferkitError
+from ..registry import Registry
+
+__all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold"]
+
+#: masking rules by name
+MASKS: Registry["Mask"] = Registry("pseudo-label mask")
+
+
+class Mask(nn.Module):
+    """Base class. ``setup`` sizes the state; ``forward`` updates it from a batch and returns the batch's mask;
+    ``select`` applies the current rule without updating anything (for logging on validation data)."""
+
+    name = "mask"
+
+    def setup(self, n_unlabelled: int, n_classes: int) -> None:
+        """Size the state for a pool of ``n_unlabelled`` items and ``n_classes`` classes."""
+
+    def thresholds(self) -> torch.Tensor:
+        """The current confidence threshold of each class."""
+        raise NotImplementedError
+
+    def select(self, probs: torch.Tensor) -> torch.Tensor:
+        """1 where the most probable class clears its current threshold."""
+        conf, cls = probs.max(1)
+        return (conf >= self.thresholds().to(probs.device)[cls]).float()
+
+    def forward(self, probs: torch.Tensor, index: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:  # noqa: D102
+        return self.select(probs)
+
+    def config(self) -> dict[str, Any]:
+        """Name and parameters (part of a run's identity)."""
+        return {"name": self.name}
+
+
+def _check_tau(tau: float) -> float:
+    if not 0 < float(tau) <= 1:
+        raise TransferkitError(f"the confidence threshold must be in (0, 1], got tau={tau!r}")
+    return float(tau)
+
+
+@MASKS.register("fixed")
+class FixedThreshold(Mask):
+    """FixMatch: a pseudo-label counts when its probability is at least ``tau`` (0.95 in the paper), for every
+    class and every step."""
+
+    name = "fixed"
+
+    def __init__(self, tau: float = 0.95):
+        super().__init__()
+        self.tau = _check_tau(tau)
+        self.register_buffer("_thresholds", torch.zeros(0))
+
+    def setup(self, n_unlabelled: int, n_classes: int) -> None:
+        self._thresholds = torch.full((n_classes,), self.tau)
+
+    def thresholds(self) -> torch.Tensor:
+        return self._thresholds
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "tau": self.tau}
+
+
+@MASKS.register("flex")
+class FlexThreshold(Mask):
+    """FlexMatch's curriculum pseudo-labelling: per-class thresholds ``tau * M(beta_c)`` with the convex mapping
+    ``M(x) = x / (2 - x)``, where the learning effect ``beta_c`` is the number of unlabelled items whose latest
+    confident (``>= tau``) prediction is class ``c``, divided by the largest such count, or, while most items have
+    never been predicted confidently (the threshold warm-up), by the number of those items. A class the model learns
+    slowly gets a low threshold, so its pseudo-labels are used early.
+
+    Args:
+        tau: the upper threshold (0.95).
+        warmup: the threshold warm-up of the paper (the unused items count in the denominator).
+    """
+
+    name = "flex"
+
+    def __init__(self, tau: float = 0.95, warmup: bool = True):
+        super().__init__()
+        self.tau, self.warmup = _check_tau(tau), bool(warmup)
+        self.register_buffer("status", torch.zeros(0, dtype=torch.long))  # latest confident class, -1: none yet
+        self.register_buffer("beta", torch.zeros(0))
+
+    def setup(self, n_unlabelled: int, n_classes: int) -> None:
+        self.status = torch.full((n_unlabelled,), -1, dtype=torch.long)
+        self.beta = torch.zeros(n_classes)
+
+    def thresholds(self) -> torch.Tensor:
+        b = self.beta
+        return self.tau * b / (2.0 - b)
+
+    def _learning_effect(self) -> None:
+        c = len(self.beta)
+        counts = torch.bincount(self.status + 1, minlength=c + 1).to(self.beta.dtype)  # [unused, class 0, ...]
+        if counts[0] == len(self.status):  # nothing learnt yet: keep beta at 0
+            return
+        denom = torch.max(counts) if self.warmup else torch.max(counts[1:])
+        self.beta = counts[1:] / torch.clamp(denom, min=1.0)
+
+    def forward(self, probs: torch.Tensor, index: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+        mask = self.select(probs)  # with the status before this batch, as the reference implementation
+        conf, cls = probs.max(1)
+        picked = gather(torch.where(conf >= self.tau, cls, torch.full_like(cls, -2)))
+        where = gather(index.to(cls.device))
+        keep = picked >= 0
+        if keep.any():
+            self.status[where[keep].to(self.status.device)] = picked[keep].to(self.status.device)
+        self._learning_effect()
+        return mask
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "tau": self.tau, "warmup": self.warmup}
+
+
+@MASKS.register("self-adaptive")
+class SelfAdaptiveThreshold(Mask):
+    """FreeMatch's self-adaptive thresholds: a global one, the running mean of the maximum probability over
+    unlabelled batches (``tau_t = m tau_{t-1} + (1 - m) mean(max p)``), scaled per class by the running mean class
+    probability normalised by its maximum (``tau_t(c) = tau_t * p_t(c) / max p_t``); both start at ``1 / C`` and move
+    with momentum ``m`` (0.999). Early on, the threshold is low and many pseudo-labels train; it rises as the model
+    grows confident. The running histogram of predicted classes is kept for the fairness term.
+
+    Args:
+        momentum: ``m``.
+    """
+
+    name = "self-adaptive"
+
+    def __init__(self, momentum: float = 0.999):
+        super().__init__()
+        if not 0 <= float(momentum) < 1:
+            raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.register_buffer("global_threshold", torch.zeros(()))
+        self.register_buffer("class_prob", torch.zeros(0))
+        self.register_buffer("label_hist", torch.zeros(0))
+
+    def setup(self, n_unlabelled: int, n_classes: int) -> None:
+        self.global_threshold = torch.tensor(1.0 / n_classes)
+        self.class_prob = torch.full((n_classes,), 1.0 / n_classes)
+        self.label_hist = torch.full((n_classes,), 1.0 / n_classes)
+
+    def thresholds(self) -> torch.Tensor:
+        return self.global_threshold * self.class_prob / self.class_prob.max()
+
+    def forward(self, probs: torch.Tensor, index: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+        p = gather(probs)
+        m = self.momentum
+        conf, cls = p.max(1)
+        self.global_threshold = self.global_threshold * m + (1 - m) * conf.mean()
+        self.class_prob = self.class_prob * m + (1 - m) * p.mean(0)
+        hist = torch.bincount(cls, minlength=len(self.class_prob)).to(p.dtype)
+        self.label_hist = self.label_hist * m + (1 - m) * hist / hist.sum()
+        return self.select(probs)  # after the update, as the reference implementation
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "momentum": self.momentum}

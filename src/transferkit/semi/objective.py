@@ -1,0 +1,84 @@
+"""The consistency objective of the FixMatch family: pseudo-labels from the weak view of unlabelled inputs, a
+cross-entropy on their strong view where the mask lets them through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..train.objectives import Objective, Step
+from .masks import Mask, SelfAdaptiveThreshold
+
+__all__ = ["PseudoLabelConsistency", "fairness_term"]
+
+
+def fairness_term(mask: torch.Tensor, logits_s: torch.Tensor, class_prob: torch.Tensor,
+                  label_hist: torch.Tensor) -> torch.Tensor:
+    """FreeMatch's self-adaptive fairness term: the running class probability and the mean strong-view probability
+    of the masked items, each divided by its label histogram and renormalised; the term is ``sum p log q`` (its
+    weight ``lambda_f`` is small, 0.01 in the reference code), which keeps the pseudo-labels from collapsing onto a
+    few classes.
+
+    Shape:
+        mask ``(B,)``, logits_s ``(B, C)``, class_prob and label_hist ``(C,)`` -> scalar.
+
+    References:
+        Wang et al., "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning", ICLR 2023, eq. 10.
+    """
+    keep = mask.bool()
+    if not keep.any():
+        return logits_s.new_zeros(())
+    p_s = logits_s[keep].float().softmax(1)
+    hist_s = torch.bincount(p_s.argmax(1), minlength=p_s.shape[1]).to(p_s.dtype)
+    hist_s = hist_s / hist_s.sum()
+    safe = lambda t: torch.where(t > 0, 1.0 / t.clamp(min=1e-12), torch.zeros_like(t))  # noqa: E731
+    target = class_prob.to(p_s.dtype) * safe(label_hist.to(p_s.dtype)).detach()
+    target = target / target.sum()
+    mean_s = p_s.mean(0) * safe(hist_s).detach()
+    mean_s = mean_s / mean_s.sum()
+    return (target * torch.log(mean_s + 1e-12)).sum()
+
+
+class PseudoLabelConsistency(Objective):
+    """``lambda_u * mean_b(mask_b * CE(strong logits_b, argmax weak probs_b))`` over the unlabelled stream.
+
+    The weak view's probabilities are the targets (no gradient); the mask decides which count (:mod:`.masks`):
+    FixMatch's fixed threshold, FlexMatch's curriculum, FreeMatch's self-adaptive one (which adds its fairness term
+    with weight ``fairness``). The share of the batch that passed the mask is logged as ``metric_mask_rate``.
+
+    Args:
+        mask: the masking rule (set up for the pool size and classes by the plan).
+        lambda_u: weight of the unlabelled term (1 in the papers).
+        fairness: weight of FreeMatch's fairness term (used with the self-adaptive mask; 0.01 in the reference).
+        stream: the unlabelled stream's name.
+
+    References:
+        Sohn et al., FixMatch, NeurIPS 2020 (eq. 2-4); Zhang et al., FlexMatch, NeurIPS 2021; Wang et al., FreeMatch,
+        ICLR 2023.
+    """
+
+    name = "unlabelled"
+
+    def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled"):
+        super().__init__()
+        self.mask, self.lambda_u, self.fairness, self.stream = mask, float(lambda_u), float(fairness), stream
+        self.streams = (stream,)
+        self.views = {stream: ("weak", "strong")}
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        weak = step.outputs(self.stream, view="weak")[0].logits
+        strong = step.outputs(self.stream, view="strong")[0].logits
+        probs = weak.detach().float().softmax(1)
+        mask = self.mask(probs, step.batches[self.stream].index, step.gather)
+        target = probs.argmax(1)
+        loss = (F.cross_entropy(strong.float(), target, reduction="none") * mask).mean()
+        step.metrics["mask_rate"] = float(mask.mean())
+        out = {self.name: self.lambda_u * loss}
+        if self.fairness and isinstance(self.mask, SelfAdaptiveThreshold):
+            out["fairness"] = self.fairness * fairness_term(mask, strong, self.mask.class_prob, self.mask.label_hist)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness}
