@@ -168,7 +168,7 @@ def bad_cases(image_folder, tmp_path):
     ("one", ["--out", "{blocker}/run"], ["cannot write the run directory", "--out"]),
     ("notes", ["--on-bad-input", "ignore"], ["--on-bad-input must be one of error, skip"]),
     ("notes", ["--labels-per-class", "50", "--on-bad-input", "skip"], ["too few for --labels-per-class 50"]),
-    ("notes", ["--epochs", "3"], ["fine-tuning options", "--strategy finetune"]),
+    ("notes", ["--epochs", "3"], ["options of other strategies", "--strategy finetune"]),
     ("notes", ["--strategy", "finetuen"], ["unknown strategy 'finetuen'", "finetune"]),
     ("notes", ["--strategy", "finetune", "--resume"], ["--resume needs --out"]),
 ])

@@ -78,7 +78,8 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "epochs": "--epochs", "lr": "--lr", "freeze": "--freeze", "freeze_until": "--freeze-until",
          "output": "--output", "max_test": "--max-test", "strategies": "--strategies", "steps": "--steps",
          "trade_off": "--trade-off", "selection": "--selection", "max_samples": "--max-samples",
-         "scores": "--scores", "encoding": "--encoding", "accelerator": "--device"}
+         "scores": "--scores", "encoding": "--encoding", "accelerator": "--device", "unlabelled": "--unlabelled",
+         "semi_level": "--semi-level", "tau": "--tau"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -119,7 +120,7 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "image_size": (int, 8, None), "devices": (int, 1, None), "steps": (int, 1, None), "seeds": (int, 1, None),
            "max_samples": (int, 1, None), "target_labels": (int, 1, None), "max_test": (int, 1, None),
            "freeze": (int, 0, None), "lr": (float, 0.0, None), "trade_off": (float, 0.0, None),
-           "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0)}
+           "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "tau": (float, 0.0, 1.0)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -147,8 +148,11 @@ def check_options(**values: object) -> None:
         elif name in ("lr",):
             ok, allowed = value > low, "a number > 0"
         elif high is not None:
-            ok = low <= value < high if name == "val_fraction" else low < value < high
-            allowed = f"in [{low:g}, {high:g})" if name == "val_fraction" else f"in ({low:g}, {high:g})"
+            if name == "tau":
+                ok, allowed = low < value <= high, f"in ({low:g}, {high:g}]"
+            else:
+                ok = low <= value < high if name == "val_fraction" else low < value < high
+                allowed = f"in [{low:g}, {high:g})" if name == "val_fraction" else f"in ({low:g}, {high:g})"
         else:
             ok, allowed = value >= low, f"a number >= {low:g}"
         if not ok:
@@ -179,7 +183,11 @@ def fit(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (the advisor picks from data size and similarity), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init)."),
+    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (race the probe and fine-tuning strategies on validation), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init); semi-supervised with --unlabelled: fixmatch, flexmatch, freematch."),
+    unlabelled: Optional[str] = typer.Option(None, "--unlabelled", "-u", help="Semi-supervised strategies: 'rest' (with -n, every item neither labelled nor in the test share) or a folder / table of inputs without labels."),
+    semi_level: str = typer.Option("features", "--semi-level", help="Semi-supervised strategies: features (frozen backbone, cached augmented views, a head: seconds after one extraction) or end-to-end (the backbone trains too; fine-tuning options apply)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Semi-supervised at features level: optimisation steps of the head (default: 2000)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="fixmatch / flexmatch: confidence threshold of a pseudo-label (default: 0.95)."),
     freeze: Optional[int] = typer.Option(None, "--freeze", help="partial: freeze the first K layer groups (timm's own grouping)."),
     freeze_until: Optional[str] = typer.Option(None, "--freeze-until", help="partial: freeze every group up to and including this one (e.g. blocks.3)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping on validation)."),
@@ -203,26 +211,44 @@ def fit(
 
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
-                  train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze)
+                  train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze,
+                  steps=steps, tau=tau)
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
-    params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until)) if v is not None}
+    params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau)) if v is not None}
     cfg = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", train_batch_size),
                              ("image_size", image_size), ("devices", devices), ("precision", precision)) if v is not None}
     regs = {k: v for k, v in (("l2sp", {"alpha": l2sp} if l2sp is not None else None),
                               ("bss", {"eta": bss} if bss is not None else None)) if v is not None}
-    if strategy == "probe" and (params or regs or resume or devices != 1 or epochs or lr or image_size):
+    from .semi import SEMI_METHODS
+
+    semi = strategy in SEMI_METHODS.names()
+    tuning = params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size
+    if strategy == "probe" and (params or tuning or resume):
         from .errors import TransferkitError
 
-        raise TransferkitError("--freeze, --epochs, --lr, --image-size, --devices, --l2sp, --bss and --resume are "
-                               "fine-tuning options; add --strategy finetune (or partial, gradual, scratch)")
+        raise TransferkitError("--freeze, --epochs, --lr, --image-size, --devices, --l2sp, --bss, --tau and --resume "
+                               "are options of other strategies; add --strategy finetune (or partial, gradual, "
+                               "scratch, fixmatch, ...)")
+    if semi and semi_level == "features" and tuning:
+        from .errors import TransferkitError
+
+        raise TransferkitError("--freeze, --epochs, --lr, --image-size, --devices, --l2sp and --bss train the "
+                               "backbone: add --semi-level end-to-end, or leave them out (the features level trains "
+                               "a head; set its length with --steps)")
+    if not semi and (unlabelled is not None or steps is not None or tau is not None):
+        from .errors import TransferkitError
+
+        raise TransferkitError("--unlabelled, --steps and --tau are options of the semi-supervised strategies; add "
+                               f"--strategy {' or '.join(SEMI_METHODS.names())}")
     if resume and out_dir is None:
         from .errors import TransferkitError
 
         raise TransferkitError("--resume needs --out: the run directory of the interrupted run")
     res = fit_run(data, backbone=backbone, head=head, labels_per_class=lpc, seed=seed, out=out_dir, encoding=encoding,
                   strategy=strategy, strategy_params=params or None, train_config=cfg or None,
-                  regularizers=regs or None, resume=resume,
+                  regularizers=regs or None, resume=resume, unlabelled=unlabelled, semi_level=semi_level,
+                  semi_config={"steps": steps} if steps is not None else None,
                   cache_dir=cache_dir, baseline=baseline, report=report, on_bad_input=on_bad_input,
                   val_fraction=val_fraction, test_fraction=test_fraction, input_column=input_column,
                   label_column=label_column, batch_size=batch_size, num_workers=workers, device=device,

@@ -149,7 +149,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
             log: Callable[[str], None] | None = None, strategy: str = "probe",
             strategy_params: dict[str, Any] | None = None, train_config: Any = None,
             regularizers: dict[str, dict[str, Any]] | None = None, resume: bool = False,
-            encoding: str | None = None) -> FitResult:
+            encoding: str | None = None, unlabelled: Any = None, semi_level: str = "features",
+            semi_config: Any = None) -> FitResult:
     """Extract (or read cached) features, train a shallow head, compare with a from-scratch baseline, write a run.
 
     Args:
@@ -168,14 +169,21 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         report: write ``report.html``.
         on_bad_input: ``"error"`` or ``"skip"`` for unreadable inputs.
         log: called with one-line progress messages.
-        strategy: ``probe`` (frozen backbone, cached features, shallow head), ``auto`` (the advisor picks) or a
-            fine-tuning strategy of the engine (``finetune``, ``partial``, ``gradual``, ``scratch``); a fine-tuned
-            run still reports the probe beside it.
-        strategy_params: e.g. ``{"freeze": 3}`` for ``partial``.
+        strategy: ``probe`` (frozen backbone, cached features, shallow head), ``auto`` (the advisor picks), a
+            fine-tuning strategy of the engine (``finetune``, ``partial``, ``gradual``, ``scratch``) or a
+            semi-supervised method (``fixmatch``, ``flexmatch``, ``freematch``: needs ``unlabelled``); such a run
+            still reports the probe beside it (and self-training and label spreading for a semi-supervised one).
+        strategy_params: e.g. ``{"freeze": 3}`` for ``partial``, ``{"tau": 0.9}`` for ``fixmatch``.
         train_config: a :class:`~transferkit.train.engine.TrainConfig` or a dict of its fields (fine-tuning).
         regularizers: fine-tuning loss terms by name, e.g. ``{"l2sp": {"alpha": 0.01}, "bss": {"eta": 0.001}}``.
         resume: continue a fine-tuning run killed in ``out`` from its last checkpoint.
         encoding: a table's text encoding (detected when None).
+        unlabelled: inputs without labels for a semi-supervised strategy: ``"rest"`` (with ``labels_per_class``,
+            every item neither labelled nor in the test share ``test_fraction`` of its class), or a folder / table
+            / DataSource of other inputs.
+        semi_level: ``features`` (frozen backbone, cached augmented views, a head: seconds after one extraction)
+            or ``end-to-end`` (the backbone trains too, with ``train_config``).
+        semi_config: a :class:`~transferkit.semi.fit.SemiConfig` or a dict of its fields (``features`` level).
 
     Returns:
         A :class:`FitResult`.
@@ -191,7 +199,10 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     check_choice(on_bad_input, ON_BAD_INPUT, "on_bad_input")
     HEADS.get(head)  # unknown heads fail before any work
     engine = None
-    if strategy != "probe":  # the engine's settings are checked now, also for auto (whose race may fine-tune)
+    semi = _check_semi(strategy, strategy_params, unlabelled, semi_level, semi_config, labels_per_class, data)
+    if semi is not None:
+        engine = engine_settings(train_config, regularizers, seed) if semi_level == "end-to-end" else None
+    elif strategy != "probe":  # the engine's settings are checked now, also for auto (whose race may fine-tune)
         from .train.strategies import create_strategy
 
         if strategy != "auto":
@@ -210,7 +221,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
                               resume=resume)
     store = FeatureStore(cache_dir)
     fs = build_featureset(data, bb, store=store, labels_per_class=labels_per_class, val_fraction=val_fraction,
-                          test_fraction=test_fraction, seed=seed, on_bad_input=on_bad_input, batch_size=batch_size,
+                          test_fraction=test_fraction, seed=seed,
+                          unlabelled_fraction="rest" if unlabelled == "rest" else 0.0, on_bad_input=on_bad_input, batch_size=batch_size,
                           num_workers=num_workers, device=device, input_column=input_column,
                           label_column=label_column, encoding=encoding, progress=progress, log=say)
     timings["features"] = time.perf_counter() - t
@@ -237,7 +249,30 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     transfer_name = f"{bb.name} + {head} head"
     comparison = [{"name": transfer_name, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                    "seconds": timings["features"] + timings["head"], "kind": "transfer"}]
-    ft = None
+    ft = outcome = None
+    if semi is not None:
+        from .semi.run import baseline_rows, semi_fit
+
+        t = time.perf_counter()
+        outcome = semi_fit(fs, bb, store, strategy, level=semi_level,
+                           unlabelled=None if unlabelled == "rest" else unlabelled, config=semi,
+                           train_config=None if engine is None else engine["config"], method_params=strategy_params,
+                           run_dir=run_dir, resume=resume, progress=progress, log=say, num_workers=num_workers,
+                           batch_size=batch_size, input_column=input_column, encoding=encoding)
+        timings["semi"] = time.perf_counter() - t
+        ft = outcome.finetuned
+        proba, y_pred = outcome.proba, np.asarray(outcome.y_pred)
+        probe_row = comparison[0] | {"name": transfer_name + " (probe on the labels alone)", "kind": "reference"}
+        metrics = classification_metrics(y[splits.test], y_pred, classes)
+        transfer_name = f"{bb.name} {strategy} ({semi_level}, {outcome.summary['n_unlabelled']} unlabelled)"
+        comparison = [{"name": transfer_name, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                       "seconds": timings["semi"], "kind": "transfer"}, probe_row]
+        if len(splits.unlabelled) or outcome.other_features is not None:
+            for name, pred, secs in baseline_rows(fs, outcome.other_features):
+                m = classification_metrics(y[splits.test], pred, classes)
+                comparison.append({"name": f"{bb.name} features + {name}", "accuracy": m["accuracy"],
+                                   "macro_f1": m["macro_f1"], "seconds": secs, "kind": "reference"})
+        engine = None
     if engine is not None:
         from .train.engine import finetune
 
@@ -280,15 +315,22 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         "seed": seed, "splits": splits.sizes(), "on_bad_input": on_bad_input, "cache": str(store.root),
         "strategy": strategy, "strategy_params": strategy_params,
         "advice": None if advice is None else advice.to_dict(),
+        "semi": None if outcome is None else {**outcome.summary, "history": outcome.history},
+        "unlabelled": None if unlabelled is None else str(unlabelled if isinstance(unlabelled, (str, Path))
+                                                          else getattr(unlabelled, "origin", None) or "given"),
         "finetune": None if ft is None else ft.config,
         "features_view": str(fs.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(run_dir / "config.json", config)
-    _save_fit_model(run_dir, model, bb, ft, classes, strategy)
+    if outcome is not None and outcome.head is not None:
+        save_model(run_dir, outcome.head, bb, classes, kind="probe",
+                   extra={"strategy": strategy, "semi_level": semi_level, "best_epoch": outcome.summary["best_epoch"]})
+    else:
+        _save_fit_model(run_dir, model, bb, ft, classes, strategy)
     pred_df = pd.DataFrame({"index": fs.positions[splits.test], "input": [source.describe(int(i)) for i in splits.test],
                             "label": [classes[i] for i in y[splits.test]],
                             "prediction": [classes[i] for i in y_pred], "correct": y_pred == y[splits.test]})
-    for j, c in enumerate(model.classes_ if ft is None else range(len(classes))):
+    for j, c in enumerate(model.classes_ if ft is None and outcome is None else range(len(classes))):
         pred_df[f"p_{classes[c]}"] = proba[:, j]
     write_csv(run_dir / "predictions.csv", pred_df)
     if fs.skipped:
@@ -303,8 +345,75 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
         timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     write_json(run_dir / "metrics.json", metrics_doc)
-    return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, fs.extracted,
-                     splits.sizes(), fs.skipped, None if advice is None else advice.to_dict())
+    sizes = splits.sizes() | ({"unlabelled": int(outcome.summary["n_unlabelled"])} if outcome is not None else {})
+    return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, fs.extracted, sizes, fs.skipped, None if advice is None else advice.to_dict())
+
+
+def _semi_section(semi: dict[str, Any], classes: list[str]) -> dict[str, str]:
+    """The report's semi-supervised section: pseudo-labelling over the run (figure and table) and the final
+    per-class thresholds."""
+    import html as _html
+
+    from .report import plot_pseudo_labels
+    from .report.html import figure_html
+
+    hist = semi.get("history") or []
+    every = (semi.get("config") or {}).get("eval_every")
+    unit = f"evaluation ({every} steps)" if every else "epoch"
+    parts = [f"<p>{_html.escape(semi['method'])} ({_html.escape(semi['level'])}) on {semi['n_labelled']} labelled "
+             f"and {semi['n_unlabelled']} unlabelled inputs, {semi['seconds']:.1f} s; {_html.escape(str(semi.get('paper') or ''))}. "
+             "Pseudo-label accuracy is measured on the validation items, whose labels the training never reads; "
+             "the test labels are not used.</p>"]
+    if hist:
+        parts.append(figure_html(plot_pseudo_labels(hist, f"pseudo-labels: {semi['method']}", unit),
+                                 "pseudo-label statistics over the run"))
+        cols = [("epoch", unit), ("metric_mask_rate", "unlabelled used"), ("val_mask_rate", "val above threshold"),
+                ("val_pseudo_accuracy", "val pseudo-label acc"), ("val_accuracy", "val acc")]
+        cols = [c for c in cols if any(r.get(c[0]) is not None for r in hist)]
+        head = "".join(f"<th>{_html.escape(t)}</th>" for _, t in cols)
+        body = "".join("<tr>" + "".join(
+            f"<td>{r.get(k) if k == 'epoch' else ('' if r.get(k) is None else f'{100 * r[k]:.1f}%')}</td>"
+            for k, _ in cols) + "</tr>" for r in hist)
+        parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        last = hist[-1].get("thresholds")
+        if last and len(set(last)) > 1:
+            cells = "".join(f"<tr><td>{_html.escape(str(c))}</td><td>{t:.3f}</td></tr>" for c, t in zip(classes, last))
+            parts.append(f"<p>Per-class thresholds at the end:</p><table><tr><th>class</th><th>threshold</th></tr>"
+                         f"{cells}</table>")
+    return {"title": f"Semi-supervised: {semi['method']}", "html": "".join(parts)}
+
+
+def _check_semi(strategy: str, params: dict[str, Any] | None, unlabelled: Any, level: str, config: Any,
+                labels_per_class: Any, data: Any) -> Any:
+    """For a semi-supervised strategy, its checked :class:`~transferkit.semi.fit.SemiConfig` (before any work);
+    None for the others (which must not be given unlabelled inputs)."""
+    from .semi import SEMI_METHODS
+
+    if strategy not in SEMI_METHODS.names():
+        if unlabelled is not None:
+            raise TransferkitError(f"unlabelled inputs are used by the semi-supervised strategies "
+                                   f"({', '.join(SEMI_METHODS.names())}), not by strategy {strategy!r}; choose one")
+        return None
+    from .semi.fit import SemiConfig
+    from .semi.run import SEMI_LEVELS
+
+    check_choice(level, SEMI_LEVELS, "semi_level")
+    if unlabelled is None:
+        raise TransferkitError(f"strategy {strategy} learns from unlabelled inputs: give unlabelled='rest' (the "
+                               "data not labelled nor tested) or a folder or table of inputs without labels")
+    if unlabelled == "rest" and labels_per_class is None:
+        raise TransferkitError("unlabelled='rest' leaves part of each class unlabelled, so it needs a labels-per-"
+                               "class budget (e.g. 4); or give a folder or table of unlabelled inputs")
+    if isinstance(unlabelled, (str, Path)) and unlabelled != "rest" and not Path(unlabelled).expanduser().exists():
+        raise TransferkitError(f"unlabelled inputs {str(unlabelled)!r}: no such folder or file (or give 'rest')")
+    SEMI_METHODS.create(strategy, **(params or {}))  # bad parameters fail now
+    if isinstance(config, SemiConfig):
+        return config.validate()
+    unknown = sorted(set(config or {}) - set(SemiConfig.__dataclass_fields__))
+    if unknown:
+        raise TransferkitError(f"unknown semi-supervised setting(s) {', '.join(unknown)}; the settings are "
+                               f"{', '.join(SemiConfig.__dataclass_fields__)}")
+    return SemiConfig(**(config or {})).validate()
 
 
 def _data_name(data: Any, full: bool = False) -> str:
@@ -451,6 +560,8 @@ def _write_report(run_dir: Path, store: Any, fs: Any, backbone: str, head: str, 
 
         items = "".join(f"<li>{_html.escape(r)}</li>" for r in config["advice"]["reasons"])
         sections.append({"title": f"Why {config['advice']['strategy']}? (strategy auto)", "html": f"<ul>{items}</ul>"})
+    if config.get("semi"):
+        sections.append(_semi_section(config["semi"], classes))
     write_report(run_dir / "report.html", {"sections": sections,
         "title": f"transferkit fit: {config['dataset']} with {backbone}",
         "subtitle": f"run {run_dir.name}, {config['created']}",

@@ -40,7 +40,7 @@ class Splits:
 
 def make_splits(y: np.ndarray, *, labels_per_class: int | None = None, val_fraction: float = 0.2,
                 test_fraction: float = 0.2, seed: int = 0, classes: list[str] | None = None,
-                unlabelled_fraction: float = 0.0) -> Splits:
+                unlabelled_fraction: float | str = 0.0) -> Splits:
     """Split sample indices by class.
 
     With ``labels_per_class=N`` each class contributes exactly ``N`` labelled samples (``round(N *
@@ -56,7 +56,9 @@ def make_splits(y: np.ndarray, *, labels_per_class: int | None = None, val_fract
         seed: the split's seed.
         classes: class names, for messages.
         unlabelled_fraction: with ``labels_per_class``, the share of each class's remaining samples moved to the
-            unlabelled pool (their labels are not used for training); the rest stays the test split.
+            unlabelled pool (their labels are not used for training); the rest stays the test split. ``"rest"``:
+            every remaining sample except a test share of ``test_fraction`` of the class (at least one) goes to
+            the unlabelled pool: the semi-supervised scenario.
 
     Raises:
         DataError: a class is too small for the requested budget or fractions.
@@ -66,7 +68,10 @@ def make_splits(y: np.ndarray, *, labels_per_class: int | None = None, val_fract
         raise DataError(f"val_fraction must be in [0, 1) and test_fraction in (0, 1); got {val_fraction}, {test_fraction}")
     if labels_per_class is not None and labels_per_class < 1:
         raise DataError(f"labels_per_class must be at least 1, got {labels_per_class}")
-    if not 0 <= unlabelled_fraction < 1:
+    rest_mode = isinstance(unlabelled_fraction, str)
+    if rest_mode and unlabelled_fraction != "rest":
+        raise DataError(f"unlabelled_fraction must be a number in [0, 1) or 'rest', got {unlabelled_fraction!r}")
+    if not rest_mode and not 0 <= unlabelled_fraction < 1:
         raise DataError(f"unlabelled_fraction must be in [0, 1), got {unlabelled_fraction}")
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
@@ -84,7 +89,10 @@ def make_splits(y: np.ndarray, *, labels_per_class: int | None = None, val_fract
             val.append(idx[:n_val])
             train.append(idx[n_val:n])
             rest = idx[n:]
-            n_unl = min(int(round(len(rest) * unlabelled_fraction)), len(rest) - 1)
+            if rest_mode:
+                n_unl = max(len(rest) - max(1, int(round(len(idx) * test_fraction))), 0)
+            else:
+                n_unl = min(int(round(len(rest) * unlabelled_fraction)), len(rest) - 1)
             unl.append(rest[:n_unl])
             test.append(rest[n_unl:])
         else:

@@ -16,6 +16,7 @@ from transferkit.report.plots import (
     plot_confusion,
     plot_learning_curve,
     plot_projection,
+    plot_pseudo_labels,
     plot_scores_vs_accuracy,
     projection_2d,
 )
@@ -28,5 +29,6 @@ __all__ = [
     "plot_learning_curve",
     "plot_projection",
     "plot_comparison",
+    "plot_pseudo_labels",
     "plot_scores_vs_accuracy",
 ]

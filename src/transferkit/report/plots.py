@@ -39,6 +39,7 @@ __all__ = [
     "plot_learning_curve",
     "plot_projection",
     "plot_comparison",
+    "plot_pseudo_labels",
     "projection_2d",
     "missing_glyphs",
 ]
@@ -510,6 +511,62 @@ def plot_projection(
     # the axes of a t-SNE map carry no meaning: no ticks, no labels
     ax.set_xticks([])
     ax.set_yticks([])
+    return _to_png(fig)
+
+
+_PSEUDO_SERIES = {
+    "metric_mask_rate": ("share of the unlabelled batch used", "#1f77b4", "-"),
+    "val_mask_rate": ("validation: share above the thresholds", "#1f77b4", "--"),
+    "val_pseudo_accuracy": ("validation: accuracy of those pseudo-labels", "#d62728", "-"),
+    "val_accuracy": ("validation accuracy", "#2ca02c", "-"),
+}
+
+
+def plot_pseudo_labels(history: list[dict], title: str, x_label: str = "evaluation") -> bytes:
+    """Draws how pseudo-labelling went over a semi-supervised run: the share of the unlabelled batches that
+    passed the mask, and on the validation items (whose labels are known) the share above the thresholds, the
+    accuracy of those pseudo-labels and the validation accuracy; with per-class thresholds (FlexMatch, FreeMatch)
+    a second panel shows them.
+
+    Args:
+        history: the run's history rows (``epoch`` and any of the series above, ``thresholds``).
+        title: figure title.
+        x_label: what one ``epoch`` of the history is (e.g. "evaluation (100 steps)").
+
+    Raises:
+        DataError: an empty history.
+    """
+    if not history:
+        raise DataError("history is empty; nothing to plot.")
+    xs = [int(r.get("epoch", i + 1)) for i, r in enumerate(history)]
+    thresholds = [r.get("thresholds") for r in history]
+    per_class = all(isinstance(t, list) and t for t in thresholds) and any(
+        len(set(t)) > 1 or t != thresholds[0] for t in thresholds)
+    fig = _new_figure((6.0, 6.5) if per_class else _FIGSIZE)
+    ax = fig.add_subplot(2 if per_class else 1, 1, 1)
+    for key, (label, colour, style) in _PSEUDO_SERIES.items():
+        pts = [(x, _finite(r.get(key))) for x, r in zip(xs, history)]
+        pts = [(x, y) for x, y in pts if y is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour, marker="o", markersize=3,
+                    label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("share / accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if per_class:
+        ax2 = fig.add_subplot(2, 1, 2)
+        t = np.asarray(thresholds, dtype=float)
+        ax2.plot(xs, t, color="#7f7f7f", alpha=0.6, linewidth=1)
+        ax2.plot(xs, t.mean(1), color="black", linewidth=2, label="mean over classes")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_ylabel("per-class threshold")
+        ax2.set_xlabel(x_label)
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=7, loc="lower right")
+    else:
+        ax.set_xlabel(x_label)
     return _to_png(fig)
 
 

@@ -31,14 +31,17 @@ def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True) -> 
 
 @SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",
                        paper="Wang et al., FreeMatch, ICLR 2023")
-def freematch(momentum: float = 0.999, lambda_u: float = 1.0, fairness: float = 0.01) -> PseudoLabelConsistency:
-    """FreeMatch: self-adaptive global and per-class thresholds and the self-adaptive fairness term."""
+def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: float = 0.01) -> PseudoLabelConsistency:
+    """FreeMatch: self-adaptive global and per-class thresholds and the self-adaptive fairness term (the thresholds'
+    momentum scaled to the run's length unless given: :class:`~.masks.SelfAdaptiveThreshold`)."""
     return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum), lambda_u, fairness)
 
 
-def create_semi_objective(name: str, n_unlabelled: int, n_classes: int, **params: Any) -> PseudoLabelConsistency:
-    """A semi-supervised method's objective by name, its mask sized for the unlabelled pool and the classes."""
+def create_semi_objective(name: str, n_unlabelled: int, n_classes: int, steps: int | None = None,
+                          **params: Any) -> PseudoLabelConsistency:
+    """A semi-supervised method's objective by name, its mask sized for the unlabelled pool, the classes and a run
+    of ``steps`` optimisation steps."""
     objective = SEMI_METHODS.create(name, **params)
     mask: Mask = objective.mask
-    mask.setup(n_unlabelled, n_classes)
+    mask.setup(n_unlabelled, n_classes, steps)
     return objective

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import TransferkitError
 from ..registry import Registry
 
-__all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold"]
+__all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold", "scaled_momentum"]
 
 #: masking rules by name
 MASKS: Registry["Mask"] = Registry("pseudo-label mask")
@@ -34,8 +34,9 @@ class Mask(nn.Module):
 
     name = "mask"
 
-    def setup(self, n_unlabelled: int, n_classes: int) -> None:
-        """Size the state for a pool of ``n_unlabelled`` items and ``n_classes`` classes."""
+    def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
+        """Size the state for a pool of ``n_unlabelled`` items and ``n_classes`` classes, for a run of ``steps``
+        optimisation steps (None: unknown)."""
 
     def thresholds(self) -> torch.Tensor:
         """The current confidence threshold of each class."""
@@ -73,7 +74,7 @@ class FixedThreshold(Mask):
         self.tau = _check_tau(tau)
         self.register_buffer("_thresholds", torch.zeros(0))
 
-    def setup(self, n_unlabelled: int, n_classes: int) -> None:
+    def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
         self._thresholds = torch.full((n_classes,), self.tau)
 
     def thresholds(self) -> torch.Tensor:
@@ -104,7 +105,7 @@ class FlexThreshold(Mask):
         self.register_buffer("status", torch.zeros(0, dtype=torch.long))  # latest confident class, -1: none yet
         self.register_buffer("beta", torch.zeros(0))
 
-    def setup(self, n_unlabelled: int, n_classes: int) -> None:
+    def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
         self.status = torch.full((n_unlabelled,), -1, dtype=torch.long)
         self.beta = torch.zeros(n_classes)
 
@@ -144,22 +145,30 @@ class SelfAdaptiveThreshold(Mask):
     with momentum ``m`` (0.999). Early on, the threshold is low and many pseudo-labels train; it rises as the model
     grows confident. The running histogram of predicted classes is kept for the fairness term.
 
+    The paper's ``m = 0.999`` averages over about a thousand steps of a run of 2^20; a head trained for a few thousand
+    steps would spend half its run with a threshold still near ``1 / C``, accepting every pseudo-label. So by default
+    (``momentum=None``) the averaging spans a twentieth of the run: ``m = 1 - 20 / steps``, kept within
+    ``[0.9, 0.999]`` (0.99 for 2000 steps; 0.999 from 20000 steps on, the paper's value).
+
     Args:
-        momentum: ``m``.
+        momentum: ``m``; None: scaled to the run's length as above.
     """
 
     name = "self-adaptive"
 
-    def __init__(self, momentum: float = 0.999):
+    def __init__(self, momentum: float | None = None):
         super().__init__()
-        if not 0 <= float(momentum) < 1:
+        if momentum is not None and not 0 <= float(momentum) < 1:
             raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.requested = None if momentum is None else float(momentum)
+        self.momentum = 0.999 if momentum is None else float(momentum)
         self.register_buffer("global_threshold", torch.zeros(()))
         self.register_buffer("class_prob", torch.zeros(0))
         self.register_buffer("label_hist", torch.zeros(0))
 
-    def setup(self, n_unlabelled: int, n_classes: int) -> None:
+    def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
+        if self.requested is None and steps:
+            self.momentum = scaled_momentum(steps)
         self.global_threshold = torch.tensor(1.0 / n_classes)
         self.class_prob = torch.full((n_classes,), 1.0 / n_classes)
         self.label_hist = torch.full((n_classes,), 1.0 / n_classes)
@@ -179,4 +188,10 @@ class SelfAdaptiveThreshold(Mask):
         return self.select(probs)  # after the update, as the reference implementation
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "momentum": self.momentum}
+        return {"name": self.name, "momentum": self.requested}
+
+
+def scaled_momentum(steps: int, span: float = 20.0) -> float:
+    """A running mean's momentum whose averaging window is ``1 / span`` of a run of ``steps`` steps, within
+    ``[0.9, 0.999]``."""
+    return float(min(0.999, max(0.9, 1.0 - span / max(int(steps), 1))))

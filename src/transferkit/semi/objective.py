@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +83,16 @@ class PseudoLabelConsistency(Objective):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness}
+
+    def epoch_state(self) -> dict[str, Any]:
+        """The per-class confidence thresholds in force at the end of the epoch."""
+        return {"thresholds": [round(float(t), 4) for t in self.mask.thresholds().cpu()]}
+
+    def validation_metrics(self, probs: torch.Tensor, y: np.ndarray) -> dict[str, Any]:
+        """What pseudo-labelling would do on the validation items, whose labels are known: the share that clears
+        the current thresholds (``val_mask_rate``) and the accuracy of those pseudo-labels
+        (``val_pseudo_accuracy``). Read-only: the mask's state does not change."""
+        sel = self.mask.select(probs).bool().cpu().numpy()
+        pred = probs.argmax(1).cpu().numpy()
+        return {"val_mask_rate": float(sel.mean()),
+                "val_pseudo_accuracy": float((pred[sel] == y[sel]).mean()) if sel.any() else None}

@@ -472,7 +472,8 @@ class FinetunePlan:
         return Plan(model=model, objective=objective, streams=streams, param_groups=param_groups,
                     optimizer=lambda groups_: torch.optim.AdamW(groups_, lr=cfg.lr, weight_decay=cfg.weight_decay),
                     schedule=cosine_warmup(warm, cfg.schedule, cfg.min_lr_ratio),
-                    evaluator=ValidationAccuracy(val, None if val is None else self.y[sp.val]),
+                    evaluator=ValidationAccuracy(val, None if val is None else self.y[sp.val],
+                                                 extras=objective.validation_metrics),
                     trainable=group_params, trainable_at=strategy.trainable, settled_epoch=strategy.settled_epoch(),
                     final=final, identity=identity, describe=_epoch_line(cfg.epochs, bb.modality), info=info,
                     info_name="finetune.json")
@@ -491,6 +492,11 @@ class _EpochLine:
         val = (f", val loss {row['val_loss']:.4f}, val acc {100 * row['val_accuracy']:.1f}%"
                if row.get("val_accuracy") is not None else "")
         extra = "".join(f", {k[5:]} {v:.4g}" for k, v in row.items() if k.startswith("loss_") and k != "loss_ce")
+        extra += "".join(f", {k[7:].replace('_', ' ')} {100 * v:.1f}%" if k.endswith("rate") else
+                         f", {k[7:].replace('_', ' ')} {v:.3g}" for k, v in row.items()
+                         if k.startswith("metric_") and isinstance(v, (int, float)))
+        if row.get("val_pseudo_accuracy") is not None:
+            extra += f", val pseudo-label acc {100 * row['val_pseudo_accuracy']:.1f}%"
         return (f"epoch {row['epoch']}/{self.epochs}: train loss {row['train_loss']:.4f}{extra}{val}"
                 f"{' (best)' if row.get('best') else ''}, {row['samples_per_s']:.1f} {self.unit}/s, {row['seconds']:.1f}s")
 

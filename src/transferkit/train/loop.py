@@ -97,22 +97,29 @@ class ValidationAccuracy(Evaluator):
         y: its integer labels.
         tie_break: between equal accuracies, prefer the lower loss (False: only a higher accuracy is better, which
             lets early stopping end a run whose accuracy has settled).
+        extras: computes more history columns from the validation probabilities and labels (an objective's
+            ``validation_metrics``, e.g. pseudo-label accuracy); they never decide the choice.
     """
 
     selection = "val_accuracy"
 
-    def __init__(self, stream: Stream | None, y: np.ndarray | None, tie_break: bool = True):
+    def __init__(self, stream: Stream | None, y: np.ndarray | None, tie_break: bool = True,
+                 extras: Callable[[torch.Tensor, np.ndarray], dict[str, Any]] | None = None):
         self.streams = {} if stream is None else {"val": stream}
         self.y = None if y is None else np.asarray(y, dtype=np.int64)
         self.tie_break = tie_break
+        self.extras = extras
 
-    def evaluate(self, predict: Callable[[str], Outputs], epoch: int) -> dict[str, float | None]:
+    def evaluate(self, predict: Callable[[str], Outputs], epoch: int) -> dict[str, Any]:
         if not self.streams:
             return {"val_loss": None, "val_accuracy": None}
         lg = torch.as_tensor(predict("val").logits, dtype=torch.float64)
         y = torch.as_tensor(self.y)
-        return {"val_loss": float(nn.functional.cross_entropy(lg, y)),
-                "val_accuracy": float((lg.argmax(1) == y).double().mean())}
+        out: dict[str, Any] = {"val_loss": float(nn.functional.cross_entropy(lg, y)),
+                               "val_accuracy": float((lg.argmax(1) == y).double().mean())}
+        if self.extras is not None:
+            out.update(self.extras(torch.softmax(lg.float(), 1), self.y))
+        return out
 
     def key(self, scores: dict[str, Any]) -> tuple:
         return (scores["val_accuracy"], -scores["val_loss"]) if self.tie_break else (scores["val_accuracy"],)
@@ -608,7 +615,7 @@ class _Loop:
         row: dict[str, Any] = {"epoch": epoch + 1}
         values = [float(v) / max(seen, 1) for v in vec.tolist()]
         if names:
-            row["train_loss"] = values[0]
+            row["train_loss"] = float(sum(values))  # every term; each also as loss_<name>
         for n, v in zip(names, values):
             row[f"loss_{n}"] = v
         if msums:  # what objectives measure without it being a loss (e.g. the share of pseudo-labels used)
@@ -617,6 +624,7 @@ class _Loop:
             if self.world > 1:
                 mvec = fabric.all_reduce(mvec, reduce_op="mean")
             row.update({f"metric_{n}": float(v) for n, v in zip(msums, mvec.tolist())})
+        row.update(self.objective.epoch_state())  # e.g. per-class thresholds, with or without a validation split
         scores = self._evaluate(epoch)
         row.update(scores)
         row.update(lr=float(self.optimizer.param_groups[0]["lr"]), trainable_groups=int(sum(getattr(self, "_flags", []) or [])),
@@ -806,9 +814,17 @@ class _Loop:
         s = self.s
         terms = ", ".join(f"{k[5:]} {v:.4g}" for k, v in row.items() if k.startswith("loss_"))
         skip = {"epoch", "train_loss", "lr", "trainable_groups", "seconds", "samples_per_s", "best"}
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                           if k not in skip and not k.startswith("loss_") and isinstance(v, (int, float)))
-        return (f"{s.label} epoch {row['epoch']}/{s.epochs}: {terms}" + (f" | {scores}" if scores else "")
+        def shown(k: str, v: Any) -> str:
+            name = k[7:] if k.startswith("metric_") else k
+            if name.endswith(("accuracy", "rate")) and 0 <= v <= 1:
+                return f"{name.replace('_', ' ')} {100 * v:.1f}%"
+            return f"{name.replace('_', ' ')} {v:.4g}"
+
+        scores = ", ".join(shown(k, v) for k, v in row.items()
+                           if k not in skip and not k.startswith("loss_") and isinstance(v, (int, float))
+                           and not isinstance(v, bool))
+        unit = "evaluation" if s.unit == "steps" else "epoch"
+        return (f"{s.label} {unit} {row['epoch']}/{s.epochs}: {terms}" + (f" | {scores}" if scores else "")
                 + f"{' (best)' if row.get('best') else ''}, {row['seconds']:.1f}s")
 
 

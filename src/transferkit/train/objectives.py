@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,6 +130,16 @@ class Objective(nn.Module):
         """Name and parameters (JSON), part of the run's configuration hash (resume refuses other values)."""
         return {"name": self.name}
 
+    def epoch_state(self) -> dict[str, Any]:
+        """History columns describing the objective's own state at the end of an epoch (e.g. per-class
+        thresholds), logged with or without a validation split; none by default."""
+        return {}
+
+    def validation_metrics(self, probs: torch.Tensor, y: np.ndarray) -> dict[str, Any]:
+        """Extra columns of the history computed on the validation predictions (class probabilities ``probs`` and
+        labels ``y``), e.g. how a pseudo-labelling rule would fare there; none by default."""
+        return {}
+
 
 class Objectives(Objective):
     """Several objectives summed; their terms keep their own names (made unique with a suffix)."""
@@ -166,6 +177,18 @@ class Objectives(Objective):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "terms": [t.config() for t in self.terms]}
+
+    def epoch_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for t in self.terms:
+            out.update(t.epoch_state())
+        return out
+
+    def validation_metrics(self, probs: torch.Tensor, y: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for t in self.terms:
+            out.update(t.validation_metrics(probs, y))
+        return out
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -1,0 +1,240 @@
+"""Semi-supervised transfer: a handful of labels per class plus the rest of the training split unlabelled.
+
+For each dataset and seed, 30 % of every class is the test split (stratified, seeded); from the other 70 %, N items
+per class are labelled and all the others form the unlabelled pool. On the same split:
+
+- ``probe``: the package's logistic-regression head on the N labels alone (eval-view lite0 features);
+- ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
+- ``fixmatch``, ``flexmatch``, ``freematch`` at probe cost: the head trains on cached features of 4 weak and
+  4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
+- optionally (``--end-to-end``) one method end to end (the backbone trains on raw weak/strong views).
+
+Nothing is chosen on the test split: the semi-supervised heads run a fixed number of steps and keep the EMA of the
+last step (no validation split exists at 1-4 labels per class). The pool's labels are read only to report the
+pseudo-labels' accuracy (share of the pool above the final thresholds, accuracy of those pseudo-labels), never by
+training.
+
+    python benchmarks/bench_semi.py --datasets clipart --budgets 1,2,4,10 --seeds 0,1,2,3,4,5,6,7,8,9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_info, machine_line, md_table  # noqa: E402
+
+SEMI = ("fixmatch", "flexmatch", "freematch")
+METHODS = ("probe", "self-training", "label-spreading", *SEMI)
+#: image size per dataset (mnist5k's 28 px digits at 64 px, as in bench_probe_accuracy's small runs)
+SIZES = {"clipart": None, "mnist5k": 64}
+
+
+def _csv(s: str, cast=str) -> list:
+    return [cast(x) for x in s.split(",") if x.strip()]
+
+
+def split(y: np.ndarray, budget: int, seed: int) -> dict[str, np.ndarray]:
+    """30 % of each class for test; ``budget`` labelled per class from the rest; the others unlabelled."""
+    rng = np.random.default_rng(seed)
+    test, lab, unl = [], [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(0.3 * len(idx)))
+        test.append(idx[:n_test])
+        lab.append(idx[n_test:n_test + budget])
+        unl.append(idx[n_test + budget:])
+    return {k: np.sort(np.concatenate(v)) for k, v in (("test", test), ("lab", lab), ("unl", unl))}
+
+
+def render(records: list[dict], info: dict, cmd: str) -> str:
+    lines = ["### Semi-supervised transfer (issue 11)", "",
+             f"Command: `{cmd}`", "", f"Machine: {machine_line(info)}", "",
+             "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
+             "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
+             "strong views (lite0 frozen). `wins` = seeds on which the row beats both self-training and label "
+             "spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
+             "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
+             "(view features cached), this shared 2-core machine.", ""]
+    for ds in sorted({r["dataset"] for r in records}):
+        rows = []
+        budgets = sorted({r["budget"] for r in records if r["dataset"] == ds})
+        for b in budgets:
+            cell = [r for r in records if r["dataset"] == ds and r["budget"] == b]
+            by = {}
+            for r in cell:
+                by.setdefault(r["method"], {})[r["seed"]] = r
+            for m in [m for m in (*METHODS, *sorted({r["method"] for r in cell} - set(METHODS))) if m in by]:
+                rs = list(by[m].values())
+                acc = np.array([r["accuracy"] for r in rs]) * 100
+                wins = ""
+                if m not in ("self-training", "label-spreading") and "self-training" in by and "label-spreading" in by:
+                    seeds = [s for s in by[m] if s in by["self-training"] and s in by["label-spreading"]]
+                    w = sum(by[m][s]["accuracy"] > max(by["self-training"][s]["accuracy"],
+                                                       by["label-spreading"][s]["accuracy"]) for s in seeds)
+                    wins = f"{w}/{len(seeds)}"
+                below = ""
+                if m != "probe" and "probe" in by:
+                    seeds = [s for s in by[m] if s in by["probe"]]
+                    below = str(sum(by[m][s]["accuracy"] < by["probe"][s]["accuracy"] for s in seeds))
+                pool = [r["pool_used"] for r in rs if r.get("pool_used") is not None]
+                pacc = [r["pseudo_acc"] for r in rs if r.get("pseudo_acc") is not None]
+                rows.append([b, m, len(rs), f"{acc.mean():.1f} ± {acc.std():.1f}", wins, below,
+                             f"{100 * np.mean(pool):.0f} %" if pool else "", f"{100 * np.mean(pacc):.1f}" if pacc else "",
+                             f"{np.mean([r['seconds'] for r in rs]):.1f}"])
+        lines += [f"**{ds}** (lite0 at {SIZES.get(ds) or 224} px)", "",
+                  md_table(["labels/class", "method", "seeds", "accuracy %", "wins vs ST & LS", "seeds below probe",
+                            "pool used", "pseudo acc %", "seconds"], rows), ""]
+        curves = [r for r in records if r["dataset"] == ds and r.get("curve")]
+        if curves:
+            lines.append(f"Share of the unlabelled pool used per evaluation (mean over seeds, {ds}):")
+            lines.append("")
+            rows = []
+            for b in budgets:
+                for m in SEMI:
+                    cs = [r["curve"] for r in curves if r["budget"] == b and r["method"] == m]
+                    if cs:
+                        c = np.mean(np.array(cs), axis=0)
+                        rows.append([b, m, " ".join(f"{100 * v:.0f}" for v in c)])
+            lines += [md_table(["labels/class", "method", "mask rate % at each tenth of training"], rows), ""]
+    e2e = [r for r in records if r["method"].endswith("end-to-end")]
+    if e2e:
+        lines += ["End to end (backbone trained on raw views):", "",
+                  md_table(["dataset", "labels/class", "seed", "method", "accuracy %", "seconds"],
+                           [[r["dataset"], r["budget"], r["seed"], r["method"], f"{100 * r['accuracy']:.1f}",
+                             f"{r['seconds']:.0f}"] for r in e2e]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="clipart")
+    ap.add_argument("--budgets", default="1,2,4,10")
+    ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--steps", type=int, default=1000, help="optimisation steps of the semi-supervised heads")
+    ap.add_argument("--draws", type=int, default=4)
+    ap.add_argument("--hidden", default="", help="hidden layers of the semi-supervised head ('' = linear)")
+    ap.add_argument("--lr", type=float, default=0.03)
+    ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
+    ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
+    ap.add_argument("--cache-dir", default="/tmp/tk-bench-cache-semi")
+    ap.add_argument("--merge", action="store_true", help="keep earlier records of other cells from the JSON file")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "bench_semi.md"))
+    args = ap.parse_args()
+
+    import torch
+
+    from transferkit.backbones import create_backbone
+    from transferkit.data import load_data
+    from transferkit.data.splits import Splits
+    from transferkit.features import FeatureStore
+    from transferkit.heads import create_head
+    from transferkit.semi.baselines import label_spreading, self_training
+    from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
+
+    torch.set_num_threads(1)
+    methods = _csv(args.methods)
+    out = Path(args.out)
+    raw = out.with_suffix(".json")
+    info, cmd = machine_info(), command_line()
+    records: list[dict] = []
+    if args.merge and raw.is_file():
+        records = json.loads(raw.read_text())["records"]
+
+    def save() -> None:
+        atomic_write_text(raw, json.dumps({"command": cmd, "machine": info, "records": records}, indent=1))
+        atomic_write_text(out, render(records, info, cmd))
+
+    def put(rec: dict) -> None:
+        key = ("dataset", "budget", "seed", "method")
+        records[:] = [r for r in records if tuple(r[k] for k in key) != tuple(rec[k] for k in key)]
+        records.append(rec)
+        save()
+
+    store = FeatureStore(args.cache_dir)
+    for ds in _csv(args.datasets):
+        source = load_data(ds)
+        y = source.encoded_labels(source.classes)
+        C = len(source.classes)
+        bb = create_backbone("lite0")
+        if SIZES.get(ds):
+            bb = bb.with_preprocessing(input_size=SIZES[ds])
+        t = time.perf_counter()
+        banks = view_banks(source, bb, store=store, draws=args.draws, seed=0, progress=True, num_workers=1)
+        log(f"{ds}: view features ready ({time.perf_counter() - t:.0f} s)")
+        X = banks["eval"]
+        for b in _csv(args.budgets, int):
+            for seed in _csv(args.seeds, int):
+                sp = split(y, b, seed)
+                base = {"dataset": ds, "budget": b, "seed": seed, "n_unlabelled": int(len(sp["unl"])),
+                        "n_test": int(len(sp["test"]))}
+                yt = y[sp["test"]]
+                for m in methods:
+                    t = time.perf_counter()
+                    rec = dict(base, method=m)
+                    if m == "probe":
+                        head = create_head("logreg").fit(X[sp["lab"]], y[sp["lab"]])
+                        pred = head.predict(X[sp["test"]])
+                        rec["pool_accuracy"] = float((head.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
+                    elif m in ("self-training", "label-spreading"):
+                        fn = self_training if m == "self-training" else label_spreading
+                        model = fn(X[sp["lab"]], y[sp["lab"]], X[sp["unl"]])
+                        pred = model.predict(X[sp["test"]])
+                        rec["pool_accuracy"] = float((model.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
+                    else:
+                        cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
+                        cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
+                                         seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr)
+                        kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
+                        fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
+                                              config=cfg, **kw)
+                        with torch.no_grad():
+                            pt = torch.softmax(fit.head(torch.as_tensor(X[sp["test"]])), 1).numpy()
+                            pu = torch.softmax(fit.head(torch.as_tensor(X[sp["unl"]])), 1).numpy()
+                        pred = pt.argmax(1)
+                        thr = np.asarray(fit.history[-1]["thresholds"])
+                        sel = pu.max(1) >= thr[pu.argmax(1)]
+                        rec.update(pool_accuracy=float((pu.argmax(1) == y[sp["unl"]]).mean()),
+                                   pool_used=float(sel.mean()),
+                                   pseudo_acc=float((pu.argmax(1)[sel] == y[sp["unl"]][sel]).mean()) if sel.any()
+                                   else None,
+                                   curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history])
+                    rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
+                    put(rec)
+                    log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"
+                        + (f" pool {100 * rec['pool_accuracy']:.1f} %" if "pool_accuracy" in rec else ""))
+    for cellspec in _csv(args.end_to_end):
+        ds, b, seed, m, epochs = cellspec.split(":")
+        b, seed, epochs = int(b), int(seed), int(epochs)
+        from transferkit.semi.run import semi_finetune
+        from transferkit.train.engine import TrainConfig
+
+        source = load_data(ds)
+        y = source.encoded_labels(source.classes)
+        bb = create_backbone("lite0")
+        if SIZES.get(ds):
+            bb = bb.with_preprocessing(input_size=SIZES[ds])
+        sp = split(y, b, seed)
+        splits = Splits(train=sp["lab"], val=np.zeros(0, np.int64), test=sp["test"], unlabelled=sp["unl"])
+        t = time.perf_counter()
+        ft = semi_finetune(source, y, splits, bb, m, strategy="finetune", classes=list(source.classes),
+                           train_config=TrainConfig(epochs=epochs, batch_size=8, num_workers=1), progress=True,
+                           log=log, export=False)
+        rec = {"dataset": ds, "budget": b, "seed": seed, "method": f"{m} end-to-end", "epochs": epochs,
+               "accuracy": float((np.asarray(ft.y_pred) == y[sp["test"]]).mean()), "seconds": time.perf_counter() - t,
+               "history": ft.history}
+        put(rec)
+        log(f"{ds} {b}/class seed {seed} {m} end to end: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.0f} s)")
+    save()
+    print(render(records, info, cmd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The masking rules of FixMatch, FlexMatch and FreeMatch against hand computations, and FreeMatch's fairness term."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.errors import TransferkitError
+from transferkit.semi import SEMI_METHODS, create_semi_objective
+from transferkit.semi.masks import FixedThreshold, FlexThreshold, SelfAdaptiveThreshold, scaled_momentum
+from transferkit.semi.objective import fairness_term
+
+
+def test_fixed_threshold_keeps_exactly_the_confident_predictions():
+    m = FixedThreshold(0.9)
+    m.setup(4, 3)
+    probs = torch.tensor([[0.95, 0.03, 0.02], [0.5, 0.4, 0.1], [0.05, 0.9, 0.05], [0.1, 0.1, 0.8]])
+    assert m(probs, torch.arange(4)).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert m.thresholds().tolist() == pytest.approx([0.9] * 3)
+
+
+def test_flexmatch_thresholds_follow_the_learning_status_with_warmup():
+    """Pool of 6 items, 3 classes, tau 0.9. Batch 1 (items 0-3): items 0, 1 confidently class 0, item 2 confidently
+    class 1, item 3 unsure. Its mask uses the status *before* the batch (all unused: beta = 0, thresholds 0: every
+    item passes). After it: counts [unused 3, c0 2, c1 1, c2 0]; warm-up denominator max(counts) = 3, so
+    beta = [2/3, 1/3, 0] and thresholds tau * beta / (2 - beta) = [0.9 * (2/3) / (4/3), 0.9 * (1/3) / (5/3), 0]."""
+    m = FlexThreshold(tau=0.9, warmup=True)
+    m.setup(6, 3)
+    probs = torch.tensor([[0.95, 0.03, 0.02], [0.92, 0.05, 0.03], [0.02, 0.96, 0.02], [0.4, 0.35, 0.25]])
+    mask = m(probs, torch.tensor([0, 1, 2, 3]))
+    assert mask.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert m.status.tolist() == [0, 0, 1, -1, -1, -1]
+    expected = [0.9 * (2 / 3) / (2 - 2 / 3), 0.9 * (1 / 3) / (2 - 1 / 3), 0.0]
+    assert m.thresholds().tolist() == pytest.approx(expected)
+    # batch 2 (items 3, 4): item 3 is class 1 at 0.5 (threshold 0.18: passes), item 4 class 0 at 0.5 (0.45: passes);
+    # item 5 class 0 at 0.4 (below 0.45: masked). None is confident, so the status does not change.
+    probs2 = torch.tensor([[0.3, 0.5, 0.2], [0.5, 0.3, 0.2], [0.4, 0.3, 0.3]])
+    assert m(probs2, torch.tensor([3, 4, 5])).tolist() == [1.0, 1.0, 0.0]
+    assert m.thresholds().tolist() == pytest.approx(expected)
+    # without warm-up the denominator is the largest class count (2): beta = [1, 1/2, 0]
+    n = FlexThreshold(tau=0.9, warmup=False)
+    n.setup(6, 3)
+    n(probs, torch.tensor([0, 1, 2, 3]))
+    assert n.thresholds().tolist() == pytest.approx([0.9 * 1 / 1, 0.9 * 0.5 / 1.5, 0.0])
+
+
+def test_flexmatch_status_is_updated_from_the_gathered_global_batch():
+    """Under DDP the status takes every process's items: the gather hook is honoured."""
+    m = FlexThreshold(tau=0.9)
+    m.setup(4, 2)
+    # another process saw item 3 confidently as class 1: the gather hook appends its picked class, then its index
+    others = [torch.tensor([1]), torch.tensor([3])]
+
+    def gather(t):
+        return torch.cat([t, others.pop(0).to(t.dtype)])
+
+    m(torch.tensor([[0.97, 0.03]]), torch.tensor([0]), gather)
+    assert m.status.tolist() == [0, -1, -1, 1]
+
+
+def test_freematch_thresholds_match_the_running_means():
+    """m = 0.5, 2 classes: start tau = 1/2, p = [1/2, 1/2]. Batch probs [[0.9, 0.1], [0.3, 0.7]]: mean max prob 0.8,
+    so tau = 0.5 * 0.5 + 0.5 * 0.8 = 0.65; mean p = [0.6, 0.4], p = [0.55, 0.45]; thresholds tau * p / max p =
+    [0.65, 0.65 * 0.45 / 0.55]. The mask is taken after the update: item 0 (0.9 >= 0.65) passes, item 1 (0.7 >=
+    0.532) passes; a third item at [0.6, 0.4] would not."""
+    m = SelfAdaptiveThreshold(momentum=0.5)
+    m.setup(10, 2)
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    mask = m(probs, torch.tensor([0, 1]))
+    assert float(m.global_threshold) == pytest.approx(0.65)
+    assert m.class_prob.tolist() == pytest.approx([0.55, 0.45])
+    assert m.thresholds().tolist() == pytest.approx([0.65, 0.65 * 0.45 / 0.55])
+    assert mask.tolist() == [1.0, 1.0]
+    assert m.select(torch.tensor([[0.6, 0.4]])).tolist() == [0.0]
+    assert m.label_hist.tolist() == pytest.approx([0.5, 0.5])  # one prediction of each class, averaged with 1/2
+
+
+def test_freematch_momentum_is_scaled_to_the_run_unless_given():
+    assert scaled_momentum(2000) == pytest.approx(0.99)
+    assert scaled_momentum(100) == pytest.approx(0.9)
+    assert scaled_momentum(10 ** 6) == pytest.approx(0.999)
+    obj = create_semi_objective("freematch", 50, 4, steps=2000)
+    assert obj.mask.momentum == pytest.approx(0.99)
+    assert create_semi_objective("freematch", 50, 4, steps=2000, momentum=0.999).mask.momentum == 0.999
+
+
+def test_fairness_term_matches_numpy():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    class_prob = torch.tensor([0.5, 0.3, 0.2])
+    hist = torch.tensor([0.4, 0.4, 0.2])
+    p = torch.softmax(logits[mask.bool()], 1).numpy()
+    h = np.bincount(p.argmax(1), minlength=3) / 3
+    tgt = class_prob.numpy() / hist.numpy()
+    tgt /= tgt.sum()
+    with np.errstate(divide="ignore"):
+        inv = np.where(h > 0, 1 / np.where(h > 0, h, 1), 0)
+    mean = p.mean(0) * inv
+    mean /= mean.sum()
+    expected = float((tgt * np.log(mean + 1e-12)).sum())
+    assert float(fairness_term(mask, logits, class_prob, hist)) == pytest.approx(expected, rel=1e-5)
+    assert float(fairness_term(torch.zeros(4), logits, class_prob, hist)) == 0.0
+
+
+def test_methods_are_registered_with_their_papers_and_reject_bad_parameters():
+    assert set(SEMI_METHODS.names()) >= {"fixmatch", "flexmatch", "freematch"}
+    for name in SEMI_METHODS.names():
+        assert SEMI_METHODS.get(name).paper
+    with pytest.raises(TransferkitError, match="tau=1.5"):
+        SEMI_METHODS.create("fixmatch", tau=1.5)
+    with pytest.raises(TransferkitError, match="momentum"):
+        SEMI_METHODS.create("freematch", momentum=1.0)
+    assert math.isclose(SEMI_METHODS.create("flexmatch").mask.tau, 0.95)
