@@ -53,7 +53,7 @@ def _acc_table(res: dict) -> str:
 
 
 def render(results: dict[str, dict], info: dict, cmd: str, args) -> str:
-    parts = [f"### bench_finetune\n\ncommand: `{cmd}`\n\n{machine_line(info)}\n\n"
+    parts = [f"### {Path(args.out).stem}\n\ncommand: `{cmd}`\n\n{machine_line(info)}\n\n"
              f"Backbone `{args.backbone}`; **images at {args.image_size} px** (not the backbone's 224 px; the "
              f"probe's features too; per-dataset overrides: {args.image_sizes or 'none'}), at most {args.epochs} epochs (early stopping, patience {args.patience}, on "
              f"the validation part of the N labels), batch {args.batch_size}, other TrainConfig defaults; "
