@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -130,8 +132,46 @@ class SourceModel:
         return p / p.sum(1, keepdims=True)
 
 
+def _cached_class_embeddings(encoder: Any, spec: ClassSpec, prompt: str | Sequence[str],
+                             cache_dir: str | Path | None) -> np.ndarray:
+    """:func:`class_embeddings` of many classes (e.g. the 1000 ImageNet names, a minute or two on a CPU), kept in
+    ``<cache>/text-embeddings/`` under a digest of the encoder's name and weights and of every text embedded."""
+    import hashlib
+
+    from .._io import default_cache_dir
+
+    groups = class_texts(spec, prompt)
+    h = hashlib.sha256()
+    digest = getattr(encoder, "weights_digest", None)
+    h.update(str(getattr(encoder, "name", type(encoder).__name__)).encode())
+    try:
+        h.update(str(digest() if callable(digest) else "").encode())
+    except Exception:  # noqa: BLE001 - a backbone without a digest is keyed by its name only
+        pass
+    for g in groups:
+        h.update(("\x1e" + "\x1f".join(g)).encode("utf-8"))
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = root / "text-embeddings" / f"{h.hexdigest()[:32]}.npy"
+    if path.is_file():
+        try:
+            E = np.load(path)
+            if E.shape[0] == len(groups):
+                return E
+        except (OSError, ValueError):
+            pass
+    E = class_embeddings(encoder, spec, prompt, allow_empty=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, E)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the embeddings are still returned
+        pass
+    return E
+
+
 def source_model(backbone: Any, encoder: Any, prompt: str | Sequence[str] = "name", *,
-                 source_texts: str = "names") -> SourceModel:
+                 source_texts: str = "names", cache_dir: str | Path | None = None) -> SourceModel:
     """The source classifier of an image backbone (lite0's ImageNet head) with its class names embedded by
     ``encoder`` through ``prompt``.
 
@@ -143,6 +183,7 @@ def source_model(backbone: Any, encoder: Any, prompt: str | Sequence[str] = "nam
         prompt: the prompt set, as for the target classes.
         source_texts: ``first-name`` (``"tench"``), ``names`` (``"tench, Tinca tinca"``) or ``description`` (the
             names and the WordNet gloss).
+        cache_dir: where the source names' embeddings are kept (default: the feature cache).
 
     Raises:
         TransferkitError: the backbone has no source classifier or no names for its classes; an unknown
@@ -170,7 +211,7 @@ def source_model(backbone: Any, encoder: Any, prompt: str | Sequence[str] = "nam
                                f"{len(weight)} outputs")
     spec = ClassSpec([str(i) for i in range(len(names))], {str(i): [n] for i, n in enumerate(names)})
     prompt_templates(prompt)  # a bad prompt fails before the encoder runs
-    E = class_embeddings(encoder, spec, prompt, allow_empty=True)  # a source class the encoder cannot name: zeros
+    E = _cached_class_embeddings(encoder, spec, prompt, cache_dir)  # a source class the encoder cannot name: zeros
     if not np.linalg.norm(E, axis=1).any():
         raise DataError(f"text_backbone={encoder.name!r} can represent none of the source class names")
     return SourceModel(weight, bias, list(names), E)

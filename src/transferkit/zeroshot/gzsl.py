@@ -78,8 +78,8 @@ def choose_gamma(fit_scores: Callable[[np.ndarray], np.ndarray], y_val: np.ndarr
             unseen (their labels withheld) and returns the scores ``(N_val, C)`` of the validation items.
         y_val: ``(N_val,)`` class indices of the validation items (all of seen classes).
         seen_classes: indices of the seen classes.
-        folds: how many class-wise folds (each holds out about ``len(seen) / folds`` classes; at least one class
-            stays seen and one is held out).
+        folds: how many class-wise folds (each holds out about ``len(seen) / folds`` classes; with 3 or more seen
+            classes, raised so that at least 2 stay seen in every fold).
         seed: seed of the class split.
         grid: number of candidate constants (quantiles of the seen-minus-unseen score margins, and 0).
 
@@ -97,7 +97,10 @@ def choose_gamma(fit_scores: Callable[[np.ndarray], np.ndarray], y_val: np.ndarr
                         f"{len(seen_classes)}")
     if not len(y_val):
         raise DataError("choosing the calibration needs validation items of the seen classes; none were given")
-    folds = max(2, min(int(folds), len(seen_classes)))
+    n = len(seen_classes)
+    # every fold leaves at least 2 seen classes to learn from when there are 3 or more
+    folds = max(2, int(folds), -(-n // (n - 2)) if n >= 3 else 2)
+    folds = min(folds, n)
     order = np.random.default_rng(seed).permutation(seen_classes)
     parts = [p for p in np.array_split(order, folds) if len(p)]
     runs = []

@@ -59,6 +59,8 @@ class ZeroShotTask:
         X_val, y_val: held-out labelled features of seen classes (model choice, never test data).
         source: the backbone's source classifier and its class-name embeddings (None without).
         scale: the encoder's own logit scale (CLIP's), when it has one.
+        X_target: unlabelled features of the inputs to classify (transductive steps: ConSE's source prior, the
+            centring of class scores); never their labels.
     """
 
     classes: list[str]
@@ -70,6 +72,7 @@ class ZeroShotTask:
     y_val: np.ndarray | None = None
     source: SourceModel | None = None
     scale: float | None = None
+    X_target: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -158,26 +161,41 @@ class ConSE(ZeroShotMethod):
     classes ``s_t`` (``Z`` the sum of their probabilities), and the class whose name embedding has the highest cosine
     to ``f(x)``. Labelled seen classes are not used: the source classifier is the model of the seen world.
 
+    With ``adapt_prior`` and unlabelled target inputs (``task.X_target``), the source probabilities are divided by
+    their mean over those inputs and renormalised before the top ``T`` are taken: source classes that fire on
+    every input of the new domain (lite0 sees "comic book" or "envelope" in much clip art) stop dominating the
+    average. This is the prior correction of Saerens et al. (2002) with the target prior estimated by the mean
+    prediction; it uses the inputs, never their labels.
+
     Args:
         top_k: ``T`` (10 in the paper).
         scale: temperature factor of the logits (cosines in [-1, 1]).
+        adapt_prior: divide by the source classes' mean probability over ``task.X_target`` (when given).
 
     References:
         Norouzi, Mikolov, Bengio, Singer, Shlens, Frome, Corrado & Dean, "Zero-Shot Learning by Convex Combination
-        of Semantic Embeddings", ICLR 2014.
+        of Semantic Embeddings", ICLR 2014; Saerens, Latinne & Decaestecker, "Adjusting the Outputs of a Classifier
+        to New a Priori Probabilities: A Simple Procedure", Neural Computation 2002 (the prior correction).
     """
 
     name = "conse"
 
-    def __init__(self, top_k: int = 10, scale: float = 20.0):
+    def __init__(self, top_k: int = 10, scale: float = 20.0, adapt_prior: bool = True):
         self.top_k = top_k
         self.scale = scale
+        self.adapt_prior = adapt_prior
 
     def fit(self, task: ZeroShotTask) -> "ConSE":
-        """Take the source classifier and the name embeddings."""
+        """Take the source classifier and the name embeddings (and the source prior over ``task.X_target``)."""
         if int(self.top_k) < 1:
             raise TransferkitError(f"conse: top_k must be >= 1; got {self.top_k!r}")
-        _need_source(task, self.name)
+        src = _need_source(task, self.name)
+        self.log_prior_ = np.zeros(len(src.weight))
+        if self.adapt_prior and task.X_target is not None and len(task.X_target):
+            P = np.zeros(len(src.weight))
+            for i in range(0, len(task.X_target), 4096):
+                P += src.probabilities(np.asarray(task.X_target[i:i + 4096])).sum(0)
+            self.log_prior_ = np.log(np.maximum(P / len(task.X_target), 1e-30))
         self.task_ = task
         return self
 
@@ -189,7 +207,7 @@ class ConSE(ZeroShotMethod):
                       float(self.scale))
         with torch.no_grad():
             m.source_weight.copy_(torch.as_tensor(src.weight))
-            m.source_bias.copy_(torch.as_tensor(src.bias))
+            m.source_bias.copy_(torch.as_tensor(src.bias - self.log_prior_, dtype=torch.float32))
             m.source_embeddings.copy_(torch.as_tensor(src.embeddings))
             m.class_embeddings.copy_(torch.as_tensor(E))
             if class_bias is not None:
