@@ -22,6 +22,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Transferability scores (issue 3)", ["bench_transferability"]),
     ("Fine-tuning strategies (issue 4)", ["bench_finetune"]),
     ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_timing", "bench_adapt_lenet"]),
+    ("Zero-shot (issue 11)", ["bench_zeroshot_notes", "bench_zeroshot_zsl", "bench_zeroshot_gzsl",
+                              "bench_zeroshot_text"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"
