@@ -78,7 +78,9 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "epochs": "--epochs", "lr": "--lr", "freeze": "--freeze", "freeze_until": "--freeze-until",
          "output": "--output", "max_test": "--max-test", "strategies": "--strategies", "steps": "--steps",
          "trade_off": "--trade-off", "selection": "--selection", "max_samples": "--max-samples",
-         "scores": "--scores", "encoding": "--encoding", "accelerator": "--device"}
+         "scores": "--scores", "encoding": "--encoding", "accelerator": "--device", "classes": "--classes",
+         "seen": "--seen", "text_backbone": "--text-backbone", "prompt": "--prompt", "source_texts": "--source-texts",
+         "method": "--method"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 

@@ -170,3 +170,19 @@ def test_clip_backbone_prompt_similarity_through_a_run(image_folder, tmp_path):
     with pytest.raises(Exception, match="could not load the CLIP model"):
         create_backbone(f"clip:{tmp_path / 'missing'}")
     del torch
+
+
+def test_unlabelled_folder_needs_classes_and_is_predicted(image_folder, tmp_path):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for i, f in enumerate(sorted(image_folder.glob("*/*.png"))[::4]):
+        (loose / f"{i:02d}.png").write_bytes(f.read_bytes())
+    p = tk("zeroshot", loose, "-b", TINY, "--text-backbone", "glove-50d", "--workers", "0")
+    assert_user_error(p, "no labels to take the class names from", "--classes")
+    p = tk("zeroshot", loose, "--classes", "squares,discs,stripes", "-b", TINY, "--text-backbone", "glove-50d",
+           "--workers", "0", "-o", tmp_path / "run", "-q")
+    assert p.returncode == 0, p.stderr
+    assert "predicted:" in p.stdout and "accuracy" not in p.stdout
+    df = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(df) == len(list(loose.glob("*.png"))) and set(df["prediction"]) <= {"squares", "discs", "stripes"}
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -140,7 +140,7 @@ def resolve_method(method: str, modality: str, *, backbone: Any, has_seen: bool,
         raise TransferkitError(f"method={method!r} needs a source classifier with named classes; "
                                f"backbone={backbone.name!r} has none: use backbone=\"lite0\"")
     if entry.needs_seen and not has_seen:
-        raise TransferkitError(f"method={method!r} learns from labelled seen classes; name some with seen=[...] "
+        raise TransferkitError(f"method={method!r} learns from labelled seen classes; name some with seen=\"a,b,c\" "
                                "(labelled in the data), or use conse, ridge or eszsl, which start from the source "
                                "classifier")
     return method

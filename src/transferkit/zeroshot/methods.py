@@ -513,7 +513,7 @@ class DeViSE(ZeroShotMethod):
 
         task.check()
         if task.X is None or not len(task.X):
-            raise TransferkitError("devise learns from labelled images of seen classes; give some (seen=[...] with "
+            raise TransferkitError("devise learns from labelled images of seen classes; give some (seen=\"a,b,c\" with "
                                    "labelled data) or use conse, ridge or eszsl, which start from the source "
                                    "classifier")
         ids = np.unique(task.y)
