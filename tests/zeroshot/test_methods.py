@@ -191,3 +191,21 @@ def test_heads_rebuild_from_config():
     top, idx = p.topk(3, 1)
     ref = (top / top.sum(1, keepdim=True)).unsqueeze(2).mul(c.source_embeddings[idx]).sum(1)
     assert torch.allclose(c.embed(x), ref, atol=1e-6)
+
+
+def test_transductive_prior_and_centring_by_hand():
+    S, X, y, src = _world(seed=2)
+    task = ZeroShotTask([f"c{i}" for i in range(len(S))], S, source=src, X_target=X)
+    m = create_method("conse", top_k=4).fit(task)
+    P = src.probabilities(X).mean(0)
+    head = m.head()
+    np.testing.assert_allclose(head.source_bias.numpy(), src.bias - np.log(P), rtol=1e-4, atol=1e-4)
+    # the corrected source probabilities are p(s|x) / mean_x p(s|x), renormalised (Saerens et al. 2002)
+    q = src.probabilities(X) / P
+    q /= q.sum(1, keepdims=True)
+    np.testing.assert_allclose(head.source_probabilities(torch.as_tensor(X)).numpy(), q, atol=1e-5)
+    centred = fit_zeroshot(task, "conse", method_params={"top_k": 4}, center=True)
+    assert centred.method["centred"] is True
+    np.testing.assert_allclose(centred.logits(X).mean(0), 0.0, atol=1e-4)
+    plain = fit_zeroshot(ZeroShotTask(task.classes, S, source=src), "conse", center=True)
+    assert plain.method["centred"] is False  # no target inputs: nothing to centre on
