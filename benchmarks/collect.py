@@ -23,6 +23,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Fine-tuning strategies (issue 4)", ["bench_finetune"]),
     ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_timing", "bench_adapt_lenet"]),
     ("Before/after the training-loop rebuild (issue 9)", ["bench_refactor", "bench_finetune_clipart"]),
+    ("Zero-shot (issue 11)", ["bench_zeroshot_notes", "bench_zeroshot_zsl", "bench_zeroshot_gzsl",
+                              "bench_zeroshot_text"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"

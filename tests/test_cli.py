@@ -53,7 +53,8 @@ def assert_user_error(p: subprocess.CompletedProcess, *needles: str) -> None:
 def test_help_lists_every_command():
     p = tk("--help", entry_point=True)
     assert p.returncode == 0
-    for cmd in ("fit", "predict", "extract", "cache", "backbones", "datasets", "compare", "adapt", "rank", "advise"):
+    for cmd in ("fit", "predict", "extract", "cache", "backbones", "datasets", "compare", "adapt", "rank", "advise",
+                "zeroshot"):
         assert cmd in p.stdout
     fit_help = " ".join(tk("fit", "--help", entry_point=True).stdout.split())
     assert "--labels-per-class" in fit_help

@@ -79,7 +79,9 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "output": "--output", "max_test": "--max-test", "strategies": "--strategies", "steps": "--steps",
          "trade_off": "--trade-off", "selection": "--selection", "max_samples": "--max-samples",
          "scores": "--scores", "encoding": "--encoding", "accelerator": "--device", "unlabelled": "--unlabelled",
-         "semi_level": "--semi-level", "tau": "--tau"}
+         "semi_level": "--semi-level", "tau": "--tau", "classes": "--classes",
+         "seen": "--seen", "text_backbone": "--text-backbone", "prompt": "--prompt", "source_texts": "--source-texts",
+         "method": "--method"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -540,6 +542,86 @@ def adapt(
     for w in res.warnings:
         out.print(f"[bold yellow]warning:[/bold yellow] {w}")
     out.print(f"results: {res.out}")
+
+
+@app.command()
+@_friendly
+def zeroshot(
+    data: str = typer.Argument(..., help="Built-in dataset, folder (class sub-folders optional), or table; labels, if any, only score the result (and train the --seen classes)."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="The candidate classes: \"cat,dog,...\", \"fresh=a positive review,rotten=a negative review\" (label=description; a|b for several), or a .json / .txt file (default: the data's labels, e.g. its folder names, made readable)."),
+    method: str = typer.Option("auto", "--method", "-m", help="auto, similarity, conse, ridge, eszsl or devise (--list)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone of the inputs (default: lite0 for images, the --text-backbone for texts; a clip: model for prompt similarity on images)."),
+    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", help="Encoder of the class names: minilm (default), glove-50d, hf:<folder>; a clip: backbone uses its own text tower."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt set (name, picture, photo, review) or one template with {} (default: name, the class name alone)."),
+    seen: Optional[str] = typer.Option(None, "--seen", help="Comma-separated classes with labelled items in DATA to learn from: generalized zero-shot, scored with the harmonic mean of seen and unseen accuracy."),
+    source_texts: str = typer.Option("description", "--source-texts", help="How the ImageNet classes are worded for conse / ridge / eszsl: first-name, names, description (names and WordNet gloss)."),
+    transductive: bool = typer.Option(True, "--transductive/--inductive", help="Pure zero-shot: use the inputs being classified (never their labels) to correct ConSE's source prior and centre class scores (default), or classify each input on its own."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the seen classes' split and of the method."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<time>-<data>-zeroshot-<method>)."),
+    list_methods: bool = typer.Option(False, "--list", help="List the methods and prompt sets and exit."),
+    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error or skip."),
+    input_column: Optional[str] = InputColOpt,
+    label_column: Optional[str] = LabelColOpt,
+    encoding: Optional[str] = EncodingOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    quiet: bool = QuietOpt,
+):
+    """Classify into classes known only by their names: texts by similarity to the label descriptions, images by
+    ConSE, a name-to-classifier map (ridge, ESZSL, DeViSE) or a CLIP model's prompts; writes a run that
+    `transferkit predict` uses."""
+    if list_methods:
+        from .zeroshot import PROMPTS, ZEROSHOT_METHODS
+
+        table = Table(title="zero-shot methods")
+        for col in ("method", "classifies", "needs", "paper"):
+            table.add_column(col)
+        for name in ZEROSHOT_METHODS.names():
+            e = ZEROSHOT_METHODS.get(name)
+            needs = ", ".join(k for k, v in (("labelled seen classes", e.needs_seen), ("a source classifier (lite0)",
+                                                                                       e.needs_source),
+                                             ("one image-text space (clip:)", e.shared_space and e.modality != "text"))
+                              if v) or "-"
+            table.add_row(name, e.modality, needs, str(e.paper))
+        out.print(table)
+        ptable = Table(title="prompt sets (--prompt)")
+        ptable.add_column("name")
+        ptable.add_column("templates")
+        for name in PROMPTS.names():
+            ptable.add_row(name, " | ".join(PROMPTS.create(name)))
+        out.print(ptable)
+        return
+    from .pipeline import check_choice
+    from .zeroshot import zeroshot_run
+
+    check_choice(on_bad_input, ("error", "skip"), "on_bad_input")
+    check_options(seed=seed, batch_size=batch_size, workers=workers, device=device)
+    res = zeroshot_run(data, classes=classes, method=method, backbone=backbone, text_backbone=text_backbone,
+                       prompt=prompt, seen=seen, source_texts=source_texts, transductive=transductive, seed=seed,
+                       out=out_dir,
+                       cache_dir=cache_dir, on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers,
+                       device=device, input_column=input_column, label_column=label_column, encoding=encoding,
+                       progress=not quiet,
+                       log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    m = res.metrics
+    out.print(f"zero-shot {res.method} over {len(res.classes)} classes"
+              + (f" ({len(res.seen)} seen)" if res.seen else "") + f": {len(res.predictions)} predictions")
+    if m is not None:
+        line = (f"accuracy {_pct(m['accuracy'])} on {m['scored_items']} labelled items (chance {_pct(m['chance'])}), "
+                f"macro-F1 {_pct(m.get('macro_f1'))}")
+        out.print(line)
+        if "gzsl" in m:
+            g = m["gzsl"]
+            out.print(f"generalized zero-shot: seen {_pct(g['seen'])}, unseen {_pct(g['unseen'])}, harmonic mean "
+                      f"{_pct(g['harmonic'])} (calibration {g['gamma'] if g['gamma'] is None else round(g['gamma'], 4)}"
+                      ", chosen on seen classes only)")
+    else:
+        counts = res.predictions["prediction"].value_counts()
+        out.print("predicted: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if res.run_dir is not None:
+        out.print(f"run directory: {res.run_dir}  (predict new inputs: transferkit predict {res.run_dir} INPUTS)")
 
 
 @app.command()

