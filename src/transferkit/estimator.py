@@ -96,7 +96,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if name == "auto":
             from .fewshot import resolve_auto_head
 
-            name, self.head_reason_ = resolve_auto_head(y[good], params)
+            name, self.head_reason_ = resolve_auto_head(y[good], params, validation=eval_set is not None)
         self.head_name_ = name
         self.head_ = create_head(name, **params)
         ev = None

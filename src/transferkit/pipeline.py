@@ -234,7 +234,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     if head == "auto":
         from .fewshot import resolve_auto_head
 
-        head, head_reason = resolve_auto_head(y[splits.train], params)
+        head, head_reason = resolve_auto_head(y[splits.train], params, validation=len(splits.val) > 0)
         say(f"head: {head} ({head_reason})")
     if HEADS.get(head).kind == "torch":
         params.setdefault("random_state", seed)

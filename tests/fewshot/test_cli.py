@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import TINY
 from tests.test_cli import assert_user_error, tk
+from transferkit.fewshot import FEWSHOT_HEAD
 
 
 def test_fewshot_command_runs_end_to_end_and_writes_its_results(image_folder, tmp_path):
@@ -57,5 +58,5 @@ def test_fit_with_one_label_per_class_says_which_head_and_why(image_folder, tmp_
            tmp_path / "run", "--quiet")
     assert p.returncode == 0, p.stderr
     text = " ".join(p.stdout.split())
-    assert "head: ncm-cl2n (1 label per class to train on" in text and "choose another with --head" in text
-    assert "random:test_efficientnet + ncm-cl2n head" in text
+    assert f"head: {FEWSHOT_HEAD} (1 label per class to train on" in text and "choose another with --head" in text
+    assert f"random:test_efficientnet + {FEWSHOT_HEAD} head" in text

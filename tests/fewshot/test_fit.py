@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import TINY
 from transferkit import load_run
-from transferkit.fewshot import FEWSHOT_HEAD, choose_head
+from transferkit.fewshot import FEWSHOT_HEAD, FEWSHOT_MAX_LABELS, choose_head
+from transferkit.heads import create_head
 from transferkit.pipeline import fit_run
 
 
@@ -19,8 +20,11 @@ def test_choose_head_by_labels_per_class():
     head, why = choose_head(["a", "b", "c"])
     assert head == FEWSHOT_HEAD and why.startswith("1 label per class") and "validation" in why
     assert choose_head(["a", "a", "b", "b"])[0] == FEWSHOT_HEAD
-    head, why = choose_head(["a"] * 3 + ["b"] * 8)
-    assert head == "logreg" and why.startswith("3 labels per class")
+    assert choose_head(["a", "b"] * FEWSHOT_MAX_LABELS)[0] == FEWSHOT_HEAD
+    head, why = choose_head(["a"] * (FEWSHOT_MAX_LABELS + 1) + ["b"] * 8)
+    assert head == "logreg" and why.startswith(f"{FEWSHOT_MAX_LABELS + 1} labels per class") and "C=1" in why
+    head, why = choose_head(["a", "b", "c"], validation=True)  # validation labels: C is chosen on them
+    assert head == "logreg" and "C chosen on validation" in why
 
 
 def test_fit_one_label_per_class_picks_the_few_shot_head_and_the_run_predicts_the_same(image_folder, tmp_path):
@@ -35,7 +39,7 @@ def test_fit_one_label_per_class_picks_the_few_shot_head_and_the_run_predicts_th
     assert f"Why the {FEWSHOT_HEAD} head?" in report and "too few to hold out a validation split" in report
     assert res.metrics["accuracy"] > 0.5, "three very different synthetic classes from one example each (chance 1/3)"
     run = load_run(res.run_dir)
-    assert run.model_info["head"]["kind"] == "prototypes"
+    assert run.model_info["head"]["kind"] == create_head(FEWSHOT_HEAD).fit(np.eye(2), [0, 1]).to_module().kind
     preds = pd.read_csv(res.run_dir / "predictions.csv")
     again = run.predict(list(preds["input"]), num_workers=0)
     assert (again["prediction"].to_numpy() == preds["prediction"].to_numpy()).all()
@@ -56,8 +60,9 @@ def test_a_trained_few_shot_head_saves_loads_and_predicts_through_a_run(image_fo
 def test_auto_with_parameters_the_chosen_head_does_not_take_is_refused(image_folder, tmp_path):
     from transferkit.errors import TransferkitError
 
-    with pytest.raises(TransferkitError, match=r"head='auto' chose ncm-cl2n .*does not take head_params \{'C': 0.1\}"):
-        fit_run(str(image_folder), backbone=TINY, labels_per_class=1, head_params={"C": 0.1}, out=tmp_path / "run",
+    with pytest.raises(TransferkitError, match=rf"head='auto' chose {FEWSHOT_HEAD} .*does not take head_params "
+                                               r"\{'epochs': 3\}"):
+        fit_run(str(image_folder), backbone=TINY, labels_per_class=1, head_params={"epochs": 3}, out=tmp_path / "run",
                 baseline=False, report=False, progress=False, num_workers=0)
 
 
@@ -76,5 +81,5 @@ def test_estimator_auto_head_by_labels_per_class():
     assert clf.score(X[rest], y[rest]) > 0.15, "one example per digit, random tiny-net features: 5 sd above 10% chance"
     many = TransferClassifier(backbone=TINY, num_workers=0).fit(X[:200], y[:200])
     assert many.head_name_ == "logreg" and many.head_reason_.startswith(f"{np.bincount(y[:200].astype(int)).min()} labels")
-    with pytest.raises(TransferkitError, match=r"head='auto' chose ncm-cl2n .*does not take head_params"):
-        TransferClassifier(backbone=TINY, num_workers=0, head_params={"C": 0.1}).fit(X[one], y[one])
+    with pytest.raises(TransferkitError, match=rf"head='auto' chose {FEWSHOT_HEAD} .*does not take head_params"):
+        TransferClassifier(backbone=TINY, num_workers=0, head_params={"epochs": 3}).fit(X[one], y[one])

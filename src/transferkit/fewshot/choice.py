@@ -13,9 +13,11 @@ __all__ = ["FEWSHOT_HEAD", "FEWSHOT_MAX_LABELS", "PROBE_HEAD", "choose_head", "r
 #: of benchmarks/bench_fewshot.py (clipart and mnist5k, 5-way 1- and 5-shot, no base features: the situation of a
 #: ``fit`` run), never on the novel-class test episodes it reports; see benchmarks/RESULTS.md.
 FEWSHOT_HEAD = "ncm-cl2n"
-#: up to this many labels per class, ``fit`` picks :data:`FEWSHOT_HEAD` (a split holds validation items only from
-#: 5 labels per class on, and with one or two there is nothing to choose logistic regression's C on)
-FEWSHOT_MAX_LABELS = 2
+#: up to this many training labels per class, and without validation data, ``fit`` picks :data:`FEWSHOT_HEAD`.
+#: Without validation, logistic regression trains with a fixed C=1 on standardised features, which at 1-4 labels per
+#: class scores 8-21 points below the few-shot head (``fit`` on mnist5k, see benchmarks/RESULTS.md); a split holds
+#: validation items from 5 labels per class on, and then C chosen on them closes the gap.
+FEWSHOT_MAX_LABELS = 4
 #: the head otherwise
 PROBE_HEAD = "logreg"
 
@@ -27,33 +29,37 @@ _WHAT = {"ncm-cl2n": "nearest class mean on centred, L2-normalised features (Sim
          "chen-baseline": "a linear classifier trained on the labels (Chen et al.'s Baseline)"}
 
 
-def choose_head(y_train: Any) -> tuple[str, str]:
+def choose_head(y_train: Any, validation: bool = False) -> tuple[str, str]:
     """The head for ``head="auto"`` and why, from the training labels.
 
     Args:
         y_train: the labels the head is trained on (its smallest class decides).
+        validation: whether there are validation labels (to choose logistic regression's C on).
 
     Returns:
         ``(head name, one-sentence reason)``.
 
     References:
-        Wang et al., "SimpleShot", arXiv:1911.04623, 2019 (the few-shot default); the choice itself is measured in
-        benchmarks/bench_fewshot.py.
+        Wang et al., "SimpleShot", arXiv:1911.04623, 2019, and Tian et al., ECCV 2020 (the few-shot heads); the
+        choice itself is measured in benchmarks/bench_fewshot.py.
     """
     _, counts = np.unique(np.asarray(y_train), return_counts=True)
     n = int(counts.min()) if len(counts) else 0
-    if n <= FEWSHOT_MAX_LABELS:
+    labels = f"{n} label{'s' if n != 1 else ''} per class to train on (smallest class)"
+    if n <= FEWSHOT_MAX_LABELS and not validation:
         what = _WHAT.get(FEWSHOT_HEAD, FEWSHOT_HEAD)
         return FEWSHOT_HEAD, (
-            f"{n} label{'s' if n != 1 else ''} per class to train on (smallest class): too few to hold out a "
-            f"validation split for choosing logistic regression's regularisation, so the few-shot head {FEWSHOT_HEAD} is used "
-            f"({what}; in 5-way 1- and 5-shot episodes it is the best head or within the 95% interval of the best, "
-            f"see benchmarks/RESULTS.md); choose another with head=")
-    return PROBE_HEAD, (f"{n} labels per class to train on (smallest class): logistic regression on standardised "
-                        "features, its C chosen on the validation split when there is one")
+            f"{labels}: too few to hold out a validation split for choosing logistic regression's regularisation, "
+            f"so the few-shot head {FEWSHOT_HEAD} is used ({what}; chosen on validation episodes of base classes, "
+            "see benchmarks/RESULTS.md); choose another with head=")
+    if validation:
+        return PROBE_HEAD, f"{labels}: logistic regression on standardised features, its C chosen on validation"
+    return PROBE_HEAD, (f"{labels}: logistic regression on standardised features (C=1: no validation split to "
+                        "choose it on)")
 
 
-def resolve_auto_head(y_train: Any, params: dict[str, Any] | None = None) -> tuple[str, str]:
+def resolve_auto_head(y_train: Any, params: dict[str, Any] | None = None,
+                      validation: bool = False) -> tuple[str, str]:
     """:func:`choose_head`, checked to take the head parameters ``params`` (``fit_run`` and ``TransferClassifier``
     with ``head="auto"``).
 
@@ -64,7 +70,7 @@ def resolve_auto_head(y_train: Any, params: dict[str, Any] | None = None) -> tup
     from ..errors import TransferkitError
     from ..heads import create_head
 
-    head, reason = choose_head(y_train)
+    head, reason = choose_head(y_train, validation)
     if params:
         try:
             create_head(head, **params)
