@@ -34,8 +34,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     Args:
         backbone: backbone name (``"lite0"``, ``"minilm"``, ``"timm:<arch>"``, ...).
         head: a head of :data:`~transferkit.heads.HEADS` (``"logreg"``, ``"linear"``, ``"mlp"``, the few-shot heads
-            such as ``"ncm-cl2n"``), or ``"auto"``: ``logreg``, or with one or two labels per class the few-shot
-            default (:func:`~transferkit.fewshot.choose_head`); the choice and its reason are in ``head_name_`` and
+            such as ``"ncm-cl2n"``), or ``"auto"``: ``logreg``, or with 1-4 labels per class and no ``eval_set`` the
+            few-shot default (:func:`~transferkit.fewshot.choose_head`); the choice and its reason are in ``head_name_`` and
             ``head_reason_``.
         head_params: keyword arguments of the head (e.g. ``{"C": 0.1}``).
         batch_size, num_workers, device: feature extraction settings.

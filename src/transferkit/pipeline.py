@@ -164,8 +164,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         backbone: backbone registry name.
         head: a head of :data:`~transferkit.heads.HEADS` (``logreg``, ``linear``, ``mlp``, the few-shot heads
             ``ncm-cl2n``, ``ncm-l2n``, ``protonet``, ``logreg-l2n``, ``chen-baseline``, ``chen-baseline++``), or
-            ``"auto"``: ``logreg``, or with one or two training labels per class (too few to hold out validation) the
-            few-shot default (:func:`~transferkit.fewshot.choose_head`, which says why). ``head_params`` go to its
+            ``"auto"``: ``logreg``, or with 1-4 training labels per class and no validation split (too few to hold
+            one out) the few-shot default (:func:`~transferkit.fewshot.choose_head`, which says why). ``head_params`` go to its
             constructor.
         labels_per_class: labelled budget per class (the rest is the test split); ``"auto"`` means
             10 for built-in datasets and every label (split into fractions) for a user's data.

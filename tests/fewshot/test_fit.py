@@ -61,8 +61,8 @@ def test_auto_with_parameters_the_chosen_head_does_not_take_is_refused(image_fol
     from transferkit.errors import TransferkitError
 
     with pytest.raises(TransferkitError, match=rf"head='auto' chose {FEWSHOT_HEAD} .*does not take head_params "
-                                               r"\{'epochs': 3\}"):
-        fit_run(str(image_folder), backbone=TINY, labels_per_class=1, head_params={"epochs": 3}, out=tmp_path / "run",
+                                               r"\{'C': 0.1\}"):
+        fit_run(str(image_folder), backbone=TINY, labels_per_class=1, head_params={"C": 0.1}, out=tmp_path / "run",
                 baseline=False, report=False, progress=False, num_workers=0)
 
 
@@ -82,4 +82,4 @@ def test_estimator_auto_head_by_labels_per_class():
     many = TransferClassifier(backbone=TINY, num_workers=0).fit(X[:200], y[:200])
     assert many.head_name_ == "logreg" and many.head_reason_.startswith(f"{np.bincount(y[:200].astype(int)).min()} labels")
     with pytest.raises(TransferkitError, match=rf"head='auto' chose {FEWSHOT_HEAD} .*does not take head_params"):
-        TransferClassifier(backbone=TINY, num_workers=0, head_params={"epochs": 3}).fit(X[one], y[one])
+        TransferClassifier(backbone=TINY, num_workers=0, head_params={"C": 0.1}).fit(X[one], y[one])
