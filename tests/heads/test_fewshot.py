@@ -45,3 +45,21 @@ def test_bad_settings_name_the_parameter():
         create_head("ncm-cl2n").fit(X, y, base=np.ones((3, 5)))
     with pytest.raises(TransferkitError, match=r"takes no parameter C"):
         create_head("protonet", C=1.0)
+
+
+def test_which_heads_ignore_the_feature_scale():
+    """fit's default must be one of the heads whose prediction a common feature scale does not change (the benchmark
+    has one backbone; shipped backbones' feature norms range from about 4 to 71); chen-baseline is not one of them,
+    which is why the default rule leaves it out."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 16)) * 3 + 1.0
+    y1 = np.array(["a", "b", "c"])
+    X1 = (centers + rng.normal(size=(3, 16)) * 0.5).astype(np.float32)
+    yt = np.repeat(np.arange(3), 20)
+    Xt = (centers[yt] + rng.normal(size=(60, 16)) * 0.5).astype(np.float32)
+    for name in ("protonet", "ncm-l2n", "ncm-cl2n", "logreg-l2n", "chen-baseline++"):
+        preds = [create_head(name).fit(X1 * s, y1).predict(Xt * s) for s in (1e-3, 1.0, 1e2)]
+        assert all((p == preds[1]).all() for p in preds), name
+    small = create_head("chen-baseline").fit(X1 * 1e-3, y1).predict(Xt * 1e-3)
+    unit = create_head("chen-baseline").fit(X1, y1).predict(Xt)
+    assert (unit == y1[yt]).mean() > 0.9 and (small == y1[yt]).mean() < 0.7, "SGD at a fixed rate barely moves"
