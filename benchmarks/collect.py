@@ -25,6 +25,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Before/after the training-loop rebuild (issue 9)", ["bench_refactor", "bench_finetune_clipart"]),
     ("Zero-shot (issue 11)", ["bench_zeroshot_notes", "bench_zeroshot_zsl", "bench_zeroshot_gzsl",
                               "bench_zeroshot_text"]),
+    ("Few-shot and one-shot (issue 11)", ["bench_fewshot", "bench_fewshot_fit"]),
+    ("Semi-supervised (issue 11)", ["bench_semi"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"

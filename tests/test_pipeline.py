@@ -130,7 +130,7 @@ def test_estimator_sklearn_conventions(tmp_path):
     clf.fit(X[:80], y[:80])
     assert clf.score(X[80:], y[80:]) > 0.5, "random tiny-net features still separate digits well above 10% chance"
     assert clf.predict_proba(X[80:]).shape == (40, len(clf.classes_))
-    grid = GridSearchCV(Pipeline([("clf", TransferClassifier(backbone=TINY, num_workers=0))]),
+    grid = GridSearchCV(Pipeline([("clf", TransferClassifier(backbone=TINY, head="logreg", num_workers=0))]),
                         {"clf__head_params": [{"C": 0.1}, {"C": 1.0}]}, cv=2).fit(X[:80], y[:80])
     assert grid.best_score_ > 0.4
     saved = clf.save(tmp_path / "model")

@@ -81,7 +81,10 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "scores": "--scores", "encoding": "--encoding", "accelerator": "--device", "unlabelled": "--unlabelled",
          "semi_level": "--semi-level", "tau": "--tau", "classes": "--classes",
          "seen": "--seen", "text_backbone": "--text-backbone", "prompt": "--prompt", "source_texts": "--source-texts",
-         "method": "--method"}
+         "method": "--method",
+         "ways": "--ways",
+         "shots": "--shots", "queries": "--queries", "episodes": "--episodes", "novel": "--novel", "base": "--base",
+         "base_data": "--base-data", "heads": "--heads"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -122,6 +125,7 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "image_size": (int, 8, None), "devices": (int, 1, None), "steps": (int, 1, None), "seeds": (int, 1, None),
            "max_samples": (int, 1, None), "target_labels": (int, 1, None), "max_test": (int, 1, None),
            "freeze": (int, 0, None), "lr": (float, 0.0, None), "trade_off": (float, 0.0, None),
+           "ways": (int, 2, None), "shots": (int, 1, None), "queries": (int, 1, None), "episodes": (int, 1, None),
            "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "tau": (float, 0.0, 1.0)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
@@ -170,7 +174,7 @@ def _pct(v: float | None) -> str:
 def fit(
     data: str = typer.Argument("clipart", help="Built-in dataset name, a folder with one sub-folder per class, or a CSV/TSV/Parquet table."),
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
-    head: str = typer.Option("logreg", "--head", help="Head on the features: logreg, linear or mlp."),
+    head: str = typer.Option("auto", "--head", help="Head on the features: auto (logreg, or with 1-4 labels per class and no validation split the few-shot default ncm-cl2n; it says why), logreg, linear, mlp, or a few-shot head: ncm-cl2n, ncm-l2n, protonet, logreg-l2n, chen-baseline, chen-baseline++."),
     labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; the rest is the test split (default: 10 for built-in datasets, all labels for your data)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of training."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<time>-<data>-<backbone>)."),
@@ -265,6 +269,8 @@ def fit(
         table.add_row(row["name"], _pct(row["accuracy"]), _pct(row["macro_f1"]), f"{row['seconds']:.1f}"
                       + (" (cached)" if row.get("cached") else ""))
     out.print(table)
+    if res.head_reason:
+        out.print(f"head: [bold]{res.head}[/bold] ({as_flags(res.head_reason)})", highlight=False)
     if res.advice is not None:
         out.print(f"strategy auto chose [bold]{res.advice['strategy']}[/bold]: " + "; ".join(res.advice["reasons"]))
     if res.baseline is not None:
@@ -468,6 +474,88 @@ def compare(
     for w in res.warnings:
         out.print(f"[bold yellow]warning:[/bold yellow] {w}")
     out.print(f"results: {res.out}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    """A comma-separated list of integers from an option, or a one-line error naming the flag."""
+    from .errors import TransferkitError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise TransferkitError(f"{flag} must be comma-separated integers, e.g. 1,5; got {text!r}") from None
+    if not values:
+        raise TransferkitError(f"{flag} needs at least one value, e.g. 1,5")
+    return values
+
+
+@app.command()
+@_friendly
+def fewshot(
+    data: str = typer.Argument(..., help="Built-in dataset, folder of class sub-folders, or table: the novel classes are drawn from it."),
+    novel: Optional[str] = typer.Option(None, "--novel", help="Comma-separated classes to draw episodes from (default: every class of DATA not named in --base)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Comma-separated base classes, never in an episode: heads adapt on their features (the ncm-cl2n centre). Classes of DATA, or of --base-data (default there: all)."),
+    base_data: Optional[str] = typer.Option(None, "--base-data", help="Another dataset holding the base classes (cross-domain, e.g. --base-data mnist5k with DATA digits)."),
+    ways: int = typer.Option(5, "--ways", help="Classes per episode (N-way)."),
+    shots: str = typer.Option("1,5", "--shots", help="Comma-separated labelled examples per class (K-shot), one evaluation each."),
+    queries: int = typer.Option(15, "--queries", help="Query items per class in an episode (scored, never trained on)."),
+    episodes: int = typer.Option(600, "--episodes", help="Episodes per shot count; the 95% interval is 1.96 sd / sqrt(episodes)."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Comma-separated heads (default: protonet, ncm-l2n, ncm-cl2n, logreg, logreg-l2n, chen-baseline, chen-baseline++)."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the episodes and of the heads that train."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for fewshot.json and fewshot.csv (default: runs/<time>-<data>-<backbone>-fewshot)."),
+    cache_dir: Optional[Path] = CacheOpt,
+    on_bad_input: str = typer.Option("error", "--on-bad-input", help="error: stop at unreadable inputs; skip: leave them out."),
+    input_column: Optional[str] = InputColOpt,
+    label_column: Optional[str] = LabelColOpt,
+    encoding: Optional[str] = EncodingOpt,
+    batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    quiet: bool = QuietOpt,
+):
+    """Few-shot evaluation: N-way K-shot episodes over the novel classes, every head fitted on each episode's support
+    features and scored on its queries; mean accuracy ± 95% confidence interval per head and shot count."""
+    from .fewshot import fewshot_run
+
+    shot_list = _int_list(shots, "--shots")
+    for k in shot_list:
+        check_options(shots=k)
+    check_options(ways=ways, queries=queries, episodes=episodes, seed=seed, batch_size=batch_size, workers=workers,
+                  device=device)
+    head_list = [h.strip() for h in heads.split(",") if h.strip()] if heads is not None else None
+    if head_list == []:
+        from .errors import TransferkitError
+
+        raise TransferkitError("--heads needs at least one head, e.g. ncm-cl2n,logreg")
+    res = fewshot_run(data, novel=novel, base=base, base_data=base_data, backbone=backbone, ways=ways,
+                      shots=shot_list, queries=queries, episodes=episodes, heads=head_list, seed=seed, out=out_dir,
+                      cache_dir=cache_dir, on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers,
+                      device=device, input_column=input_column, label_column=label_column, encoding=encoding,
+                      progress=not quiet,
+                      log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    r, st = res.result, res.result.settings
+    where = res.data + (f" (base classes from {res.base_data})" if res.base_data else "")
+    table = Table(title=f"{where}: {st['ways']}-way accuracy %, mean ± 95% CI over {st['episodes']} episodes, "
+                        f"{st['queries']} queries per class")
+    table.add_column("head")
+    for k in st["shots"]:
+        table.add_column(f"{k}-shot", justify="right")
+    leaders = {k: r.leaders(k) for k in st["shots"]}
+    for h in st["heads"]:
+        cells = []
+        for k in st["shots"]:
+            row = r.row(h["label"], k)
+            text = f"{100 * row['mean']:.2f} ± {100 * row['ci95']:.2f}"
+            cells.append(f"[bold]{text}[/bold]" if h["label"] in leaders[k] else text)
+        table.add_row(h["label"], *cells)
+    out.print(table)
+    for k in st["shots"]:
+        out.print(f"{k}-shot: best or within the best's 95% interval (bold): {', '.join(leaders[k])}")
+    out.print(f"novel classes: {', '.join(st['novel'])}")
+    if st["base"] or st["base_items"]:
+        out.print(f"base: {', '.join(st['base'] or []) or 'all classes'} ({st['base_items']} items)")
+    out.print(f"results: {res.run_dir / 'fewshot.json'}")
 
 
 _DEFAULT_RANK = {"image": "lite0,lite1,lite2,lite0-random", "text": "minilm,glove-50d"}

@@ -33,7 +33,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     Args:
         backbone: backbone name (``"lite0"``, ``"minilm"``, ``"timm:<arch>"``, ...).
-        head: ``"logreg"``, ``"linear"`` or ``"mlp"``.
+        head: a head of :data:`~transferkit.heads.HEADS` (``"logreg"``, ``"linear"``, ``"mlp"``, the few-shot heads
+            such as ``"ncm-cl2n"``), or ``"auto"``: ``logreg``, or with 1-4 labels per class and no ``eval_set`` the
+            few-shot default (:func:`~transferkit.fewshot.choose_head`); the choice and its reason are in ``head_name_`` and
+            ``head_reason_``.
         head_params: keyword arguments of the head (e.g. ``{"C": 0.1}``).
         batch_size, num_workers, device: feature extraction settings.
         cache_dir: feature cache folder (default ``$TRANSFERKIT_CACHE`` or ``~/.cache/transferkit``).
@@ -45,7 +48,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         >>> clf.predict(new_images)  # doctest: +SKIP
     """
 
-    def __init__(self, backbone: str = "lite0", head: str = "logreg", head_params: dict[str, Any] | None = None,
+    def __init__(self, backbone: str = "lite0", head: str = "auto", head_params: dict[str, Any] | None = None,
                  batch_size: int = 64, num_workers: int | None = None, cache_dir: str | None = None,
                  device: str = "auto", on_bad_input: str = "error", progress: bool = False):
         self.backbone = backbone
@@ -89,7 +92,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         F, good, _ = self._features(X, y)
         params = dict(self.head_params or {})
-        self.head_ = create_head(self.head, **params)
+        name, self.head_reason_ = self.head, None
+        if name == "auto":
+            from .fewshot import resolve_auto_head
+
+            name, self.head_reason_ = resolve_auto_head(y[good], params, validation=eval_set is not None)
+        self.head_name_ = name
+        self.head_ = create_head(name, **params)
         ev = None
         if eval_set is not None:
             Fv, gv, _ = self._features(eval_set[0])

@@ -47,6 +47,11 @@ class FitResult:
         warnings: e.g. negative transfer.
         timings: seconds per stage.
         extracted: how many items needed a forward pass (0 on a full cache hit).
+        splits: items per split.
+        skipped: ``(input, reason)`` of every input left out.
+        advice: the advisor's choice and reasons (``strategy="auto"``).
+        head: the head that was trained.
+        head_reason: why, when ``head="auto"`` chose it (None when the head was named).
     """
 
     run_dir: Path
@@ -59,6 +64,8 @@ class FitResult:
     splits: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     advice: dict[str, Any] | None = None
+    head: str = ""
+    head_reason: str | None = None
 
 
 def check_choice(value: str, allowed: Any, what: str) -> None:
@@ -140,7 +147,7 @@ def _learning_curve(head_name: str, head_params: dict, X: np.ndarray, y: np.ndar
     return points
 
 
-def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logreg",
+def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto",
             head_params: dict[str, Any] | None = None, labels_per_class: int | None | str = "auto",
             val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0, out: str | Path | None = None,
             cache_dir: str | Path | None = None, baseline: bool = True, report: bool = True,
@@ -156,8 +163,11 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     Args:
         data: a built-in dataset name, a folder of class sub-folders, a table, or a :class:`DataSource`.
         backbone: backbone registry name.
-        head: a head of :data:`~transferkit.heads.HEADS` (``logreg``, ``linear``, ``mlp``); ``head_params`` go to
-            its constructor.
+        head: a head of :data:`~transferkit.heads.HEADS` (``logreg``, ``linear``, ``mlp``, the few-shot heads
+            ``ncm-cl2n``, ``ncm-l2n``, ``protonet``, ``logreg-l2n``, ``chen-baseline``, ``chen-baseline++``), or
+            ``"auto"``: ``logreg``, or with 1-4 training labels per class and no validation split (too few to hold
+            one out) the few-shot default (:func:`~transferkit.fewshot.choose_head`, which says why). ``head_params`` go to its
+            constructor.
         labels_per_class: labelled budget per class (the rest is the test split); ``"auto"`` means
             10 for built-in datasets and every label (split into fractions) for a user's data.
         val_fraction, test_fraction: split shares (validation is carved from the labelled samples).
@@ -197,7 +207,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     check_choice(on_bad_input, ON_BAD_INPUT, "on_bad_input")
-    HEADS.get(head)  # unknown heads fail before any work
+    if head != "auto":
+        HEADS.get(head)  # unknown heads fail before any work
     engine = None
     semi = _check_semi(strategy, strategy_params, unlabelled, semi_level, semi_config, labels_per_class, data)
     if semi is not None:
@@ -231,6 +242,12 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
 
     t = time.perf_counter()
     params = dict(head_params or {})
+    requested, head_reason = head, None
+    if head == "auto":
+        from .fewshot import resolve_auto_head
+
+        head, head_reason = resolve_auto_head(y[splits.train], params, validation=len(splits.val) > 0)
+        say(f"head: {head} ({head_reason})")
     if HEADS.get(head).kind == "torch":
         params.setdefault("random_state", seed)
     model, proba, y_pred = _fit_head(fs, head, params)
@@ -309,7 +326,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     config = {
         "transferkit": __version__, "python": platform.python_version(), "data": _data_name(data, full=True),
         "dataset": source.name, "modality": source.modality, "classes": classes, "backbone": bb.name,
-        "backbone_identity": bb.identity(), "head": head, "head_params": params,
+        "backbone_identity": bb.identity(), "head": head, "head_requested": requested, "head_reason": head_reason,
+        "head_params": params,
         "head_fitted": {k: v for k, v in model.get_params().items()} | ({"C_": model.C_} if hasattr(model, "C_") else {}),
         "labels_per_class": labels_per_class, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "splits": splits.sizes(), "on_bad_input": on_bad_input, "cache": str(store.root),
@@ -346,7 +364,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "logr
     timings["total"] = time.perf_counter() - t_all
     write_json(run_dir / "metrics.json", metrics_doc)
     sizes = splits.sizes() | ({"unlabelled": int(outcome.summary["n_unlabelled"])} if outcome is not None else {})
-    return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, fs.extracted, sizes, fs.skipped, None if advice is None else advice.to_dict())
+    return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, fs.extracted, sizes, fs.skipped,
+                     None if advice is None else advice.to_dict(), head, head_reason)
 
 
 def _semi_section(semi: dict[str, Any], classes: list[str]) -> dict[str, str]:
@@ -549,12 +568,19 @@ def _write_report(run_dir: Path, store: Any, fs: Any, backbone: str, head: str, 
             if p["labels_per_class"] == n_lab:
                 p["scratch"] = scratch["accuracy"]
     summary = [("dataset", f"{config['dataset']} ({config['modality']}, {len(classes)} classes)"),
-               ("backbone", backbone), ("head", f"{head} {params or ''}".strip()),
+               ("backbone", backbone),
+               ("head", f"{head} {params or ''}".strip() + (" (chosen by head auto)" if config.get("head_reason")
+                                                            else "")),
                ("labels per class", str(config["labels_per_class"] or "all (fractions)")),
                ("train / val / test", " / ".join(str(v) for v in splits.sizes().values())),
                ("features", config["features_view"]),
                ("strategy", str(config.get("strategy", "probe")))]
     sections = []
+    if config.get("head_reason"):
+        import html as _html
+
+        sections.append({"title": f"Why the {head} head? (head auto)",
+                         "html": f"<p>{_html.escape(config['head_reason'])}</p>"})
     if config.get("advice"):
         import html as _html
 

@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..registry import Registry
 from .modules import HeadModule
 
-__all__ = ["HEADS", "LogisticHead", "LinearHead", "MLPHead", "create_head", "chunked_moments"]
+__all__ = ["HEADS", "HeadBase", "LogisticHead", "LinearHead", "MLPHead", "create_head", "chunked_moments"]
 
 #: heads by name; capabilities: ``needs_labels`` (trained on labels), ``min_labels_per_class`` (the fewest it is
 #: meant for), ``kind`` (``sklearn`` or ``torch``)
@@ -43,8 +43,10 @@ def chunked_moments(X: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.nd
     return mean, std
 
 
-class _HeadBase(ClassifierMixin, BaseEstimator):
-    """Shared plumbing: input checks, label encoding, predict from probabilities."""
+class HeadBase(ClassifierMixin, BaseEstimator):
+    """Shared plumbing of every head: input checks (memory-mapped features kept mapped), label encoding into
+    ``classes_``, class weights, the validation set encoded, and ``predict`` from ``predict_proba``. A head in its own
+    file subclasses it."""
 
     def _check_X(self, X: Any, reset: bool) -> np.ndarray:
         if isinstance(X, np.memmap) and X.ndim == 2:  # larger than RAM: keep it mapped, check the shape only
@@ -94,7 +96,7 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
 
 
 @HEADS.register("logreg", needs_labels=True, min_labels_per_class=1, kind="sklearn")
-class LogisticHead(_HeadBase):
+class LogisticHead(HeadBase):
     """Multinomial logistic regression on standardised features (scikit-learn ``LogisticRegression``).
 
     Args:
@@ -165,7 +167,7 @@ class LogisticHead(_HeadBase):
         return m
 
 
-class MLPHead(_HeadBase):
+class MLPHead(HeadBase):
     """A torch MLP (no hidden layer: a linear head) trained with AdamW and cross-entropy through the training loop.
 
     Minibatches are read from ``X`` by index, so memory-mapped features larger than RAM train fine.
@@ -279,5 +281,5 @@ HEADS.add("mlp", MLPHead, needs_labels=True, min_labels_per_class=2, kind="torch
 
 
 def create_head(name: str, **params: Any) -> Any:
-    """A head by name: ``logreg``, ``linear``, ``mlp`` (see :data:`HEADS`)."""
+    """A head by name: ``logreg``, ``linear``, ``mlp``, the few-shot heads of :mod:`.fewshot` (see :data:`HEADS`)."""
     return HEADS.create(name, **params)
