@@ -78,7 +78,10 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "epochs": "--epochs", "lr": "--lr", "freeze": "--freeze", "freeze_until": "--freeze-until",
          "output": "--output", "max_test": "--max-test", "strategies": "--strategies", "steps": "--steps",
          "trade_off": "--trade-off", "selection": "--selection", "max_samples": "--max-samples",
-         "scores": "--scores", "encoding": "--encoding", "accelerator": "--device"}
+         "scores": "--scores", "encoding": "--encoding", "accelerator": "--device", "corpus": "--corpus",
+         "hidden": "--hidden", "activation": "--activation", "algo": "--algo", "method": "--algo", "dim": "--dim",
+         "pooling": "--pooling", "column": "--column", "stopwords": "--stopwords", "init": "--init",
+         "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -119,7 +122,8 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "image_size": (int, 8, None), "devices": (int, 1, None), "steps": (int, 1, None), "seeds": (int, 1, None),
            "max_samples": (int, 1, None), "target_labels": (int, 1, None), "max_test": (int, 1, None),
            "freeze": (int, 0, None), "lr": (float, 0.0, None), "trade_off": (float, 0.0, None),
-           "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0)}
+           "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "hidden": (int, 1, None),
+           "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -164,7 +168,7 @@ def _pct(v: float | None) -> str:
 def fit(
     data: str = typer.Argument("clipart", help="Built-in dataset name, a folder with one sub-folder per class, or a CSV/TSV/Parquet table."),
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
-    head: str = typer.Option("logreg", "--head", help="Head on the features: logreg, linear or mlp."),
+    head: str = typer.Option("logreg", "--head", help="Head on the features: logreg, linear, mlp, or hidden (one hidden sigmoid layer: the word-vector recipe's small classifier)."),
     labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; the rest is the test split (default: 10 for built-in datasets, all labels for your data)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of training."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<time>-<data>-<backbone>)."),
@@ -179,7 +183,7 @@ def fit(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (the advisor picks from data size and similarity), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init)."),
+    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (the advisor picks from data size and similarity), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init), setfit (texts: contrastive fine-tuning on pairs of the labelled texts, then a logistic head)."),
     freeze: Optional[int] = typer.Option(None, "--freeze", help="partial: freeze the first K layer groups (timm's own grouping)."),
     freeze_until: Optional[str] = typer.Option(None, "--freeze-until", help="partial: freeze every group up to and including this one (e.g. blocks.3)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping on validation)."),
@@ -192,6 +196,9 @@ def fit(
     bss: Optional[float] = typer.Option(None, "--bss", help="Fine-tuning: batch spectral shrinkage strength eta, e.g. 0.001."),
     resume: bool = typer.Option(False, "--resume", help="Fine-tuning: continue the run in --out from its last checkpoint."),
     encoding: Optional[str] = EncodingOpt,
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Unlabelled texts (a text file with one document per line, a folder of text files, or a table) to train the backbone on first: -b word2vec, fasttext or simcse:minilm; the data's own texts are added without their labels (cached by corpus and settings)."),
+    hidden: Optional[int] = typer.Option(None, "--hidden", help="Hidden units of --head hidden (or mlp): --head hidden --hidden 32 on 125-d vectors and 2 classes is the word-vector recipe's 4,098-weight head."),
+    activation: Optional[str] = typer.Option(None, "--activation", help="Activation of --head hidden: sigmoid (default), relu or tanh."),
     quiet: bool = QuietOpt,
 ):
     """Train a shallow head on pretrained features (or fine-tune) and compare it with a from-scratch baseline.
@@ -203,7 +210,8 @@ def fit(
 
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
-                  train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze)
+                  train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze,
+                  hidden=hidden)
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
     params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until)) if v is not None}
@@ -220,7 +228,10 @@ def fit(
         from .errors import TransferkitError
 
         raise TransferkitError("--resume needs --out: the run directory of the interrupted run")
+    head_params = {k: v for k, v in (("hidden", None if hidden is None else (hidden,)), ("activation", activation))
+                   if v is not None}
     res = fit_run(data, backbone=backbone, head=head, labels_per_class=lpc, seed=seed, out=out_dir, encoding=encoding,
+                  head_params=head_params or None, corpus=corpus,
                   strategy=strategy, strategy_params=params or None, train_config=cfg or None,
                   regularizers=regs or None, resume=resume,
                   cache_dir=cache_dir, baseline=baseline, report=report, on_bad_input=on_bad_input,
@@ -668,6 +679,55 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text from the user's own corpus (issue 12)
+@app.command("pretrain-text")
+@_friendly
+def pretrain_text_cmd(
+    corpus: str = typer.Argument(..., help="Unlabelled texts: a text file (one document per line), a folder of text files, or a table (.csv/.tsv/.parquet) with a text column."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the trained backbone (new or empty); use it with fit -b word2vec:<folder>, fasttext:<folder> or file:<folder>."),
+    algo: str = typer.Option("word2vec", "--algo", help="word2vec or fasttext (word vectors with gensim, the text-train extra), or simcse (adapt the --backbone encoder with unsupervised SimCSE)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="simcse: the encoder to adapt (default: minilm)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Word vectors: dimensions (default: 100)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the corpus (default: 15 for word vectors, 1 for simcse)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Word vectors: context words on each side (default: 10)."),
+    min_count: Optional[int] = typer.Option(None, "--min-count", help="Word vectors: words seen fewer times are dropped (default: 2)."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="Word vectors: sif (default; Arora et al. 2017), mean (the classic average) or mean+max."),
+    stopwords: Optional[str] = typer.Option(None, "--stopwords", help="Word vectors: english-keep-negations (default), english or none."),
+    init: Optional[str] = typer.Option(None, "--init", help="Word vectors: start from a pretrained word-vector backbone of the same --dim, e.g. glove-50d with --dim 50."),
+    max_texts: Optional[int] = typer.Option(None, "--max-texts", help="simcse: train on at most this many texts (default: 4096)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the training (word vectors are bit-for-bit reproducible with --threads 1)."),
+    threads: int = typer.Option(1, "--threads", help="Word vectors: gensim training threads (1: reproducible; more: faster on a big corpus, not reproducible)."),
+    column: Optional[str] = typer.Option(None, "--column", help="The text column of a table corpus (detected when not given)."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Text encoding of the corpus files (default: UTF-8; any other is an error naming the file and byte)."),
+    cache_dir: Optional[Path] = CacheOpt,
+    quiet: bool = QuietOpt,
+):
+    """Train word vectors on your unlabelled texts (word2vec, fastText), or adapt a sentence encoder to them
+    (SimCSE); cached by corpus and settings, saved in --out for fit -b word2vec:<folder>."""
+    from .pretrain import pretrain_text
+
+    check_options(dim=dim, epochs=epochs, window=window, min_count=min_count, max_texts=max_texts, seed=seed)
+    given = {"dim": dim, "epochs": epochs, "window": window, "min_count": min_count, "pooling": pooling,
+             "stopwords": stopwords, "init": init, "max_texts": max_texts}
+    settings = {k: v for k, v in given.items() if v is not None}
+    settings["seed"] = seed
+    if algo in ("word2vec", "fasttext"):
+        settings["workers"] = threads
+    r = pretrain_text(corpus, algo, backbone=backbone, out=out_dir, cache_dir=cache_dir, column=column,
+                      encoding=encoding, progress=not quiet,
+                      log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)), **settings)
+    bb = r.backbone
+    table = Table(title=f"{algo} on {r.info['corpus']['origin']}")
+    for col in ("texts", "words", "features", "seconds", "cached"):
+        table.add_column(col, justify="right")
+    table.add_row(str(r.texts), str(r.info["corpus"]["words"]), str(bb.num_features),
+                  f"{r.info.get('train_seconds', 0.0):.1f}", "yes" if r.cached else "no")
+    out.print(table)
+    use = f"{algo}:{out_dir}" if algo in ("word2vec", "fasttext") else f"file:{out_dir}"
+    out.print(f"saved in {r.out}; use it with: transferkit fit DATA --backbone {use}")
 
 
 def main() -> None:
