@@ -151,3 +151,16 @@ def test_an_untrained_backbone_refuses_to_extract():
     bb = create_backbone("word2vec")
     with pytest.raises(TransferkitError, match="has no vectors yet: train it on a corpus first"):
         bb.collate(["a text"])
+
+
+def test_cache_clear_deletes_pretrained_backbones_and_nothing_else(tmp_path):
+    from transferkit.features import FeatureStore
+
+    r = pretrain_text(toy_corpus(), "word2vec", cache_dir=tmp_path, **SMALL)
+    (r.path / "my-notes.txt").write_text("a user's file")
+    store = FeatureStore(tmp_path)
+    groups = [g for g in store.clear_plan() if g["path"] == r.path]
+    assert len(groups) == 1 and {p.name for p in groups[0]["files"]} == {"backbone.json", "pretrain.json",
+                                                                           "weights.safetensors", "vocab.json"}
+    store.clear()
+    assert sorted(p.name for p in r.path.iterdir()) == ["my-notes.txt"]
