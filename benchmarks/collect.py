@@ -22,6 +22,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Transferability scores (issue 3)", ["bench_transferability"]),
     ("Fine-tuning strategies (issue 4)", ["bench_finetune"]),
     ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_timing", "bench_adapt_lenet"]),
+    ("Text transfer (issue 12)", ["bench_text", "bench_text_dev"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"
