@@ -12,8 +12,10 @@ the pool. Word vectors, TF-IDF's vocabulary and the SimCSE adaptation see the po
 labels, never the test texts. For each budget (labels per class) and seed, the labelled items are drawn from the
 pool; 20% of them (budgets >= 5) are the validation part that chooses the logistic head's C, exactly as
 ``transferkit fit -n N`` does; ``all`` is the whole pool. SetFit uses all its labels for pairs and a fixed C (it
-chooses nothing on validation data). Settings were chosen with ``--dev`` (the test split replaced by a dev split carved
-from the pool), never on the test split reported.
+chooses nothing on validation data). Nothing is chosen on the test split: the word-vector and SimCSE settings below
+were fixed before the test run, and ``--dev`` runs the same grid on a dev split carved from the pool (``--w2v``
+overrides word-vector settings there, e.g. ``--w2v stopwords=english-keep-negations``) for comparing settings.
+``--row-seeds`` / ``--row-budgets`` give the expensive rows (MiniLM fine-tuning on CPU) fewer cells.
 
 Every cell is journaled (``<work-dir>/cells.jsonl``, :func:`transferkit.experiment.run_grid`) and features are
 cached (``--cache-dir``): rerun the same command to resume.
@@ -399,6 +401,7 @@ def main() -> None:
     ap.add_argument("--row-budgets", default="", help="budgets of some rows, e.g. minilm-simcse=10/50")
     ap.add_argument("--w2v", default="", help="word-vector settings over the defaults, e.g. stopwords=english,epochs=5 "
                     "(for --dev comparisons)")
+    ap.add_argument("--note", action="append", default=[], help="a line under the tables (repeatable)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -410,8 +413,6 @@ def main() -> None:
     row_seeds = {k: int(v) for k, _, v in (kv.partition("=") for kv in _csv(args.row_seeds))}
     row_budgets = {k: [b if b == "all" else int(b) for b in v.split("/")]
                    for k, _, v in (kv.partition("=") for kv in _csv(args.row_budgets))}
-    if "setfit" in row_seeds:
-        args.setfit_seeds = row_seeds["setfit"]
     for kv in _csv(args.w2v):
         k, _, v = kv.partition("=")
         W2V[k] = int(v) if v.lstrip("-").isdigit() else v
@@ -426,7 +427,7 @@ def main() -> None:
     records: list[dict] = []
     timings: dict[str, dict] = {}
     notes = ["Zero-shot rows (issue 13, label descriptions) are not in this branch; they join this table when "
-             "that work is merged."]
+             "that work is merged.", *args.note]
     if "setfit-lib" in rows and importlib.util.find_spec("setfit") is None:
         notes.append("setfit-lib: the setfit package is not importable here; row skipped")
         rows = [r for r in rows if r != "setfit-lib"]
@@ -453,7 +454,8 @@ def main() -> None:
         cells = []
         for row in rows:
             if row in ("setfit", "setfit-lib"):
-                grid = [(int(b), s) for b in _csv(args.setfit_budgets) for s in range(args.setfit_seeds)]
+                grid = [(int(b), s) for b in _csv(args.setfit_budgets)
+                        for s in range(row_seeds.get(row, args.setfit_seeds))]
             else:
                 bs = row_budgets.get(row, budgets)
                 n = row_seeds.get(row, args.seeds)
