@@ -401,6 +401,10 @@ def main() -> None:
     ap.add_argument("--row-budgets", default="", help="budgets of some rows, e.g. minilm-simcse=10/50")
     ap.add_argument("--w2v", default="", help="word-vector settings over the defaults, e.g. stopwords=english,epochs=5 "
                     "(for --dev comparisons)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="only tabulate the cells already in the journal (and the pretraining timings from the cache)")
+    ap.add_argument("--timings-from", action="append", default=[],
+                    help="a bench_text .json whose timings (feature extraction, threads) join the table (repeatable)")
     ap.add_argument("--note", action="append", default=[], help="a line under the tables (repeatable)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -464,6 +468,19 @@ def main() -> None:
             conf = {"row": row, "w2v": W2V, "simcse": SIMCSE, "dev": args.dev, "protocol": 1}
             for b, s in grid:
                 cells.append(Cell({"corpus": name, "row": row, "budget": b, "seed": s}, settings_hash(conf)))
+        if args.render_only:  # tabulate what the journal holds; the missing cells are counted, not run
+            from transferkit._io import read_journal
+
+            have = {Cell({k: r[k] for k in ("corpus", "row", "budget", "seed")}, r["settings_hash"]).key()
+                    for r in read_journal(work / "cells.jsonl") if "settings_hash" in r}
+            missing = [c for c in cells if c.key() not in have]
+            if missing:
+                notes.append(f"{name}: {len(missing)} cell(s) of the grid not run (rows "
+                             f"{', '.join(sorted({c.coords['row'] for c in missing}))})")
+            cells = [c for c in cells if c.key() in have]
+        for extra in args.timings_from:
+            for k, v in json.loads(Path(extra).read_text()).get("timings", {}).get(name, {}).items():
+                bench.timings.setdefault(k, v)
         res = run_grid(cells, bench.run, work / "cells.jsonl", log=lambda rec: None)
         records += [{k: v for k, v in r.items()} for r in res.records]
         for row in rows:  # the pretraining timings of rows read back from the journal
