@@ -325,7 +325,7 @@ def targets(agg: dict, corpus: str, timings: dict) -> list[list[str]]:
                         "met" if w >= t + 2 else "not met"])
     tw = next((v for k, v in timings.items() if k.startswith("word2vec:") and '"dim": 100' in k), None)
     if tw and tw.get("seconds") is not None:
-        out.append(["word2vec pretraining on this corpus < 30 s (1 thread)", f"{tw['seconds']:.1f} s"
+        out.append(["word2vec pretraining on this corpus < 30 s (1 thread; wall time, as loaded as the machine was)", f"{tw['seconds']:.1f} s"
                     + (" (when first trained)" if tw.get("cached") else ""),
                     "met" if tw["seconds"] < 30 else "not met"])
     s = m("setfit", 8)
@@ -478,9 +478,13 @@ def main() -> None:
                 notes.append(f"{name}: {len(missing)} cell(s) of the grid not run (rows "
                              f"{', '.join(sorted({c.coords['row'] for c in missing}))})")
             cells = [c for c in cells if c.key() in have]
-        for extra in args.timings_from:
+        for extra in args.timings_from:  # feature extraction (the slowest: the first, uncached one) and threads
             for k, v in json.loads(Path(extra).read_text()).get("timings", {}).get(name, {}).items():
-                bench.timings.setdefault(k, v)
+                if k == "threads":
+                    bench.timings.setdefault(k, v)
+                elif k.startswith("features:") and v.get("n") == len(bench.source) and (
+                        k not in bench.timings or v["seconds"] > bench.timings[k]["seconds"]):
+                    bench.timings[k] = v
         res = run_grid(cells, bench.run, work / "cells.jsonl", log=lambda rec: None)
         records += [{k: v for k, v in r.items()} for r in res.records]
         ran = {r["row"] for r in res.records}
