@@ -16,11 +16,14 @@ import bench_text as bt  # noqa: E402
 from transferkit.pretrain import pretrain_text  # noqa: E402
 
 c = bt.load_rt()
-classes = sorted(set(c["labels"])); y = np.asarray([classes.index(v) for v in c["labels"]])
+classes = sorted(set(c["labels"]))
+y = np.asarray([classes.index(v) for v in c["labels"]])
 pool, test = bt.split_protocol(y, c["test_size"], False)
 texts = [c["texts"][i] for i in pool] + list(c["extra"])
 out = {}
-for name, s in (("bench settings (epochs 15, window 10)", dict(bt.W2V)), ("epochs 5, window 5", {**bt.W2V, "epochs": 5, "window": 5})):
+SETTINGS = {"bench settings (epochs 15, window 10)": dict(bt.W2V),
+            "epochs 5, window 5": {**bt.W2V, "epochs": 5, "window": 5}}
+for name, s in SETTINGS.items():
     t, w = time.process_time(), time.perf_counter()
     pretrain_text(texts, "word2vec", cache=False, **s)
     out[name] = {"cpu_s": time.process_time() - t, "wall_s": time.perf_counter() - w}
