@@ -4,6 +4,8 @@ For each dataset and seed, 30 % of every class is the test split (stratified, se
 per class are labelled and all the others form the unlabelled pool. On the same split:
 
 - ``probe``: the package's logistic-regression head on the N labels alone (eval-view lite0 features);
+- ``probe-auto``: the head ``fit`` picks by default at that budget (``head="auto"``: nearest class mean with
+  SimpleShot's CL2N at 1-4 labels per class without a validation split), on the same labels;
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
 - ``fixmatch``, ``flexmatch``, ``freematch`` at probe cost: the head trains on cached features of 4 weak and
   4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_info, machine_line, md_table  # noqa: E402
 
 SEMI = ("fixmatch", "flexmatch", "freematch")
-METHODS = ("probe", "self-training", "label-spreading", *SEMI)
+METHODS = ("probe", "probe-auto", "self-training", "label-spreading", *SEMI)
 #: image size per dataset (mnist5k's 28 px digits at 64 px, as in bench_probe_accuracy's small runs)
 SIZES = {"clipart": None, "mnist5k": 64}
 
@@ -80,7 +82,7 @@ def render(records: list[dict], info: dict, cmd: str) -> str:
                                                        by["label-spreading"][s]["accuracy"]) for s in seeds)
                     wins = f"{w}/{len(seeds)}"
                 below = ""
-                if m != "probe" and "probe" in by:
+                if m not in ("probe", "probe-auto") and "probe" in by:
                     seeds = [s for s in by[m] if s in by["probe"]]
                     below = str(sum(by[m][s]["accuracy"] < by["probe"][s]["accuracy"] for s in seeds))
                 pool = [r["pool_used"] for r in rs if r.get("pool_used") is not None]
@@ -135,6 +137,7 @@ def main() -> None:
     from transferkit.data import load_data
     from transferkit.data.splits import Splits
     from transferkit.features import FeatureStore
+    from transferkit.fewshot.choice import choose_head
     from transferkit.heads import create_head
     from transferkit.semi.baselines import label_spreading, self_training
     from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
@@ -179,8 +182,10 @@ def main() -> None:
                 for m in methods:
                     t = time.perf_counter()
                     rec = dict(base, method=m)
-                    if m == "probe":
-                        head = create_head("logreg").fit(X[sp["lab"]], y[sp["lab"]])
+                    if m in ("probe", "probe-auto"):
+                        name = choose_head(y[sp["lab"]], False)[0] if m == "probe-auto" else "logreg"
+                        rec["head"] = name
+                        head = create_head(name).fit(X[sp["lab"]], y[sp["lab"]])
                         pred = head.predict(X[sp["test"]])
                         rec["pool_accuracy"] = float((head.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
                     elif m in ("self-training", "label-spreading"):

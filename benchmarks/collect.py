@@ -27,6 +27,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
                               "bench_zeroshot_text"]),
     ("Few-shot and one-shot (issue 11)", ["bench_fewshot", "bench_fewshot_fit"]),
     ("Semi-supervised (issue 11)", ["bench_semi"]),
+    ("Text transfer (issue 12)", ["bench_text", "bench_text_dev"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"

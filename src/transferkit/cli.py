@@ -84,7 +84,11 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "method": "--method",
          "ways": "--ways",
          "shots": "--shots", "queries": "--queries", "episodes": "--episodes", "novel": "--novel", "base": "--base",
-         "base_data": "--base-data", "heads": "--heads"}
+         "base_data": "--base-data", "heads": "--heads",
+         "corpus": "--corpus",
+         "hidden": "--hidden", "activation": "--activation", "algo": "--algo", "dim": "--dim",
+         "pooling": "--pooling", "column": "--column", "stopwords": "--stopwords", "init": "--init",
+         "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -126,7 +130,9 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "max_samples": (int, 1, None), "target_labels": (int, 1, None), "max_test": (int, 1, None),
            "freeze": (int, 0, None), "lr": (float, 0.0, None), "trade_off": (float, 0.0, None),
            "ways": (int, 2, None), "shots": (int, 1, None), "queries": (int, 1, None), "episodes": (int, 1, None),
-           "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "tau": (float, 0.0, 1.0)}
+           "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "tau": (float, 0.0, 1.0),
+           "hidden": (int, 1, None),
+           "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -174,7 +180,7 @@ def _pct(v: float | None) -> str:
 def fit(
     data: str = typer.Argument("clipart", help="Built-in dataset name, a folder with one sub-folder per class, or a CSV/TSV/Parquet table."),
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
-    head: str = typer.Option("auto", "--head", help="Head on the features: auto (logreg, or with 1-4 labels per class and no validation split the few-shot default ncm-cl2n; it says why), logreg, linear, mlp, or a few-shot head: ncm-cl2n, ncm-l2n, protonet, logreg-l2n, chen-baseline, chen-baseline++."),
+    head: str = typer.Option("auto", "--head", help="Head on the features: auto (logreg, or with 1-4 labels per class and no validation split the few-shot default ncm-cl2n; it says why), logreg, linear, mlp, or a few-shot head: ncm-cl2n, ncm-l2n, protonet, logreg-l2n, chen-baseline, chen-baseline++; or hidden (one hidden sigmoid layer: the word-vector recipe's small classifier)."),
     labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; the rest is the test split (default: 10 for built-in datasets, all labels for your data)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of training."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<time>-<data>-<backbone>)."),
@@ -189,7 +195,7 @@ def fit(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (race the probe and fine-tuning strategies on validation), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init); semi-supervised with --unlabelled: fixmatch, flexmatch, freematch."),
+    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (race the probe and fine-tuning strategies on validation), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init), setfit (texts: contrastive fine-tuning on pairs of the labelled texts, then a logistic head); semi-supervised with --unlabelled: fixmatch, flexmatch, freematch."),
     unlabelled: Optional[str] = typer.Option(None, "--unlabelled", "-u", help="Semi-supervised strategies: 'rest' (with -n, every item neither labelled nor in the test share) or a folder / table of inputs without labels."),
     semi_level: str = typer.Option("features", "--semi-level", help="Semi-supervised strategies: features (frozen backbone, cached augmented views, a head: seconds after one extraction) or end-to-end (the backbone trains too; fine-tuning options apply)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Semi-supervised at features level: optimisation steps of the head (default: 1000)."),
@@ -206,6 +212,9 @@ def fit(
     bss: Optional[float] = typer.Option(None, "--bss", help="Fine-tuning: batch spectral shrinkage strength eta, e.g. 0.001."),
     resume: bool = typer.Option(False, "--resume", help="Fine-tuning: continue the run in --out from its last checkpoint."),
     encoding: Optional[str] = EncodingOpt,
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Unlabelled texts (a text file with one document per line, a folder of text files, or a table) to train the backbone on first: -b word2vec, fasttext or simcse:minilm; the data's own texts are added without their labels (cached by corpus and settings)."),
+    hidden: Optional[int] = typer.Option(None, "--hidden", help="Hidden units of --head hidden (or mlp): --head hidden --hidden 32 on 125-d vectors and 2 classes is the word-vector recipe's 4,098-weight head."),
+    activation: Optional[str] = typer.Option(None, "--activation", help="Activation of --head hidden: sigmoid (default), relu or tanh."),
     quiet: bool = QuietOpt,
 ):
     """Train a shallow head on pretrained features (or fine-tune) and compare it with a from-scratch baseline.
@@ -218,7 +227,7 @@ def fit(
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
                   train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze,
-                  steps=steps, tau=tau)
+                  steps=steps, tau=tau, hidden=hidden)
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
     params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau)) if v is not None}
@@ -251,7 +260,10 @@ def fit(
         from .errors import TransferkitError
 
         raise TransferkitError("--resume needs --out: the run directory of the interrupted run")
+    head_params = {k: v for k, v in (("hidden", None if hidden is None else (hidden,)), ("activation", activation))
+                   if v is not None}
     res = fit_run(data, backbone=backbone, head=head, labels_per_class=lpc, seed=seed, out=out_dir, encoding=encoding,
+                  head_params=head_params or None, corpus=corpus,
                   strategy=strategy, strategy_params=params or None, train_config=cfg or None,
                   regularizers=regs or None, resume=resume, unlabelled=unlabelled, semi_level=semi_level,
                   semi_config={"steps": steps} if steps is not None else None,
@@ -864,6 +876,55 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text from the user's own corpus (issue 12)
+@app.command("pretrain-text")
+@_friendly
+def pretrain_text_cmd(
+    corpus: str = typer.Argument(..., help="Unlabelled texts: a text file (one document per line), a folder of text files, or a table (.csv/.tsv/.parquet) with a text column."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the trained backbone (new or empty); use it with fit -b word2vec:<folder>, fasttext:<folder> or file:<folder>."),
+    algo: str = typer.Option("word2vec", "--algo", help="word2vec or fasttext (word vectors with gensim, the text-train extra), or simcse (adapt the --backbone encoder with unsupervised SimCSE)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="simcse: the encoder to adapt (default: minilm)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Word vectors: dimensions (default: 100)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the corpus (default: 15 for word vectors, 1 for simcse)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Word vectors: context words on each side (default: 10)."),
+    min_count: Optional[int] = typer.Option(None, "--min-count", help="Word vectors: words seen fewer times are dropped (default: 2)."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="Word vectors: sif (default; Arora et al. 2017), mean (the classic average) or mean+max."),
+    stopwords: Optional[str] = typer.Option(None, "--stopwords", help="Word vectors: english-keep-negations (default), english or none."),
+    init: Optional[str] = typer.Option(None, "--init", help="Word vectors: start from a pretrained word-vector backbone of the same --dim, e.g. glove-50d with --dim 50."),
+    max_texts: Optional[int] = typer.Option(None, "--max-texts", help="simcse: train on at most this many texts (default: 4096)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the training (word vectors are bit-for-bit reproducible with --threads 1)."),
+    threads: int = typer.Option(1, "--threads", help="Word vectors: gensim training threads (1: reproducible; more: faster on a big corpus, not reproducible)."),
+    column: Optional[str] = typer.Option(None, "--column", help="The text column of a table corpus (detected when not given)."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Text encoding of the corpus files (default: UTF-8; any other is an error naming the file and byte)."),
+    cache_dir: Optional[Path] = CacheOpt,
+    quiet: bool = QuietOpt,
+):
+    """Train word vectors on your unlabelled texts (word2vec, fastText), or adapt a sentence encoder to them
+    (SimCSE); cached by corpus and settings, saved in --out for fit -b word2vec:<folder>."""
+    from .pretrain import pretrain_text
+
+    check_options(dim=dim, epochs=epochs, window=window, min_count=min_count, max_texts=max_texts, seed=seed)
+    given = {"dim": dim, "epochs": epochs, "window": window, "min_count": min_count, "pooling": pooling,
+             "stopwords": stopwords, "init": init, "max_texts": max_texts}
+    settings = {k: v for k, v in given.items() if v is not None}
+    settings["seed"] = seed
+    if algo in ("word2vec", "fasttext"):
+        settings["workers"] = threads
+    r = pretrain_text(corpus, algo, backbone=backbone, out=out_dir, cache_dir=cache_dir, column=column,
+                      encoding=encoding, progress=not quiet,
+                      log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)), **settings)
+    bb = r.backbone
+    table = Table(title=f"{algo} on {r.info['corpus']['origin']}")
+    for col in ("texts", "words", "features", "seconds", "cached"):
+        table.add_column(col, justify="right")
+    table.add_row(str(r.texts), str(r.info["corpus"]["words"]), str(bb.num_features),
+                  f"{r.info.get('train_seconds', 0.0):.1f}", "yes" if r.cached else "no")
+    out.print(table)
+    use = f"{algo}:{out_dir}" if algo in ("word2vec", "fasttext") else f"file:{out_dir}"
+    out.print(f"saved in {r.out}; use it with: transferkit fit DATA --backbone {use}")
 
 
 def main() -> None:

@@ -91,15 +91,21 @@ def negative_transfer_warning(correct_transfer: Any, correct_baseline: Any, what
             f"{difference_text(t)}")
 
 
-def engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] | None, seed: int) -> dict[str, Any]:
-    """The fine-tuning engine's ``TrainConfig`` (seeded like the split) and loss terms, checked before any work."""
+def engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] | None, seed: int,
+                    defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fine-tuning engine's ``TrainConfig`` (seeded like the split) and loss terms, checked before any work.
+
+    ``defaults`` are a strategy's own starting settings (its ``train_defaults`` capability, e.g. SetFit's one epoch
+    at lr 2e-5); ``train_config`` given as a dict overrides them.
+    """
     from dataclasses import fields, replace
 
     from .train.engine import TrainConfig
     from .train.regularizers import create_regularizer
 
+    base = TrainConfig(seed=seed, **(defaults or {}))
     if train_config is None:
-        cfg = TrainConfig(seed=seed)
+        cfg = base
     elif isinstance(train_config, TrainConfig):
         cfg = train_config
     elif isinstance(train_config, dict):
@@ -107,7 +113,7 @@ def engine_settings(train_config: Any, regularizers: dict[str, dict[str, Any]] |
         unknown = sorted(set(train_config) - known)
         if unknown:
             raise TransferkitError(f"unknown training setting(s) {unknown}; valid: {', '.join(sorted(known))}")
-        cfg = replace(TrainConfig(seed=seed), **train_config)
+        cfg = replace(base, **train_config)
     else:
         raise TransferkitError(f"train_config must be a TrainConfig or a dict, got {type(train_config).__name__}")
     cfg.validate()
@@ -157,7 +163,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
             strategy_params: dict[str, Any] | None = None, train_config: Any = None,
             regularizers: dict[str, dict[str, Any]] | None = None, resume: bool = False,
             encoding: str | None = None, unlabelled: Any = None, semi_level: str = "features",
-            semi_config: Any = None) -> FitResult:
+            semi_config: Any = None, corpus: Any = None) -> FitResult:
     """Extract (or read cached) features, train a shallow head, compare with a from-scratch baseline, write a run.
 
     Args:
@@ -187,13 +193,16 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         train_config: a :class:`~transferkit.train.engine.TrainConfig` or a dict of its fields (fine-tuning).
         regularizers: fine-tuning loss terms by name, e.g. ``{"l2sp": {"alpha": 0.01}, "bss": {"eta": 0.001}}``.
         resume: continue a fine-tuning run killed in ``out`` from its last checkpoint.
-        encoding: a table's text encoding (detected when None).
+        encoding: a table's text encoding (detected when None); also the encoding of ``corpus`` files.
         unlabelled: inputs without labels for a semi-supervised strategy: ``"rest"`` (with ``labels_per_class``,
             every item neither labelled nor in the test share ``test_fraction`` of its class), or a folder / table
             / DataSource of other inputs.
         semi_level: ``features`` (frozen backbone, cached augmented views, a head: seconds after one extraction)
             or ``end-to-end`` (the backbone trains too, with ``train_config``).
         semi_config: a :class:`~transferkit.semi.fit.SemiConfig` or a dict of its fields (``features`` level).
+        corpus: unlabelled texts (a text file, a folder of text files, a table, or a list) for a backbone trained on
+            the user's corpus (``word2vec``, ``fasttext``, ``simcse:<encoder>``: its ``corpus_method`` capability);
+            the data's own texts are added without their labels. Pretrained once, cached by corpus and settings.
 
     Returns:
         A :class:`FitResult`.
@@ -214,22 +223,43 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     if semi is not None:
         engine = engine_settings(train_config, regularizers, seed) if semi_level == "end-to-end" else None
     elif strategy != "probe":  # the engine's settings are checked now, also for auto (whose race may fine-tune)
-        from .train.strategies import create_strategy
+        from .train.strategies import STRATEGIES, create_strategy
 
+        entry = None
         if strategy != "auto":
             create_strategy(strategy, **(strategy_params or {}))  # unknown names fail now
-        engine = engine_settings(train_config, regularizers, seed)
+            entry = STRATEGIES.get(strategy)
+        engine = engine_settings(train_config, regularizers, seed,
+                                 defaults=entry.cap("train_defaults") if entry is not None else None)
+        engine["trainer"] = entry.cap("trainer") if entry is not None else None  # its own trainer, or the engine
     is_builtin = isinstance(data, str) and data in DATASETS and not os.path.exists(data)
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None
     if labels_per_class is not None and (not isinstance(labels_per_class, int) or labels_per_class < 1):
         raise TransferkitError(f"labels_per_class must be an integer >= 1 (or None for fraction splits); got "
                                f"{labels_per_class!r}")
-    backbone_entry(backbone)  # unknown names fail before the slow work
-    t = time.perf_counter()
-    bb = create_backbone(backbone)
-    run_dir = prepare_run_dir(out if out is not None else default_run_dir(_data_name(data), backbone), "fit",
-                              resume=resume)
+    entry_bb = backbone_entry(backbone)  # unknown names fail before the slow work
+    if head_params:
+        HEADS.create(head, **head_params)  # unknown head parameters fail before the slow work
+    if corpus is not None and not entry_bb.cap("corpus_method"):
+        raise TransferkitError(f"corpus= is for backbones trained on your texts (word2vec, fasttext, simcse:<encoder>); "
+                               f"backbone {backbone!r} is pretrained elsewhere. Leave corpus= out, or choose one of "
+                               "those")
+    pretrained = None
+    if entry_bb.cap("corpus_method"):  # trained on the user's texts first (word2vec, fasttext, simcse:<encoder>)
+        run_dir = prepare_run_dir(out if out is not None else default_run_dir(_data_name(data), backbone), "fit",
+                                  resume=resume)
+        t = time.perf_counter()
+        pretrained = _pretrain_backbone(backbone, corpus, data, input_column=input_column, label_column=label_column,
+                                        encoding=encoding, cache_dir=cache_dir, progress=progress, say=say)
+        bb = pretrained.backbone
+        timings["pretrain"] = time.perf_counter() - t
+        t = time.perf_counter()
+    else:
+        t = time.perf_counter()
+        bb = create_backbone(backbone)
+        run_dir = prepare_run_dir(out if out is not None else default_run_dir(_data_name(data), backbone), "fit",
+                                  resume=resume)
     store = FeatureStore(cache_dir)
     fs = build_featureset(data, bb, store=store, labels_per_class=labels_per_class, val_fraction=val_fraction,
                           test_fraction=test_fraction, seed=seed,
@@ -265,7 +295,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     metrics = classification_metrics(y[splits.test], y_pred, classes)
     transfer_name = f"{bb.name} + {head} head"
     comparison = [{"name": transfer_name, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                   "seconds": timings["features"] + timings["head"], "kind": "transfer"}]
+                   "seconds": timings.get("pretrain", 0.0) + timings["features"] + timings["head"],
+                   "kind": "transfer"}]
     ft = outcome = None
     if semi is not None:
         from .semi.run import baseline_rows, semi_fit
@@ -298,9 +329,10 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
             ft = raced[strategy]
         else:
             say(f"fine-tuning: strategy {strategy} {strategy_params or ''}".rstrip())
-            ft = finetune(source, y, splits, bb, strategy, engine["config"], run_dir, resume=resume,
-                          strategy_params=strategy_params, extra_losses=engine["losses"], classes=classes,
-                          progress=progress, log=say, export=False)
+            trainer = engine["trainer"] or finetune  # a strategy with its own trainer declares it (setfit)
+            ft = trainer(source, y, splits, bb, strategy, engine["config"], run_dir, resume=resume,
+                         strategy_params=strategy_params, extra_losses=engine["losses"], classes=classes,
+                         progress=progress, log=say, export=False)
         timings["finetune"] = time.perf_counter() - t + (timings.get("race", 0.0) if raced is not None else 0.0)
         proba, y_pred = ft.proba, np.asarray(ft.y_pred)
         probe_row = comparison[0] | {"name": transfer_name + " (probe, for reference)", "kind": "reference"}
@@ -338,6 +370,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
                                                           else getattr(unlabelled, "origin", None) or "given"),
         "finetune": None if ft is None else ft.config,
         "features_view": str(fs.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "pretrained": None if pretrained is None else {**pretrained.info, "cached": pretrained.cached,
+                                                       "path": str(pretrained.path)},
     }
     write_json(run_dir / "config.json", config)
     if outcome is not None and outcome.head is not None:
@@ -433,6 +467,27 @@ def _check_semi(strategy: str, params: dict[str, Any] | None, unlabelled: Any, l
         raise TransferkitError(f"unknown semi-supervised setting(s) {', '.join(unknown)}; the settings are "
                                f"{', '.join(SemiConfig.__dataclass_fields__)}")
     return SemiConfig(**(config or {})).validate()
+
+
+def _pretrain_backbone(backbone: str, corpus: Any, data: Any, *, input_column: str | None, label_column: str | None,
+                       encoding: str | None, cache_dir: Any, progress: bool, say: Callable[[str], None]) -> Any:
+    """A backbone trained on the user's texts (its registry entry declares a ``corpus_method``): on ``corpus`` and
+    the data's own texts (labels unused), cached by corpus and settings (:mod:`transferkit.pretrain`)."""
+    from .data.load import load_data
+    from .errors import ModalityError
+    from .pretrain import pretrain_for_backbone
+
+    src = load_data(data, input_column=input_column, label_column=label_column, require_labels=False,
+                    encoding=encoding)
+    if src.modality != "text":
+        raise ModalityError(f"{src.origin or src.name} holds {src.modality} data but backbone {backbone!r} is trained "
+                            "on texts; choose an image backbone (see `transferkit backbones`)")
+    own = [str(t) for t in src.items]
+    r = pretrain_for_backbone(backbone, corpus, extra_texts=own, cache_dir=cache_dir, encoding=encoding,
+                              progress=progress, log=say)
+    say(f"backbone {backbone}: {r.backbone.name} " + ("read from the cache" if r.cached else
+                                                       f"trained in {r.seconds:.1f}s") + f" ({r.path})")
+    return r
 
 
 def _data_name(data: Any, full: bool = False) -> str:

@@ -29,9 +29,23 @@ def _inputs(bb):
                        "a happy cat sat on the mat"])
 
 
+#: what a backbone trained on the user's corpus (capability corpus_method) is trained on before the contract holds
+CORPUS = ["a happy cat sat on the mat", "terrible side effects, would not take again", "the cat was happy",
+          "side effects were terrible", "would take it again", "a mat on the floor"] * 5
+
+
+def _build(name):
+    spec = next((s for s in list_backbones() if s.name == name), None)
+    if spec is not None and spec.cap("corpus_method"):
+        from transferkit.pretrain import pretrain_for_backbone
+
+        return pretrain_for_backbone(name, CORPUS).backbone
+    return create_backbone(name)
+
+
 @pytest.mark.parametrize("name", list(_names()))
 def test_backbone_contract(name):
-    bb = create_backbone(name)
+    bb = _build(name)
     spec = next((s for s in list_backbones() if s.name == name), None)
     assert bb.modality in ("image", "text")
     if spec is not None:
@@ -46,7 +60,7 @@ def test_backbone_contract(name):
     assert torch.allclose(f[0], f[2], atol=1e-5), "same input, same features"
     assert not torch.allclose(f[0], f[1]), "different inputs, different features"
     # identity is stable across constructions (the cache key depends on it)
-    assert create_backbone(name).identity_key() == bb.identity_key()
+    assert _build(name).identity_key() == bb.identity_key()
 
 
 def test_lite0_uses_shipped_preprocessing_and_predicts_imagenet_classes():

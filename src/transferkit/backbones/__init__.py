@@ -21,7 +21,8 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 
 def register_backbone(name: str, factory: Callable[..., Backbone], *, modality: str, num_features: int | None = None,
                       description: str = "", requires: tuple[str, ...] = (), offline: bool = True,
-                      pretrained: bool = True, end_to_end: bool = False, reads_files: bool = False) -> Entry:
+                      pretrained: bool = True, end_to_end: bool = False, reads_files: bool = False,
+                      corpus_method: str | None = None) -> Entry:
     """Add a backbone (or a family, when ``name`` ends with ``:``; its factory then takes the argument first).
 
     Args:
@@ -37,10 +38,12 @@ def register_backbone(name: str, factory: Callable[..., Backbone], *, modality: 
             rather than on cached features).
         reads_files: the name points at files (``file:<path>``, ``hf:<dir>``): a run keeps its own copy instead of
             the name, and never follows such a name from a run directory.
+        corpus_method: the backbone is trained (or adapted) on the user's unlabelled corpus before use, by this
+            text pretraining method (:data:`transferkit.pretrain.PRETRAINERS`); ``fit`` then pretrains it first.
     """
     return BACKBONES.add(name, factory, description=description, modality=modality, num_features=num_features,
                          requires=tuple(requires), offline=offline, pretrained=pretrained, end_to_end=end_to_end,
-                         reads_files=reads_files)
+                         reads_files=reads_files, corpus_method=corpus_method)
 
 
 def list_backbones(**caps: Any) -> list[Entry]:

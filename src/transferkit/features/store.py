@@ -444,6 +444,11 @@ class FeatureStore:
                 files = _own_files(self.root / sub, pattern)
                 if files:
                     plan.append({"what": what, "path": self.root / sub, "files": files, "bytes": _bytes(files)})
+            for d in _pretrained_dirs(self.root / "pretrained"):
+                files = _pretrained_files(d)
+                if files:
+                    plan.append({"what": f"pretrained backbone {d.name} (word vectors or adapted encoder)", "path": d,
+                                 "files": files, "bytes": _bytes(files)})
         return plan
 
     def clear(self, backbone: str | None = None) -> int:
@@ -531,6 +536,34 @@ def _is_backbone_dir(d: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and "transferkit" in meta
+
+
+_PRETRAINED_DIR = re.compile(r"[a-z0-9][a-z0-9_-]*-[0-9a-f]{16}")
+
+
+def _pretrained_dirs(folder: Path) -> list[Path]:
+    """Backbones trained on a corpus and cached by :mod:`transferkit.pretrain` (``pretrained/<method>-<key>``, holding
+    ``pretrain.json``)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if _PRETRAINED_DIR.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+            and (Path(e.path) / "pretrain.json").is_file()]
+
+
+def _pretrained_files(d: Path) -> list[Path]:
+    """The files a saved backbone lists in its backbone.json, with backbone.json and pretrain.json (nothing else)."""
+    try:
+        names = list((json.loads((d / "backbone.json").read_text()).get("files") or {}))
+    except (OSError, ValueError, AttributeError):
+        names = []
+    out = []
+    for name in [*names, "backbone.json", "pretrain.json"]:
+        p = d / name
+        if "/" not in name and "\\" not in name and p.is_file() and not p.is_symlink():
+            out.append(p)
+    return sorted(set(out))
 
 
 def _bytes(files: list[Path]) -> int:

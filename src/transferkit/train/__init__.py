@@ -6,7 +6,9 @@ The main entry point is :func:`finetune`::
 
     result = finetune(source, y, splits, "lite0", "gradual", TrainConfig(epochs=10), "runs/x")
 
-Names are imported on first use (Lightning is slow to import).
+Names are imported on first use (Lightning is slow to import: no module here imports it at the top). The
+package imports its modules (:func:`~transferkit.registry.import_submodules`), so a strategy or objective
+registered in its own file (``setfit.py``) is found without editing a list.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ _EXPORTS = {
     "export_model": "transferkit.train.export",
     "load_exported": "transferkit.train.export",
     "EXPORT_FORMATS": "transferkit.train.export",
+    "train_setfit": "transferkit.train.setfit",
+    "setfit_pairs": "transferkit.train.setfit",
+    "CosinePairLoss": "transferkit.train.contrastive",
+    "SimCSELoss": "transferkit.train.contrastive",
 }
 
 __all__ = list(_EXPORTS)
@@ -47,3 +53,8 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+from ..registry import import_submodules  # noqa: E402 - after the lazy names, which the modules do not need
+
+import_submodules(__name__, __path__)  # strategies and objectives registered in their own files

@@ -1,0 +1,31 @@
+"""CPU seconds of word2vec pretraining on the Rotten Tomatoes corpus of bench_text.py (its pool plus the plot
+synopses, one gensim worker, no cache). On a shared, loaded machine the wall time measures the other jobs; the CPU time
+of a one-worker training is what an idle core takes.
+
+    python benchmarks/bench_text_cpu.py
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+
+import bench_text as bt  # noqa: E402
+from transferkit.pretrain import pretrain_text  # noqa: E402
+
+c = bt.load_rt()
+classes = sorted(set(c["labels"]))
+y = np.asarray([classes.index(v) for v in c["labels"]])
+pool, test = bt.split_protocol(y, c["test_size"], False)
+texts = [c["texts"][i] for i in pool] + list(c["extra"])
+out = {}
+SETTINGS = {"bench settings (epochs 15, window 10)": dict(bt.W2V),
+            "epochs 5, window 5": {**bt.W2V, "epochs": 5, "window": 5}}
+for name, s in SETTINGS.items():
+    t, w = time.process_time(), time.perf_counter()
+    pretrain_text(texts, "word2vec", cache=False, **s)
+    out[name] = {"cpu_s": time.process_time() - t, "wall_s": time.perf_counter() - w}
+    print(name, out[name], flush=True)
+print(json.dumps(out, indent=1))

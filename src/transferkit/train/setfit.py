@@ -1,0 +1,274 @@
+"""SetFit: few-shot text classification by contrastive fine-tuning of a sentence encoder, then a logistic head.
+
+Stage 1 draws pairs from the few labelled texts (same class: target 1, different classes: target 0) and fine-tunes
+the encoder with the cosine-similarity loss (:class:`~transferkit.train.contrastive.CosinePairLoss`) through the
+training loop (checkpoints, resume, devices and precision as for every run). Stage 2 embeds the labelled texts with
+the fine-tuned encoder and fits a logistic-regression head on them. ``fit(..., strategy="setfit")`` runs it: the
+strategy entry declares this trainer as its ``trainer`` capability, which the pipeline reads.
+
+Why our loop and not the ``setfit`` package: measured here, ``setfit`` 1.2.0 installs (with ``datasets``,
+``evaluate``, ``accelerate`` and eight more packages) and runs offline with the shipped MiniLM, but it trains through
+transformers' ``Trainer`` (not our loop: no Fabric devices and precision, no checkpoints of our format, no resume)
+and saves its head with pickle (``model_head.pkl``), which transferkit never writes. The algorithm is small (pair
+sampling, a cosine loss, a logistic head), so it lives here; ``benchmarks/bench_text.py`` runs the library beside
+it as a reference when it is importable.
+
+References:
+    Tunstall, Reimers, Jo, Bates, Korat, Wasserblat & Pereg, "Efficient Few-Shot Learning Without Prompts",
+    arXiv:2209.11055, 2022.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from ..backbones.base import Backbone
+from ..data.sources import DataSource
+from ..data.splits import Splits
+from ..errors import DataError, ModalityError, TransferkitError
+from .contrastive import CosinePairLoss, EncoderPlan, PairItems, encode_texts, first_of_pair, second_of_pair
+from .engine import FinetuneResult, TrainConfig
+from .loop import LoopSettings, run_loop
+from .model import TransferModel
+from .strategies import STRATEGIES, Strategy
+
+__all__ = ["SetFit", "setfit_pairs", "train_setfit", "SAMPLINGS", "SETFIT_DEFAULTS"]
+
+SAMPLINGS = ("oversampling", "undersampling", "unique")
+#: the training settings SetFit starts from (the paper's: one epoch, batch 16, body learning rate 2e-5, 10% warmup)
+SETFIT_DEFAULTS = {"epochs": 1, "batch_size": 16, "lr": 2e-5, "weight_decay": 0.01, "warmup_epochs": 0.1,
+                   "patience": None, "label_smoothing": 0.0, "augment": False}
+
+
+def setfit_pairs(y: np.ndarray, *, sampling: str = "oversampling", num_iterations: int | None = None,
+                 max_pairs: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Training pairs from labelled items: ``(P, 2)`` item positions and ``(P,)`` targets (1 same class, 0 not).
+
+    Args:
+        y: the items' class indices.
+        sampling: with ``num_iterations=None``, every unique pair is drawn once and the rarer kind (positive or
+            negative) is repeated until there are as many of both (``oversampling``, SetFit's default), cut down to
+            the rarer kind's number (``undersampling``), or kept as they are (``unique``).
+        num_iterations: the paper's sampling instead: each item gets ``num_iterations`` positive and as many
+            negative partners, drawn at random (``2 * num_iterations * N`` pairs).
+        max_pairs: keep at most this many pairs (a random subset).
+        seed: the draw's seed.
+
+    Raises:
+        DataError: fewer than 2 classes, or no class with 2 items (no positive pair can be made).
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DataError(f"SetFit needs labelled texts of at least 2 classes; got {len(classes)}")
+    if not any((y == c).sum() >= 2 for c in classes):
+        raise DataError("SetFit needs a class with at least 2 labelled texts to make a positive pair; label more")
+    if sampling not in SAMPLINGS:
+        raise DataError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
+    if num_iterations is not None:
+        pairs, targets = [], []
+        for _ in range(int(num_iterations)):
+            for i in range(len(y)):
+                same = np.flatnonzero((y == y[i]) & (np.arange(len(y)) != i))
+                other = np.flatnonzero(y != y[i])
+                if len(same):
+                    pairs.append((i, int(rng.choice(same))))
+                    targets.append(1)
+                pairs.append((i, int(rng.choice(other))))
+                targets.append(0)
+        P, T = np.asarray(pairs, np.int64), np.asarray(targets, np.int64)
+    else:
+        i, j = np.triu_indices(len(y), k=1)
+        same = y[i] == y[j]
+        pos = np.stack([i[same], j[same]], 1)
+        neg = np.stack([i[~same], j[~same]], 1)
+        if sampling != "unique":
+            small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+            if sampling == "oversampling":
+                reps = np.concatenate([rng.permutation(len(small)) for _ in range(-(-len(big) // len(small)))])
+                small = small[reps[:len(big)]]
+            else:
+                big = big[rng.permutation(len(big))[:len(small)]]
+            pos, neg = (small, big) if len(pos) < len(neg) else (big, small)
+        P = np.concatenate([pos, neg])
+        T = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
+    order = rng.permutation(len(P))
+    if max_pairs is not None:
+        order = order[:int(max_pairs)]
+    return P[order], T[order]
+
+
+@dataclass
+class SetFit(Strategy):
+    """SetFit: contrastive fine-tuning of a sentence encoder on pairs of the few labelled texts, then a logistic
+    head on its embeddings (text backbones; trained by :func:`train_setfit`).
+
+    Attributes:
+        sampling: how pairs are drawn (:func:`setfit_pairs`).
+        num_iterations: the paper's per-item pair count instead (None: every unique pair, balanced).
+        max_pairs: at most this many pairs per epoch (None: all).
+        head_C: the logistic head's inverse regularisation strength.
+
+    References:
+        Tunstall et al., "Efficient Few-Shot Learning Without Prompts", arXiv:2209.11055, 2022.
+    """
+
+    name: ClassVar[str] = "setfit"
+    description: ClassVar[str] = ("SetFit: contrastive fine-tuning of a text encoder on pairs of the labelled texts, "
+                                  "then a logistic head (text backbones)")
+    sampling: str = "oversampling"
+    num_iterations: int | None = None
+    max_pairs: int | None = None
+    head_C: float = 1.0
+
+    def validate(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise TransferkitError(f"setfit: sampling must be one of {', '.join(SAMPLINGS)} (got {self.sampling!r})")
+        for k in ("num_iterations", "max_pairs"):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise TransferkitError(f"setfit: {k} must be an integer >= 1 or None (got {v!r})")
+        if not (isinstance(self.head_C, (int, float)) and self.head_C > 0):
+            raise TransferkitError(f"setfit: head_C must be > 0 (got {self.head_C!r})")
+
+    def bind(self, groups: list) -> None:
+        raise TransferkitError("strategy 'setfit' trains through its own trainer (fit with strategy='setfit', or "
+                               "train_setfit), not through the fine-tuning engine")
+
+
+def train_setfit(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | Backbone = "minilm",
+                 strategy: str | Strategy = "setfit", config: TrainConfig | None = None,
+                 run_dir: str | Path | None = None, *, resume: bool = False,
+                 strategy_params: dict[str, Any] | None = None, extra_losses: Sequence[Any] = (),
+                 classes: Sequence[str] | None = None, callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+                 progress: bool = False, log: Callable[[str], None] | None = None,
+                 export: bool = True) -> FinetuneResult:
+    """SetFit on a text source: pairs from the labelled split (train + validation: SetFit chooses nothing on
+    validation data, so every label trains), the encoder fine-tuned through the loop, a logistic head on the new
+    embeddings, and the test split predicted. Same arguments and result as
+    :func:`~transferkit.train.engine.finetune` (``config.epochs``, ``lr``, ``batch_size``, ``weight_decay`` and
+    ``warmup_epochs`` apply to the encoder's contrastive training; see :data:`SETFIT_DEFAULTS`).
+
+    Returns:
+        :class:`~transferkit.train.engine.FinetuneResult` (``val_accuracy`` is None: nothing was chosen on it).
+
+    Raises:
+        ModalityError: image data or an image backbone.
+        DataError: bad labels or splits, or too few labelled texts to make pairs.
+        TransferkitError: extra loss terms (SetFit's objective is the pair loss alone) or bad settings.
+    """
+    from ..heads import HeadModule, LogisticHead
+    from ..runs import default_run_dir, prepare_run_dir, save_model
+    from .strategies import create_strategy
+
+    t0 = time.perf_counter()
+    cfg = config if config is not None else TrainConfig(**SETFIT_DEFAULTS)
+    cfg.validate()
+    strat = create_strategy(strategy, **(strategy_params or {}))
+    if not isinstance(strat, SetFit):
+        raise TransferkitError(f"train_setfit runs strategy 'setfit', not {strat.name!r}")
+    if extra_losses:
+        raise TransferkitError("strategy 'setfit' trains with its pair loss alone; leave out the regularizers "
+                               "(l2sp, bss)")
+    if source.modality != "text":
+        raise ModalityError(f"{source.origin or source.name} holds {source.modality} data; SetFit fine-tunes a text "
+                            "encoder (use a text backbone such as minilm on texts)")
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(source) or y.dtype.kind not in "iu":
+        raise DataError(f"y must hold one integer class index per text ({len(source)}); got shape {y.shape}")
+    num_classes = len(classes) if classes is not None else int(y.max()) + 1
+    classes = [str(c) for c in classes] if classes is not None else [str(i) for i in range(num_classes)]
+    if isinstance(backbone, str):
+        from ..backbones import create_backbone
+
+        bb = create_backbone(backbone)
+    else:
+        bb = backbone
+    if bb.modality != "text":
+        raise ModalityError(f"SetFit needs a text encoder; backbone {bb.name!r} takes {bb.modality}s")
+    if not any(p.numel() for p in bb.parameters()):
+        raise TransferkitError(f"backbone {bb.name!r} has no trainable weights (word vectors are trained on a corpus, "
+                               "not by SetFit); use a sentence encoder such as minilm")
+    lab = np.sort(np.asarray(splits.labelled, dtype=np.int64))
+    pairs, targets = setfit_pairs(y[lab], sampling=strat.sampling, num_iterations=strat.num_iterations,
+                                  max_pairs=strat.max_pairs, seed=cfg.seed)
+    texts = [str(source.load(int(i))) for i in lab]
+    out_dir = prepare_run_dir(run_dir if run_dir is not None else default_run_dir(source.name, f"{bb.name}-setfit"),
+                              "fit", resume=True)
+    steps = max(1, math.ceil(len(pairs) / cfg.batch_size)) * cfg.epochs
+    identity = {"strategy": strat.config(), "backbone": {"name": bb.name, "weights": bb.weights_digest()},
+                "pairs": {"n": int(len(pairs)), "digest": _digest(pairs.tobytes() + targets.tobytes())},
+                "data": {"items": source.fingerprint(), "labelled": _digest(lab.tobytes()),
+                         "labels": _digest(y[lab].astype(np.int64).tobytes())},
+                "train": {"lr": cfg.lr, "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay,
+                          "warmup_epochs": cfg.warmup_epochs}}
+    plan = EncoderPlan(backbone=bb, items=PairItems(texts, pairs), targets=targets, objective=CosinePairLoss(),
+                       stream="pairs", views={"a": first_of_pair, "b": second_of_pair}, lr=cfg.lr,
+                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                       warmup_fraction=float(cfg.warmup_epochs) / max(1, cfg.epochs), seed=cfg.seed,
+                       total_steps=steps, identity=identity)
+    settings = LoopSettings(epochs=cfg.epochs, seed=cfg.seed, max_grad_norm=cfg.max_grad_norm,
+                            precision=cfg.precision, accelerator=cfg.accelerator, devices=cfg.devices,
+                            num_workers=cfg.num_workers or 0, progress="epoch" if progress else None,
+                            label="setfit", unit="pairs")
+    if log is not None:
+        log(f"setfit: {len(pairs)} pairs ({int(targets.sum())} same-class) from {len(lab)} labelled texts, "
+            f"{cfg.epochs} epoch(s) of {math.ceil(len(pairs) / cfg.batch_size)} steps")
+    r = run_loop(plan, settings, out_dir, resume=resume, callbacks=callbacks, log=log)
+    body = r.model.backbone.eval()
+    t_head = time.perf_counter()
+    Z = encode_texts(body, texts)
+    head = LogisticHead(C=float(strat.head_C)).fit(Z, y[lab])
+    test = np.asarray(splits.test, dtype=np.int64)
+    Zt = encode_texts(body, [str(source.load(int(i))) for i in test])
+    proba = np.zeros((len(test), num_classes))
+    if len(test):
+        proba[:, head.classes_] = head.predict_proba(Zt)
+    model = TransferModel(body, num_classes)
+    _fold_into_linear(head.to_module(), head.classes_, model.head)
+    model = model.eval()
+    model_path = None
+    if export:
+        save_model(out_dir, HeadModule.from_linear(model.head), body, classes, kind="finetuned", backbone_trained=True,
+                   extra={"strategy": strat.config(), "best_epoch": r.best_epoch})
+        model_path = out_dir / "model"
+    if log is not None:
+        log(f"setfit: logistic head on {len(lab)} embeddings in {time.perf_counter() - t_head:.1f}s")
+    return FinetuneResult(
+        test_index=test, y_pred=proba.argmax(1) if len(test) else np.zeros(0, np.int64), proba=proba,
+        val_accuracy=None, best_epoch=r.best_epoch, epochs_run=r.epochs_run, stop_reason=r.stop_reason,
+        history=r.history, seconds=time.perf_counter() - t0, train_seconds=r.train_seconds, run_dir=out_dir,
+        checkpoint=r.checkpoint, model_path=model_path, resumed_from=r.resumed_from, model=model,
+        config={**identity, "pairs_total": int(len(pairs))}, preprocessing=body.data_config())
+
+
+def _fold_into_linear(head: Any, head_classes: np.ndarray, linear: torch.nn.Linear) -> None:
+    """Copy a standardising head module (``(x - mean) / scale``, then a linear layer) into a plain linear layer with
+    the same logits; classes the head never saw get a very low logit."""
+    with torch.no_grad():
+        W = head.layers[0].weight.double() / head.scale.double().unsqueeze(0)
+        b = head.layers[0].bias.double() - W @ head.mean.double()
+        linear.weight.zero_()
+        linear.bias.fill_(-1e4)
+        for row, c in enumerate(head_classes):
+            linear.weight[int(c)] = W[row].to(linear.weight.dtype)
+            linear.bias[int(c)] = b[row].to(linear.bias.dtype)
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:20]
+
+
+STRATEGIES.add("setfit", SetFit, description=SetFit.description, backbone_frozen=False, trainer=train_setfit,
+               train_defaults=dict(SETFIT_DEFAULTS), modality="text",
+               paper="Tunstall et al., Efficient Few-Shot Learning Without Prompts, 2022")
