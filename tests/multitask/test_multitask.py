@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, make_image
+from tests.conftest import TINY
 from transferkit.multitask import (MultitaskConfig, Task, compare_to_single, delta_m, load_tasks, relative_change,
                                    split_items, train_multitask)
 from transferkit.errors import DataError
@@ -69,22 +69,6 @@ def test_tasks_from_a_table_detect_kinds_and_keep_missing_labels(tmp_path):
     assert np.isnan(td.Y[:, 0]).sum() == 10 and td.tasks[0].classes == ["x", "y"]
     with pytest.raises(DataError, match="no column"):
         load_tasks(p, "topic,nothing")
-
-
-@pytest.fixture
-def table(tmp_path):
-    """36 images in a table: a shape class (3 classes), a brightness value, and a size label missing for a third."""
-    rows = []
-    for c, name in enumerate(["square", "disc", "stripes"]):
-        for i in range(12):
-            img = make_image(c, seed=100 * c + i)
-            f = tmp_path / f"{name}{i}.png"
-            img.save(f)
-            rows.append({"path": f.name, "shape": name, "brightness": float(np.asarray(img).mean()) / 255,
-                         "size": (["small", "big"][i % 2] if i % 3 else None)})
-    p = tmp_path / "shapes.csv"
-    pd.DataFrame(rows).to_csv(p, index=False)
-    return p
 
 
 def test_a_run_with_several_heads_saves_loads_and_predicts_every_task(table, tmp_path):
