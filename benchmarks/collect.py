@@ -22,6 +22,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Transferability scores (issue 3)", ["bench_transferability"]),
     ("Fine-tuning strategies (issue 4)", ["bench_finetune"]),
     ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_timing", "bench_adapt_lenet"]),
+    ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_multitask"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"
