@@ -259,8 +259,19 @@ def main() -> None:
         settings = settings_hash({"config": cfg.to_dict(), "methods": METHODS, "datasets": DATASETS})
         records = [r for j in _csv(args.merge) for r in read_journal(j)
                    if r.get("settings_hash") == settings and "methods" in r]
+        # only whole (dataset, seed) groups: a seed cut short would weigh its splits unevenly
+        want = {(k, float(r)) for k in _csv(args.kinds) for r in _csv(args.rates)}
+        groups: dict[tuple, set] = {}
+        for r in records:
+            groups.setdefault((r["dataset"], r["seed"]), set()).add((r["kind"], float(r["rate"])))
+        complete = {g for g, cells in groups.items() if want <= cells}
+        dropped = sorted(set(groups) - complete)
+        if dropped:
+            log(f"left out (dataset, seed) groups with missing cells: {dropped}")
+        records = [r for r in records if (r["dataset"], r["seed"]) in complete]
         state["merged_from"] = {j: sorted({(r["dataset"], r["seed"]) for r in read_journal(j)
-                                           if r.get("settings_hash") == settings}) for j in _csv(args.merge)}
+                                           if r.get("settings_hash") == settings
+                                           and (r["dataset"], r["seed"]) in complete}) for j in _csv(args.merge)}
         state["summary"] = summarise(records, METHODS)
         state.pop("e2e_summary", None)
         save()
