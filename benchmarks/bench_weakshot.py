@@ -150,7 +150,8 @@ def render(state: dict) -> str:
     cfg = state["config"]
     merged = state.get("merged_from")
     source = "" if not merged else (
-        "cells from the journals of runs made side by side, one per dataset: " + "; ".join(
+        "cells from the journals of runs made side by side (split by dataset and seed; a cell found in two journals "
+        "counts once): " + "; ".join(
             f"`{j}` ({', '.join(sorted({d for d, _ in v}))}, seeds {sorted({s for _, s in v})})"
             for j, v in merged.items()) + "\n\n")
     parts = [f"### bench_weakshot\n\ncommand: `{state['command']}`\n\n{source}{machine_line(state['machine'])}\n\n"
@@ -259,6 +260,10 @@ def main() -> None:
         settings = settings_hash({"config": cfg.to_dict(), "methods": METHODS, "datasets": DATASETS})
         records = [r for j in _csv(args.merge) for r in read_journal(j)
                    if r.get("settings_hash") == settings and "methods" in r]
+        seen: dict[tuple, dict] = {}  # a cell run by two processes counts once (the first journal's)
+        for r in records:
+            seen.setdefault((r["dataset"], r["kind"], float(r["rate"]), r["seed"]), r)
+        records = list(seen.values())
         # only whole (dataset, seed) groups: a seed cut short would weigh its splits unevenly
         want = {(k, float(r)) for k in _csv(args.kinds) for r in _csv(args.rates)}
         groups: dict[tuple, set] = {}
