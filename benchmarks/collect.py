@@ -28,6 +28,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Few-shot and one-shot (issue 11)", ["bench_fewshot", "bench_fewshot_fit"]),
     ("Semi-supervised (issue 11)", ["bench_semi"]),
     ("Text transfer (issue 12)", ["bench_text", "bench_text_dev"]),
+    ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_multitask"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"

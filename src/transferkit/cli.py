@@ -88,7 +88,10 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "corpus": "--corpus",
          "hidden": "--hidden", "activation": "--activation", "algo": "--algo", "dim": "--dim",
          "pooling": "--pooling", "column": "--column", "stopwords": "--stopwords", "init": "--init",
-         "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts"}
+         "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts",
+         "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
+         "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
+         "end_to_end": "--end-to-end"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -132,7 +135,8 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "ways": (int, 2, None), "shots": (int, 1, None), "queries": (int, 1, None), "episodes": (int, 1, None),
            "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "tau": (float, 0.0, 1.0),
            "hidden": (int, 1, None),
-           "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None)}
+           "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None), "noise": (float, 0.0, 1.0),
+           "alpha": (float, 0.0, None)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -163,8 +167,9 @@ def check_options(**values: object) -> None:
             if name == "tau":
                 ok, allowed = low < value <= high, f"in ({low:g}, {high:g}]"
             else:
-                ok = low <= value < high if name == "val_fraction" else low < value < high
-                allowed = f"in [{low:g}, {high:g})" if name == "val_fraction" else f"in ({low:g}, {high:g})"
+                half_open = name in ("val_fraction", "noise")
+                ok = low <= value < high if half_open else low < value < high
+                allowed = f"in [{low:g}, {high:g})" if half_open else f"in ({low:g}, {high:g})"
         else:
             ok, allowed = value >= low, f"a number >= {low:g}"
         if not ok:
@@ -215,15 +220,30 @@ def fit(
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Unlabelled texts (a text file with one document per line, a folder of text files, or a table) to train the backbone on first: -b word2vec, fasttext or simcse:minilm; the data's own texts are added without their labels (cached by corpus and settings)."),
     hidden: Optional[int] = typer.Option(None, "--hidden", help="Hidden units of --head hidden (or mlp): --head hidden --hidden 32 on 125-d vectors and 2 classes is the word-vector recipe's 4,098-weight head."),
     activation: Optional[str] = typer.Option(None, "--activation", help="Activation of --head hidden: sigmoid (default), relu or tanh."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Multitask: comma-separated label columns, each a task with its own missing labels (name:regression or name:classification sets the kind); one shared trunk with a head per task, beside the single-task model of each task. Built-in: drug-reviews (sentiment, condition, useful, rating), clipart (category, super)."),
+    weighting: str = typer.Option("equal", "--weighting", help="Multitask: loss weighting: equal, normalised, uncertainty, gradnorm, dwa, random, several comma-separated, or all (the run keeps the best on validation)."),
     quiet: bool = QuietOpt,
 ):
     """Train a shallow head on pretrained features (or fine-tune) and compare it with a from-scratch baseline.
 
     With no arguments: the built-in clipart dataset, the shipped ImageNet EfficientNet-Lite0 backbone,
-    10 labels per class.
+    10 labels per class. With --tasks: a multitask model over several label columns.
     """
     from .pipeline import fit_run
 
+    if tasks is not None:
+        return _fit_tasks(data, tasks, weighting, backbone=backbone, seed=seed, out_dir=out_dir, cache_dir=cache_dir,
+                          strategy=strategy, epochs=epochs, lr=lr, train_batch_size=train_batch_size,
+                          image_size=image_size, input_column=input_column, encoding=encoding,
+                          on_bad_input=on_bad_input, batch_size=batch_size, workers=workers, device=device,
+                          val_fraction=val_fraction, test_fraction=test_fraction, quiet=quiet,
+                          unused={"--head": head != "auto", "--labels-per-class": labels_per_class is not None,
+                                  "--unlabelled": unlabelled is not None, "--steps": steps is not None,
+                                  "--tau": tau is not None, "--corpus": corpus is not None,
+                                  "--hidden": hidden is not None, "--activation": activation is not None,
+                                  "--freeze": freeze is not None or freeze_until is not None,
+                                  "--l2sp": l2sp is not None, "--bss": bss is not None, "--resume": resume,
+                                  "--devices": devices != 1, "--label-column": label_column is not None})
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
                   train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze,
@@ -925,6 +945,141 @@ def pretrain_text_cmd(
     out.print(table)
     use = f"{algo}:{out_dir}" if algo in ("word2vec", "fasttext") else f"file:{out_dir}"
     out.print(f"saved in {r.out}; use it with: transferkit fit DATA --backbone {use}")
+
+
+# Weak-shot and multitask learning (issue 13)
+def _fit_tasks(data: str, tasks: str, weighting: str, *, backbone: str, seed: int, out_dir: Optional[Path],
+               cache_dir: Optional[Path], strategy: str, epochs: Optional[int], lr: Optional[float],
+               train_batch_size: Optional[int], image_size: Optional[int], input_column: Optional[str],
+               encoding: Optional[str], on_bad_input: str, batch_size: int, workers: Optional[int], device: str,
+               val_fraction: float, test_fraction: float, quiet: bool, unused: dict[str, bool]) -> None:
+    """``fit DATA --tasks a,b,c``: the multitask model(s) beside the single-task models, Δm and flags."""
+    from .errors import TransferkitError
+    from .multitask import MultitaskConfig, fit_multitask
+
+    given = [flag for flag, on in unused.items() if on]
+    if given:
+        raise TransferkitError(f"{', '.join(given)} do not apply to a multitask fit (--tasks); leave them out")
+    if strategy not in ("probe", "finetune"):
+        raise TransferkitError(f"with --tasks, --strategy is probe (a trunk and heads on cached features) or finetune "
+                               f"(the backbone trained too); got {strategy!r}")
+    check_options(seed=seed, epochs=epochs, lr=lr, train_batch_size=train_batch_size, image_size=image_size,
+                  batch_size=batch_size, workers=workers, device=device, val_fraction=val_fraction,
+                  test_fraction=test_fraction)
+    end_to_end = strategy == "finetune"
+    cfg = MultitaskConfig(val_fraction=val_fraction, test_fraction=test_fraction, image_size=image_size,
+                          num_workers=workers)
+    if epochs is not None:
+        cfg.e2e_epochs = epochs if end_to_end else cfg.e2e_epochs
+        cfg.epochs = epochs if not end_to_end else cfg.epochs
+    if lr is not None:
+        cfg.lr = lr
+    if train_batch_size is not None:
+        cfg.e2e_batch_size = train_batch_size if end_to_end else cfg.e2e_batch_size
+        cfg.batch_size = train_batch_size if not end_to_end else cfg.batch_size
+    res = fit_multitask(data, tasks, backbone=backbone, weighting=weighting, end_to_end=end_to_end, seed=seed,
+                        config=cfg, out=out_dir, cache_dir=cache_dir, input_column=input_column, encoding=encoding,
+                        on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers, device=device,
+                        progress=not quiet,
+                        log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    table = Table(title=f"multitask vs single-task models on {res.splits['test']} test items (accuracy % or MAE; "
+                        "change % against the single-task model, + is better)")
+    table.add_column("weighting")
+    for t in res.tasks:
+        table.add_column(t["name"], justify="right")
+    table.add_column("Δm %", justify="right")
+    single = ["single-task"] + [_metric(next(x for x in res.rows[0]["tasks"] if x["task"] == t["name"]), "single")
+                                for t in res.tasks] + [""]
+    for r in res.rows:
+        cells = [r["weighting"] + (" (kept)" if r["weighting"] == res.chosen else "")]
+        for t in r["tasks"]:
+            ch = t.get("change_percent")
+            cells.append(_metric(t, "multitask") + ("" if ch is None else f" ({ch:+.1f}%)")
+                         + (" ⚠" if t.get("negative") else ""))
+        cells.append("-" if r["delta_m"] is None else f"{r['delta_m']:+.1f}")
+        table.add_row(*cells)
+    if res.singles:
+        table.add_row(*single)
+    out.print(table)
+    for n in res.notes:
+        out.print(f"[dim]{n}[/dim]", highlight=False)
+    for w in res.warnings:
+        out.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    out.print(f"run directory: {res.run_dir}  (transferkit predict {res.run_dir} ... predicts every task)")
+
+
+def _metric(task: dict, which: str) -> str:
+    v = task.get(which)
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if task["metric"] == "accuracy" else f"{v:.3f}"
+
+
+@app.command()
+@_friendly
+def weakshot(
+    data: str = typer.Argument(..., help="Built-in dataset, folder of class sub-folders, or table."),
+    base: Optional[str] = typer.Option(None, "--base", help="Comma-separated base classes (clean labels; default: every other class, or the classes not in --novel)."),
+    novel: Optional[str] = typer.Option(None, "--novel", help="Comma-separated novel classes (noisy labels; default: the classes not in --base)."),
+    noisy_labels: Optional[str] = typer.Option(None, "--noisy-labels", help="Table column of web (noisy) labels: real noise. --label-column holds the checked labels (empty where nobody checked); web-labelled rows of novel classes are the noisy training set."),
+    noise: Optional[float] = typer.Option(None, "--noise", help="Inject noise into the novel classes' training items at this rate (0 to 1), for evaluation."),
+    noise_kind: str = typer.Option("flip", "--noise-kind", help="flip (items of other novel classes), outlier (items of no novel class) or mixed (half each)."),
+    outliers: Optional[str] = typer.Option(None, "--outliers", help="Outlier sources, comma-separated: classes (the data's classes outside --base and --novel), photos (crops of scikit-image photos), dataset:<name> (e.g. dataset:mnist5k among clip art). Default: classes when some are left, else photos."),
+    methods: str = typer.Option("plain,density,simtrans-weights,simtrans,oracle", "--methods", help="Comma-separated: plain (noisy labels as they are), density (no-transfer denoiser), simtrans, simtrans-weights (no graph term), oracle (the clean subset; injected noise only)."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the noise and training."),
+    end_to_end: bool = typer.Option(False, "--end-to-end", help="Fine-tune the backbone (on the base classes, then with each method) instead of training heads on cached features."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each method on the novel classes (default: 30 on features, 4 end to end)."),
+    alpha: float = typer.Option(0.1, "--alpha", help="Weight of SimTrans's graph regulariser (0.1 in the reference code; 0 turns it off)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="End to end: the image side (default: 96)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for weakshot.json, predictions.csv, weights.csv and the SimTrans model, read by `transferkit predict` (default: runs/<time>-<data>-weakshot)."),
+    input_column: Optional[str] = InputColOpt,
+    label_column: Optional[str] = LabelColOpt,
+    encoding: Optional[str] = EncodingOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    device: str = typer.Option("auto", "--device", help="Feature extraction device: auto, cpu, cuda, cuda:1, ..."),
+    quiet: bool = QuietOpt,
+):
+    """Weak-shot learning: clean base classes, noisy novel classes. SimTrans transfers a "same class?" similarity
+    learned on the base classes to weigh the novel classes' noisy items (and regularise with a graph), beside plain
+    training, a density denoiser and the clean-subset oracle, all on the same split."""
+    from .runs import default_run_dir
+    from .weakshot import WeakShotConfig, fit_weakshot
+
+    check_options(seed=seed, noise=noise, epochs=epochs, alpha=alpha, image_size=image_size, workers=workers,
+                  device=device)
+    cfg = WeakShotConfig(alpha=alpha, num_workers=workers)
+    if image_size is not None:
+        cfg.image_size = image_size
+    if epochs is not None:
+        cfg.novel_epochs = epochs
+        cfg.e2e_epochs = epochs
+    res = fit_weakshot(data, base=base, novel=novel, backbone=backbone, noisy_labels=noisy_labels, noise=noise,
+                       noise_kind=noise_kind, outliers=outliers, methods=[m for m in methods.split(",") if m.strip()],
+                       seed=seed, config=cfg, end_to_end=end_to_end, cache_dir=cache_dir,
+                       out=out_dir if out_dir is not None else default_run_dir(Path(data).stem or data, "weakshot"),
+                       input_column=input_column, label_column=label_column, encoding=encoding, num_workers=workers,
+                       device=device, progress=not quiet,
+                       log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    sp = res.split
+    noise_text = sp["noise"].get("measured_rate")
+    table = Table(title=f"novel-class test accuracy ({len(sp['novel_classes'])} novel classes, {sp['novel_test']} clean "
+                        f"test items; {sp['novel_train']} noisy training items"
+                        + (f", {100 * noise_text:.0f}% noisy" if noise_text is not None else "") + ")")
+    for col in ("method", "accuracy", "weights AUC (clean > noisy)", "seconds"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in res.results:
+        table.add_row(r.method + (" (oracle: reads the true labels)" if r.oracle else ""), _pct(r.accuracy),
+                      "-" if r.weights_auc is None else f"{r.weights_auc:.3f}", f"{r.seconds:.1f}")
+    out.print(table)
+    if res.similarity:
+        out.print(f"similarity net: {100 * res.similarity['pair_balanced_accuracy']:.1f}% balanced accuracy on "
+                  "held-out base-class pairs")
+    for w in res.warnings:
+        out.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    if res.out is not None:
+        out.print(f"results: {res.out}")
 
 
 def main() -> None:

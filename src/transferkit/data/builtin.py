@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import DataError, UnknownNameError
 from .sources import DataSource
 
-__all__ = ["DatasetSpec", "DATASETS", "list_datasets", "load_builtin", "register_dataset"]
+__all__ = ["DatasetSpec", "DATASETS", "list_datasets", "load_builtin", "register_dataset", "drug_reviews_table"]
 
 _ASSETS = Path(__file__).with_name("_assets")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -134,17 +134,29 @@ def _drug_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _drug_reviews() -> DataSource:
+def drug_reviews_table():
+    """The drug-review table behind the built-in ``drug-reviews`` dataset, one row per item of it in the same order
+    (columns ``drugName``, ``condition``, ``review``, ``rating`` (3-level sentiment), ``date``, ``usefulCount``):
+    the extra columns multitask learning reads as tasks.
+
+    Raises:
+        DataError: the package is not installed (the message says how to install it).
+    """
     import pandas as pd
 
     root = _drug_dir()
-    assert root is not None  # checked by installed()
+    if root is None:
+        raise DataError(f"dataset 'drug-reviews' is not installed here: {DATASETS['drug-reviews'].install}")
     frames = []
     with zipfile.ZipFile(root / "assets" / "drugsCom.zip") as z:
         for member in sorted(z.namelist()):
             if member.endswith(".tsv"):
                 frames.append(pd.read_csv(io.BytesIO(z.read(member)), sep="\t"))
-    df = pd.concat(frames, ignore_index=True).dropna(subset=["review", "rating"])
+    return pd.concat(frames, ignore_index=True).dropna(subset=["review", "rating"]).reset_index(drop=True)
+
+
+def _drug_reviews() -> DataSource:
+    df = drug_reviews_table()
     texts = [html.unescape(str(t)).strip().strip('"').strip() for t in df["review"]]
     return DataSource(texts, "texts", df["rating"].astype(str).to_numpy(),
                       domains=df["condition"].fillna("unknown").astype(str).to_numpy(),

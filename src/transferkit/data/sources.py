@@ -19,7 +19,7 @@ from PIL import Image
 from ..errors import BadInputError, DataError
 from .images import IMAGE_EXTENSIONS, array_to_image, check_image_header, open_image
 
-__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "sorted_classes", "TABLE_SUFFIXES", "check_labels",
+__all__ = ["DataSource", "from_folder", "from_table", "from_arrays", "read_table", "sorted_classes", "TABLE_SUFFIXES", "check_labels",
            "looks_like_path", "missing_files_message"]
 
 _INPUT_COLUMNS = ("path", "image", "file", "filename", "filepath", "image_path", "text", "sentence", "review",
@@ -366,9 +366,19 @@ def _pick_column(df, wanted: str | None, candidates: Sequence[str], what: str, p
     return None
 
 
+def read_table(path: str | Path, encoding: str | None = None):
+    """A CSV / TSV / Parquet table as a pandas DataFrame, every row in file order (the encoding handled as in
+    :func:`from_table`): for commands that read more columns than an input and a label (weak-shot web labels,
+    multitask label columns), beside the :class:`DataSource` that ``from_table(..., labels=False)`` gives."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"table file not found: {path}")
+    return _read_table(path, encoding)
+
+
 def from_table(path: str | Path, *, input_column: str | None = None, label_column: str | None = None,
                domain_column: str | None = None, require_labels: bool = True,
-               on_bad_input: str = "error", encoding: str | None = None) -> DataSource:
+               on_bad_input: str = "error", encoding: str | None = None, labels: bool = True) -> DataSource:
     """A CSV / TSV / Parquet table with an input column (image path or text), a label and optionally a domain.
 
     Column names are detected (``path``/``image``/``text``/... and ``label``/``class``/...) unless given.
@@ -382,6 +392,8 @@ def from_table(path: str | Path, *, input_column: str | None = None, label_colum
         encoding: text encoding of a CSV/TSV (any Python codec name). Default: UTF-8 (a byte-order mark is
             allowed); a file that is not UTF-8 is read as cp1252, else latin-1, with a
             :class:`~transferkit.errors.TransferkitWarning` naming the encoding used.
+        labels: look for a label column (False: the items alone, one per row in file order, whatever other
+            columns hold; :func:`read_table` gives those columns).
     """
     _check_on_bad_input(on_bad_input)
     path = Path(path).expanduser()
@@ -394,7 +406,7 @@ def from_table(path: str | Path, *, input_column: str | None = None, label_colum
     if inp is None:
         raise DataError(f"{path}: cannot tell which column holds the inputs; the columns are {list(df.columns)}. "
                         "Name it with input_column=")
-    lab = _pick_column(df, label_column, _LABEL_COLUMNS, "labels", path, "label_column=")
+    lab = _pick_column(df, label_column, _LABEL_COLUMNS, "labels", path, "label_column=") if labels else None
     if lab is None and require_labels:
         raise DataError(f"{path}: no label column found; the columns are {list(df.columns)}. "
                         "Name it with label_column=")

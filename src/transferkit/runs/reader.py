@@ -49,6 +49,13 @@ class Run:
         return f"Run({str(self.path)!r}, backbone={self.backbone_name!r}, classes={len(self.classes)})"
 
     @property
+    def tasks(self) -> list[dict[str, Any]] | None:
+        """The tasks of a multitask run (name, kind, classes), in the order of the head's outputs; None for a run
+        with one task."""
+        tasks = self.model_info.get("tasks")
+        return list(tasks) if isinstance(tasks, list) and tasks else None
+
+    @property
     def kind(self) -> str:
         """``probe`` or ``finetuned``."""
         return str(self.model_info.get("kind", "probe"))
@@ -137,7 +144,8 @@ class Run:
 
         Returns:
             One row per input: ``input``, ``prediction``, ``confidence``, one ``p_<class>`` column per class,
-            and ``error``.
+            and ``error``; for a multitask run (:attr:`tasks`), the columns of every task instead of
+            ``prediction``, ``confidence`` and ``p_<class>`` (see :meth:`_task_frame`).
         """
         import torch
 
@@ -151,12 +159,41 @@ class Run:
         if feats.bad and on_bad_input != "skip":
             raise BadInputError(bad_inputs_message(feats.bad), [(b[1], b[2]) for b in feats.bad])
         good = feats.good
+        if self.tasks is not None:
+            outputs = np.full((len(source), len(self.classes)), np.nan)
+            if len(good):
+                with torch.no_grad():
+                    outputs[good] = head(torch.as_tensor(np.array(feats.X[good], dtype=np.float32))).double().numpy()
+            return self._task_frame(source, outputs, feats.bad)
         proba = np.full((len(source), len(self.classes)), np.nan)
         if len(good):
             with torch.no_grad():
                 X = torch.as_tensor(np.array(feats.X[good], dtype=np.float32))
                 proba[good] = torch.softmax(head(X), 1).double().numpy()
         return self._frame(source, proba, feats.bad)
+
+    def _task_frame(self, source: Any, outputs: np.ndarray, bad: Sequence[tuple[int, str, str]]) -> pd.DataFrame:
+        """A multitask run's predictions: per classification task ``<task>`` (the class), ``<task>_confidence`` and
+        ``p_<task>=<class>`` columns; per regression task ``<task>`` (the value)."""
+        head = self.head
+        if [t.get("name") for t in self.tasks or []] != [t["name"] for t in getattr(head, "tasks", [])]:
+            raise TransferkitError(f"{self.path}/model/model.json lists other tasks than its head holds: the run is "
+                                   "damaged or was edited; fit it again")
+        ok = ~np.isnan(outputs).any(1)
+        decoded = head.decode(np.nan_to_num(outputs))
+        df = pd.DataFrame({"input": [source.describe(i) for i in range(len(source))]})
+        for t in head.tasks:
+            d = decoded[t["name"]]
+            if t["kind"] == "classification":
+                df[t["name"]] = [t["classes"][int(k)] if g else "" for k, g in zip(d["pred"], ok)]
+                df[f"{t['name']}_confidence"] = np.where(ok, d["proba"].max(1), np.nan)
+                for j, c in enumerate(t["classes"]):
+                    df[f"p_{t['name']}={c}"] = np.where(ok, d["proba"][:, j], np.nan)
+            else:
+                df[t["name"]] = np.where(ok, d["pred"], np.nan)
+        errors = {b[0]: b[2] for b in bad}
+        df["error"] = [errors.get(i, "") for i in range(len(source))]
+        return df
 
     def network(self) -> Any:
         """The run's whole network (backbone + head) as one :class:`~transferkit.train.model.TransferModel` that maps

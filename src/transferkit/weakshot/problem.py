@@ -1,0 +1,179 @@
+"""The shared pieces of a weak-shot problem: its settings, its data (the item table's features and the split) and
+one method's result; used by the probe-cost pipeline (:mod:`.fit`) and the end-to-end one (:mod:`.e2e`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backbones.base import Backbone
+from ..errors import TransferkitError
+from .noise import WeakShotSplit
+
+__all__ = ["WeakShotConfig", "WeakShotData", "MethodResult", "TableItems"]
+
+
+@dataclass
+class WeakShotConfig:
+    """Settings of weak-shot training (defaults: the reference code's alpha 0.1, mu -4 and graph schedule; the rest
+    sized for a CPU and chosen on MNIST-M features, not on any reported benchmark split).
+
+    Attributes:
+        hidden: width of the classifiers' hidden layer (and of the similarity net's trunk).
+        dropout: dropout on that hidden layer.
+        lr, weight_decay, batch_size: AdamW settings of every head trained on features.
+        base_epochs, base_patience: the base classifier (early stopping on held-out base items).
+        sim_steps, sim_eval_every, sim_batch_size: the similarity net (items per batch; their squares are pairs).
+        novel_epochs: epochs of each method's novel classifier (the last is kept).
+        alpha, mu, eye: the graph regulariser (weight, relaxation, weight of pairs with different labels).
+        graph_schedule: ``alternate`` (the reference code's: the weighted cross-entropy alone for the first half of
+            the epochs, then epochs without and with the graph term in turn) or ``always``.
+        symmetric: the similarity net also compares ``|a - b|`` and ``a * b`` (see
+            :class:`~transferkit.weakshot.similarity.SimilarityNet`).
+        test_fraction: share of each novel class held out, clean, for testing.
+        val_fraction: share of each base class held out to choose the base models.
+        outlier_pool: items per outlier source (a fixed pool; runs draw from it).
+        image_size: end to end: the input side of images.
+        e2e_base_epochs, e2e_epochs, e2e_batch_size, e2e_lr: end to end: the base fine-tuning and each method's
+            fine-tuning on the novel classes (the backbone at a tenth of ``e2e_lr``).
+        num_workers: data-loading workers end to end (None: the default).
+    """
+
+    hidden: int = 128
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    base_epochs: int = 100
+    base_patience: int = 10
+    sim_steps: int = 200
+    sim_eval_every: int = 50
+    sim_batch_size: int = 40
+    novel_epochs: int = 40
+    alpha: float = 0.1
+    mu: float = -4.0
+    eye: float = 1.0
+    graph_schedule: str = "alternate"
+    symmetric: bool = True
+    test_fraction: float = 0.3
+    val_fraction: float = 0.2
+    outlier_pool: int = 1000
+    image_size: int | None = 96
+    e2e_base_epochs: int = 4
+    e2e_epochs: int = 4
+    e2e_batch_size: int = 16
+    e2e_lr: float = 1e-3
+    num_workers: int | None = None
+
+    def validate(self) -> "WeakShotConfig":
+        """Raise one :class:`TransferkitError` naming every bad setting."""
+        bad = []
+        for k in ("hidden", "batch_size", "base_epochs", "sim_steps", "sim_eval_every", "sim_batch_size",
+                  "novel_epochs", "outlier_pool", "e2e_base_epochs", "e2e_epochs", "e2e_batch_size"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v < 1:
+                bad.append(f"{k} must be an integer >= 1 (got {v!r})")
+        for k in ("lr", "e2e_lr"):
+            if not getattr(self, k) > 0:
+                bad.append(f"{k} must be > 0 (got {getattr(self, k)!r})")
+        if not 0 <= self.dropout < 1:
+            bad.append(f"dropout must be in [0, 1) (got {self.dropout!r})")
+        if not self.alpha >= 0:
+            bad.append(f"alpha must be >= 0 (got {self.alpha!r})")
+        if self.graph_schedule not in ("alternate", "always"):
+            bad.append(f"graph_schedule must be 'alternate' or 'always' (got {self.graph_schedule!r})")
+        if not 0 <= self.eye <= 1:
+            bad.append(f"eye must be in [0, 1] (got {self.eye!r})")
+        if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
+            bad.append(f"test_fraction and val_fraction must be in (0, 1) (got {self.test_fraction}, "
+                       f"{self.val_fraction})")
+        if bad:
+            raise TransferkitError("weak-shot settings: " + "; ".join(bad))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON)."""
+        return asdict(self)
+
+
+class TableItems:
+    """The items of the item table (the data's, then each outlier pool's), loaded by row: what an item stream
+    reads end to end."""
+
+    def __init__(self, parts: list[tuple[str, Any, int]]):
+        self.parts = parts
+        self.offsets = np.asarray([off for _, _, off in parts])
+
+    def __len__(self) -> int:
+        name, src, off = self.parts[-1]
+        return off + len(src)
+
+    def load(self, row: int) -> Any:
+        k = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        _, src, off = self.parts[k]
+        return src.load(int(row - off))
+
+    def describe(self, row: int) -> str:
+        k = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        _, src, off = self.parts[k]
+        return src.describe(int(row - off))
+
+
+@dataclass
+class WeakShotData:
+    """A weak-shot problem ready to train: the item table's features and the split.
+
+    Attributes:
+        X: ``(R, D)`` features of the item table's rows (the data's kept items, then each outlier pool).
+        split: the :class:`~transferkit.weakshot.noise.WeakShotSplit` (rows of the table).
+        classes: the data's class names.
+        parts: ``(name, DataSource, first row)`` of the table's parts.
+        backbone: the backbone the features come from.
+        data_name: the data's name (for reports).
+        skipped: inputs left out as unreadable.
+    """
+
+    X: np.ndarray
+    split: WeakShotSplit
+    classes: list[str]
+    parts: list[tuple[str, Any, int]]
+    backbone: Backbone
+    data_name: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def items(self) -> TableItems:
+        """The table's items by row (for training end to end)."""
+        return TableItems(self.parts)
+
+
+@dataclass
+class MethodResult:
+    """One method's result on the novel classes.
+
+    Attributes:
+        method: its name; oracle: whether it read the true labels.
+        accuracy: clean novel test accuracy; correct: per test item.
+        y_pred: predicted novel class per test item.
+        weights_auc: how well its weights rank clean items above noisy ones (None when unknown or constant).
+        weights: one per noisy training item.
+        seconds: weights + training time.
+        model: the trained network (features -> novel logits), eval mode.
+    """
+
+    method: str
+    oracle: bool
+    accuracy: float
+    correct: np.ndarray
+    y_pred: np.ndarray
+    weights_auc: float | None
+    weights: np.ndarray
+    seconds: float
+    model: Any = None
+
+    def row(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {"method": self.method, "oracle": self.oracle, "accuracy": self.accuracy,
+                "weights_auc": self.weights_auc, "seconds": self.seconds}

@@ -1,0 +1,332 @@
+"""The similarity net of SimTrans: "do these two items show the same class?", learned on clean base classes.
+
+A :class:`SimilarityNet` scores **pairs**: each item goes through a trunk (standardisation, a linear layer and a
+ReLU, started from the base classifier's hidden layer), the two trunk features are concatenated and an MLP with
+batch norm gives a two-way ``(different, same)`` output. It is category-agnostic, so it transfers from the base
+classes it was trained on to novel classes it never saw.
+
+Training goes through the one training loop (:func:`train_similarity`): the base items arrive in batches, the net
+scores every ordered pair of a batch of ``B`` items (``B * B`` pairs, each item's trunk computed once), and
+:class:`PairLoss` is the class-balanced cross-entropy of same / different (different pairs outnumber same pairs by
+about the number of classes). The checkpoint is chosen by :class:`PairAccuracy`, the balanced accuracy on pairs of
+held-out base items (never novel data).
+
+References:
+    Chen, Niu, Zhang, Zhang & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021
+    (the similarity net: concatenated pair features, an MLP, a two-way output; like the reference code's head type 4
+    a three-layer MLP with batch norm, narrowed for a CPU, over every ordered pair of a batch).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import DataError
+from ..train.loop import Evaluator, LoopSettings, Plan, run_loop
+from ..train.objectives import Objective, Outputs, Step
+from ..train.streams import TensorStream, derive_seed
+
+__all__ = ["SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit", "train_similarity", "all_pairs",
+           "same_class_probabilities", "pair_targets", "heldout_pairs"]
+
+
+def all_pairs(x: torch.Tensor) -> torch.Tensor:
+    """Every ordered pair of a batch, ``(i, j)`` at row ``i * B + j`` (the self-pairs included).
+
+    Shape:
+        ``(B, D)`` -> ``(B * B, 2, D)``.
+    """
+    b = x.shape[0]
+    return torch.stack([x.unsqueeze(1).expand(b, b, -1), x.unsqueeze(0).expand(b, b, -1)], dim=2).reshape(
+        b * b, 2, x.shape[1])
+
+
+def pair_targets(y: torch.Tensor) -> torch.Tensor:
+    """1 where the two items of :func:`all_pairs` share a label, else 0.
+
+    Shape:
+        ``(B,)`` -> ``(B * B,)``.
+    """
+    return (y.unsqueeze(1) == y.unsqueeze(0)).long().reshape(-1)
+
+
+class SimilarityNet(nn.Module):
+    """Scores pairs of feature vectors: logits of ``(different, same)``.
+
+    Args:
+        in_features: width of the input features (the backbone's).
+        hidden: width of the trunk; the pair MLP is ``2h -> h -> h -> h/2 -> 2`` with batch norm and ReLU.
+        symmetric: feed the pair MLP ``[a, b, |a - b|, a * b]`` instead of the concatenation ``[a, b]`` alone (an
+            addition to the paper's net: the comparison features make a similarity learned on a few base classes
+            transfer better to unseen ones).
+
+    Shape:
+        forward: ``(N, 2, D)`` pairs -> ``(N, 2)`` logits; a batch of items ``(B, D)`` -> the logits of its every
+        ordered pair ``(B * B, 2)``, row ``i * B + j`` for ``(i, j)`` as in :func:`all_pairs` (each item's trunk
+        computed once). With ``return_features=True`` also the pair representation (the input of the last two
+        layers). The same in training and evaluation mode.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 256, symmetric: bool = False):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("scale", torch.ones(in_features))
+        self.trunk = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
+        half = max(hidden // 2, 2)
+        self.symmetric = bool(symmetric)
+        self.fc1 = nn.Sequential(nn.Linear((4 if symmetric else 2) * hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.fc2 = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.fc3 = nn.Sequential(nn.Linear(hidden, half), nn.BatchNorm1d(half), nn.ReLU())
+        self.out = nn.Linear(half, 2)
+        self.in_features, self.hidden = int(in_features), int(hidden)
+
+    def init_from(self, head: nn.Module) -> "SimilarityNet":
+        """Start the trunk from a trained :class:`~transferkit.heads.modules.HeadModule` with one hidden layer of the
+        same width (its standardisation and first linear layer): the base classifier, as in the paper."""
+        first = head.layers[0]
+        if first.in_features != self.in_features or first.out_features != self.hidden:
+            raise DataError(f"the base classifier's hidden layer is {first.in_features} -> {first.out_features}; the "
+                            f"similarity net needs {self.in_features} -> {self.hidden}")
+        with torch.no_grad():
+            self.mean.copy_(head.mean)
+            self.scale.copy_(head.scale)
+            self.trunk[0].weight.copy_(first.weight)
+            self.trunk[0].bias.copy_(first.bias)
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Trunk features of items. Shape: ``(N, D)`` -> ``(N, hidden)``."""
+        return self.trunk((x - self.mean) / self.scale)
+
+    def score_embedded(self, a: torch.Tensor, b: torch.Tensor, return_features: bool = False):
+        """Logits of pairs given their trunk features. Shape: ``(N, h)``, ``(N, h)`` -> ``(N, 2)``."""
+        parts = [a, b, (a - b).abs(), a * b] if self.symmetric else [a, b]
+        z = self.fc2(self.fc1(torch.cat(parts, dim=1)))
+        logits = self.out(self.fc3(z))
+        return (logits, z) if return_features else logits
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):  # noqa: D102 - see the class
+        if x.ndim == 2:  # a batch of items: every ordered pair of it
+            e = self.embed(x)
+            b = len(e)
+            return self.score_embedded(e.unsqueeze(1).expand(b, b, -1).reshape(b * b, -1),
+                                       e.unsqueeze(0).expand(b, b, -1).reshape(b * b, -1), return_features)
+        if x.ndim != 3 or x.shape[1] != 2:
+            raise DataError(f"the similarity net scores pairs (N, 2, D) or every pair of a batch (B, D); got shape "
+                            f"{tuple(x.shape)}")
+        n = x.shape[0]
+        e = self.embed(x.reshape(2 * n, -1)).reshape(n, 2, -1)
+        return self.score_embedded(e[:, 0], e[:, 1], return_features)
+
+    @torch.no_grad()
+    def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+        """Same-class probabilities of every pair: ``P[i, j] = p(same | x_i, y_j)`` (``y`` defaults to ``x``).
+
+        Shape:
+            ``(N, D)``, ``(M, D)`` -> ``(N, M)``.
+        """
+        y = x if y is None else y
+        ex, ey = self.embed(x), self.embed(y)
+        out = torch.empty(len(ex), len(ey), dtype=torch.float32)
+        rows = max(1, chunk // max(len(ey), 1))
+        for s in range(0, len(ex), rows):
+            a = ex[s:s + rows]
+            k = len(a)
+            aa = a.unsqueeze(1).expand(k, len(ey), -1).reshape(k * len(ey), -1)
+            bb = ey.unsqueeze(0).expand(k, len(ey), -1).reshape(k * len(ey), -1)
+            out[s:s + k] = torch.softmax(self.score_embedded(aa, bb).float(), 1)[:, 1].reshape(k, len(ey)).cpu()
+        return out
+
+
+class PairLoss(Objective):
+    """Class-balanced cross-entropy of same / different over every ordered pair of a batch (self-pairs left out).
+
+    Each pair class is weighted by the inverse of its count in the batch, so same and different pairs weigh equally
+    whatever the number of classes.
+
+    Args:
+        stream: the labelled stream (its batches of items; the net scores every ordered pair of each).
+    """
+
+    name = "pairs"
+
+    def __init__(self, stream: str = "base"):
+        super().__init__()
+        self.stream = stream
+        self.streams = (stream,)
+
+    def forward(self, step: Step) -> dict[str, torch.Tensor]:
+        logits = step.outputs(self.stream)[0].logits.float()
+        y = step.y(self.stream)
+        t = pair_targets(y)
+        b = len(y)
+        off = ~torch.eye(b, dtype=torch.bool, device=logits.device).reshape(-1)
+        logits, t = logits[off], t[off]
+        counts = torch.bincount(t, minlength=2).float()
+        w = torch.where(counts > 0, t.numel() / (2 * counts.clamp(min=1)), torch.zeros_like(counts))
+        loss = F.cross_entropy(logits, t, weight=w)
+        return {self.name: loss * step.weight(self.stream)}
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "stream": self.stream, "balanced": True}
+
+
+class PairAccuracy(Evaluator):
+    """Balanced accuracy (mean of the same-pair and different-pair recalls) on held-out pairs; the best checkpoint
+    has the highest."""
+
+    selection = "pair_balanced_accuracy"
+
+    def __init__(self, pairs: np.ndarray, same: np.ndarray):
+        self.streams = {"pairs": TensorStream("pairs", pairs)}
+        self.same = np.asarray(same, dtype=bool)
+
+    def evaluate(self, predict: Callable[[str], Outputs], epoch: int) -> dict[str, float | None]:
+        pred = np.asarray(predict("pairs").logits).argmax(1) == 1
+        tpr = float((pred & self.same).sum() / max(self.same.sum(), 1))
+        tnr = float((~pred & ~self.same).sum() / max((~self.same).sum(), 1))
+        return {"pair_balanced_accuracy": 0.5 * (tpr + tnr), "pair_same_recall": tpr, "pair_different_recall": tnr}
+
+
+def heldout_pairs(X: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` pairs of distinct items, half same-class and half different-class where possible.
+
+    Returns:
+        ``pairs (M, 2, D)`` and ``same (M,)``.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y)
+    idx = np.arange(len(y))
+    same, diff = [], []
+    half = max(1, n // 2)
+    for _ in range(4 * n):
+        if len(same) >= half and len(diff) >= half:
+            break
+        i, j = rng.choice(idx, 2, replace=False)
+        if y[i] == y[j]:
+            if len(same) < half:
+                same.append((i, j))
+        elif len(diff) < half:
+            diff.append((i, j))
+    ij = np.asarray(same + diff, dtype=np.int64).reshape(-1, 2)
+    pairs = np.stack([X[ij[:, 0]], X[ij[:, 1]]], axis=1).astype(np.float32)
+    return pairs, np.r_[np.ones(len(same), bool), np.zeros(len(diff), bool)]
+
+
+@dataclass
+class SimilarityFit:
+    """What :func:`train_similarity` returns: the net (eval mode, CPU), its held-out pair scores and history."""
+
+    net: SimilarityNet
+    scores: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+@dataclass
+class _SimilarityPlan:
+    """The loop's plan for the similarity net (picklable)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    pairs: np.ndarray
+    same: np.ndarray
+    init: nn.Module | None
+    hidden: int
+    symmetric: bool
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+
+    def __call__(self, fabric: Any) -> Plan:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, 21))
+            net = SimilarityNet(self.X.shape[1], self.hidden, self.symmetric)
+        if self.init is not None:
+            net.init_from(self.init)
+        else:
+            with torch.no_grad():
+                net.mean.copy_(torch.as_tensor(self.X.mean(0)))
+                net.scale.copy_(torch.as_tensor(np.maximum(self.X.std(0), 1e-6)))
+        stream = TensorStream("base", self.X, self.y, batch_size=self.batch_size)
+        decay = [p for p in net.parameters() if p.ndim > 1]
+        rest = [p for p in net.parameters() if p.ndim <= 1]
+        lr, wd = self.lr, self.weight_decay
+        return Plan(model=net, objective=PairLoss("base"), streams={"base": stream},
+                    param_groups=[{"params": decay, "lr": lr, "weight_decay": wd, "name": "simnet"},
+                                  {"params": rest, "lr": lr, "weight_decay": 0.0, "name": "simnet:no_decay"}],
+                    optimizer=lambda g: torch.optim.AdamW(g, lr=lr, weight_decay=wd),
+                    evaluator=PairAccuracy(self.pairs, self.same),
+                    identity={"stage": "similarity", "hidden": self.hidden, "symmetric": self.symmetric,
+                              "batch_size": self.batch_size,
+                              "lr": lr, "weight_decay": wd, "data": _digest(self.X), "labels": _digest(self.y)})
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()[:16]
+
+
+def train_similarity(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, *,
+                     init: nn.Module | None = None, hidden: int = 256, symmetric: bool = False, steps: int = 300,
+                     eval_every: int = 50, batch_size: int = 40, lr: float = 1e-3, weight_decay: float = 1e-4, val_pairs: int = 4000,
+                     seed: int = 0, run_dir: Any = None, resume: bool = False,
+                     log: Callable[[str], None] | None = None) -> SimilarityFit:
+    """Train a :class:`SimilarityNet` on labelled (base-class) features through the training loop.
+
+    Args:
+        X, y: base-class training features ``(N, D)`` and integer labels.
+        X_val, y_val: held-out base items; pairs of them choose the checkpoint (balanced accuracy).
+        init: a base classifier (:class:`~transferkit.heads.modules.HeadModule` with one hidden layer of width
+            ``hidden``) whose hidden layer starts the trunk; None: a fresh trunk.
+        hidden: trunk width.
+        symmetric: add ``|a - b|`` and ``a * b`` to the pair features (see :class:`SimilarityNet`).
+        steps, eval_every: optimisation steps and the interval of checkpoint evaluations.
+        batch_size: items per batch (``batch_size ** 2`` pairs).
+        lr, weight_decay: AdamW settings.
+        val_pairs: held-out pairs scored at each evaluation.
+        seed: seeds the initialisation, the batches and the held-out pairs.
+        run_dir, resume: checkpoints of the loop (None: in memory).
+        log: one line per evaluation.
+
+    Raises:
+        DataError: fewer than 2 classes, or no held-out items.
+
+    References:
+        Chen et al., "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
+    """
+    X = np.asarray(X, np.float32)
+    y = np.asarray(y, np.int64)
+    if len(np.unique(y)) < 2:
+        raise DataError("the similarity net needs base items of at least 2 classes (same and different pairs)")
+    if len(y_val) < 2:
+        raise DataError("the similarity net needs at least 2 held-out base items to choose its checkpoint")
+    pairs, same = heldout_pairs(np.asarray(X_val, np.float32), np.asarray(y_val), val_pairs, derive_seed(seed, 22))
+    plan = _SimilarityPlan(X, y, pairs, same, None if init is None else copy.deepcopy(init).cpu(), int(hidden),
+                           bool(symmetric), int(min(batch_size, len(y))), float(lr), float(weight_decay), int(seed))
+    every = max(1, min(int(eval_every), int(steps)))
+    settings = LoopSettings(epochs=-(-int(steps) // every), steps_per_epoch=every, seed=int(seed), accelerator="cpu",
+                            label="similarity net", unit="steps", eval_batch_size=1024)
+    r = run_loop(plan, settings, run_dir, resume=resume, log=log)
+    return SimilarityFit(r.model.eval(), dict(r.best_scores), r.history, r.seconds)
+
+
+def same_class_probabilities(net: SimilarityNet, X: np.ndarray) -> np.ndarray:
+    """``P[i, j] = p(same class | x_i, x_j)`` for every ordered pair of ``X`` (the net in evaluation mode).
+
+    Shape:
+        ``(N, D)`` -> ``(N, N)``.
+    """
+    net = net.eval()
+    with torch.no_grad():
+        return net.matrix(torch.as_tensor(np.asarray(X, np.float32))).numpy()

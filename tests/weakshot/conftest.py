@@ -1,0 +1,39 @@
+"""A toy weak-shot problem on synthetic features: Gaussian classes in 8 dimensions, 8 base and 4 novel, noise
+injected into the novel classes (flips between novel classes, or outliers from 4 further classes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transferkit.weakshot import WeakShotConfig, WeakShotData, inject_noise
+
+FAST = WeakShotConfig(hidden=32, base_epochs=40, base_patience=8, sim_steps=120, sim_eval_every=40,
+                      sim_batch_size=32, novel_epochs=25, batch_size=32, lr=3e-3)
+
+
+def blobs(n_classes=16, per_class=60, dim=8, spread=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.2, size=(n_classes, dim))
+    y = np.repeat(np.arange(n_classes), per_class)
+    X = centres[y] + rng.normal(scale=spread, size=(len(y), dim))
+    return X.astype(np.float32), y
+
+
+def problem(kind="flip", rate=0.5, seed=0, spread=1.0) -> WeakShotData:
+    X, y = blobs(seed=seed, spread=spread)
+    classes = [f"c{i}" for i in range(16)]
+    base, novel = classes[:8], classes[8:12]
+    split = inject_noise(y, classes, base, novel, rate=rate, kind=kind, outlier_rows=np.flatnonzero(y >= 12),
+                         seed=seed)
+    return WeakShotData(X, split, classes, [], None, "blobs")
+
+
+@pytest.fixture(scope="module")
+def flipped():
+    return problem("flip", 0.5, spread=1.6)  # overlapping classes: plain training on the flips loses ~15 points
+
+
+@pytest.fixture(scope="module")
+def with_outliers():
+    return problem("outlier", 0.4)
