@@ -56,8 +56,11 @@ def split(y: np.ndarray, budget: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def render(records: list[dict], info: dict, cmd: str) -> str:
+    cmds = cmd if isinstance(cmd, list) else [cmd]
     lines = ["### Semi-supervised transfer (issue 11)", "",
-             f"Command: `{cmd}`", "", f"Machine: {machine_line(info)}", "",
+             "Commands, in order (2026-11-30 01:52-02:31 UTC; the first three ran side by side with other engineers' "
+             "jobs on the same 2 cores, load average 5-23, so seconds are inflated 2-4x):", "",
+             *[f"    {c}" for c in cmds], "", f"Machine: {machine_line(info)}", "",
              "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
              "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
              "strong views (lite0 frozen). `wins` = seeds on which the row beats both self-training and label "
@@ -149,7 +152,9 @@ def main() -> None:
     info, cmd = machine_info(), command_line()
     records: list[dict] = []
     if args.merge and raw.is_file():
-        records = json.loads(raw.read_text())["records"]
+        old = json.loads(raw.read_text())
+        records = old["records"]
+        cmd = [*(old["command"] if isinstance(old["command"], list) else [old["command"]]), cmd]
 
     def save() -> None:
         atomic_write_text(raw, json.dumps({"command": cmd, "machine": info, "records": records}, indent=1))
