@@ -239,7 +239,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         raise TransferkitError(f"labels_per_class must be an integer >= 1 (or None for fraction splits); got "
                                f"{labels_per_class!r}")
     entry_bb = backbone_entry(backbone)  # unknown names fail before the slow work
-    if head_params:
+    if head_params and head != "auto":  # auto's choice is checked against them once the labels are known
         HEADS.create(head, **head_params)  # unknown head parameters fail before the slow work
     if corpus is not None and not entry_bb.cap("corpus_method"):
         raise TransferkitError(f"corpus= is for backbones trained on your texts (word2vec, fasttext, simcse:<encoder>); "
