@@ -158,9 +158,19 @@ def adapt_section(before: dict, after: dict) -> tuple[str, float, list[tuple[str
     return table, worst, sk, means
 
 
+def _merge_runs(files: list[Path]) -> dict | None:
+    """The features results of several bench_adapt JSON files (extra runs on different pairs) as one."""
+    if not files:
+        return None
+    res: dict = {}
+    for f in files:
+        for pair, r in json.loads(f.read_text())["results"]["features"].items():
+            res.setdefault(pair, {"cells": []})["cells"] += r["cells"]
+    return {"results": {"features": res}}
+
 def adapt_extra_section(before: dict, after: dict, extra_before: dict | None, extra_after: dict | None) -> str:
-    """More seeds for single cells: the extra runs (``bench_adapt_extra_before.json``, pre-rebuild code;
-    ``bench_adapt_extra_after.json``, the rerun's code) add seeds to the 3 of the main runs. A seed found in both a
+    """More seeds for single cells: the extra runs (``bench_adapt_extra*_before.json``, pre-rebuild code;
+    ``bench_adapt_extra*_after.json``, the rerun's code) add seeds to the 3 of the main runs. A seed found in both a
     main run and its extra run is a reproduction check (same code and seed must give the same number), not a new
     sample."""
     runs = [x for x in (extra_before, extra_after) if x]
@@ -194,7 +204,7 @@ def adapt_extra_section(before: dict, after: dict, extra_before: dict | None, ex
         rows.append([m, pair.replace(":", " → "), ", ".join(map(str, common)),
                      " / ".join(f"{100 * v:.1f}" for v in bv), " / ".join(f"{100 * v:.1f}" for v in av),
                      _pm(bv), _pm(av), f"{d:+.1f}", f"{100 * _se_diff(bv, av):.1f}"])
-    text = ("More seeds for the cell that moved beyond noise (extra runs of bench_adapt on these cells with the "
+    text = ("More seeds for cells that moved beyond noise (extra runs of bench_adapt on these cells with the "
             "pre-rebuild code (before) and the rerun's code (after), on the same seeds, so the same target splits; "
             "seeds 0-2 are the main runs' numbers, and a seed found in both is the reproduction check below):\n\n"
             + md_table(["method", "pair", "seeds", "before: acc % per seed", "after: acc % per seed",
@@ -350,11 +360,10 @@ def main() -> None:
                                         json.loads(after_adapt_path.read_text()), log)
             if partial:
                 parts.append(partial)
-        extra = [after_dir / f"bench_adapt_extra_{w}.json" for w in ("before", "after")]
-        if any(f.is_file() for f in extra):
+        extra = [_merge_runs(sorted(after_dir.glob(f"bench_adapt_extra*_{w}.json"))) for w in ("before", "after")]
+        if any(extra):
             parts.append(adapt_extra_section(_git_json(args.before, "bench_adapt.json"),
-                                             json.loads(after_adapt_path.read_text()),
-                                             *[json.loads(f.read_text()) if f.is_file() else None for f in extra]))
+                                             json.loads(after_adapt_path.read_text()), *extra))
         parts.append(notes.get("adapt", ""))
 
     ft = Path(args.finetune_json)
