@@ -158,6 +158,63 @@ def adapt_section(before: dict, after: dict) -> tuple[str, float, list[tuple[str
     return table, worst, sk, means
 
 
+def _merge_runs(files: list[Path]) -> dict | None:
+    """The features results of several bench_adapt JSON files (extra runs on different pairs) as one."""
+    if not files:
+        return None
+    res: dict = {}
+    for f in files:
+        for pair, r in json.loads(f.read_text())["results"]["features"].items():
+            res.setdefault(pair, {"cells": []})["cells"] += r["cells"]
+    return {"results": {"features": res}}
+
+def adapt_extra_section(before: dict, after: dict, extra_before: dict | None, extra_after: dict | None) -> str:
+    """More seeds for single cells: the extra runs (``bench_adapt_extra*_before.json``, pre-rebuild code;
+    ``bench_adapt_extra*_after.json``, the rerun's code) add seeds to the 3 of the main runs. A seed found in both a
+    main run and its extra run is a reproduction check (same code and seed must give the same number), not a new
+    sample."""
+    runs = [x for x in (extra_before, extra_after) if x]
+    if not runs:
+        return ""
+    keys = sorted({(p, c["method"]) for x in runs for p, r in x["results"]["features"].items() for c in r["cells"]
+                   if "accuracy" in c})
+
+    def seeds_of(res: dict | None, pair: str, method: str) -> dict[int, float]:
+        if not res or pair not in res["results"]["features"]:
+            return {}
+        return {int(c["seed"]): c["accuracy"] for c in res["results"]["features"][pair]["cells"]
+                if c["method"] == method and "accuracy" in c}
+
+    rows, checks = [], []
+    for pair, m in keys:
+        merged = []
+        for main, extra, label in ((before, extra_before, "before"), (after, extra_after, "after")):
+            a, b = seeds_of(main, pair, m), seeds_of(extra, pair, m)
+            for s in sorted(set(a) & set(b)):
+                checks.append(f"{m} {pair.replace(':', ' → ')} seed {s} ({label} code): recorded {100 * a[s]:.1f}, "
+                              f"rerun {100 * b[s]:.1f}" + (" (identical)" if a[s] == b[s] else
+                                                          f" (differs by {100 * (b[s] - a[s]):+.1f})"))
+            merged.append({**b, **a})
+        bm, am = merged
+        common = sorted(set(bm) & set(am))
+        if not common:
+            continue
+        bv, av = [bm[s] for s in common], [am[s] for s in common]
+        d = 100 * (np.mean(av) - np.mean(bv))
+        rows.append([m, pair.replace(":", " → "), ", ".join(map(str, common)),
+                     " / ".join(f"{100 * v:.1f}" for v in bv), " / ".join(f"{100 * v:.1f}" for v in av),
+                     _pm(bv), _pm(av), f"{d:+.1f}", f"{100 * _se_diff(bv, av):.1f}"])
+    text = ("More seeds for cells that moved beyond noise (extra runs of bench_adapt on these cells with the "
+            "pre-rebuild code (before) and the rerun's code (after), on the same seeds, so the same target splits; "
+            "seeds 0-2 are the main runs' numbers, and a seed found in both is the reproduction check below):\n\n"
+            + md_table(["method", "pair", "seeds", "before: acc % per seed", "after: acc % per seed",
+                        "before: mean ± std", "after: mean ± std", "Δ mean (points)", "seed noise of Δ (1 SE)"], rows)
+            + "\n")
+    if checks:
+        text += "\nReproduction checks (a seed run again in the extra run): " + "; ".join(checks) + ".\n"
+    return text
+
+
 def finetune_section(before: dict, after: dict, name: str = "clipart") -> tuple[str, float]:
     b, a = before["results"][name], after["results"][name]
 
@@ -303,6 +360,10 @@ def main() -> None:
                                         json.loads(after_adapt_path.read_text()), log)
             if partial:
                 parts.append(partial)
+        extra = [_merge_runs(sorted(after_dir.glob(f"bench_adapt_extra*_{w}.json"))) for w in ("before", "after")]
+        if any(extra):
+            parts.append(adapt_extra_section(_git_json(args.before, "bench_adapt.json"),
+                                             json.loads(after_adapt_path.read_text()), *extra))
         parts.append(notes.get("adapt", ""))
 
     ft = Path(args.finetune_json)
