@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import DataError
 from .modules import HEAD_MODULES
-from .shallow import HEADS, MLPHead, chunked_moments
+from .shallow import HEADS, HeadPlan, MLPHead
 
 __all__ = ["HiddenLayerModule", "HiddenLayerHead", "hidden_layer_weights", "hidden_for_weights", "ACTIVATIONS"]
 
@@ -147,32 +147,12 @@ class HiddenLayerHead(MLPHead):
         return self
 
 
-class _HiddenPlan:
+class _HiddenPlan(HeadPlan):
     """The training loop's plan of a one-hidden-layer head on feature arrays (picklable)."""
 
     def __init__(self, X, y, val, k, hidden, activation, dropout, lr, weight_decay, batch_size, class_weight, seed):
-        self.X, self.y, self.val, self.k, self.hidden, self.activation = X, y, val, k, hidden, activation
-        self.dropout, self.lr, self.wd, self.batch_size = dropout, lr, weight_decay, batch_size
-        self.class_weight, self.seed = class_weight, seed
+        super().__init__(X, y, val, k, hidden, dropout, lr, weight_decay, batch_size, class_weight, seed)
+        self.activation = activation
 
-    def __call__(self, fabric: Any):
-        from ..train.loop import Plan, ValidationAccuracy
-        from ..train.objectives import CrossEntropy
-        from ..train.streams import TensorStream
-
-        mean, std = chunked_moments(self.X)
-        torch.manual_seed(self.seed)
-        net = HiddenLayerModule(self.X.shape[1], self.k, self.hidden, self.activation, self.dropout)
-        with torch.no_grad():
-            net.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            net.scale.copy_(torch.as_tensor(std, dtype=torch.float32))
-        X = self.X if isinstance(self.X, np.memmap) else np.asarray(self.X, dtype=np.float32)
-        stream = TensorStream("labelled", X, self.y, batch_size=self.batch_size)
-        ev = None
-        if self.val is not None:
-            ev = ValidationAccuracy(TensorStream("val", np.asarray(self.val[0], dtype=np.float32)), self.val[1],
-                                    tie_break=False)
-        lr, wd = self.lr, self.wd
-        return Plan(model=net, objective=CrossEntropy(class_weight=self.class_weight), streams={"labelled": stream},
-                    param_groups=[{"params": list(net.parameters()), "lr": lr, "weight_decay": wd}],
-                    optimizer=lambda g: torch.optim.AdamW(g, lr=lr, weight_decay=wd), evaluator=ev)
+    def make_module(self) -> torch.nn.Module:
+        return HiddenLayerModule(self.X.shape[1], self.k, self.hidden, self.activation, self.dropout)

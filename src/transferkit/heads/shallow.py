@@ -205,7 +205,7 @@ class MLPHead(HeadBase):
         # small matrices: one thread avoids OpenMP overhead that dominates tiny steps on a busy machine
         torch.set_num_threads(1 if X.shape[0] * X.shape[1] < 4_000_000 else threads)
         try:
-            plan = _HeadPlan(X, y_enc, val, len(self.classes_), tuple(self.hidden), float(self.dropout), float(self.lr),
+            plan = HeadPlan(X, y_enc, val, len(self.classes_), tuple(self.hidden), float(self.dropout), float(self.lr),
                              float(self.weight_decay), int(self.batch_size), self._class_weights(y_enc),
                              int(self.random_state))
             r = run_loop(plan, LoopSettings(epochs=int(self.epochs), seed=int(self.random_state),
@@ -235,13 +235,19 @@ class MLPHead(HeadBase):
         return self.module_
 
 
-class _HeadPlan:
-    """The training loop's plan of a torch head on feature arrays (picklable)."""
+class HeadPlan:
+    """The training loop's plan of a torch head on feature arrays (picklable): standardisation from the training
+    features, class-weighted cross-entropy, AdamW, selection on the validation split. Subclasses change the module
+    through :meth:`make_module`."""
 
     def __init__(self, X, y, val, k, hidden, dropout, lr, weight_decay, batch_size, class_weight, seed):
         self.X, self.y, self.val, self.k = X, y, val, k
         self.hidden, self.dropout, self.lr, self.wd = hidden, dropout, lr, weight_decay
         self.batch_size, self.class_weight, self.seed = batch_size, class_weight, seed
+
+    def make_module(self) -> torch.nn.Module:
+        """The untrained head (its ``mean`` and ``scale`` buffers are set from the training features)."""
+        return HeadModule(self.X.shape[1], self.k, self.hidden, self.dropout)
 
     def __call__(self, fabric: Any):
         from ..train.loop import Plan, ValidationAccuracy
@@ -250,7 +256,7 @@ class _HeadPlan:
 
         mean, std = chunked_moments(self.X)
         torch.manual_seed(self.seed)
-        net = HeadModule(self.X.shape[1], self.k, self.hidden, self.dropout)
+        net = self.make_module()
         with torch.no_grad():
             net.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
             net.scale.copy_(torch.as_tensor(std, dtype=torch.float32))
