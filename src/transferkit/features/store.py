@@ -43,7 +43,7 @@ from ..data.sources import DataSource
 from ..errors import BadInputError, CacheError, ModalityError
 
 __all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "default_num_workers", "ItemDataset",
-           "CollateItems", "to_device"]
+           "CollateItems", "to_device", "size_workers"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -74,11 +74,52 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def default_num_workers() -> int:
     """Data-loading worker processes: one fewer than the CPUs this process may use, at most 8."""
+    return max(0, min(8, _cpus() - 1))
+
+
+def size_workers(engine: Any, source: DataSource, positions: np.ndarray, transform: Callable | None,
+                 batch_size: int, *, sample: int = 16, log: Callable[[str], None] | None = None) -> int:
+    """Data-loading workers sized from measurements: decode + transform of up to ``sample`` items in this process
+    (items/s of one worker) against the engine's items/s on them, plus 20 % headroom, at most the CPUs this process
+    may use less one (16 at most; 0 on a single CPU). Text needs no decoding: 0 workers (tokenising is in
+    ``collate``, which runs where the batch is made)."""
+    cap = max(0, min(16, _cpus() - 1))
+    if cap == 0 or source.modality != "image" or not len(positions):
+        return 0
+    take = positions[:min(sample, len(positions))]
+    t = time.perf_counter()
+    items = []
+    for i in take:
+        try:
+            x = source.load(int(i))
+            items.append(transform(x) if transform is not None else x)
+        except BadInputError:
+            continue
+    decode_s = time.perf_counter() - t
+    if not items:
+        return min(cap, default_num_workers())
+    decode_rate = len(items) / max(decode_s, 1e-9)
+    engine_rate = getattr(engine, "items_per_s", None)
+    if not engine_rate:
+        batch = engine.backbone.collate(items)
+        with engine.session():
+            engine(batch)  # warm-up (first call allocates)
+            t = time.perf_counter()
+            engine(batch)
+            engine_rate = len(items) / max(time.perf_counter() - t, 1e-9)
+    need = int(np.ceil(1.2 * engine_rate / decode_rate))
+    workers = max(1, min(cap, need))
+    if log is not None:
+        log(f"data loading: decode + transform {decode_rate:.0f} items/s per worker, engine {engine_rate:.0f} items/s "
+            f"-> {workers} worker(s)" + (f" (needs {need}, {cap} CPUs free)" if need > cap else ""))
+    return workers
+
+
+def _cpus() -> int:
     try:
-        n = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    return max(0, min(8, n - 1))
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -165,14 +206,18 @@ class FeatureStore:
 
     # -- keys ------------------------------------------------------------------------------------
     @staticmethod
-    def backbone_key(backbone: Backbone) -> str:
-        """Hash of the backbone's identity (name, weights, preprocessing) and the package version."""
-        blob = json.dumps({"identity": backbone.identity(), "transferkit": __version__}, sort_keys=True,
-                          default=str).encode()
+    def backbone_key(backbone: Backbone, engine: dict[str, Any] | None = None) -> str:
+        """Hash of the backbone's identity (name, weights, preprocessing) and the package version, and of the engine
+        and precision when they change the features (``engine``: what
+        :func:`~transferkit.features.engines.resolve_engine` adds; empty for engines verified against eager PyTorch)."""
+        doc: dict[str, Any] = {"identity": backbone.identity(), "transferkit": __version__}
+        if engine:
+            doc["engine"] = engine
+        blob = json.dumps(doc, sort_keys=True, default=str).encode()
         return f"{_slug(backbone.name)}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
-    def _dir(self, backbone: Backbone) -> Path:
-        d = self.root / self.backbone_key(backbone)
+    def _dir(self, backbone: Backbone, engine: dict[str, Any] | None = None) -> Path:
+        d = self.root / self.backbone_key(backbone, engine)
         try:
             (d / "shards").mkdir(parents=True, exist_ok=True)
             (d / "views").mkdir(exist_ok=True)
@@ -182,7 +227,8 @@ class FeatureStore:
             meta = d / "backbone.json"
             if not meta.exists():
                 atomic_write(meta, lambda p: p.write_text(json.dumps(
-                    {**backbone.identity(), "transferkit": __version__}, indent=2, default=str)))
+                    {**backbone.identity(), "transferkit": __version__, **({"engine": engine} if engine else {})},
+                    indent=2, default=str)))
         except OSError as e:
             if e.errno in _NO_SPACE:
                 raise _no_space_error(d / "backbone.json", 4096) from e
@@ -192,23 +238,42 @@ class FeatureStore:
 
     # -- the main entry point --------------------------------------------------------------------
     def get(self, backbone: Backbone, source: DataSource, *, batch_size: int = 64, num_workers: int | None = None,
-            device: str | torch.device | None = "auto", progress: bool = False) -> Features:
+            device: str | torch.device | None = "auto", progress: bool = False, engine: str = "auto",
+            precision: str = "32", log: Callable[[str], None] | None = None) -> Features:
         """Features of every item in ``source``: read from the cache, extracting only what is missing.
 
         Unreadable items do not stop extraction: they are recorded (rows of NaN in ``X``, listed in
         ``Features.bad``) so the caller decides whether to fail or skip, and nothing extracted is lost.
 
+        Args:
+            engine: ``auto`` (the fastest engine whose features match eager PyTorch within the tolerance),
+                ``torch`` or ``onnx``: see :mod:`transferkit.features.engines`.
+            precision: ``32`` (default), ``bf16`` / ``16`` (autocast) or ``int8`` (CPU, dynamic quantisation);
+                any precision but 32 caches its features under its own key.
+            num_workers: data-loading processes; None sizes the pool from the measured decode + transform rate per
+                worker and the engine's rate (:func:`size_workers`).
+            log: called with one-line messages (the engine chosen, the worker pool).
+
         Raises:
             ModalityError: text data given to an image backbone or the other way round.
             CacheError: the cache folder cannot be written.
+            TransferkitError: an engine or precision this device or installation cannot run.
         """
+        from .engines import check_engine_options
+
         t0 = time.perf_counter()
         if source.modality != backbone.modality:
             raise ModalityError(
                 f"{source.origin or source.name} holds {source.modality} data but backbone {backbone.name!r} takes "
                 f"{backbone.modality}s; choose a{'n' if backbone.modality == 'text' else ''} "
                 f"{source.modality} backbone (see `transferkit backbones`)")
-        d = self._dir(backbone)
+        check_engine_options(engine, precision)
+        dev = resolve_device(device)
+        choice = None
+        if str(precision) != "32" or engine == "onnx":  # the engine decides the key: resolve it first
+            choice = self.resolve_engine(backbone, engine, dev, precision, log=log)
+        key = choice.key if choice is not None else {}
+        d = self._dir(backbone, key)
         data_key = source.fingerprint()
         view, vmeta = d / "views" / f"{data_key}.npy", d / "views" / f"{data_key}.json"
         if view.exists() and vmeta.exists():
@@ -225,12 +290,31 @@ class FeatureStore:
         missing = self._missing_positions(keys, index)
         extracted = len(missing)
         if extracted:
-            self._extract(backbone, source, missing, d, batch_size=batch_size, num_workers=num_workers,
-                          device=resolve_device(device), progress=progress)
+            if choice is None:
+                choice = self.resolve_engine(backbone, engine, dev, precision, items=extracted, log=log)
+            self._extract(choice.engine, source, missing, d, batch_size=batch_size, num_workers=num_workers,
+                          progress=progress, log=log)
             index = self._index(d)
         bad = self._assemble(source, keys, index, d, view, vmeta, backbone.num_features)
         X = _map(view)
         return Features(X, bad, extracted, view, time.perf_counter() - t0)
+
+    def resolve_engine(self, backbone: Backbone, engine: str = "auto", device: str | torch.device | None = "auto",
+                       precision: str = "32", *, items: int | None = None, log: Callable[[str], None] | None = None
+                       ) -> Any:
+        """The engine that extracts ``backbone``'s features here and its cache-key additions
+        (:func:`transferkit.features.engines.resolve_engine`, exported models and checks kept under this cache)."""
+        from .engines import resolve_engine
+
+        return resolve_engine(backbone, engine, device=resolve_device(device), precision=str(precision),
+                              cache_root=self.root, items=items, log=log)
+
+    def folder(self, backbone: Backbone, engine: str = "auto", precision: str = "32",
+               device: str | torch.device | None = "auto") -> Path:
+        """The cache folder of ``backbone``'s features under this engine and precision (created)."""
+        key = {} if str(precision) == "32" and engine != "onnx" else self.resolve_engine(
+            backbone, engine, device, precision).key
+        return self._dir(backbone, key)
 
     # -- internals -------------------------------------------------------------------------------
     @staticmethod
@@ -257,30 +341,34 @@ class FeatureStore:
                 out.append(i)
         return np.asarray(out, dtype=np.int64)
 
-    def _extract(self, backbone: Backbone, source: DataSource, positions: np.ndarray, d: Path, *, batch_size: int,
-                 num_workers: int | None, device: torch.device, progress: bool) -> None:
+    def _extract(self, engine: Any, source: DataSource, positions: np.ndarray, d: Path, *, batch_size: int,
+                 num_workers: int | None, progress: bool, log: Callable[[str], None] | None = None,
+                 progress_total: int | None = None) -> None:
+        """Run ``engine`` over the items at ``positions`` (in batches of ``batch_size``, in that order) and write
+        their features to shard files of ``d``."""
         from .._progress import progress_bar
 
-        workers = default_num_workers() if num_workers is None else int(num_workers)
+        backbone = engine.backbone
+        transform = backbone.transform()
+        workers = size_workers(engine, source, positions, transform, batch_size, log=log) if num_workers is None \
+            else int(num_workers)
         shard = max(batch_size, (self.shard_size // batch_size) * batch_size)  # batches never straddle shards
         loader = torch.utils.data.DataLoader(
-            ItemDataset(source, positions, backbone.transform()), batch_size=batch_size, shuffle=False,
-            num_workers=workers, collate_fn=CollateItems(backbone), pin_memory=device.type == "cuda",
+            ItemDataset(source, positions, transform), batch_size=batch_size, shuffle=False,
+            num_workers=workers, collate_fn=CollateItems(backbone), pin_memory=engine.pin_memory,
             persistent_workers=False, prefetch_factor=4 if workers else None)
-        backbone = backbone.to(device).eval()
         keys = source.item_keys()
         buf_idx: list[np.ndarray] = []
         buf_feat: list[np.ndarray] = []
         buf_bad: list[tuple[int, str]] = []
         count = 0
         unit = "images" if source.modality == "image" else "texts"
-        with progress_bar(len(positions), f"features {backbone.name}", unit=unit, enabled=progress) as bar, \
-                torch.inference_mode():
+        with progress_bar(progress_total or len(positions), f"features {backbone.name}", unit=unit,
+                          enabled=progress) as bar, engine.session():
             for idx, inputs, bad in loader:
                 if inputs is not None:
-                    out = backbone(to_device(inputs, device)).float().cpu().numpy()
                     buf_idx.append(idx)
-                    buf_feat.append(out)
+                    buf_feat.append(engine(inputs))
                 buf_bad += bad
                 n = len(idx) + len(bad)
                 count += n
