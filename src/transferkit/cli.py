@@ -29,6 +29,8 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only the results (no
 InputColOpt = typer.Option(None, "--input-column", help="Table column with image paths or texts (detected when not given).")
 LabelColOpt = typer.Option(None, "--label-column", help="Table column with the labels (detected when not given).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit).")
+EngineOpt = typer.Option("auto", "--engine", help="Feature-extraction engine: auto (the fastest of eager PyTorch, channels-last and ONNX Runtime whose features match eager PyTorch within 1e-4 + 1e-3 x max|feature|; checked once per backbone and remembered), torch, or onnx (needs pip install 'transferkit[onnx]').")
+FeaturePrecisionOpt = typer.Option("32", "--feature-precision", help="Precision of the extracted features: 32, bf16 or 16 (autocast, for GPUs), int8 (CPU, dynamic quantisation, opt-in); any but 32 is cached under its own key.")
 EncodingOpt = typer.Option(None, "--encoding", help="Text encoding of a CSV/TSV table, e.g. utf-8, cp1252, latin-1, shift_jis (default: UTF-8, else cp1252 or latin-1 with a note).")
 
 
@@ -91,7 +93,8 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts",
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
-         "end_to_end": "--end-to-end"}
+         "end_to_end": "--end-to-end", "engine": "--engine", "feature_precision": "--feature-precision",
+         "num_nodes": "--num-nodes"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -129,7 +132,7 @@ def _one_line(e: BaseException) -> str:
 #: option -> (kind, lowest allowed, highest allowed or None, inclusive high): checked before any work
 _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int, 0, None),
            "labels_per_class": (int, 1, None), "epochs": (int, 1, None), "train_batch_size": (int, 1, None),
-           "image_size": (int, 8, None), "devices": (int, 1, None), "steps": (int, 1, None), "seeds": (int, 1, None),
+           "image_size": (int, 8, None), "devices": (int, 1, None), "num_nodes": (int, 1, None), "steps": (int, 1, None), "seeds": (int, 1, None),
            "max_samples": (int, 1, None), "target_labels": (int, 1, None), "max_test": (int, 1, None),
            "freeze": (int, 0, None), "lr": (float, 0.0, None), "trade_off": (float, 0.0, None),
            "ways": (int, 2, None), "shots": (int, 1, None), "queries": (int, 1, None), "episodes": (int, 1, None),
@@ -222,6 +225,8 @@ def fit(
     activation: Optional[str] = typer.Option(None, "--activation", help="Activation of --head hidden: sigmoid (default), relu or tanh."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Multitask: comma-separated label columns, each a task with its own missing labels (name:regression or name:classification sets the kind); one shared trunk with a head per task, beside the single-task model of each task. Built-in: drug-reviews (sentiment, condition, useful, rating), clipart (category, super)."),
     weighting: str = typer.Option("equal", "--weighting", help="Multitask: loss weighting: equal, normalised, uncertainty, gradnorm, dwa, random, several comma-separated, or all (the run keeps the best on validation)."),
+    engine: str = EngineOpt,
+    feature_precision: str = FeaturePrecisionOpt,
     quiet: bool = QuietOpt,
 ):
     """Train a shallow head on pretrained features (or fine-tune) and compare it with a from-scratch baseline.
@@ -290,6 +295,7 @@ def fit(
                   cache_dir=cache_dir, baseline=baseline, report=report, on_bad_input=on_bad_input,
                   val_fraction=val_fraction, test_fraction=test_fraction, input_column=input_column,
                   label_column=label_column, batch_size=batch_size, num_workers=workers, device=device,
+                  engine=engine, feature_precision=feature_precision,
                   progress=not quiet, log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
     table = Table(title=f"test accuracy on {res.splits.get('test', 0)} held-out samples "
                         f"(trained on {res.splits.get('train', 0)} + {res.splits.get('val', 0)} validation labels)")
@@ -332,6 +338,8 @@ def predict(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    engine: str = EngineOpt,
+    feature_precision: str = FeaturePrecisionOpt,
     quiet: bool = QuietOpt,
 ):
     """Predict classes with class probabilities for new inputs."""
@@ -341,11 +349,15 @@ def predict(
 
     check_choice(on_bad_input, ("error", "skip"), "on_bad_input")
     check_options(batch_size=batch_size, workers=workers, device=device)
+    from .features.engines import check_engine_options
+
+    check_engine_options(engine, feature_precision)
     run = load_run(run_dir)
     if encoding is not None:  # tables are read here, with the encoding; the run predicts the loaded inputs
         inputs = collect_inputs(inputs, input_column=input_column, on_bad_input=on_bad_input, encoding=encoding)
     df = run.predict(inputs, on_bad_input=on_bad_input, batch_size=batch_size, num_workers=workers,
-                     cache_dir=cache_dir, device=device, progress=not quiet, input_column=input_column)
+                     cache_dir=cache_dir, device=device, progress=not quiet, input_column=input_column,
+                     engine=engine, feature_precision=feature_precision)
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -376,18 +388,34 @@ def extract(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    engine: str = EngineOpt,
+    feature_precision: str = FeaturePrecisionOpt,
+    devices: int = typer.Option(1, "--devices", help="Processes (GPUs, or CPU processes) sharing the extraction through Lightning Fabric; each writes its shard of the data into the same cache, with the same features as one process."),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Machines sharing the extraction (run the same command on each through torchrun or SLURM's srun; see the README)."),
     quiet: bool = QuietOpt,
 ):
     """Extract features into the cache (resumable: rerun after an interruption to continue)."""
     from .backbones import create_backbone
+    from .features.engines import check_engine_options
     from .features.featureset import build_featureset
 
-    check_options(batch_size=batch_size, workers=workers, device=device)
-
+    check_options(batch_size=batch_size, workers=workers, device=device, devices=devices, num_nodes=num_nodes)
+    check_engine_options(engine, feature_precision)
+    say = None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False))
     bb = create_backbone(backbone)
-    fs = build_featureset(data, bb, cache_dir=cache_dir, labels="ignore", split=False, on_bad_input=on_bad_input,
-                          batch_size=batch_size, num_workers=workers, device=device, input_column=input_column,
-                          encoding=encoding, progress=not quiet)
+    if devices * num_nodes > 1:
+        from .features.distributed import extract_distributed
+
+        fs = extract_distributed(data, backbone, devices=devices, num_nodes=num_nodes,
+                                 accelerator="cpu" if device == "cpu" else "cuda" if device.startswith("cuda") else "auto",
+                                 cache_dir=cache_dir, batch_size=batch_size, num_workers=workers, engine=engine,
+                                 feature_precision=feature_precision, input_column=input_column, encoding=encoding,
+                                 on_bad_input=on_bad_input, progress=not quiet, log=say)
+    else:
+        fs = build_featureset(data, bb, cache_dir=cache_dir, labels="ignore", split=False, on_bad_input=on_bad_input,
+                              batch_size=batch_size, num_workers=workers, device=device, input_column=input_column,
+                              encoding=encoding, progress=not quiet, engine=engine, feature_precision=feature_precision,
+                              log=say)
     n = len(fs) + len(fs.skipped)
     out.print(f"{n} {fs.source.modality}s x {bb.num_features} features from {bb.name}: "
               f"{fs.extracted} extracted, {len(fs) - fs.extracted} from cache, {fs.seconds:.1f}s")

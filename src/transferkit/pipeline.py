@@ -163,7 +163,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
             strategy_params: dict[str, Any] | None = None, train_config: Any = None,
             regularizers: dict[str, dict[str, Any]] | None = None, resume: bool = False,
             encoding: str | None = None, unlabelled: Any = None, semi_level: str = "features",
-            semi_config: Any = None, corpus: Any = None) -> FitResult:
+            semi_config: Any = None, corpus: Any = None, engine: str = "auto",
+            feature_precision: str = "32") -> FitResult:
     """Extract (or read cached) features, train a shallow head, compare with a from-scratch baseline, write a run.
 
     Args:
@@ -200,6 +201,9 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         semi_level: ``features`` (frozen backbone, cached augmented views, a head: seconds after one extraction)
             or ``end-to-end`` (the backbone trains too, with ``train_config``).
         semi_config: a :class:`~transferkit.semi.fit.SemiConfig` or a dict of its fields (``features`` level).
+        engine: the feature-extraction engine: ``auto`` (the fastest that matches eager PyTorch within the
+            tolerance), ``torch`` or ``onnx`` (:mod:`transferkit.features.engines`).
+        feature_precision: ``32``, ``bf16``, ``16`` or ``int8`` for the extracted features (not fine-tuning's).
         corpus: unlabelled texts (a text file, a folder of text files, a table, or a list) for a backbone trained on
             the user's corpus (``word2vec``, ``fasttext``, ``simcse:<encoder>``: its ``corpus_method`` capability);
             the data's own texts are added without their labels. Pretrained once, cached by corpus and settings.
@@ -216,6 +220,9 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     check_choice(on_bad_input, ON_BAD_INPUT, "on_bad_input")
+    from .features.engines import check_engine_options
+
+    check_engine_options(engine, feature_precision)
     if head != "auto":
         HEADS.get(head)  # unknown heads fail before any work
     engine = None
@@ -265,7 +272,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
                           test_fraction=test_fraction, seed=seed,
                           unlabelled_fraction="rest" if unlabelled == "rest" else 0.0, on_bad_input=on_bad_input, batch_size=batch_size,
                           num_workers=num_workers, device=device, input_column=input_column,
-                          label_column=label_column, encoding=encoding, progress=progress, log=say)
+                          label_column=label_column, encoding=encoding, progress=progress, log=say, engine=engine,
+                          feature_precision=feature_precision)
     timings["features"] = time.perf_counter() - t
     source, splits, classes, y = fs.source, fs.splits, fs.classes, fs.y
     say(f"data: {source.origin or source.name}: {len(source)} {source.modality}s, {len(classes)} classes")

@@ -59,10 +59,10 @@ _SAMPLE_TEXTS = ["a short example sentence", "another one, with a comma", "x",
 def check_engine_options(engine: str, precision: str) -> None:
     """Raise a clear error for an unknown engine or precision (before any work)."""
     if engine not in ENGINES:
-        raise TransferkitError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        raise TransferkitError(f"engine={engine!r} is not an engine; choose one of {', '.join(ENGINES)}")
     if str(precision) not in FEATURE_PRECISIONS:
-        raise TransferkitError(f"precision must be one of {', '.join(FEATURE_PRECISIONS)} for feature extraction; got "
-                               f"{precision!r}")
+        raise TransferkitError(f"feature_precision={precision!r} is not a feature precision; choose one of "
+                               f"{', '.join(FEATURE_PRECISIONS)}")
 
 
 def onnx_available() -> bool:
@@ -127,8 +127,8 @@ class TorchEngine(Engine):
         self._module = backbone
         if self.precision == "int8":
             if self.device.type != "cpu":
-                raise TransferkitError("precision='int8' (dynamic quantisation) runs on the CPU; use device='cpu', or "
-                                       "precision='bf16' on a GPU")
+                raise TransferkitError("feature_precision='int8' (dynamic quantisation) runs on the CPU; use device='cpu', "
+                                       "or feature_precision='bf16' on a GPU")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 import copy
@@ -177,8 +177,8 @@ class OnnxEngine(Engine):
 
         self.backbone, self.folder, self.device, self.precision = backbone, Path(folder), torch.device(device), str(precision)
         if self.precision in ("bf16", "16"):
-            raise TransferkitError(f"engine='onnx' runs precision 32 or int8; for precision={self.precision!r} use "
-                                   "engine='torch' (autocast on a GPU)")
+            raise TransferkitError(f"engine='onnx' runs feature_precision 32 or int8; for feature_precision="
+                                   f"{self.precision!r} use engine='torch' (autocast on a GPU)")
         self.providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

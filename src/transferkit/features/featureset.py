@@ -75,7 +75,8 @@ def build_featureset(data: Any, backbone: Backbone, *, store: FeatureStore | Non
                      unlabelled_fraction: float = 0.0, seed: int = 0, on_bad_input: str = "error",
                      batch_size: int = 64, num_workers: int | None = None, device: str = "auto",
                      input_column: str | None = None, label_column: str | None = None, encoding: str | None = None,
-                     progress: bool = False, log: Callable[[str], None] | None = None) -> FeatureSet:
+                     progress: bool = False, log: Callable[[str], None] | None = None, engine: str = "auto",
+                     feature_precision: str = "32") -> FeatureSet:
     """The one way to a dataset's features: load, check, extract (or read the cache), skip bad inputs, split.
 
     Args:
@@ -89,7 +90,8 @@ def build_featureset(data: Any, backbone: Backbone, *, store: FeatureStore | Non
             (:func:`~transferkit.data.splits.make_splits`).
         on_bad_input: ``"error"`` (stop, naming the unreadable inputs; extracted features stay cached) or
             ``"skip"`` (leave them out; they are listed in ``skipped``).
-        batch_size, num_workers, device, progress: extraction settings.
+        batch_size, num_workers, device, progress, engine, feature_precision: extraction settings
+            (:meth:`FeatureStore.get`).
         input_column, label_column: table columns (detected when None).
         encoding: a table's text encoding (detected when None).
         log: called with one-line progress messages.
@@ -127,7 +129,7 @@ def build_featureset(data: Any, backbone: Backbone, *, store: FeatureStore | Non
         skipped += header_bad
     store = store if store is not None else FeatureStore(cache_dir)
     feats = store.get(backbone, source, batch_size=batch_size, num_workers=num_workers, device=device,
-                      progress=progress)
+                      progress=progress, engine=engine, feature_precision=feature_precision, log=log)
     say(f"features: {backbone.name} ({backbone.num_features}-d) " + (
         f"extracted {feats.extracted} in {feats.seconds:.1f}s" if feats.extracted
         else f"read from the cache in {feats.seconds:.2f}s"))

@@ -239,7 +239,7 @@ class FeatureStore:
     # -- the main entry point --------------------------------------------------------------------
     def get(self, backbone: Backbone, source: DataSource, *, batch_size: int = 64, num_workers: int | None = None,
             device: str | torch.device | None = "auto", progress: bool = False, engine: str = "auto",
-            precision: str = "32", log: Callable[[str], None] | None = None) -> Features:
+            feature_precision: str = "32", log: Callable[[str], None] | None = None) -> Features:
         """Features of every item in ``source``: read from the cache, extracting only what is missing.
 
         Unreadable items do not stop extraction: they are recorded (rows of NaN in ``X``, listed in
@@ -248,7 +248,7 @@ class FeatureStore:
         Args:
             engine: ``auto`` (the fastest engine whose features match eager PyTorch within the tolerance),
                 ``torch`` or ``onnx``: see :mod:`transferkit.features.engines`.
-            precision: ``32`` (default), ``bf16`` / ``16`` (autocast) or ``int8`` (CPU, dynamic quantisation);
+            feature_precision: ``32`` (default), ``bf16`` / ``16`` (autocast) or ``int8`` (CPU, dynamic quantisation);
                 any precision but 32 caches its features under its own key.
             num_workers: data-loading processes; None sizes the pool from the measured decode + transform rate per
                 worker and the engine's rate (:func:`size_workers`).
@@ -267,10 +267,11 @@ class FeatureStore:
                 f"{source.origin or source.name} holds {source.modality} data but backbone {backbone.name!r} takes "
                 f"{backbone.modality}s; choose a{'n' if backbone.modality == 'text' else ''} "
                 f"{source.modality} backbone (see `transferkit backbones`)")
+        precision = str(feature_precision)
         check_engine_options(engine, precision)
         dev = resolve_device(device)
         choice = None
-        if str(precision) != "32" or engine == "onnx":  # the engine decides the key: resolve it first
+        if precision != "32" or engine == "onnx":  # the engine decides the key: resolve it first
             choice = self.resolve_engine(backbone, engine, dev, precision, log=log)
         key = choice.key if choice is not None else {}
         d = self._dir(backbone, key)

@@ -134,13 +134,16 @@ class Run:
 
     def predict(self, inputs: Any, *, on_bad_input: str = "error", batch_size: int = 64,
                 num_workers: int | None = None, cache_dir: str | None = None, device: str = "auto",
-                progress: bool = False, input_column: str | None = None) -> pd.DataFrame:
+                progress: bool = False, input_column: str | None = None, engine: str = "auto",
+                feature_precision: str = "32") -> pd.DataFrame:
         """Predict classes and probabilities for new inputs.
 
         Args:
             inputs: file paths, folders, a table file, a built-in dataset name, or in-memory images / texts.
             on_bad_input: ``"error"`` stops at unreadable inputs (listing them); ``"skip"`` leaves their rows
                 with an empty prediction and the reason in the ``error`` column.
+            engine, feature_precision: the feature-extraction engine and precision (:meth:`FeatureStore.get`):
+                ``auto`` runs the fastest engine that matches eager PyTorch within the stated tolerance.
 
         Returns:
             One row per input: ``input``, ``prediction``, ``confidence``, one ``p_<class>`` column per class,
@@ -155,7 +158,7 @@ class Run:
         source = collect_inputs(inputs, input_column=input_column, on_bad_input=on_bad_input)
         head, bb = self.head, self.backbone
         feats = FeatureStore(cache_dir).get(bb, source, batch_size=batch_size, num_workers=num_workers, device=device,
-                                            progress=progress)
+                                            progress=progress, engine=engine, feature_precision=feature_precision)
         if feats.bad and on_bad_input != "skip":
             raise BadInputError(bad_inputs_message(feats.bad), [(b[1], b[2]) for b in feats.bad])
         good = feats.good

@@ -240,12 +240,13 @@ class LoopResult:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fabric
-def make_fabric(accelerator: str = "auto", devices: int = 1, precision: str = "32") -> tuple[Any, str | None]:
+def make_fabric(accelerator: str = "auto", devices: int = 1, precision: str = "32",
+                num_nodes: int = 1) -> tuple[Any, str | None]:
     """The one place a Lightning ``Fabric`` is made; returns it and how it starts processes (None: it starts none).
 
     One device: no new process. Several: DDP; under an external launcher (``torchrun``, SLURM) Fabric joins its
     processes; otherwise Fabric starts them, by ``fork`` on CPU under Linux (nothing is imported again) and by
-    ``spawn`` elsewhere (CUDA cannot be forked).
+    ``spawn`` elsewhere (CUDA cannot be forked). Several machines (``num_nodes`` > 1) need such a launcher.
 
     Raises:
         TransferkitError: the device, count or precision is not available here.
@@ -265,8 +266,14 @@ def make_fabric(accelerator: str = "auto", devices: int = 1, precision: str = "3
     if (acc == "cuda" or acc == "gpu") and not torch.cuda.is_available():
         raise TransferkitError(f"accelerator {accelerator!r} was asked for, but no CUDA GPU is visible here; use "
                                "'cpu' or 'auto'")
-    if devices > 1:
-        if TorchElasticEnvironment.detect():
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    launched = TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+    if num_nodes > 1 and not launched:
+        raise TransferkitError(f"num_nodes={num_nodes}: several machines need a cluster launcher that starts the "
+                               "processes on each of them: torchrun on every node, or srun under SLURM (see the README)")
+    if devices > 1 or num_nodes > 1:
+        if launched:
             strategy = "ddp"
         else:
             on_cpu = acc == "cpu" or (acc == "auto" and not torch.cuda.is_available()
@@ -274,7 +281,8 @@ def make_fabric(accelerator: str = "auto", devices: int = 1, precision: str = "3
             start = "fork" if on_cpu and sys.platform.startswith("linux") else "spawn"
             strategy = f"ddp_{start}"
     try:
-        fabric = Fabric(accelerator=acc, devices=dev, strategy=strategy, precision=PRECISIONS[precision])
+        fabric = Fabric(accelerator=acc, devices=dev, strategy=strategy, precision=PRECISIONS[precision],
+                        num_nodes=num_nodes)
     except (MisconfigurationException, ValueError, RuntimeError, ImportError) as e:  # ImportError: e.g. no torch_xla
         raise TransferkitError(f"cannot train with accelerator={accelerator!r}, devices={devices}, "
                                f"precision={precision!r} here: {e}") from e
