@@ -223,6 +223,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     from .features.engines import check_engine_options
 
     check_engine_options(engine, feature_precision)
+    feature_engine = engine  # ``engine`` is the fine-tuning engine's settings below
     if head != "auto":
         HEADS.get(head)  # unknown heads fail before any work
     engine = None
@@ -272,7 +273,7 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
                           test_fraction=test_fraction, seed=seed,
                           unlabelled_fraction="rest" if unlabelled == "rest" else 0.0, on_bad_input=on_bad_input, batch_size=batch_size,
                           num_workers=num_workers, device=device, input_column=input_column,
-                          label_column=label_column, encoding=encoding, progress=progress, log=say, engine=engine,
+                          label_column=label_column, encoding=encoding, progress=progress, log=say, engine=feature_engine,
                           feature_precision=feature_precision)
     timings["features"] = time.perf_counter() - t
     source, splits, classes, y = fs.source, fs.splits, fs.classes, fs.y

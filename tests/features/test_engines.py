@@ -169,3 +169,25 @@ def test_two_processes_extract_the_same_bits_as_one(image_folder, tmp_path):
                            split=False, batch_size=5, num_workers=0, device="cpu", engine="torch")
     assert one.extracted == 36
     assert np.array_equal(np.asarray(one.X), np.asarray(two.X))
+
+
+def test_split_eval_transform_gives_the_same_bits_faster_to_batch(tiny):
+    from PIL import Image
+
+    from transferkit.features.store import CollateItems, split_eval_transform
+
+    full = tiny.transform()
+    item, norm = split_eval_transform(full)
+    assert norm is not None
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 256, (20 + 7 * k, 31, 3), dtype=np.uint8)) for k in range(4)]
+    parts = [item(x) for x in imgs]
+    assert [p.dtype for p in parts] == [torch.uint8] * 4
+    batch = CollateItems(tiny, norm)([(i, p, None) for i, p in enumerate(parts)])[1]
+    assert torch.equal(batch, torch.stack([full(x) for x in imgs]))
+    # an item that took the float path (another image mode) is kept as it is beside normalised uint8 items
+    mixed = CollateItems(tiny, norm)([(0, parts[0], None), (1, full(imgs[1]), None)])[1]
+    assert torch.equal(mixed, batch[:2])
+    assert item.__class__(item.geometry, lambda x: "float path")(imgs[0].convert("L")) == "float path"
+    ident = lambda x: x  # noqa: E731
+    assert split_eval_transform(ident) == (ident, None)  # not a Compose: kept whole
