@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     ap.add_argument("--skip-text", action="store_true")
+    ap.add_argument("--skip-image", action="store_true")
     ap.add_argument("--cache", default="/work/bench-cache-speed/engines")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_engines.md"))
     args = ap.parse_args()
@@ -67,6 +68,13 @@ def main() -> None:
     doc: dict = {"command": cmd, "machine": info, "threads": args.threads, "n": args.n, "batch_size": args.batch_size,
                  "rounds": args.rounds, "tolerance": TOLERANCE}
     sections = []
+
+    def write() -> str:
+        """Write what is measured so far (after each section: a late failure keeps the earlier results)."""
+        text = f"### bench_engines\n\ncommand: `{cmd}`\n\n{machine_line(info)}\n\n" + "\n".join(sections)
+        atomic_write_text(args.out, text)
+        atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(doc, indent=1, default=str))
+        return text
 
     def rate(fn, n):
         t = time.perf_counter()
@@ -92,147 +100,149 @@ def main() -> None:
         return ch.engine, time.perf_counter() - t
 
     # ------------------------------------------------------------------ images
-    source_all = load_data(args.data)
-    source = source_all.subset(np.arange(min(args.n, len(source_all))))
-    n = len(source)
-    bb = create_backbone(args.backbone).eval()
-    bb.weights_digest()
-    chosen, auto_s = one_time_auto(bb, n)
-    log(f"auto chose {chosen.describe()} ({auto_s:.1f}s, one time)")
-    tf = bb.transform()
-    tensors = [tf(source.load(i)) for i in range(n)]
-    batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
-    del tensors
-    folder = engine_folder(cache, bb)
-    engines = {"eager": TorchEngine(bb, torch.device("cpu")),
-               "channels-last": TorchEngine(bb, torch.device("cpu"), channels_last=True),
-               "onnxruntime": OnnxEngine(bb, folder, torch.device("cpu")),
-               "onnxruntime int8": OnnxEngine(bb, folder, torch.device("cpu"), precision="int8")}
-    if args.compile:
-        compiled = TorchEngine(bb, torch.device("cpu"))
-        t = time.perf_counter()
-        compiled._module = torch.compile(bb)
-        with compiled.session():
-            compiled(batches[0])
-        compiled.variant = "torch.compile"
-        engines["torch.compile"] = compiled
-        doc["compile_s"] = time.perf_counter() - t
-        log(f"torch.compile warm-up {doc['compile_s']:.1f}s")
-
-    def raw(engine) -> float:
-        with engine.session():
-            engine(batches[0])  # warm-up
-            return rate(lambda: [engine(b) for b in batches], n)
-
-    def pipeline(workers=None) -> float:
-        store, tmp = fresh_store(cache)
-        try:
+    if not args.skip_image:
+        source_all = load_data(args.data)
+        source = source_all.subset(np.arange(min(args.n, len(source_all))))
+        n = len(source)
+        bb = create_backbone(args.backbone).eval()
+        bb.weights_digest()
+        chosen, auto_s = one_time_auto(bb, n)
+        log(f"auto chose {chosen.describe()} ({auto_s:.1f}s, one time)")
+        tf = bb.transform()
+        tensors = [tf(source.load(i)) for i in range(n)]
+        batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
+        del tensors
+        folder = engine_folder(cache, bb)
+        engines = {"eager": TorchEngine(bb, torch.device("cpu")),
+                   "channels-last": TorchEngine(bb, torch.device("cpu"), channels_last=True),
+                   "onnxruntime": OnnxEngine(bb, folder, torch.device("cpu")),
+                   "onnxruntime int8": OnnxEngine(bb, folder, torch.device("cpu"), precision="int8")}
+        if args.compile:
+            compiled = TorchEngine(bb, torch.device("cpu"))
             t = time.perf_counter()
-            f = store.get(bb, source, batch_size=args.batch_size, num_workers=workers, device="cpu", engine="auto",
-                          log=log if workers is None else None)
-            wall = time.perf_counter() - t
-            assert f.extracted == n and not f.bad
-            return f.extracted / wall
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            compiled._module = torch.compile(bb)
+            with compiled.session():
+                compiled(batches[0])
+            compiled.variant = "torch.compile"
+            engines["torch.compile"] = compiled
+            doc["compile_s"] = time.perf_counter() - t
+            log(f"torch.compile warm-up {doc['compile_s']:.1f}s")
 
-    def decode() -> float:
-        return rate(lambda: [tf(source.load(i)) for i in range(n)], n)
+        def raw(engine) -> float:
+            with engine.session():
+                engine(batches[0])  # warm-up
+                return rate(lambda: [engine(b) for b in batches], n)
 
-    res: dict[str, list[float]] = {k: [] for k in [*engines, "pipeline (auto, workers sized)", "pipeline (auto, 0 workers)",
-                                                   "decode + transform, 1 process"]}
-    for r in range(args.rounds):
-        for name, e in engines.items():
-            res[name].append(raw(e))
-            log(f"round {r} raw {name}: {res[name][-1]:.1f} images/s (load {os.getloadavg()[0]:.2f})")
-        res["pipeline (auto, workers sized)"].append(pipeline(None))
-        res["pipeline (auto, 0 workers)"].append(pipeline(0))
-        res["decode + transform, 1 process"].append(decode())
-        log(f"round {r} pipeline {res['pipeline (auto, workers sized)'][-1]:.1f} / "
-            f"{res['pipeline (auto, 0 workers)'][-1]:.1f}, decode {res['decode + transform, 1 process'][-1]:.1f}")
-    med = {k: statistics.median(v) for k, v in res.items()}
-    eager = med["eager"]
-    engine_rate = med.get(chosen.variant if chosen.variant != "eager" else "eager", eager)
-    chosen_name = chosen.variant
-
-    # features of the full dataset per engine (own caches), drift and probe accuracy
-    from transferkit.pipeline import fit_run
-
-    def feats(tag, engine, precision="32"):
-        return FeatureStore(linked(cache / f"features-{tag}")).get(bb, source_all, batch_size=args.batch_size, device="cpu",
-                                                           engine=engine, feature_precision=precision)
-
-    f_eager, f_auto, f_int8 = feats("eager", "torch"), feats("auto", "auto"), feats("int8", "onnx", "int8")
-    ok, diff, tol = features_close(np.asarray(f_eager.X), np.asarray(f_auto.X))
-    _, diff8, tol8 = features_close(np.asarray(f_eager.X), np.asarray(f_int8.X))
-    a, b = np.asarray(f_eager.X, np.float64), np.asarray(f_int8.X, np.float64)
-    cos8 = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-    def probe(tag, engine, precision="32", data=args.data, backbone=args.backbone):
-        accs = []
-        for s in seeds:
-            out = Path(tempfile.mkdtemp(prefix="tk-bench-run-"))
-            shutil.rmtree(out)
-            r = fit_run(data, backbone=backbone, seed=s, out=out, cache_dir=linked(cache / f"features-{tag}"), baseline=False,
-                        report=False, progress=False, engine=engine, feature_precision=precision, num_workers=1)
-            accs.append(100 * r.metrics["accuracy"])
-            shutil.rmtree(out, ignore_errors=True)
-        return accs
-
-    acc = {"eager": probe("eager", "torch"), "auto": probe("auto", "auto"), "int8": probe("int8", "onnx", "int8")}
-    log(f"probe accuracy {acc}")
-
-    # predict: a probe run fitted once (eager features), predicting the speed subset with a fresh cache
-    from transferkit.runs import load_run
-
-    run_dir = cache / "predict-run"
-    if not (run_dir / "model").is_dir():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        fit_run(args.data, backbone=args.backbone, seed=0, out=run_dir, cache_dir=linked(cache / "features-eager"),
-                baseline=False, report=False, progress=False, engine="torch", num_workers=1)
-    run = load_run(run_dir)
-    pred: dict[str, list[float]] = {"predict (engine torch)": [], "predict (engine auto)": []}
-    frames = {}
-    for r in range(args.rounds):
-        for label, eng in (("predict (engine torch)", "torch"), ("predict (engine auto)", "auto")):
+        def pipeline(workers=None) -> float:
             store, tmp = fresh_store(cache)
             try:
                 t = time.perf_counter()
-                frames[label] = run.predict(source, cache_dir=tmp, device="cpu", engine=eng)
-                pred[label].append(n / (time.perf_counter() - t))
+                f = store.get(bb, source, batch_size=args.batch_size, num_workers=workers, device="cpu", engine="auto",
+                              log=log if workers is None else None)
+                wall = time.perf_counter() - t
+                assert f.extracted == n and not f.bad
+                return f.extracted / wall
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            log(f"round {r} {label}: {pred[label][-1]:.1f} images/s")
-    pmed = {k: statistics.median(v) for k, v in pred.items()}
-    pa, pb = frames["predict (engine torch)"], frames["predict (engine auto)"]
-    same_pred = float((pa["prediction"] == pb["prediction"]).mean())
-    pcols = [c for c in pa.columns if c.startswith("p_")]
-    pdiff = float(np.abs(pa[pcols].to_numpy(float) - pb[pcols].to_numpy(float)).max())
 
-    rows = []
-    for k, v in res.items():
-        rows.append([k, f"{med[k]:.1f}", ", ".join(f"{x:.1f}" for x in v), f"{med[k] / eager:.2f}"])
-    for k, v in pred.items():
-        rows.append([k, f"{pmed[k]:.1f}", ", ".join(f"{x:.1f}" for x in v), f"{pmed[k] / eager:.2f}"])
-    img_table = md_table(["measure (images/s)", "median", "rounds", "x eager raw"], rows)
-    pipe = med["pipeline (auto, workers sized)"]
-    acc_rows = [[k, ", ".join(f"{x:.1f}" for x in v), f"{statistics.mean(v):.2f}",
-                 f"{statistics.mean(v) - statistics.mean(acc['eager']):+.2f}"] for k, v in acc.items()]
-    acc_table = md_table(["features", f"probe accuracy % (seeds {args.seeds})", "mean", "vs eager (points)"], acc_rows)
-    sections.append(
-        f"#### {args.backbone} on {args.data}, {args.threads} threads\n\n"
-        f"{n} images at {bb.preprocessing.input_size} px, batch {args.batch_size}, {args.rounds} interleaved rounds. "
-        f"`auto` chose **{chosen.describe()}** (one-time export + check {auto_s:.1f}s, remembered).\n\n{img_table}\n\n"
-        f"- pipeline (auto) / eager raw: **{pipe / eager:.2f}x** (target >= 4); pipeline / {chosen_name} raw: "
-        f"**{pipe / engine_rate:.2f}x** (target >= 0.9)\n"
-        f"- predict (auto) / eager raw: **{pmed['predict (engine auto)'] / eager:.2f}x**; predictions identical to "
-        f"engine torch on {100 * same_pred:.1f}% of {n} images, max |p diff| {pdiff:.2g}\n"
-        f"- features on all {len(source_all)} images, auto vs eager: max |diff| {diff:.3g} (tolerance {tol:.3g}: "
-        f"{'within' if ok else 'NOT within'}); int8 vs eager: max |diff| {diff8:.3g}, min cosine {cos8:.4f}\n\n"
-        f"{acc_table}\n")
-    doc["image"] = {"raw_and_pipeline": res, "predict": pred, "median": med, "predict_median": pmed,
-                    "chosen": chosen.describe(), "auto_s": auto_s, "diff": diff, "tol": tol, "diff_int8": diff8,
-                    "min_cos_int8": cos8, "accuracy": acc, "same_prediction": same_pred, "max_p_diff": pdiff}
+        def decode() -> float:
+            return rate(lambda: [tf(source.load(i)) for i in range(n)], n)
+
+        res: dict[str, list[float]] = {k: [] for k in [*engines, "pipeline (auto, workers sized)", "pipeline (auto, 0 workers)",
+                                                       "decode + transform, 1 process"]}
+        for r in range(args.rounds):
+            for name, e in engines.items():
+                res[name].append(raw(e))
+                log(f"round {r} raw {name}: {res[name][-1]:.1f} images/s (load {os.getloadavg()[0]:.2f})")
+            res["pipeline (auto, workers sized)"].append(pipeline(None))
+            res["pipeline (auto, 0 workers)"].append(pipeline(0))
+            res["decode + transform, 1 process"].append(decode())
+            log(f"round {r} pipeline {res['pipeline (auto, workers sized)'][-1]:.1f} / "
+                f"{res['pipeline (auto, 0 workers)'][-1]:.1f}, decode {res['decode + transform, 1 process'][-1]:.1f}")
+        med = {k: statistics.median(v) for k, v in res.items()}
+        eager = med["eager"]
+        engine_rate = med.get(chosen.variant if chosen.variant != "eager" else "eager", eager)
+        chosen_name = chosen.variant
+
+        # features of the full dataset per engine (own caches), drift and probe accuracy
+        from transferkit.pipeline import fit_run
+
+        def feats(tag, engine, precision="32"):
+            return FeatureStore(linked(cache / f"features-{tag}")).get(bb, source_all, batch_size=args.batch_size, device="cpu",
+                                                               engine=engine, feature_precision=precision)
+
+        f_eager, f_auto, f_int8 = feats("eager", "torch"), feats("auto", "auto"), feats("int8", "onnx", "int8")
+        ok, diff, tol = features_close(np.asarray(f_eager.X), np.asarray(f_auto.X))
+        _, diff8, tol8 = features_close(np.asarray(f_eager.X), np.asarray(f_int8.X))
+        a, b = np.asarray(f_eager.X, np.float64), np.asarray(f_int8.X, np.float64)
+        cos8 = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+        def probe(tag, engine, precision="32", data=args.data, backbone=args.backbone):
+            accs = []
+            for s in seeds:
+                out = Path(tempfile.mkdtemp(prefix="tk-bench-run-"))
+                shutil.rmtree(out)
+                r = fit_run(data, backbone=backbone, seed=s, out=out, cache_dir=linked(cache / f"features-{tag}"), baseline=False,
+                            report=False, progress=False, engine=engine, feature_precision=precision, num_workers=1)
+                accs.append(100 * r.metrics["accuracy"])
+                shutil.rmtree(out, ignore_errors=True)
+            return accs
+
+        acc = {"eager": probe("eager", "torch"), "auto": probe("auto", "auto"), "int8": probe("int8", "onnx", "int8")}
+        log(f"probe accuracy {acc}")
+
+        # predict: a probe run fitted once (eager features), predicting the speed subset with a fresh cache
+        from transferkit.runs import load_run
+
+        run_dir = cache / "predict-run"
+        if not (run_dir / "model").is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            fit_run(args.data, backbone=args.backbone, seed=0, out=run_dir, cache_dir=linked(cache / "features-eager"),
+                    baseline=False, report=False, progress=False, engine="torch", num_workers=1)
+        run = load_run(run_dir)
+        pred: dict[str, list[float]] = {"predict (engine torch)": [], "predict (engine auto)": []}
+        frames = {}
+        for r in range(args.rounds):
+            for label, eng in (("predict (engine torch)", "torch"), ("predict (engine auto)", "auto")):
+                store, tmp = fresh_store(cache)
+                try:
+                    t = time.perf_counter()
+                    frames[label] = run.predict(source, cache_dir=tmp, device="cpu", engine=eng)
+                    pred[label].append(n / (time.perf_counter() - t))
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                log(f"round {r} {label}: {pred[label][-1]:.1f} images/s")
+        pmed = {k: statistics.median(v) for k, v in pred.items()}
+        pa, pb = frames["predict (engine torch)"], frames["predict (engine auto)"]
+        same_pred = float((pa["prediction"] == pb["prediction"]).mean())
+        pcols = [c for c in pa.columns if c.startswith("p_")]
+        pdiff = float(np.abs(pa[pcols].to_numpy(float) - pb[pcols].to_numpy(float)).max())
+
+        rows = []
+        for k, v in res.items():
+            rows.append([k, f"{med[k]:.1f}", ", ".join(f"{x:.1f}" for x in v), f"{med[k] / eager:.2f}"])
+        for k, v in pred.items():
+            rows.append([k, f"{pmed[k]:.1f}", ", ".join(f"{x:.1f}" for x in v), f"{pmed[k] / eager:.2f}"])
+        img_table = md_table(["measure (images/s)", "median", "rounds", "x eager raw"], rows)
+        pipe = med["pipeline (auto, workers sized)"]
+        acc_rows = [[k, ", ".join(f"{x:.1f}" for x in v), f"{statistics.mean(v):.2f}",
+                     f"{statistics.mean(v) - statistics.mean(acc['eager']):+.2f}"] for k, v in acc.items()]
+        acc_table = md_table(["features", f"probe accuracy % (seeds {args.seeds})", "mean", "vs eager (points)"], acc_rows)
+        sections.append(
+            f"#### {args.backbone} on {args.data}, {args.threads} threads\n\n"
+            f"{n} images at {bb.preprocessing.input_size} px, batch {args.batch_size}, {args.rounds} interleaved rounds. "
+            f"`auto` chose **{chosen.describe()}** (one-time export + check {auto_s:.1f}s, remembered).\n\n{img_table}\n\n"
+            f"- pipeline (auto) / eager raw: **{pipe / eager:.2f}x** (target >= 4); pipeline / {chosen_name} raw: "
+            f"**{pipe / engine_rate:.2f}x** (target >= 0.9)\n"
+            f"- predict (auto) / eager raw: **{pmed['predict (engine auto)'] / eager:.2f}x**; predictions identical to "
+            f"engine torch on {100 * same_pred:.1f}% of {n} images, max |p diff| {pdiff:.2g}\n"
+            f"- features on all {len(source_all)} images, auto vs eager: max |diff| {diff:.3g} (tolerance {tol:.3g}: "
+            f"{'within' if ok else 'NOT within'}); int8 vs eager: max |diff| {diff8:.3g}, min cosine {cos8:.4f}\n\n"
+            f"{acc_table}\n")
+        doc["image"] = {"raw_and_pipeline": res, "predict": pred, "median": med, "predict_median": pmed,
+                        "chosen": chosen.describe(), "auto_s": auto_s, "diff": diff, "tol": tol, "diff_int8": diff8,
+                        "min_cos_int8": cos8, "accuracy": acc, "same_prediction": same_pred, "max_p_diff": pdiff}
+        write()
 
     # ------------------------------------------------------------------ text
     if not args.skip_text:
@@ -297,10 +307,7 @@ def main() -> None:
         doc["text"] = {"rates": tres, "median": tmed, "chosen": tchosen.describe(), "auto_s": tauto_s, "diff": tdiff,
                        "tol": ttol, "diff_int8": tdiff8, "accuracy": tacc}
 
-    text = (f"### bench_engines\n\ncommand: `{cmd}`\n\n{machine_line(info)}\n\n" + "\n".join(sections))
-    atomic_write_text(args.out, text)
-    atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(doc, indent=1, default=str))
-    print(text)
+    print(write())
 
 
 if __name__ == "__main__":

@@ -221,6 +221,7 @@ class OnnxEngine(Engine):
             opts.inter_op_num_threads = 1
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.log_severity_level = 3
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting on shared CPUs
             sess = _SESSIONS[key] = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         return sess
 
