@@ -191,3 +191,15 @@ def test_split_eval_transform_gives_the_same_bits_faster_to_batch(tiny):
     assert item.__class__(item.geometry, lambda x: "float path")(imgs[0].convert("L")) == "float path"
     ident = lambda x: x  # noqa: E731
     assert split_eval_transform(ident) == (ident, None)  # not a Compose: kept whole
+
+
+def test_cache_clear_removes_the_exported_models_and_checks(tiny, digits24, tmp_path):
+    store = FeatureStore(tmp_path)
+    store.get(tiny, digits24, batch_size=8, num_workers=0, device="cpu", engine="onnx")
+    folder = E.engine_folder(tmp_path, tiny)
+    (folder / "notes.txt").write_text("mine")  # a user's file is kept
+    names = {f.name for g in store.clear_plan(TINY) for f in g["files"] if f.parent == folder}
+    assert "model.onnx" in names and any(n.startswith("check-") for n in names) and "notes.txt" not in names
+    assert not {f.name for g in store.clear_plan("lite0") for f in g["files"] if f.parent == folder}
+    store.clear(TINY)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

@@ -203,8 +203,16 @@ class OnnxEngine(Engine):
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             def write(tmp: Path) -> None:
-                with _quiet():
-                    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+                import logging
+
+                root = logging.getLogger()
+                level = root.level
+                root.setLevel(logging.ERROR)  # the quantiser logs a warning per tensor it leaves in float
+                try:
+                    with _quiet():
+                        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+                finally:
+                    root.setLevel(level)
 
             atomic_write(q, write)
         return q

@@ -582,6 +582,12 @@ class FeatureStore:
                 if files:
                     plan.append({"what": f"features of {e['backbone']}", "path": Path(e["path"]), "files": files,
                                  "bytes": _bytes(files)})
+        for d in _engine_dirs(self.root / "engines"):  # exported models and remembered engine checks
+            if backbone is None or d.name.rsplit("-", 1)[0] == _slug(backbone):
+                files = _own_files(d, _ENGINE_FILE)
+                if files:
+                    plan.append({"what": f"inference engines of {d.name.rsplit('-', 1)[0]} (ONNX export, checks)",
+                                 "path": d, "files": files, "bytes": _bytes(files)})
         if backbone is None:
             for sub, pattern, what in (("results", _RESULT, "cached results (baselines, projections)"),
                                        ("datasets", _DATASET, "generated built-in datasets")):
@@ -639,6 +645,7 @@ _VIEW = re.compile(r"[0-9a-f]{20}\.(?:npy|json)")
 _VIEW_JSON = re.compile(r"[0-9a-f]{20}\.json")
 _RESULT = re.compile(r"[a-z][a-z0-9_-]*-[0-9a-f]{24}\.json")
 _DATASET = re.compile(r"[a-z0-9][a-z0-9_-]*-v[0-9][0-9A-Za-z.+!_-]*\.npz")
+_ENGINE_FILE = re.compile(r"model(?:-int8)?\.onnx|check-[A-Za-z0-9_.-]+\.json|auto-[a-z]+-t\d+\.json")
 _TOP = re.compile(r"backbone\.json|" + re.escape(_MARKER))
 _TMP = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp(?:\.npy)?")
 
@@ -656,6 +663,15 @@ def _own_files(folder: Path, pattern: re.Pattern) -> list[Path]:
         if pattern.fullmatch(name) and e.is_file(follow_symlinks=False):
             out.append(Path(e.path))
     return sorted(out)
+
+
+def _engine_dirs(folder: Path) -> list[Path]:
+    """``engines/<backbone key>`` folders (no links) under the cache root."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if _KEY_DIR.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
 
 
 def _backbone_files(d: Path) -> list[Path]:
