@@ -48,6 +48,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     ap.add_argument("--skip-text", action="store_true")
     ap.add_argument("--skip-image", action="store_true")
+    ap.add_argument("--image-rounds", type=int, default=None, help="speed rounds of the image engines (default "
+                    "--rounds; 0 skips them: accuracy, predict and text only)")
+    ap.add_argument("--predict-n", type=int, default=None, help="images predicted per predict round (default --n)")
+    ap.add_argument("--no-image-int8", action="store_true", help="skip int8 features of the whole image dataset "
+                    "(slow where ONNX Runtime's int8 convolutions are)")
     ap.add_argument("--cache", default="/work/bench-cache-speed/engines")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_engines.md"))
     args = ap.parse_args()
@@ -150,7 +155,8 @@ def main() -> None:
 
         res: dict[str, list[float]] = {k: [] for k in [*engines, "pipeline (auto, workers sized)", "pipeline (auto, 0 workers)",
                                                        "decode + transform, 1 process"]}
-        for r in range(args.rounds):
+        image_rounds = args.rounds if args.image_rounds is None else args.image_rounds
+        for r in range(image_rounds):
             for name, e in engines.items():
                 res[name].append(raw(e))
                 log(f"round {r} raw {name}: {res[name][-1]:.1f} images/s (load {os.getloadavg()[0]:.2f})")
@@ -159,8 +165,8 @@ def main() -> None:
             res["decode + transform, 1 process"].append(decode())
             log(f"round {r} pipeline {res['pipeline (auto, workers sized)'][-1]:.1f} / "
                 f"{res['pipeline (auto, 0 workers)'][-1]:.1f}, decode {res['decode + transform, 1 process'][-1]:.1f}")
-        med = {k: statistics.median(v) for k, v in res.items()}
-        eager = med["eager"]
+        med = {k: statistics.median(v) for k, v in res.items() if v}
+        eager = med.get("eager", float("nan"))
         engine_rate = med.get(chosen.variant if chosen.variant != "eager" else "eager", eager)
         chosen_name = chosen.variant
 
@@ -171,11 +177,14 @@ def main() -> None:
             return FeatureStore(linked(cache / f"features-{tag}")).get(bb, source_all, batch_size=args.batch_size, device="cpu",
                                                                engine=engine, feature_precision=precision)
 
-        f_eager, f_auto, f_int8 = feats("eager", "torch"), feats("auto", "auto"), feats("int8", "onnx", "int8")
+        f_eager, f_auto = feats("eager", "torch"), feats("auto", "auto")
         ok, diff, tol = features_close(np.asarray(f_eager.X), np.asarray(f_auto.X))
-        _, diff8, tol8 = features_close(np.asarray(f_eager.X), np.asarray(f_int8.X))
-        a, b = np.asarray(f_eager.X, np.float64), np.asarray(f_int8.X, np.float64)
-        cos8 = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+        diff8 = cos8 = float("nan")
+        if not args.no_image_int8:
+            f_int8 = feats("int8", "onnx", "int8")
+            _, diff8, _ = features_close(np.asarray(f_eager.X), np.asarray(f_int8.X))
+            a, b = np.asarray(f_eager.X, np.float64), np.asarray(f_int8.X, np.float64)
+            cos8 = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
         def probe(tag, engine, precision="32", data=args.data, backbone=args.backbone):
             accs = []
@@ -188,7 +197,9 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
             return accs
 
-        acc = {"eager": probe("eager", "torch"), "auto": probe("auto", "auto"), "int8": probe("int8", "onnx", "int8")}
+        acc = {"eager": probe("eager", "torch"), "auto": probe("auto", "auto")}
+        if not args.no_image_int8:
+            acc["int8"] = probe("int8", "onnx", "int8")
         log(f"probe accuracy {acc}")
 
         # predict: a probe run fitted once (eager features), predicting the speed subset with a fresh cache
@@ -201,14 +212,16 @@ def main() -> None:
                     baseline=False, report=False, progress=False, engine="torch", num_workers=1)
         run = load_run(run_dir)
         pred: dict[str, list[float]] = {"predict (engine torch)": [], "predict (engine auto)": []}
+        psrc = source.subset(np.arange(min(args.predict_n or n, n)))
+        pn = len(psrc)
         frames = {}
         for r in range(args.rounds):
             for label, eng in (("predict (engine torch)", "torch"), ("predict (engine auto)", "auto")):
                 store, tmp = fresh_store(cache)
                 try:
                     t = time.perf_counter()
-                    frames[label] = run.predict(source, cache_dir=tmp, device="cpu", engine=eng)
-                    pred[label].append(n / (time.perf_counter() - t))
+                    frames[label] = run.predict(psrc, cache_dir=tmp, device="cpu", engine=eng)
+                    pred[label].append(pn / (time.perf_counter() - t))
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
                 log(f"round {r} {label}: {pred[label][-1]:.1f} images/s")
@@ -220,22 +233,25 @@ def main() -> None:
 
         rows = []
         for k, v in res.items():
+            if not v:
+                continue
             rows.append([k, f"{med[k]:.1f}", ", ".join(f"{x:.1f}" for x in v), f"{med[k] / eager:.2f}"])
         for k, v in pred.items():
             rows.append([k, f"{pmed[k]:.1f}", ", ".join(f"{x:.1f}" for x in v), f"{pmed[k] / eager:.2f}"])
         img_table = md_table(["measure (images/s)", "median", "rounds", "x eager raw"], rows)
-        pipe = med["pipeline (auto, workers sized)"]
+        pipe = med.get("pipeline (auto, workers sized)", float("nan"))
         acc_rows = [[k, ", ".join(f"{x:.1f}" for x in v), f"{statistics.mean(v):.2f}",
                      f"{statistics.mean(v) - statistics.mean(acc['eager']):+.2f}"] for k, v in acc.items()]
         acc_table = md_table(["features", f"probe accuracy % (seeds {args.seeds})", "mean", "vs eager (points)"], acc_rows)
         sections.append(
             f"#### {args.backbone} on {args.data}, {args.threads} threads\n\n"
-            f"{n} images at {bb.preprocessing.input_size} px, batch {args.batch_size}, {args.rounds} interleaved rounds. "
+            f"{n} images at {bb.preprocessing.input_size} px, batch {args.batch_size}, {image_rounds} interleaved rounds "
+            f"(predict: {pn} images, {args.rounds} rounds). "
             f"`auto` chose **{chosen.describe()}** (one-time export + check {auto_s:.1f}s, remembered).\n\n{img_table}\n\n"
             f"- pipeline (auto) / eager raw: **{pipe / eager:.2f}x** (target >= 4); pipeline / {chosen_name} raw: "
             f"**{pipe / engine_rate:.2f}x** (target >= 0.9)\n"
             f"- predict (auto) / eager raw: **{pmed['predict (engine auto)'] / eager:.2f}x**; predictions identical to "
-            f"engine torch on {100 * same_pred:.1f}% of {n} images, max |p diff| {pdiff:.2g}\n"
+            f"engine torch on {100 * same_pred:.1f}% of {pn} images, max |p diff| {pdiff:.2g}\n"
             f"- features on all {len(source_all)} images, auto vs eager: max |diff| {diff:.3g} (tolerance {tol:.3g}: "
             f"{'within' if ok else 'NOT within'}); int8 vs eager: max |diff| {diff8:.3g}, min cosine {cos8:.4f}\n\n"
             f"{acc_table}\n")

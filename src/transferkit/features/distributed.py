@@ -69,7 +69,7 @@ def extract_distributed(data: Any, backbone: str, *, devices: int = 2, num_nodes
     settings = dict(data=data, backbone=backbone, cache_dir=None if cache_dir is None else str(cache_dir),
                     batch_size=int(batch_size), num_workers=num_workers, engine=engine,
                     feature_precision=str(feature_precision), input_column=input_column, encoding=encoding,
-                    on_bad_input=on_bad_input, progress=progress)
+                    on_bad_input=on_bad_input, progress=progress, num_nodes=int(num_nodes))
     extracted = 0
     if devices * num_nodes > 1:
         fabric, _ = make_fabric(accelerator, devices, "32", num_nodes=num_nodes)
@@ -94,12 +94,12 @@ def _rank_main(fabric: Any, settings: dict[str, Any]) -> int:
 
     from ..backbones import create_backbone
     from ..data.load import load_data
-    from .engines import _build, engine_folder
+    from .engines import build_variant, engine_folder
     from .store import FeatureStore
 
     rank, world = fabric.global_rank, fabric.world_size
     if fabric.device.type == "cpu":  # the processes of one machine share its cores
-        per_node = max(1, world // max(1, getattr(fabric, "num_nodes", 1)))
+        per_node = max(1, world // settings["num_nodes"])
         torch.set_num_threads(max(1, torch.get_num_threads() // per_node))
     store = FeatureStore(settings["cache_dir"])
     bb = create_backbone(settings["backbone"])
@@ -115,8 +115,7 @@ def _rank_main(fabric: Any, settings: dict[str, Any]) -> int:
         choice_key: dict[str, Any] = {}
         if precision != "32" or engine == "onnx":
             choice_key = store.resolve_engine(bb, engine, fabric.device, precision).key
-        d = store._dir(bb, choice_key)
-        missing = store._missing_positions(source.item_keys(), store._index(d))
+        _, missing = store.missing(bb, source, choice_key)
         variant = None
         if len(missing):
             choice = store.resolve_engine(bb, engine, fabric.device, precision, items=len(missing))
@@ -125,16 +124,16 @@ def _rank_main(fabric: Any, settings: dict[str, Any]) -> int:
     plan = fabric.broadcast(plan, src=0)
     missing = np.asarray(plan["missing"], np.int64)
     if len(missing):
-        d = store._dir(bb, plan["key"])
+        d = store.root / store.backbone_key(bb, plan["key"])  # made by rank 0
         name, variant = plan["engine"]
         if precision == "32":
-            eng = _build(variant, bb, engine_folder(store.root, bb), fabric.device)
+            eng = build_variant(variant, bb, engine_folder(store.root, bb), fabric.device)
         else:
             eng = store.resolve_engine(bb, name, fabric.device, precision).engine
         mine = rank_batches(missing, settings["batch_size"], rank, world)
         if len(mine):
-            store._extract(eng, source, mine, d, batch_size=settings["batch_size"],
-                           num_workers=settings["num_workers"], progress=settings["progress"] and rank == 0)
+            store.extract_into(d, eng, source, mine, batch_size=settings["batch_size"],
+                               num_workers=settings["num_workers"], progress=settings["progress"] and rank == 0)
     fabric.barrier()
     if rank == 0:  # every shard is written: assemble the dataset's view once
         store.get(bb, source, batch_size=settings["batch_size"], num_workers=0, device=fabric.device,

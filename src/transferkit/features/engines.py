@@ -27,6 +27,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 import warnings
@@ -41,7 +42,7 @@ from .._io import atomic_write
 from ..errors import TransferkitError, TransferkitWarning
 
 __all__ = ["ENGINES", "FEATURE_PRECISIONS", "TOLERANCE", "AUTO_MIN_ITEMS", "Engine", "TorchEngine", "OnnxEngine",
-           "resolve_engine", "check_engine_options", "features_close", "onnx_available"]
+           "resolve_engine", "build_variant", "engine_folder", "cache_key", "to_device", "check_engine_options", "features_close", "onnx_available"]
 
 ENGINES = ("auto", "torch", "onnx")
 FEATURE_PRECISIONS = ("32", "bf16", "16", "int8")
@@ -149,8 +150,6 @@ class TorchEngine(Engine):
                 self._module.to(memory_format=torch.contiguous_format)
 
     def __call__(self, inputs: Any) -> np.ndarray:
-        from .store import to_device
-
         x = to_device(inputs, self.device)
         if self.channels_last and isinstance(x, torch.Tensor):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -245,9 +244,18 @@ class OnnxEngine(Engine):
 
 
 def _quiet():
-    from ..train.export import _quiet as quiet
+    from ..train.export import quiet_export
 
-    return quiet()
+    return quiet_export()
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensor, or dict of tensors such as tokenizer outputs) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
 
 
 def check_inputs(backbone: Any, n: int = _CHECK_BATCH) -> Any:
@@ -262,7 +270,7 @@ def _export_backbone(backbone: Any, path: Path) -> None:
     """``torch.onnx.export`` of a backbone (features out), written atomically; text encoders take their tokenizer's
     tensors (``input_ids``, ``attention_mask``[, ``token_type_ids``])."""
     from ..errors import ExportError
-    from ..train.export import _Wrapper, _exported
+    from ..train.export import PositionalInputs, write_verified
 
     example = check_inputs(backbone, 2)
     if isinstance(example, torch.Tensor):
@@ -276,7 +284,7 @@ def _export_backbone(backbone: Any, path: Path) -> None:
         names = [k for k in _TEXT_INPUTS if k in example]
         args = tuple(example[k] for k in names)
         axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"features": {0: "batch"}}
-    wrapper = _Wrapper(backbone.cpu().eval(), names if backbone.modality == "text" else None).eval()
+    wrapper = PositionalInputs(backbone.cpu().eval(), names if backbone.modality == "text" else None).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
@@ -284,7 +292,7 @@ def _export_backbone(backbone: Any, path: Path) -> None:
             torch.onnx.export(wrapper, args, str(tmp), input_names=names, output_names=["features"],
                               dynamic_axes=axes, opset_version=17, do_constant_folding=True, dynamo=False)
 
-    _exported(path, "ONNX", write)
+    write_verified(path, "ONNX", write)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,11 +302,23 @@ class _Choice:
     key: dict[str, Any] = field(default_factory=dict)
 
 
-def engine_folder(root: Path, backbone: Any) -> Path:
-    """Where a backbone's exported models and remembered checks live: ``<cache>/engines/<backbone key>``."""
-    from .store import FeatureStore
+def cache_key(backbone: Any, engine: dict[str, Any] | None = None) -> str:
+    """``<name>-<16 hex digits>``: a hash of the backbone's identity (name, weights, preprocessing), the package
+    version, and the engine and precision when they change the features (what :func:`resolve_engine` adds)."""
+    from .. import __version__
 
-    return Path(root) / "engines" / FeatureStore.backbone_key(backbone)
+    doc: dict[str, Any] = {"identity": backbone.identity(), "transferkit": __version__}
+    if engine:
+        doc["engine"] = engine
+    blob = json.dumps(doc, sort_keys=True, default=str).encode()
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in backbone.name)[:40]
+    return f"{slug}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def engine_folder(root: Path, backbone: Any) -> Path:
+    """Where a backbone's exported models and remembered checks live: ``<cache>/engines/<backbone key>`` (the key of
+    its features at precision 32)."""
+    return Path(root) / "engines" / cache_key(backbone)
 
 
 def _interleaved_speeds(engines: list[Engine], inputs: Any, rounds: int = 3) -> list[float]:
@@ -397,7 +417,7 @@ def resolve_engine(backbone: Any, engine: str = "auto", *, device: torch.device,
     if remembered.is_file():
         try:
             rec = json.loads(remembered.read_text())
-            eng = _build(rec["choice"], backbone, folder, device)
+            eng = build_variant(rec["choice"], backbone, folder, device)
             eng.items_per_s = next((c["items_per_s"] for c in rec["candidates"] if c["variant"] == rec["choice"]), None)
             return _Choice(eng, {})
         except (OSError, ValueError, KeyError, TransferkitError):
@@ -434,7 +454,8 @@ def resolve_engine(backbone: Any, engine: str = "auto", *, device: torch.device,
     return _Choice(best, {})
 
 
-def _build(variant: str, backbone: Any, folder: Path, device: torch.device) -> Engine:
+def build_variant(variant: str, backbone: Any, folder: Path, device: torch.device) -> Engine:
+    """The precision-32 engine named by a remembered ``variant`` (``eager``, ``channels-last``, ``onnxruntime``)."""
     if variant == "onnxruntime":
         return OnnxEngine(backbone, folder, device)
     return TorchEngine(backbone, device, channels_last=variant == "channels-last")

@@ -41,6 +41,7 @@ from .._io import atomic_write, default_cache_dir, json_default
 from ..backbones.base import Backbone
 from ..data.sources import DataSource
 from ..errors import BadInputError, CacheError, ModalityError
+from .engines import cache_key, to_device
 
 __all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "default_num_workers", "ItemDataset",
            "CollateItems", "to_device", "size_workers", "split_eval_transform"]
@@ -235,17 +236,6 @@ def split_eval_transform(transform: Callable | None) -> tuple[Callable | None, C
     return _EvalUint8(Compose(list(steps[:-2])), transform), _Normalise(mean, std)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """A batch (tensor, or dict of tensors such as tokenizer outputs) on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-
-
 class FeatureStore:
     """A disk cache of backbone features, keyed per backbone and per item.
 
@@ -264,11 +254,7 @@ class FeatureStore:
         """Hash of the backbone's identity (name, weights, preprocessing) and the package version, and of the engine
         and precision when they change the features (``engine``: what
         :func:`~transferkit.features.engines.resolve_engine` adds; empty for engines verified against eager PyTorch)."""
-        doc: dict[str, Any] = {"identity": backbone.identity(), "transferkit": __version__}
-        if engine:
-            doc["engine"] = engine
-        blob = json.dumps(doc, sort_keys=True, default=str).encode()
-        return f"{_slug(backbone.name)}-{hashlib.sha256(blob).hexdigest()[:16]}"
+        return cache_key(backbone, engine)
 
     def _dir(self, backbone: Backbone, engine: dict[str, Any] | None = None) -> Path:
         d = self.root / self.backbone_key(backbone, engine)
@@ -354,6 +340,21 @@ class FeatureStore:
         X = _map(view)
         return Features(X, bad, extracted, view, time.perf_counter() - t0)
 
+    def missing(self, backbone: Backbone, source: DataSource, engine_key: dict[str, Any] | None = None
+                ) -> tuple[Path, np.ndarray]:
+        """The cache folder of ``backbone``'s features (under ``engine_key``, see :meth:`backbone_key`) and the
+        positions of ``source``'s items not in it yet (each distinct item once, in order)."""
+        d = self._dir(backbone, engine_key)
+        return d, self._missing_positions(source.item_keys(), self._index(d))
+
+    def extract_into(self, folder: Path, engine: Any, source: DataSource, positions: np.ndarray, *,
+                     batch_size: int = 64, num_workers: int | None = None, progress: bool = False,
+                     log: Callable[[str], None] | None = None) -> None:
+        """Extract the items at ``positions`` with ``engine`` (batches of ``batch_size``, in that order) into shard
+        files of ``folder`` (from :meth:`missing`); the dataset's view is assembled by the next :meth:`get`."""
+        self._extract(engine, source, np.asarray(positions, np.int64), Path(folder), batch_size=batch_size,
+                      num_workers=num_workers, progress=progress, log=log)
+
     def resolve_engine(self, backbone: Backbone, engine: str = "auto", device: str | torch.device | None = "auto",
                        precision: str = "32", *, items: int | None = None, log: Callable[[str], None] | None = None
                        ) -> Any:
@@ -363,13 +364,6 @@ class FeatureStore:
 
         return resolve_engine(backbone, engine, device=resolve_device(device), precision=str(precision),
                               cache_root=self.root, items=items, log=log)
-
-    def folder(self, backbone: Backbone, engine: str = "auto", precision: str = "32",
-               device: str | torch.device | None = "auto") -> Path:
-        """The cache folder of ``backbone``'s features under this engine and precision (created)."""
-        key = {} if str(precision) == "32" and engine != "onnx" else self.resolve_engine(
-            backbone, engine, device, precision).key
-        return self._dir(backbone, key)
 
     # -- internals -------------------------------------------------------------------------------
     @staticmethod

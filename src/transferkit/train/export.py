@@ -29,7 +29,8 @@ from torch import nn
 from .._io import atomic_write, atomic_write_bytes
 from ..errors import ExportError, TransferkitError
 
-__all__ = ["export_model", "load_exported", "EXPORT_FORMATS", "EXPORT_FORMAT"]
+__all__ = ["export_model", "load_exported", "EXPORT_FORMATS", "EXPORT_FORMAT", "PositionalInputs", "write_verified",
+           "quiet_export"]
 
 EXPORT_FORMAT = "transferkit-finetuned/1"
 EXPORT_FORMATS = ("safetensors", "onnx", "torchscript")
@@ -74,7 +75,7 @@ def export_model(model: nn.Module, preprocessing: dict[str, Any], classes: Seque
             atomic_write_bytes(path, save(state, metadata={"format": EXPORT_FORMAT, "meta": json.dumps(meta)}))
         else:
             example, check, names, axes = _examples(model, preprocessing, meta)
-            wrapper = _Wrapper(model, names if meta["modality"] == "text" else None).eval()
+            wrapper = PositionalInputs(model, names if meta["modality"] == "text" else None).eval()
             if format == "onnx":
                 meta["verified_max_abs_diff"] = _onnx(wrapper, example, check, names, axes, path, verify)
             else:
@@ -159,7 +160,7 @@ def _metadata(model: nn.Module, preprocessing: dict[str, Any], classes: Sequence
     return meta
 
 
-class _Wrapper(nn.Module):
+class PositionalInputs(nn.Module):
     """Positional tensors in, logits out (what tracers need)."""
 
     def __init__(self, model: nn.Module, names: Sequence[str] | None):
@@ -207,7 +208,7 @@ def _close(ref: torch.Tensor, got: np.ndarray, what: str) -> float:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_export():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
@@ -221,7 +222,7 @@ def _quiet():
         yield
 
 
-def _exported(path: Path, what: str, write: Callable[[Path], float | None]) -> float | None:
+def write_verified(path: Path, what: str, write: Callable[[Path], float | None]) -> float | None:
     """Run ``write(tmp)`` (export to ``tmp`` and verify it, returning the verified difference) and rename the
     file into place only when that succeeded; exporter failures become one clear :class:`ExportError`."""
     diff: list[float | None] = [None]
@@ -241,7 +242,7 @@ def _exported(path: Path, what: str, write: Callable[[Path], float | None]) -> f
 def _onnx(wrapper: nn.Module, example: tuple, check: tuple, names: list[str], axes: dict, path: Path,
           verify: bool) -> float | None:
     def write(tmp: Path) -> float | None:
-        with _quiet(), torch.no_grad():
+        with quiet_export(), torch.no_grad():
             # the TorchScript-based exporter: the torch.export-based one needs the onnxscript package
             torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["logits"],
                               dynamic_axes=axes, opset_version=17, do_constant_folding=True, dynamo=False)
@@ -258,23 +259,23 @@ def _onnx(wrapper: nn.Module, example: tuple, check: tuple, names: list[str], ax
             ref = wrapper(*check).float()
         return _close(ref, got, "ONNX")
 
-    return _exported(path, "ONNX", write)
+    return write_verified(path, "ONNX", write)
 
 
 def _torchscript(wrapper: nn.Module, example: tuple, check: tuple, path: Path, verify: bool) -> float | None:
     def write(tmp: Path) -> float | None:
-        with _quiet(), torch.no_grad():
+        with quiet_export(), torch.no_grad():
             traced = torch.jit.trace(wrapper, example, check_trace=False)
             torch.jit.save(traced, str(tmp))
         if not verify:
             return None
-        with _quiet(), torch.no_grad():
+        with quiet_export(), torch.no_grad():
             loaded = torch.jit.load(str(tmp), map_location="cpu")
             got = loaded(*check).float().numpy()
             ref = wrapper(*check).float()
         return _close(ref, got, "TorchScript")
 
-    return _exported(path, "TorchScript", write)
+    return write_verified(path, "TorchScript", write)
 
 
 def _first_line(e: BaseException) -> str:
