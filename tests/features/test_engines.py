@@ -203,3 +203,22 @@ def test_cache_clear_removes_the_exported_models_and_checks(tiny, digits24, tmp_
     assert not {f.name for g in store.clear_plan("lite0") for f in g["files"] if f.parent == folder}
     store.clear(TINY)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_auto_times_the_engines_on_the_users_own_data(tiny, tmp_path, monkeypatch):
+    seen = {}
+    real = E._interleaved_speeds
+
+    def spy(engines, inputs, rounds=3):
+        seen["shape"] = tuple(inputs.shape)
+        return real(engines, inputs, rounds=1)
+
+    monkeypatch.setattr(E, "_interleaved_speeds", spy)
+    s = int(tiny.preprocessing.input_size)
+    batch = torch.randn(5, 3, s, s)
+    E.resolve_engine(tiny, "auto", device=torch.device("cpu"), cache_root=tmp_path, items=10_000,
+                     sample=lambda: batch)
+    assert seen["shape"] == (5, 3, s, s)  # not the fixed check batch of 8
+    E.resolve_engine(tiny, "auto", device=torch.device("cpu"), cache_root=tmp_path / "b", items=10_000,
+                     sample=lambda: (_ for _ in ()).throw(OSError("unreadable")))
+    assert seen["shape"][0] == E._CHECK_BATCH  # a failing sample falls back to the fixed batch

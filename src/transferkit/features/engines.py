@@ -33,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -371,7 +371,8 @@ def engine_device_tag(engine: Engine) -> str:
 
 
 def resolve_engine(backbone: Any, engine: str = "auto", *, device: torch.device, precision: str = "32",
-                   cache_root: Path, items: int | None = None, log: Any = None) -> _Choice:
+                   cache_root: Path, items: int | None = None, log: Any = None,
+                   sample: Callable[[], Any] | None = None) -> _Choice:
     """The engine that extracts ``backbone``'s features, and what it adds to the cache key.
 
     Args:
@@ -381,6 +382,8 @@ def resolve_engine(backbone: Any, engine: str = "auto", *, device: torch.device,
         cache_root: the feature cache's root (exported models and remembered checks go under ``engines/``).
         items: how many items are to be extracted (None: unknown); ``auto`` skips an unchecked export below
             :data:`AUTO_MIN_ITEMS`.
+        sample: returns a batch of the data to be extracted (model inputs); ``auto`` times the candidates on it
+            (text lengths, image sizes as they will be), else on the fixed check batch.
 
     Raises:
         TransferkitError: an unknown engine or precision, or one this device / installation cannot run.
@@ -434,7 +437,13 @@ def resolve_engine(backbone: Any, engine: str = "auto", *, device: torch.device,
         except Exception as e:  # noqa: BLE001 - an export failure only removes the candidate
             say(f"engine auto: ONNX export of {backbone.name} failed ({type(e).__name__}: {e}); not a candidate")
     checks = [_check(cand, eager, folder) for cand in candidates]
-    speeds = _interleaved_speeds(candidates, check_inputs(backbone))
+    batch = None
+    if sample is not None:
+        try:
+            batch = sample()
+        except Exception:  # noqa: BLE001 - unreadable items: time on the fixed batch instead
+            batch = None
+    speeds = _interleaved_speeds(candidates, batch if batch is not None else check_inputs(backbone))
     results = [{"variant": cand.variant, "engine": cand.name, "match": rec["match"],
                 "max_abs_diff": rec["max_abs_diff"], "items_per_s": ips}
                for cand, rec, ips in zip(candidates, checks, speeds)]

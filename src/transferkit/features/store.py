@@ -117,6 +117,21 @@ def size_workers(engine: Any, source: DataSource, positions: np.ndarray, transfo
     return workers
 
 
+def _sample_batch(backbone: Backbone, source: DataSource, positions: np.ndarray, n: int = 16) -> Any:
+    """Model inputs of up to ``n`` readable items at ``positions`` (what ``auto`` times the engines on)."""
+    transform = backbone.transform()
+    items = []
+    for i in positions[: 2 * n]:
+        try:
+            x = source.load(int(i))
+        except BadInputError:
+            continue
+        items.append(transform(x) if transform is not None else x)
+        if len(items) == n:
+            break
+    return backbone.collate(items) if items else None
+
+
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -332,7 +347,8 @@ class FeatureStore:
         extracted = len(missing)
         if extracted:
             if choice is None:
-                choice = self.resolve_engine(backbone, engine, dev, precision, items=extracted, log=log)
+                choice = self.resolve_engine(backbone, engine, dev, precision, items=extracted, log=log,
+                                             sample=lambda: _sample_batch(backbone, source, missing))
             self._extract(choice.engine, source, missing, d, batch_size=batch_size, num_workers=num_workers,
                           progress=progress, log=log)
             index = self._index(d)
@@ -356,14 +372,14 @@ class FeatureStore:
                       num_workers=num_workers, progress=progress, log=log)
 
     def resolve_engine(self, backbone: Backbone, engine: str = "auto", device: str | torch.device | None = "auto",
-                       precision: str = "32", *, items: int | None = None, log: Callable[[str], None] | None = None
-                       ) -> Any:
+                       precision: str = "32", *, items: int | None = None, log: Callable[[str], None] | None = None,
+                       sample: Callable[[], Any] | None = None) -> Any:
         """The engine that extracts ``backbone``'s features here and its cache-key additions
         (:func:`transferkit.features.engines.resolve_engine`, exported models and checks kept under this cache)."""
         from .engines import resolve_engine
 
         return resolve_engine(backbone, engine, device=resolve_device(device), precision=str(precision),
-                              cache_root=self.root, items=items, log=log)
+                              cache_root=self.root, items=items, log=log, sample=sample)
 
     # -- internals -------------------------------------------------------------------------------
     @staticmethod
