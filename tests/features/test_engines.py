@@ -222,3 +222,12 @@ def test_auto_times_the_engines_on_the_users_own_data(tiny, tmp_path, monkeypatc
     E.resolve_engine(tiny, "auto", device=torch.device("cpu"), cache_root=tmp_path / "b", items=10_000,
                      sample=lambda: (_ for _ in ()).throw(OSError("unreadable")))
     assert seen["shape"][0] == E._CHECK_BATCH  # a failing sample falls back to the fixed batch
+
+
+def test_texts_are_extracted_shortest_first_images_in_order(digits24):
+    from transferkit.data import from_arrays
+    from transferkit.features.store import _extraction_order
+
+    texts = from_arrays(["a much longer text here", "short", "mid length", "x", "short"])
+    assert _extraction_order(texts, np.arange(5)).tolist() == [3, 1, 4, 2, 0]  # stable among equal lengths
+    assert _extraction_order(digits24, np.arange(24)[::-1]).tolist() == list(range(24))[::-1]

@@ -117,6 +117,15 @@ def size_workers(engine: Any, source: DataSource, positions: np.ndarray, transfo
     return workers
 
 
+def _extraction_order(source: DataSource, positions: np.ndarray) -> np.ndarray:
+    """The order items are extracted in: texts by length (stable), so that a batch pads its texts to about their own
+    length instead of the longest text of a random batch; images in data order."""
+    if source.modality != "text" or len(positions) < 2:
+        return positions
+    lengths = np.asarray([len(str(source.items[int(i)])) for i in positions])
+    return positions[np.argsort(lengths, kind="stable")]
+
+
 def _sample_batch(backbone: Backbone, source: DataSource, positions: np.ndarray, n: int = 16) -> Any:
     """Model inputs of up to ``n`` readable items at ``positions`` (what ``auto`` times the engines on)."""
     transform = backbone.transform()
@@ -343,7 +352,7 @@ class FeatureStore:
                 pass  # a damaged view is rebuilt from the shards below
         keys = source.item_keys()
         index = self._index(d)
-        missing = self._missing_positions(keys, index)
+        missing = _extraction_order(source, self._missing_positions(keys, index))
         extracted = len(missing)
         if extracted:
             if choice is None:
@@ -359,9 +368,10 @@ class FeatureStore:
     def missing(self, backbone: Backbone, source: DataSource, engine_key: dict[str, Any] | None = None
                 ) -> tuple[Path, np.ndarray]:
         """The cache folder of ``backbone``'s features (under ``engine_key``, see :meth:`backbone_key`) and the
-        positions of ``source``'s items not in it yet (each distinct item once, in order)."""
+        positions of ``source``'s items not in it yet (each distinct item once, in extraction order: texts by
+        length)."""
         d = self._dir(backbone, engine_key)
-        return d, self._missing_positions(source.item_keys(), self._index(d))
+        return d, _extraction_order(source, self._missing_positions(source.item_keys(), self._index(d)))
 
     def extract_into(self, folder: Path, engine: Any, source: DataSource, positions: np.ndarray, *,
                      batch_size: int = 64, num_workers: int | None = None, progress: bool = False,
