@@ -64,6 +64,7 @@ def main() -> None:
     from transferkit.data import load_data
     from transferkit.features import FeatureStore
     from transferkit.features.engines import OnnxEngine, TorchEngine, engine_folder, features_close, TOLERANCE
+    from transferkit.pipeline import fit_run
 
     torch.set_num_threads(args.threads)
     info, cmd = machine_info(), command_line()
@@ -103,6 +104,17 @@ def main() -> None:
         t = time.perf_counter()
         ch = FeatureStore(cache).resolve_engine(bb, "auto", "cpu", items=10_000, log=log)
         return ch.engine, time.perf_counter() - t
+
+    def probe(tag, engine, precision="32", data=args.data, backbone=args.backbone):
+        accs = []
+        for s in seeds:
+            out = Path(tempfile.mkdtemp(prefix="tk-bench-run-"))
+            shutil.rmtree(out)
+            r = fit_run(data, backbone=backbone, seed=s, out=out, cache_dir=linked(cache / f"features-{tag}"), baseline=False,
+                        report=False, progress=False, engine=engine, feature_precision=precision, num_workers=1)
+            accs.append(100 * r.metrics["accuracy"])
+            shutil.rmtree(out, ignore_errors=True)
+        return accs
 
     # ------------------------------------------------------------------ images
     if not args.skip_image:
@@ -171,7 +183,7 @@ def main() -> None:
         chosen_name = chosen.variant
 
         # features of the full dataset per engine (own caches), drift and probe accuracy
-        from transferkit.pipeline import fit_run
+
 
         def feats(tag, engine, precision="32"):
             return FeatureStore(linked(cache / f"features-{tag}")).get(bb, source_all, batch_size=args.batch_size, device="cpu",
@@ -185,17 +197,6 @@ def main() -> None:
             _, diff8, _ = features_close(np.asarray(f_eager.X), np.asarray(f_int8.X))
             a, b = np.asarray(f_eager.X, np.float64), np.asarray(f_int8.X, np.float64)
             cos8 = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-        def probe(tag, engine, precision="32", data=args.data, backbone=args.backbone):
-            accs = []
-            for s in seeds:
-                out = Path(tempfile.mkdtemp(prefix="tk-bench-run-"))
-                shutil.rmtree(out)
-                r = fit_run(data, backbone=backbone, seed=s, out=out, cache_dir=linked(cache / f"features-{tag}"), baseline=False,
-                            report=False, progress=False, engine=engine, feature_precision=precision, num_workers=1)
-                accs.append(100 * r.metrics["accuracy"])
-                shutil.rmtree(out, ignore_errors=True)
-            return accs
 
         acc = {"eager": probe("eager", "torch"), "auto": probe("auto", "auto")}
         if not args.no_image_int8:
