@@ -91,7 +91,7 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts",
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
-         "end_to_end": "--end-to-end"}
+         "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -215,6 +215,8 @@ def fit(
     precision: str = typer.Option("32", "--precision", help="Fine-tuning: 32, bf16-mixed or 16-mixed."),
     l2sp: Optional[float] = typer.Option(None, "--l2sp", help="Fine-tuning: L2-SP strength alpha (pull weights toward the pretrained ones), e.g. 0.01."),
     bss: Optional[float] = typer.Option(None, "--bss", help="Fine-tuning: batch spectral shrinkage strength eta, e.g. 0.001."),
+    safe: Optional[str] = typer.Option(None, "--safe", help="Fine-tuning: a safe-transfer step against inheriting the backbone's defects (a backdoor): remos (ReMoS: zero the conv weights least relevant to your training data, by neuron coverage and magnitude, then fine-tune)."),
+    prune: Optional[float] = typer.Option(None, "--prune", help="--safe remos: share of the backbone's conv weights to drop (default: 0.05)."),
     resume: bool = typer.Option(False, "--resume", help="Fine-tuning: continue the run in --out from its last checkpoint."),
     encoding: Optional[str] = EncodingOpt,
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Unlabelled texts (a text file with one document per line, a folder of text files, or a table) to train the backbone on first: -b word2vec, fasttext or simcse:minilm; the data's own texts are added without their labels (cached by corpus and settings)."),
@@ -243,6 +245,7 @@ def fit(
                                   "--hidden": hidden is not None, "--activation": activation is not None,
                                   "--freeze": freeze is not None or freeze_until is not None,
                                   "--l2sp": l2sp is not None, "--bss": bss is not None, "--resume": resume,
+                                  "--safe": safe is not None, "--prune": prune is not None,
                                   "--devices": devices != 1, "--label-column": label_column is not None})
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
@@ -252,13 +255,23 @@ def fit(
     lpc = labels_per_class if labels_per_class is not None else "auto"
     params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau)) if v is not None}
     cfg = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", train_batch_size),
-                             ("image_size", image_size), ("devices", devices), ("precision", precision)) if v is not None}
+                             ("image_size", image_size), ("devices", devices), ("precision", precision),
+                             ("safe", safe), ("prune", prune)) if v is not None}
     regs = {k: v for k, v in (("l2sp", {"alpha": l2sp} if l2sp is not None else None),
                               ("bss", {"eta": bss} if bss is not None else None)) if v is not None}
     from .semi import SEMI_METHODS
 
     semi = strategy in SEMI_METHODS.names()
-    tuning = params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size
+    tuning = params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size or safe is not None
+    if prune is not None and safe is None:
+        from .errors import TransferkitError
+
+        raise TransferkitError(f"--prune {prune} sets how much --safe remos drops; add --safe remos")
+    if strategy == "probe" and safe is not None:
+        from .errors import TransferkitError
+
+        raise TransferkitError(f"--safe {safe} changes the backbone before fine-tuning it, but --strategy probe keeps "
+                               "the backbone frozen; use --strategy finetune (or partial, gradual)")
     if strategy == "probe" and (params or tuning or resume):
         from .errors import TransferkitError
 

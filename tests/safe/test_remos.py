@@ -66,7 +66,7 @@ def test_depthwise_weights_use_their_own_input_channel():
 
 
 def test_bad_input_is_a_clear_error():
-    with pytest.raises(TransferkitError, match="prune must be"):
+    with pytest.raises(TransferkitError, match="is not a share in"):
         remos_prune(_net(), neuron_coverage(_net(), [X]), prune=1.5)
     with pytest.raises(TransferkitError, match="no Conv2d"):
         neuron_coverage(nn.Linear(2, 2), [torch.zeros(1, 2)])

@@ -51,10 +51,10 @@ def check_safe(safe: str | None, prune: Any) -> list[str]:
     """Problems with a ``safe`` / ``prune`` setting (empty when fine): used by ``TrainConfig.validate``."""
     bad = []
     if safe is not None and safe not in SAFE_METHODS:
-        bad.append(f"safe must be one of {', '.join(SAFE_METHODS)} or None (got {safe!r})")
+        bad.append(f"safe={safe!r} is not a safe-transfer method; use one of: {', '.join(SAFE_METHODS)}")
     if isinstance(prune, bool) or not isinstance(prune, (int, float)) or not 0 < float(prune) < 1:
-        bad.append(f"prune must be the share of the backbone's conv weights to drop, in (0, 1), e.g. 0.05 "
-                   f"(got {prune!r})")
+        bad.append(f"prune={prune!r} is not a share in (0, 1): it is the share of the backbone's conv weights to "
+                   "drop, e.g. 0.05")
     return bad
 
 
