@@ -68,5 +68,18 @@ def test_depthwise_weights_use_their_own_input_channel():
 def test_bad_input_is_a_clear_error():
     with pytest.raises(TransferkitError, match="is not a share in"):
         remos_prune(_net(), neuron_coverage(_net(), [X]), prune=1.5)
-    with pytest.raises(TransferkitError, match="no Conv2d"):
-        neuron_coverage(nn.Linear(2, 2), [torch.zeros(1, 2)])
+    with pytest.raises(TransferkitError, match="no Conv2d or Linear"):
+        neuron_coverage(nn.ReLU(), [torch.zeros(1, 2)])
+
+
+def test_linear_units_are_neurons_of_1x1_kernels():
+    net = nn.Sequential(nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1., 0.], [0., 3.]]))
+    x = torch.tensor([[1., 0.], [0., 1.]])  # in covered [1,0], [0,1]; out [1,0] -> [1,0], [0,3] -> [0,1]
+    cov = neuron_coverage(net, [x])
+    assert cov["0"].inputs.tolist() == [1, 1] and cov["0"].outputs.tolist() == [1, 1]
+    report = remos_prune(net, cov, prune=0.25)
+    # equal coverage: coverage ranks 0..3 in input-major order -> w[0,0]=0, w[1,0]=1, w[0,1]=2, w[1,1]=3;
+    # magnitude ranks |w| = [1,0,0,3] -> [2,0,1,3]; scores [[-2, 2], [0, 0]]: w[0,0] goes
+    assert report.pruned == 1 and net[0].weight.tolist() == [[0, 0], [0, 3]]

@@ -4,7 +4,8 @@ A pretrained teacher may carry defects (a backdoor, adversarial vulnerabilities)
 the student. ReMoS scores every convolution weight of the teacher by how relevant it is to the *student's* task and
 zeroes the least relevant share before fine-tuning, so the defect's weights do not survive into the student:
 
-1. **Neuron coverage on the student's data** (:func:`neuron_coverage`): every ``Conv2d`` layer's input and output is
+1. **Neuron coverage on the student's data** (:func:`neuron_coverage`): every ``Conv2d`` (and ``Linear``) layer's
+   input and output is
    min-max scaled to ``[0, 1]`` per sample (over all channels and positions of that layer); a channel is *covered* by
    a sample when its spatial mean exceeds ``threshold`` (0.5). Counting over the student's training samples gives each
    channel a coverage count.
@@ -18,10 +19,13 @@ zeroes the least relevant share before fine-tuning, so the defect's weights do n
    backdoor's shortcut lives. Fine-tuning then starts from the pruned teacher and may regrow them (no mask is kept).
 
 This follows the authors' artifact (``ReMoSPruner.weight_prune`` and ``MyNeuronCoverage`` in
-github.com/ziqi-zhang/ReMoS_artifact): global ranks over every ``Conv2d``, the coverage threshold 0.5, one pruning
-before fine-tuning. Two differences: grouped/depthwise convolutions map a weight to its true input channel (the
-artifact only ran ResNets, which have none), and exactly ``round(prune * total)`` weights are pruned (the artifact
-prunes the weights at or below the threshold score, one more).
+github.com/ziqi-zhang/ReMoS_artifact): global ranks over the layers, the coverage threshold 0.5, one pruning
+before fine-tuning. Three differences: the backbone's ``Linear`` layers are scored too, as 1x1 kernels whose
+neurons are their units (the artifact scores ``Conv2d`` only: its ResNets' one ``Linear`` is the classifier the
+student replaces; a backbone ending in fully connected layers, like ``lenet-fc``, would otherwise keep them whole);
+grouped/depthwise convolutions map a weight to its true input channel (the artifact only ran ResNets, which have
+none); and exactly ``round(prune * total)`` weights are pruned (the artifact prunes the weights at or below the
+threshold score, one more).
 
 References:
     Zhang, Chen, Guo, Liu, Zhang, Sun, Chen & Xie, "ReMoS: Reducing Defect Inheritance in Transfer Learning via
@@ -60,7 +64,7 @@ def check_safe(safe: str | None, prune: Any) -> list[str]:
 
 @dataclass
 class LayerCoverage:
-    """Coverage counts of one ``Conv2d`` layer over the profiled samples.
+    """Coverage counts of one ``Conv2d`` or ``Linear`` layer over the profiled samples.
 
     Attributes:
         inputs: ``(in_channels,)`` how many samples covered each input channel.
@@ -73,14 +77,30 @@ class LayerCoverage:
     samples: int = 0
 
 
-def _conv_layers(module: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+def _conv_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The scored layers: every ``Conv2d`` and ``Linear``, in module order."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def _covered(t: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``(N, C, H, W)`` -> ``(C,)`` number of samples whose channel mean, after per-sample min-max scaling over the
-    whole tensor, exceeds ``threshold`` (a constant sample covers nothing)."""
-    x = t.detach().float().flatten(2)  # (N, C, HW)
+def _sizes(layer: nn.Module) -> tuple[int, int, int]:
+    """``(in channels, out channels, groups)`` of a Conv2d or Linear layer."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features, 1
+    return layer.in_channels, layer.out_channels, layer.groups
+
+
+def _weight4d(layer: nn.Module) -> torch.Tensor:
+    """The weight as ``(out, in/groups, kh, kw)`` (a Linear layer's as 1x1 kernels), a view of the parameter."""
+    w = layer.weight
+    return w if w.ndim == 4 else w.view(*w.shape, 1, 1)
+
+
+def _covered(t: torch.Tensor, threshold: float, channel_dim: int = 1) -> torch.Tensor:
+    """``(N, C, ...)`` (or ``(N, ..., C)`` with ``channel_dim=-1``) -> ``(C,)`` number of samples whose channel mean,
+    after per-sample min-max scaling over the whole tensor, exceeds ``threshold`` (a constant sample covers nothing)."""
+    x = t.detach().float()
+    n, c = x.shape[0], x.shape[channel_dim]
+    x = (x.movedim(channel_dim, 1) if x.ndim > 2 else x).reshape(n, c, -1)  # (N, C, rest)
     lo = x.amin(dim=(1, 2), keepdim=True)
     span = x.amax(dim=(1, 2), keepdim=True) - lo
     scaled = torch.where(span > 0, (x - lo) / span.clamp_min(1e-30), torch.zeros_like(x))
@@ -89,10 +109,12 @@ def _covered(t: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def neuron_coverage(module: nn.Module, batches: Iterable[torch.Tensor], threshold: float = 0.5,
                     advance: Callable[[int], None] | None = None) -> dict[str, LayerCoverage]:
-    """Coverage counts of every ``Conv2d`` channel (inputs and outputs) of ``module`` over ``batches``.
+    """Coverage counts of every ``Conv2d`` channel and ``Linear`` unit (inputs and outputs) of ``module`` over
+    ``batches``.
 
     Args:
-        module: the network (its ``Conv2d`` layers are profiled; it runs in eval mode, without gradients).
+        module: the network (its ``Conv2d`` and ``Linear`` layers are profiled; it runs in eval mode, without
+            gradients).
         batches: input batches the module takes (the student's training data, in the evaluation view).
         threshold: a channel is covered by a sample when its mean scaled activation exceeds this.
         advance: called with each batch's size (a progress bar).
@@ -108,14 +130,15 @@ def neuron_coverage(module: nn.Module, batches: Iterable[torch.Tensor], threshol
     """
     layers = _conv_layers(module)
     if not layers:
-        raise TransferkitError(f"ReMoS scores convolution weights, and {type(module).__name__} has no Conv2d layer; "
-                               "use a convolutional backbone (lite0, lenet, a timm CNN) or leave out safe=remos")
-    cov = {n: LayerCoverage(np.zeros(m.in_channels, np.int64), np.zeros(m.out_channels, np.int64)) for n, m in layers}
+        raise TransferkitError(f"ReMoS scores convolution and fully connected weights, and {type(module).__name__} "
+                               "has no Conv2d or Linear layer; leave out safe=remos")
+    cov = {n: LayerCoverage(np.zeros(_sizes(m)[0], np.int64), np.zeros(_sizes(m)[1], np.int64)) for n, m in layers}
 
     def hook(name: str):
         def fn(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            cov[name].inputs += _covered(inputs[0], threshold).numpy()
-            cov[name].outputs += _covered(output, threshold).numpy()
+            dim = -1 if isinstance(mod, nn.Linear) else 1
+            cov[name].inputs += _covered(inputs[0], threshold, dim).numpy()
+            cov[name].outputs += _covered(output, threshold, dim).numpy()
             cov[name].samples += int(output.shape[0])
         return fn
 
@@ -135,10 +158,10 @@ def neuron_coverage(module: nn.Module, batches: Iterable[torch.Tensor], threshol
     return cov
 
 
-def _pair_coverage(conv: nn.Conv2d, c: LayerCoverage) -> np.ndarray:
+def _pair_coverage(conv: nn.Module, c: LayerCoverage) -> np.ndarray:
     """``(out, in_per_group)`` coverage ``cov_in[input channel of (o, i)] + cov_out[o]``."""
     out_c, in_pg = conv.weight.shape[:2]
-    group = np.arange(out_c) // (out_c // conv.groups)
+    group = np.arange(out_c) // (out_c // _sizes(conv)[2])
     in_index = group[:, None] * in_pg + np.arange(in_pg)[None, :]
     return c.inputs[in_index] + c.outputs[:, None]
 
@@ -151,7 +174,7 @@ def remos_scores(module: nn.Module, coverage: dict[str, LayerCoverage]) -> dict[
     input-major within a layer for the coverage rank, weights in ``weight.flatten()`` order for the magnitude rank.
 
     Args:
-        module: the network whose ``Conv2d`` weights are scored.
+        module: the network whose ``Conv2d`` and ``Linear`` weights are scored.
         coverage: :func:`neuron_coverage` of that network on the student's data.
 
     Returns:
@@ -159,13 +182,13 @@ def remos_scores(module: nn.Module, coverage: dict[str, LayerCoverage]) -> dict[
     """
     layers = [(n, m) for n, m in _conv_layers(module) if n in coverage]
     if not layers:
-        raise TransferkitError("no Conv2d layer of the module has coverage counts: profile the same module with "
+        raise TransferkitError("no Conv2d or Linear layer of the module has coverage counts: profile the same module with "
                                "neuron_coverage first")
     cov_vals, blocks, mags = [], [], []
     for name, conv in layers:
         pair = _pair_coverage(conv, coverage[name])  # (out, in)
         cov_vals.append(pair.T.reshape(-1))  # input-major, as the artifact loops over (input, output)
-        blocks.append(np.full(pair.size, conv.weight.shape[2] * conv.weight.shape[3], np.int64))
+        blocks.append(np.full(pair.size, _weight4d(conv).shape[2] * _weight4d(conv).shape[3], np.int64))
         mags.append(conv.weight.detach().abs().reshape(-1).cpu().numpy())
     cov_all, block_all = np.concatenate(cov_vals), np.concatenate(blocks)
     order = np.argsort(cov_all, kind="stable")
@@ -177,7 +200,7 @@ def remos_scores(module: nn.Module, coverage: dict[str, LayerCoverage]) -> dict[
     out: dict[str, torch.Tensor] = {}
     p = w = 0
     for (name, conv), vals in zip(layers, cov_vals):
-        o, i, kh, kw = conv.weight.shape
+        o, i, kh, kw = _weight4d(conv).shape
         cov_rank = starts[p:p + vals.size].reshape(i, o).T  # back to (out, in)
         cov_rank = np.broadcast_to(cov_rank[:, :, None, None], (o, i, kh, kw))
         score = cov_rank - mag_rank[w:w + conv.weight.numel()].reshape(o, i, kh, kw)
@@ -239,7 +262,8 @@ def remos_prune(module: nn.Module, coverage: dict[str, LayerCoverage], prune: fl
     with torch.no_grad():
         for name, s in scores.items():
             mask = drop[p:p + s.numel()].reshape(s.shape)
-            convs[name].weight[mask.to(convs[name].weight.device)] = 0
+            w = _weight4d(convs[name])
+            w[mask.to(w.device)] = 0
             per_layer[name] = int(mask.sum())
             p += s.numel()
     samples = max((c.samples for c in coverage.values()), default=0)

@@ -298,6 +298,9 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
         from .strategies import STRATEGIES
 
         frozen = strat.name in STRATEGIES.names() and STRATEGIES.get(strat.name).cap("backbone_frozen")
+        if source.modality != "image":
+            raise TransferkitError(f"safe={cfg.safe!r} (ReMoS) measures neuron coverage of image backbones; "
+                                   f"{source.origin or source.name} holds {source.modality}: leave out safe")
         if frozen or strat.name == "scratch":
             raise TransferkitError(
                 f"safe={cfg.safe!r} changes the pretrained backbone before it is fine-tuned, but strategy "
