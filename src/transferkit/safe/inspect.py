@@ -15,8 +15,10 @@
    (``||mean shift||^2 / mean ||shift||^2``, 1 when every image moves the same way) and, for a backbone with its own
    classifier (``source_logits``), the share of images whose top-1 class flips to one common class. A patch is
    flagged when its push exceeds ``max_push`` (0.5: the patch moves all images together by more than half the
-   natural spread of the data). On a LeNet backdoored with a 15% white corner patch the matching patch pushes about
-   2.4 and the clean LeNet's strongest patch (a white square over the digit) about 0.06 (``tests/safe``).
+   natural spread of the data). Measured once on ``lenet-fc`` trained on 1200 mnist5k digits of which 10% carried
+   a 15% white corner patch relabelled 0 (attack success 94%): the matching patch pushed 2.4 (consistency 0.86),
+   while on the same network trained on clean digits the strongest patch (a white square over the digit) pushed
+   0.06. The 0.5 threshold was set from that one pair; other architectures and data may need another.
 
 Passing proves nothing: a backdoor whose trigger is not a solid patch like those swept (a blended pattern, a
 warp, a semantic feature, a trigger on text), one that only fires with a particular downstream head, or one planted
