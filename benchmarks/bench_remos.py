@@ -229,7 +229,8 @@ def render(res: dict, info: dict, cmd: str, args) -> str:
             + f"\n\nTarget (ASR at least 50% lower, relative, than plain fine-tuning, for at most 3 points of clean "
               f"accuracy): ASR reduced by {100 * tg['asr_relative_reduction']:.1f}% (per seed: "
               f"{', '.join(f'{100 * v:.1f}%' for v in tg['asr_relative_reduction_per_seed'])}), clean accuracy "
-              f"{tg['accuracy_drop_points']:+.1f} points lower -> **{'met' if tg['met'] else 'not met'}**.\n")
+              f"{-tg['accuracy_drop_points']:+.1f} points against plain fine-tuning -> "
+              f"**{'met' if tg['met'] else 'not met'}**.\n")
 
 
 def main() -> None:
