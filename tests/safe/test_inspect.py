@@ -62,7 +62,7 @@ def nets():
     return make_nets()
 
 
-@pytest.mark.slow  # trains two small networks (about 10 s on an idle core)
+@pytest.mark.slow  # trains two small networks
 def test_the_backdoored_lenet_is_flagged_and_the_clean_one_is_not(nets):
     assert nets["asr"] > 0.9  # the fixture really is backdoored
     bad = trigger_sweep(nets["bad"], nets["images"])
