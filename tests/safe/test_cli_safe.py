@@ -18,3 +18,8 @@ def test_bad_prune_is_named_with_its_flag():
                       "--prune 2.0 is not a share in (0, 1)")
     assert_user_error(tk("fit", "digits", "-b", "lenet", "--strategy", "finetune", "--safe", "bogus"),
                       "--safe bogus is not a safe-transfer method; use one of: remos")
+
+
+def test_safe_with_auto_is_refused():
+    assert_user_error(tk("fit", "digits", "-b", "lenet", "--strategy", "auto", "--safe", "remos"),
+                      "--safe remos", "may choose the probe")
