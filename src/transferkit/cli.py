@@ -93,8 +93,8 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts",
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
-         "end_to_end": "--end-to-end", "engine": "--engine", "feature_precision": "--feature-precision",
-         "num_nodes": "--num-nodes"}
+         "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "engine": "--engine",
+         "feature_precision": "--feature-precision", "num_nodes": "--num-nodes"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -139,7 +139,7 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "tau": (float, 0.0, 1.0),
            "hidden": (int, 1, None),
            "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None), "noise": (float, 0.0, 1.0),
-           "alpha": (float, 0.0, None)}
+           "alpha": (float, 0.0, None), "images": (int, 2, None), "show": (int, 1, None)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -218,6 +218,8 @@ def fit(
     precision: str = typer.Option("32", "--precision", help="Fine-tuning: 32, bf16-mixed or 16-mixed."),
     l2sp: Optional[float] = typer.Option(None, "--l2sp", help="Fine-tuning: L2-SP strength alpha (pull weights toward the pretrained ones), e.g. 0.01."),
     bss: Optional[float] = typer.Option(None, "--bss", help="Fine-tuning: batch spectral shrinkage strength eta, e.g. 0.001."),
+    safe: Optional[str] = typer.Option(None, "--safe", help="Fine-tuning: a safe-transfer step against inheriting the backbone's defects (a backdoor): remos (ReMoS: zero the conv weights least relevant to your training data, by neuron coverage and magnitude, then fine-tune)."),
+    prune: Optional[float] = typer.Option(None, "--prune", help="--safe remos: share of the backbone's conv weights to drop (default: 0.05)."),
     resume: bool = typer.Option(False, "--resume", help="Fine-tuning: continue the run in --out from its last checkpoint."),
     encoding: Optional[str] = EncodingOpt,
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Unlabelled texts (a text file with one document per line, a folder of text files, or a table) to train the backbone on first: -b word2vec, fasttext or simcse:minilm; the data's own texts are added without their labels (cached by corpus and settings)."),
@@ -248,6 +250,7 @@ def fit(
                                   "--hidden": hidden is not None, "--activation": activation is not None,
                                   "--freeze": freeze is not None or freeze_until is not None,
                                   "--l2sp": l2sp is not None, "--bss": bss is not None, "--resume": resume,
+                                  "--safe": safe is not None, "--prune": prune is not None,
                                   "--devices": devices != 1, "--label-column": label_column is not None})
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
@@ -257,13 +260,23 @@ def fit(
     lpc = labels_per_class if labels_per_class is not None else "auto"
     params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau)) if v is not None}
     cfg = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", train_batch_size),
-                             ("image_size", image_size), ("devices", devices), ("precision", precision)) if v is not None}
+                             ("image_size", image_size), ("devices", devices), ("precision", precision),
+                             ("safe", safe), ("prune", prune)) if v is not None}
     regs = {k: v for k, v in (("l2sp", {"alpha": l2sp} if l2sp is not None else None),
                               ("bss", {"eta": bss} if bss is not None else None)) if v is not None}
     from .semi import SEMI_METHODS
 
     semi = strategy in SEMI_METHODS.names()
-    tuning = params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size
+    tuning = params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size or safe is not None
+    if prune is not None and safe is None:
+        from .errors import TransferkitError
+
+        raise TransferkitError(f"--prune {prune} sets how much --safe remos drops; add --safe remos")
+    if strategy == "probe" and safe is not None:
+        from .errors import TransferkitError
+
+        raise TransferkitError(f"--safe {safe} changes the backbone before fine-tuning it, but --strategy probe keeps "
+                               "the backbone frozen; use --strategy finetune (or partial, gradual)")
     if strategy == "probe" and (params or tuning or resume):
         from .errors import TransferkitError
 
@@ -928,6 +941,59 @@ def _size(n: int) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # text from the user's own corpus (issue 12)
+@app.command("inspect-backbone")
+@_friendly
+def inspect_backbone_cmd(
+    backbone: str = typer.Argument(..., help="A backbone name: lite0, file:<saved folder>, file:<arch>@<checkpoint>, ... (see `transferkit backbones`)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Clean images for the trigger sweep: a built-in dataset name, a folder or a table (without it, only the digests are checked)."),
+    images: int = typer.Option(200, "--images", help="How many images of --data to sweep (a seeded sample)."),
+    seed: int = typer.Option(0, "--seed", help="Which images are sampled."),
+    show: int = typer.Option(8, "--show", help="Sweep rows to print (most suspicious first)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the whole report (every swept patch) as JSON."),
+):
+    """Check a downloaded backbone offline: its weights' SHA-256 against the published one, and a sweep of patch
+    triggers on clean images (a patch that pushes every image's features the same long way looks like a backdoor). Exit code 3 when a digest does not match or a patch is flagged. Passing proves nothing: see the note
+    it prints."""
+    import json
+
+    from ._io import atomic_write_bytes
+    from .safe.inspect import inspect_backbone
+
+    check_options(seed=seed, images=images, show=show)
+    r = inspect_backbone(backbone, data, images=images, seed=seed)
+    out.print(f"backbone [bold]{r.backbone}[/bold]", highlight=False)
+    out.print(f"  state dict SHA-256: {r.weights_sha256}", highlight=False)
+    if r.file is not None:
+        out.print(f"  weights file: {r.file}\n  file SHA-256:       {r.file_sha256}", highlight=False)
+    digest_line = {"match": "[green]matches[/green] the published SHA-256 the registry knows",
+                   "MISMATCH": f"[bold red]does NOT match[/bold red] the published SHA-256 {r.known_sha256}",
+                   "no reference digest": "no published digest known here: compare the file SHA-256 above with the "
+                                          "one its publisher gives"}[r.digest_status]
+    out.print(f"  digest: {digest_line}", highlight=False)
+    if r.sweep:
+        table = Table(title=f"trigger sweep: {len(r.sweep)} patches on {r.images} clean images of {data} "
+                            "(push: mean feature shift / clean spread, flagged above 0.5; consistency: 1 = every image shifted alike)")
+        for col in ("patch", "push", "consistency", "top-1 flip", "flagged"):
+            table.add_column(col, justify="left" if col == "patch" else "right")
+        for row in r.sweep[:max(show, len(r.flagged))]:
+            flip = "-" if row.flip_rate is None else f"{100 * row.flip_rate:.0f}% to {row.flip_class}"
+            table.add_row(row.patch, f"{row.push:.3f}", f"{row.consistency:.2f}", flip,
+                          "[bold red]yes[/bold red]" if row.flagged else "no")
+        out.print(table)
+        if r.flagged:
+            out.print(f"[bold red]suspicious:[/bold red] {len(r.flagged)} patch(es) push every image's features "
+                      f"the same long way ({', '.join(x.patch for x in r.flagged[:5])}): the backbone may carry a "
+                      "patch backdoor; consider fine-tuning with --safe remos, or another source", highlight=False)
+        else:
+            out.print("no swept patch stands out", highlight=False)
+    out.print(f"[dim]note: {r.limits}[/dim]", highlight=False)
+    if output is not None:
+        atomic_write_bytes(output, json.dumps(r.to_dict(), indent=1).encode())
+        out.print(f"report: {output}", highlight=False)
+    if r.flagged or r.digest_status == "MISMATCH":
+        raise typer.Exit(3)
+
+
 @app.command("pretrain-text")
 @_friendly
 def pretrain_text_cmd(

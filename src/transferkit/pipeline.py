@@ -227,6 +227,12 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     if head != "auto":
         HEADS.get(head)  # unknown heads fail before any work
     engine = None
+    safe = train_config.get("safe") if isinstance(train_config, dict) else getattr(train_config, "safe", None)
+    if strategy in ("probe", "auto") and safe is not None:
+        why = ("keeps it frozen" if strategy == "probe" else
+               "may choose the probe, which keeps the unchanged backbone frozen")
+        raise TransferkitError(f"safe={safe!r} changes the backbone before fine-tuning it, but strategy {strategy!r} "
+                               f"{why}; use strategy='finetune' (or partial, gradual)")
     semi = _check_semi(strategy, strategy_params, unlabelled, semi_level, semi_config, labels_per_class, data)
     if semi is not None:
         engine = engine_settings(train_config, regularizers, seed) if semi_level == "end-to-end" else None

@@ -144,13 +144,23 @@ def test_advise_data_uses_the_labelled_split_and_the_cache(image_folder, tmp_pat
     assert again.strategy == a.strategy and again.reasons == a.reasons
 
 
-def test_the_race_picks_the_best_validation_accuracy_and_the_cheaper_on_ties():
-    from transferkit.transferability.advisor import race_choice
+def test_the_race_keeps_the_probe_unless_a_costlier_strategy_leads_by_more_than_the_noise():
+    from transferkit.transferability.advisor import race_choice, race_margin
 
-    assert race_choice({"probe": 0.6, "gradual": 0.7, "partial": 0.8, "finetune": 0.75}, 40)[0] == "partial"
-    choice, why = race_choice({"probe": 0.6, "gradual": 0.8, "partial": 0.8, "finetune": None}, 40)
-    assert choice == "gradual" and "tied with partial" in why[0] and "40 held-out" in why[0]
+    # the margin by hand: 1.28 * sqrt((0.6*0.4 + 0.8*0.2) / 40) = 0.128
+    assert race_margin(0.6, 0.8, 40) == pytest.approx(1.28 * ((0.24 + 0.16) / 40) ** 0.5)
+    assert race_margin(1.0, 1.0, 10) == pytest.approx(1.28 * (0.1 / 10) ** 0.5)  # floor: one item's worth
+    # on 200 items a 20-point lead is clear; among the clear ones the best validation score wins
+    assert race_choice({"probe": 0.6, "gradual": 0.7, "partial": 0.8, "finetune": 0.75}, 200)[0] == "partial"
+    choice, why = race_choice({"probe": 0.6, "gradual": 0.8, "partial": 0.8, "finetune": None}, 200)
+    assert choice == "gradual" and "200 held-out" in why[0] and "more than the noise margin" in why[0]
+    # on 12 items (clipart at 5 labels per class) two more right answers are noise: the probe stays
+    choice, why = race_choice({"probe": 0.5, "gradual": 0.667, "partial": 0.417, "finetune": 0.5}, 12)
+    assert choice == "probe" and "within the noise of 12 items" in why[0]
+    assert race_choice({"probe": 0.5, "gradual": 0.667}, 12, z=0)[0] == "gradual"  # z=0: the plain arg-max
     assert race_choice({"probe": 0.9, "gradual": 0.9}, 12)[0] == "probe"  # a tie: the probe costs seconds
+    # the lead is measured against the cheapest candidate scored, in the given order
+    assert race_choice({"probe": None, "gradual": 0.5, "finetune": 0.95}, 100)[0] == "finetune"
     # no validation split (fewer than 5 labels per class): the size x similarity rule decides
     choice, why = race_choice({"probe": None, "gradual": None}, 0, rule="partial")
     assert choice == "partial" and "no validation split" in why[0]

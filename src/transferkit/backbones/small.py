@@ -21,7 +21,7 @@ from torch import nn
 from ..data.views import ImagePreprocessing
 from .base import BACKBONE_KINDS, Backbone
 
-__all__ = ["LeNet", "SmallCNN", "lenet", "small_cnn"]
+__all__ = ["LeNet", "SmallCNN", "lenet", "lenet_fc", "small_cnn"]
 
 
 def _squash(size: int, interpolation: str) -> ImagePreprocessing:
@@ -32,31 +32,41 @@ def _squash(size: int, interpolation: str) -> ImagePreprocessing:
 @BACKBONE_KINDS.register("lenet")
 class LeNet(Backbone):
     """LeNet-style feature extractor: ``(N, 3, 32, 32)`` -> ``(N, 1600)``; two 5x5 convolutions (32 and 64 channels),
-    max-pooling, ReLU, dropout; random init.
+    max-pooling, ReLU, dropout; random init. With ``hidden=H`` (the ``lenet-fc`` backbone) two fully connected
+    layers of ``H`` units follow (DANN's digit classifier without its last layer), and the features are ``(N, H)``.
 
     Shape:
-        forward: ``(N, 3, 32, 32)`` -> ``(N, 1600)``.
+        forward: ``(N, 3, 32, 32)`` -> ``(N, 1600)`` (``(N, H)`` with ``hidden``).
     """
 
     modality = "image"
     kind = "lenet"
 
-    def __init__(self, name: str = "lenet"):
+    def __init__(self, name: str = "lenet", hidden: int | None = None):
         super().__init__()
         self.name = name
         self.source = "random-init"
-        self.num_features = 64 * 5 * 5
+        self.hidden = None if hidden is None else int(hidden)
+        self.num_features = 64 * 5 * 5 if self.hidden is None else self.hidden
         self.preprocessing = _squash(32, "bilinear")
         self.net = nn.Sequential(
             nn.Conv2d(3, 32, 5), nn.MaxPool2d(2), nn.ReLU(),
             nn.Conv2d(32, 64, 5), nn.Dropout2d(0.5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten())
+        if self.hidden is not None:  # DANN's classifier trunk: two fully connected layers before the last one
+            self.fc = nn.Sequential(nn.Linear(64 * 5 * 5, self.hidden), nn.ReLU(), nn.Dropout(0.5),
+                                    nn.Linear(self.hidden, self.hidden), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.net(x)
+        x = self.net(x)
+        return x if self.hidden is None else self.fc(x)
+
+    def config(self) -> dict[str, Any]:
+        return {} if self.hidden is None else {"hidden": self.hidden}
 
     @classmethod
     def from_saved(cls, directory: Path, meta: dict[str, Any]) -> "LeNet":
-        return cls(name=str(meta.get("name", "lenet")))
+        hidden = (meta.get("config") or {}).get("hidden")
+        return cls(name=str(meta.get("name", "lenet")), hidden=None if hidden is None else int(hidden))
 
 
 @BACKBONE_KINDS.register("small-cnn")
@@ -102,6 +112,14 @@ def lenet(seed: int = 0) -> LeNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LeNet()
+
+
+def lenet_fc(seed: int = 0, hidden: int = 100) -> LeNet:
+    """A LeNet with two fully connected layers of ``hidden`` units (the whole DANN digit network but its last
+    layer), random weights seeded by ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LeNet(name="lenet-fc", hidden=hidden)
 
 
 def small_cnn(seed: int = 0, width: int = 32) -> SmallCNN:

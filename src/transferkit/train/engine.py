@@ -79,6 +79,10 @@ class TrainConfig:
         image_size: train and evaluate at this side instead of the backbone's default input size.
         head_dropout: dropout on the features before the head.
         eval_batch_size: batch size for validation and test (None: twice ``batch_size``).
+        safe: a safe-transfer step before fine-tuning (:data:`transferkit.safe.SAFE_METHODS`): ``"remos"`` zeroes
+            the ``prune`` share of the backbone's conv weights least relevant to the training split (ReMoS, Zhang et
+            al., ICSE 2022) so a teacher's defect (a backdoor) is less inherited; None: off.
+        prune: share of the backbone's conv weights ``safe="remos"`` drops (0.05 in the paper's backdoor setting).
     """
 
     epochs: int = 15
@@ -104,6 +108,8 @@ class TrainConfig:
     image_size: int | None = None
     head_dropout: float = 0.0
     eval_batch_size: int | None = None
+    safe: str | None = None
+    prune: float = 0.05
 
     def validate(self) -> "TrainConfig":
         """Check every setting; raise one :class:`TransferkitError` listing all problems."""
@@ -152,6 +158,9 @@ class TrainConfig:
              f"head_dropout must be in [0, 1) (got {self.head_dropout!r})")
         need(self.eval_batch_size is None or (isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1),
              f"eval_batch_size must be >= 1 or None (got {self.eval_batch_size!r})")
+        from ..safe.remos import check_safe
+
+        bad += check_safe(self.safe, self.prune)
         if bad:
             raise TransferkitError("invalid training configuration: " + "; ".join(bad))
         return self
@@ -285,6 +294,18 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
         raise TransferkitError(f"config must be a TrainConfig, got {type(cfg).__name__}")
     cfg.validate()
     strat = create_strategy(strategy, **(strategy_params or {}))
+    if cfg.safe is not None:
+        from .strategies import STRATEGIES
+
+        frozen = strat.name in STRATEGIES.names() and STRATEGIES.get(strat.name).cap("backbone_frozen")
+        if source.modality != "image":
+            raise TransferkitError(f"safe={cfg.safe!r} (ReMoS) measures neuron coverage of image backbones; "
+                                   f"{source.origin or source.name} holds {source.modality}: leave out safe")
+        if frozen or strat.name == "scratch":
+            raise TransferkitError(
+                f"safe={cfg.safe!r} changes the pretrained backbone before it is fine-tuned, but strategy "
+                f"{strat.name!r} {'never trains the backbone' if frozen else 'starts from random weights'}; use "
+                "strategy 'finetune' (or partial, gradual), or leave out safe")
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(source) or y.dtype.kind not in "iu":
         raise DataError(f"y must hold one integer class index per item of {source.origin or source.name} "
@@ -328,7 +349,7 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
     if not isinstance(unlabelled_ratio, int) or unlabelled_ratio < 1:
         raise DataError(f"unlabelled_ratio must be an integer >= 1, got {unlabelled_ratio!r}")
     job = FinetunePlan(source=source, y=y, splits=splits, backbone=backbone, strategy=strat, cfg=cfg, losses=terms,
-                       classes=classes, unlabelled=unlabelled, unlabelled_ratio=unlabelled_ratio)
+                       classes=classes, unlabelled=unlabelled, unlabelled_ratio=unlabelled_ratio, progress=progress)
     settings = LoopSettings(epochs=cfg.epochs, seed=cfg.seed, max_grad_norm=cfg.max_grad_norm, patience=cfg.patience,
                             precision=cfg.precision, accelerator=cfg.accelerator, devices=cfg.devices,
                             num_workers=_workers(cfg), eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
@@ -381,6 +402,7 @@ class FinetunePlan:
     classes: list[str]
     unlabelled: Any = None
     unlabelled_ratio: int = 7
+    progress: bool = False
 
     def build_model(self) -> tuple[TransferModel, dict[str, Any], list, list[str]]:
         """The model (pretrained backbone + seeded head), the backbone's identity, its groups and unused params."""
@@ -400,6 +422,28 @@ class FinetunePlan:
         groups, unused = layer_groups(bb, getattr(self.strategy, "granularity", "coarse"))
         return model, identity, groups, unused
 
+    def safe_step(self, bb: Backbone, view: Any, collate: Callable, rank: int = 0) -> dict[str, Any] | None:
+        """The ``safe`` step on the built backbone, before training (``cfg.safe``; None when off): ReMoS measures
+        neuron coverage on the *training* split only (evaluation view) and zeroes ``cfg.prune`` of the conv weights.
+        Every process computes the same pruning; only rank 0 shows the progress bar."""
+        if self.cfg.safe is None:
+            return None
+        from .._progress import progress_bar
+        from ..safe.remos import apply_remos
+
+        idx = np.asarray(self.splits.train, dtype=np.int64)
+        size = self.cfg.eval_batch_size or 2 * self.cfg.batch_size
+
+        def batches():
+            for s in range(0, len(idx), size):
+                yield collate([view(self.source.load(int(i))) for i in idx[s:s + size]])
+
+        with progress_bar(len(idx), "ReMoS: neuron coverage on the training split", unit="images",
+                          enabled=self.progress and rank == 0) as bar:
+            report = apply_remos(bb, batches(), self.cfg.prune, advance=bar.advance)
+        bb.forget_digest()
+        return report.to_dict()
+
     def __call__(self, fabric: Any) -> Plan:
         cfg, sp = self.cfg, self.splits
         model, bb_identity, groups, unused = self.build_model()
@@ -416,6 +460,7 @@ class FinetunePlan:
             else bb.transform("eval")
         eval_view = bb.transform("eval")
         collate = stack if bb.modality == "image" else bb.collate
+        safe_info = self.safe_step(bb, eval_view, collate, rank=getattr(fabric, "global_rank", 0))
 
         def stream(name: str, idx: np.ndarray, view: Any) -> ItemStream:
             return ItemStream(name, self.source, idx, self.y[idx], views={"train": view, "eval": eval_view},
@@ -452,8 +497,10 @@ class FinetunePlan:
                 param_groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}:no_decay"})
         primary = next(iter(streams.values()))
         warm = int(round(cfg.warmup_epochs * _steps_per_epoch(len(primary), primary.batch_size, cfg.devices)))
+        # without a safe step the identity is the one runs had before the option existed (their resume still works)
+        unset = ("safe", "prune") if cfg.safe is None else ()
         identity = {
-            "train": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED},
+            "train": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED + unset},
             "strategy": strategy.config(),
             "backbone": bb_identity,
             "data": {"items": self.source.fingerprint(), "labels": _digest(self.y.tobytes()),
@@ -465,6 +512,8 @@ class FinetunePlan:
                 "parameters": {"backbone": sum(p.numel() for p in model.backbone.parameters()),
                                "head": sum(p.numel() for p in model.head.parameters())},
                 "preprocessing": bb.data_config()}
+        if safe_info is not None:
+            info["safe"] = safe_info
         if self.unlabelled is not None:
             identity["unlabelled"] = {"items": (self.unlabelled.fingerprint() if isinstance(self.unlabelled, DataSource)
                                                 else _digest(np.asarray(self.unlabelled).tobytes())),
