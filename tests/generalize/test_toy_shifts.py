@@ -34,7 +34,7 @@ def shortcut(n, sign, where, seed):
 
 def last_accuracy(method, domains, target, steps=300, **params):
     net = make_dg_net(method, 2, 16, in_dim=domains[0][0].shape[1], seed=0)
-    cfg = DGConfig(steps=steps, eval_every=steps, batch_size=64, device="cpu", params=params)
+    cfg = DGConfig(steps=steps, eval_every=steps, batch_size=64, device="cpu", params={method: params})
     return train_generalizer(net, method, domains, cfg, target=target).last_accuracy
 
 

@@ -91,7 +91,14 @@ def load_domains(domains: Any, *, domain_column: str | None = None, max_per_doma
     from ..adapt.adapter import check_class_sets
     from ..data.load import load_data
 
-    specs = [s.strip() for s in domains.split(",") if s.strip()] if isinstance(domains, str) else list(domains)
+    from ..data.sources import DataSource
+
+    if isinstance(domains, str):
+        specs = [s.strip() for s in domains.split(",") if s.strip()]
+    elif isinstance(domains, DataSource):
+        specs = [domains]
+    else:
+        specs = list(domains)
     if not specs:
         raise DataError("give the domains: e.g. domains='mnist5k,digits,mnist-m,synth-digits', or one table with "
                         "domain_column=")
@@ -234,7 +241,7 @@ def generalize(domains: Any, *, leave_out: Any = "each", methods: Sequence[str] 
             Xs, Xt = [(X - mean) / std for X in Xs], (Xt - mean) / std
         c = replace(cfg, seed=int(seed))
         net = make_dg_net(m, len(classes), c.bottleneck, in_dim=None if end_to_end else Xs[0].shape[1],
-                          feature=feature, seed=int(seed), params=c.params)
+                          feature=feature, seed=int(seed), params=c.params.get(m))
         fit = train_generalizer(net, m, [(X, labels[d]) for X, d in zip(Xs, train_names)], c,
                                 target=(Xt, labels[t]), progress=progress)
         return {"accuracy": fit.target_accuracy, "oracle_accuracy": fit.oracle_accuracy,

@@ -60,7 +60,8 @@ class DGConfig:
         seed: seeds the splits, the initialisation and the batches.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"``.
-        params: the method's hyper-parameters overriding DomainBed's defaults (``{"eta": 0.1}``).
+        params: method name -> its hyper-parameters overriding DomainBed's defaults
+            (``{"groupdro": {"eta": 0.1}, "irm": {"anneal_steps": 100}}``); methods not named keep their defaults.
     """
 
     steps: int = 1000
@@ -74,10 +75,14 @@ class DGConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "32"
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise a clear error for settings that cannot work."""
+        for m, p in self.params.items():
+            if m not in DG_METHODS or not isinstance(p, dict):
+                raise TransferkitError(f"params maps a method name ({', '.join(DG_METHODS)}) to a dict of its "
+                                       f"hyper-parameters; got {m!r}: {p!r}")
         for k in ("steps", "batch_size", "bottleneck", "eval_every"):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -222,7 +227,7 @@ class _DGPlan:
     def __call__(self, fabric: Any) -> Plan:
         cfg = self.cfg
         net = copy.deepcopy(self.net)
-        objective = create_dg_objective(self.method, len(self.train), **cfg.params)
+        objective = create_dg_objective(self.method, len(self.train), **cfg.params.get(self.method, {}))
         streams = {s: TensorStream(s, X, y, batch_size=cfg.batch_size)
                    for s, (X, y) in zip(objective.streams, self.train)}
         evaluator = DomainValidation(self.vals, self.target, self.oracle)
