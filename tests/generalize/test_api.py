@@ -31,7 +31,7 @@ def tiny_domains(n=24):
 
 def test_leave_one_domain_out_end_to_end_with_training_domain_selection(tmp_path):
     cfg = DGConfig(steps=10, eval_every=5, batch_size=8, device="cpu")
-    res = generalize(tiny_domains(), methods=["mixstyle"], backbone="lenet", seeds=[0], config=cfg,
+    res = generalize(tiny_domains(), methods=["mixstyle"], backbone="small-cnn", image_size=8, seeds=[0], config=cfg,
                      out=tmp_path / "run", leave_out="mid,bright")
     assert [(r["target"], r["method"]) for r in res.rows] == [(t, m) for t in ("mid", "bright")
                                                               for m in ("erm", "mixstyle")]
@@ -42,7 +42,7 @@ def test_leave_one_domain_out_end_to_end_with_training_domain_selection(tmp_path
     assert s["erm"]["worst"] == min(r["accuracy_mean"] for r in res.rows if r["method"] == "erm")
     assert s["mixstyle"]["mean_vs_erm"] == pytest.approx(s["mixstyle"]["mean"] - s["erm"]["mean"])
     assert (tmp_path / "run" / "generalize.json").is_file()
-    again = generalize(tiny_domains(), methods=["mixstyle"], backbone="lenet", seeds=[0], config=cfg,
+    again = generalize(tiny_domains(), methods=["mixstyle"], backbone="small-cnn", image_size=8, seeds=[0], config=cfg,
                        out=tmp_path / "run", leave_out="mid")  # resumed: nothing retrained
     assert all(c.get("reused") for c in again.cells) and len(again.cells) == 2
     assert "selected" not in res.table() and "oracle" in res.table()

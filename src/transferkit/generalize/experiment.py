@@ -222,12 +222,19 @@ def generalize(domains: Any, *, leave_out: Any = "each", methods: Sequence[str] 
                 "config": {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "device")}}
     key = settings_hash(settings)
     grid = [Cell({"target": t, "method": m, "seed": s}, key) for t in targets for m in names for s in seeds]
-    feature = None
-    if end_to_end:
+
+    def network(seed: int) -> Any:
+        """The end-to-end network, its random initialisation seeded (None at probe cost)."""
+        if not end_to_end:
+            return None
+        import torch
+
         from ..backbones import create_backbone
         from ..train.model import prepare_backbone
 
-        feature = prepare_backbone(create_backbone(backbone))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return prepare_backbone(create_backbone(backbone))
 
     def run(cell: Cell, done: list[dict[str, Any]]) -> dict[str, Any]:
         t, m, seed = cell.coords["target"], cell.coords["method"], cell.coords["seed"]
@@ -241,7 +248,7 @@ def generalize(domains: Any, *, leave_out: Any = "each", methods: Sequence[str] 
             Xs, Xt = [(X - mean) / std for X in Xs], (Xt - mean) / std
         c = replace(cfg, seed=int(seed))
         net = make_dg_net(m, len(classes), c.bottleneck, in_dim=None if end_to_end else Xs[0].shape[1],
-                          feature=feature, seed=int(seed), params=c.params.get(m))
+                          feature=network(int(seed)), seed=int(seed), params=c.params.get(m))
         fit = train_generalizer(net, m, [(X, labels[d]) for X, d in zip(Xs, train_names)], c,
                                 target=(Xt, labels[t]), progress=progress)
         return {"accuracy": fit.target_accuracy, "oracle_accuracy": fit.oracle_accuracy,
