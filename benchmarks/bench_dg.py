@@ -27,7 +27,7 @@ from _common import RESULTS_DIR, atomic_write_text, command_line, machine_info, 
 
 PARTS = {
     "digits": {"domains": "mnist5k,digits,mnist-m,synth-digits", "backbone": "lite0", "leave_out": "each",
-               "methods": "erm,coral,groupdro,irm,vrex,mixup", "steps": 1000, "eval_every": 100, "batch_size": 32,
+               "methods": "erm,coral,groupdro,irm,vrex,mixup", "steps": 600, "eval_every": 100, "batch_size": 32,
                "max_per_domain": 1000, "params": {}},
     "colored": {"domains": "colored-mnist", "backbone": "small-cnn", "image_size": 16, "leave_out": "-90%",
                 "methods": "erm,coral,groupdro,irm,vrex,mixup,mixstyle", "steps": 300, "eval_every": 50,
@@ -41,12 +41,12 @@ PARTS = {
 
 
 def render(state: dict) -> str:
-    lines = ["# bench_dg: domain generalisation, leave one domain out", "",
+    lines = ["### bench_dg: domain generalisation, leave one domain out", "",
              f"Command: `{state['command']}`  ", f"Machine: {machine_line(state['machine'])}  ",
              f"Date: {state['date']}", ""]
     for part, res in state["results"].items():
         p = res["part"]
-        lines += [f"## {part}: {p['domains']} ({'cached ' + p['backbone'] + ' features, bottleneck + classifier' if p['backbone'] == 'lite0' else p['backbone'] + ' end to end from scratch at ' + str(p.get('image_size')) + ' px'})", "",
+        lines += [f"#### {part}: {p['domains']} ({'cached ' + p['backbone'] + ' features, bottleneck + classifier' if p['backbone'] == 'lite0' else p['backbone'] + ' end to end from scratch at ' + str(p.get('image_size')) + ' px'})", "",
                   f"Held out: {', '.join(res['targets'])}; seeds {res['seeds']}; {p['steps']} steps (Adam 1e-3), "
                   f"batch {p['batch_size']} per training domain, evaluation every {p['eval_every']} steps; "
                   f"items per domain: {res['sizes']}; method parameters other than DomainBed's defaults: "
@@ -79,7 +79,12 @@ def main() -> None:
     ap.add_argument("--work-dir", default="/work/bench-cache-dg/bench_dg")
     ap.add_argument("--leave-out", default=None, help="override every part's held-out domains")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_dg.md"))
+    ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON and exit")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.render_only:
+        atomic_write_text(out, render(json.loads(out.with_suffix(".json").read_text())))
+        return
 
     import torch
 
@@ -87,7 +92,6 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = Path(args.out)
     prev = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
     state = {"command": command_line(), "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                           time.gmtime()),
