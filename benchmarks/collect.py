@@ -29,6 +29,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Semi-supervised (issue 11)", ["bench_semi", "bench_semi_notes"]),
     ("Text transfer (issue 12)", ["bench_text", "bench_text_dev"]),
     ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_multitask"]),
+    ("Domain generalisation (issue 14)", ["bench_dg", "bench_dg_notes"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"

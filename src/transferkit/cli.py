@@ -94,7 +94,8 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "engine": "--engine",
-         "feature_precision": "--feature-precision", "num_nodes": "--num-nodes"}
+         "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
+         "max_per_domain": "--max-per-domain", "domains": "--domains"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -139,7 +140,8 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "val_fraction": (float, 0.0, 1.0), "test_fraction": (float, 0.0, 1.0), "tau": (float, 0.0, 1.0),
            "hidden": (int, 1, None),
            "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None), "noise": (float, 0.0, 1.0),
-           "alpha": (float, 0.0, None), "images": (int, 2, None), "show": (int, 1, None)}
+           "alpha": (float, 0.0, None), "images": (int, 2, None), "show": (int, 1, None),
+           "max_per_domain": (int, 2, None)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -702,6 +704,79 @@ def adapt(
     out.print(table)
     for w in res.warnings:
         out.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    out.print(f"results: {res.out}")
+
+
+@app.command()
+@_friendly
+def generalize(
+    domains: Optional[str] = typer.Option(None, "--domains", "-d", help="Comma-separated labelled domains (built-in datasets, folders, tables), e.g. mnist5k,digits,mnist-m,synth-digits; or one table / built-in dataset split by its domain column (rotated-mnist, colored-mnist, or a table with --domain-column)."),
+    leave_out: str = typer.Option("each", "--leave-out", help="The unseen target domain(s), comma-separated, or 'each' (leave-one-domain-out over every domain)."),
+    method: str = typer.Option("erm,coral,groupdro,irm,vrex,mixup", "--method", "-m", help="Comma-separated methods, or 'all' (see --list); erm always runs as the baseline."),
+    backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone of the cached features (probe cost), or a network trained on the pixels end to end ('lenet', 'small-cnn'; mixstyle needs one)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Train a pretrained backbone end to end (images at --image-size)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="End-to-end input side (default: the network's own, 32 for lenet)."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds (one validation split and one training run each)."),
+    steps: int = typer.Option(1000, "--steps", help="Training steps (one batch of every training domain each)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Batch size per training domain."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam's learning rate (DomainBed's default)."),
+    max_per_domain: Optional[int] = typer.Option(None, "--max-per-domain", help="Keep a fixed class-stratified subset of at most this many items per domain."),
+    domain_column: Optional[str] = typer.Option(None, "--domain-column", help="Split one table into domains by this column."),
+    device: str = typer.Option("auto", "--device", help="Training device: auto, cpu, cuda, cuda:1, ..."),
+    precision: str = typer.Option("32", "--precision", help="32, bf16-mixed or 16-mixed (GPU)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; rerun with the same --out to resume."),
+    list_methods: bool = typer.Option(False, "--list", help="List the methods and exit."),
+    encoding: Optional[str] = EncodingOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    quiet: bool = QuietOpt,
+):
+    """Domain generalisation: train on labelled domains, score on an unseen one (leave-one-domain-out). Checkpoints
+    are chosen on a validation split of the training domains; the oracle (chosen on target labels) is shown apart."""
+    from .errors import TransferkitError
+
+    check_options(seeds=seeds, steps=steps, batch_size=batch_size, lr=lr, image_size=image_size,
+                  max_per_domain=max_per_domain, device=device)
+    if list_methods:
+        from .generalize import list_dg_methods
+
+        table = Table(title="domain-generalisation methods")
+        for col in ("method", "paper", "where"):
+            table.add_column(col)
+        for name, paper, e2e in list_dg_methods():
+            table.add_row(name, paper, "end to end only" if e2e else "probe cost or end to end")
+        out.print(table)
+        return
+    if not domains:
+        raise TransferkitError("give the domains: --domains mnist5k,digits,mnist-m,synth-digits (or one table with "
+                               "--domain-column, or rotated-mnist / colored-mnist)")
+    from .generalize import DGConfig, generalize as run_generalize
+
+    cfg = DGConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=max(steps // 10, 1), device=device,
+                   precision=precision)
+    cfg.validate()
+    res = run_generalize(domains, leave_out=leave_out, methods=[m.strip() for m in method.split(",")],
+                         backbone=backbone, finetune=finetune, image_size=image_size, seeds=list(range(seeds)),
+                         config=cfg, max_per_domain=max_per_domain, domain_column=domain_column, encoding=encoding,
+                         cache_dir=cache_dir, out=out_dir, progress=not quiet,
+                         log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
+    table = Table(title=f"held-out domain accuracy %, mean ± std over {seeds} seed(s); checkpoint chosen on the "
+                        "training domains' validation split")
+    for col in ("target", "method", "accuracy %", "vs ERM", "oracle % (target val)"):
+        table.add_column(col, justify="left" if col in ("target", "method") else "right")
+    for r in res.rows:
+        table.add_row(r["target"], r["method"], f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}",
+                      "" if r.get("vs_erm") is None else f"{100 * r['vs_erm']:+.1f}",
+                      f"{100 * r['oracle_mean']:.1f} ± {100 * r['oracle_std']:.1f}")
+    out.print(table)
+    summary = Table(title="over the held-out domains (oracle: checkpoint chosen on target labels, for reference only)")
+    for col in ("method", "mean %", "vs ERM", "worst %", "worst domain", "oracle mean %", "selection loss"):
+        summary.add_column(col, justify="left" if col in ("method", "worst domain") else "right")
+    for s in res.summary:
+        summary.add_row(s["method"], f"{100 * s['mean']:.1f}",
+                        "" if s.get("mean_vs_erm") is None else f"{100 * s['mean_vs_erm']:+.1f}",
+                        f"{100 * s['worst']:.1f}", s["worst_target"], f"{100 * s['oracle_mean']:.1f}",
+                        f"{100 * s['selection_loss']:.1f}")
+    out.print(summary)
     out.print(f"results: {res.out}")
 
 

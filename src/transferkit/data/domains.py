@@ -21,7 +21,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = ["PHOTOS", "make_mnist_m", "make_synth_digits", "digit_fonts"]
+__all__ = ["PHOTOS", "make_mnist_m", "make_synth_digits", "digit_fonts", "make_rotated_mnist", "make_colored_mnist",
+           "ROTATIONS", "COLOR_ENVIRONMENTS"]
 
 #: scikit-image's colour photos that ship inside the wheel (no download): the backgrounds of MNIST-M.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel",
@@ -149,3 +150,68 @@ def make_synth_digits(per_class: int = 500, size: int = 32, seed: int = 0) -> tu
         a = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(0, 8), (size, size, 3))
         images[i] = np.clip(a + 0.5, 0, 255).astype(np.uint8)
     return images, labels
+
+
+#: RotatedMNIST's domains: degrees of rotation (Ghifary et al., ICCV 2015; DomainBed's six)
+ROTATIONS = (0, 15, 30, 45, 60, 75)
+#: ColoredMNIST's environments: name -> probability that the colour disagrees with the (noisy) label
+COLOR_ENVIRONMENTS = {"+90%": 0.1, "+80%": 0.2, "-90%": 0.9}
+
+
+def _disjoint_parts(n: int, k: int, seed: int, tag: str) -> list[np.ndarray]:
+    """``k`` disjoint, sorted parts of ``range(n)`` from a seeded permutation."""
+    return [np.sort(p) for p in np.array_split(_rng(seed, tag).permutation(n), k)]
+
+
+def make_rotated_mnist(digits: np.ndarray, labels: np.ndarray, angles=ROTATIONS, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RotatedMNIST: the digits split into ``len(angles)`` disjoint parts, part ``k`` rotated by ``angles[k]``
+    degrees (counter-clockwise, bilinear). Deterministic.
+
+    Returns:
+        ``(images (N, 28, 28) uint8, labels, domains)`` with domain names ``rot<angle>``, domain by domain.
+
+    References:
+        Ghifary, Kleijn, Zhang & Balduzzi, "Domain Generalization for Object Recognition with Multi-task
+        Autoencoders", ICCV 2015; Gulrajani & Lopez-Paz, "In Search of Lost Domain Generalization", ICLR 2021.
+    """
+    digits = np.asarray(digits, np.uint8)
+    out = np.empty_like(digits)
+    doms = np.empty(len(digits), dtype=object)
+    for angle, part in zip(angles, _disjoint_parts(len(digits), len(angles), seed, "rotated-mnist")):
+        for i in part:
+            out[i] = np.asarray(Image.fromarray(digits[i]).rotate(float(angle), resample=Image.BILINEAR))
+        doms[part] = f"rot{angle}"
+    order = np.concatenate(_disjoint_parts(len(digits), len(angles), seed, "rotated-mnist"))
+    return out[order], np.asarray(labels)[order], doms[order]
+
+
+def make_colored_mnist(digits: np.ndarray, labels: np.ndarray, environments: dict[str, float] | None = None,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ColoredMNIST (the IRM construction): the binary label is ``digit < 5``, flipped with probability 0.25; the
+    colour (green for 1, red for 0) is the label flipped with the environment's probability (0.1, 0.2, 0.9: the
+    colour agrees with the label 90%, 80% and 10% of the time), so colour predicts the label better than the shape
+    in the first two environments and the opposite way in the third. Each environment holds a disjoint third of the
+    digits. Deterministic.
+
+    Returns:
+        ``(images (N, 28, 28, 3) uint8, labels "0"/"1", domains)`` with domain names ``+90%``, ``+80%``, ``-90%``, domain
+        by domain.
+
+    References:
+        Arjovsky, Bottou, Gulrajani & Lopez-Paz, "Invariant Risk Minimization", arXiv:1907.02893, 2019.
+    """
+    envs = dict(environments or COLOR_ENVIRONMENTS)
+    digits = np.asarray(digits, np.uint8)
+    y_digit = np.asarray(labels).astype(int)
+    rng = _rng(seed, "colored-mnist-noise")
+    y = (y_digit < 5).astype(int) ^ (rng.random(len(digits)) < 0.25)
+    images = np.zeros((*digits.shape, 3), np.uint8)
+    doms = np.empty(len(digits), dtype=object)
+    for (name, p), part in zip(envs.items(), _disjoint_parts(len(digits), len(envs), seed, "colored-mnist")):
+        colour = y[part] ^ (rng.random(len(part)) < p)
+        images[part, :, :, 0] = np.where(colour[:, None, None] == 0, digits[part], 0)
+        images[part, :, :, 1] = np.where(colour[:, None, None] == 1, digits[part], 0)
+        doms[part] = name
+    order = np.concatenate(_disjoint_parts(len(digits), len(envs), seed, "colored-mnist"))
+    return images[order], y.astype(np.int64)[order], doms[order]
