@@ -29,6 +29,10 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Semi-supervised (issue 11)", ["bench_semi", "bench_semi_notes"]),
     ("Text transfer (issue 12)", ["bench_text", "bench_text_dev"]),
     ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_multitask"]),
+    ("Safe transfer: defect inheritance (issue 14, ReMoS)", ["safe_transfer_section"]),
+    ("The strategy advisor's race (issue 10: `--strategy auto`)", ["advisor_race_section"]),
+    ("Speed and scale: inference engines, decode workers, several processes (issue 15, items 1, 2, 4, 5)",
+     ["speed_section"]),
     ("Domain generalisation (issue 14)", ["bench_dg", "bench_dg_notes"]),
 ]
 
