@@ -168,3 +168,18 @@ def test_bad_parameters_and_a_delta_that_does_not_fit_are_clear_errors():
         create_strategy("lora", target_modules=("nothing_like_this",)).attach(_base())
     with pytest.raises(TransferkitError, match="do not fit"):
         apply_delta(_base(), create_strategy("lora", rank=2), {"model.x.lora_A.default.weight": torch.zeros(2, 2)})
+
+
+def test_fit_strategy_lora_rank_from_the_command_line(image_folder, tmp_path):
+    from tests.test_cli import assert_user_error, tk
+
+    run = tmp_path / "run"
+    p = tk("fit", image_folder, "-b", TINY, "--strategy", "lora", "--rank", "2", "--epochs", "1", "--image-size", "32",
+           "--no-baseline", "--no-report", "-o", run, "-q")
+    assert p.returncode == 0, p.stderr
+    params = json.loads((run / "metrics.json").read_text())["parameters"]
+    assert 0 < params["trainable"] < params["total"] and params["trainable_fraction"] < 0.1
+    info = json.loads((run / "model" / "model.json").read_text())
+    assert info["backbone"]["delta"]["strategy"]["rank"] == 2 and not (run / "model" / "backbone").exists()
+    assert_user_error(tk("fit", image_folder, "-b", TINY, "--strategy", "finetune", "--rank", "2", "-o",
+                         tmp_path / "bad", "-q"), "takes no parameter rank")
