@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY
+from tests.train.test_contrastive import tiny_encoder  # noqa: F401 - a fixture used by name
 from transferkit.backbones import create_backbone
 from transferkit.errors import TransferkitError
 from transferkit.runs import load_run
@@ -183,3 +184,27 @@ def test_fit_strategy_lora_rank_from_the_command_line(image_folder, tmp_path):
     assert info["backbone"]["delta"]["strategy"]["rank"] == 2 and not (run / "model" / "backbone").exists()
     assert_user_error(tk("fit", image_folder, "-b", TINY, "--strategy", "finetune", "--rank", "2", "-o",
                          tmp_path / "bad", "-q"), "takes no parameter rank")
+
+
+def test_lora_on_a_transformer_read_from_files_keeps_the_merged_encoder(tiny_encoder, tmp_path):  # noqa: F811
+    """``hf:<dir>`` reads files: the run cannot name it, so it keeps the merged encoder; query/value get LoRA."""
+    from tests.train.test_contrastive import toy_texts
+    from transferkit.data.sources import from_arrays
+    from transferkit.data.splits import make_splits
+    from transferkit.train.engine import TrainConfig, finetune
+
+    texts, labels = toy_texts(48)
+    src = from_arrays(texts, labels, name="toy")
+    y = src.encoded_labels()
+    sp = make_splits(y, val_fraction=0.25, test_fraction=0.25, seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, num_workers=0, patience=None, accelerator="cpu")
+    r = finetune(src, y, sp, tiny_encoder, "lora", cfg, tmp_path / "run", classes=src.classes,
+                 strategy_params={"rank": 2})
+    names = [n for n, _ in r.model.backbone.named_parameters() if ".lora_A." in n]
+    assert names and all(n.split(".lora_A")[0].endswith(("query", "value")) for n in names)
+    info = json.loads((r.run_dir / "model" / "model.json").read_text())
+    assert info["backbone"]["path"] == "backbone" and not (r.run_dir / "model" / "backbone_delta.safetensors").exists()
+    run = load_run(r.run_dir)
+    batch = run.backbone.collate([texts[i] for i in sp.test])
+    with torch.no_grad():
+        torch.testing.assert_close(run.network()(batch), r.model.eval()(batch), atol=1e-5, rtol=1e-4)
