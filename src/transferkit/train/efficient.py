@@ -172,12 +172,9 @@ class Lora(EfficientStrategy):
             raise _no_match("lora", targets, backbone, types)
         config = peft.LoraConfig(r=int(self.rank), lora_alpha=float(self.alpha), lora_dropout=float(self.dropout),
                                  target_modules=names, bias="none")
-        inner_names = [n for n, _ in backbone.named_parameters()]
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # lora_A's initialisation is seeded (lora_B starts at zero)
             torch.manual_seed(seed)
             peft.inject_adapter_in_model(config, backbone)
-        if not any("lora_" in n for n, _ in backbone.named_parameters()) or not inner_names:
-            raise _no_match("lora", targets, backbone, types)
 
     def delta_names(self, backbone: nn.Module) -> list[str]:
         return [n for n, _ in backbone.named_parameters() if ".lora_" in n]
