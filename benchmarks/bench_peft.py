@@ -100,7 +100,8 @@ def probe_cell(data: Data, sp, bb_name: str, image_size: int, cache_dir: str, ru
         bb = bb.with_preprocessing(input_size=image_size)
     t0 = time.perf_counter()
     need = np.unique(np.concatenate([sp.train, sp.val, sp.test]))
-    feats = FeatureStore(cache_dir).get(bb, data.source.subset(need), batch_size=64, num_workers=0, device="cpu", progress=False)
+    feats = FeatureStore(cache_dir).get(bb, data.source.subset(need), batch_size=64, num_workers=0, device="cpu",
+                                        progress=False)
     X = np.full((len(data.source), feats.X.shape[1]), np.nan, np.float32)
     X[need] = np.asarray(feats.X, np.float32)
     t1 = time.perf_counter()
@@ -121,7 +122,8 @@ def probe_cell(data: Data, sp, bb_name: str, image_size: int, cache_dir: str, ru
 def engine_cell(data: Data, sp, bb_name: str, row: str, args, seed: int, run_dir: Path) -> dict[str, Any]:
     from transferkit.train.engine import TrainConfig, finetune
 
-    cfg = TrainConfig(epochs=args.epochs if data.name == "clipart" else args.text_epochs, patience=5, seed=seed, num_workers=0, accelerator="cpu",
+    cfg = TrainConfig(epochs=args.epochs if data.name == "clipart" else args.text_epochs, patience=5, seed=seed,
+                      num_workers=0, accelerator="cpu",
                       image_size=args.image_size if data.name == "clipart" else None)
     params = PARAMS.get((row, bb_name), {})
     t0 = time.perf_counter()
@@ -252,6 +254,11 @@ def main() -> None:
                 for row in _csv(args.rows):
                     if (data_name, budget, row, seed) in done:
                         continue
+                    if journal.is_file():  # another run may have finished it meanwhile (resumed runs)
+                        records = read_journal(journal)
+                        done = {(r["data"], r["budget"], r["row"], r["seed"]) for r in records}
+                        if (data_name, budget, row, seed) in done:
+                            continue
                     data = datas.get(data_name) or datas.setdefault(data_name, Data(data_name, args.max_test))
                     sp = data.splits(budget, seed)
                     bb = BACKBONE[data_name]

