@@ -34,6 +34,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Speed and scale: inference engines, decode workers, several processes (issue 15, items 1, 2, 4, 5)",
      ["speed_section"]),
     ("Domain generalisation (issue 14)", ["bench_dg", "bench_dg_notes"]),
+    ("Parameter-efficient fine-tuning (issue 14)", ["peft_section"]),
 ]
 
 SUMMARY_FILE = RESULTS_DIR / "SUMMARY.md"

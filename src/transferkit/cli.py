@@ -95,7 +95,7 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
-         "max_per_domain": "--max-per-domain", "domains": "--domains"}
+         "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -205,13 +205,16 @@ def fit(
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (race the probe and fine-tuning strategies on validation), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init), setfit (texts: contrastive fine-tuning on pairs of the labelled texts, then a logistic head); semi-supervised with --unlabelled: fixmatch, flexmatch, freematch."),
+    strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (race the probe and fine-tuning strategies on validation), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init), lora (low-rank updates through peft, --rank), adapter (bottleneck adapters, --bottleneck), bitfit (bias terms only), setfit (texts: contrastive fine-tuning on pairs of the labelled texts, then a logistic head); semi-supervised with --unlabelled: fixmatch, flexmatch, freematch."),
     unlabelled: Optional[str] = typer.Option(None, "--unlabelled", "-u", help="Semi-supervised strategies: 'rest' (with -n, every item neither labelled nor in the test share) or a folder / table of inputs without labels."),
     semi_level: str = typer.Option("features", "--semi-level", help="Semi-supervised strategies: features (frozen backbone, cached augmented views, a head: seconds after one extraction) or end-to-end (the backbone trains too; fine-tuning options apply)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Semi-supervised at features level: optimisation steps of the head (default: 1000)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="fixmatch / flexmatch: confidence threshold of a pseudo-label (default: 0.95)."),
     freeze: Optional[int] = typer.Option(None, "--freeze", help="partial: freeze the first K layer groups (timm's own grouping)."),
     freeze_until: Optional[str] = typer.Option(None, "--freeze-until", help="partial: freeze every group up to and including this one (e.g. blocks.3)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="lora: rank of the low-rank updates (default: 8)."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="lora: scaling alpha (the update is multiplied by alpha / rank; default: 16)."),
+    bottleneck: Optional[int] = typer.Option(None, "--bottleneck", help="adapter: inner width of the bottleneck adapters (default: 16)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping on validation)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning: learning rate of the head; the backbone gets a tenth (default: 2e-3)."),
     train_batch_size: Optional[int] = typer.Option(None, "--train-batch-size", help="Fine-tuning batch size (default: 16)."),
@@ -260,7 +263,8 @@ def fit(
                   steps=steps, tau=tau, hidden=hidden)
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
-    params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau)) if v is not None}
+    params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau), ("rank", rank),
+                                ("alpha", lora_alpha), ("bottleneck", bottleneck)) if v is not None}
     cfg = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", train_batch_size),
                              ("image_size", image_size), ("devices", devices), ("precision", precision),
                              ("safe", safe), ("prune", prune)) if v is not None}
@@ -282,7 +286,7 @@ def fit(
     if strategy == "probe" and (params or tuning or resume):
         from .errors import TransferkitError
 
-        raise TransferkitError("--freeze, --epochs, --lr, --image-size, --devices, --l2sp, --bss, --tau and --resume "
+        raise TransferkitError("--freeze, --rank, --bottleneck, --epochs, --lr, --image-size, --devices, --l2sp, --bss, --tau and --resume "
                                "are options of other strategies; add --strategy finetune (or partial, gradual, "
                                "scratch, fixmatch, ...)")
     if semi and semi_level == "features" and tuning:

@@ -405,7 +405,8 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
 
     timings["total_before_report"] = time.perf_counter() - t_all
     metrics_doc = {"transfer": metrics, "baseline": base_metrics, "comparison": comparison, "warnings": warnings,
-                   "timings": timings, "extracted": fs.extracted, "skipped": len(fs.skipped)}
+                   "timings": timings, "extracted": fs.extracted, "skipped": len(fs.skipped),
+                   "parameters": getattr(ft, "parameters", None) or None}
     if report:
         t = time.perf_counter()
         _write_report(run_dir, store, fs, bb.name, head, params, metrics, comparison, warnings, config, seed)
@@ -603,11 +604,10 @@ def _save_fit_model(run_dir: Path, model: Any, bb: Any, ft: Any, classes: list[s
     if ft is None:
         save_model(run_dir, model.to_module(), bb, classes, kind="probe")
         return
-    from .heads import HeadModule
+    from .train.engine import save_finetuned
 
-    net = ft.model
-    save_model(run_dir, HeadModule.from_linear(net.head), net.backbone, classes, kind="finetuned",
-               backbone_trained=True, extra={"strategy": strategy, "best_epoch": ft.best_epoch})
+    save_finetuned(run_dir, ft.model, ft.config.get("strategy"), ft.config.get("backbone") or {}, classes,
+                   extra={"strategy": strategy, "best_epoch": ft.best_epoch})
 
 
 def _write_report(run_dir: Path, store: Any, fs: Any, backbone: str, head: str, params: dict, metrics: dict,

@@ -22,7 +22,7 @@ SETTINGS = {"finetune": ({}, 6), "partial": ({"strategy_params": {"freeze": 2}},
 
 
 def test_registry_names_every_strategy():
-    assert set(STRATEGIES) == {"finetune", "partial", "gradual", "scratch", "probe", "setfit"}
+    assert set(STRATEGIES) == {"finetune", "partial", "gradual", "scratch", "probe", "setfit", "lora", "adapter", "bitfit"}
     assert [n for n, _ in list_strategies()] == list(STRATEGIES)
     with pytest.raises(UnknownNameError, match="Did you mean 'partial'.*finetune, partial, gradual, scratch, probe"):
         create_strategy("partal")

@@ -126,11 +126,50 @@ class Run:
                                        "outside the run; a run only reads files inside it (fit it again: the backbone "
                                        "is then saved inside the run)")
             bb = create_backbone(name)
-        expected = ref.get("weights")
+        self._check_weights(bb, ref.get("weights"))
+        if isinstance(ref.get("delta"), dict):
+            bb = self._apply_delta(bb, ref["delta"])
+        return bb
+
+    def _apply_delta(self, bb: Any, info: dict[str, Any], merged: bool = True) -> Any:
+        """A parameter-efficient run's backbone: the base (already checked) with the saved delta re-applied and merged
+        (:func:`transferkit.train.efficient.apply_delta`); the delta file checked against its digest."""
+        from safetensors.torch import load_file
+
+        from .._io import file_digest
+        from ..train.efficient import apply_delta
+        from ..train.strategies import create_strategy
+
+        name = str(info.get("file", ""))
+        path = self.path / "model" / name
+        if not name or Path(name).name != name or not path.is_file():
+            raise TransferkitError(f"{self.path}/model/model.json names the delta file {name!r}, which is not in "
+                                   f"{self.path}/model; the run is damaged: fit it again")
+        if file_digest(path) != info.get("sha256"):
+            raise TransferkitError(f"{path} does not match the digest recorded when it was written; the run is "
+                                   "damaged or was edited: fit it again")
+        spec = dict(info.get("strategy") or {})
+        strategy = create_strategy(str(spec.pop("name", "")), **spec)
+        if info.get("input_size") is not None and bb.modality == "image":
+            bb = bb.with_preprocessing(input_size=int(info["input_size"]))
+        return apply_delta(bb, strategy, load_file(str(path)), merged=merged)
+
+    def unmerged_backbone(self) -> Any:
+        """A parameter-efficient run's backbone with its delta kept apart from the base weights (LoRA layers not
+        merged): what the run trained, for checking the merged one (:attr:`backbone`) against it."""
+        ref = self.model_info.get("backbone")
+        if not isinstance(ref, dict) or not isinstance(ref.get("delta"), dict):
+            raise TransferkitError(f"{self.path} is not a parameter-efficient run (no delta in model/model.json)")
+        from ..backbones import create_backbone
+
+        base = create_backbone(str(ref.get("name")))
+        self._check_weights(base, ref.get("weights"))
+        return self._apply_delta(base, ref["delta"], merged=False)
+
+    def _check_weights(self, bb: Any, expected: str | None) -> None:
         if expected and bb.weights_digest() != expected:
             raise TransferkitError(f"the backbone {bb.name!r} has other weights than the run {self.path} was trained "
                                    "with; install the same version of its weights package (or fit the run again)")
-        return bb
 
     def predict(self, inputs: Any, *, on_bad_input: str = "error", batch_size: int = 64,
                 num_workers: int | None = None, cache_dir: str | None = None, device: str = "auto",

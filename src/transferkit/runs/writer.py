@@ -7,6 +7,8 @@ runs the same way. A run directory's ``model/`` holds::
                         with its weight digest, or a folder inside the run), the head (kind, config, file, sha256)
     head.safetensors    the head's weights
     backbone/           a backbone the run trained or that cannot be rebuilt by name (backbone.json + weights)
+    backbone_delta.safetensors   a parameter-efficient run's delta (LoRA / adapter / bias weights) over the base
+                        backbone named in model.json (see :mod:`transferkit.train.efficient`)
 
 Every weight file's SHA-256 is recorded when it is written and checked when it is read
 (:mod:`transferkit.runs.reader`).
@@ -22,14 +24,15 @@ from typing import Any
 
 import pandas as pd
 
-from .._io import atomic_write_bytes, json_default
+from .._io import atomic_write_bytes, file_digest, json_default
 from ..errors import OutputError
 
 __all__ = ["MODEL_FORMAT", "RUN_MARKER", "default_run_dir", "prepare_run_dir", "write_json", "write_csv",
-           "save_model", "backbone_reference"]
+           "save_model", "backbone_reference", "rebuildable", "DELTA_FILE"]
 
 MODEL_FORMAT = "transferkit-model/2"
 RUN_MARKER = ".transferkit-run"
+DELTA_FILE = "backbone_delta.safetensors"
 
 
 def default_run_dir(dataset: str, backbone: str, root: str | Path = "runs") -> Path:
@@ -108,22 +111,28 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_bytes(Path(path), df.to_csv(index=False).encode())
 
 
-def backbone_reference(backbone: Any) -> dict[str, Any] | None:
-    """How a run names an unchanged backbone: ``{"name", "weights"}`` when its registered name rebuilds it without
-    reading files (None otherwise: the run must then keep a copy inside it)."""
+def rebuildable(name: str) -> bool:
+    """Whether a registered backbone name rebuilds the backbone without reading files (so a run may name it)."""
     from ..backbones import BACKBONES
 
     try:
-        entry = BACKBONES.get(backbone.name)
+        entry = BACKBONES.get(name)
     except Exception:  # noqa: BLE001 - unregistered or malformed names cannot be rebuilt by name
-        return None
-    if entry.cap("reads_files", False):
+        return False
+    return not entry.cap("reads_files", False)
+
+
+def backbone_reference(backbone: Any) -> dict[str, Any] | None:
+    """How a run names an unchanged backbone: ``{"name", "weights"}`` when its registered name rebuilds it without
+    reading files (None otherwise: the run must then keep a copy inside it)."""
+    if not rebuildable(backbone.name):
         return None
     return {"name": backbone.name, "weights": backbone.weights_digest()}
 
 
 def save_model(run_dir: Path, head: Any, backbone: Any, classes: list[str], *, kind: str = "probe",
-               backbone_trained: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               backbone_trained: bool = False, extra: dict[str, Any] | None = None,
+               delta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save a run's model: the head (safetensors) and the backbone (by registered name and weight digest, or saved
     inside the run when it was trained or cannot be rebuilt by name); write ``model/model.json``.
 
@@ -135,6 +144,9 @@ def save_model(run_dir: Path, head: Any, backbone: Any, classes: list[str], *, k
         kind: ``"probe"`` (frozen backbone) or ``"finetuned"``.
         backbone_trained: the backbone's weights changed in this run: save them inside it.
         extra: more JSON fields (strategy, best epoch, ...).
+        delta: a parameter-efficient run's trained delta instead of the whole backbone: ``{"strategy": its config,
+            "state": name -> tensor, "base": {"name", "weights"}}``; written to ``backbone_delta.safetensors`` and
+            the backbone recorded as the base's name and digest plus the delta (re-applied by the reader).
 
     Returns:
         The model.json document.
@@ -143,9 +155,20 @@ def save_model(run_dir: Path, head: Any, backbone: Any, classes: list[str], *, k
 
     model_dir = Path(run_dir) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    if backbone_trained:
+    if delta is not None:
+        from safetensors.torch import save
+
+        path = model_dir / DELTA_FILE
+        atomic_write_bytes(path, save(delta["state"], metadata={"strategy": json.dumps(delta["strategy"])}))
+        ref = {"name": str(delta["base"]["name"]), "weights": delta["base"]["weights"],
+               "delta": {"strategy": delta["strategy"], "file": path.name, "sha256": file_digest(path),
+                         "parameters": int(sum(t.numel() for t in delta["state"].values()))}}
+        if backbone.modality == "image":  # trained at another size than the registered default, maybe
+            ref["delta"]["input_size"] = int(backbone.data_config()["input_size"][-1])
+    elif backbone_trained:
         backbone.forget_digest()  # its weights changed since the digest was taken
-    ref = None if backbone_trained else backbone_reference(backbone)
+    if delta is None:
+        ref = None if backbone_trained else backbone_reference(backbone)
     if ref is None:
         backbone.save(model_dir / "backbone")
         ref = {"path": "backbone", "name": backbone.name, "weights": backbone.weights_digest()}

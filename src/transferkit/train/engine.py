@@ -35,12 +35,12 @@ from ..data.sources import DataSource
 from ..data.splits import Splits
 from ..errors import DataError, ModalityError, TransferkitError
 from .loop import PRECISION_NAMES, PRECISIONS, LoopSettings, Plan, ValidationAccuracy, run_loop
-from .model import TransferModel, layer_groups, prepare_backbone
+from .model import TransferModel, layer_groups, parameter_counts, prepare_backbone
 from .objectives import CrossEntropy, Objectives, Outputs, as_objective
 from .strategies import Strategy, create_strategy, group_lr
 from .streams import ItemStream, derive_seed, stack
 
-__all__ = ["TrainConfig", "FinetuneResult", "finetune", "FinetunePlan", "cosine_warmup"]
+__all__ = ["TrainConfig", "FinetuneResult", "finetune", "FinetunePlan", "cosine_warmup", "save_finetuned"]
 
 _NOT_HASHED = ("num_workers", "eval_batch_size")  # do not change the result
 
@@ -204,6 +204,8 @@ class FinetuneResult:
         model: the trained :class:`TransferModel` with the best weights, on CPU, in eval mode.
         config: the run configuration (training settings, strategy, backbone, losses, data) and its hash.
         preprocessing: the evaluation preprocessing (timm data config or tokenizer settings).
+        parameters: parameter counts: ``backbone``, ``head``, ``total``, ``trainable`` (what the optimizer trains)
+            and ``trainable_fraction``.
     """
 
     test_index: np.ndarray
@@ -223,6 +225,7 @@ class FinetuneResult:
     model: TransferModel | None = field(default=None, repr=False)
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     preprocessing: dict[str, Any] = field(default_factory=dict, repr=False)
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def cosine_warmup(warmup_steps: int, schedule: str = "cosine", min_ratio: float = 0.01) -> Callable[[int, int], float]:
@@ -363,19 +366,52 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
     preprocessing = r.model.backbone.data_config()
     model_path = None
     if export and r.model is not None:
-        from ..heads.modules import HeadModule
-        from ..runs.writer import save_model
-
-        save_model(out_dir, HeadModule.from_linear(r.model.head), r.model.backbone, classes, kind="finetuned",
-                   backbone_trained=True, extra={"strategy": strat.config(), "config_hash": config_hash,
-                                                 "best_epoch": r.best_epoch})
+        save_finetuned(out_dir, r.model, strat, identity["backbone"], classes,
+                       extra={"strategy": strat.config(), "config_hash": config_hash, "best_epoch": r.best_epoch})
         model_path = out_dir / "model"
     return FinetuneResult(
         test_index=np.asarray(splits.test), y_pred=proba.argmax(1) if len(proba) else np.zeros(0, np.int64),
         proba=proba, val_accuracy=r.best_scores.get("val_accuracy"), best_epoch=r.best_epoch, epochs_run=r.epochs_run,
         stop_reason=r.stop_reason, history=r.history, seconds=r.seconds, train_seconds=r.train_seconds,
         run_dir=out_dir, checkpoint=r.checkpoint, model_path=model_path, resumed_from=r.resumed_from, model=r.model,
-        config={**identity, "hash": config_hash}, preprocessing=preprocessing)
+        config={**identity, "hash": config_hash}, preprocessing=preprocessing, parameters=info.get("parameters", {}))
+
+
+def save_finetuned(run_dir: Path, model: TransferModel, strategy: "Strategy | dict[str, Any] | None",
+                   base: dict[str, Any], classes: Sequence[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save a fine-tuned network as the run's ``model/``: the head, and the whole trained backbone, or for a
+    parameter-efficient strategy (``saves_delta``) only its delta with the base backbone's name and weights digest.
+
+    Args:
+        run_dir: the run directory.
+        model: the trained network.
+        strategy: the strategy it was trained with (or its :meth:`~Strategy.config`).
+        base: the base backbone's identity before training (``{"name", "weights"}``, as in the run's config).
+        classes: class names.
+        extra: more model.json fields.
+
+    Returns:
+        The model.json document (:func:`transferkit.runs.writer.save_model`).
+    """
+    from ..heads.modules import HeadModule
+    from ..runs.writer import rebuildable, save_model
+
+    if isinstance(strategy, dict):  # another trainer's record (setfit, semi-supervised) may name no strategy here
+        from .strategies import STRATEGIES
+
+        spec = dict(strategy)
+        name = spec.pop("name", None)
+        strategy = create_strategy(name, **spec) if name in STRATEGIES.names() else None
+    head, bb, delta = HeadModule.from_linear(model.head), model.backbone, None
+    if strategy is not None and strategy.saves_delta:
+        from .efficient import delta_state, merge
+
+        if rebuildable(str(base.get("name"))):
+            delta = {"strategy": strategy.config(), "state": delta_state(strategy, bb), "base": base}
+        else:  # a backbone read from files: the run keeps the merged network itself
+            bb = merge(strategy, bb)
+    return save_model(run_dir, head, bb, list(classes), kind="finetuned", backbone_trained=True, extra=extra,
+                      delta=delta)
 
 
 def _workers(cfg: TrainConfig) -> int:
@@ -454,6 +490,10 @@ class FinetunePlan:
         for n in unused:
             bb_params[n].requires_grad_(False)
         strategy.prepare(model, cfg.seed)
+        delta = [p for _, p in strategy.delta_parameters(model.backbone)]  # parameter-efficient: trains every epoch
+        if delta:
+            ids = {id(p) for p in delta}
+            group_params = [[p for p in ps if id(p) not in ids] for ps in group_params]
         objective = Objectives(CrossEntropy(label_smoothing=cfg.label_smoothing), *copy.deepcopy(self.losses))
         bb = model.backbone
         train_view = bb.transform("train", scale=tuple(cfg.crop_scale), hflip=float(cfg.hflip)) if cfg.augment \
@@ -484,6 +524,8 @@ class FinetunePlan:
         for g, group in enumerate(groups):
             if ever[g]:
                 entries.append((group.name, group_params[g], group_lr(cfg.lr, scales[g])))
+        if delta:
+            entries.append(("delta", delta, group_lr(cfg.lr, float(getattr(strategy, "lr_scale", 1.0)))))
         own = [p for p in objective.parameters() if p.requires_grad]
         if own:
             entries.append(("objective", own, cfg.lr))
@@ -510,7 +552,8 @@ class FinetunePlan:
         frozen_all = [g.name for g, f in zip(groups, strategy.ever_trainable()) if not f]
         info = {"layer_groups": [g.name for g in groups], "never_trained_groups": frozen_all,
                 "parameters": {"backbone": sum(p.numel() for p in model.backbone.parameters()),
-                               "head": sum(p.numel() for p in model.head.parameters())},
+                               "head": sum(p.numel() for p in model.head.parameters()),
+                               **parameter_counts(model, [p for _, ps, _ in entries for p in ps])},
                 "preprocessing": bb.data_config()}
         if safe_info is not None:
             info["safe"] = safe_info
@@ -523,9 +566,21 @@ class FinetunePlan:
                     schedule=cosine_warmup(warm, cfg.schedule, cfg.min_lr_ratio),
                     evaluator=ValidationAccuracy(val, None if val is None else self.y[sp.val],
                                                  extras=objective.validation_metrics),
-                    trainable=group_params, trainable_at=strategy.trainable, settled_epoch=strategy.settled_epoch(),
+                    trainable=group_params + ([delta] if delta else []),
+                    trainable_at=_with_delta(strategy.trainable) if delta else strategy.trainable,
+                    settled_epoch=strategy.settled_epoch(),
                     final=final, identity=identity, describe=_epoch_line(cfg.epochs, bb.modality), info=info,
                     info_name="finetune.json")
+
+
+class _with_delta:
+    """A strategy's per-epoch group flags, plus one always-true flag for its delta parameters."""
+
+    def __init__(self, trainable: Callable[[int], list[bool]]):
+        self.trainable = trainable
+
+    def __call__(self, epoch: int) -> list[bool]:
+        return [*self.trainable(epoch), True]
 
 
 def _steps_per_epoch(n: int, batch_size: int, world: int) -> int:

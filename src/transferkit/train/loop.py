@@ -878,14 +878,18 @@ def frozen_modules(model: nn.Module) -> list[str]:
 
 
 def set_train_mode(model: nn.Module) -> None:
-    """``model.train()``, then eval mode for every fully frozen part.
+    """``model.train()``, then eval mode for every fully frozen part and every layer marked ``keep_statistics``.
 
     Frozen BatchNorm layers keep their running statistics (and normalise with them), and dropout in frozen parts is
-    off: a frozen part behaves as the fixed feature extractor it is meant to be.
+    off: a frozen part behaves as the fixed feature extractor it is meant to be. A normalisation layer whose bias
+    trains but whose statistics must stay (BitFit) carries ``keep_statistics = True``.
     """
     model.train()
     for name in frozen_modules(model):
         (model.get_submodule(name) if name else model).eval()
+    for m in model.modules():
+        if getattr(m, "keep_statistics", False):
+            m.eval()
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

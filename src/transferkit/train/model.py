@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
 from ..backbones.base import Backbone
 
-__all__ = ["TransferModel", "LayerGroup", "layer_groups", "prepare_backbone"]
+__all__ = ["TransferModel", "LayerGroup", "layer_groups", "prepare_backbone", "parameter_counts"]
 
 
 class TransferModel(nn.Module):
@@ -148,3 +148,15 @@ def _transformer_groups(backbone: Backbone) -> tuple[list[LayerGroup], list[str]
     if rest:
         groups.append(LayerGroup("final", tuple(rest)))
     return groups, unused
+
+
+def parameter_counts(model: nn.Module, trainable: Sequence[nn.Parameter]) -> dict[str, Any]:
+    """``{"total", "trainable", "trainable_fraction"}`` of a model, given the parameters the optimizer trains."""
+    total = sum(p.numel() for p in model.parameters())
+    seen: set[int] = set()
+    n = 0
+    for p in trainable:
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return {"total": int(total), "trainable": int(n), "trainable_fraction": float(n / total) if total else 0.0}

@@ -13,6 +13,8 @@ Registered names (``--strategy``):
 - ``gradual``: the head alone first (backbone frozen), then the backbone is unfrozen with discriminative,
   layer-wise decaying learning rates (all at once as fastai's ``fine_tune``, or one group at a time as ULMFiT).
 - ``scratch``: the same architecture with random weights, all layers at the full learning rate: the baseline.
+- ``lora``, ``adapter``, ``bitfit``: parameter-efficient fine-tuning (:mod:`transferkit.train.efficient`): the
+  backbone's groups stay frozen and a small delta (low-rank updates, bottleneck adapters, bias terms) trains.
 - ``probe``: the whole backbone frozen, only the head trains (with augmentation, through the same loop).
   The backbone never changes, so a caller may instead use the cached-feature path
   (:func:`transferkit.pipeline.fit_run`), which is much faster and gives the classic linear probe.
@@ -76,6 +78,8 @@ class Strategy:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     granularity: ClassVar[str] = "coarse"
+    #: the run keeps only :meth:`delta_parameters` (and the head), not the whole backbone
+    saves_delta: ClassVar[bool] = False
 
     def validate(self) -> None:
         """Check the parameters (before any backbone is built)."""
@@ -107,6 +111,11 @@ class Strategy:
     def settled_epoch(self) -> int:
         """First epoch after which the set of trainable groups no longer changes (early stopping waits for it)."""
         return 0
+
+    def delta_parameters(self, backbone: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of backbone parameters that train in every epoch besides the groups (after
+        :meth:`prepare`): the small delta of a parameter-efficient strategy (:mod:`transferkit.train.efficient`)."""
+        return []
 
 
 @STRATEGIES.register(backbone_frozen=False)
