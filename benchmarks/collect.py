@@ -21,7 +21,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
      ["bench_extraction", "bench_cache", "bench_probe_accuracy"]),
     ("Transferability scores (issue 3)", ["bench_transferability"]),
     ("Fine-tuning strategies (issue 4)", ["bench_finetune"]),
-    ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_timing", "bench_adapt_lenet"]),
+    ("Domain adaptation (issue 5)", ["bench_adapt", "bench_adapt_timing", "bench_adapt_timing_notes", "bench_adapt_lenet"]),
     ("Before/after the training-loop rebuild (issue 9)", ["bench_refactor", "bench_finetune_clipart"]),
     ("Zero-shot (issue 11)", ["bench_zeroshot_notes", "bench_zeroshot_zsl", "bench_zeroshot_gzsl",
                               "bench_zeroshot_text"]),

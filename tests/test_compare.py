@@ -244,7 +244,7 @@ def test_negative_transfer_reaches_the_result_and_the_report(image_folder, tmp_p
 
 
 def test_unknown_strategy_names_the_valid_ones(image_folder, tmp_path):
-    with pytest.raises(UnknownNameError, match=r"'fintune'.*finetune, partial, gradual, scratch, probe, setfit, cnn, auto"):
+    with pytest.raises(UnknownNameError, match=r"'fintune'.*finetune, partial, gradual, scratch, probe, lora, adapter, bitfit, setfit, cnn, auto"):
         _run(image_folder, tmp_path / "x", strategies=("probe", "fintune"))
     with pytest.raises(DataError, match="smallest class has 12 samples"):
         _run(image_folder, tmp_path / "x", labels_per_class=(12,))
