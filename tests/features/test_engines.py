@@ -137,6 +137,8 @@ def test_workers_sized_from_measured_rates(tiny, digits24, monkeypatch):
     tf = tiny.transform()
     pos = np.arange(24)
     monkeypatch.setattr(S, "_cpus", lambda: 5)
+    assert size_workers(Fast(), digits24, pos, tf, 8) == 1  # a small job is not worth measuring: one worker
+    monkeypatch.setattr(S, "SIZE_WORKERS_MIN_ITEMS", 10)
     assert size_workers(Fast(), digits24, pos, tf, 8) == 4
     monkeypatch.setattr(S, "_cpus", lambda: 1)
     assert size_workers(Fast(), digits24, pos, tf, 8) == 0  # one CPU: load in the main process

@@ -78,16 +78,24 @@ def default_num_workers() -> int:
     return max(0, min(8, _cpus() - 1))
 
 
+#: below this many items to extract, :func:`size_workers` does not measure (see there)
+SIZE_WORKERS_MIN_ITEMS = 256
+
+
 def size_workers(engine: Any, source: DataSource, positions: np.ndarray, transform: Callable | None,
                  batch_size: int, *, sample: int = 16, log: Callable[[str], None] | None = None,
                  normalise: Callable | None = None) -> int:
     """Data-loading workers sized from measurements: decode + transform of up to ``sample`` items in this process
     (items/s of one worker) against the engine's items/s on them, plus 20 % headroom, at most the CPUs this process
     may use less one (16 at most; 0 on a single CPU). Text needs no decoding: 0 workers (tokenising is in
-    ``collate``, which runs where the batch is made)."""
+    ``collate``, which runs where the batch is made). Jobs under ``SIZE_WORKERS_MIN_ITEMS`` items are not measured
+    (the measurement costs two engine calls on ``sample`` items, a third of a 96-image job): one worker, which
+    overlaps decoding with the forward pass."""
     cap = max(0, min(16, _cpus() - 1))
     if cap == 0 or source.modality != "image" or not len(positions):
         return 0
+    if len(positions) < SIZE_WORKERS_MIN_ITEMS:
+        return 1
     take = positions[:min(sample, len(positions))]
     t = time.perf_counter()
     items = []
