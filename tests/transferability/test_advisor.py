@@ -159,9 +159,27 @@ def test_the_race_keeps_the_probe_unless_a_costlier_strategy_leads_by_more_than_
     assert choice == "probe" and "within the noise of 12 items" in why[0]
     assert race_choice({"probe": 0.5, "gradual": 0.667}, 12, z=0)[0] == "gradual"  # z=0: the plain arg-max
     assert race_choice({"probe": 0.9, "gradual": 0.9}, 12)[0] == "probe"  # a tie: the probe costs seconds
-    # the lead is measured against the cheapest candidate scored, in the given order
+    # the lead is measured against the default (no rule: the probe), or the cheapest candidate scored without it
     assert race_choice({"probe": None, "gradual": 0.5, "finetune": 0.95}, 100)[0] == "finetune"
     # no validation split (fewer than 5 labels per class): the size x similarity rule decides
     choice, why = race_choice({"probe": None, "gradual": None}, 0, rule="partial")
     assert choice == "partial" and "no validation split" in why[0]
     assert race_choice({}, 0)[0] == "probe"
+
+
+def test_the_race_defaults_to_the_size_x_similarity_verdict_and_leaves_it_only_on_a_significant_lead():
+    from transferkit.transferability.advisor import race_choice, rule_default
+
+    assert rule_default("probe") == rule_default(None) == "probe"
+    assert rule_default("partial") == rule_default("finetune") == "gradual"
+    # the rule says fine-tune: gradual unfreezing is the default, and the probe's 2-item lead on 12 items is noise
+    # (synth-digits at 5 labels per class: the probe led on validation, gradual won the test by 7 points)
+    choice, why = race_choice({"probe": 0.5, "gradual": 0.4, "partial": 0.2, "finetune": 0.2}, 12, rule="partial")
+    assert choice == "gradual" and "so the default gradual stays" in why[0]
+    # ... but a significant lead still wins: the probe 20 points ahead on 200 items
+    choice, why = race_choice({"probe": 0.8, "gradual": 0.6, "partial": 0.6, "finetune": 0.5}, 200, rule="finetune")
+    assert choice == "probe" and "beats the default gradual" in why[0]
+    # the rule says freeze: the probe is the default, as before
+    assert race_choice({"probe": 0.5, "gradual": 0.667}, 12, rule="probe")[0] == "probe"
+    # the default was not raced (no score): the cheapest scored candidate stands in
+    assert race_choice({"probe": 0.7, "gradual": None}, 40, rule="partial")[0] == "probe"

@@ -93,7 +93,7 @@ import numpy as np
 
 from ..errors import ScoreError
 
-__all__ = ["Advice", "advise", "advise_data", "race_choice", "race_margin", "RACE_Z", "RACE_CANDIDATES", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
+__all__ = ["Advice", "advise", "advise_data", "race_choice", "race_margin", "rule_default", "RACE_Z", "RACE_CANDIDATES", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
            "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR",
            "PAD_DISSIMILAR", "MAX_SAMPLES"]
 
@@ -387,6 +387,12 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
 RACE_Z = 1.28
 
 
+def rule_default(rule: str | None) -> str:
+    """The race's default candidate from the size x similarity rule's verdict: the probe when it says freeze (or
+    says nothing), gradual unfreezing when it says fine-tune (``partial`` or ``finetune``)."""
+    return "probe" if rule in (None, "probe") else "gradual"
+
+
 def race_margin(p_cheap: float, p_other: float, n_val: int, z: float = RACE_Z) -> float:
     """The validation-accuracy lead a costlier strategy needs over a cheaper one before ``auto`` trusts it.
 
@@ -406,19 +412,23 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
     """The strategy ``auto`` picks from the **validation** accuracies of the strategies raced on the same split.
 
     Every candidate was trained on the training part of the labelled split and chosen (head C, best epoch) on its
-    validation part. The cheapest candidate (``order``: the probe first) is kept unless a costlier one beats it on
-    validation by a significant margin (:func:`race_margin`: ``z`` = 1.28, a one-sided test at 10 %); among
-    those that do, the best validation score wins (ties to the cheaper). A bare arg-max would trust noise: on a
-    dozen validation items, and with each fine-tuning run's best epoch chosen on those same items (which inflates
-    its score), it picked a fine-tuned model that lost up to 8 points of test accuracy to the probe
-    (``bench_finetune``, clipart). Without a validation split (fewer than 5 labels per class) there is nothing to
-    judge on, and the size x similarity ``rule`` (the probe when not given) decides. Test labels are never looked at.
+    validation part. The **default** is the size x similarity rule's verdict (:func:`advise`): the probe when it
+    says freeze, gradual unfreezing when it says fine-tune (partly or fully: gradual unfreezing, Howard & Ruder,
+    ACL 2018, was the best fine-tuning variant on 11 of 15 ``bench_finetune`` splits). The default is kept unless
+    another candidate beats it on validation by a significant margin (:func:`race_margin`: ``z`` = 1.28, a
+    one-sided test at 10 %); among those that do, the best validation score wins (ties to the cheaper). A bare
+    arg-max would trust noise: on a dozen validation items, and with each fine-tuning run's best epoch chosen on
+    those same items (which inflates its score), it picked a fine-tuned model that lost up to 8 points of test
+    accuracy to the probe (``bench_finetune``, clipart); and with the cheapest candidate as the default, ``auto``
+    kept the probe on far-from-ImageNet digits where gradual unfreezing won by 7-12 points on 10-40 validation
+    items (``benchmarks/race_rescore.py``). Without a validation split (fewer than 5 labels per class) the rule
+    decides alone. Test labels are never looked at.
 
     Args:
         val_scores: candidate -> its validation accuracy (None when it could not be scored).
         n_val: validation items.
-        rule: the size x similarity rule's choice (:func:`advise`), the fallback.
-        order: candidate preference (cheapest first).
+        rule: the size x similarity rule's choice (:func:`advise`; the probe when not given).
+        order: candidate preference (cheapest first), for ties.
         z: the margin's one-sided z (0: the plain arg-max).
 
     Returns:
@@ -430,7 +440,9 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
         return choice, [f"no validation split to race on (fewer than {TINY_LABELS_PER_CLASS} labels per class): "
                         f"{choice}, by the size x similarity rule"]
     ranked = [k for k in order if k in scored] + [k for k in scored if k not in order]
-    base = ranked[0]
+    default = rule_default(rule)
+    base = default if default in scored else ranked[0]
+    ranked = [base] + [k for k in ranked if k != base]
     clear = [k for k in ranked[1:] if scored[k] - scored[base] > race_margin(scored[base], scored[k], n_val, z)]
     choice = max(clear, key=lambda k: (scored[k], -ranked.index(k))) if clear else base
     table = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(scored.items(), key=lambda kv: -kv[1]))
@@ -440,10 +452,10 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
         need = race_margin(scored[base], scored[best], n_val, z)
         if scored[best] > scored[base]:
             why += (f" ({best} leads by {100 * (scored[best] - scored[base]):.1f} points, within the noise of "
-                    f"{n_val} items: it needs more than {100 * need:.1f}, so the cheaper {base} stays)")
+                    f"{n_val} items: it needs more than {100 * need:.1f}, so the default {base} stays)")
         else:
-            why += f" (nothing beats the cheaper {base})"
+            why += f" (nothing beats the default {base})"
     else:
-        why += (f" (beats {base} by {100 * (scored[choice] - scored[base]):.1f} points, more than the noise margin "
+        why += (f" (beats the default {base} by {100 * (scored[choice] - scored[base]):.1f} points, more than the noise margin "
                 f"{100 * race_margin(scored[base], scored[choice], n_val, z):.1f} on {n_val} items)")
     return choice, [why]
