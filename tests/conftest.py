@@ -29,6 +29,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own feature cache; nothing touches ~/.cache."""
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # a wide terminal for rich: its tables and titles must not wrap on long temporary paths (under pytest-xdist
+    # they are longer), so that tests can read what the CLI printed
+    monkeypatch.setenv("COLUMNS", "240")
 
 
 def make_image(kind: int, seed: int, size: int = 32) -> Image.Image:

@@ -615,7 +615,8 @@ def fewshot(
                       log=None if quiet else (lambda m: err.print(f"[dim]{m}[/dim]", highlight=False)))
     r, st = res.result, res.result.settings
     where = res.data + (f" (base classes from {res.base_data})" if res.base_data else "")
-    table = Table(title=f"{where}: {st['ways']}-way accuracy %, mean ± 95% CI over {st['episodes']} episodes, "
+    out.print(f"data: {where}", highlight=False)  # on its own line: a table title wraps at the table's width
+    table = Table(title=f"{st['ways']}-way accuracy %, mean ± 95% CI over {st['episodes']} episodes, "
                         f"{st['queries']} queries per class")
     table.add_column("head")
     for k in st["shots"]:

@@ -5,7 +5,8 @@
 -> linear classifier. :func:`train_adapter` hands the training loop (:mod:`transferkit.train.loop`) a plan with two
 streams, a labelled ``labelled`` (source) stream and an unlabelled ``target`` stream (and optionally a few labelled
 target samples, ``target_labelled``); each step draws a batch of each, runs them through the network *together*
-(batch norm sees both domains), and minimises
+(batch norm sees both domains; the source-only baseline draws no target batch: it is trained on the source alone,
+as the literature's source-only baseline is), and minimises
 
     cross-entropy(source) [+ cross-entropy(labelled target, if given)] + trade_off * method(step)
 
@@ -165,15 +166,22 @@ class Adaptation(Objective):
         super().__init__()
         self.method = method
         self.trade_off, self.source_loss_weight = float(trade_off), float(source_loss_weight)
-        self.streams = ("labelled", "target") + (("target_labelled",) if labelled_target else ())
+        # a method without an alignment term (source-only) never reads the unlabelled target: no target batch is
+        # drawn or forwarded, as in the source-only baselines of DANN, TLlib, skada and DomainBed
+        self.uses_target = bool(getattr(method, "uses_target", True))
+        self.streams = (("labelled",) + (("target",) if self.uses_target else ())
+                        + (("target_labelled",) if labelled_target else ()))
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        outs = step.outputs(*self.streams)
-        s, t = outs[0], outs[1]
+        outs = dict(zip(self.streams, step.outputs(*self.streams)))
+        s = outs["labelled"]
         y_s = step.y("labelled")
         cls = self.source_loss_weight * F.cross_entropy(s.logits.float(), y_s)
-        if len(outs) > 2:
-            cls = cls + F.cross_entropy(outs[2].logits.float(), step.y("target_labelled"))
+        if "target_labelled" in outs:
+            cls = cls + F.cross_entropy(outs["target_labelled"].logits.float(), step.y("target_labelled"))
+        if not self.uses_target:
+            return {"cls": cls, "transfer": cls.new_zeros(())}
+        t = outs["target"]
         transfer = self.method(DomainStep(s.features, t.features, s.logits, t.logits, y_s, step.progress,
                                           x_s=step.x("labelled"), x_t=step.x("target")))
         return {"cls": cls, "transfer": self.trade_off * transfer}
