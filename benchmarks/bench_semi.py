@@ -58,12 +58,14 @@ def split(y: np.ndarray, budget: int, seed: int) -> dict[str, np.ndarray]:
 def render(records: list[dict], info: dict, cmd: str) -> str:
     cmds = cmd if isinstance(cmd, list) else [cmd]
     lines = ["### Semi-supervised transfer (issue 11)", "",
-             "Commands, in order (2026-11-30 01:52-02:31 UTC; the first three ran side by side with other engineers' "
-             "jobs on the same 2 cores, load average 5-23, so seconds are inflated 2-4x):", "",
+             "Commands, in order (each ran side by side with other engineers' jobs on the same 2 cores, so seconds "
+             "are inflated; the machine line gives the date and load of the last):", "",
              *[f"    {c}" for c in cmds], "", f"Machine: {machine_line(info)}", "",
              "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
              "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
-             "strong views (lite0 frozen). `wins` = seeds on which the row beats both self-training and label "
+             "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
+             "features started at the labelled class means, the labelled term on every cached view, distribution "
+             "alignment (see the notes below). `wins` = seeds on which the row beats both self-training and label "
              "spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
              "(view features cached), this shared 2-core machine.", ""]
@@ -127,10 +129,17 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=4)
     ap.add_argument("--hidden", default="", help="hidden layers of the semi-supervised head ('' = linear)")
     ap.add_argument("--lr", type=float, default=0.03)
+    ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
+                                                     "version's: with --init random --labelled-views weak --no-align)")
+    ap.add_argument("--init", default="prototypes")
+    ap.add_argument("--labelled-views", default="weak,strong,eval")
+    ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
+    ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
     ap.add_argument("--cache-dir", default="/tmp/tk-bench-cache-semi")
     ap.add_argument("--merge", action="store_true", help="keep earlier records of other cells from the JSON file")
+    ap.add_argument("--render", action="store_true", help="only rewrite the table from the JSON file")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_semi.md"))
     args = ap.parse_args()
 
@@ -151,6 +160,11 @@ def main() -> None:
     raw = out.with_suffix(".json")
     info, cmd = machine_info(), command_line()
     records: list[dict] = []
+    if args.render:
+        old = json.loads(raw.read_text())
+        atomic_write_text(out, render(old["records"], old["machine"], old["command"]))
+        print(render(old["records"], old["machine"], old["command"]))
+        return
     if args.merge and raw.is_file():
         old = json.loads(raw.read_text())
         records = old["records"]
@@ -186,7 +200,7 @@ def main() -> None:
                 yt = y[sp["test"]]
                 for m in methods:
                     t = time.perf_counter()
-                    rec = dict(base, method=m)
+                    rec = dict(base, method=m + (args.suffix if m in SEMI else ""))
                     if m in ("probe", "probe-auto"):
                         name = choose_head(y[sp["lab"]], False)[0] if m == "probe-auto" else "logreg"
                         rec["head"] = name
@@ -201,7 +215,9 @@ def main() -> None:
                     else:
                         cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
-                                         seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr)
+                                         seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
+                                         head=args.head, init=args.init,
+                                         labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align)
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
                         fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                               config=cfg, **kw)
