@@ -4,8 +4,9 @@ For each dataset and seed, 30 % of every class is the test split (stratified, se
 per class are labelled and all the others form the unlabelled pool. On the same split:
 
 - ``probe``: the package's logistic-regression head on the N labels alone (eval-view lite0 features);
-- ``probe-auto``: the head ``fit`` picks by default at that budget (``head="auto"``: nearest class mean with
-  SimpleShot's CL2N at 1-4 labels per class without a validation split), on the same labels;
+- ``probe-auto``: the head ``fit`` picks by default at that budget (``head="auto"``: at 1-4 labels per class without
+  a validation split the few-shot default, logistic regression on L2-normalised features with C=100), on the same
+  labels;
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
 - ``fixmatch``, ``flexmatch``, ``freematch`` at probe cost: the head trains on cached features of 4 weak and
   4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
@@ -149,7 +150,7 @@ def main() -> None:
     from transferkit.data import load_data
     from transferkit.data.splits import Splits
     from transferkit.features import FeatureStore
-    from transferkit.fewshot.choice import choose_head
+    from transferkit.fewshot.choice import auto_head_params, choose_head
     from transferkit.heads import create_head
     from transferkit.semi.baselines import label_spreading, self_training
     from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
@@ -203,8 +204,9 @@ def main() -> None:
                     rec = dict(base, method=m + (args.suffix if m in SEMI else ""))
                     if m in ("probe", "probe-auto"):
                         name = choose_head(y[sp["lab"]], False)[0] if m == "probe-auto" else "logreg"
-                        rec["head"] = name
-                        head = create_head(name).fit(X[sp["lab"]], y[sp["lab"]])
+                        hp = auto_head_params(name) if m == "probe-auto" else {}
+                        rec["head"], rec["head_params"] = name, hp
+                        head = create_head(name, **hp).fit(X[sp["lab"]], y[sp["lab"]])
                         pred = head.predict(X[sp["test"]])
                         rec["pool_accuracy"] = float((head.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
                     elif m in ("self-training", "label-spreading"):
