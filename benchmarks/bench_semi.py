@@ -105,7 +105,7 @@ def render(records: list[dict], info: dict, cmd: str) -> str:
             lines.append("")
             rows = []
             for b in budgets:
-                for m in SEMI:
+                for m in (*SEMI, *sorted({r["method"] for r in curves} - set(SEMI))):
                     cs = [r["curve"] for r in curves if r["budget"] == b and r["method"] == m]
                     if cs:
                         c = np.mean(np.array(cs), axis=0)
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--init", default="prototypes")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
+    ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -221,6 +222,8 @@ def main() -> None:
                                          head=args.head, init=args.init,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align)
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
+                        if m == "flexmatch" and args.no_flex_warmup:
+                            kw["warmup"] = False
                         fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                               config=cfg, **kw)
                         with torch.no_grad():
