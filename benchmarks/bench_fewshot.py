@@ -41,7 +41,8 @@ from _common import (RESULTS_DIR, atomic_write_text, command_line, log, machine_
 #: them, ``ncm-cl2n/support`` always on the support (what ``fit`` does: it has no base classes)
 TEST_HEADS = [("protonet", "protonet", {}), ("ncm-l2n", "ncm-l2n", {}), ("ncm-cl2n", "ncm-cl2n", {}),
               ("ncm-cl2n/support", "ncm-cl2n", {"center": "support"}), ("logreg", "logreg", {}),
-              ("logreg-l2n", "logreg-l2n", {}), ("chen-baseline", "chen-baseline", {}),
+              ("logreg-l2n", "logreg-l2n", {}), ("logreg-l2n C=10", "logreg-l2n", {"C": 10.0}),
+              ("logreg-l2n C=100", "logreg-l2n", {"C": 100.0}), ("chen-baseline", "chen-baseline", {}),
               ("chen-baseline++", "chen-baseline++", {})]
 #: validation episodes have no base features, so the two ncm-cl2n rows would be the same head: one of them
 VAL_HEADS = [h for h in TEST_HEADS if h[0] != "ncm-cl2n/support"]
@@ -83,6 +84,14 @@ def case_data(case: str, store, bb) -> dict:
         return {"X": X, "y": y, "novel": [str(d) for d in range(5, 10)], "base": base,
                 "base_features": Xb[np.isin(yb, base)], "extracted": {"digits": ext, "mnist5k": ext_b}}
     raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+
+
+def leaders(rows: list[dict]) -> list[str]:
+    """Heads whose mean is the best or within the best head's 95% interval, best first (as
+    :meth:`transferkit.fewshot.FewShotResult.leaders`)."""
+    rows = sorted(rows, key=lambda r: -r["mean"])
+    floor = rows[0]["mean"] - rows[0]["ci95"] if rows else 0.0
+    return [r["label"] for r in rows if r["mean"] >= floor - 1e-12]
 
 
 def cell_table(cell: dict, shots: list[int]) -> str:
@@ -154,9 +163,11 @@ def render(doc: dict) -> str:
              "accuracy ± 1.96·sd/√episodes. **Bold**: the best head or within its 95% interval. Heads: `protonet` "
              "(class means of raw features, softmax over negative squared distances), `ncm-l2n` / `ncm-cl2n` "
              "(SimpleShot's L2N / CL2N; `ncm-cl2n` centres on the base classes' mean, `ncm-cl2n/support` on the "
-             "support's, as `fit` does), `logreg` (the standardised logistic probe `fit -n 1` trained until now, C=1 "
-             "with no validation), `logreg-l2n` (scikit-learn's logistic regression, C=1, on L2-normalised "
-             "features), `chen-baseline` / `chen-baseline++` (Chen et al.'s new linear / cosine classifier, SGD lr "
+             "support's, `fit`'s few-shot default before logreg-l2n C=100), `logreg` (the standardised logistic probe "
+             "`fit -n 1` trained before either, C=1 with no validation), `logreg-l2n` (scikit-learn's logistic regression, C=1, on L2-normalised "
+             "features; `logreg-l2n C=10` / `C=100` the same with weaker regularisation, scale-free since the "
+             "features are normalised: on raw lite0 features of norm 15-17, C=1 is about C=250 on L2-normalised ones), "
+             "`chen-baseline` / `chen-baseline++` (Chen et al.'s new linear / cosine classifier, SGD lr "
              "0.01, 100 epochs of batches of 4, trained through the training loop). Timings are CPU seconds on a "
              "shared 2-core machine (one thread), all episodes of the row.\n"]
     parts.append("#### Choosing fit's few-shot head: validation episodes on the base classes (no test episode "
@@ -190,6 +201,17 @@ def render(doc: dict) -> str:
                 checks.append(f"{name} {k}-shot: {'yes' if ok else 'NO'}")
         parts.append(f"Is the default, as `fit` uses it (`{row}`), the best or within the best's 95% CI on the test "
                      f"episodes? " + "; ".join(checks) + ".\n")
+        from transferkit.fewshot.choice import FEWSHOT_HEAD, FEWSHOT_PARAMS
+
+        shipped = next((h[0] for h in TEST_HEADS if h[1] == FEWSHOT_HEAD and h[2] == FEWSHOT_PARAMS), None)
+        parts.append(f"The package's few-shot default (`transferkit.fewshot.choice`: {FEWSHOT_HEAD} "
+                     f"{FEWSHOT_PARAMS or ''}) is the row `{shipped}`: "
+                     + ("the rule's choice." if shipped == ch["choice"] else "NOT the rule's choice.") + "\n")
+    if doc.get("reused_from"):
+        parts.append(f"Rows marked as kept come from `{doc['reused_from']}` (the same settings and seed, hence the "
+                     "same episodes); their seconds were measured in that run: "
+                     + "; ".join(f"{name}: {', '.join(sorted({r['label'] for r in c['rows'] if r.get('reused')}))}"
+                                 for name, c in [*doc["validation"].items(), *doc["test"].items()]) + ".\n")
     return "\n".join(parts)
 
 
@@ -234,6 +256,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     ap.add_argument("--no-validation", action="store_true", help="skip the validation episodes (and the choice)")
     ap.add_argument("--resume", action="store_true", help="keep cells of the JSON file run with the same settings")
+    ap.add_argument("--reuse", default=None,
+                    help="an earlier run's JSON with the same settings: its rows of heads listed now (same label and "
+                         "parameters) are kept, as the episodes are the same; only the other heads run")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_fewshot.md"))
     ap.add_argument("--merge", default=None,
                     help="comma-separated JSON files of runs with the same settings (e.g. cases run in parallel "
@@ -269,12 +294,39 @@ def main() -> None:
         atomic_write_text(raw, json.dumps(doc, indent=1))
         atomic_write_text(out, render(doc))
 
-    def run(X, y, novel, heads, base=None, base_features=None, episodes=args.episodes) -> dict:
+    reuse = {}
+    if args.reuse:
+        old = json.loads(Path(args.reuse).read_text())
+        if {k: v for k, v in old["settings"].items()} != settings:
+            raise SystemExit(f"--reuse {args.reuse}: settings {old['settings']} differ from {settings}")
+        reuse = {**{("validation", k): v for k, v in old["validation"].items()},
+                 **{("test", k): v for k, v in old["test"].items()}}
+        doc["reused_from"] = args.reuse
+
+    def run(X, y, novel, heads, base=None, base_features=None, episodes=args.episodes, key=None) -> dict:
         t = time.perf_counter()
-        r = evaluate_episodes(X, y, novel=novel, base=base, base_features=base_features, ways=args.ways, shots=shots,
-                              queries=args.queries, episodes=episodes, heads=heads, seed=args.seed, chunk=args.chunk,
-                              log=log)
-        d = r.to_dict(per_episode=False)
+        old = reuse.get(key)
+        same = lambda h, r: h[0] == r["label"] and h[2] == {k: v for k, v in r["params"].items()  # noqa: E731
+                                                            if k != "random_state"}
+        kept = [] if old is None else [r for r in old["rows"] if any(same(h, r) for h in heads)]
+        todo = [h for h in heads if h[0] not in {r["label"] for r in kept}]
+        d = None
+        if todo:
+            r = evaluate_episodes(X, y, novel=novel, base=base, base_features=base_features, ways=args.ways,
+                                  shots=shots, queries=args.queries, episodes=episodes, heads=todo, seed=args.seed,
+                                  chunk=args.chunk, log=log)
+            d = r.to_dict(per_episode=False)
+        if kept:  # the same episodes (same seed and settings): the earlier rows of the other heads stand
+            for row in kept:
+                row["reused"] = True
+            rows = kept + (d["rows"] if d else [])
+            order = {h[0]: i for i, h in enumerate(heads)}
+            rows.sort(key=lambda r: (r["shots"], order[r["label"]]))
+            d = {"settings": dict(old["settings"], heads=[{"label": h[0], "head": h[1], "params": h[2]}
+                                                          for h in heads]),
+                 "rows": rows, "leaders": {str(k): leaders([r for r in rows if r["shots"] == k]) for k in shots}}
+            log(f"{key[1]}: {len(kept)} rows of {sorted({r['label'] for r in kept})} kept from {args.reuse}, "
+                f"{len(todo)} head(s) run now")
         d.update(heads=[h[0] for h in heads], novel=list(novel), seconds=time.perf_counter() - t)
         return d
 
@@ -291,7 +343,8 @@ def main() -> None:
             data[case] = data.get(case) or case_data(case, store, bb)
             d = data[case]
             log(f"validation episodes: {name} {d['base']}")
-            doc["validation"][name] = run(d["X"], d["y"], d["base"], VAL_HEADS, episodes=args.val_episodes)
+            doc["validation"][name] = run(d["X"], d["y"], d["base"], VAL_HEADS, episodes=args.val_episodes,
+                                          key=("validation", name))
             save()
         cells = [doc["validation"][f"{c} base classes"] for c in ("clipart", "mnist5k")]
         doc["choice"] = choose_default(cells, shots)
@@ -304,11 +357,11 @@ def main() -> None:
         d = data.get(case) or case_data(case, store, bb)
         log(f"test episodes: {case}, novel {d['novel']}")
         if d["base_features"] is not None:
-            cell = run(d["X"], d["y"], d["novel"], TEST_HEADS, base_features=d["base_features"])
+            cell = run(d["X"], d["y"], d["novel"], TEST_HEADS, base_features=d["base_features"], key=("test", case))
             cell["settings"]["base"] = d["base"]
             cell.update(base=d["base"], base_items=int(len(d["base_features"])), base_data="mnist5k")
         else:
-            cell = run(d["X"], d["y"], d["novel"], TEST_HEADS, base=d["base"])
+            cell = run(d["X"], d["y"], d["novel"], TEST_HEADS, base=d["base"], key=("test", case))
             cell.update(base=d["base"], base_items=cell["settings"]["base_items"])
         cell["extracted"] = d["extracted"]
         doc["test"][case] = cell

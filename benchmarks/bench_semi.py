@@ -4,8 +4,9 @@ For each dataset and seed, 30 % of every class is the test split (stratified, se
 per class are labelled and all the others form the unlabelled pool. On the same split:
 
 - ``probe``: the package's logistic-regression head on the N labels alone (eval-view lite0 features);
-- ``probe-auto``: the head ``fit`` picks by default at that budget (``head="auto"``: nearest class mean with
-  SimpleShot's CL2N at 1-4 labels per class without a validation split), on the same labels;
+- ``probe-auto``: the head ``fit`` picks by default at that budget (``head="auto"``: at 1-4 labels per class without
+  a validation split the few-shot default, logistic regression on L2-normalised features with C=100), on the same
+  labels;
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
 - ``fixmatch``, ``flexmatch``, ``freematch`` at probe cost: the head trains on cached features of 4 weak and
   4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
@@ -58,12 +59,14 @@ def split(y: np.ndarray, budget: int, seed: int) -> dict[str, np.ndarray]:
 def render(records: list[dict], info: dict, cmd: str) -> str:
     cmds = cmd if isinstance(cmd, list) else [cmd]
     lines = ["### Semi-supervised transfer (issue 11)", "",
-             "Commands, in order (2026-11-30 01:52-02:31 UTC; the first three ran side by side with other engineers' "
-             "jobs on the same 2 cores, load average 5-23, so seconds are inflated 2-4x):", "",
+             "Commands, in order (each ran side by side with other engineers' jobs on the same 2 cores, so seconds "
+             "are inflated; the machine line gives the date and load of the last):", "",
              *[f"    {c}" for c in cmds], "", f"Machine: {machine_line(info)}", "",
              "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
              "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
-             "strong views (lite0 frozen). `wins` = seeds on which the row beats both self-training and label "
+             "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
+             "features started at the labelled class means, the labelled term on every cached view, distribution "
+             "alignment (see the notes below). `wins` = seeds on which the row beats both self-training and label "
              "spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
              "(view features cached), this shared 2-core machine.", ""]
@@ -102,7 +105,7 @@ def render(records: list[dict], info: dict, cmd: str) -> str:
             lines.append("")
             rows = []
             for b in budgets:
-                for m in SEMI:
+                for m in (*SEMI, *sorted({r["method"] for r in curves} - set(SEMI))):
                     cs = [r["curve"] for r in curves if r["budget"] == b and r["method"] == m]
                     if cs:
                         c = np.mean(np.array(cs), axis=0)
@@ -127,10 +130,18 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=4)
     ap.add_argument("--hidden", default="", help="hidden layers of the semi-supervised head ('' = linear)")
     ap.add_argument("--lr", type=float, default=0.03)
+    ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
+                                                     "version's: with --init random --labelled-views weak --no-align)")
+    ap.add_argument("--init", default="prototypes")
+    ap.add_argument("--labelled-views", default="weak,strong,eval")
+    ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
+    ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
+    ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
     ap.add_argument("--cache-dir", default="/tmp/tk-bench-cache-semi")
     ap.add_argument("--merge", action="store_true", help="keep earlier records of other cells from the JSON file")
+    ap.add_argument("--render", action="store_true", help="only rewrite the table from the JSON file")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_semi.md"))
     args = ap.parse_args()
 
@@ -140,7 +151,7 @@ def main() -> None:
     from transferkit.data import load_data
     from transferkit.data.splits import Splits
     from transferkit.features import FeatureStore
-    from transferkit.fewshot.choice import choose_head
+    from transferkit.fewshot.choice import auto_head_params, choose_head
     from transferkit.heads import create_head
     from transferkit.semi.baselines import label_spreading, self_training
     from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
@@ -151,6 +162,11 @@ def main() -> None:
     raw = out.with_suffix(".json")
     info, cmd = machine_info(), command_line()
     records: list[dict] = []
+    if args.render:
+        old = json.loads(raw.read_text())
+        atomic_write_text(out, render(old["records"], old["machine"], old["command"]))
+        print(render(old["records"], old["machine"], old["command"]))
+        return
     if args.merge and raw.is_file():
         old = json.loads(raw.read_text())
         records = old["records"]
@@ -186,11 +202,12 @@ def main() -> None:
                 yt = y[sp["test"]]
                 for m in methods:
                     t = time.perf_counter()
-                    rec = dict(base, method=m)
+                    rec = dict(base, method=m + (args.suffix if m in SEMI else ""))
                     if m in ("probe", "probe-auto"):
                         name = choose_head(y[sp["lab"]], False)[0] if m == "probe-auto" else "logreg"
-                        rec["head"] = name
-                        head = create_head(name).fit(X[sp["lab"]], y[sp["lab"]])
+                        hp = auto_head_params(name) if m == "probe-auto" else {}
+                        rec["head"], rec["head_params"] = name, hp
+                        head = create_head(name, **hp).fit(X[sp["lab"]], y[sp["lab"]])
                         pred = head.predict(X[sp["test"]])
                         rec["pool_accuracy"] = float((head.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
                     elif m in ("self-training", "label-spreading"):
@@ -201,8 +218,12 @@ def main() -> None:
                     else:
                         cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
-                                         seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr)
+                                         seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
+                                         head=args.head, init=args.init,
+                                         labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align)
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
+                        if m == "flexmatch" and args.no_flex_warmup:
+                            kw["warmup"] = False
                         fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                               config=cfg, **kw)
                         with torch.no_grad():

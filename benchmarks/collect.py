@@ -25,7 +25,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Before/after the training-loop rebuild (issue 9)", ["bench_refactor", "bench_finetune_clipart"]),
     ("Zero-shot (issue 11)", ["bench_zeroshot_notes", "bench_zeroshot_zsl", "bench_zeroshot_gzsl",
                               "bench_zeroshot_text"]),
-    ("Few-shot and one-shot (issue 11)", ["bench_fewshot", "bench_fewshot_fit"]),
+    ("Few-shot and one-shot (issue 11)", ["bench_fewshot", "bench_fewshot_notes", "bench_fewshot_fit"]),
     ("Semi-supervised (issue 11)", ["bench_semi", "bench_semi_notes"]),
     ("Text transfer (issue 12)", ["bench_text", "bench_text_dev"]),
     ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_multitask"]),

@@ -190,7 +190,7 @@ def _pct(v: float | None) -> str:
 def fit(
     data: str = typer.Argument("clipart", help="Built-in dataset name, a folder with one sub-folder per class, or a CSV/TSV/Parquet table."),
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
-    head: str = typer.Option("auto", "--head", help="Head on the features: auto (logreg, or with 1-4 labels per class and no validation split the few-shot default ncm-cl2n; it says why), logreg, linear, mlp, or a few-shot head: ncm-cl2n, ncm-l2n, protonet, logreg-l2n, chen-baseline, chen-baseline++; or hidden (one hidden sigmoid layer: the word-vector recipe's small classifier)."),
+    head: str = typer.Option("auto", "--head", help="Head on the features: auto (logreg, or with 1-4 labels per class and no validation split the few-shot default logreg-l2n with C=100; it says why), logreg, linear, mlp, or a few-shot head: ncm-cl2n, ncm-l2n, protonet, logreg-l2n, chen-baseline, chen-baseline++; or hidden (one hidden sigmoid layer: the word-vector recipe's small classifier)."),
     labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", "-n", help="Labelled budget per class; the rest is the test split (default: 10 for built-in datasets, all labels for your data)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of training."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<time>-<data>-<backbone>)."),

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import TINY
 from transferkit import load_run
-from transferkit.fewshot import FEWSHOT_HEAD, FEWSHOT_MAX_LABELS, choose_head
+from transferkit.fewshot import FEWSHOT_HEAD, FEWSHOT_MAX_LABELS, FEWSHOT_PARAMS, choose_head, resolve_auto_head
 from transferkit.heads import create_head
 from transferkit.pipeline import fit_run
 
@@ -27,6 +27,37 @@ def test_choose_head_by_labels_per_class():
     assert head == "logreg" and "C chosen on validation" in why
 
 
+def test_auto_gives_the_few_shot_head_its_parameters_unless_the_user_gave_them():
+    params = {}
+    assert resolve_auto_head(["a", "b"], params)[0] == FEWSHOT_HEAD and params == FEWSHOT_PARAMS
+    params = {"C": 3.0}
+    resolve_auto_head(["a", "b"], params)
+    assert params == {**FEWSHOT_PARAMS, "C": 3.0}
+    params = {}
+    assert resolve_auto_head(["a"] * 9 + ["b"] * 9, params)[0] == "logreg" and params == {}
+
+
+def test_the_shipped_default_is_the_benchmark_rule_s_choice_on_validation_episodes():
+    """The default is not picked by hand: bench_fewshot's rule on validation episodes of base classes chose it
+    (benchmarks/results/bench_fewshot.json, the run this package's numbers come from)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    raw = root / "results" / "bench_fewshot.json"
+    if not raw.is_file():
+        pytest.skip("benchmark results not in this checkout")
+    sys.path.insert(0, str(root))
+    try:
+        from bench_fewshot import TEST_HEADS, choose_default
+    finally:
+        sys.path.remove(str(root))
+    doc = json.loads(raw.read_text())
+    cells = [doc["validation"][f"{c} base classes"] for c in ("clipart", "mnist5k")]
+    choice = choose_default(cells, doc["settings"]["shots"])["choice"]
+    assert next((h[1], h[2]) for h in TEST_HEADS if h[0] == choice) == (FEWSHOT_HEAD, FEWSHOT_PARAMS)
+
+
 def test_fit_one_label_per_class_picks_the_few_shot_head_and_the_run_predicts_the_same(image_folder, tmp_path):
     res = fit_run(str(image_folder), backbone=TINY, labels_per_class=1, out=tmp_path / "run", baseline=False,
                   progress=False, num_workers=0)
@@ -35,6 +66,7 @@ def test_fit_one_label_per_class_picks_the_few_shot_head_and_the_run_predicts_th
     config = json.loads((res.run_dir / "config.json").read_text())
     assert config["head"] == FEWSHOT_HEAD and config["head_requested"] == "auto"
     assert config["head_reason"] == res.head_reason
+    assert config["head_params"] == FEWSHOT_PARAMS and config["head_fitted"]["C"] == FEWSHOT_PARAMS["C"]
     report = (res.run_dir / "report.html").read_text()
     assert f"Why the {FEWSHOT_HEAD} head?" in report and "too few to hold out a validation split" in report
     assert res.metrics["accuracy"] > 0.5, "three very different synthetic classes from one example each (chance 1/3)"
@@ -61,8 +93,8 @@ def test_auto_with_parameters_the_chosen_head_does_not_take_is_refused(image_fol
     from transferkit.errors import TransferkitError
 
     with pytest.raises(TransferkitError, match=rf"head='auto' chose {FEWSHOT_HEAD} .*does not take head_params "
-                                               r"\{'C': 0.1\}"):
-        fit_run(str(image_folder), backbone=TINY, labels_per_class=1, head_params={"C": 0.1}, out=tmp_path / "run",
+                                               r"\{'hidden': \(8,\)\}"):
+        fit_run(str(image_folder), backbone=TINY, labels_per_class=1, head_params={"hidden": (8,)}, out=tmp_path / "run",
                 baseline=False, report=False, progress=False, num_workers=0)
 
 
@@ -82,4 +114,4 @@ def test_estimator_auto_head_by_labels_per_class():
     many = TransferClassifier(backbone=TINY, num_workers=0).fit(X[:200], y[:200])
     assert many.head_name_ == "logreg" and many.head_reason_.startswith(f"{np.bincount(y[:200].astype(int)).min()} labels")
     with pytest.raises(TransferkitError, match=rf"head='auto' chose {FEWSHOT_HEAD} .*does not take head_params"):
-        TransferClassifier(backbone=TINY, num_workers=0, head_params={"C": 0.1}).fit(X[one], y[one])
+        TransferClassifier(backbone=TINY, num_workers=0, head_params={"hidden": (8,)}).fit(X[one], y[one])

@@ -13,7 +13,7 @@ wherever :mod:`transferkit.heads` is imported.
 """
 
 from ..registry import import_submodules
-from .choice import FEWSHOT_HEAD, FEWSHOT_MAX_LABELS, choose_head, resolve_auto_head
+from .choice import FEWSHOT_HEAD, FEWSHOT_MAX_LABELS, FEWSHOT_PARAMS, auto_head_params, choose_head, resolve_auto_head
 from .episodes import (DEFAULT_EPISODE_HEADS, Episodes, FewShotResult, HeadSpec, check_episode_settings,
                        confidence_interval, evaluate_episodes, sample_episodes)
 from .run import FewShotRun, fewshot_run
@@ -21,6 +21,7 @@ from .run import FewShotRun, fewshot_run
 import_submodules(__name__, __path__)
 
 __all__ = ["evaluate_episodes", "sample_episodes", "Episodes", "FewShotResult", "HeadSpec", "fewshot_run",
-           "FewShotRun", "choose_head", "resolve_auto_head", "FEWSHOT_HEAD", "FEWSHOT_MAX_LABELS",
+           "FewShotRun", "choose_head", "resolve_auto_head", "FEWSHOT_HEAD", "FEWSHOT_MAX_LABELS", "FEWSHOT_PARAMS",
+           "auto_head_params",
            "DEFAULT_EPISODE_HEADS",
            "check_episode_settings", "confidence_interval"]

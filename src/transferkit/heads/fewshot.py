@@ -132,7 +132,9 @@ class PrototypeModule(nn.Module):
 @HEAD_MODULES.register("normed-linear")
 class NormedLinearModule(nn.Module):
     """A linear classifier on transformed features: ``scale * (W z + b)`` with ``z`` from :func:`transform_features`
-    (``l2n`` with a bias-free ``W`` whose rows have any norm is Chen et al.'s Baseline++ cosine classifier).
+    (``l2n`` with a bias-free ``W`` whose rows have any norm is Chen et al.'s Baseline++ cosine classifier). With
+    ``cosine=True`` the rows of ``W`` are L2-normalised in the forward pass, so a trained ``W`` stays a cosine
+    classifier (``scale * cos(z, w_k)``; the semi-supervised heads of :mod:`transferkit.semi`).
 
     Shape:
         ``(N, D)`` -> ``(N, num_classes)``; with ``return_features=True`` also ``z`` ``(N, D)``.
@@ -144,12 +146,14 @@ class NormedLinearModule(nn.Module):
     kind = "normed-linear"
 
     def __init__(self, in_features: int, num_classes: int, norm: str = "none", scale: float = 1.0, bias: bool = True,
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, cosine: bool = False):
         super().__init__()
         self.register_buffer("center", torch.zeros(in_features))
         self.linear = nn.Linear(in_features, num_classes, bias=bias)
         self._config = {"in_features": int(in_features), "num_classes": int(num_classes), "norm": _check_norm(norm),
                         "scale": float(scale), "bias": bool(bias), "eps": float(eps)}
+        if cosine:  # only when set, so heads saved before the option keep their exact config
+            self._config["cosine"] = True
 
     @property
     def num_classes(self) -> int:
@@ -164,12 +168,18 @@ class NormedLinearModule(nn.Module):
     def from_config(cls, config: dict[str, Any]) -> "NormedLinearModule":
         """The module of a saved head (weights loaded separately)."""
         return cls(int(config["in_features"]), int(config["num_classes"]), str(config.get("norm", "none")),
-                   float(config.get("scale", 1.0)), bool(config.get("bias", True)), float(config.get("eps", 1e-8)))
+                   float(config.get("scale", 1.0)), bool(config.get("bias", True)), float(config.get("eps", 1e-8)),
+                   bool(config.get("cosine", False)))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):  # noqa: D102 - see the class
         c = self._config
         z = transform_features(x, c["norm"], self.center, c["eps"])
-        logits = c["scale"] * self.linear(z)
+        if c.get("cosine"):
+            w = self.linear.weight
+            logits = c["scale"] * torch.nn.functional.linear(z, w / (w.norm(dim=1, keepdim=True) + c["eps"]),
+                                                             self.linear.bias)
+        else:
+            logits = c["scale"] * self.linear(z)
         return (logits, z) if return_features else logits
 
 

@@ -17,24 +17,27 @@ SEMI_METHODS: Registry[PseudoLabelConsistency] = Registry("semi-supervised metho
 
 @SEMI_METHODS.register("fixmatch", needs_unlabelled=True, mask="fixed",
                        paper="Sohn et al., FixMatch, NeurIPS 2020")
-def fixmatch(tau: float = 0.95, lambda_u: float = 1.0) -> PseudoLabelConsistency:
-    """FixMatch: pseudo-labels from the weak view above a fixed confidence ``tau``, cross-entropy on the strong."""
-    return PseudoLabelConsistency(FixedThreshold(tau), lambda_u)
+def fixmatch(tau: float = 0.95, lambda_u: float = 1.0, align: bool = False) -> PseudoLabelConsistency:
+    """FixMatch: pseudo-labels from the weak view above a fixed confidence ``tau``, cross-entropy on the strong
+    (``align``: ReMixMatch's distribution alignment of the weak probabilities first)."""
+    return PseudoLabelConsistency(FixedThreshold(tau), lambda_u, align=align)
 
 
 @SEMI_METHODS.register("flexmatch", needs_unlabelled=True, mask="flex",
                        paper="Zhang et al., FlexMatch, NeurIPS 2021")
-def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True) -> PseudoLabelConsistency:
+def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True,
+              align: bool = False) -> PseudoLabelConsistency:
     """FlexMatch: FixMatch with per-class curriculum thresholds from each class's learning effect."""
-    return PseudoLabelConsistency(FlexThreshold(tau, warmup), lambda_u)
+    return PseudoLabelConsistency(FlexThreshold(tau, warmup), lambda_u, align=align)
 
 
 @SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",
                        paper="Wang et al., FreeMatch, ICLR 2023")
-def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: float = 0.01) -> PseudoLabelConsistency:
+def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: float = 0.01,
+              align: bool = False) -> PseudoLabelConsistency:
     """FreeMatch: self-adaptive global and per-class thresholds and the self-adaptive fairness term (the thresholds'
     momentum scaled to the run's length unless given: :class:`~.masks.SelfAdaptiveThreshold`)."""
-    return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum), lambda_u, fairness)
+    return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum), lambda_u, fairness, align=align)
 
 
 def create_semi_objective(name: str, n_unlabelled: int, n_classes: int, steps: int | None = None,

@@ -27,7 +27,14 @@ from ..train.objectives import CrossEntropy, Objectives
 from ..train.streams import DrawStream, TensorStream
 from .algorithms import SEMI_METHODS, create_semi_objective
 
-__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head"]
+__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "HEADS", "INITS", "LABELLED_VIEWS"]
+
+#: the heads a semi-supervised run trains (see :class:`SemiConfig`)
+HEADS = ("cosine", "linear")
+#: how the cosine head starts
+INITS = ("prototypes", "random")
+#: the labelled items' views the supervised term may draw from
+LABELLED_VIEWS = ("weak", "strong", "eval")
 
 
 @dataclass
@@ -45,9 +52,24 @@ class SemiConfig:
             K) or ``adamw`` (constant rate). SGD also keeps the labelled-only solution close to the logistic probe's,
             where Adam's per-coordinate steps on a few labelled items drift towards a sign-like, weaker direction.
         lr, weight_decay: the optimizer's settings (0.03 and 5e-4 as in FixMatch).
-        hidden: hidden layers of the head; ``()`` (the default) is a linear head: on the development seed a 512-unit
-            hidden layer was 4x slower and 4-6 points worse on the unlabelled pool.
-        dropout: dropout of the head.
+        head: ``cosine`` (the default): a cosine classifier, ``scale * cos(z, w_k)``, on SimpleShot's centred,
+            L2-normalised features ``z`` (CL2N; the centre is the mean of the labelled and unlabelled items' features,
+            label-free), as Chen et al.'s Baseline++ (ICLR 2019) and SimpleShot (Wang et al. 2019) found best for
+            few labels on frozen features; or ``linear``: a linear layer (``hidden``: an MLP) on standardised
+            features, the head of the first version (see benchmarks/results/bench_semi_notes.md for both).
+        scale: the cosine head's logit scale (30: at 10 a 12-way cosine head's confidence never reached FixMatch's
+            0.95 on the development seeds, so no pseudo-label passed).
+        init: ``prototypes``: the cosine head starts as the nearest-class-mean classifier of the labelled items
+            (weight imprinting, Qi, Brown & Lowe, CVPR 2018), so the first pseudo-labels are the few-shot head's, not
+            a random head's; ``random``: small random weights.
+        labelled_views: the labelled items' cached views the supervised term draws from (``weak``, ``strong``,
+            ``eval``): with a handful of labels the strong draws are more labelled data (``("weak",)``: FixMatch's
+            choice, the first version's).
+        align: ReMixMatch's distribution alignment of the weak-view probabilities before the mask and the
+            pseudo-labels (Berthelot et al., ICLR 2020), towards the labelled class shares.
+        hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
+            layer was 4x slower and 4-6 points worse on the unlabelled pool.
+        dropout: dropout of the ``linear`` head.
         ema_decay: the weights' moving average used for evaluation and the returned head (0.999 as in the paper,
             with the usual warm-up); None: the raw weights.
         draws: cached draws of each augmented view per item.
@@ -62,6 +84,11 @@ class SemiConfig:
     optimizer: str = "sgd"
     lr: float = 0.03
     weight_decay: float = 5e-4
+    head: str = "cosine"
+    scale: float = 30.0
+    init: str = "prototypes"
+    labelled_views: tuple[str, ...] = ("weak", "strong", "eval")
+    align: bool = True
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     ema_decay: float | None = 0.999
@@ -80,6 +107,20 @@ class SemiConfig:
             bad.append(f"optimizer must be 'sgd' or 'adamw' (got {self.optimizer!r})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             bad.append(f"lr must be a positive number (got {self.lr!r})")
+        if self.head not in HEADS:
+            bad.append(f"head must be one of {', '.join(HEADS)} (got {self.head!r})")
+        if self.init not in INITS:
+            bad.append(f"init must be one of {', '.join(INITS)} (got {self.init!r})")
+        elif self.init == "prototypes" and self.head != "cosine":
+            bad.append("init='prototypes' needs head='cosine' (give init='random' with a linear head)")
+        if self.head == "cosine" and tuple(self.hidden):
+            bad.append(f"hidden layers {tuple(self.hidden)} need head='linear' (the cosine head is one layer)")
+        if not (isinstance(self.scale, (int, float)) and self.scale > 0 and math.isfinite(self.scale)):
+            bad.append(f"scale must be a positive number (got {self.scale!r})")
+        views = tuple(self.labelled_views) if isinstance(self.labelled_views, (list, tuple)) else ()
+        if not views or any(v not in LABELLED_VIEWS for v in views):
+            bad.append(f"labelled_views must be a non-empty subset of {', '.join(LABELLED_VIEWS)} "
+                       f"(got {self.labelled_views!r})")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             bad.append(f"ema_decay must be in (0, 1) or None (got {self.ema_decay!r})")
         if bad:
@@ -129,6 +170,32 @@ def view_banks(source: Any, backbone: Any, *, store: Any, views: tuple[str, ...]
     return out
 
 
+def _make_head(cfg: SemiConfig, pooled: np.ndarray, X_l: np.ndarray, y_l: np.ndarray, n_classes: int) -> Any:
+    """The head a plan trains: a cosine classifier on CL2N features centred on ``pooled``'s mean (its rows the
+    labelled class means with ``init='prototypes'``), or a linear/MLP head on features standardised by ``pooled``."""
+    from ..heads.fewshot import NormedLinearModule, transform_features
+    from ..heads.modules import HeadModule
+    from ..heads.shallow import chunked_moments
+
+    mean, std = chunked_moments(pooled)
+    if cfg.head == "linear":
+        head = HeadModule(pooled.shape[1], n_classes, tuple(cfg.hidden), float(cfg.dropout))
+        with torch.no_grad():
+            head.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            head.scale.copy_(torch.as_tensor(std, dtype=torch.float32))
+        return head
+    head = NormedLinearModule(pooled.shape[1], n_classes, "cl2n", float(cfg.scale), bias=False, cosine=True)
+    with torch.no_grad():
+        head.center.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        if cfg.init == "prototypes":
+            z = transform_features(torch.as_tensor(np.asarray(X_l, dtype=np.float32)), "cl2n", head.center)
+            y = torch.as_tensor(np.asarray(y_l, dtype=np.int64))
+            for c in range(n_classes):
+                if bool((y == c).any()):
+                    head.linear.weight[c] = z[y == c].mean(0)
+    return head
+
+
 class _SemiPlan:
     """The loop's plan of a semi-supervised head (picklable)."""
 
@@ -137,21 +204,18 @@ class _SemiPlan:
         self.method, self.method_params, self.n_classes, self.cfg = method, method_params, n_classes, cfg
 
     def __call__(self, fabric: Any) -> Plan:
-        from ..heads.modules import HeadModule
-        from ..heads.shallow import chunked_moments
-
         cfg = self.cfg
         pooled = np.concatenate([self.banks_l["eval"], self.banks_u["eval"]])
-        mean, std = chunked_moments(pooled)
         torch.manual_seed(cfg.seed)
-        head = HeadModule(pooled.shape[1], self.n_classes, tuple(cfg.hidden), float(cfg.dropout))
-        with torch.no_grad():
-            head.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            head.scale.copy_(torch.as_tensor(std, dtype=torch.float32))
+        head = _make_head(cfg, pooled, self.banks_l["eval"], self.y_l, self.n_classes)
+        params = {"align": bool(cfg.align), **self.method_params}
         consistency = create_semi_objective(self.method, len(self.banks_u["eval"]), self.n_classes, cfg.steps,
-                                            **self.method_params)
+                                            **params)
+        consistency.set_target(np.bincount(self.y_l, minlength=self.n_classes))
         objective = Objectives(CrossEntropy("labelled"), consistency)
-        labelled = DrawStream("labelled", {"eval": self.banks_l["eval"], "train": self.banks_l["weak"]}, self.y_l,
+        train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
+                                for v in cfg.labelled_views])
+        labelled = DrawStream("labelled", {"eval": self.banks_l["eval"], "train": train}, self.y_l,
                               batch_size=cfg.batch_size)
         unlabelled = DrawStream("unlabelled", {"eval": self.banks_u["eval"], "weak": self.banks_u["weak"],
                                                "strong": self.banks_u["strong"]}, batch_size=cfg.batch_size * cfg.mu)

@@ -9,10 +9,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import TransferkitError
 from ..train.objectives import Objective, Step
 from .masks import Mask, SelfAdaptiveThreshold
 
-__all__ = ["PseudoLabelConsistency", "fairness_term"]
+__all__ = ["PseudoLabelConsistency", "fairness_term", "align_distribution"]
+
+
+def align_distribution(probs: torch.Tensor, p_model: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
+    """ReMixMatch's distribution alignment: each row of ``probs`` multiplied by ``p_target / p_model`` and
+    renormalised, so that pseudo-labels follow the labelled class distribution instead of the model's drift towards a
+    few classes.
+
+    Shape:
+        probs ``(B, C)``, p_model and p_target ``(C,)`` -> ``(B, C)``.
+
+    References:
+        Berthelot et al., "ReMixMatch: Semi-Supervised Learning with Distribution Matching and Augmentation Anchoring",
+        ICLR 2020 (section 3.2).
+    """
+    q = probs * (p_target / p_model.clamp(min=1e-12))
+    return q / q.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def fairness_term(mask: torch.Tensor, logits_s: torch.Tensor, class_prob: torch.Tensor,
@@ -49,11 +66,17 @@ class PseudoLabelConsistency(Objective):
     FixMatch's fixed threshold, FlexMatch's curriculum, FreeMatch's self-adaptive one (which adds its fairness term
     with weight ``fairness``). The share of the batch that passed the mask is logged as ``metric_mask_rate``.
 
+    With ``align`` the weak view's probabilities are first aligned to the labelled class distribution
+    (:func:`align_distribution`, ReMixMatch's distribution alignment): ``p_model`` is the running mean of the weak
+    probabilities (momentum 0.999, as USB's implementation), ``p_target`` the labelled items' class shares (set by
+    :meth:`set_target`; uniform until then); masks and pseudo-labels both use the aligned probabilities.
+
     Args:
         mask: the masking rule (set up for the pool size and classes by the plan).
         lambda_u: weight of the unlabelled term (1 in the papers).
         fairness: weight of FreeMatch's fairness term (used with the self-adaptive mask; 0.01 in the reference).
         stream: the unlabelled stream's name.
+        align: distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020).
 
     References:
         Sohn et al., FixMatch, NeurIPS 2020 (eq. 2-4); Zhang et al., FlexMatch, NeurIPS 2021; Wang et al., FreeMatch,
@@ -62,16 +85,42 @@ class PseudoLabelConsistency(Objective):
 
     name = "unlabelled"
 
-    def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled"):
+    #: momentum of the running mean of the model's weak-view probabilities (distribution alignment)
+    align_momentum = 0.999
+
+    def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
+                 align: bool = False):
         super().__init__()
         self.mask, self.lambda_u, self.fairness, self.stream = mask, float(lambda_u), float(fairness), stream
+        self.align = bool(align)
         self.streams = (stream,)
         self.views = {stream: ("weak", "strong")}
+        self.register_buffer("p_model", torch.zeros(0))
+        self.register_buffer("p_target", torch.zeros(0))
+
+    def set_target(self, class_shares: Any) -> None:
+        """Distribution alignment's target: the labelled items' class shares ``(C,)`` (and ``p_model`` starts there)."""
+        t = torch.as_tensor(np.asarray(class_shares, dtype=np.float32))
+        if t.ndim != 1 or len(t) < 2 or bool((t < 0).any()) or float(t.sum()) <= 0:
+            raise TransferkitError(f"class shares must be a non-negative vector over >= 2 classes; got {class_shares!r}")
+        self.p_target = t / t.sum()
+        self.p_model = self.p_target.clone()
+
+    def _aligned(self, probs: torch.Tensor, gather: Any) -> torch.Tensor:
+        c = probs.shape[1]
+        if len(self.p_target) != c:
+            self.set_target(np.ones(c))
+        p_target, p_model = self.p_target.to(probs), self.p_model.to(probs)
+        m = self.align_momentum
+        self.p_model = (m * p_model + (1 - m) * gather(probs).mean(0)).to(self.p_model)
+        return align_distribution(probs, self.p_model.to(probs), p_target)
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         weak = step.outputs(self.stream, view="weak")[0].logits
         strong = step.outputs(self.stream, view="strong")[0].logits
         probs = weak.detach().float().softmax(1)
+        if self.align:
+            probs = self._aligned(probs, step.gather)
         mask = self.mask(probs, step.batches[self.stream].index, step.gather)
         target = probs.argmax(1)
         loss = (F.cross_entropy(strong.float(), target, reduction="none") * mask).mean()
@@ -82,7 +131,8 @@ class PseudoLabelConsistency(Objective):
         return out
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness}
+        return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness,
+                **({"align": True} if self.align else {})}
 
     def epoch_state(self) -> dict[str, Any]:
         """The per-class confidence thresholds in force at the end of the epoch."""
