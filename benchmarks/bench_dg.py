@@ -33,7 +33,7 @@ PARTS = {
                 "methods": "erm,coral,groupdro,irm,vrex,mixup,mixstyle", "steps": 300, "eval_every": 50,
                 "batch_size": 32, "max_per_domain": None,
                 "params": {"irm": {"anneal_steps": 100}, "vrex": {"anneal_steps": 100}}},
-    "rotated": {"domains": "rotated-mnist", "backbone": "small-cnn", "image_size": 16, "leave_out": "rot0,rot75",
+    "rotated": {"domains": "rotated-mnist", "backbone": "small-cnn", "image_size": 16, "leave_out": "rot0,rot15,rot30,rot45,rot60,rot75",
                 "methods": "erm,coral,groupdro,irm,vrex,mixup,mixstyle", "steps": 300, "eval_every": 50,
                 "batch_size": 16, "max_per_domain": None,
                 "params": {"irm": {"anneal_steps": 100}, "vrex": {"anneal_steps": 100}}},
@@ -50,7 +50,9 @@ def render(state: dict) -> str:
                   f"Held out: {', '.join(res['targets'])}; seeds {res['seeds']}; {p['steps']} steps (Adam 1e-3), "
                   f"batch {p['batch_size']} per training domain, evaluation every {p['eval_every']} steps; "
                   f"items per domain: {res['sizes']}; method parameters other than DomainBed's defaults: "
-                  f"{p['params'] or 'none'}. Wall time {res['seconds']:.0f} s.", "",
+                  f"{p['params'] or 'none'}. Wall time {res['seconds']:.0f} s."
+                  + (f" This part's last run: `{res['command']}` ({res.get('date', '')})."
+                     if res.get("command") and res["command"] != state["command"] else ""), "",
                   "Accuracy % on the held-out domain (its 80% evaluation part), mean ± std over seeds. **selected**: "
                   "checkpoint chosen on the training domains' validation split (honest). **oracle**: checkpoint "
                   "chosen on the target's other 20% (uses target labels: for reference only).", ""]
@@ -96,6 +98,9 @@ def main() -> None:
     state = {"command": command_line(), "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                           time.gmtime()),
              "results": prev.get("results", {})}
+    for res in state["results"].values():  # parts run before the command was kept per part: the file's command
+        res.setdefault("command", prev.get("command"))
+        res.setdefault("date", prev.get("date"))
     for part in args.parts.split(","):
         p = dict(PARTS[part])
         if args.leave_out:
@@ -107,7 +112,7 @@ def main() -> None:
                          backbone=p["backbone"], image_size=p.get("image_size"), seeds=seeds, config=cfg, max_per_domain=p["max_per_domain"],
                          cache_dir=args.cache_dir, out=Path(args.work_dir) / part,
                          log=lambda m: print(m, flush=True))
-        state["results"][part] = {"part": p, "rows": res.rows, "summary": res.summary, "targets": res.settings["targets"],
+        state["results"][part] = {"command": state["command"], "date": state["date"], "part": p, "rows": res.rows, "summary": res.summary, "targets": res.settings["targets"],
                                   "seeds": seeds, "sizes": res.settings["sizes"],
                                   "seconds": sum(c["seconds"] for c in res.cells),
                                   "cells": [{k: v for k, v in c.items() if k != "train_domains"} for c in res.cells]}
