@@ -72,6 +72,30 @@ def render(state: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finished(part: str, p: dict, work: Path, seeds: list[int], state: dict, sizes) -> dict:
+    """A part's result from the finished cells in ``work/cells.jsonl`` (no training): per held-out domain, only the
+    seeds (of ``seeds``) that every method finished, so each method is compared with ERM on the same seeds."""
+    from collections import Counter
+
+    from transferkit.generalize.experiment import summarise
+
+    cells = [json.loads(line) for line in (work / "cells.jsonl").read_text().splitlines() if line.strip()]
+    key = Counter(c["settings_hash"] for c in cells).most_common(1)[0][0]
+    methods, targets = p["methods"].split(","), p["leave_out"].split(",")
+    cells = [c for c in cells if c["settings_hash"] == key and c["seed"] in seeds]
+    done = {}
+    for t in targets:
+        per = [{c["seed"] for c in cells if c["target"] == t and c["method"] == m} for m in methods]
+        done[t] = sorted(set.intersection(*per))
+    keep = [c for c in cells if c["seed"] in done[c["target"]]]
+    targets = [t for t in targets if done[t]]
+    rows, summary = summarise(keep, targets, methods)
+    return {"command": state["command"], "date": state["date"], "part": p, "rows": rows, "summary": summary,
+            "targets": targets, "seeds": {t: done[t] for t in targets}, "sizes": sizes,
+            "seconds": sum(c["seconds"] for c in keep), "settings_hash": key,
+            "cells": [{k: v for k, v in c.items() if k != "train_domains"} for c in keep]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="digits,colored,rotated")
@@ -82,6 +106,9 @@ def main() -> None:
     ap.add_argument("--leave-out", default=None, help="override every part's held-out domains")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_dg.md"))
     ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON and exit")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: summarise the part's finished cells in --work-dir, each held-out domain "
+                         "with the seeds that every method finished (for a run stopped before its last seed)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.render_only:
@@ -107,6 +134,12 @@ def main() -> None:
             p["leave_out"] = args.leave_out
         cfg = DGConfig(steps=p["steps"], eval_every=p["eval_every"], batch_size=p["batch_size"], device="cpu",
                        params=p["params"])
+        if args.finished_only:
+            state["results"][part] = finished(part, p, Path(args.work_dir) / part, seeds, state,
+                                              state["results"].get(part, {}).get("sizes"))
+            atomic_write_text(out.with_suffix(".json"), json.dumps(state, indent=1, default=str))
+            atomic_write_text(out, render(state))
+            continue
         t0 = time.perf_counter()
         res = generalize(p["domains"], leave_out=p["leave_out"], methods=p["methods"].split(","),
                          backbone=p["backbone"], image_size=p.get("image_size"), seeds=seeds, config=cfg, max_per_domain=p["max_per_domain"],
