@@ -33,7 +33,8 @@ PARTS = {
                 "methods": "erm,coral,groupdro,irm,vrex,mixup,mixstyle", "steps": 300, "eval_every": 50,
                 "batch_size": 32, "max_per_domain": None,
                 "params": {"irm": {"anneal_steps": 100}, "vrex": {"anneal_steps": 100}}},
-    "rotated": {"domains": "rotated-mnist", "backbone": "small-cnn", "image_size": 16, "leave_out": "rot0,rot15,rot30,rot45,rot60,rot75",
+    "rotated": {"domains": "rotated-mnist", "backbone": "small-cnn", "image_size": 16,
+                "leave_out": "rot0,rot15,rot30,rot45,rot60,rot75",
                 "methods": "erm,coral,groupdro,irm,vrex,mixup,mixstyle", "steps": 300, "eval_every": 50,
                 "batch_size": 16, "max_per_domain": None,
                 "params": {"irm": {"anneal_steps": 100}, "vrex": {"anneal_steps": 100}}},
@@ -145,7 +146,8 @@ def main() -> None:
                          backbone=p["backbone"], image_size=p.get("image_size"), seeds=seeds, config=cfg, max_per_domain=p["max_per_domain"],
                          cache_dir=args.cache_dir, out=Path(args.work_dir) / part,
                          log=lambda m: print(m, flush=True))
-        state["results"][part] = {"command": state["command"], "date": state["date"], "part": p, "rows": res.rows, "summary": res.summary, "targets": res.settings["targets"],
+        state["results"][part] = {"command": state["command"], "date": state["date"], "part": p, "rows": res.rows,
+                                  "summary": res.summary, "targets": res.settings["targets"],
                                   "seeds": seeds, "sizes": res.settings["sizes"],
                                   "seconds": sum(c["seconds"] for c in res.cells),
                                   "cells": [{k: v for k, v in c.items() if k != "train_domains"} for c in res.cells]}

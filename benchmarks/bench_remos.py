@@ -314,7 +314,8 @@ def main() -> None:
     teachers, per_seed = {}, {}
     tdir, teachers[args.teacher_seed] = teacher(args, args.teacher_seed, work)
     args.chosen = None
-    order = args.seeds if args.select == "1se" else [args.select_seed] + [s for s in args.seeds if s != args.select_seed]
+    order = (args.seeds if args.select == "1se"
+             else [args.select_seed] + [s for s in args.seeds if s != args.select_seed])
     for seed in order:
         per_seed[seed] = student_cells(args, seed, tdir, work, done)
         if args.select == "slack" and seed == args.select_seed:  # the ratio chosen on this seed serves all seeds

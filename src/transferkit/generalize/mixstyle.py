@@ -80,6 +80,7 @@ def insert_mixstyle(backbone: nn.Module, p: float = 0.5, alpha: float = 0.1) -> 
         backbone.features = nn.Sequential(layers[0], MixStyle(p, alpha), layers[1], MixStyle(p, alpha), *layers[2:])
     else:
         raise TransferkitError(f"mixstyle is inserted into the early stages of lenet or small-cnn trained end to "
-                               f"end; got {type(backbone).__name__}. Use backbone='lenet' (or 'small-cnn'), put MixStyle "
-                               "layers into your network where they belong, or use another method at probe cost")
+                               f"end; got {type(backbone).__name__}. Use backbone='lenet' (or 'small-cnn'), put "
+                               "MixStyle layers into your network where they belong, or use another method at probe "
+                               "cost")
     return backbone
