@@ -16,11 +16,15 @@ Built offline:
    plain fine-tuning of the teacher, ReMoS (``safe="remos"``) and the same architecture from scratch. The defect
    inheritance rate is the student's ASR on triggered student test images of non-target classes.
 
-ReMoS's prune ratio is chosen **on the student's clean validation split of seed** ``--select-seed`` (what a defender
-has, no trigger): the largest of ``--prunes`` whose validation accuracy is within ``--val-slack`` (1 point) of plain
-fine-tuning's; that ratio is then used for every seed. The other candidates' test numbers (selection seed only) are
-shown for reference, not as the result. One teacher serves all seeds (a teacher costs ~10 minutes on the shared CPU);
-the seeds vary the student's labelled split, initialisation and data order.
+ReMoS's prune ratio is chosen on the student's **clean validation split** only (what a defender has: no trigger,
+no test set). ``--select 1se`` (the default): each seed runs every ratio of ``--prunes`` and takes the largest whose
+validation accuracy is within one binomial standard error of the best candidate's, plain fine-tuning included
+(:func:`transferkit.safe.choose_prune`, the one-standard-error rule of Breiman et al. 1984). ``--select slack``
+(the first rule, kept to reproduce it): the largest ratio within ``--val-slack`` of plain fine-tuning's validation
+accuracy on seed ``--select-seed``, then used for every seed. The other candidates' test numbers are shown for
+reference, not as the result. One teacher serves all seeds (a teacher costs ~10 minutes on the shared CPU); the
+seeds vary the student's labelled split, initialisation and data order; ``--teacher-seed`` trains another teacher
+on another half of mnist5k (a replication on data nobody has looked at).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_remos.py --seeds 0,1,2 --work-dir /work/bench-cache-remos
 
@@ -51,6 +55,7 @@ from transferkit.backbones import load_backbone  # noqa: E402
 from transferkit.data.builtin import load_builtin  # noqa: E402
 from transferkit.data.sources import from_arrays  # noqa: E402
 from transferkit.data.splits import Splits, make_splits, stratified_subset  # noqa: E402
+from transferkit.safe.remos import choose_prune  # noqa: E402
 from transferkit.safe.triggers import Patch, attack_success_rate, poison, predict  # noqa: E402
 from transferkit.train.engine import TrainConfig, finetune  # noqa: E402
 
@@ -132,7 +137,8 @@ def student_cells(args, seed: int, teacher_dir: Path, work: Path, done: dict) ->
     runs = getattr(args, "runs", None) or ([("finetune", None), ("scratch", None)] + [("remos", p) for p in prunes])
     cells = []
     for method, p in runs:
-        key = f"{args.backbone}|{args.student}|s{seed}|{method}|{p}"
+        key = f"{args.backbone}|{args.student}|s{seed}|{method}|{p}" + (f"|t{args.teacher_seed}" if args.teacher_seed
+                                                                         else "")
         if key in done:
             cells.append(done[key])
             continue
@@ -156,45 +162,85 @@ def student_cells(args, seed: int, teacher_dir: Path, work: Path, done: dict) ->
     return cells
 
 
-def select_prune(cells: list[dict], slack: float) -> dict:
-    """The ReMoS cell with the largest prune ratio whose validation accuracy is within ``slack`` of fine-tuning's."""
+def select_prune(cells: list[dict], args) -> dict:
+    """The ReMoS cell of one seed that the selection rule picks on clean validation accuracy (never the test set).
+
+    ``1se``: :func:`transferkit.safe.choose_prune` over plain fine-tuning (ratio 0) and every ratio. ``slack``: the
+    largest ratio within ``args.val_slack`` of fine-tuning's validation accuracy (the smallest when none is).
+    """
     ft = next(c for c in cells if c["method"] == "finetune")
-    ok = [c for c in cells if c["method"] == "remos" and c["val_accuracy"] >= ft["val_accuracy"] - slack]
+    remos = [c for c in cells if c["method"] == "remos"]
+    if args.select == "1se":
+        p = choose_prune({0.0: ft["val_accuracy"], **{c["prune"]: c["val_accuracy"] for c in remos}}, ft["val"])
+        if p == 0.0:  # no ratio is within one standard error: the smallest (ReMoS was asked for)
+            p = min(c["prune"] for c in remos)
+        return next(c for c in remos if c["prune"] == p)
+    ok = [c for c in remos if c["val_accuracy"] >= ft["val_accuracy"] - args.val_slack]
     if not ok:  # none keeps the accuracy: the smallest ratio
-        ok = [min((c for c in cells if c["method"] == "remos"), key=lambda c: c["prune"])]
+        ok = [min(remos, key=lambda c: c["prune"])]
     return max(ok, key=lambda c: c["prune"])
 
 
+def chosen_row(args) -> str:
+    return ("remos (prune chosen on each seed's val, 1-SE rule)" if args.select == "1se"
+            else "remos (prune chosen on val)")
+
+
 def summarise(per_seed: dict, teachers: dict, args) -> dict:
-    rows = {"finetune": [], "remos (prune chosen on val)": [], "scratch": []}
-    chosen = select_prune(per_seed[args.select_seed], args.val_slack)["prune"]
+    row = chosen_row(args)
+    rows = {"finetune": [], row: [], "scratch": []}
+    fixed = None if args.select == "1se" else select_prune(per_seed[args.select_seed], args)["prune"]
+    chosen = {}
     for seed, cells in per_seed.items():
+        chosen[seed] = select_prune(cells, args)["prune"] if fixed is None else fixed
         rows["finetune"].append(next(c for c in cells if c["method"] == "finetune"))
-        rows["remos (prune chosen on val)"].append(next(c for c in cells if c["method"] == "remos"
-                                                        and c["prune"] == chosen))
+        rows[row].append(next(c for c in cells if c["method"] == "remos" and c["prune"] == chosen[seed]))
         rows["scratch"].append(next(c for c in cells if c["method"] == "scratch"))
     for p in args.prunes:
-        if p != chosen:
+        if args.select == "1se":
+            rows[f"remos prune={p} (every seed; reference, not a selection)"] = [
+                c for cells in per_seed.values() for c in cells if c["method"] == "remos" and c["prune"] == p]
+        elif p != fixed:
             rows[f"remos prune={p} (seed {args.select_seed} only, not selected)"] = [
                 c for c in per_seed[args.select_seed] if c["method"] == "remos" and c["prune"] == p]
     agg = {}
     for name, cs in rows.items():
+        if not cs:
+            continue
         acc, asr = np.array([c["accuracy"] for c in cs]), np.array([c["asr"] for c in cs])
         agg[name] = {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()), "asr_mean": float(asr.mean()),
                      "asr_std": float(asr.std()), "per_seed": [{"seed": c["seed"], "accuracy": c["accuracy"],
                                                                  "asr": c["asr"], "prune": c["prune"]} for c in cs],
                      "seconds_mean": float(np.mean([c["seconds"] for c in cs]))}
-    ft, rm = agg["finetune"], agg["remos (prune chosen on val)"]
+    ft, rm = agg["finetune"], agg[row]
     rel = 1 - rm["asr_mean"] / ft["asr_mean"] if ft["asr_mean"] > 0 else float("nan")
     drop = ft["accuracy_mean"] - rm["accuracy_mean"]
     paired = [1 - r["asr"] / f["asr"] if f["asr"] > 0 else float("nan")
               for f, r in zip(ft["per_seed"], rm["per_seed"])]
     target = {"asr_relative_reduction": rel, "asr_relative_reduction_per_seed": paired,
               "accuracy_drop_points": 100 * drop, "met": bool(rel >= 0.5 and 100 * drop <= 3)}
-    val = {c["prune"]: c["val_accuracy"] for c in per_seed[args.select_seed] if c["method"] == "remos"}
-    val["finetune"] = rows["finetune"][0]["val_accuracy"]
+    val = {seed: {**{"finetune": next(c["val_accuracy"] for c in cells if c["method"] == "finetune")},
+                  **{c["prune"]: c["val_accuracy"] for c in cells if c["method"] == "remos"}}
+           for seed, cells in per_seed.items() if args.select == "1se" or seed == args.select_seed}
     return {"aggregates": agg, "target": target, "teachers": teachers, "chosen_prune": chosen,
             "selection_val_accuracy": val}
+
+
+def rule_text(res: dict, args) -> str:
+    """How the prune ratio was chosen, with the validation accuracies it saw."""
+    def accs(v: dict) -> str:
+        return ", ".join(f"{k}: {100 * a:.1f}%" for k, a in v.items())
+    if args.select == "1se":
+        per = "; ".join(f"seed {s}: {accs(v)} -> **{res['chosen_prune'][s]}**"
+                        for s, v in res["selection_val_accuracy"].items())
+        return ("ReMoS's prune ratio is chosen per seed on that seed's clean student validation split (no trigger, "
+                f"no test): the largest of {args.prunes} whose validation accuracy is within one binomial standard "
+                "error of the best candidate's, plain fine-tuning included (the one-standard-error rule, "
+                f"`transferkit.safe.choose_prune`). Validation accuracies and choices: {per}.")
+    (seed, v), = res["selection_val_accuracy"].items()
+    return (f"ReMoS's prune ratio is chosen on seed {seed}'s clean student validation split (no trigger): the "
+            f"largest of {args.prunes} whose validation accuracy is within {100 * args.val_slack:.0f} point(s) of "
+            f"plain fine-tuning's ({accs(v)}) -> **{res['chosen_prune'][seed]}**, then used for every seed.")
 
 
 def render(res: dict, info: dict, cmd: str, args) -> str:
@@ -203,7 +249,8 @@ def render(res: dict, info: dict, cmd: str, args) -> str:
              for s, v in sorted(t.items())]
     rows = []
     for name, a in res["aggregates"].items():
-        prunes = sorted({p["prune"] for p in a["per_seed"] if p["prune"] is not None})
+        prunes = [p["prune"] for p in a["per_seed"] if p["prune"] is not None]
+        prunes = prunes[:1] if len(set(prunes)) == 1 else prunes  # per seed when the seeds chose differently
         rows.append([name, f"{100 * a['accuracy_mean']:.1f} ± {100 * a['accuracy_std']:.1f}",
                      f"{100 * a['asr_mean']:.1f} ± {100 * a['asr_std']:.1f}",
                      ", ".join(f"{100 * p['asr']:.1f}" for p in a["per_seed"]),
@@ -215,12 +262,9 @@ def render(res: dict, info: dict, cmd: str, args) -> str:
             f"{args.target} (BadNets). Student: `mnist-m` images of the other half, {args.labels_per_class} labels "
             f"per class (80/20 train/val), test on at most {args.max_test} of the rest; TrainConfig defaults except "
             f"epochs {args.epochs} (teacher {args.teacher_epochs}), batch {args.batch_size}, no augmentation. "
-            f"ASR = triggered test images of non-target classes predicted as the target. ReMoS's prune ratio is "
-            f"chosen on seed {args.select_seed}'s clean student validation split (no trigger): the largest of "
-            f"{args.prunes} whose validation accuracy is within {100 * args.val_slack:.0f} point(s) of plain "
-            f"fine-tuning's ({', '.join(f'{k}: {100 * v:.1f}%' for k, v in res['selection_val_accuracy'].items())}) "
-            f"-> **{res['chosen_prune']}**, then used for every seed. One backdoored teacher (seed "
-            f"{args.teacher_seed}); the seeds {args.seeds} vary the student's split, initialisation and data order."
+            f"ASR = triggered test images of non-target classes predicted as the target. " + rule_text(res, args)
+            + f" One backdoored teacher (seed {args.teacher_seed}); the seeds {args.seeds} vary the student's split, "
+            "initialisation and data order."
             "\n\n"
             "Teachers (their own held-out mnist5k test):\n\n"
             + md_table(["seed", "clean acc %", "ASR %", "poisoned"], trows) + "\n\nStudents (mnist-m test):\n\n"
@@ -238,8 +282,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="student seeds: split, initialisation, data order")
     ap.add_argument("--teacher-seed", type=int, default=0, help="the one backdoored teacher all seeds transfer from")
     ap.add_argument("--prunes", default="0.1,0.2,0.3")
+    ap.add_argument("--select", choices=("1se", "slack"), default="1se",
+                    help="1se: per seed, the largest ratio within one standard error of the best validation accuracy; "
+                         "slack: the largest within --val-slack of fine-tuning's on --select-seed, for every seed")
     ap.add_argument("--val-slack", type=float, default=0.01)
-    ap.add_argument("--select-seed", type=int, default=0, help="the seed whose validation split chooses the prune ratio")
+    ap.add_argument("--select-seed", type=int, default=0, help="--select slack: the seed whose validation split "
+                    "chooses the prune ratio")
     ap.add_argument("--poison", type=float, default=0.1)
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--backbone", default="lenet-fc", help="the teacher's architecture (trained from scratch)")
@@ -266,10 +314,12 @@ def main() -> None:
     teachers, per_seed = {}, {}
     tdir, teachers[args.teacher_seed] = teacher(args, args.teacher_seed, work)
     args.chosen = None
-    for seed in [args.select_seed] + [s for s in args.seeds if s != args.select_seed]:
+    order = (args.seeds if args.select == "1se"
+             else [args.select_seed] + [s for s in args.seeds if s != args.select_seed])
+    for seed in order:
         per_seed[seed] = student_cells(args, seed, tdir, work, done)
-        if seed == args.select_seed:  # the prune ratio, chosen on this seed's clean validation split, serves all seeds
-            args.chosen = select_prune(per_seed[seed], args.val_slack)["prune"]
+        if args.select == "slack" and seed == args.select_seed:  # the ratio chosen on this seed serves all seeds
+            args.chosen = select_prune(per_seed[seed], args)["prune"]
             log(f"prune ratio chosen on seed {seed}'s validation split: {args.chosen}")
         res = summarise(per_seed, teachers, args)
         out = Path(args.out)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import TransferkitError
-from transferkit.safe import neuron_coverage, remos_prune, remos_scores
+from transferkit.safe import choose_prune, neuron_coverage, remos_prune, remos_scores
 
 
 def _net() -> nn.Sequential:
@@ -82,3 +82,18 @@ def test_linear_units_are_neurons_of_1x1_kernels():
     # equal coverage: coverage ranks 0..3 in input-major order -> w[0,0]=0, w[1,0]=1, w[0,1]=2, w[1,1]=3;
     # magnitude ranks |w| = [1,0,0,3] -> [2,0,1,3]; scores [[-2, 2], [0, 0]]: w[0,0] goes
     assert report.pruned == 1 and net[0].weight.tolist() == [[0, 0], [0, 3]]
+
+
+def test_choose_prune_is_the_one_standard_error_rule():
+    # best 87.5% on 200 items: SE = sqrt(.875 * .125 / 200) = 0.023385, bar 0.851615
+    acc = {0.0: 0.875, 0.1: 0.875, 0.2: 0.850, 0.3: 0.860}
+    assert choose_prune(acc, 200) == 0.3  # the largest within the bar, even though 0.2 misses it
+    assert choose_prune({**acc, 0.3: 0.851}, 200) == 0.1  # 0.851 < 0.851615: just outside
+    assert choose_prune({**acc, 0.3: 0.852}, 200) == 0.3  # just inside
+    # with 2000 items the SE shrinks to 0.74 points: only the ratios at 86.8% or better remain
+    assert choose_prune(acc, 2000) == 0.1
+    assert choose_prune({0.0: 0.9, 0.2: 0.5}, 200) == 0.0  # nothing pruned is close enough: plain fine-tuning
+    with pytest.raises(TransferkitError, match="n_val=0"):
+        choose_prune(acc, 0)
+    with pytest.raises(TransferkitError, match="prune ratios in"):
+        choose_prune({0.0: 0.9, 1.5: 0.8}, 200)

@@ -59,14 +59,20 @@ def insert_mixstyle(backbone: nn.Module, p: float = 0.5, alpha: float = 0.1) -> 
     """Insert :class:`MixStyle` after the early stages of a small convolutional network, in place; returns it.
 
     ``lenet``: after the first convolution block (of two); ``small-cnn``: after the first and second blocks (of
-    three). The paper puts it after the early residual stages, never after the last one.
+    three). The paper puts it after the early residual stages, never after the last one. A network that already holds
+    :class:`MixStyle` layers (placed where its own styles live) keeps them where they are, with ``p`` and ``alpha``
+    set; inserting twice therefore changes nothing.
 
     Raises:
         TransferkitError: a network without known stages (MixStyle needs a trainable convolutional network).
     """
     from ..backbones.small import LeNet, SmallCNN
 
-    if isinstance(backbone, LeNet):
+    placed = [m for m in backbone.modules() if isinstance(m, MixStyle)]
+    if placed:
+        for m in placed:
+            m.p, m.alpha = float(p), float(alpha)
+    elif isinstance(backbone, LeNet):
         layers = list(backbone.net)
         backbone.net = nn.Sequential(*layers[:3], MixStyle(p, alpha), *layers[3:])
     elif isinstance(backbone, SmallCNN):
@@ -74,6 +80,7 @@ def insert_mixstyle(backbone: nn.Module, p: float = 0.5, alpha: float = 0.1) -> 
         backbone.features = nn.Sequential(layers[0], MixStyle(p, alpha), layers[1], MixStyle(p, alpha), *layers[2:])
     else:
         raise TransferkitError(f"mixstyle is inserted into the early stages of lenet or small-cnn trained end to "
-                               f"end; got {type(backbone).__name__}. Use backbone='lenet' (or 'small-cnn'), or another "
-                               "method at probe cost")
+                               f"end; got {type(backbone).__name__}. Use backbone='lenet' (or 'small-cnn'), put "
+                               "MixStyle layers into your network where they belong, or use another method at probe "
+                               "cost")
     return backbone

@@ -7,8 +7,8 @@
   (``transferkit inspect-backbone``).
 """
 
-from .remos import (SAFE_METHODS, LayerCoverage, RemosReport, apply_remos, check_safe, neuron_coverage,
-                    remos_prune, remos_scores)
+from .remos import (SAFE_METHODS, LayerCoverage, RemosReport, apply_remos, check_safe, choose_prune,
+                    neuron_coverage, remos_prune, remos_scores)
 
-__all__ = ["SAFE_METHODS", "LayerCoverage", "RemosReport", "apply_remos", "check_safe", "neuron_coverage",
-           "remos_prune", "remos_scores"]
+__all__ = ["SAFE_METHODS", "LayerCoverage", "RemosReport", "apply_remos", "check_safe", "choose_prune",
+           "neuron_coverage", "remos_prune", "remos_scores"]

@@ -44,7 +44,7 @@ from torch import nn
 from ..errors import TransferkitError
 
 __all__ = ["LayerCoverage", "RemosReport", "neuron_coverage", "remos_scores", "remos_prune", "apply_remos",
-           "SAFE_METHODS", "check_safe"]
+           "SAFE_METHODS", "check_safe", "choose_prune"]
 
 #: safe-transfer methods of ``--safe`` (fine-tuning option) and their description
 SAFE_METHODS = {"remos": "ReMoS (Zhang et al., ICSE 2022): zero the teacher's conv weights least relevant to the "
@@ -275,3 +275,39 @@ def apply_remos(module: nn.Module, batches: Iterable[torch.Tensor], prune: float
     """ReMoS in one call: :func:`neuron_coverage` on ``batches`` (the student's training data), then
     :func:`remos_prune`. Changes ``module`` in place."""
     return remos_prune(module, neuron_coverage(module, batches, threshold, advance), prune)
+
+
+def choose_prune(val_accuracy: dict[float, float], n_val: int) -> float:
+    """The prune ratio a defender can afford, chosen on clean validation accuracy alone (the one-standard-error rule).
+
+    Pruning more of the teacher removes more of whatever it carries that the student's data does not use (a
+    backdoor, whose trigger the defender never sees), so the rule takes the **largest** candidate ratio whose
+    validation accuracy is within one binomial standard error ``sqrt(p (1 - p) / n_val)`` of the best candidate's
+    accuracy ``p`` (plain fine-tuning, ratio 0, is a candidate): a loss smaller than the validation split can measure
+    is not held against a ratio. This is the one-standard-error rule of model selection (Breiman, Friedman, Olshen &
+    Stone, "Classification and Regression Trees", 1984; Hastie, Tibshirani & Friedman, "The Elements of Statistical
+    Learning", 2009, section 7.10), with "simplest model" read as "least of the teacher kept".
+
+    Args:
+        val_accuracy: ``{prune ratio: validation accuracy}``, accuracies in [0, 1]; include ``0.0`` (fine-tuning
+            without pruning) so the best is measured against it.
+        n_val: number of validation items each accuracy was measured on.
+
+    Returns:
+        The chosen ratio (0.0 when no pruned candidate is within one standard error of the best).
+
+    Example:
+        Fine-tuning 87.5%, prune 0.1 87.5%, 0.2 85.0%, 0.3 86.0% on 200 items: the standard error at 87.5% is 2.34
+        points, the bar 85.16%, so 0.3 (86.0%) is chosen; 0.2 (85.0%) misses it.
+    """
+    if not val_accuracy:
+        raise TransferkitError("choose_prune needs at least one {prune ratio: validation accuracy} entry")
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
+        raise TransferkitError(f"n_val={n_val!r} must be the number of validation items (an integer >= 1)")
+    bad = {k: v for k, v in val_accuracy.items()
+           if not isinstance(v, (int, float)) or not 0 <= v <= 1 or not isinstance(k, (int, float)) or not 0 <= k < 1}
+    if bad:
+        raise TransferkitError(f"choose_prune takes prune ratios in [0, 1) mapped to accuracies in [0, 1]; got {bad}")
+    best = max(val_accuracy.values())
+    bar = best - float(np.sqrt(best * (1 - best) / n_val))
+    return float(max(p for p, a in val_accuracy.items() if a >= bar - 1e-12))
