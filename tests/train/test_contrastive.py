@@ -120,9 +120,9 @@ def test_setfit_pulls_same_class_texts_together_and_its_run_predicts_as_trained(
     texts, labels = toy_texts()
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "t.csv", index=False)
     res = fit_run(str(tmp_path / "t.csv"), backbone=tiny_encoder, strategy="setfit", labels_per_class=8,
-                  train_config={"lr": 2e-3, "epochs": 2}, out=tmp_path / "run", baseline=False, report=False,
+                  strategy_params={"num_iterations": 4}, train_config={"lr": 2e-3, "epochs": 2}, out=tmp_path / "run", baseline=False, report=False,
                   progress=False, num_workers=0)
-    assert [r["name"] for r in res.comparison][0].endswith("setfit")
+    assert " setfit" in res.comparison[0]["name"]
     run = load_run(res.run_dir)
     test = pd.read_csv(res.run_dir / "predictions.csv")
     before = _separation(create_backbone(tiny_encoder), list(test["input"]), list(test["label"]))
