@@ -30,3 +30,4 @@ for name, s in SETTINGS.items():
     out[name] = {"cpu_s": time.process_time() - t, "wall_s": time.perf_counter() - w}
     print(name, out[name], flush=True)
 print(json.dumps(out, indent=1))
+(Path(__file__).resolve().parent / "results" / "bench_text_cpu.json").write_text(json.dumps(out, indent=1) + "\n")
