@@ -95,7 +95,8 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
-         "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck"}
+         "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck",
+         "descriptions": "--descriptions"}
 _ASSIGN = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;)]+))?")
 _BARE = re.compile(r"\b(" + "|".join(re.escape(k) for k in FLAGS if "_" in k) + r")\b")
 
@@ -215,6 +216,8 @@ def fit(
     rank: Optional[int] = typer.Option(None, "--rank", help="lora: rank of the low-rank updates (default: 8)."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="lora: scaling alpha (the update is multiplied by alpha / rank; default: 16)."),
     bottleneck: Optional[int] = typer.Option(None, "--bottleneck", help="adapter: inner width of the bottleneck adapters (default: 16)."),
+    descriptions: Optional[str] = typer.Option(None, "--descriptions", help="setfit: label descriptions added as labelled texts (\"fresh=positive,rotten=negative\", or a .json / .txt file), as the setfit library's templated examples."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="setfit --descriptions: prompt set (name, review) or one template with {} (default: name, the description alone)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning: maximum epochs (default: 15, early stopping on validation)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning: learning rate of the head; the backbone gets a tenth (default: 2e-3)."),
     train_batch_size: Optional[int] = typer.Option(None, "--train-batch-size", help="Fine-tuning batch size (default: 16)."),
@@ -264,7 +267,8 @@ def fit(
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
     params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau), ("rank", rank),
-                                ("alpha", lora_alpha), ("bottleneck", bottleneck)) if v is not None}
+                                ("alpha", lora_alpha), ("bottleneck", bottleneck), ("descriptions", descriptions),
+                                ("prompt", prompt)) if v is not None}
     cfg = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", train_batch_size),
                              ("image_size", image_size), ("devices", devices), ("precision", precision),
                              ("safe", safe), ("prune", prune)) if v is not None}

@@ -120,9 +120,9 @@ def test_setfit_pulls_same_class_texts_together_and_its_run_predicts_as_trained(
     texts, labels = toy_texts()
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "t.csv", index=False)
     res = fit_run(str(tmp_path / "t.csv"), backbone=tiny_encoder, strategy="setfit", labels_per_class=8,
-                  train_config={"lr": 2e-3, "epochs": 2}, out=tmp_path / "run", baseline=False, report=False,
+                  strategy_params={"num_iterations": 4}, train_config={"lr": 2e-3, "epochs": 2}, out=tmp_path / "run", baseline=False, report=False,
                   progress=False, num_workers=0)
-    assert [r["name"] for r in res.comparison][0].endswith("setfit")
+    assert " setfit" in res.comparison[0]["name"]
     run = load_run(res.run_dir)
     test = pd.read_csv(res.run_dir / "predictions.csv")
     before = _separation(create_backbone(tiny_encoder), list(test["input"]), list(test["label"]))
@@ -164,3 +164,67 @@ def test_simcse_loss_goes_down_over_epochs(tiny_encoder):
     m.train(read_corpus(texts), create_backbone(tiny_encoder))
     losses = [h["loss_simcse"] for h in m.history_]
     assert losses[-1] < losses[0] - 0.2, losses
+
+
+def test_described_examples_are_every_description_through_every_template():
+    from transferkit.train.setfit import described_examples
+
+    texts, y = described_examples("rotten=negative|bad,fresh=positive", "review", ["fresh", "rotten"])
+    assert texts == ["negative", "this review is negative.", "a negative review.",
+                     "bad", "this review is bad.", "a bad review.",
+                     "positive", "this review is positive.", "a positive review."]
+    assert y.tolist() == [1] * 6 + [0] * 3
+    assert described_examples(None, "review", ["a", "b"])[0] == []
+    with pytest.raises(DataError, match="'rottn', not a class of the data"):
+        described_examples("rottn=negative,fresh=positive", "name", ["fresh", "rotten"])
+
+
+def test_setfit_follows_the_reference_r20_pairs_and_a_logistic_head_on_unit_norm_embeddings(tiny_encoder, tmp_path):
+    """The paper's R=20 pairs per text by default, descriptions as extra labelled texts, and the head: scikit-learn's
+    LogisticRegression(C=1) on the fine-tuned embeddings divided by their norm (not standardised)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.data import from_arrays
+    from transferkit.data.splits import Splits
+    from transferkit.train.contrastive import encode_texts
+    from transferkit.train.engine import TrainConfig
+    from transferkit.train.setfit import SETFIT_DEFAULTS, train_setfit
+
+    texts, labels = toy_texts(40, seed=4)
+    y = np.asarray([("neg", "pos").index(v) for v in labels])
+    lab = np.arange(8)
+    sp = Splits(lab, np.zeros(0, np.int64), np.arange(8, 40))
+    cfg = TrainConfig(**{**SETFIT_DEFAULTS, "lr": 1e-3, "num_workers": 0})
+    desc = {"num_iterations": 2, "descriptions": "neg=bad,pos=good", "prompt": "review"}
+    r = train_setfit(from_arrays(texts, name="toy"), y, sp, tiny_encoder, "setfit", cfg, tmp_path / "a",
+                     export=False, classes=["neg", "pos"], strategy_params=desc)
+    assert r.config["pairs_total"] == 2 * 2 * (8 + 6)  # R positives and R negatives per text, 6 described texts
+    body = r.model.backbone
+    Z = encode_texts(body, [texts[i] for i in lab] + ["bad", "this review is bad.", "a bad review.", "good",
+                                                      "this review is good.", "a good review."])
+    Zt = encode_texts(body, texts[8:])
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    ref = LogisticRegression(C=1.0).fit(unit(Z), np.concatenate([y[lab], [0, 0, 0, 1, 1, 1]]))
+    np.testing.assert_allclose(r.proba, ref.predict_proba(unit(Zt)), atol=1e-4)
+    with torch.no_grad():  # the saved network (body + head module) gives the same probabilities
+        logits = r.model(body.collate(texts[8:]))
+    np.testing.assert_allclose(torch.softmax(logits, 1).numpy(), r.proba, atol=1e-4)
+    std = train_setfit(from_arrays(texts, name="toy"), y, sp, tiny_encoder, "setfit", cfg, tmp_path / "b",
+                       export=False, classes=["neg", "pos"], strategy_params={**desc, "head": "logreg"})
+    assert np.abs(std.proba - r.proba).max() > 1e-2  # the standardised head is another classifier
+    from transferkit.train.strategies import create_strategy
+
+    assert create_strategy("setfit").num_iterations == 20  # the paper's R by default
+    P, T = setfit_pairs(np.repeat([0, 1], 8), num_iterations=20)
+    assert len(P) == 2 * 20 * 16 and T.sum() == 20 * 16
+
+
+def test_encode_texts_batches_by_length_and_returns_the_given_order(tiny_encoder):
+    from transferkit.backbones import create_backbone
+    from transferkit.train.contrastive import encode_texts
+
+    bb = create_backbone(tiny_encoder)
+    texts = ["good", "the movie was a really long and boring story about actors", "bad film", "", "it was great"]
+    Z = encode_texts(bb, texts, batch_size=2)
+    one = np.concatenate([encode_texts(bb, [t], batch_size=1) for t in texts])
+    np.testing.assert_allclose(Z, one, atol=1e-5)

@@ -43,6 +43,13 @@ def test_fit_strategy_setfit_from_the_command_line(tiny_encoder, toy_table, tmp_
     assert (out["prediction"].to_numpy() == preds["prediction"].to_numpy()).all()
 
 
+def test_fit_setfit_descriptions_that_name_no_class_are_a_one_line_error(tiny_encoder, toy_table, tmp_path):  # noqa: F811
+    table, _ = toy_table
+    p = tk("fit", table, "-b", tiny_encoder, "--strategy", "setfit", "-n", "8", "--descriptions", "good=positive,neg=negative",
+           "--out", tmp_path / "run", "--no-report", "--no-baseline", "--quiet")
+    assert_user_error(p, "'good', not a class of the data (neg, pos)")
+
+
 def test_pretrain_text_simcse_saves_an_adapted_encoder_that_fit_loads(tiny_encoder, toy_table, tmp_path):  # noqa: F811
     from transferkit.backbones import create_backbone
 

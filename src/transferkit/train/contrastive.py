@@ -236,10 +236,18 @@ class EncoderPlan:
 @torch.no_grad()
 def encode_texts(backbone: Backbone, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """``(N, D)`` float32 embeddings of ``texts`` with a text backbone in eval mode (no cache: for a backbone just
-    trained)."""
+    trained). Texts are batched in order of length (less padding: a transformer pads a batch to its longest text),
+    and the rows come back in the given order."""
     backbone = backbone.eval()
+    texts = [str(t) for t in texts]
+    order = np.argsort([len(t) for t in texts], kind="stable")
     out = []
     for i in range(0, len(texts), batch_size):
-        out.append(backbone(backbone.collate(list(texts[i:i + batch_size]))).float().cpu().numpy())
+        chunk = [texts[j] for j in order[i:i + batch_size]]
+        out.append(backbone(backbone.collate(chunk)).float().cpu().numpy())
     dim = int(backbone.num_features)
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    if not out:
+        return np.zeros((0, dim), np.float32)
+    Z = np.empty((len(texts), out[0].shape[1]), np.float32)
+    Z[order] = np.concatenate(out)
+    return Z

@@ -402,7 +402,10 @@ def save_finetuned(run_dir: Path, model: TransferModel, strategy: "Strategy | di
         spec = dict(strategy)
         name = spec.pop("name", None)
         strategy = create_strategy(name, **spec) if name in STRATEGIES.names() else None
-    head, bb, delta = HeadModule.from_linear(model.head), model.backbone, None
+    # a plain linear layer (fine-tuning) is saved as a head module; a head that is one already (SetFit's
+    # logistic head on unit-norm embeddings) as it is
+    head = HeadModule.from_linear(model.head) if isinstance(model.head, torch.nn.Linear) else model.head
+    bb, delta = model.backbone, None
     if strategy is not None and strategy.saves_delta:
         from .efficient import delta_state, merge
 

@@ -6,6 +6,14 @@ training loop (checkpoints, resume, devices and precision as for every run). Sta
 the fine-tuned encoder and fits a logistic-regression head on them. ``fit(..., strategy="setfit")`` runs it: the
 strategy entry declares this trainer as its ``trainer`` capability, which the pipeline reads.
 
+The defaults follow the paper and the reference implementation: ``num_iterations=20`` (the paper's R: every labelled
+text gets 20 same-class and 20 other-class partners, ``2 * 20 * N`` pairs), one epoch, batch 16, body learning rate
+2e-5 with 10% linear warm-up, and the head is scikit-learn's ``LogisticRegression()`` (``C=1``) on the *unit-norm*
+embeddings: sentence-transformers' all-MiniLM-L6-v2 ends in a ``Normalize`` module, so the reference head never sees
+raw or standardised embeddings. ``descriptions`` adds the setfit library's templated examples (its
+``get_templated_dataset``, the way SetFit uses class names for zero-shot and as extra training data): every label
+description put through a prompt set is one more labelled text, for the pairs and for the head.
+
 Why our loop and not the ``setfit`` package: measured here, ``setfit`` 1.2.0 installs (with ``datasets``,
 ``evaluate``, ``accelerate`` and eight more packages) and runs offline with the shipped MiniLM, but it trains through
 transformers' ``Trainer`` (not our loop: no Fabric devices and precision, no checkpoints of our format, no resume)
@@ -32,16 +40,20 @@ import torch
 from ..backbones.base import Backbone
 from ..data.sources import DataSource
 from ..data.splits import Splits
-from ..errors import DataError, ModalityError, TransferkitError
+from ..errors import DataError, ModalityError, TransferkitError, UnknownNameError
 from .contrastive import CosinePairLoss, EncoderPlan, PairItems, encode_texts, first_of_pair, second_of_pair
 from .engine import FinetuneResult, TrainConfig
 from .loop import LoopSettings, run_loop
 from .model import TransferModel
 from .strategies import STRATEGIES, Strategy
 
-__all__ = ["SetFit", "setfit_pairs", "train_setfit", "SAMPLINGS", "SETFIT_DEFAULTS"]
+__all__ = ["SetFit", "setfit_pairs", "train_setfit", "described_examples", "SAMPLINGS", "SETFIT_HEADS",
+           "SETFIT_DEFAULTS"]
 
 SAMPLINGS = ("oversampling", "undersampling", "unique")
+#: the heads SetFit fits on the fine-tuned embeddings: the reference's logistic regression on unit-norm embeddings
+#: (``logreg-l2n``), or transferkit's probe head (standardised embeddings, ``logreg``)
+SETFIT_HEADS = ("logreg-l2n", "logreg")
 #: the training settings SetFit starts from (the paper's: one epoch, batch 16, body learning rate 2e-5, 10% warmup)
 SETFIT_DEFAULTS = {"epochs": 1, "batch_size": 16, "lr": 2e-5, "weight_decay": 0.01, "warmup_epochs": 0.1,
                    "patience": None, "label_smoothing": 0.0, "augment": False}
@@ -112,10 +124,17 @@ class SetFit(Strategy):
     head on its embeddings (text backbones; trained by :func:`train_setfit`).
 
     Attributes:
-        sampling: how pairs are drawn (:func:`setfit_pairs`).
-        num_iterations: the paper's per-item pair count instead (None: every unique pair, balanced).
+        sampling: how pairs are drawn with ``num_iterations=None`` (:func:`setfit_pairs`).
+        num_iterations: the paper's per-item pair count R (20 in the paper; None: every unique pair once, the rarer
+            kind oversampled, the setfit library's default since its version 1.0).
         max_pairs: at most this many pairs per epoch (None: all).
-        head_C: the logistic head's inverse regularisation strength.
+        head: ``logreg-l2n`` (the reference: logistic regression on unit-norm embeddings) or ``logreg``
+            (standardised embeddings, as transferkit's probe).
+        head_C: the logistic head's inverse regularisation strength (1.0: scikit-learn's default, the reference's).
+        descriptions: optional label descriptions (``"fresh=positive,rotten=negative"``, a mapping or a class file,
+            as ``zeroshot --classes`` reads them): each description through each template of ``prompt`` becomes
+            one more labelled text (the setfit library's templated examples).
+        prompt: the prompt set or template for ``descriptions`` (``review``, ``name``, ``"this sentence is {}"``).
 
     References:
         Tunstall et al., "Efficient Few-Shot Learning Without Prompts", arXiv:2209.11055, 2022.
@@ -125,9 +144,12 @@ class SetFit(Strategy):
     description: ClassVar[str] = ("SetFit: contrastive fine-tuning of a text encoder on pairs of the labelled texts, "
                                   "then a logistic head (text backbones)")
     sampling: str = "oversampling"
-    num_iterations: int | None = None
+    num_iterations: int | None = 20
     max_pairs: int | None = None
+    head: str = "logreg-l2n"
     head_C: float = 1.0
+    descriptions: Any = None
+    prompt: str = "name"
 
     def validate(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -138,6 +160,8 @@ class SetFit(Strategy):
                 raise TransferkitError(f"setfit: {k} must be an integer >= 1 or None (got {v!r})")
         if not (isinstance(self.head_C, (int, float)) and self.head_C > 0):
             raise TransferkitError(f"setfit: head_C must be > 0 (got {self.head_C!r})")
+        if self.head not in SETFIT_HEADS:
+            raise UnknownNameError(f"setfit: head must be one of {', '.join(SETFIT_HEADS)} (got {self.head!r})")
 
     def bind(self, groups: list) -> None:
         raise TransferkitError("strategy 'setfit' trains through its own trainer (fit with strategy='setfit', or "
@@ -166,6 +190,7 @@ def train_setfit(source: DataSource, y: np.ndarray, splits: Splits, backbone: st
         TransferkitError: extra loss terms (SetFit's objective is the pair loss alone) or bad settings.
     """
     from ..heads import HeadModule, LogisticHead
+    from ..heads.fewshot import LogisticL2NHead
     from ..runs import default_run_dir, prepare_run_dir, save_model
     from .strategies import create_strategy
 
@@ -198,16 +223,18 @@ def train_setfit(source: DataSource, y: np.ndarray, splits: Splits, backbone: st
         raise TransferkitError(f"backbone {bb.name!r} has no trainable weights (word vectors are trained on a corpus, "
                                "not by SetFit); use a sentence encoder such as minilm")
     lab = np.sort(np.asarray(splits.labelled, dtype=np.int64))
-    pairs, targets = setfit_pairs(y[lab], sampling=strat.sampling, num_iterations=strat.num_iterations,
+    extra_texts, extra_y = described_examples(strat.descriptions, strat.prompt, classes)
+    texts = [str(source.load(int(i))) for i in lab] + extra_texts
+    y_lab = np.concatenate([y[lab], extra_y]).astype(np.int64)
+    pairs, targets = setfit_pairs(y_lab, sampling=strat.sampling, num_iterations=strat.num_iterations,
                                   max_pairs=strat.max_pairs, seed=cfg.seed)
-    texts = [str(source.load(int(i))) for i in lab]
     out_dir = prepare_run_dir(run_dir if run_dir is not None else default_run_dir(source.name, f"{bb.name}-setfit"),
                               "fit", resume=True)
     steps = max(1, math.ceil(len(pairs) / cfg.batch_size)) * cfg.epochs
     identity = {"strategy": strat.config(), "backbone": {"name": bb.name, "weights": bb.weights_digest()},
                 "pairs": {"n": int(len(pairs)), "digest": _digest(pairs.tobytes() + targets.tobytes())},
                 "data": {"items": source.fingerprint(), "labelled": _digest(lab.tobytes()),
-                         "labels": _digest(y[lab].astype(np.int64).tobytes())},
+                         "labels": _digest(y_lab.tobytes()), "described": _digest("\n".join(extra_texts).encode())},
                 "train": {"lr": cfg.lr, "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay,
                           "warmup_epochs": cfg.warmup_epochs}}
     plan = EncoderPlan(backbone=bb, items=PairItems(texts, pairs), targets=targets, objective=CosinePairLoss(),
@@ -220,24 +247,30 @@ def train_setfit(source: DataSource, y: np.ndarray, splits: Splits, backbone: st
                             num_workers=cfg.num_workers or 0, progress="epoch" if progress else None,
                             label="setfit", unit="pairs")
     if log is not None:
-        log(f"setfit: {len(pairs)} pairs ({int(targets.sum())} same-class) from {len(lab)} labelled texts, "
+        log(f"setfit: {len(pairs)} pairs ({int(targets.sum())} same-class) from {len(lab)} labelled texts"
+            f"{f' and {len(extra_texts)} described' if extra_texts else ''}, "
             f"{cfg.epochs} epoch(s) of {math.ceil(len(pairs) / cfg.batch_size)} steps")
     r = run_loop(plan, settings, out_dir, resume=resume, callbacks=callbacks, log=log)
     body = r.model.backbone.eval()
     t_head = time.perf_counter()
     Z = encode_texts(body, texts)
-    head = LogisticHead(C=float(strat.head_C)).fit(Z, y[lab])
+    if strat.head == "logreg-l2n":
+        head = LogisticL2NHead(C=float(strat.head_C), norm="l2n").fit(Z, y_lab)
+        module = _full_normed_linear(head.module_, head.classes_, num_classes)
+    else:
+        head = LogisticHead(C=float(strat.head_C)).fit(Z, y_lab)
+        linear = torch.nn.Linear(Z.shape[1], num_classes)
+        _fold_into_linear(head.to_module(), head.classes_, linear)
+        module = HeadModule.from_linear(linear)
     test = np.asarray(splits.test, dtype=np.int64)
     Zt = encode_texts(body, [str(source.load(int(i))) for i in test])
     proba = np.zeros((len(test), num_classes))
     if len(test):
         proba[:, head.classes_] = head.predict_proba(Zt)
-    model = TransferModel(body, num_classes)
-    _fold_into_linear(head.to_module(), head.classes_, model.head)
-    model = model.eval()
+    model = TransferModel(body, num_classes, head=module).eval()
     model_path = None
     if export:
-        save_model(out_dir, HeadModule.from_linear(model.head), body, classes, kind="finetuned", backbone_trained=True,
+        save_model(out_dir, module, body, classes, kind="finetuned", backbone_trained=True,
                    extra={"strategy": strat.config(), "best_epoch": r.best_epoch})
         model_path = out_dir / "model"
     if log is not None:
@@ -248,6 +281,62 @@ def train_setfit(source: DataSource, y: np.ndarray, splits: Splits, backbone: st
         history=r.history, seconds=time.perf_counter() - t0, train_seconds=r.train_seconds, run_dir=out_dir,
         checkpoint=r.checkpoint, model_path=model_path, resumed_from=r.resumed_from, model=model,
         config={**identity, "pairs_total": int(len(pairs))}, preprocessing=body.data_config())
+
+
+def described_examples(descriptions: Any, prompt: str, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Labelled texts made from label descriptions: every description of a class through every template of
+    ``prompt`` (the setfit library's ``get_templated_dataset``, which SetFit trains on for zero-shot and adds to
+    few labels).
+
+    Args:
+        descriptions: None (no texts), or the classes with their descriptions as
+            :func:`~transferkit.zeroshot.prompts.parse_classes` reads them (``"fresh=positive,rotten=negative"``, a
+            mapping, a ``.json`` / ``.txt`` file); a class left out gets no text.
+        prompt: a prompt set name (``name``, ``review``) or a template with ``{}``.
+        classes: the data's class names, in index order.
+
+    Returns:
+        ``(texts, y)``: the texts and their class indices.
+
+    Raises:
+        DataError: a described label that is not one of the data's classes, or a bad description list.
+
+    >>> described_examples("b=bad,g=good", "this review is {}.", ["g", "b"])
+    (['this review is good.', 'this review is bad.'], array([0, 1]))
+    """
+    if descriptions is None:
+        return [], np.zeros(0, np.int64)
+    from ..zeroshot.prompts import class_texts, parse_classes
+
+    spec = parse_classes(descriptions)
+    names = [str(c) for c in classes]
+    unknown = [lab for lab in spec.labels if lab not in names]
+    if unknown:
+        raise DataError(f"setfit descriptions name {', '.join(map(repr, unknown))}, not a class of the data "
+                        f"({', '.join(names)}); describe the data's own labels, e.g. \"{names[0]}=...\"")
+    texts: list[str] = []
+    ys: list[int] = []
+    for lab, group in zip(spec.labels, class_texts(spec, prompt)):
+        texts += group
+        ys += [names.index(lab)] * len(group)
+    return texts, np.asarray(ys, np.int64)
+
+
+def _full_normed_linear(module: Any, head_classes: np.ndarray, num_classes: int) -> Any:
+    """A fitted :class:`~transferkit.heads.fewshot.NormedLinearModule` over the classes it saw, widened to every
+    class of the data (a class it never saw gets a very low logit)."""
+    from ..heads.fewshot import NormedLinearModule
+
+    c = module.config()
+    out = NormedLinearModule(c["in_features"], num_classes, c["norm"], c["scale"], True, c["eps"])
+    with torch.no_grad():
+        out.center.copy_(module.center)
+        out.linear.weight.zero_()
+        out.linear.bias.fill_(-1e4)
+        for row, k in enumerate(head_classes):
+            out.linear.weight[int(k)] = module.linear.weight[row]
+            out.linear.bias[int(k)] = module.linear.bias[row]
+    return out.eval()
 
 
 def _fold_into_linear(head: Any, head_classes: np.ndarray, linear: torch.nn.Linear) -> None:
