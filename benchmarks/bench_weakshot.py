@@ -191,6 +191,13 @@ def render(state: dict) -> str:
         "counts once): " + "; ".join(
             f"`{j}` ({', '.join(sorted({d for d, _ in v}))}, seeds {sorted({s for _, s in v})})"
             for j, v in merged.items()) + "\n\n")
+    reused = state.get("reused_from")
+    if reused:
+        source += ("plain, density and oracle (the methods without the similarity net) are reused from the journals "
+                   f"of an earlier run ({', '.join(f'`{j}`' for j in reused['journals'])}, settings in "
+                   f"`{reused['config']}`) wherever it has the cell: their settings and code path are unchanged, so "
+                   "their results are the same (checked: a rerun of mnist5k flip 30 % seed 0 gave the same "
+                   "accuracies); the other cells ran every method.\n\n")
     parts = [f"### bench_weakshot\n\ncommand: `{state['command']}`\n\n{source}{machine_line(state['machine'])}\n\n"
              "Weak-shot learning at probe cost: cached lite0 features (frozen); base classifier (one hidden layer of "
              f"{cfg['hidden']}) on the clean base classes, similarity net on base pairs ({cfg['sim_steps']} steps), "
@@ -216,6 +223,8 @@ def render(state: dict) -> str:
         parts.append(md_table(["data", "noise", "seeds", *methods, "SimTrans − plain (pooled McNemar)",
                                "simnet base-pair bal. acc %", "weights AUC density / simtrans"], rows) + "\n")
         parts.append(_targets(s["rows"]))
+        if state.get("previous"):
+            parts.append(_before_after(s["rows"], state["previous"]))
     e = state.get("e2e_summary")
     if e and e["rows"]:
         rows = [[r["dataset"], f"{r['kind']} {int(100 * r['rate'])}%", str(r["n"]),
@@ -227,6 +236,35 @@ def render(state: dict) -> str:
                      "kept); the similarity net learns on the base-trained network's features.\n\n"
                      + md_table(["data", "noise", "seeds", *E2E_METHODS, "s per method"], rows) + "\n")
     return "\n".join(parts)
+
+
+def _before_after(rows: list[dict], previous: dict) -> str:
+    """The SimTrans columns of an earlier run (``previous``: its results JSON) beside this run's, split by split."""
+    old = {(r["dataset"], r["kind"], float(r["rate"])): r for r in previous["summary"]["rows"]}
+    cfg = previous.get("config", {})
+    table = []
+    for r in rows:
+        o = old.get((r["dataset"], r["kind"], float(r["rate"])))
+        if o is None:
+            continue
+
+        def cell(row: dict, m: str) -> str:
+            v = row["methods"].get(m) or {}
+            return "–" if v.get("mean") is None else f"{100 * v['mean']:.1f}"
+
+        table.append([r["dataset"], f"{r['kind']} {int(100 * r['rate'])}%", f"{o['n']} → {r['n']}",
+                      f"{cell(o, 'plain')} → {cell(r, 'plain')}",
+                      f"{cell(o, 'simtrans-weights')} → {cell(r, 'simtrans-weights')}",
+                      f"{cell(o, 'simtrans')} → {cell(r, 'simtrans')}",
+                      " → ".join("–" if x["methods"]["simtrans"]["auc"] is None else f"{x['methods']['simtrans']['auc']:.2f}"
+                                 for x in (o, r))])
+    if not table:
+        return ""
+    return ("\nBefore → after (the earlier run: the paper's mean-similarity weights, concatenated pair features "
+            f"{'with |a-b| and a*b ' if cfg.get('symmetric') else ''}and the graph term at the reference code's "
+            f"alpha {cfg.get('alpha')} on raw features; its seeds and this run's may differ in number):\n\n"
+            + md_table(["data", "noise", "seeds", "plain", "simtrans-weights", "simtrans", "weights AUC simtrans"],
+                       table) + "\n")
 
 
 def _targets(rows: list[dict]) -> str:
@@ -269,6 +307,8 @@ def main() -> None:
                          "similarity net (plain, density, oracle) are reused when its settings agree on theirs")
     ap.add_argument("--reuse-config", default=None,
                     help="the earlier run's results JSON (its 'config'), needed with --reuse")
+    ap.add_argument("--previous", default=None,
+                    help="an earlier run's results JSON: its SimTrans columns are shown beside this run's")
     ap.add_argument("--merge", default=None,
                     help="comma-separated probe journals of earlier runs (e.g. one process per dataset, run side by "
                          "side): render their finished cells of the current settings together and exit")
@@ -291,6 +331,12 @@ def main() -> None:
         for k in ("summary", "e2e_summary"):
             if k in old:
                 state[k] = old[k]
+
+    if args.previous:
+        state["previous"] = json.loads(Path(args.previous).read_text())
+        state["previous"] = {"config": state["previous"].get("config"), "summary": state["previous"].get("summary")}
+    if args.reuse:
+        state["reused_from"] = {"journals": _csv(args.reuse), "config": args.reuse_config}
 
     def save() -> None:
         atomic_write_text(out.with_suffix(".json"), json.dumps(state, indent=1, default=str))
@@ -339,7 +385,6 @@ def main() -> None:
             if not args.reuse_config:
                 raise SystemExit("--reuse needs --reuse-config (the earlier run's results JSON)")
             reuse = load_reusable(_csv(args.reuse), json.loads(Path(args.reuse_config).read_text())["config"], cfg)
-            state["reused_from"] = {"journals": _csv(args.reuse), "config": args.reuse_config, "cells": len(reuse)}
             log(f"reusing the baselines of {len(reuse)} cells")
 
         def progress(rec: dict) -> None:
