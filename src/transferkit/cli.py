@@ -1208,7 +1208,7 @@ def weakshot(
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the noise and training."),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Fine-tune the backbone (on the base classes, then with each method) instead of training heads on cached features."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each method on the novel classes (default: 30 on features, 4 end to end)."),
-    alpha: float = typer.Option(0.1, "--alpha", help="Weight of SimTrans's graph regulariser (0.1 in the reference code; 0 turns it off)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of SimTrans's graph regulariser on L2-normalised features (default 1.0; 0 turns it off)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="End to end: the image side (default: 96)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for weakshot.json, predictions.csv, weights.csv and the SimTrans model, read by `transferkit predict` (default: runs/<time>-<data>-weakshot)."),
     input_column: Optional[str] = InputColOpt,
@@ -1227,7 +1227,9 @@ def weakshot(
 
     check_options(seed=seed, noise=noise, epochs=epochs, alpha=alpha, image_size=image_size, workers=workers,
                   device=device)
-    cfg = WeakShotConfig(alpha=alpha, num_workers=workers)
+    cfg = WeakShotConfig(num_workers=workers)
+    if alpha is not None:
+        cfg.alpha = alpha
     if image_size is not None:
         cfg.image_size = image_size
     if epochs is not None:

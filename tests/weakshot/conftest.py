@@ -37,3 +37,22 @@ def flipped():
 @pytest.fixture(scope="module")
 def with_outliers():
     return problem("outlier", 0.4)
+
+
+@pytest.fixture(scope="session")
+def flipped_fit(flipped_session):
+    """The base classifier and the similarity net (``train_similarity``'s own defaults) of the ``flipped`` problem."""
+    from transferkit.weakshot import train_base, train_similarity
+
+    wd = flipped_session
+    sp = wd.split
+    base = train_base(wd, FAST, seed=0)
+    fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val, init=base,
+                           hidden=FAST.hidden, steps=FAST.sim_steps,
+                           eval_every=FAST.sim_eval_every, batch_size=FAST.sim_batch_size, lr=FAST.lr, seed=0)
+    return wd, base, fit
+
+
+@pytest.fixture(scope="session")
+def flipped_session():
+    return problem("flip", 0.5, spread=1.6)

@@ -93,12 +93,8 @@ def test_the_graph_term_matches_a_hand_computation():
     assert float(A0[0, 1]) == 0.0 and float(A0[0, 2]) > 0
 
 
-def test_similarity_weights_beat_plain_training_on_noisy_labels(flipped):
-    sp = flipped.split
-    base = train_base(flipped, FAST, seed=0)
-    fit = train_similarity(flipped.X[sp.base_train], sp.base_y_train, flipped.X[sp.base_val], sp.base_y_val,
-                           init=base, hidden=FAST.hidden, steps=FAST.sim_steps, eval_every=FAST.sim_eval_every,
-                           batch_size=FAST.sim_batch_size, lr=FAST.lr, seed=0)
+def test_similarity_weights_beat_plain_training_on_noisy_labels(flipped_fit):
+    flipped, base, fit = flipped_fit
     plain = train_novel(flipped, "plain", base, None, FAST, seed=0)
     weighted = train_novel(flipped, "simtrans-weights", base, fit.net, FAST, seed=0)
     oracle = train_novel(flipped, "oracle", base, None, FAST, seed=0)

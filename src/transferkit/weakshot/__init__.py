@@ -10,7 +10,7 @@ denoiser without transfer and the clean-subset oracle.
 - :mod:`.fit`: :func:`fit_weakshot`, what ``transferkit weakshot`` runs (at probe cost, or end to end: :mod:`.e2e`).
 
 References:
-    Chen, Niu, Zhang, Zhang & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
+    Chen, Niu, Liu & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
 """
 
 from ..registry import import_submodules

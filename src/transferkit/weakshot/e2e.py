@@ -7,7 +7,7 @@ the web images) with the similarity net's backbone frozen at the base-trained on
 features of that network) to fit a CPU.
 
 References:
-    Chen, Niu, Zhang, Zhang & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
+    Chen, Niu, Liu & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ..train.loop import LoopSettings, Plan, run_loop
 from ..train.objectives import Objectives
 from ..train.streams import derive_seed
 from .problem import MethodResult, WeakShotConfig, WeakShotData
-from .methods import WEAKSHOT_METHODS, NovelSet, weight_auc
+from .methods import WEAKSHOT_METHODS, NovelSet, create_method, weight_auc
 from .objectives import WeightedCrossEntropy, graph_term
 
 __all__ = ["run_end_to_end", "finetune_base"]
@@ -138,7 +138,7 @@ def run_end_to_end(wd: WeakShotData, methods: Sequence[str], cfg: WeakShotConfig
             t = time.perf_counter()
             Z = _features(net.backbone, wd, work / "features", workers)
             fit = train_similarity(Z[sp.base_train], sp.base_y_train, Z[sp.base_val], sp.base_y_val,
-                                   hidden=cfg.hidden, symmetric=cfg.symmetric, steps=cfg.sim_steps,
+                                   hidden=cfg.hidden, pair=cfg.sim_pair, steps=cfg.sim_steps,
                                    eval_every=cfg.sim_eval_every,
                                    batch_size=cfg.sim_batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                    seed=seed)
@@ -153,7 +153,7 @@ def run_end_to_end(wd: WeakShotData, methods: Sequence[str], cfg: WeakShotConfig
             entry = WEAKSHOT_METHODS.get(m)
             novel = NovelSet(wd.X[sp.novel_train], sp.novel_noisy, simnet, clean, seed,
                              Z=None if Z is None else Z[sp.novel_train])
-            w = np.asarray(WEAKSHOT_METHODS.create(m).weights(novel), np.float32)
+            w = np.asarray(create_method(m, cfg).weights(novel), np.float32)
             graph = bool(entry.cap("graph"))
             log(f"end to end: novel classes with {m}")
             plan = _EndToEndNovelPlan(net, wd, w, simnet if graph else None,

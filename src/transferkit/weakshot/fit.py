@@ -21,7 +21,7 @@ End to end (``end_to_end=True``): the backbone is first fine-tuned on the base c
 method's novel classifier fine-tunes the whole base-trained network on the images (or texts) with the same loss.
 
 References:
-    Chen, Niu, Zhang, Zhang & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
+    Chen, Niu, Liu & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from ..errors import DataError, TransferkitError
 from ..train.loop import LoopSettings, Plan, run_loop
 from ..train.objectives import Objectives
 from ..train.streams import TensorStream, derive_seed
-from .methods import WEAKSHOT_METHODS, NovelSet, weight_auc
+from .methods import WEAKSHOT_METHODS, NovelSet, create_method, weight_auc
 from .noise import NOISE_KINDS, WeakShotSplit, inject_noise, resolve_classes, split_from_web_labels
 from .objectives import WeightedCrossEntropy, graph_term
 from .outliers import outlier_pool, parse_outliers
@@ -264,7 +264,7 @@ def train_novel(wd: WeakShotData, method: str, base: torch.nn.Module, simnet: An
     Zall = wd.X if Z is None else Z
     clean = sp.clean
     novel = NovelSet(wd.X[sp.novel_train], sp.novel_noisy, simnet, clean, seed, Z=Zall[sp.novel_train])
-    w = np.asarray(WEAKSHOT_METHODS.create(method).weights(novel), np.float32)
+    w = np.asarray(create_method(method, cfg).weights(novel), np.float32)
     graph = bool(entry.cap("graph"))
     plan = _NovelPlan(np.asarray(wd.X[sp.novel_train], np.float32), sp.novel_noisy, w,
                       np.asarray(wd.X[sp.novel_test], np.float32), copy.deepcopy(base).cpu(),
@@ -393,7 +393,7 @@ def fit_weakshot(data: Any, *, base: Sequence[str] | str | None = None, novel: S
             t = time.perf_counter()
             sp = wd.split
             fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val,
-                                   init=base_head, hidden=cfg.hidden, symmetric=cfg.symmetric, steps=cfg.sim_steps,
+                                   init=base_head if cfg.sim_init == "base" else None, hidden=cfg.hidden, pair=cfg.sim_pair, steps=cfg.sim_steps,
                                    eval_every=cfg.sim_eval_every, batch_size=cfg.sim_batch_size, lr=cfg.lr,
                                    weight_decay=cfg.weight_decay, seed=seed)
             simnet, sim_scores = fit.net, fit.scores

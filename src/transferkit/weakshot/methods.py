@@ -68,8 +68,11 @@ class WeakShotMethod:
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
 
-def create_method(name: str, **params: Any) -> WeakShotMethod:
-    """A method by name (see :data:`WEAKSHOT_METHODS`)."""
+def create_method(name: str, config: Any = None, **params: Any) -> WeakShotMethod:
+    """A method by name (see :data:`WEAKSHOT_METHODS`); with a :class:`~transferkit.weakshot.WeakShotConfig`, the
+    methods that use the similarity net get its ``sim_weighting``."""
+    if config is not None and WEAKSHOT_METHODS.get(name).cap("uses_similarity"):
+        params = {"weighting": config.sim_weighting, **params}
     return WEAKSHOT_METHODS.create(name, **params)
 
 

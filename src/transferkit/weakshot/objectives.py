@@ -4,7 +4,7 @@ batch's item positions, so they work the same on cached features (a tensor strea
 item stream, end to end).
 
 References:
-    Chen, Niu, Zhang, Zhang & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
+    Chen, Niu, Liu & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
 """
 
 from __future__ import annotations
@@ -76,13 +76,16 @@ class GraphRegularizer(Objective):
     Args:
         simnet: the trained :class:`~transferkit.weakshot.similarity.SimilarityNet` (kept frozen).
         features: ``(N, D)`` the similarity net's input for every item of ``stream``, in the stream's order.
-        alpha: weight of the term (0.1 in the reference code).
+        alpha: weight of the term (0.1 in the reference code, on raw features; the default config uses 1.0 on
+            normalised ones).
         mu: relaxation of the similarities (-4 in the reference code).
         eye: weight of pairs with different labels (1: every pair counts).
         stream: the stream whose batches are regularised.
         start_epoch, every: the term is on in epochs ``start_epoch, start_epoch + every, ...`` (0 and 1: always).
             The reference code's schedule trains with the weighted cross-entropy alone first, then alternates epochs
             without and with the graph term: ``start_epoch`` = the first half, ``every = 2``.
+        normalize: measure ``||f_i - f_j||^2`` between L2-normalised features (then in ``[0, 4]`` whatever the
+            features' scale); False: the raw features, as in the reference code.
 
     References:
         Chen et al., "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021, eq. (3)-(4);
@@ -92,8 +95,9 @@ class GraphRegularizer(Objective):
     name = "graph"
 
     def __init__(self, simnet: SimilarityNet, features: Any, alpha: float = 0.1, mu: float = -4.0, eye: float = 1.0,
-                 stream: str = "labelled", start_epoch: int = 0, every: int = 1):
+                 stream: str = "labelled", start_epoch: int = 0, every: int = 1, normalize: bool = False):
         super().__init__()
+        self.normalize = bool(normalize)
         self.start_epoch, self.every = int(start_epoch), max(int(every), 1)
         self.simnet = simnet.eval()
         for p in self.simnet.parameters():
@@ -124,6 +128,8 @@ class GraphRegularizer(Objective):
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         out = step.outputs(self.stream)[0]
         f = out.features.float()
+        if self.normalize:
+            f = F.normalize(f, dim=1)
         if not self.active(step.epoch):
             return {self.name: f.sum() * 0.0}
         idx = step.batches[self.stream].index.to(self.z.device)
@@ -134,7 +140,7 @@ class GraphRegularizer(Objective):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "mu": self.mu, "eye": self.eye, "stream": self.stream,
-                "features": list(self.z.shape), "start_epoch": self.start_epoch, "every": self.every}
+                "features": list(self.z.shape), "start_epoch": self.start_epoch, "every": self.every, "normalize": self.normalize}
 
     def train(self, mode: bool = True) -> "GraphRegularizer":
         """The similarity net stays in evaluation mode (batch norm statistics frozen) whatever the loop asks."""
@@ -147,4 +153,5 @@ def graph_term(simnet: SimilarityNet, Z: Any, cfg: Any, epochs: int) -> "GraphRe
     """SimTrans's graph regulariser with a :class:`~transferkit.weakshot.problem.WeakShotConfig`'s settings and schedule
     over ``epochs`` (on a copy of the net, which stays frozen)."""
     start, every = (epochs // 2, 2) if cfg.graph_schedule == "alternate" else (0, 1)
-    return GraphRegularizer(copy.deepcopy(simnet), Z, cfg.alpha, cfg.mu, cfg.eye, start_epoch=start, every=every)
+    return GraphRegularizer(copy.deepcopy(simnet), Z, cfg.alpha, cfg.mu, cfg.eye, start_epoch=start, every=every,
+                            normalize=cfg.graph_normalize)

@@ -30,8 +30,14 @@ class WeakShotConfig:
         alpha, mu, eye: the graph regulariser (weight, relaxation, weight of pairs with different labels).
         graph_schedule: ``alternate`` (the reference code's: the weighted cross-entropy alone for the first half of
             the epochs, then epochs without and with the graph term in turn) or ``always``.
-        symmetric: the similarity net also compares ``|a - b|`` and ``a * b`` (see
-            :class:`~transferkit.weakshot.similarity.SimilarityNet`).
+        graph_normalize: the graph term measures distances between L2-normalised features (see
+            :class:`~transferkit.weakshot.objectives.GraphRegularizer`).
+        sim_pair: what the similarity net's pair MLP reads: ``concat`` (the paper's), ``symmetric`` or
+            ``difference`` (see :class:`~transferkit.weakshot.similarity.SimilarityNet`).
+        sim_init: the similarity net's trunk starts from the base classifier's hidden layer (``base``, the paper's)
+            or fresh (``fresh``).
+        sim_weighting: how SimTrans's weights read the similarities: ``contrast`` or ``mean`` (the paper's; see
+            :func:`~transferkit.weakshot.simtrans.similarity_weights`).
         test_fraction: share of each novel class held out, clean, for testing.
         val_fraction: share of each base class held out to choose the base models.
         outlier_pool: items per outlier source (a fixed pool; runs draw from it).
@@ -52,11 +58,14 @@ class WeakShotConfig:
     sim_eval_every: int = 50
     sim_batch_size: int = 40
     novel_epochs: int = 40
-    alpha: float = 0.1
+    alpha: float = 1.0
     mu: float = -4.0
     eye: float = 1.0
     graph_schedule: str = "alternate"
-    symmetric: bool = True
+    graph_normalize: bool = True
+    sim_pair: str = "difference"
+    sim_init: str = "base"
+    sim_weighting: str = "contrast"
     test_fraction: float = 0.3
     val_fraction: float = 0.2
     outlier_pool: int = 1000
@@ -84,6 +93,14 @@ class WeakShotConfig:
             bad.append(f"alpha must be >= 0 (got {self.alpha!r})")
         if self.graph_schedule not in ("alternate", "always"):
             bad.append(f"graph_schedule must be 'alternate' or 'always' (got {self.graph_schedule!r})")
+        from .similarity import PAIR_KINDS
+
+        if self.sim_pair not in PAIR_KINDS:
+            bad.append(f"sim_pair must be one of {', '.join(PAIR_KINDS)} (got {self.sim_pair!r})")
+        if self.sim_init not in ("base", "fresh"):
+            bad.append(f"sim_init must be 'base' or 'fresh' (got {self.sim_init!r})")
+        if self.sim_weighting not in ("mean", "contrast"):
+            bad.append(f"sim_weighting must be 'mean' or 'contrast' (got {self.sim_weighting!r})")
         if not 0 <= self.eye <= 1:
             bad.append(f"eye must be in [0, 1] (got {self.eye!r})")
         if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:

@@ -12,7 +12,7 @@ about the number of classes). The checkpoint is chosen by :class:`PairAccuracy`,
 held-out base items (never novel data).
 
 References:
-    Chen, Niu, Zhang, Zhang & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021
+    Chen, Niu, Liu & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021
     (the similarity net: concatenated pair features, an MLP, a two-way output; like the reference code's head type 4
     a three-layer MLP with batch norm, narrowed for a CPU, over every ordered pair of a batch).
 """
@@ -33,7 +33,10 @@ from ..train.loop import Evaluator, LoopSettings, Plan, run_loop
 from ..train.objectives import Objective, Outputs, Step
 from ..train.streams import TensorStream, derive_seed
 
-__all__ = ["SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit", "train_similarity", "all_pairs",
+#: what the similarity net's pair MLP reads (see :class:`SimilarityNet`)
+PAIR_KINDS = ("concat", "symmetric", "difference")
+
+__all__ = ["PAIR_KINDS", "SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit", "train_similarity", "all_pairs",
            "same_class_probabilities", "pair_targets", "heldout_pairs"]
 
 
@@ -63,9 +66,11 @@ class SimilarityNet(nn.Module):
     Args:
         in_features: width of the input features (the backbone's).
         hidden: width of the trunk; the pair MLP is ``2h -> h -> h -> h/2 -> 2`` with batch norm and ReLU.
-        symmetric: feed the pair MLP ``[a, b, |a - b|, a * b]`` instead of the concatenation ``[a, b]`` alone (an
-            addition to the paper's net: the comparison features make a similarity learned on a few base classes
-            transfer better to unseen ones).
+        pair: what the pair MLP reads of the two trunk features ``a``, ``b``: ``concat`` ``[a, b]`` (the paper's),
+            ``symmetric`` ``[a, b, |a - b|, a * b]``, or ``difference`` ``[|a - b|, a * b]`` on L2-normalised
+            ``a``, ``b`` (an addition to the paper's net: without ``a`` and ``b`` themselves the MLP cannot learn
+            *which* base classes a pair shows, only how the two items compare, so the similarity transfers to
+            classes it never saw; it is also symmetric in the two items).
 
     Shape:
         forward: ``(N, 2, D)`` pairs -> ``(N, 2)`` logits; a batch of items ``(B, D)`` -> the logits of its every
@@ -74,14 +79,17 @@ class SimilarityNet(nn.Module):
         layers). The same in training and evaluation mode.
     """
 
-    def __init__(self, in_features: int, hidden: int = 256, symmetric: bool = False):
+    def __init__(self, in_features: int, hidden: int = 256, pair: str = "concat"):
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("scale", torch.ones(in_features))
         self.trunk = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
         half = max(hidden // 2, 2)
-        self.symmetric = bool(symmetric)
-        self.fc1 = nn.Sequential(nn.Linear((4 if symmetric else 2) * hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        if pair not in PAIR_KINDS:
+            raise DataError(f"pair must be one of {', '.join(PAIR_KINDS)}; got {pair!r}")
+        self.pair = pair
+        width = {"concat": 2, "symmetric": 4, "difference": 2}[pair] * hidden
+        self.fc1 = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
         self.fc2 = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
         self.fc3 = nn.Sequential(nn.Linear(hidden, half), nn.BatchNorm1d(half), nn.ReLU())
         self.out = nn.Linear(half, 2)
@@ -107,7 +115,11 @@ class SimilarityNet(nn.Module):
 
     def score_embedded(self, a: torch.Tensor, b: torch.Tensor, return_features: bool = False):
         """Logits of pairs given their trunk features. Shape: ``(N, h)``, ``(N, h)`` -> ``(N, 2)``."""
-        parts = [a, b, (a - b).abs(), a * b] if self.symmetric else [a, b]
+        if self.pair == "difference":
+            a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+            parts = [(a - b).abs(), a * b]
+        else:
+            parts = [a, b, (a - b).abs(), a * b] if self.pair == "symmetric" else [a, b]
         z = self.fc2(self.fc1(torch.cat(parts, dim=1)))
         logits = self.out(self.fc3(z))
         return (logits, z) if return_features else logits
@@ -240,7 +252,7 @@ class _SimilarityPlan:
     same: np.ndarray
     init: nn.Module | None
     hidden: int
-    symmetric: bool
+    pair: str
     batch_size: int
     lr: float
     weight_decay: float
@@ -249,7 +261,7 @@ class _SimilarityPlan:
     def __call__(self, fabric: Any) -> Plan:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, 21))
-            net = SimilarityNet(self.X.shape[1], self.hidden, self.symmetric)
+            net = SimilarityNet(self.X.shape[1], self.hidden, self.pair)
         if self.init is not None:
             net.init_from(self.init)
         else:
@@ -265,7 +277,7 @@ class _SimilarityPlan:
                                   {"params": rest, "lr": lr, "weight_decay": 0.0, "name": "simnet:no_decay"}],
                     optimizer=lambda g: torch.optim.AdamW(g, lr=lr, weight_decay=wd),
                     evaluator=PairAccuracy(self.pairs, self.same),
-                    identity={"stage": "similarity", "hidden": self.hidden, "symmetric": self.symmetric,
+                    identity={"stage": "similarity", "hidden": self.hidden, "pair": self.pair,
                               "batch_size": self.batch_size,
                               "lr": lr, "weight_decay": wd, "data": _digest(self.X), "labels": _digest(self.y)})
 
@@ -278,7 +290,7 @@ def _digest(a: np.ndarray) -> str:
 
 
 def train_similarity(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, *,
-                     init: nn.Module | None = None, hidden: int = 256, symmetric: bool = False, steps: int = 300,
+                     init: nn.Module | None = None, hidden: int = 256, pair: str = "concat", steps: int = 300,
                      eval_every: int = 50, batch_size: int = 40, lr: float = 1e-3, weight_decay: float = 1e-4, val_pairs: int = 4000,
                      seed: int = 0, run_dir: Any = None, resume: bool = False,
                      log: Callable[[str], None] | None = None) -> SimilarityFit:
@@ -290,7 +302,7 @@ def train_similarity(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.
         init: a base classifier (:class:`~transferkit.heads.modules.HeadModule` with one hidden layer of width
             ``hidden``) whose hidden layer starts the trunk; None: a fresh trunk.
         hidden: trunk width.
-        symmetric: add ``|a - b|`` and ``a * b`` to the pair features (see :class:`SimilarityNet`).
+        pair: what the pair MLP reads (``concat``, ``symmetric``, ``difference``; see :class:`SimilarityNet`).
         steps, eval_every: optimisation steps and the interval of checkpoint evaluations.
         batch_size: items per batch (``batch_size ** 2`` pairs).
         lr, weight_decay: AdamW settings.
@@ -313,7 +325,7 @@ def train_similarity(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.
         raise DataError("the similarity net needs at least 2 held-out base items to choose its checkpoint")
     pairs, same = heldout_pairs(np.asarray(X_val, np.float32), np.asarray(y_val), val_pairs, derive_seed(seed, 22))
     plan = _SimilarityPlan(X, y, pairs, same, None if init is None else copy.deepcopy(init).cpu(), int(hidden),
-                           bool(symmetric), int(min(batch_size, len(y))), float(lr), float(weight_decay), int(seed))
+                           str(pair), int(min(batch_size, len(y))), float(lr), float(weight_decay), int(seed))
     every = max(1, min(int(eval_every), int(steps)))
     settings = LoopSettings(epochs=-(-int(steps) // every), steps_per_epoch=every, seed=int(seed), accelerator="cpu",
                             label="similarity net", unit="steps", eval_batch_size=1024)
