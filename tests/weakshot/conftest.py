@@ -20,6 +20,36 @@ def blobs(n_classes=16, per_class=60, dim=8, spread=1.0, seed=0):
     return X.astype(np.float32), y
 
 
+def fake_step(idx, y, features):
+    """A stand-in for the loop's ``Step`` with one ``labelled`` batch: its indices, labels and head features."""
+
+    class _Step:
+        batches = {"labelled": type("B", (), {"index": idx, "y": y})()}
+        epoch = 0
+
+        @staticmethod
+        def outputs(stream):
+            return [type("O", (), {"features": features})()]
+
+        @staticmethod
+        def weight(stream):
+            return 1.0
+
+    return _Step()
+
+
+def base_and_similarity(wd: WeakShotData):
+    """The base classifier and the similarity net (``train_similarity``'s own defaults) of a toy problem."""
+    from transferkit.weakshot import train_base, train_similarity
+
+    sp = wd.split
+    base = train_base(wd, FAST, seed=0)
+    fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val, init=base,
+                           hidden=FAST.hidden, steps=FAST.sim_steps, eval_every=FAST.sim_eval_every,
+                           batch_size=FAST.sim_batch_size, lr=FAST.lr, seed=0)
+    return base, fit
+
+
 def problem(kind="flip", rate=0.5, seed=0, spread=1.0) -> WeakShotData:
     X, y = blobs(seed=seed, spread=spread)
     classes = [f"c{i}" for i in range(16)]
@@ -42,15 +72,7 @@ def with_outliers():
 @pytest.fixture(scope="session")
 def flipped_fit(flipped_session):
     """The base classifier and the similarity net (``train_similarity``'s own defaults) of the ``flipped`` problem."""
-    from transferkit.weakshot import train_base, train_similarity
-
-    wd = flipped_session
-    sp = wd.split
-    base = train_base(wd, FAST, seed=0)
-    fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val, init=base,
-                           hidden=FAST.hidden, steps=FAST.sim_steps,
-                           eval_every=FAST.sim_eval_every, batch_size=FAST.sim_batch_size, lr=FAST.lr, seed=0)
-    return wd, base, fit
+    return (flipped_session, *base_and_similarity(flipped_session))
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.weakshot.conftest import FAST
+from tests.weakshot.conftest import FAST, base_and_similarity, fake_step
 from transferkit.errors import DataError
-from transferkit.weakshot import (NovelSet, WEAKSHOT_METHODS, inject_noise, split_from_web_labels, train_base,
-                                  train_novel, train_similarity, weight_auc)
+from transferkit.weakshot import (NovelSet, WEAKSHOT_METHODS, inject_noise, split_from_web_labels, train_novel,
+                                  weight_auc)
 from transferkit.weakshot.noise import OUTSIDE
 from transferkit.weakshot.objectives import GraphRegularizer, relax
 from transferkit.weakshot.similarity import SimilarityNet, heldout_pairs
@@ -20,13 +20,7 @@ from transferkit.weakshot.similarity import SimilarityNet, heldout_pairs
 
 @pytest.fixture(scope="module")
 def trained(with_outliers):
-    wd = with_outliers
-    sp = wd.split
-    base = train_base(wd, FAST, seed=0)
-    fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val, init=base,
-                           hidden=FAST.hidden, steps=FAST.sim_steps, eval_every=FAST.sim_eval_every,
-                           batch_size=FAST.sim_batch_size, lr=FAST.lr, seed=0)
-    return base, fit
+    return base_and_similarity(with_outliers)
 
 
 def test_the_similarity_net_beats_chance_on_held_out_base_pairs_and_on_novel_pairs(with_outliers, trained):
@@ -66,19 +60,7 @@ def test_the_graph_term_matches_a_hand_computation():
     f = torch.randn(3, 5, requires_grad=True)
     idx = torch.tensor([4, 0, 2])
 
-    class _Step:
-        batches = {"labelled": type("B", (), {"index": idx, "y": torch.tensor([0, 1, 0])})()}
-        epoch = 0
-
-        @staticmethod
-        def outputs(stream):
-            return [type("O", (), {"features": f})()]
-
-        @staticmethod
-        def weight(stream):
-            return 1.0
-
-    got = term(_Step())["graph"]
+    got = term(fake_step(idx, torch.tensor([0, 1, 0]), f))["graph"]
     P = net.matrix(Z[idx])
     A = (torch.exp(-4 * P) - 1) / (np.exp(-4) - 1)
     D = torch.cdist(f.detach(), f.detach()) ** 2
@@ -87,7 +69,7 @@ def test_the_graph_term_matches_a_hand_computation():
     # the reference schedule: off for the first half, then every other epoch
     late = GraphRegularizer(net, Z.numpy(), alpha=0.1, mu=-4.0, start_epoch=2, every=2)
     assert [late.active(e) for e in range(6)] == [False, False, True, False, True, False]
-    assert float(late(_Step())["graph"].detach()) == 0.0
+    assert float(late(fake_step(idx, torch.tensor([0, 1, 0]), f))["graph"].detach()) == 0.0
     masked = GraphRegularizer(net, Z.numpy(), alpha=0.1, mu=-4.0, eye=0.0)
     A0 = masked.similarities(idx, torch.tensor([0, 1, 0]))
     assert float(A0[0, 1]) == 0.0 and float(A0[0, 2]) > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.weakshot.conftest import FAST
+from tests.weakshot.conftest import FAST, fake_step
 from transferkit.errors import TransferkitError
 from transferkit.weakshot import NovelSet, WeakShotConfig, train_novel, weight_auc
 from transferkit.weakshot.methods import create_method
@@ -88,18 +88,7 @@ def test_the_normalised_graph_term_matches_a_hand_computation_and_ignores_the_fe
     idx = torch.tensor([4, 0, 2, 5])
 
     def step(f):
-        class _Step:
-            batches = {"labelled": type("B", (), {"index": idx, "y": torch.tensor([0, 1, 0, 1])})()}
-            epoch = 0
-
-            @staticmethod
-            def outputs(stream):
-                return [type("O", (), {"features": f})()]
-
-            @staticmethod
-            def weight(stream):
-                return 1.0
-        return _Step()
+        return fake_step(idx, torch.tensor([0, 1, 0, 1]), f)
 
     f = torch.randn(4, 5)
     got = float(term(step(f))["graph"])
