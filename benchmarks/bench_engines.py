@@ -100,10 +100,15 @@ def main() -> None:
             (path / "engines").symlink_to(cache / "engines")
         return path
 
-    def one_time_auto(bb, source_n):
+    def setup(data, backbone):
+        """All of ``data``, its first ``--n`` items, the backbone, and the engine ``auto`` picks for it (timed once)."""
+        everything = load_data(data)
+        src = everything.subset(np.arange(min(args.n, len(everything))))
+        model = create_backbone(backbone).eval()
+        model.weights_digest()
         t = time.perf_counter()
-        ch = FeatureStore(cache).resolve_engine(bb, "auto", "cpu", items=10_000, log=log)
-        return ch.engine, time.perf_counter() - t
+        ch = FeatureStore(cache).resolve_engine(model, "auto", "cpu", items=10_000, log=log)
+        return everything, src, len(src), model, ch.engine, time.perf_counter() - t
 
     def probe(tag, engine, precision="32", data=args.data, backbone=args.backbone):
         accs = []
@@ -118,12 +123,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------ images
     if not args.skip_image:
-        source_all = load_data(args.data)
-        source = source_all.subset(np.arange(min(args.n, len(source_all))))
-        n = len(source)
-        bb = create_backbone(args.backbone).eval()
-        bb.weights_digest()
-        chosen, auto_s = one_time_auto(bb, n)
+        source_all, source, n, bb, chosen, auto_s = setup(args.data, args.backbone)
         log(f"auto chose {chosen.describe()} ({auto_s:.1f}s, one time)")
         tf = bb.transform()
         tensors = [tf(source.load(i)) for i in range(n)]
@@ -263,12 +263,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------ text
     if not args.skip_text:
-        tsrc_all = load_data(args.text_data)
-        tsrc = tsrc_all.subset(np.arange(min(args.n, len(tsrc_all))))
-        tn = len(tsrc)
-        tb = create_backbone(args.text_backbone).eval()
-        tb.weights_digest()
-        tchosen, tauto_s = one_time_auto(tb, tn)
+        tsrc_all, tsrc, tn, tb, tchosen, tauto_s = setup(args.text_data, args.text_backbone)
         texts = [tsrc.load(i) for i in range(tn)]
         tbatches = [tb.collate(texts[i:i + args.batch_size]) for i in range(0, tn, args.batch_size)]
         tfolder = engine_folder(cache, tb)
