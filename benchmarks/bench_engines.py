@@ -51,8 +51,8 @@ def main() -> None:
     ap.add_argument("--image-rounds", type=int, default=None, help="speed rounds of the image engines (default "
                     "--rounds; 0 skips them: accuracy, predict and text only)")
     ap.add_argument("--predict-n", type=int, default=None, help="images predicted per predict round (default --n)")
-    ap.add_argument("--no-image-int8", action="store_true", help="skip int8 features of the whole image dataset "
-                    "(slow where ONNX Runtime's int8 convolutions are)")
+    ap.add_argument("--no-image-int8", action="store_true", help="skip int8 on images (its speed rounds and its "
+                    "features of the whole dataset: slow where ONNX Runtime's int8 convolutions are)")
     ap.add_argument("--cache", default="/work/bench-cache-speed/engines")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_engines.md"))
     args = ap.parse_args()
@@ -132,8 +132,9 @@ def main() -> None:
         folder = engine_folder(cache, bb)
         engines = {"eager": TorchEngine(bb, torch.device("cpu")),
                    "channels-last": TorchEngine(bb, torch.device("cpu"), channels_last=True),
-                   "onnxruntime": OnnxEngine(bb, folder, torch.device("cpu")),
-                   "onnxruntime int8": OnnxEngine(bb, folder, torch.device("cpu"), precision="int8")}
+                   "onnxruntime": OnnxEngine(bb, folder, torch.device("cpu"))}
+        if not args.no_image_int8:
+            engines["onnxruntime int8"] = OnnxEngine(bb, folder, torch.device("cpu"), precision="int8")
         if args.compile:
             compiled = TorchEngine(bb, torch.device("cpu"))
             t = time.perf_counter()
@@ -165,7 +166,7 @@ def main() -> None:
         def decode() -> float:
             return rate(lambda: [tf(source.load(i)) for i in range(n)], n)
 
-        res: dict[str, list[float]] = {k: [] for k in [*engines, "pipeline (auto, workers sized)", "pipeline (auto, 0 workers)",
+        res: dict[str, list[float]] = {k: [] for k in [*engines, "pipeline (auto, workers sized)", "pipeline (auto, 1 worker process)",
                                                        "decode + transform, 1 process"]}
         image_rounds = args.rounds if args.image_rounds is None else args.image_rounds
         for r in range(image_rounds):
@@ -173,10 +174,10 @@ def main() -> None:
                 res[name].append(raw(e))
                 log(f"round {r} raw {name}: {res[name][-1]:.1f} images/s (load {os.getloadavg()[0]:.2f})")
             res["pipeline (auto, workers sized)"].append(pipeline(None))
-            res["pipeline (auto, 0 workers)"].append(pipeline(0))
+            res["pipeline (auto, 1 worker process)"].append(pipeline(1))
             res["decode + transform, 1 process"].append(decode())
             log(f"round {r} pipeline {res['pipeline (auto, workers sized)'][-1]:.1f} / "
-                f"{res['pipeline (auto, 0 workers)'][-1]:.1f}, decode {res['decode + transform, 1 process'][-1]:.1f}")
+                f"{res['pipeline (auto, 1 worker process)'][-1]:.1f}, decode {res['decode + transform, 1 process'][-1]:.1f}")
         med = {k: statistics.median(v) for k, v in res.items() if v}
         eager = med.get("eager", float("nan"))
         engine_rate = med.get(chosen.variant if chosen.variant != "eager" else "eager", eager)

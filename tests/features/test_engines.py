@@ -137,17 +137,46 @@ def test_workers_sized_from_measured_rates(tiny, digits24, monkeypatch):
     tf = tiny.transform()
     pos = np.arange(24)
     monkeypatch.setattr(S, "_cpus", lambda: 5)
-    assert size_workers(Fast(), digits24, pos, tf, 8) == 1  # a small job is not worth measuring: one worker
+    assert size_workers(Fast(), digits24, pos, tf, 8) == 0  # a small job is not measured: the decode-ahead thread
     monkeypatch.setattr(S, "SIZE_WORKERS_MIN_ITEMS", 10)
     assert size_workers(Fast(), digits24, pos, tf, 8) == 4
     monkeypatch.setattr(S, "_cpus", lambda: 1)
     assert size_workers(Fast(), digits24, pos, tf, 8) == 0  # one CPU: load in the main process
 
-    class Slow:
+    class Slow:  # one decoder keeps up: no worker process, the thread makes batches ahead
         backbone, items_per_s = tiny, 1e-3
 
     monkeypatch.setattr(S, "_cpus", lambda: 16)
-    assert size_workers(Slow(), digits24, pos, tf, 8) == 1
+    assert size_workers(Slow(), digits24, pos, tf, 8) == 0
+
+
+def test_decode_ahead_keeps_order_raises_and_stops():
+    import threading
+    import time
+
+    from transferkit.features.store import _ahead
+
+    made = []
+
+    def batches(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"batch {i} is broken")
+            made.append(i)
+            yield i
+
+    assert list(_ahead(batches(7))) == list(range(7))
+    got = []
+    with pytest.raises(ValueError, match="batch 3 is broken"):
+        for b in _ahead(batches(6, fail_at=3)):
+            got.append(b)
+    assert got == [0, 1, 2]  # every batch made before the failure is delivered, in order
+    made.clear()
+    it = _ahead(batches(1000), depth=2)
+    assert next(it) == 0
+    it.close()  # leaving the loop early stops the thread: it does not make the other 998 batches
+    time.sleep(0.3)
+    assert len(made) <= 4 and not any(t.name == "transferkit-decode-ahead" for t in threading.enumerate())
 
 
 def test_rank_batches_by_hand():

@@ -220,7 +220,8 @@ class OnnxEngine(Engine):
         import onnxruntime as ort
 
         threads = torch.get_num_threads()
-        key = (str(self.path), self.path.stat().st_mtime_ns, threads, tuple(self.providers))
+        real = self.path.resolve()  # one session per model file, however the cache folder was reached
+        key = (str(real), real.stat().st_mtime_ns, threads, tuple(self.providers))
         sess = _SESSIONS.get(key)
         if sess is None:
             opts = ort.SessionOptions()

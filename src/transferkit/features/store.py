@@ -25,13 +25,15 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -85,17 +87,20 @@ SIZE_WORKERS_MIN_ITEMS = 256
 def size_workers(engine: Any, source: DataSource, positions: np.ndarray, transform: Callable | None,
                  batch_size: int, *, sample: int = 16, log: Callable[[str], None] | None = None,
                  normalise: Callable | None = None) -> int:
-    """Data-loading workers sized from measurements: decode + transform of up to ``sample`` items in this process
-    (items/s of one worker) against the engine's items/s on them, plus 20 % headroom, at most the CPUs this process
-    may use less one (16 at most; 0 on a single CPU). Text needs no decoding: 0 workers (tokenising is in
-    ``collate``, which runs where the batch is made). Jobs under ``SIZE_WORKERS_MIN_ITEMS`` items are not measured
-    (the measurement costs two engine calls on ``sample`` items, a third of a 96-image job): one worker, which
-    overlaps decoding with the forward pass."""
+    """Data-loading worker processes sized from measurements: decode + transform of up to ``sample`` items in this
+    process (items/s of one decoder) against the engine's items/s on them, plus 20 % headroom, at most the CPUs this
+    process may use less one (16 at most).
+
+    0 means no worker process: batches are then made one ahead in a thread of this process (see :func:`_ahead`),
+    which is what one decoder needs. A worker process costs a fork, a copy of every batch through shared memory,
+    and on a machine with few cores it preempts the engine's threads: on 2 cores, lite0 under ONNX Runtime ran at
+    56 images/s with one worker process and 84-99 with the decode-ahead thread (raw rate 92-118). So processes are
+    used only when one decoder cannot keep up with the engine. Text needs no decoding (tokenising is in
+    ``collate``): 0. Jobs under ``SIZE_WORKERS_MIN_ITEMS`` items are not measured (the measurement costs two engine
+    calls on ``sample`` items, a third of a 96-image job): 0, the decode-ahead thread."""
     cap = max(0, min(16, _cpus() - 1))
-    if cap == 0 or source.modality != "image" or not len(positions):
+    if cap == 0 or source.modality != "image" or not len(positions) or len(positions) < SIZE_WORKERS_MIN_ITEMS:
         return 0
-    if len(positions) < SIZE_WORKERS_MIN_ITEMS:
-        return 1
     take = positions[:min(sample, len(positions))]
     t = time.perf_counter()
     items = []
@@ -118,11 +123,53 @@ def size_workers(engine: Any, source: DataSource, positions: np.ndarray, transfo
             engine(batch)
             engine_rate = len(items) / max(time.perf_counter() - t, 1e-9)
     need = int(np.ceil(1.2 * engine_rate / decode_rate))
-    workers = max(1, min(cap, need))
+    workers = 0 if need <= 1 else min(cap, need)
     if log is not None:
-        log(f"data loading: decode + transform {decode_rate:.0f} items/s per worker, engine {engine_rate:.0f} items/s "
-            f"-> {workers} worker(s)" + (f" (needs {need}, {cap} CPUs free)" if need > cap else ""))
+        log(f"data loading: decode + transform {decode_rate:.0f} items/s per decoder, engine {engine_rate:.0f} items/s "
+            + ("-> decode ahead in a thread" if workers == 0 else f"-> {workers} worker process(es)")
+            + (f" (needs {need}, {cap} CPUs free)" if need > cap else ""))
     return workers
+
+
+def _ahead(batches: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate ``batches`` while a background thread makes the next ``depth`` of them (decode, transform, collate
+    overlap the engine's forward pass: PIL and torch release the GIL in their heavy work). Order and content are
+    those of ``batches``; an exception raised making a batch is raised here; leaving the loop early stops the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if not put(("batch", b)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(("error", e))
+
+    thread = threading.Thread(target=produce, name="transferkit-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _extraction_order(source: DataSource, positions: np.ndarray) -> np.ndarray:
@@ -449,7 +496,7 @@ class FeatureStore:
         unit = "images" if source.modality == "image" else "texts"
         with progress_bar(progress_total or len(positions), f"features {backbone.name}", unit=unit,
                           enabled=progress) as bar, engine.session():
-            for idx, inputs, bad in loader:
+            for idx, inputs, bad in (loader if workers else _ahead(loader)):
                 if inputs is not None:
                     buf_idx.append(idx)
                     buf_feat.append(engine(inputs))
