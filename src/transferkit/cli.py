@@ -17,6 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+WORKERS_HELP = ("Data-loading worker processes (default: sized from the measured decode rate; 0: none, the next "
+                "batches are made in a thread).")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning for images and text: pretrained backbones, cached features, shallow heads.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the feature cache.")
@@ -204,7 +207,7 @@ def fit(
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Table column with the labels."),
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     strategy: str = typer.Option("probe", "--strategy", "-s", help="probe (frozen backbone, cached features, shallow head), auto (race the probe and fine-tuning strategies on validation), finetune (all layers), partial (freeze the first --freeze groups), gradual (head first, then unfreeze with discriminative learning rates), scratch (same architecture, random init), lora (low-rank updates through peft, --rank), adapter (bottleneck adapters, --bottleneck), bitfit (bias terms only), setfit (texts: contrastive fine-tuning on pairs of the labelled texts, then a logistic head); semi-supervised with --unlabelled: fixmatch, flexmatch, freematch."),
     unlabelled: Optional[str] = typer.Option(None, "--unlabelled", "-u", help="Semi-supervised strategies: 'rest' (with -n, every item neither labelled nor in the test share) or a folder / table of inputs without labels."),
@@ -359,7 +362,7 @@ def predict(
     encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     engine: str = EngineOpt,
     feature_precision: str = FeaturePrecisionOpt,
@@ -409,7 +412,7 @@ def extract(
     input_column: Optional[str] = typer.Option(None, "--input-column", help="Table column with image paths or texts."),
     encoding: Optional[str] = EncodingOpt,
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     engine: str = EngineOpt,
     feature_precision: str = FeaturePrecisionOpt,
@@ -593,7 +596,7 @@ def fewshot(
     label_column: Optional[str] = LabelColOpt,
     encoding: Optional[str] = EncodingOpt,
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
@@ -810,7 +813,7 @@ def zeroshot(
     encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = typer.Option(64, "--batch-size", help="Feature-extraction batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
@@ -1215,7 +1218,7 @@ def weakshot(
     label_column: Optional[str] = LabelColOpt,
     encoding: Optional[str] = EncodingOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading worker processes (default: CPUs - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="Feature extraction device: auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = QuietOpt,
 ):
