@@ -262,3 +262,14 @@ def test_texts_are_extracted_shortest_first_images_in_order(digits24):
     texts = from_arrays(["a much longer text here", "short", "mid length", "x", "short"])
     assert _extraction_order(texts, np.arange(5)).tolist() == [3, 1, 4, 2, 0]  # stable among equal lengths
     assert _extraction_order(digits24, np.arange(24)[::-1]).tolist() == list(range(24))[::-1]
+
+
+def test_onnx_session_shared_per_model_file(tiny, digits24, shared_root, tmp_path):
+    """A second cache folder that reaches the same exported model (a symlinked ``engines/``) reuses the session:
+    no second session build and first-run warm-up in one process."""
+    FeatureStore(shared_root).get(tiny, digits24, batch_size=8, num_workers=0, device="cpu", engine="onnx")
+    (tmp_path / "engines").symlink_to(shared_root / "engines")
+    cpu = torch.device("cpu")
+    a = E.OnnxEngine(tiny, E.engine_folder(shared_root, tiny), cpu)
+    b = E.OnnxEngine(tiny, E.engine_folder(tmp_path, tiny), cpu)
+    assert a.path != b.path and a._session() is b._session()
