@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--init", default="prototypes")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
+    ap.add_argument("--calibrate", choices=("default", "on", "off"), default="default",
+                    help="temperature scaling of the weak logits before the thresholds (default: SemiConfig's)")
     ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
@@ -220,7 +222,8 @@ def main() -> None:
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head, init=args.init,
-                                         labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align)
+                                         labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
+                                         **({} if args.calibrate == "default" else {"calibrate": args.calibrate == "on"}))
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
                         if m == "flexmatch" and args.no_flex_warmup:
                             kw["warmup"] = False
@@ -236,7 +239,8 @@ def main() -> None:
                                    pool_used=float(sel.mean()),
                                    pseudo_acc=float((pu.argmax(1)[sel] == y[sp["unl"]][sel]).mean()) if sel.any()
                                    else None,
-                                   curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history])
+                                   curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history],
+                                   temperature=fit.history[-1].get("temperature", 1.0))
                     rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"
