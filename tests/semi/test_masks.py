@@ -114,3 +114,22 @@ def test_methods_are_registered_with_their_papers_and_reject_bad_parameters():
     with pytest.raises(TransferkitError, match="momentum"):
         SEMI_METHODS.create("freematch", momentum=1.0)
     assert math.isclose(SEMI_METHODS.create("flexmatch").mask.tau, 0.95)
+
+
+def test_flexmatch_warmup_can_end_by_schedule():
+    """Pool of 6, 3 classes, tau 0.9, a run of 4 steps with the warm-up ending at half of it (step 2). Batch 1 makes
+    items 0, 1 confidently class 0 and item 2 class 1 (counts: unused 3, c0 2, c1 1): after the first step the
+    warm-up denominator is the unused count 3 (beta [2/3, 1/3, 0]); after the second (step 2, nothing new) the
+    warm-up is over and the denominator is the largest class count 2 (beta [1, 1/2, 0]), as without warm-up."""
+    m = FlexThreshold(tau=0.9, warmup=True, warmup_end=0.5)
+    m.setup(6, 3, steps=4)
+    probs = torch.tensor([[0.95, 0.03, 0.02], [0.92, 0.05, 0.03], [0.02, 0.96, 0.02], [0.4, 0.35, 0.25]])
+    m(probs, torch.tensor([0, 1, 2, 3]))
+    assert m.thresholds().tolist() == pytest.approx([0.9 * (2 / 3) / (4 / 3), 0.9 * (1 / 3) / (5 / 3), 0.0])
+    m(torch.tensor([[0.4, 0.35, 0.25]]), torch.tensor([4]))
+    assert m.thresholds().tolist() == pytest.approx([0.9, 0.9 * 0.5 / 1.5, 0.0])
+    assert m.config()["warmup_end"] == 0.5
+    with pytest.raises(TransferkitError, match="warmup_end"):
+        FlexThreshold(warmup_end=1.5)
+    with pytest.raises(TransferkitError, match="number of steps"):
+        FlexThreshold(warmup_end=0.5).setup(6, 3)

@@ -25,10 +25,11 @@ def fixmatch(tau: float = 0.95, lambda_u: float = 1.0, align: bool = False) -> P
 
 @SEMI_METHODS.register("flexmatch", needs_unlabelled=True, mask="flex",
                        paper="Zhang et al., FlexMatch, NeurIPS 2021")
-def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True,
+def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True, warmup_end: float | None = None,
               align: bool = False) -> PseudoLabelConsistency:
-    """FlexMatch: FixMatch with per-class curriculum thresholds from each class's learning effect."""
-    return PseudoLabelConsistency(FlexThreshold(tau, warmup), lambda_u, align=align)
+    """FlexMatch: FixMatch with per-class curriculum thresholds from each class's learning effect (``warmup_end``:
+    the threshold warm-up ends by schedule, :class:`~.masks.FlexThreshold`)."""
+    return PseudoLabelConsistency(FlexThreshold(tau, warmup, warmup_end), lambda_u, align=align)
 
 
 @SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",

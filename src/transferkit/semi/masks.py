@@ -92,22 +92,40 @@ class FlexThreshold(Mask):
     never been predicted confidently (the threshold warm-up), by the number of those items. A class the model learns
     slowly gets a low threshold, so its pseudo-labels are used early.
 
+    The paper's warm-up ends when fewer items are unused than the largest class count, which presumes that training
+    makes most of the pool confident; a head on frozen features may never get there, and then every threshold stays
+    near 0. ``warmup_end`` (a share of the run's steps) ends the warm-up by schedule instead: after that step the
+    denominator is the largest class count, as once the paper's warm-up is over.
+
     Args:
         tau: the upper threshold (0.95).
         warmup: the threshold warm-up of the paper (the unused items count in the denominator).
+        warmup_end: None (the paper: the warm-up ends only when the unused items are fewer than the largest class
+            count), or the share of the run's steps after which it ends in any case (needs the run's length in
+            :meth:`setup`).
     """
 
     name = "flex"
 
-    def __init__(self, tau: float = 0.95, warmup: bool = True):
+    def __init__(self, tau: float = 0.95, warmup: bool = True, warmup_end: float | None = None):
         super().__init__()
         self.tau, self.warmup = _check_tau(tau), bool(warmup)
+        if warmup_end is not None and not 0 <= float(warmup_end) <= 1:
+            raise TransferkitError(f"warmup_end is a share of the run's steps in [0, 1], got {warmup_end!r}")
+        self.warmup_end = None if warmup_end is None else float(warmup_end)
+        self._end_step: int | None = None
         self.register_buffer("status", torch.zeros(0, dtype=torch.long))  # latest confident class, -1: none yet
         self.register_buffer("beta", torch.zeros(0))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
         self.status = torch.full((n_unlabelled,), -1, dtype=torch.long)
         self.beta = torch.zeros(n_classes)
+        self.step = torch.zeros((), dtype=torch.long)
+        if self.warmup_end is not None:
+            if not steps:
+                raise TransferkitError("warmup_end needs the run's number of steps (give steps to setup)")
+            self._end_step = int(round(self.warmup_end * int(steps)))
 
     def thresholds(self) -> torch.Tensor:
         b = self.beta
@@ -118,7 +136,8 @@ class FlexThreshold(Mask):
         counts = torch.bincount(self.status + 1, minlength=c + 1).to(self.beta.dtype)  # [unused, class 0, ...]
         if counts[0] == len(self.status):  # nothing learnt yet: keep beta at 0
             return
-        denom = torch.max(counts) if self.warmup else torch.max(counts[1:])
+        warm = self.warmup and (self._end_step is None or int(self.step) < self._end_step)
+        denom = torch.max(counts) if warm else torch.max(counts[1:])
         self.beta = counts[1:] / torch.clamp(denom, min=1.0)
 
     def forward(self, probs: torch.Tensor, index: torch.Tensor,
@@ -130,11 +149,13 @@ class FlexThreshold(Mask):
         keep = picked >= 0
         if keep.any():
             self.status[where[keep].to(self.status.device)] = picked[keep].to(self.status.device)
+        self.step += 1
         self._learning_effect()
         return mask
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "tau": self.tau, "warmup": self.warmup}
+        return {"name": self.name, "tau": self.tau, "warmup": self.warmup,
+                **({"warmup_end": self.warmup_end} if self.warmup_end is not None else {})}
 
 
 @MASKS.register("self-adaptive")
