@@ -155,6 +155,10 @@ def main() -> None:
     ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
                                                      "version's: with --init random --labelled-views weak --no-align)")
     ap.add_argument("--init", default="prototypes")
+    ap.add_argument("--scale", type=float, default=None, help="the cosine head's logit scale (default: SemiConfig's)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="default: SemiConfig's")
+    ap.add_argument("--lambda-u", type=float, default=None,
+                    help="weight of the unlabelled term (default: the paper's 1; 0: the head on the labels alone)")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
     ap.add_argument("--calibrate", choices=("default", "on", "off"), default="default",
@@ -162,6 +166,8 @@ def main() -> None:
     ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
     ap.add_argument("--flex-warmup-end", type=float, default=None,
                     help="FlexMatch's threshold warm-up ends by schedule at this share of the run")
+    ap.add_argument("--size-aware", action="store_true",
+                    help="FlexMatch's / FreeMatch's class thresholds without the class sizes")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -251,17 +257,24 @@ def main() -> None:
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head, init=args.init,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
-                                         **({} if args.calibrate == "default" else {"calibrate": args.calibrate == "on"}))
+                                         **({} if args.calibrate == "default" else {"calibrate": args.calibrate == "on"}),
+                                         **{k: v for k, v in (("scale", args.scale), ("weight_decay", args.weight_decay))
+                                            if v is not None})
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
+                        if args.lambda_u is not None:
+                            kw["lambda_u"] = args.lambda_u
                         if m == "flexmatch" and args.no_flex_warmup:
                             kw["warmup"] = False
+                        if m in ("flexmatch", "freematch") and args.size_aware:
+                            kw["size_aware"] = True
                         if m == "flexmatch" and args.flex_warmup_end is not None:
                             kw["warmup_end"] = args.flex_warmup_end
                         fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                               config=cfg, **kw)
                         with torch.no_grad():
                             pt = torch.softmax(fit.head(torch.as_tensor(X[sp["test"]])), 1).numpy()
-                            pu = torch.softmax(fit.head(torch.as_tensor(X[sp["unl"]])), 1).numpy()
+                            temp = float(fit.history[-1].get("temperature", 1.0))  # the thresholds read these
+                            pu = torch.softmax(fit.head(torch.as_tensor(X[sp["unl"]])) / temp, 1).numpy()
                         pred = pt.argmax(1)
                         thr = np.asarray(fit.history[-1]["thresholds"])
                         sel = pu.max(1) >= thr[pu.argmax(1)]
@@ -270,7 +283,7 @@ def main() -> None:
                                    pseudo_acc=float((pu.argmax(1)[sel] == y[sp["unl"]][sel]).mean()) if sel.any()
                                    else None,
                                    curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history],
-                                   temperature=fit.history[-1].get("temperature", 1.0))
+                                   temperature=temp)
                     rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"
