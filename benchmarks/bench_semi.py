@@ -161,8 +161,9 @@ def main() -> None:
                     help="weight of the unlabelled term (default: the paper's 1; 0: the head on the labels alone)")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
-    ap.add_argument("--calibrate", choices=("default", "on", "off"), default="default",
-                    help="temperature scaling of the weak logits before the thresholds (default: SemiConfig's)")
+    ap.add_argument("--calibrate", choices=("default", "none", "threshold", "head"), default="default",
+                    help="temperature scaling of the weak logits before the thresholds or of the head's scale "
+                         "(default: SemiConfig's)")
     ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
     ap.add_argument("--flex-warmup-end", type=float, default=None,
                     help="FlexMatch's threshold warm-up ends by schedule at this share of the run")
@@ -190,7 +191,7 @@ def main() -> None:
     from transferkit.fewshot.choice import auto_head_params, choose_head
     from transferkit.heads import create_head
     from transferkit.semi.baselines import label_spreading, self_training
-    from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
+    from transferkit.semi.fit import SemiConfig, resolved_calibration, train_semi_head, view_banks
 
     torch.set_num_threads(1)
     methods = _csv(args.methods)
@@ -257,7 +258,7 @@ def main() -> None:
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head, init=args.init,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
-                                         **({} if args.calibrate == "default" else {"calibrate": args.calibrate == "on"}),
+                                         **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
                                          **{k: v for k, v in (("scale", args.scale), ("weight_decay", args.weight_decay))
                                             if v is not None})
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
@@ -271,6 +272,7 @@ def main() -> None:
                             kw["warmup_end"] = args.flex_warmup_end
                         fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                               config=cfg, **kw)
+                        rec["calibrate"] = resolved_calibration(m, cfg)
                         with torch.no_grad():
                             pt = torch.softmax(fit.head(torch.as_tensor(X[sp["test"]])), 1).numpy()
                             temp = float(fit.history[-1].get("temperature", 1.0))  # the thresholds read these
@@ -283,7 +285,7 @@ def main() -> None:
                                    pseudo_acc=float((pu.argmax(1)[sel] == y[sp["unl"]][sel]).mean()) if sel.any()
                                    else None,
                                    curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history],
-                                   temperature=temp)
+                                   temperature=temp, head_scale=fit.head.config().get("scale"))
                     rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"

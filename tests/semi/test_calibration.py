@@ -11,7 +11,7 @@ import torch
 
 from transferkit.errors import DataError, TransferkitError
 from transferkit.semi.calibration import fit_temperature, leave_one_out_prototype_logits
-from transferkit.semi.fit import SemiConfig, train_semi_head
+from transferkit.semi.fit import SemiConfig, resolved_calibration, train_semi_head
 from transferkit.semi.masks import FixedThreshold
 from transferkit.semi.objective import PseudoLabelConsistency
 
@@ -72,7 +72,7 @@ def test_a_calibrated_run_uses_the_temperature_fitted_on_the_labelled_items():
                       "strong": np.stack([X + 0.5 * rng.normal(0, 1, X.shape).astype(np.float32)])}
     bl, bu = bank(X_l), bank(X_u)
     cfg = dict(steps=4, eval_every=4, batch_size=4, mu=2, draws=1, ema_decay=None)
-    fit = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate=True, **cfg))
+    fit = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate="threshold", **cfg))
     centre = np.concatenate([X_l, X_u]).mean(0)
 
     def cl2n(x):
@@ -81,7 +81,21 @@ def test_a_calibrated_run_uses_the_temperature_fitted_on_the_labelled_items():
 
     logits, yy = leave_one_out_prototype_logits(cl2n(X_l), y_l, cl2n(bl["weak"]), 30.0, C)
     assert fit.history[-1]["temperature"] == pytest.approx(fit_temperature(logits, yy), rel=1e-3)
-    plain = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate=False, **cfg))
+    plain = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate="none", **cfg))
     assert "temperature" not in plain.history[-1]
-    with pytest.raises(TransferkitError, match="calibrate=True needs head='cosine'"):
-        SemiConfig(calibrate=True, head="linear", init="random").validate()
+    T = fit.history[-1]["temperature"]
+    assert plain.head.config()["scale"] == fit.head.config()["scale"] == 30.0
+    scaled = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate="head", **cfg))
+    assert scaled.head.config()["scale"] == pytest.approx(30.0 / T, rel=1e-3)
+    assert "temperature" not in scaled.history[-1]
+    with pytest.raises(TransferkitError, match="calibrate='head' needs head='cosine'"):
+        SemiConfig(calibrate="head", head="linear", init="random").validate()
+    # the default (None) is the method's own: FreeMatch calibrates its head, FixMatch keeps the scale; a linear head
+    # is never calibrated by default
+    free = train_semi_head(bl, y_l, bu, "freematch", n_classes=C, config=SemiConfig(**cfg))
+    assert free.head.config()["scale"] == pytest.approx(30.0 / T, rel=1e-3)
+    assert resolved_calibration("fixmatch", SemiConfig()) == "none"
+    assert resolved_calibration("freematch", SemiConfig(head="linear", init="random")) == "none"
+    assert resolved_calibration("freematch", SemiConfig(calibrate="threshold")) == "threshold"
+    with pytest.raises(TransferkitError, match="calibrate must be one of none, threshold, head"):
+        SemiConfig(calibrate=True).validate()

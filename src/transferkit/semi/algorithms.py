@@ -11,7 +11,8 @@ from .objective import PseudoLabelConsistency
 
 __all__ = ["SEMI_METHODS", "create_semi_objective"]
 
-#: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name)
+#: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name), ``calibrate``
+#: (the temperature scaling a head on cached features uses by default, :class:`~.fit.SemiConfig`; ``none`` if absent)
 SEMI_METHODS: Registry[PseudoLabelConsistency] = Registry("semi-supervised method")
 
 
@@ -32,12 +33,15 @@ def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True, war
     return PseudoLabelConsistency(FlexThreshold(tau, warmup, warmup_end, size_aware), lambda_u, align=align)
 
 
-@SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",
+@SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive", calibrate="head",
                        paper="Wang et al., FreeMatch, ICLR 2023")
 def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: float = 0.01,
               size_aware: bool = False, align: bool = False) -> PseudoLabelConsistency:
     """FreeMatch: self-adaptive global and per-class thresholds and the self-adaptive fairness term (the thresholds'
-    momentum scaled to the run's length unless given: :class:`~.masks.SelfAdaptiveThreshold`)."""
+    momentum scaled to the run's length unless given: :class:`~.masks.SelfAdaptiveThreshold`). On cached features
+    its cosine head is calibrated by default (temperature scaling of its scale, Guo et al. 2017:
+    :class:`~.fit.SemiConfig` ``calibrate``): the thresholds are the running mean confidence, which an over-confident
+    head puts below most of the pool."""
     return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum, size_aware), lambda_u, fairness, align=align)
 
 
