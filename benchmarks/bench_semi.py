@@ -191,7 +191,7 @@ def main() -> None:
     from transferkit.fewshot.choice import auto_head_params, choose_head
     from transferkit.heads import create_head
     from transferkit.semi.baselines import label_spreading, self_training
-    from transferkit.semi.fit import SemiConfig, resolved_calibration, train_semi_head, view_banks
+    from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
 
     torch.set_num_threads(1)
     methods = _csv(args.methods)
@@ -272,7 +272,7 @@ def main() -> None:
                             kw["warmup_end"] = args.flex_warmup_end
                         fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                               config=cfg, **kw)
-                        rec["calibrate"] = resolved_calibration(m, cfg)
+                        rec["calibrate"] = cfg.calibrate
                         with torch.no_grad():
                             pt = torch.softmax(fit.head(torch.as_tensor(X[sp["test"]])), 1).numpy()
                             temp = float(fit.history[-1].get("temperature", 1.0))  # the thresholds read these

@@ -11,7 +11,7 @@ import torch
 
 from transferkit.errors import DataError, TransferkitError
 from transferkit.semi.calibration import fit_temperature, leave_one_out_prototype_logits
-from transferkit.semi.fit import SemiConfig, resolved_calibration, train_semi_head
+from transferkit.semi.fit import SemiConfig, train_semi_head
 from transferkit.semi.masks import FixedThreshold
 from transferkit.semi.objective import PseudoLabelConsistency
 
@@ -90,12 +90,8 @@ def test_a_calibrated_run_uses_the_temperature_fitted_on_the_labelled_items():
     assert "temperature" not in scaled.history[-1]
     with pytest.raises(TransferkitError, match="calibrate='head' needs head='cosine'"):
         SemiConfig(calibrate="head", head="linear", init="random").validate()
-    # the default (None) is the method's own: FreeMatch calibrates its head, FixMatch keeps the scale; a linear head
-    # is never calibrated by default
+    # the default is the papers' form, for every method
     free = train_semi_head(bl, y_l, bu, "freematch", n_classes=C, config=SemiConfig(**cfg))
-    assert free.head.config()["scale"] == pytest.approx(30.0 / T, rel=1e-3)
-    assert resolved_calibration("fixmatch", SemiConfig()) == "none"
-    assert resolved_calibration("freematch", SemiConfig(head="linear", init="random")) == "none"
-    assert resolved_calibration("freematch", SemiConfig(calibrate="threshold")) == "threshold"
+    assert free.head.config()["scale"] == 30.0 and "temperature" not in free.history[-1]
     with pytest.raises(TransferkitError, match="calibrate must be one of none, threshold, head"):
         SemiConfig(calibrate=True).validate()

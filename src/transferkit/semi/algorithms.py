@@ -11,8 +11,7 @@ from .objective import PseudoLabelConsistency
 
 __all__ = ["SEMI_METHODS", "create_semi_objective"]
 
-#: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name), ``calibrate``
-#: (the temperature scaling a head on cached features uses by default, :class:`~.fit.SemiConfig`; ``none`` if absent)
+#: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name)
 SEMI_METHODS: Registry[PseudoLabelConsistency] = Registry("semi-supervised method")
 
 
@@ -29,19 +28,21 @@ def fixmatch(tau: float = 0.95, lambda_u: float = 1.0, align: bool = False) -> P
 def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True, warmup_end: float | None = None,
               size_aware: bool = False, align: bool = False) -> PseudoLabelConsistency:
     """FlexMatch: FixMatch with per-class curriculum thresholds from each class's learning effect (``warmup_end``:
-    the threshold warm-up ends by schedule, :class:`~.masks.FlexThreshold`)."""
+    the threshold warm-up ends by schedule, ``size_aware``: rates instead of counts, :class:`~.masks.FlexThreshold`).
+    On cached features ``SemiConfig(calibrate="head")`` calibrates its cosine head first (not the default: see
+    :class:`~.fit.SemiConfig`)."""
     return PseudoLabelConsistency(FlexThreshold(tau, warmup, warmup_end, size_aware), lambda_u, align=align)
 
 
-@SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive", calibrate="head",
+@SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",
                        paper="Wang et al., FreeMatch, ICLR 2023")
 def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: float = 0.01,
               size_aware: bool = False, align: bool = False) -> PseudoLabelConsistency:
     """FreeMatch: self-adaptive global and per-class thresholds and the self-adaptive fairness term (the thresholds'
     momentum scaled to the run's length unless given: :class:`~.masks.SelfAdaptiveThreshold`). On cached features
-    its cosine head is calibrated by default (temperature scaling of its scale, Guo et al. 2017:
-    :class:`~.fit.SemiConfig` ``calibrate``): the thresholds are the running mean confidence, which an over-confident
-    head puts below most of the pool."""
+    ``SemiConfig(calibrate="head")`` calibrates its cosine head first (temperature scaling, Guo et al. 2017): the
+    thresholds are the running mean confidence, which an over-confident head puts below most of the pool (not the
+    default: see :class:`~.fit.SemiConfig`)."""
     return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum, size_aware), lambda_u, fairness, align=align)
 
 
