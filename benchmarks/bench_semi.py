@@ -79,7 +79,8 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
              "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
              "features started at the labelled class means, the labelled term on every cached view, distribution "
-             "alignment (see the notes below). `wins` = seeds on which the row beats both self-training and label "
+             "alignment (see the notes below); `(calibrated head)` rows: `SemiConfig(calibrate=\"head\")`, an option, "
+             "not the default (the head's scale divided by a temperature fitted on the labelled items). `wins` = seeds on which the row beats both self-training and label "
              "spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
              "(view features cached), this shared 2-core machine.", "", *_tables(records, key)]

@@ -76,7 +76,7 @@ class SemiConfig:
             weak-view logits are divided by ``T`` before the masks and pseudo-labels (the head is unchanged);
             ``head``: the head's scale becomes ``scale / T``, so it trains and predicts at the calibrated scale;
             ``none`` (the default, the papers' form): neither. On the development seeds ``head`` lifted FlexMatch
-            and FreeMatch on clipart (up to +4 points on the pool) but cost them 7-12 points on mnist5k, and cost
+            and FreeMatch on clipart (up to +4 points on the pool) but cost them 8-15 points on mnist5k, and cost
             FixMatch on clipart (its fixed 0.95 is then out of reach), so it is an option, not the default
             (benchmarks/results/bench_semi_notes.md).
         hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
