@@ -67,8 +67,8 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
     if dev:
         return "\n".join(["### Semi-supervised transfer: development seeds (issue 11)", "",
                           "Commands, in order:", "", *[f"    {c}" for c in cmds], "", f"Machine: {machine_line(info)}",
-                          "", "Accuracy on the **unlabelled pool** (%, its labels read by no training), mean ± std over "
-                          "the development seeds; the rows are the configurations tried (see bench_semi_notes.md). "
+                          "", "Accuracy on the **unlabelled pool** (%, its labels read by no training), mean ± std "
+                          "over the development seeds; the rows are the configurations tried (see bench_semi_notes.md). "
                           "Columns as in the main table, all on the pool.", "",
                           *_tables(records, key)]) + "\n"
     lines = ["### Semi-supervised transfer (issue 11)", "",
@@ -80,8 +80,8 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
              "features started at the labelled class means, the labelled term on every cached view, distribution "
              "alignment (see the notes below); `(calibrated head)` rows: `SemiConfig(calibrate=\"head\")`, an option, "
-             "not the default (the head's scale divided by a temperature fitted on the labelled items). `wins` = seeds on which the row beats both self-training and label "
-             "spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
+             "not the default (the head's scale divided by a temperature fitted on the labelled items). `wins` = "
+             "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
              "(view features cached), this shared 2-core machine.", "", *_tables(records, key)]
     e2e = [r for r in records if r["method"].endswith("end-to-end")]
@@ -260,8 +260,8 @@ def main() -> None:
                                          head=args.head, init=args.init,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
                                          **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
-                                         **{k: v for k, v in (("scale", args.scale), ("weight_decay", args.weight_decay))
-                                            if v is not None})
+                                         **{k: v for k, v in (("scale", args.scale),
+                                                              ("weight_decay", args.weight_decay)) if v is not None})
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
                         if args.lambda_u is not None:
                             kw["lambda_u"] = args.lambda_u

@@ -60,16 +60,20 @@ def test_the_temperature_changes_what_the_mask_admits():
 
 
 def test_a_calibrated_run_uses_the_temperature_fitted_on_the_labelled_items():
-    """The temperature a run logs is the one fitted by hand on the same left-out class means (CL2N features
-    centred on the pool's mean), and a calibrated head does not need it elsewhere: the saved head is unchanged."""
+    """``threshold``: the temperature a run logs is the one fitted by hand on the same left-out class means (CL2N
+    features centred on the pool's mean) and the saved head keeps its scale 30; ``head``: the saved head's scale is
+    30 / T and no temperature is left in front of the thresholds."""
     rng = np.random.default_rng(0)
     C, D, n = 3, 8, 4
     centres = rng.normal(0, 1, (C, D)) * 2
     y_l = np.repeat(np.arange(C), n)
     X_l = (centres[y_l] + rng.normal(0, 1, (len(y_l), D))).astype(np.float32)
     X_u = (centres[np.arange(60) % C] + rng.normal(0, 1, (60, D))).astype(np.float32)
-    bank = lambda X: {"eval": X, "weak": np.stack([X + 0.1 * rng.normal(0, 1, X.shape).astype(np.float32)]),  # noqa: E731
-                      "strong": np.stack([X + 0.5 * rng.normal(0, 1, X.shape).astype(np.float32)])}
+
+    def bank(X):
+        noise = lambda s: np.stack([X + s * rng.normal(0, 1, X.shape).astype(np.float32)])  # noqa: E731
+        return {"eval": X, "weak": noise(0.1), "strong": noise(0.5)}
+
     bl, bu = bank(X_l), bank(X_u)
     cfg = dict(steps=4, eval_every=4, batch_size=4, mu=2, draws=1, ema_decay=None)
     fit = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate="threshold", **cfg))
@@ -80,18 +84,14 @@ def test_a_calibrated_run_uses_the_temperature_fitted_on_the_labelled_items():
         return x / x.norm(dim=-1, keepdim=True)
 
     logits, yy = leave_one_out_prototype_logits(cl2n(X_l), y_l, cl2n(bl["weak"]), 30.0, C)
-    assert fit.history[-1]["temperature"] == pytest.approx(fit_temperature(logits, yy), rel=1e-3)
-    plain = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate="none", **cfg))
-    assert "temperature" not in plain.history[-1]
     T = fit.history[-1]["temperature"]
-    assert plain.head.config()["scale"] == fit.head.config()["scale"] == 30.0
+    assert T == pytest.approx(fit_temperature(logits, yy), rel=1e-3) and T != pytest.approx(1.0, abs=0.05)
+    assert fit.head.config()["scale"] == 30.0
     scaled = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate="head", **cfg))
     assert scaled.head.config()["scale"] == pytest.approx(30.0 / T, rel=1e-3)
     assert "temperature" not in scaled.history[-1]
+    assert SemiConfig().calibrate == "none"  # the default is the papers' form
     with pytest.raises(TransferkitError, match="calibrate='head' needs head='cosine'"):
         SemiConfig(calibrate="head", head="linear", init="random").validate()
-    # the default is the papers' form, for every method
-    free = train_semi_head(bl, y_l, bu, "freematch", n_classes=C, config=SemiConfig(**cfg))
-    assert free.head.config()["scale"] == 30.0 and "temperature" not in free.history[-1]
     with pytest.raises(TransferkitError, match="calibrate must be one of none, threshold, head"):
         SemiConfig(calibrate=True).validate()
