@@ -56,8 +56,21 @@ def split(y: np.ndarray, budget: int, seed: int) -> dict[str, np.ndarray]:
     return {k: np.sort(np.concatenate(v)) for k, v in (("test", test), ("lab", lab), ("unl", unl))}
 
 
-def render(records: list[dict], info: dict, cmd: str) -> str:
+#: the development seeds: settings are chosen on their unlabelled pools' accuracy (``--dev``), never on a reported
+#: seed's test split
+DEV_SEEDS = "100,101,102"
+
+
+def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
     cmds = cmd if isinstance(cmd, list) else [cmd]
+    key = "pool_accuracy" if dev else "accuracy"
+    if dev:
+        return "\n".join(["### Semi-supervised transfer: development seeds (issue 11)", "",
+                          "Commands, in order:", "", *[f"    {c}" for c in cmds], "", f"Machine: {machine_line(info)}",
+                          "", "Accuracy on the **unlabelled pool** (%, its labels read by no training), mean ± std "
+                          "over the development seeds; the rows are the configurations tried (see bench_semi_notes.md). "
+                          "Columns as in the main table, all on the pool.", "",
+                          *_tables(records, key)]) + "\n"
     lines = ["### Semi-supervised transfer (issue 11)", "",
              "Commands, in order (each ran side by side with other engineers' jobs on the same 2 cores, so seconds "
              "are inflated; the machine line gives the date and load of the last):", "",
@@ -66,10 +79,24 @@ def render(records: list[dict], info: dict, cmd: str) -> str:
              "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
              "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
              "features started at the labelled class means, the labelled term on every cached view, distribution "
-             "alignment (see the notes below). `wins` = seeds on which the row beats both self-training and label "
-             "spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
+             "alignment (see the notes below); `(calibrated head)` rows: `SemiConfig(calibrate=\"head\")`, an option, "
+             "not the default (the head's scale divided by a temperature fitted on the labelled items). `wins` = "
+             "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
-             "(view features cached), this shared 2-core machine.", ""]
+             "(view features cached), this shared 2-core machine.", "", *_tables(records, key)]
+    e2e = [r for r in records if r["method"].endswith("end-to-end")]
+    if e2e:
+        lines += ["End to end (backbone trained on raw views):", "",
+                  md_table(["dataset", "labels/class", "seed", "method", "accuracy %", "seconds"],
+                           [[r["dataset"], r["budget"], r["seed"], r["method"], f"{100 * r['accuracy']:.1f}",
+                             f"{r['seconds']:.0f}"] for r in e2e]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _tables(records: list[dict], key: str) -> list[str]:
+    """The per-dataset tables of ``key`` (test or pool accuracy) and the mask-rate curves."""
+    lines: list[str] = []
+    records = [r for r in records if key in r]
     for ds in sorted({r["dataset"] for r in records}):
         rows = []
         budgets = sorted({r["budget"] for r in records if r["dataset"] == ds})
@@ -80,17 +107,17 @@ def render(records: list[dict], info: dict, cmd: str) -> str:
                 by.setdefault(r["method"], {})[r["seed"]] = r
             for m in [m for m in (*METHODS, *sorted({r["method"] for r in cell} - set(METHODS))) if m in by]:
                 rs = list(by[m].values())
-                acc = np.array([r["accuracy"] for r in rs]) * 100
+                acc = np.array([r[key] for r in rs]) * 100
                 wins = ""
                 if m not in ("self-training", "label-spreading") and "self-training" in by and "label-spreading" in by:
                     seeds = [s for s in by[m] if s in by["self-training"] and s in by["label-spreading"]]
-                    w = sum(by[m][s]["accuracy"] > max(by["self-training"][s]["accuracy"],
-                                                       by["label-spreading"][s]["accuracy"]) for s in seeds)
+                    w = sum(by[m][s][key] > max(by["self-training"][s][key], by["label-spreading"][s][key])
+                            for s in seeds)
                     wins = f"{w}/{len(seeds)}"
                 below = ""
                 if m not in ("probe", "probe-auto") and "probe" in by:
                     seeds = [s for s in by[m] if s in by["probe"]]
-                    below = str(sum(by[m][s]["accuracy"] < by["probe"][s]["accuracy"] for s in seeds))
+                    below = str(sum(by[m][s][key] < by["probe"][s][key] for s in seeds))
                 pool = [r["pool_used"] for r in rs if r.get("pool_used") is not None]
                 pacc = [r["pseudo_acc"] for r in rs if r.get("pseudo_acc") is not None]
                 rows.append([b, m, len(rs), f"{acc.mean():.1f} ± {acc.std():.1f}", wins, below,
@@ -111,20 +138,16 @@ def render(records: list[dict], info: dict, cmd: str) -> str:
                         c = np.mean(np.array(cs), axis=0)
                         rows.append([b, m, " ".join(f"{100 * v:.0f}" for v in c)])
             lines += [md_table(["labels/class", "method", "mask rate % at each tenth of training"], rows), ""]
-    e2e = [r for r in records if r["method"].endswith("end-to-end")]
-    if e2e:
-        lines += ["End to end (backbone trained on raw views):", "",
-                  md_table(["dataset", "labels/class", "seed", "method", "accuracy %", "seconds"],
-                           [[r["dataset"], r["budget"], r["seed"], r["method"], f"{100 * r['accuracy']:.1f}",
-                             f"{r['seconds']:.0f}"] for r in e2e]), ""]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="clipart")
     ap.add_argument("--budgets", default="1,2,4,10")
-    ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--seeds", default=None, help="default: 0-9 (with --dev: the development seeds 100-102)")
+    ap.add_argument("--dev", action="store_true", help="development run: the tables show the unlabelled pool's "
+                    "accuracy, written to results/bench_semi_dev.md (unless --out)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=1000, help="optimisation steps of the semi-supervised heads")
     ap.add_argument("--draws", type=int, default=4)
@@ -133,17 +156,32 @@ def main() -> None:
     ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
                                                      "version's: with --init random --labelled-views weak --no-align)")
     ap.add_argument("--init", default="prototypes")
+    ap.add_argument("--scale", type=float, default=None, help="the cosine head's logit scale (default: SemiConfig's)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="default: SemiConfig's")
+    ap.add_argument("--lambda-u", type=float, default=None,
+                    help="weight of the unlabelled term (default: the paper's 1; 0: the head on the labels alone)")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
+    ap.add_argument("--calibrate", choices=("default", "none", "threshold", "head"), default="default",
+                    help="temperature scaling of the weak logits before the thresholds or of the head's scale "
+                         "(default: SemiConfig's)")
     ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
+    ap.add_argument("--flex-warmup-end", type=float, default=None,
+                    help="FlexMatch's threshold warm-up ends by schedule at this share of the run")
+    ap.add_argument("--size-aware", action="store_true",
+                    help="FlexMatch's / FreeMatch's class thresholds without the class sizes")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
     ap.add_argument("--cache-dir", default="/tmp/tk-bench-cache-semi")
     ap.add_argument("--merge", action="store_true", help="keep earlier records of other cells from the JSON file")
     ap.add_argument("--render", action="store_true", help="only rewrite the table from the JSON file")
-    ap.add_argument("--out", default=str(RESULTS_DIR / "bench_semi.md"))
+    ap.add_argument("--out", default=None, help="default: results/bench_semi.md (--dev: bench_semi_dev.md)")
     args = ap.parse_args()
+    if args.seeds is None:
+        args.seeds = DEV_SEEDS if args.dev else "0,1,2,3,4,5,6,7,8,9"
+    if args.out is None:
+        args.out = str(RESULTS_DIR / ("bench_semi_dev.md" if args.dev else "bench_semi.md"))
 
     import torch
 
@@ -164,8 +202,8 @@ def main() -> None:
     records: list[dict] = []
     if args.render:
         old = json.loads(raw.read_text())
-        atomic_write_text(out, render(old["records"], old["machine"], old["command"]))
-        print(render(old["records"], old["machine"], old["command"]))
+        atomic_write_text(out, render(old["records"], old["machine"], old["command"], args.dev))
+        print(render(old["records"], old["machine"], old["command"], args.dev))
         return
     if args.merge and raw.is_file():
         old = json.loads(raw.read_text())
@@ -174,7 +212,7 @@ def main() -> None:
 
     def save() -> None:
         atomic_write_text(raw, json.dumps({"command": cmd, "machine": info, "records": records}, indent=1))
-        atomic_write_text(out, render(records, info, cmd))
+        atomic_write_text(out, render(records, info, cmd, args.dev))
 
     def put(rec: dict) -> None:
         key = ("dataset", "budget", "seed", "method")
@@ -220,15 +258,26 @@ def main() -> None:
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head, init=args.init,
-                                         labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align)
+                                         labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
+                                         **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
+                                         **{k: v for k, v in (("scale", args.scale),
+                                                              ("weight_decay", args.weight_decay)) if v is not None})
                         kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
+                        if args.lambda_u is not None:
+                            kw["lambda_u"] = args.lambda_u
                         if m == "flexmatch" and args.no_flex_warmup:
                             kw["warmup"] = False
+                        if m in ("flexmatch", "freematch") and args.size_aware:
+                            kw["size_aware"] = True
+                        if m == "flexmatch" and args.flex_warmup_end is not None:
+                            kw["warmup_end"] = args.flex_warmup_end
                         fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                               config=cfg, **kw)
+                        rec["calibrate"] = cfg.calibrate
                         with torch.no_grad():
                             pt = torch.softmax(fit.head(torch.as_tensor(X[sp["test"]])), 1).numpy()
-                            pu = torch.softmax(fit.head(torch.as_tensor(X[sp["unl"]])), 1).numpy()
+                            temp = float(fit.history[-1].get("temperature", 1.0))  # the thresholds read these
+                            pu = torch.softmax(fit.head(torch.as_tensor(X[sp["unl"]])) / temp, 1).numpy()
                         pred = pt.argmax(1)
                         thr = np.asarray(fit.history[-1]["thresholds"])
                         sel = pu.max(1) >= thr[pu.argmax(1)]
@@ -236,7 +285,8 @@ def main() -> None:
                                    pool_used=float(sel.mean()),
                                    pseudo_acc=float((pu.argmax(1)[sel] == y[sp["unl"]][sel]).mean()) if sel.any()
                                    else None,
-                                   curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history])
+                                   curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history],
+                                   temperature=temp, head_scale=fit.head.config().get("scale"))
                     rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"
@@ -264,7 +314,7 @@ def main() -> None:
         put(rec)
         log(f"{ds} {b}/class seed {seed} {m} end to end: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.0f} s)")
     save()
-    print(render(records, info, cmd))
+    print(render(records, info, cmd, args.dev))
 
 
 if __name__ == "__main__":

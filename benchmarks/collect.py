@@ -26,7 +26,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Zero-shot (issue 11)", ["bench_zeroshot_notes", "bench_zeroshot_zsl", "bench_zeroshot_gzsl",
                               "bench_zeroshot_text"]),
     ("Few-shot and one-shot (issue 11)", ["bench_fewshot", "bench_fewshot_notes", "bench_fewshot_fit"]),
-    ("Semi-supervised (issue 11)", ["bench_semi", "bench_semi_notes"]),
+    ("Semi-supervised (issue 11)", ["bench_semi", "bench_semi_notes", "bench_semi_dev"]),
     ("Text transfer (issue 12)", ["bench_text", "bench_text_w2v_dev", "bench_text_dev"]),
     ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_multitask"]),
     ("Safe transfer: defect inheritance (issue 14, ReMoS)", ["safe_transfer_section"]),

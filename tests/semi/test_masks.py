@@ -114,3 +114,64 @@ def test_methods_are_registered_with_their_papers_and_reject_bad_parameters():
     with pytest.raises(TransferkitError, match="momentum"):
         SEMI_METHODS.create("freematch", momentum=1.0)
     assert math.isclose(SEMI_METHODS.create("flexmatch").mask.tau, 0.95)
+
+
+def test_flexmatch_warmup_can_end_by_schedule():
+    """Pool of 6, 3 classes, tau 0.9, a run of 4 steps with the warm-up ending at half of it (step 2). Batch 1 makes
+    items 0, 1 confidently class 0 and item 2 class 1 (counts: unused 3, c0 2, c1 1): after the first step the
+    warm-up denominator is the unused count 3 (beta [2/3, 1/3, 0]); after the second (step 2, nothing new) the
+    warm-up is over and the denominator is the largest class count 2 (beta [1, 1/2, 0]), as without warm-up."""
+    m = FlexThreshold(tau=0.9, warmup=True, warmup_end=0.5)
+    m.setup(6, 3, steps=4)
+    probs = torch.tensor([[0.95, 0.03, 0.02], [0.92, 0.05, 0.03], [0.02, 0.96, 0.02], [0.4, 0.35, 0.25]])
+    m(probs, torch.tensor([0, 1, 2, 3]))
+    assert m.thresholds().tolist() == pytest.approx([0.9 * (2 / 3) / (4 / 3), 0.9 * (1 / 3) / (5 / 3), 0.0])
+    m(torch.tensor([[0.4, 0.35, 0.25]]), torch.tensor([4]))
+    assert m.thresholds().tolist() == pytest.approx([0.9, 0.9 * 0.5 / 1.5, 0.0])
+    assert m.config()["warmup_end"] == 0.5
+    with pytest.raises(TransferkitError, match="warmup_end"):
+        FlexThreshold(warmup_end=1.5)
+    with pytest.raises(TransferkitError, match="number of steps"):
+        FlexThreshold(warmup_end=0.5).setup(6, 3)
+
+
+def test_size_aware_flexmatch_compares_rates_of_the_predicted_class_sizes():
+    """Pool of 6, 3 classes, tau 0.9. Latest predictions [0, 0, 0, 1, 2, 2], confident (>= 0.9) for items 0, 1
+    (class 0) and 3 (class 1): counts sigma = [2, 1, 0], predicted sizes n = [3, 1, 2], rates [2/3, 1, 0].
+    Without warm-up beta = rates / max rate = [2/3, 1, 0] (the paper's counts give [1, 1/2, 0]: class 1 is fully
+    learnt but small). With warm-up the denominator is max(1, C * unused / N = 3 * 3 / 6 = 1.5)."""
+    probs = torch.tensor([[0.95, 0.03, 0.02], [0.92, 0.05, 0.03], [0.5, 0.3, 0.2], [0.02, 0.96, 0.02],
+                          [0.3, 0.2, 0.5], [0.2, 0.3, 0.5]])
+    expected = {False: [2 / 3, 1.0, 0.0], True: [4 / 9, 2 / 3, 0.0]}
+    for warmup, beta in expected.items():
+        m = FlexThreshold(tau=0.9, warmup=warmup, size_aware=True)
+        m.setup(6, 3)
+        m(probs, torch.arange(6))
+        assert m.predicted.tolist() == [0, 0, 0, 1, 2, 2]
+        assert m.beta.tolist() == pytest.approx(beta)
+        assert m.thresholds().tolist() == pytest.approx([0.9 * b / (2 - b) for b in beta])
+    paper = FlexThreshold(tau=0.9, warmup=False)
+    paper.setup(6, 3)
+    paper(probs, torch.arange(6))
+    assert paper.beta.tolist() == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_size_aware_freematch_scales_by_the_mean_confidence_of_each_predicted_class():
+    """m = 0.5, 2 classes, batch [[0.9, 0.1], [0.3, 0.7], [0.8, 0.2]]: global tau = 0.25 + 0.5 * 0.8 = 0.65.
+    Class 0 is predicted for items 0 and 2 (mean confidence 0.85), class 1 for item 1 (0.7): class_conf =
+    [0.25 + 0.425, 0.25 + 0.35] = [0.675, 0.6], thresholds 0.65 * [1, 0.6 / 0.675]. The paper's class_prob is
+    [0.25 + 0.5 * 2/3, 0.25 + 0.5 * 1/3] and gives class 1 the lower 0.65 * (5/12) / (7/12). A batch without class 1
+    leaves its confidence as it was."""
+    m = SelfAdaptiveThreshold(momentum=0.5, size_aware=True)
+    m.setup(10, 2)
+    m(torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.8, 0.2]]), torch.arange(3))
+    assert float(m.global_threshold) == pytest.approx(0.65)
+    assert m.class_conf.tolist() == pytest.approx([0.675, 0.6])
+    assert m.thresholds().tolist() == pytest.approx([0.65, 0.65 * 0.6 / 0.675])
+    assert m.class_prob.tolist() == pytest.approx([7 / 12, 5 / 12])  # kept for the fairness term
+    m(torch.tensor([[0.9, 0.1]]), torch.tensor([3]))
+    assert m.class_conf.tolist() == pytest.approx([0.675 * 0.5 + 0.45, 0.6])
+    paper = SelfAdaptiveThreshold(momentum=0.5)
+    paper.setup(10, 2)
+    paper(torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.8, 0.2]]), torch.arange(3))
+    assert paper.thresholds().tolist() == pytest.approx([0.65, 0.65 * 5 / 7])

@@ -25,19 +25,25 @@ def fixmatch(tau: float = 0.95, lambda_u: float = 1.0, align: bool = False) -> P
 
 @SEMI_METHODS.register("flexmatch", needs_unlabelled=True, mask="flex",
                        paper="Zhang et al., FlexMatch, NeurIPS 2021")
-def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True,
-              align: bool = False) -> PseudoLabelConsistency:
-    """FlexMatch: FixMatch with per-class curriculum thresholds from each class's learning effect."""
-    return PseudoLabelConsistency(FlexThreshold(tau, warmup), lambda_u, align=align)
+def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True, warmup_end: float | None = None,
+              size_aware: bool = False, align: bool = False) -> PseudoLabelConsistency:
+    """FlexMatch: FixMatch with per-class curriculum thresholds from each class's learning effect (``warmup_end``:
+    the threshold warm-up ends by schedule, ``size_aware``: rates instead of counts, :class:`~.masks.FlexThreshold`).
+    On cached features ``SemiConfig(calibrate="head")`` calibrates its cosine head first (not the default: see
+    :class:`~.fit.SemiConfig`)."""
+    return PseudoLabelConsistency(FlexThreshold(tau, warmup, warmup_end, size_aware), lambda_u, align=align)
 
 
 @SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",
                        paper="Wang et al., FreeMatch, ICLR 2023")
 def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: float = 0.01,
-              align: bool = False) -> PseudoLabelConsistency:
+              size_aware: bool = False, align: bool = False) -> PseudoLabelConsistency:
     """FreeMatch: self-adaptive global and per-class thresholds and the self-adaptive fairness term (the thresholds'
-    momentum scaled to the run's length unless given: :class:`~.masks.SelfAdaptiveThreshold`)."""
-    return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum), lambda_u, fairness, align=align)
+    momentum scaled to the run's length unless given: :class:`~.masks.SelfAdaptiveThreshold`). On cached features
+    ``SemiConfig(calibrate="head")`` calibrates its cosine head first (temperature scaling, Guo et al. 2017): the
+    thresholds are the running mean confidence, which an over-confident head puts below most of the pool (not the
+    default: see :class:`~.fit.SemiConfig`)."""
+    return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum, size_aware), lambda_u, fairness, align=align)
 
 
 def create_semi_objective(name: str, n_unlabelled: int, n_classes: int, steps: int | None = None,

@@ -27,12 +27,15 @@ from ..train.objectives import CrossEntropy, Objectives
 from ..train.streams import DrawStream, TensorStream
 from .algorithms import SEMI_METHODS, create_semi_objective
 
-__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "HEADS", "INITS", "LABELLED_VIEWS"]
+__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "HEADS", "INITS", "LABELLED_VIEWS",
+           "CALIBRATIONS"]
 
 #: the heads a semi-supervised run trains (see :class:`SemiConfig`)
 HEADS = ("cosine", "linear")
 #: how the cosine head starts
 INITS = ("prototypes", "random")
+#: temperature scaling of the head (see :class:`SemiConfig`)
+CALIBRATIONS = ("none", "threshold", "head")
 #: the labelled items' views the supervised term may draw from
 LABELLED_VIEWS = ("weak", "strong", "eval")
 
@@ -67,6 +70,15 @@ class SemiConfig:
             choice, the first version's).
         align: ReMixMatch's distribution alignment of the weak-view probabilities before the mask and the
             pseudo-labels (Berthelot et al., ICLR 2020), towards the labelled class shares.
+        calibrate: temperature scaling (Guo et al., ICML 2017; :mod:`.calibration`): ``T`` is fitted once, before
+            training, on the labelled items' weak views under the class-mean start with each item left out of its
+            class mean (needs the cosine head and two labels in some class; otherwise ``T = 1``). ``threshold``: the
+            weak-view logits are divided by ``T`` before the masks and pseudo-labels (the head is unchanged);
+            ``head``: the head's scale becomes ``scale / T``, so it trains and predicts at the calibrated scale;
+            ``none`` (the default, the papers' form): neither. On the development seeds ``head`` lifted FlexMatch
+            and FreeMatch on clipart (up to +4 points on the pool) but cost them 8-15 points on mnist5k, and cost
+            FixMatch on clipart (its fixed 0.95 is then out of reach), so it is an option, not the default
+            (benchmarks/results/bench_semi_notes.md).
         hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
             layer was 4x slower and 4-6 points worse on the unlabelled pool.
         dropout: dropout of the ``linear`` head.
@@ -89,6 +101,7 @@ class SemiConfig:
     init: str = "prototypes"
     labelled_views: tuple[str, ...] = ("weak", "strong", "eval")
     align: bool = True
+    calibrate: str = "none"
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     ema_decay: float | None = 0.999
@@ -113,6 +126,11 @@ class SemiConfig:
             bad.append(f"init must be one of {', '.join(INITS)} (got {self.init!r})")
         elif self.init == "prototypes" and self.head != "cosine":
             bad.append("init='prototypes' needs head='cosine' (give init='random' with a linear head)")
+        if self.calibrate not in CALIBRATIONS:
+            bad.append(f"calibrate must be one of {', '.join(CALIBRATIONS)} (got {self.calibrate!r})")
+        elif self.calibrate != "none" and self.head != "cosine":
+            bad.append(f"calibrate={self.calibrate!r} needs head='cosine' (the temperature is fitted on its class-mean "
+                       "start)")
         if self.head == "cosine" and tuple(self.hidden):
             bad.append(f"hidden layers {tuple(self.hidden)} need head='linear' (the cosine head is one layer)")
         if not (isinstance(self.scale, (int, float)) and self.scale > 0 and math.isfinite(self.scale)):
@@ -196,6 +214,19 @@ def _make_head(cfg: SemiConfig, pooled: np.ndarray, X_l: np.ndarray, y_l: np.nda
     return head
 
 
+def _labelled_temperature(head: Any, banks_l: dict[str, np.ndarray], y_l: np.ndarray, n_classes: int) -> float:
+    """Temperature scaling's ``T`` for a cosine head's weak-view logits, fitted on the labelled items' weak views
+    with each item left out of its class mean (1.0 when no class has two labelled items)."""
+    from ..heads.fewshot import transform_features
+    from .calibration import fit_temperature, leave_one_out_prototype_logits
+
+    with torch.no_grad():
+        z_e = transform_features(torch.as_tensor(np.asarray(banks_l["eval"], dtype=np.float32)), "cl2n", head.center)
+        z_w = transform_features(torch.as_tensor(np.asarray(banks_l["weak"], dtype=np.float32)), "cl2n", head.center)
+        logits, y = leave_one_out_prototype_logits(z_e, y_l, z_w, head.config()["scale"], n_classes)
+    return fit_temperature(logits, y) if len(y) else 1.0
+
+
 class _SemiPlan:
     """The loop's plan of a semi-supervised head (picklable)."""
 
@@ -212,6 +243,11 @@ class _SemiPlan:
         consistency = create_semi_objective(self.method, len(self.banks_u["eval"]), self.n_classes, cfg.steps,
                                             **params)
         consistency.set_target(np.bincount(self.y_l, minlength=self.n_classes))
+        if cfg.calibrate == "threshold":
+            consistency.set_temperature(_labelled_temperature(head, self.banks_l, self.y_l, self.n_classes))
+        elif cfg.calibrate == "head":
+            head._config["scale"] = float(cfg.scale) / _labelled_temperature(head, self.banks_l, self.y_l,
+                                                                            self.n_classes)
         objective = Objectives(CrossEntropy("labelled"), consistency)
         train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
                                 for v in cfg.labelled_views])

@@ -92,22 +92,52 @@ class FlexThreshold(Mask):
     never been predicted confidently (the threshold warm-up), by the number of those items. A class the model learns
     slowly gets a low threshold, so its pseudo-labels are used early.
 
+    The paper's warm-up ends when fewer items are unused than the largest class count, which presumes that training
+    makes most of the pool confident; a head on frozen features may never get there, and then every threshold stays
+    near 0. ``warmup_end`` (a share of the run's steps) ends the warm-up by schedule instead: after that step the
+    denominator is the largest class count, as once the paper's warm-up is over.
+
+    The learning effect compares class counts, which measures how well each class is learnt only when the pool's
+    classes are equally large (the paper's benchmarks are balanced): in a pool where one class has a third of
+    another's items, that class's count, and so its threshold, stays low however well it is learnt, and its
+    pseudo-labels are admitted almost unfiltered. ``size_aware=True`` compares rates instead: ``sigma_c / n_c``,
+    where ``n_c`` is the number of pool items whose latest prediction (any confidence) is ``c``, normalised by the
+    largest rate, or during the warm-up by ``C * unused / N`` (the count rule divided through by ``N / C``); when
+    every ``n_c`` is ``N / C`` this is exactly the paper's rule.
+
     Args:
         tau: the upper threshold (0.95).
         warmup: the threshold warm-up of the paper (the unused items count in the denominator).
+        size_aware: learning effects as rates of the predicted class sizes (see above; False: the paper's counts).
+        warmup_end: None (the paper: the warm-up ends only when the unused items are fewer than the largest class
+            count), or the share of the run's steps after which it ends in any case (needs the run's length in
+            :meth:`setup`).
     """
 
     name = "flex"
 
-    def __init__(self, tau: float = 0.95, warmup: bool = True):
+    def __init__(self, tau: float = 0.95, warmup: bool = True, warmup_end: float | None = None,
+                 size_aware: bool = False):
         super().__init__()
-        self.tau, self.warmup = _check_tau(tau), bool(warmup)
+        self.tau, self.warmup, self.size_aware = _check_tau(tau), bool(warmup), bool(size_aware)
+        if warmup_end is not None and not 0 <= float(warmup_end) <= 1:
+            raise TransferkitError(f"warmup_end is a share of the run's steps in [0, 1], got {warmup_end!r}")
+        self.warmup_end = None if warmup_end is None else float(warmup_end)
+        self._end_step: int | None = None
         self.register_buffer("status", torch.zeros(0, dtype=torch.long))  # latest confident class, -1: none yet
         self.register_buffer("beta", torch.zeros(0))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("predicted", torch.zeros(0, dtype=torch.long))  # latest prediction, -1: not seen yet
 
     def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
         self.status = torch.full((n_unlabelled,), -1, dtype=torch.long)
         self.beta = torch.zeros(n_classes)
+        self.step = torch.zeros((), dtype=torch.long)
+        self.predicted = torch.full((n_unlabelled,), -1, dtype=torch.long)
+        if self.warmup_end is not None:
+            if not steps:
+                raise TransferkitError("warmup_end needs the run's number of steps (give steps to setup)")
+            self._end_step = int(round(self.warmup_end * int(steps)))
 
     def thresholds(self) -> torch.Tensor:
         b = self.beta
@@ -118,7 +148,16 @@ class FlexThreshold(Mask):
         counts = torch.bincount(self.status + 1, minlength=c + 1).to(self.beta.dtype)  # [unused, class 0, ...]
         if counts[0] == len(self.status):  # nothing learnt yet: keep beta at 0
             return
-        denom = torch.max(counts) if self.warmup else torch.max(counts[1:])
+        warm = self.warmup and (self._end_step is None or int(self.step) < self._end_step)
+        if self.size_aware:
+            sizes = torch.bincount(self.predicted[self.predicted >= 0], minlength=c).to(self.beta.dtype)
+            rates = counts[1:] / sizes.clamp(min=1.0)
+            denom = torch.max(rates)
+            if warm:
+                denom = torch.maximum(denom, c * counts[0] / len(self.status))
+            self.beta = rates / torch.clamp(denom, min=1e-12)
+            return
+        denom = torch.max(counts) if warm else torch.max(counts[1:])
         self.beta = counts[1:] / torch.clamp(denom, min=1.0)
 
     def forward(self, probs: torch.Tensor, index: torch.Tensor,
@@ -130,11 +169,16 @@ class FlexThreshold(Mask):
         keep = picked >= 0
         if keep.any():
             self.status[where[keep].to(self.status.device)] = picked[keep].to(self.status.device)
+        if self.size_aware:
+            self.predicted[where.to(self.predicted.device)] = gather(cls).to(self.predicted.device)
+        self.step += 1
         self._learning_effect()
         return mask
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "tau": self.tau, "warmup": self.warmup}
+        return {"name": self.name, "tau": self.tau, "warmup": self.warmup,
+                **({"warmup_end": self.warmup_end} if self.warmup_end is not None else {}),
+                **({"size_aware": True} if self.size_aware else {})}
 
 
 @MASKS.register("self-adaptive")
@@ -150,14 +194,22 @@ class SelfAdaptiveThreshold(Mask):
     (``momentum=None``) the averaging spans a twentieth of the run: ``m = 1 - 20 / steps``, kept within
     ``[0.9, 0.999]`` (0.99 for 2000 steps; 0.999 from 20000 steps on, the paper's value).
 
+    The class scaling ``p_t(c)`` is the class's share of the probability mass, which mixes how confidently the class
+    is predicted with how large it is in the pool: in an imbalanced pool a small class gets a low threshold however
+    confident the model is on it. ``size_aware=True`` scales by the running mean confidence of the items predicted as
+    ``c`` instead (same momentum; a class absent from a batch keeps its value), which leaves the class's size out;
+    ``p_t(c)`` is kept for the fairness term.
+
     Args:
         momentum: ``m``; None: scaled to the run's length as above.
+        size_aware: class scaling by the mean confidence of each predicted class (see above; False: the paper's).
     """
 
     name = "self-adaptive"
 
-    def __init__(self, momentum: float | None = None):
+    def __init__(self, momentum: float | None = None, size_aware: bool = False):
         super().__init__()
+        self.size_aware = bool(size_aware)
         if momentum is not None and not 0 <= float(momentum) < 1:
             raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
         self.requested = None if momentum is None else float(momentum)
@@ -165,6 +217,7 @@ class SelfAdaptiveThreshold(Mask):
         self.register_buffer("global_threshold", torch.zeros(()))
         self.register_buffer("class_prob", torch.zeros(0))
         self.register_buffer("label_hist", torch.zeros(0))
+        self.register_buffer("class_conf", torch.zeros(0))
 
     def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
         if self.requested is None and steps:
@@ -172,9 +225,11 @@ class SelfAdaptiveThreshold(Mask):
         self.global_threshold = torch.tensor(1.0 / n_classes)
         self.class_prob = torch.full((n_classes,), 1.0 / n_classes)
         self.label_hist = torch.full((n_classes,), 1.0 / n_classes)
+        self.class_conf = torch.full((n_classes,), 1.0 / n_classes)
 
     def thresholds(self) -> torch.Tensor:
-        return self.global_threshold * self.class_prob / self.class_prob.max()
+        scale = self.class_conf if self.size_aware else self.class_prob
+        return self.global_threshold * scale / scale.max()
 
     def forward(self, probs: torch.Tensor, index: torch.Tensor,
                 gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
@@ -185,10 +240,15 @@ class SelfAdaptiveThreshold(Mask):
         self.class_prob = self.class_prob * m + (1 - m) * p.mean(0)
         hist = torch.bincount(cls, minlength=len(self.class_prob)).to(p.dtype)
         self.label_hist = self.label_hist * m + (1 - m) * hist / hist.sum()
+        if self.size_aware:
+            sums = torch.zeros_like(self.class_conf).index_add_(0, cls, conf.to(self.class_conf.dtype))
+            seen = hist > 0
+            self.class_conf = torch.where(seen, self.class_conf * m + (1 - m) * sums / hist.clamp(min=1),
+                                          self.class_conf)
         return self.select(probs)  # after the update, as the reference implementation
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "momentum": self.requested}
+        return {"name": self.name, "momentum": self.requested, **({"size_aware": True} if self.size_aware else {})}
 
 
 def scaled_momentum(steps: int, span: float = 20.0) -> float:

@@ -3,6 +3,7 @@ cross-entropy on their strong view where the mask lets them through."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,10 @@ class PseudoLabelConsistency(Objective):
     FixMatch's fixed threshold, FlexMatch's curriculum, FreeMatch's self-adaptive one (which adds its fairness term
     with weight ``fairness``). The share of the batch that passed the mask is logged as ``metric_mask_rate``.
 
+    With ``temperature`` ``T`` the weak view's probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et
+    al., ICML 2017: :mod:`.calibration` fits ``T`` on the labelled items so that the thresholds read calibrated
+    confidences); the strong view's cross-entropy is unchanged. ``T = 1``: the papers' form.
+
     With ``align`` the weak view's probabilities are first aligned to the labelled class distribution
     (:func:`align_distribution`, ReMixMatch's distribution alignment): ``p_model`` is the running mean of the weak
     probabilities (momentum 0.999, as USB's implementation), ``p_target`` the labelled items' class shares (set by
@@ -77,6 +82,7 @@ class PseudoLabelConsistency(Objective):
         fairness: weight of FreeMatch's fairness term (used with the self-adaptive mask; 0.01 in the reference).
         stream: the unlabelled stream's name.
         align: distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020).
+        temperature: the weak logits' temperature (1: none; set later by :meth:`set_temperature`).
 
     References:
         Sohn et al., FixMatch, NeurIPS 2020 (eq. 2-4); Zhang et al., FlexMatch, NeurIPS 2021; Wang et al., FreeMatch,
@@ -89,7 +95,7 @@ class PseudoLabelConsistency(Objective):
     align_momentum = 0.999
 
     def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
-                 align: bool = False):
+                 align: bool = False, temperature: float = 1.0):
         super().__init__()
         self.mask, self.lambda_u, self.fairness, self.stream = mask, float(lambda_u), float(fairness), stream
         self.align = bool(align)
@@ -97,6 +103,14 @@ class PseudoLabelConsistency(Objective):
         self.views = {stream: ("weak", "strong")}
         self.register_buffer("p_model", torch.zeros(0))
         self.register_buffer("p_target", torch.zeros(0))
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.set_temperature(temperature)
+
+    def set_temperature(self, temperature: float) -> None:
+        """The temperature the weak view's logits are divided by before the mask and the pseudo-labels."""
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise TransferkitError(f"the temperature must be a positive number, got {temperature!r}")
+        self.temperature = torch.tensor(float(temperature))
 
     def set_target(self, class_shares: Any) -> None:
         """Distribution alignment's target: the labelled items' class shares ``(C,)`` (and ``p_model`` starts there)."""
@@ -118,7 +132,7 @@ class PseudoLabelConsistency(Objective):
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         weak = step.outputs(self.stream, view="weak")[0].logits
         strong = step.outputs(self.stream, view="strong")[0].logits
-        probs = weak.detach().float().softmax(1)
+        probs = (weak.detach().float() / self.temperature.to(weak.device)).softmax(1)
         if self.align:
             probs = self._aligned(probs, step.gather)
         mask = self.mask(probs, step.batches[self.stream].index, step.gather)
@@ -131,17 +145,25 @@ class PseudoLabelConsistency(Objective):
         return out
 
     def config(self) -> dict[str, Any]:
+        t = float(self.temperature)
         return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness,
-                **({"align": True} if self.align else {})}
+                **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {})}
 
     def epoch_state(self) -> dict[str, Any]:
-        """The per-class confidence thresholds in force at the end of the epoch."""
-        return {"thresholds": [round(float(t), 4) for t in self.mask.thresholds().cpu()]}
+        """The per-class confidence thresholds in force at the end of the epoch (and the weak logits' temperature
+        when it is not 1)."""
+        t = float(self.temperature)
+        return {"thresholds": [round(float(t), 4) for t in self.mask.thresholds().cpu()],
+                **({"temperature": round(t, 4)} if t != 1.0 else {})}
 
     def validation_metrics(self, probs: torch.Tensor, y: np.ndarray) -> dict[str, Any]:
         """What pseudo-labelling would do on the validation items, whose labels are known: the share that clears
         the current thresholds (``val_mask_rate``) and the accuracy of those pseudo-labels
-        (``val_pseudo_accuracy``). Read-only: the mask's state does not change."""
+        (``val_pseudo_accuracy``). Read-only: the mask's state does not change. ``probs`` are the head's
+        (temperature 1); the objective's temperature is applied first, as in training."""
+        t = float(self.temperature)
+        if t != 1.0:
+            probs = (probs.clamp(min=1e-30).log() / t).softmax(1)
         sel = self.mask.select(probs).bool().cpu().numpy()
         pred = probs.argmax(1).cpu().numpy()
         return {"val_mask_rate": float(sel.mean()),
