@@ -253,5 +253,6 @@ def test_setfit_reference_pairs_are_the_setfit_packages_list():
         setfit_pairs(y, pairs="paper")
     from transferkit.train.strategies import create_strategy
 
+    assert create_strategy("setfit").pairs == "reference"  # the package's pairs by default (self-pairs included)
     with pytest.raises(TransferkitError, match="pairs must be one of"):
         create_strategy("setfit", pairs="x").validate()

@@ -6,8 +6,9 @@ training loop (checkpoints, resume, devices and precision as for every run). Sta
 the fine-tuned encoder and fits a logistic-regression head on them. ``fit(..., strategy="setfit")`` runs it: the
 strategy entry declares this trainer as its ``trainer`` capability, which the pipeline reads.
 
-The defaults follow the paper and the reference implementation: ``num_iterations=20`` (the paper's R: every labelled
-text gets 20 same-class and 20 other-class partners, ``2 * 20 * N`` pairs), one epoch, batch 16, body learning rate
+The defaults follow the paper and the reference implementation: ``num_iterations=20`` (the paper's R: ``20 * N``
+same-class and ``20 * N`` other-class pairs, ``2 * 20 * N`` in all, from the reference's list of unique pairs in which
+every text is also paired with itself, ``pairs="reference"``), one epoch, batch 16, body learning rate
 2e-5 with 10% linear warm-up, and the head is scikit-learn's ``LogisticRegression()`` (``C=1``) on the *unit-norm*
 embeddings: sentence-transformers' all-MiniLM-L6-v2 ends in a ``Normalize`` module, so the reference head never sees
 raw or standardised embeddings. ``descriptions`` adds the setfit library's templated examples (its
@@ -160,8 +161,10 @@ class SetFit(Strategy):
             as ``zeroshot --classes`` reads them): each description through each template of ``prompt`` becomes
             one more labelled text (the setfit library's templated examples).
         prompt: the prompt set or template for ``descriptions`` (``review``, ``name``, ``"this sentence is {}"``).
-        pairs: ``random`` (the paper's sampling) or ``reference`` (the setfit package's pair list, self-pairs
-            included; :func:`setfit_pairs`).
+        pairs: ``reference`` (the default: the setfit package's pair list, each text also paired with itself, as
+            the package has done since its first version) or ``random`` (random partners, never the text itself;
+            :func:`setfit_pairs`). Measured on Rotten Tomatoes at 8 labels per class (bench_text), ``random`` was
+            0.8 points below the package in 4 of 4 paired seeds and ``reference`` matched it.
 
     References:
         Tunstall et al., "Efficient Few-Shot Learning Without Prompts", arXiv:2209.11055, 2022.
@@ -177,7 +180,7 @@ class SetFit(Strategy):
     head_C: float = 1.0
     descriptions: Any = None
     prompt: str = "name"
-    pairs: str = "random"
+    pairs: str = "reference"
 
     def validate(self) -> None:
         if self.sampling not in SAMPLINGS:
