@@ -58,7 +58,7 @@ ROWS = {
     "setfit": "SetFit (MiniLM, our loop; the paper's R=20 pairs per text as random partners, never the text itself, "
               "1 epoch, batch 16, lr 2e-5) + logistic head on unit-norm embeddings",
     "setfit-described": "SetFit as above + the label descriptions as labelled texts (setfit's templated examples)",
-    "setfit-refpairs": "SetFit as above (our loop) with the setfit package's pair list (its unique pairs, self-pairs "
+    "setfit-refpairs": "SetFit as the random-pairs row (our loop) but with the setfit package's pair list (its unique pairs, self-pairs "
                        "included, repeated in order to R=20 per text; transferkit's default since this run)",
     "setfit-lib": "SetFit via the setfit package 1.2.0 (reference; its defaults: every unique pair, the rarer kind "
                   "oversampled, 1 epoch, batch 16, lr 2e-5) + its LogisticRegression head",
