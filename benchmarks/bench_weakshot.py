@@ -87,7 +87,8 @@ def run_cell(cell, cache: dict, args, cfg, store, reuse: dict | None = None) -> 
     import torch
 
     from transferkit.report.metrics import pack_outcomes
-    from transferkit.weakshot import prepare_weakshot, train_base, train_novel, train_similarity
+    from transferkit.weakshot import prepare_weakshot, train_base, train_novel
+    from transferkit.weakshot.similarity import fit_similarity
 
     c = cell.coords
     spec = DATASETS[c["dataset"]]
@@ -101,10 +102,7 @@ def run_cell(cell, cache: dict, args, cfg, store, reuse: dict | None = None) -> 
         cache.clear()
         tb = time.perf_counter()
         base = train_base(wd, cfg, c["seed"])
-        fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val, init=base if cfg.sim_init == "base" else None,
-                               hidden=cfg.hidden, pair=cfg.sim_pair, steps=cfg.sim_steps,
-                               eval_every=cfg.sim_eval_every, batch_size=cfg.sim_batch_size, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, seed=c["seed"])
+        fit = fit_similarity(wd.X, sp, cfg, c["seed"], init=base if cfg.sim_init == "base" else None)
         cache[key] = (base, fit, time.perf_counter() - tb)
     base, fit, base_seconds = cache[key]
     out = {"noise": sp.noise, "sizes": sp.sizes(), "similarity": fit.scores, "base_seconds": base_seconds,
@@ -260,9 +258,11 @@ def _before_after(rows: list[dict], previous: dict) -> str:
                                  for x in (o, r))])
     if not table:
         return ""
-    return ("\nBefore → after (the earlier run: the paper's mean-similarity weights, concatenated pair features "
-            f"{'with |a-b| and a*b ' if cfg.get('symmetric') else ''}and the graph term at the reference code's "
-            f"alpha {cfg.get('alpha')} on raw features; its seeds and this run's may differ in number):\n\n"
+    note = previous.get("note") or (
+        "the paper's mean-similarity weights, concatenated pair features "
+        f"{'with |a-b| and a*b ' if cfg.get('symmetric') else ''}and the graph term at the reference code's "
+        f"alpha {cfg.get('alpha')} on raw features")
+    return (f"\nBefore → after (the earlier run: {note}; its seeds and this run's may differ in number):\n\n"
             + md_table(["data", "noise", "seeds", "plain", "simtrans-weights", "simtrans", "weights AUC simtrans"],
                        table) + "\n")
 
@@ -309,6 +309,8 @@ def main() -> None:
                     help="the earlier run's results JSON (its 'config'), needed with --reuse")
     ap.add_argument("--previous", default=None,
                     help="an earlier run's results JSON: its SimTrans columns are shown beside this run's")
+    ap.add_argument("--previous-note", default=None,
+                    help="how the --previous run differs from this one (shown above the before/after table)")
     ap.add_argument("--merge", default=None,
                     help="comma-separated probe journals of earlier runs (e.g. one process per dataset, run side by "
                          "side): render their finished cells of the current settings together and exit")
@@ -334,7 +336,8 @@ def main() -> None:
 
     if args.previous:
         state["previous"] = json.loads(Path(args.previous).read_text())
-        state["previous"] = {"config": state["previous"].get("config"), "summary": state["previous"].get("summary")}
+        state["previous"] = {"config": state["previous"].get("config"), "summary": state["previous"].get("summary"),
+                             "note": args.previous_note}
     if args.reuse:
         state["reused_from"] = {"journals": _csv(args.reuse), "config": args.reuse_config}
 
