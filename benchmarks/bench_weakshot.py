@@ -198,7 +198,11 @@ def render(state: dict) -> str:
                    "accuracies); the other cells ran every method.\n\n")
     parts = [f"### bench_weakshot\n\ncommand: `{state['command']}`\n\n{source}{machine_line(state['machine'])}\n\n"
              "Weak-shot learning at probe cost: cached lite0 features (frozen); base classifier (one hidden layer of "
-             f"{cfg['hidden']}) on the clean base classes, similarity net on base pairs ({cfg['sim_steps']} steps), "
+             f"{cfg['hidden']}) on the clean base classes, similarity net on base pairs ({cfg['sim_steps']} steps)"
+             + (f", blended with the calibrated cosine of the frozen features (net share {cfg.get('sim_blend')})"
+                if cfg.get("sim_blend", 1) < 1 else "")
+             + (f", SimTrans's weights with the lowest {100 * cfg.get('sim_drop'):.0f} % of each class dropped"
+                if cfg.get("sim_drop", 0) > 0 else "") + ", "
              f"each method's novel classifier {cfg['novel_epochs']} epochs from the base classifier's hidden layer "
              "(the last epoch kept: no clean novel data exists to choose on); clean novel test accuracy %, mean ± std "
              "over seeds. clipart: 6 base / 6 novel categories, outliers from MNIST digits and photo crops; mnist5k: "
