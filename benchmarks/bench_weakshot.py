@@ -15,7 +15,8 @@ items and scored on the clean novel test split.
 
 The base classifier and the similarity net depend only on (dataset, seed): trained once per pair and reused by its
 six noise cells in the same process. Settings are the :class:`~transferkit.weakshot.WeakShotConfig` defaults, chosen
-on MNIST-M features (a dataset reported nowhere here), never on these test splits.
+on MNIST-M features (a dataset reported nowhere here) and, for SimTrans's similarity blend and dropped share, on
+development seeds 100-102 of these datasets (``bench_weakshot_dev.py``), never on the reported seeds' test splits.
 
 End to end (``--e2e``, small on purpose for a CPU): clipart, flip and outlier noise at 50%, seeds 0-1, lite0 at
 96 px fine-tuned on the base classes, then each method fine-tuning the whole network on the noisy novel items.
