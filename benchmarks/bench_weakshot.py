@@ -15,7 +15,8 @@ items and scored on the clean novel test split.
 
 The base classifier and the similarity net depend only on (dataset, seed): trained once per pair and reused by its
 six noise cells in the same process. Settings are the :class:`~transferkit.weakshot.WeakShotConfig` defaults, chosen
-on MNIST-M features (a dataset reported nowhere here), never on these test splits.
+on MNIST-M features (a dataset reported nowhere here) and, for SimTrans's similarity blend and dropped share, on
+development seeds 100-102 of these datasets (``bench_weakshot_dev.py``), never on the reported seeds' test splits.
 
 End to end (``--e2e``, small on purpose for a CPU): clipart, flip and outlier noise at 50%, seeds 0-1, lite0 at
 96 px fine-tuned on the base classes, then each method fine-tuning the whole network on the noisy novel items.
@@ -87,7 +88,8 @@ def run_cell(cell, cache: dict, args, cfg, store, reuse: dict | None = None) -> 
     import torch
 
     from transferkit.report.metrics import pack_outcomes
-    from transferkit.weakshot import prepare_weakshot, train_base, train_novel, train_similarity
+    from transferkit.weakshot import prepare_weakshot, train_base, train_novel
+    from transferkit.weakshot.similarity import fit_similarity
 
     c = cell.coords
     spec = DATASETS[c["dataset"]]
@@ -101,10 +103,7 @@ def run_cell(cell, cache: dict, args, cfg, store, reuse: dict | None = None) -> 
         cache.clear()
         tb = time.perf_counter()
         base = train_base(wd, cfg, c["seed"])
-        fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val, init=base if cfg.sim_init == "base" else None,
-                               hidden=cfg.hidden, pair=cfg.sim_pair, steps=cfg.sim_steps,
-                               eval_every=cfg.sim_eval_every, batch_size=cfg.sim_batch_size, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, seed=c["seed"])
+        fit = fit_similarity(wd.X, sp, cfg, c["seed"], init=base if cfg.sim_init == "base" else None)
         cache[key] = (base, fit, time.perf_counter() - tb)
     base, fit, base_seconds = cache[key]
     out = {"noise": sp.noise, "sizes": sp.sizes(), "similarity": fit.scores, "base_seconds": base_seconds,
@@ -200,7 +199,11 @@ def render(state: dict) -> str:
                    "accuracies); the other cells ran every method.\n\n")
     parts = [f"### bench_weakshot\n\ncommand: `{state['command']}`\n\n{source}{machine_line(state['machine'])}\n\n"
              "Weak-shot learning at probe cost: cached lite0 features (frozen); base classifier (one hidden layer of "
-             f"{cfg['hidden']}) on the clean base classes, similarity net on base pairs ({cfg['sim_steps']} steps), "
+             f"{cfg['hidden']}) on the clean base classes, similarity net on base pairs ({cfg['sim_steps']} steps)"
+             + (f", blended with the calibrated cosine of the frozen features (net share {cfg.get('sim_blend')})"
+                if cfg.get("sim_blend", 1) < 1 else "")
+             + (f", SimTrans's weights with the lowest {100 * cfg.get('sim_drop'):.0f} % of each class dropped"
+                if cfg.get("sim_drop", 0) > 0 else "") + ", "
              f"each method's novel classifier {cfg['novel_epochs']} epochs from the base classifier's hidden layer "
              "(the last epoch kept: no clean novel data exists to choose on); clean novel test accuracy %, mean ± std "
              "over seeds. clipart: 6 base / 6 novel categories, outliers from MNIST digits and photo crops; mnist5k: "
@@ -260,9 +263,11 @@ def _before_after(rows: list[dict], previous: dict) -> str:
                                  for x in (o, r))])
     if not table:
         return ""
-    return ("\nBefore → after (the earlier run: the paper's mean-similarity weights, concatenated pair features "
-            f"{'with |a-b| and a*b ' if cfg.get('symmetric') else ''}and the graph term at the reference code's "
-            f"alpha {cfg.get('alpha')} on raw features; its seeds and this run's may differ in number):\n\n"
+    note = previous.get("note") or (
+        "the paper's mean-similarity weights, concatenated pair features "
+        f"{'with |a-b| and a*b ' if cfg.get('symmetric') else ''}and the graph term at the reference code's "
+        f"alpha {cfg.get('alpha')} on raw features")
+    return (f"\nBefore → after (the earlier run: {note}; its seeds and this run's may differ in number):\n\n"
             + md_table(["data", "noise", "seeds", "plain", "simtrans-weights", "simtrans", "weights AUC simtrans"],
                        table) + "\n")
 
@@ -309,6 +314,8 @@ def main() -> None:
                     help="the earlier run's results JSON (its 'config'), needed with --reuse")
     ap.add_argument("--previous", default=None,
                     help="an earlier run's results JSON: its SimTrans columns are shown beside this run's")
+    ap.add_argument("--previous-note", default=None,
+                    help="how the --previous run differs from this one (shown above the before/after table)")
     ap.add_argument("--merge", default=None,
                     help="comma-separated probe journals of earlier runs (e.g. one process per dataset, run side by "
                          "side): render their finished cells of the current settings together and exit")
@@ -334,7 +341,8 @@ def main() -> None:
 
     if args.previous:
         state["previous"] = json.loads(Path(args.previous).read_text())
-        state["previous"] = {"config": state["previous"].get("config"), "summary": state["previous"].get("summary")}
+        state["previous"] = {"config": state["previous"].get("config"), "summary": state["previous"].get("summary"),
+                             "note": args.previous_note}
     if args.reuse:
         state["reused_from"] = {"journals": _csv(args.reuse), "config": args.reuse_config}
 

@@ -96,6 +96,7 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "window": "--window", "min_count": "--min-count", "max_texts": "--max-texts",
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
+         "sim_blend": "--sim-blend", "sim_drop": "--drop",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
          "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck",
@@ -145,7 +146,7 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "hidden": (int, 1, None),
            "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None), "noise": (float, 0.0, 1.0),
            "alpha": (float, 0.0, None), "images": (int, 2, None), "show": (int, 1, None),
-           "max_per_domain": (int, 2, None)}
+           "max_per_domain": (int, 2, None), "sim_blend": (float, 0.0, 1.0), "drop": (float, 0.0, 1.0)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -175,8 +176,10 @@ def check_options(**values: object) -> None:
         elif high is not None:
             if name == "tau":
                 ok, allowed = low < value <= high, f"in ({low:g}, {high:g}]"
+            elif name == "sim_blend":
+                ok, allowed = low <= value <= high, f"in [{low:g}, {high:g}]"
             else:
-                half_open = name in ("val_fraction", "noise")
+                half_open = name in ("val_fraction", "noise", "drop")
                 ok = low <= value < high if half_open else low < value < high
                 allowed = f"in [{low:g}, {high:g})" if half_open else f"in ({low:g}, {high:g})"
         else:
@@ -1210,8 +1213,10 @@ def weakshot(
     backbone: str = typer.Option("lite0", "--backbone", "-b", help="Backbone name (see `transferkit backbones`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the noise and training."),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Fine-tune the backbone (on the base classes, then with each method) instead of training heads on cached features."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each method on the novel classes (default: 30 on features, 4 end to end)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each method on the novel classes (default: 40 on features, 4 end to end)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of SimTrans's graph regulariser on L2-normalised features (default 1.0; 0 turns it off)."),
+    sim_blend: Optional[float] = typer.Option(None, "--sim-blend", help="SimTrans: the similarity net's share of the pair similarity, the rest the calibrated cosine of the frozen features (default 0.25; 1: the paper's net alone)."),
+    drop: Optional[float] = typer.Option(None, "--drop", help="SimTrans: share of each novel class's lowest-weighted items left out (default 0.2; 0 keeps every item, as in the paper)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="End to end: the image side (default: 96)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for weakshot.json, predictions.csv, weights.csv and the SimTrans model, read by `transferkit predict` (default: runs/<time>-<data>-weakshot)."),
     input_column: Optional[str] = InputColOpt,
@@ -1229,10 +1234,14 @@ def weakshot(
     from .weakshot import WeakShotConfig, fit_weakshot
 
     check_options(seed=seed, noise=noise, epochs=epochs, alpha=alpha, image_size=image_size, workers=workers,
-                  device=device)
+                  device=device, sim_blend=sim_blend, drop=drop)
     cfg = WeakShotConfig(num_workers=workers)
     if alpha is not None:
         cfg.alpha = alpha
+    if sim_blend is not None:
+        cfg.sim_blend = sim_blend
+    if drop is not None:
+        cfg.sim_drop = drop
     if image_size is not None:
         cfg.image_size = image_size
     if epochs is not None:

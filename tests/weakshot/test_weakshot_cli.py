@@ -15,3 +15,6 @@ def test_weakshot_refuses_both_kinds_of_noise_and_bad_values(tmp_path):
                       "--noise-kind must be one of flip, outlier, mixed")
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--base", "animals_birds,dragons", "--out",
                          tmp_path / "d"), "base class(es) ['dragons'] are not in the data")
+    assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--sim-blend", "1.2"),
+                      "--sim-blend must be in [0, 1]; got 1.2")
+    assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop", "1"), "--drop must be in [0, 1); got 1")

@@ -18,11 +18,11 @@ from .fit import (DEFAULT_METHODS, MethodResult, WeakShotConfig, WeakShotData, W
                   prepare_weakshot, train_base, train_novel)
 from .methods import WEAKSHOT_METHODS, NovelSet, WeakShotMethod, weight_auc
 from .noise import NOISE_KINDS, WeakShotSplit, inject_noise, split_from_web_labels
-from .similarity import SimilarityNet, train_similarity
+from .similarity import BlendedSimilarity, CosinePrior, SimilarityNet, fit_similarity, train_similarity
 
 import_submodules(__name__, __path__)  # methods registered in their own files
 
 __all__ = ["WEAKSHOT_METHODS", "WeakShotMethod", "NovelSet", "weight_auc", "WeakShotConfig", "WeakShotData",
            "WeakShotResult", "MethodResult", "fit_weakshot", "prepare_weakshot", "train_base", "train_novel",
            "DEFAULT_METHODS", "NOISE_KINDS", "WeakShotSplit", "inject_noise", "split_from_web_labels",
-           "SimilarityNet", "train_similarity"]
+           "SimilarityNet", "train_similarity", "fit_similarity", "CosinePrior", "BlendedSimilarity"]

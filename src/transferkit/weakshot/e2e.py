@@ -121,7 +121,7 @@ def run_end_to_end(wd: WeakShotData, methods: Sequence[str], cfg: WeakShotConfig
         features live in a temporary folder, removed at the end.
     """
     from ..features.store import default_num_workers
-    from .similarity import train_similarity
+    from .similarity import fit_similarity
 
     workers = default_num_workers() if num_workers is None else num_workers
     # the base network's checkpoints and its cached features are intermediate: kept in a temporary folder
@@ -137,11 +137,7 @@ def run_end_to_end(wd: WeakShotData, methods: Sequence[str], cfg: WeakShotConfig
         if needs_sim:
             t = time.perf_counter()
             Z = _features(net.backbone, wd, work / "features", workers)
-            fit = train_similarity(Z[sp.base_train], sp.base_y_train, Z[sp.base_val], sp.base_y_val,
-                                   hidden=cfg.hidden, pair=cfg.sim_pair, steps=cfg.sim_steps,
-                                   eval_every=cfg.sim_eval_every,
-                                   batch_size=cfg.sim_batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   seed=seed)
+            fit = fit_similarity(Z, sp, cfg, seed)
             simnet, scores = fit.net, fit.scores
             times["similarity"] = time.perf_counter() - t
             log(f"similarity net: balanced accuracy {100 * scores['pair_balanced_accuracy']:.1f}% on held-out base "

@@ -388,14 +388,10 @@ def fit_weakshot(data: Any, *, base: Sequence[str] | str | None = None, novel: S
         times["base"] = time.perf_counter() - t
         simnet, sim_scores = None, None
         if needs_sim:
-            from .similarity import train_similarity
+            from .similarity import fit_similarity
 
             t = time.perf_counter()
-            sp = wd.split
-            fit = train_similarity(wd.X[sp.base_train], sp.base_y_train, wd.X[sp.base_val], sp.base_y_val,
-                                   init=base_head if cfg.sim_init == "base" else None, hidden=cfg.hidden, pair=cfg.sim_pair, steps=cfg.sim_steps,
-                                   eval_every=cfg.sim_eval_every, batch_size=cfg.sim_batch_size, lr=cfg.lr,
-                                   weight_decay=cfg.weight_decay, seed=seed)
+            fit = fit_similarity(wd.X, wd.split, cfg, seed, init=base_head if cfg.sim_init == "base" else None)
             simnet, sim_scores = fit.net, fit.scores
             times["similarity"] = time.perf_counter() - t
             say(f"similarity net: balanced accuracy {100 * sim_scores['pair_balanced_accuracy']:.1f}% on held-out "

@@ -74,7 +74,8 @@ class GraphRegularizer(Objective):
     ``eye = 1``); ``eye < 1`` down-weights pairs whose (noisy) labels differ to ``eye``.
 
     Args:
-        simnet: the trained :class:`~transferkit.weakshot.similarity.SimilarityNet` (kept frozen).
+        simnet: the trained :class:`~transferkit.weakshot.similarity.SimilarityNet`, or a
+            :class:`~transferkit.weakshot.similarity.BlendedSimilarity` (kept frozen; read through its ``matrix``).
         features: ``(N, D)`` the similarity net's input for every item of ``stream``, in the stream's order.
         alpha: weight of the term (0.1 in the reference code, on raw features; the default config uses 1.0 on
             normalised ones).
@@ -110,12 +111,7 @@ class GraphRegularizer(Objective):
         """The relaxed (and optionally masked) similarity matrix ``A`` of the items at ``idx``. Shape: ``(B, B)``."""
         self.simnet.eval()
         with torch.no_grad():
-            e = self.simnet.embed(self.z[idx])
-            b = len(idx)
-            a = e.unsqueeze(1).expand(b, b, -1).reshape(b * b, -1)
-            c = e.unsqueeze(0).expand(b, b, -1).reshape(b * b, -1)
-            A = torch.softmax(self.simnet.score_embedded(a, c).float(), 1)[:, 1].reshape(b, b)
-            A = relax(A, self.mu)
+            A = relax(self.simnet.matrix(self.z[idx]).float().to(self.z.device), self.mu)
             if self.eye < 1 and y is not None:
                 same = (y.unsqueeze(0) == y.unsqueeze(1)).float()
                 A = A * same.clamp(min=self.eye)

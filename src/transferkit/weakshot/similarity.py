@@ -37,7 +37,8 @@ from ..train.streams import TensorStream, derive_seed
 PAIR_KINDS = ("concat", "symmetric", "difference")
 
 __all__ = ["PAIR_KINDS", "SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit", "train_similarity", "all_pairs",
-           "same_class_probabilities", "pair_targets", "heldout_pairs"]
+           "same_class_probabilities", "pair_targets", "heldout_pairs", "CosinePrior", "BlendedSimilarity",
+           "fit_similarity"]
 
 
 def all_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -333,8 +334,9 @@ def train_similarity(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.
     return SimilarityFit(r.model.eval(), dict(r.best_scores), r.history, r.seconds)
 
 
-def same_class_probabilities(net: SimilarityNet, X: np.ndarray) -> np.ndarray:
-    """``P[i, j] = p(same class | x_i, x_j)`` for every ordered pair of ``X`` (the net in evaluation mode).
+def same_class_probabilities(net: Any, X: np.ndarray) -> np.ndarray:
+    """``P[i, j] = p(same class | x_i, x_j)`` for every ordered pair of ``X`` (a :class:`SimilarityNet` or a
+    :class:`BlendedSimilarity`, in evaluation mode).
 
     Shape:
         ``(N, D)`` -> ``(N, N)``.
@@ -342,3 +344,99 @@ def same_class_probabilities(net: SimilarityNet, X: np.ndarray) -> np.ndarray:
     net = net.eval()
     with torch.no_grad():
         return net.matrix(torch.as_tensor(np.asarray(X, np.float32))).numpy()
+
+
+class CosinePrior(nn.Module):
+    """A same-class probability without learning a net: the cosine of centred, L2-normalised features (SimpleShot's
+    CL2N, Wang et al. 2019, centred on the base classes' mean), mapped to a probability by a class-balanced
+    one-feature logistic regression fitted on pairs of base items: ``p(same | i, j) = sigmoid(a * cos_ij + b)``.
+
+    It transfers to novel classes as far as the frozen features do, which on small base sets (5-6 classes) is
+    further than the similarity net (see :class:`BlendedSimilarity`).
+
+    Args:
+        mean: ``(D,)`` the centre (the base items' mean).
+        a, b: the calibration's slope and intercept.
+
+    Shape:
+        :meth:`matrix`: ``(N, D)``, ``(M, D)`` -> ``(N, M)``.
+    """
+
+    def __init__(self, mean: Any, a: float, b: float):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)))
+        self.a, self.b = float(a), float(b)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, max_items: int = 600, seed: int = 0) -> "CosinePrior":
+        """Centre on ``X``'s mean and calibrate on every pair of up to ``max_items`` of its items (same / different
+        pairs weighted equally).
+
+        Raises:
+            DataError: fewer than 2 classes.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        X = np.asarray(X, np.float64)
+        y = np.asarray(y)
+        if len(np.unique(y)) < 2:
+            raise DataError("the cosine prior is calibrated on base items of at least 2 classes")
+        mean = X.mean(0)
+        rng = np.random.default_rng(derive_seed(seed, 23))
+        pick = rng.permutation(len(y))[:max_items]
+        U = X[pick] - mean
+        U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-12)
+        iu = np.triu_indices(len(pick), 1)
+        cos = (U @ U.T)[iu]
+        same = (y[pick][:, None] == y[pick][None, :])[iu]
+        lr = LogisticRegression(class_weight="balanced", C=100.0).fit(cos[:, None], same)
+        return cls(mean, float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+
+    @torch.no_grad()
+    def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Same-class probabilities of every pair (``y`` defaults to ``x``)."""
+        u = F.normalize(torch.as_tensor(x, dtype=torch.float32) - self.mean, dim=1)
+        v = u if y is None else F.normalize(torch.as_tensor(y, dtype=torch.float32) - self.mean, dim=1)
+        return torch.sigmoid(self.a * (u @ v.T) + self.b).cpu()
+
+
+class BlendedSimilarity(nn.Module):
+    """``blend * net + (1 - blend) * prior``: the similarity net's same-class probability mixed with the calibrated
+    cosine of the frozen features (:class:`CosinePrior`). Both are probabilities of the same event calibrated on
+    base pairs, so the mix is one too. Used wherever SimTrans reads similarities (its weights and its graph term),
+    with the net's :meth:`matrix` interface.
+
+    Args:
+        net: the trained :class:`SimilarityNet`.
+        prior: the :class:`CosinePrior` of the same features.
+        blend: the net's share in ``[0, 1]`` (1: the net alone, the paper's).
+    """
+
+    def __init__(self, net: SimilarityNet, prior: CosinePrior, blend: float):
+        super().__init__()
+        if not 0 <= blend <= 1:
+            raise DataError(f"the similarity blend must be in [0, 1]; got {blend}")
+        self.net, self.prior, self.blend = net, prior, float(blend)
+
+    @torch.no_grad()
+    def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Same-class probabilities of every pair (``y`` defaults to ``x``). Shape: ``(N, D)``, ``(M, D)`` -> ``(N, M)``."""
+        out = self.prior.matrix(x, y) * (1 - self.blend)
+        if self.blend > 0:
+            out += self.blend * self.net.matrix(x, y)
+        return out
+
+
+def fit_similarity(X: np.ndarray, split: Any, cfg: Any, seed: int, init: nn.Module | None = None) -> SimilarityFit:
+    """SimTrans's similarity as a :class:`~transferkit.weakshot.WeakShotConfig` asks: the net trained on the split's
+    base items (:func:`train_similarity`), blended with the cosine prior when ``cfg.sim_blend < 1``
+    (:class:`BlendedSimilarity`; ``fit.net`` is then the blend)."""
+    sp = split
+    fit = train_similarity(X[sp.base_train], sp.base_y_train, X[sp.base_val], sp.base_y_val, init=init,
+                           hidden=cfg.hidden, pair=cfg.sim_pair, steps=cfg.sim_steps, eval_every=cfg.sim_eval_every,
+                           batch_size=cfg.sim_batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed)
+    if cfg.sim_blend < 1:
+        prior = CosinePrior.fit(X[sp.base_train], sp.base_y_train, seed=seed)
+        fit.net = BlendedSimilarity(fit.net, prior, cfg.sim_blend).eval()
+        fit.scores = {**fit.scores, "cosine_prior": {"a": prior.a, "b": prior.b}, "blend": cfg.sim_blend}
+    return fit

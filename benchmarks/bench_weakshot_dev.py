@@ -1,0 +1,289 @@
+"""Choosing SimTrans's similarity blend and weight settings on DEVELOPMENT seeds (100-102 by default), never on the
+seeds bench_weakshot.py reports (0-4). The noise is injected, so the dev splits' clean flags and test labels may be
+read here; nothing of a reported seed is.
+
+Two stages, each journaled so a rerun only does what is missing:
+
+- ``weights``: per (dataset, seed) the base classifier and the similarity net (as bench_weakshot trains them) and
+  the cosine prior; per noise cell the weights AUC (how often a clean noisy-set item outweighs a noisy one) of the
+  similarity blends ``net share`` 0 / 0.25 / 0.5 / 0.75 / 1, ``mean`` and ``contrast`` weights, 0 / 1 / 3 weighted
+  re-estimates of each class; and the novel-pair ROC-AUC of each blend on the clean novel test items.
+- ``accuracy``: novel test accuracy of candidate settings (``name:method:blend:iterations:drop[:alpha]``) on the
+  same splits, with the models of the ``weights`` stage.
+
+``--render`` writes ``benchmarks/results/bench_weakshot_dev.md`` from the journals.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_weakshot_dev.py weights --datasets clipart --seeds 100,101,102
+    OMP_NUM_THREADS=1 python benchmarks/bench_weakshot_dev.py accuracy --datasets clipart --seeds 100,101,102 \\
+        --candidates 'plain:plain;w25d:simtrans-weights:0.25:0:0.2'
+    python benchmarks/bench_weakshot_dev.py render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, atomic_write_text, log, md_table  # noqa: E402
+from bench_weakshot import DATASETS  # noqa: E402
+
+BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)
+CELLS = [(k, r) for k in ("flip", "outlier", "mixed") for r in (0.3, 0.5)]
+
+
+class _Fixed:
+    """A precomputed similarity matrix behind the ``matrix`` interface (items are their row numbers)."""
+
+    def __init__(self, P):
+        import torch
+
+        self.P = torch.as_tensor(P, dtype=torch.float32)
+
+    def eval(self):
+        return self
+
+    def matrix(self, x, y=None):
+        i = x[:, 0].long()
+        return self.P[i][:, i if y is None else y[:, 0].long()]
+
+
+def _split(ds: str, kind: str, rate: float, seed: int, cfg, store):
+    from transferkit.weakshot import prepare_weakshot
+
+    spec = DATASETS[ds]
+    return prepare_weakshot(ds, "lite0", base=spec["base"], novel=spec["novel"], noise=rate, noise_kind=kind,
+                            outliers=spec["outliers"], seed=seed, config=cfg, store=store, num_workers=1)
+
+
+def _models(ds: str, seed: int, wd, cfg, work: Path):
+    """The base classifier, the similarity net and the cosine prior of (dataset, seed), cached in ``work``."""
+    from transferkit.weakshot import train_base
+    from transferkit.weakshot.similarity import CosinePrior, fit_similarity
+
+    path = work / f"models_{ds}_{seed}.pkl"
+    if path.is_file():
+        return pickle.loads(path.read_bytes())[(ds, seed)]
+    sp = wd.split
+    base = train_base(wd, cfg, seed)
+    net = fit_similarity(wd.X, sp, replace(cfg, sim_blend=1.0), seed, init=base).net
+    prior = CosinePrior.fit(wd.X[sp.base_train], sp.base_y_train, seed=seed)
+    path.write_bytes(pickle.dumps({(ds, seed): (base, net, prior)}))
+    return base, net, prior
+
+
+def stage_weights(args, cfg, store, work: Path) -> None:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from transferkit.weakshot import NovelSet, weight_auc
+    from transferkit.weakshot.density import Density
+    from transferkit.weakshot.similarity import same_class_probabilities
+    from transferkit.weakshot.simtrans import similarity_weights
+
+    for ds in args.datasets.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            out = work / f"devA_{ds}_{seed}.json"
+            if out.is_file():
+                continue
+            recs = []
+            for kind, rate in CELLS:
+                wd = _split(ds, kind, rate, seed, cfg, store)
+                sp = wd.split
+                base, net, prior = _models(ds, seed, wd, cfg, work)
+                Zn = wd.X[sp.novel_train]
+                Pn = same_class_probabilities(net, Zn).astype(np.float64)
+                Pc = prior.matrix(torch.as_tensor(Zn)).numpy().astype(np.float64)
+                Xt, yt = wd.X[sp.novel_test], sp.novel_y_test
+                iu = np.triu_indices(len(yt), 1)
+                same = (yt[:, None] == yt[None, :])[iu]
+                Tn = same_class_probabilities(net, Xt)[iu]
+                Tc = prior.matrix(torch.as_tensor(Xt)).numpy()[iu]
+                rec = {"dataset": ds, "seed": seed, "kind": kind, "rate": rate,
+                       "pair_auc": {str(b): float(roc_auc_score(same, b * Tn + (1 - b) * Tc)) for b in BLENDS},
+                       "density": weight_auc(Density().weights(NovelSet(Zn, sp.novel_noisy)), sp.clean), "auc": {}}
+                ids = np.arange(len(Zn), dtype=np.float32)[:, None]
+                for b in BLENDS:
+                    nov = NovelSet(ids, sp.novel_noisy, _Fixed(b * Pn + (1 - b) * Pc))
+                    for wt in ("mean", "contrast"):
+                        for it in (0, 1, 3):
+                            rec["auc"][f"{b}/{wt}/{it}"] = weight_auc(similarity_weights(nov, wt, it), sp.clean)
+                recs.append(rec)
+                log(f"{ds} {seed} {kind} {rate}: pair AUC {rec['pair_auc']}")
+            atomic_write_text(out, json.dumps(recs, indent=1))
+
+
+def _candidates(spec: str, cfg) -> list[dict]:
+    out = []
+    for s in spec.split(";"):
+        p = s.split(":")
+        out.append({"name": p[0], "method": p[1], "blend": float(p[2]) if len(p) > 2 else 1.0,
+                    "iters": int(p[3]) if len(p) > 3 else 0, "drop": float(p[4]) if len(p) > 4 else 0.0,
+                    "alpha": float(p[5]) if len(p) > 5 else cfg.alpha})
+    return out
+
+
+def stage_accuracy(args, cfg, store, work: Path) -> None:
+    import torch
+
+    from transferkit.weakshot import train_novel
+    from transferkit.weakshot.similarity import BlendedSimilarity
+
+    journal = work / "devB.jsonl"
+    done = set()
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["dataset"], r["seed"], r["kind"], r["rate"], r["name"]))
+    cells = CELLS if args.cells == "all" else [(c.split("/")[0], float(c.split("/")[1])) for c in args.cells.split(",")]
+    for ds in args.datasets.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            for kind, rate in cells:
+                wd = None
+                for c in _candidates(args.candidates, cfg):
+                    if (ds, seed, kind, rate, c["name"]) in done:
+                        continue
+                    wd = wd or _split(ds, kind, rate, seed, cfg, store)
+                    base, net, prior = _models(ds, seed, wd, cfg, work)
+                    sim = net if c["blend"] >= 1 else BlendedSimilarity(net, prior, c["blend"]).eval()
+                    t = time.time()
+                    torch.manual_seed(0)
+                    r = train_novel(wd, c["method"], base, sim,
+                                    replace(cfg, sim_iterations=c["iters"], sim_drop=c["drop"], alpha=c["alpha"]), seed)
+                    rec = {"dataset": ds, "seed": seed, "kind": kind, "rate": rate, **c, "acc": r.accuracy,
+                           "auc": r.weights_auc, "seconds": time.time() - t}
+                    with journal.open("a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    log(f"{ds} {seed} {kind} {rate} {c['name']}: {100 * r.accuracy:.1f}%")
+
+
+def render(work: Path, out: Path, describe: dict[str, str]) -> str:
+    """The dev tables: weights and pair AUC per blend (stage 1), accuracy gains over plain (stage 2)."""
+    recs = [r for f in sorted(work.glob("devA_*.json")) for r in json.loads(f.read_text())]
+    parts = ["### bench_weakshot_dev: choosing SimTrans's settings on development seeds\n",
+             "Development seeds only (never the reported 0-4); the noise is injected, so the dev splits' clean flags "
+             f"and test labels are read here. Journals in `{work}`; `python benchmarks/bench_weakshot_dev.py "
+             "weights|accuracy|render` (see its docstring).\n"]
+    if recs:
+        seeds = sorted({(r["dataset"], r["seed"]) for r in recs})
+        rows = []
+        for b in BLENDS:
+            row = [f"{b:g}"]
+            for ds in ("clipart", "mnist5k"):
+                rr = [r for r in recs if r["dataset"] == ds]
+                if not rr:
+                    row += ["–"] * 3
+                    continue
+                row += [f"{np.mean([r['pair_auc'][str(b)] for r in rr]):.3f}",
+                        f"{np.mean([r['auc'][f'{b}/contrast/0'] for r in rr]):.3f}",
+                        f"{np.mean([r['auc'][f'{b}/contrast/3'] for r in rr]):.3f}"]
+            rows.append(row)
+        parts.append(f"Stage 1, {len(recs)} cells ({', '.join(f'{d} {s}' for d, s in seeds)}): the novel-pair "
+                     "ROC-AUC of the similarity (`net share` 1 = the net alone, 0 = the calibrated cosine alone) on "
+                     "the clean novel test items, and the weights AUC of the contrast weights with 0 and 3 weighted "
+                     "re-estimates of each class (mean over the six noise cells).\n\n" + md_table(
+                         ["net share", "clipart pair AUC", "clipart weights AUC", "… 3 re-estimates",
+                          "mnist5k pair AUC", "mnist5k weights AUC", "… 3 re-estimates"], rows) + "\n")
+        parts.append("Density weights AUC (no transfer): " + ", ".join(
+            f"{ds} {np.mean([r['density'] for r in recs if r['dataset'] == ds]):.3f}"
+            for ds in ("clipart", "mnist5k") if any(r["dataset"] == ds for r in recs)) + ".\n")
+    jb = work / "devB.jsonl"
+    if jb.is_file():
+        by = defaultdict(dict)
+        for line in jb.read_text().splitlines():
+            r = json.loads(line)
+            by[(r["dataset"], r["seed"], r["kind"], r["rate"])][r["name"]] = r["acc"]
+        rows = []
+        names = [n for n in describe if n != "plain"]
+        for ds in ("clipart", "mnist5k"):
+            for n in names:
+                per = defaultdict(list)
+                for k, v in by.items():
+                    if k[0] == ds and n in v and "plain" in v:
+                        per[f"{k[2]} {int(100 * k[3])}%"].append(v[n] - v["plain"])
+                if not per:
+                    continue
+                allv = [x for v in per.values() for x in v]
+                rows.append([ds, n, describe[n], str(len(allv)), f"{100 * np.mean(allv):+.1f}",
+                             "; ".join(f"{c} {100 * np.mean(x):+.1f}" for c, x in sorted(per.items()))])
+        parts.append("\nStage 2: novel test accuracy minus plain training's on the same dev split (points; mean over "
+                     "the cells run, then per noise cell).\n\n" + md_table(
+                         ["data", "candidate", "settings", "cells", "mean vs plain", "per noise cell"], rows) + "\n")
+    parts.append(CHOICES)
+    text = "\n".join(parts)
+    atomic_write_text(out, text)
+    return text
+
+
+#: how the tables above chose the defaults (written after reading them)
+CHOICES = """
+What was chosen, and by which rule (on these dev tables alone):
+
+- the net's share of the similarity, **0.25**: the highest novel-pair ROC-AUC averaged over the two datasets
+  (0.743; the cosine alone 0.737, the net alone 0.670). The similarity net learned on 5-6 base classes transfers
+  worse than the frozen features' cosine; the blend keeps a quarter of it, where mnist5k's pair AUC peaks.
+- weighted re-estimates of each class (``sim_iterations``): a lower contrast-weights AUC at every share on both datasets,
+  so **0** (not kept as a default; the option stays).
+- dropping each class's lowest-weighted items: **20 %**, the candidate with the largest gain over plain training
+  averaged over the two datasets (20 %: +3.0 clipart, +8.1 mnist5k; 10 %: +2.8, +4.4). Both lose a little on
+  mnist5k outlier 50 % (-0.3); 20 % also loses on clipart's outlier cells (-1.0, -2.0), where 10 % does not, so
+  the issue's "at or above plain on every split" is the target this choice puts at risk.
+- soft weights alone do not move accuracy even when they rank far better (clipart: weights AUC 0.73 -> 0.86, +0.2
+  -> +0.0 points): the gain comes from leaving the lowest-weighted items out.
+- dropping the items more similar to another class than to their own (``w25m``/``g25m``) removed clean items on
+  clipart's outlier cells (-10 to -15 points): abandoned after one seed, not kept in the code.
+- the graph term was not tuned here (alpha 1, the earlier choice on MNIST-M): with the chosen weights it adds +0.2
+  points on clipart's dev cells (``g25d`` against ``w25d``).
+"""
+
+#: the candidates of the journal, described (name -> settings)
+DESCRIBE = {"plain": "plain training",
+            "w1": "weights, net alone (the s3 default)",
+            "w0": "weights, cosine alone",
+            "w25": "weights, net share 0.25",
+            "w25d": "weights, net share 0.25, lowest 20 % dropped (**chosen**)",
+            "w25d1": "weights, net share 0.25, lowest 10 % dropped",
+            "w25m": "weights, net share 0.25, items more similar to another class dropped",
+            "g25": "full SimTrans (graph term), net share 0.25",
+            "g25d": "full SimTrans, net share 0.25, lowest 20 % dropped",
+            "g25m": "full SimTrans, net share 0.25, items more similar to another class dropped"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=("weights", "accuracy", "render"))
+    ap.add_argument("--datasets", default="clipart,mnist5k")
+    ap.add_argument("--seeds", default="100,101,102")
+    ap.add_argument("--cells", default="all", help="kind/rate,... (e.g. flip/0.5,mixed/0.5) or all")
+    ap.add_argument("--candidates", default="plain:plain;w25d:simtrans-weights:0.25:0:0.2")
+    ap.add_argument("--work-dir", default="/tmp/tk-bench-weakshot-dev")
+    ap.add_argument("--cache-dir", default="/tmp/tk-bench-cache")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "bench_weakshot_dev.md"))
+    args = ap.parse_args()
+    if set(map(int, args.seeds.split(","))) & set(range(5)):
+        raise SystemExit("seeds 0-4 are the reported ones: choose settings on other seeds")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "render":
+        print(render(work, Path(args.out), DESCRIBE))
+        return
+    import torch
+
+    from transferkit.features import FeatureStore
+    from transferkit.weakshot import WeakShotConfig
+
+    torch.set_num_threads(1)
+    cfg, store = WeakShotConfig(), FeatureStore(args.cache_dir)
+    (stage_weights if args.stage == "weights" else stage_accuracy)(args, cfg, store, work)
+
+
+if __name__ == "__main__":
+    main()
