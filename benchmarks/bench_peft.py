@@ -11,9 +11,17 @@ Cells:
 Rows: ``probe`` (frozen backbone, cached features, logistic head with C chosen on the validation part), and through
 the engine (``transferkit.train.finetune``, the one loop): ``lora`` (peft; rank 8 on MiniLM's query/value, rank 2 on
 lite0's conv_pw/conv_pwl so that at most 2% of the weights train), ``adapter`` (bottleneck 16), ``bitfit``,
-``finetune`` (all layers). Every engine row: TrainConfig defaults (head lr 2e-3; the delta at the head's lr, the full
-backbone at a tenth), at most ``--epochs`` epochs, the epoch chosen on the validation part only (early stopping,
-patience 5). Nothing is chosen on the test split.
+``finetune`` (all layers). Every engine row: TrainConfig defaults (head lr 2e-3; the full backbone at a tenth; a
+delta at its strategy's default rate for the backbone family, :mod:`transferkit.train.efficient`, unless ``PARAMS``
+sets ``lr_scale``), at most ``--epochs`` epochs on clipart and ``--text-epochs`` on rt, the epoch chosen on the
+validation part only (early stopping, ``--patience`` 5). Nothing is chosen on the test split.
+
+Protocol versions: v1 (the first run) trained at most 6 epochs on rt with every delta at the head's lr 2e-3; v2 (this
+file's defaults) trains at most 15 on rt, full fine-tuning under the same rule, with the rt settings chosen by the
+development search (``--search``, the ``SEARCH`` list): each setting once at rt @200 on seed 100 (no reported seed),
+scored on 1,000 texts of a dev split carved from the pool (``split_protocol(dev=True)``), never on the test split.
+A v2 run in a new ``--work-dir`` copies the v1 cells whose settings did not change (clipart, the probe) with
+``--carry-from <v1 cells.jsonl>``.
 
 Per cell: test accuracy, trainable parameters (count and share of the whole network), wall time (training +
 prediction of the test split) and the size of the run's saved ``model/`` folder (for the delta strategies: the delta
@@ -45,8 +53,11 @@ from bench_text import labelled_split, load_rt, split_protocol  # noqa: E402
 ROWS = ["probe", "lora", "adapter", "bitfit", "finetune"]
 CELLS = [("clipart", 10), ("rt", 50), ("rt", 200)]
 BACKBONE = {"clipart": "lite0", "rt": "minilm"}
-PARAMS = {("lora", "lite0"): {"rank": 2}, ("lora", "minilm"): {"rank": 8}, ("adapter", "lite0"): {"bottleneck": 16},
-          ("adapter", "minilm"): {"bottleneck": 16}}
+#: lite0: LoRA rank 2 keeps it under 2% of the weights; minilm: the LoRA setting with the best dev accuracy in the
+#: development search (``SEARCH``; q,v at lr 2e-3, the head's rate, rather than the library's default 5e-4 for text);
+#: the adapter at the library's default for text (1e-3, the search's only adapter setting); BitFit not searched
+PARAMS = {("lora", "lite0"): {"rank": 2}, ("lora", "minilm"): {"rank": 8, "lr_scale": 1.0},
+          ("adapter", "lite0"): {"bottleneck": 16}, ("adapter", "minilm"): {"bottleneck": 16}}
 #: v1: at most 6 epochs on text, every delta at the head's lr 2e-3; v2: at most 15 epochs on text (patience 5), the
 #: text deltas at the library's per-strategy defaults and the settings chosen by the development search below
 PROTOCOL = "v2"
@@ -262,8 +273,9 @@ def render(records: list[dict], info: dict, cmd: str, args, found: list[dict] = 
             "MiniLM forward passes cost ~25 texts/s on this shared CPU). Wall time: the engine rows' training + test "
             "prediction; the probe's head fit + test prediction (its feature extraction is cached and listed in the "
             "JSON)."
-            + (f" {carried} cells (clipart, and the rt probe, whose settings did not change) are carried over from "
-               "the v1 run's journal." if carried else "")
+            + (f" {carried} cells are carried over from the v1 run's journal (clipart and the rt probe, whose "
+               "settings did not change" + (f"; and {args.carry_rows} on rt, not rerun: v1 settings, see its lr "
+                                            "and max epochs" if args.carry_rows else "") + ")." if carried else "")
             + "\n\n" + table + "\n\n" + md_table(["target", "measured", "status"], checks) + "\n")
     if found:
         text += ("\nDevelopment search (`--search`; the settings of the rt rows above were chosen from it on the dev "
@@ -309,6 +321,8 @@ def main() -> None:
     ap.add_argument("--work-dir", default="/tmp/tk-peft")
     ap.add_argument("--cache-dir", default="/tmp/tk-peft-cache")
     ap.add_argument("--carry-from", default=None, help="a v1 journal (cells.jsonl): copy its clipart and rt probe cells")
+    ap.add_argument("--carry-rows", default="", help="with --carry-from: also copy these rows' cells that this run "
+                                                     "lacks (shown with the v1 settings: a row not rerun)")
     ap.add_argument("--search", default=None, help="run the development search: 'all' or labels of SEARCH (comma "
                                                    "separated), instead of the cells")
     ap.add_argument("--search-seed", type=int, default=100)
@@ -330,7 +344,8 @@ def main() -> None:
     done = {(r["data"], r["budget"], r["row"], r["seed"]) for r in records}
     if args.carry_from:
         for r in read_journal(Path(args.carry_from)):
-            if CARRIED(r) and (r["data"], r["budget"], r["row"], r["seed"]) not in done:
+            if (CARRIED(r) or r["row"] in _csv(args.carry_rows)) and (r["data"], r["budget"], r["row"],
+                                                                       r["seed"]) not in done:
                 rec = {**r, "carried_from": str(args.carry_from), "protocol": "v1"}
                 append_journal(journal, rec)
                 records.append(rec)
