@@ -320,7 +320,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--work-dir", default="/tmp/tk-peft")
     ap.add_argument("--cache-dir", default="/tmp/tk-peft-cache")
-    ap.add_argument("--carry-from", default=None, help="a v1 journal (cells.jsonl): copy its clipart and rt probe cells")
+    ap.add_argument("--carry-from", default=None,
+                    help="a v1 journal (cells.jsonl): copy its clipart and rt probe cells")
     ap.add_argument("--carry-rows", default="", help="with --carry-from: also copy these rows' cells that this run "
                                                      "lacks (shown with the v1 settings: a row not rerun)")
     ap.add_argument("--search", default=None, help="run the development search: 'all' or labels of SEARCH (comma "
