@@ -202,9 +202,32 @@ def test_lora_on_a_transformer_read_from_files_keeps_the_merged_encoder(tiny_enc
                  strategy_params={"rank": 2})
     names = [n for n, _ in r.model.backbone.named_parameters() if ".lora_A." in n]
     assert names and all(n.split(".lora_A")[0].endswith(("query", "value")) for n in names)
+    rates = json.loads((r.run_dir / "finetune.json").read_text())["learning_rates"]
+    assert rates == {"head": 1e-2, "delta": pytest.approx(1e-2 * 0.25)}  # a transformer's LoRA default: lr / 4
     info = json.loads((r.run_dir / "model" / "model.json").read_text())
     assert info["backbone"]["path"] == "backbone" and not (r.run_dir / "model" / "backbone_delta.safetensors").exists()
     run = load_run(r.run_dir)
     batch = run.backbone.collate([texts[i] for i in sp.test])
     with torch.no_grad():
         torch.testing.assert_close(run.network()(batch), r.model.eval()(batch), atol=1e-5, rtol=1e-4)
+
+
+def test_default_delta_learning_rates_per_family_and_the_all_linear_targets(tiny_encoder):  # noqa: F811
+    """The delta trains at the head's rate on a timm net, at the papers' rates on a transformer (LoRA 5e-4, adapter
+    and BitFit 1e-3 at the default head rate 2e-3); ``all-linear`` puts LoRA on every linear layer the model uses."""
+    enc, net = create_backbone(tiny_encoder), _base()
+    prepare_backbone(enc)
+    for name, text in (("lora", 0.25), ("adapter", 0.5), ("bitfit", 0.5)):
+        assert create_strategy(name).delta_lr_scale(enc) == text
+        assert create_strategy(name).delta_lr_scale(net) == 1.0
+        assert create_strategy(name, lr_scale=0.3).delta_lr_scale(enc) == 0.3
+    with pytest.raises(TransferkitError, match="lr_scale must be a positive number"):
+        create_strategy("lora", lr_scale=0)
+    lora = create_strategy("lora", rank=2, target_modules="all-linear")
+    lora.attach(enc)
+    # hand count, 2 layers of width 32 (feed-forward 64): query, key, value, attention output 2 x (32 + 32) each,
+    # intermediate 2 x (32 + 64), output 2 x (64 + 32); the unused pooler gets none
+    per_layer = 4 * 2 * (32 + 32) + 2 * 2 * (32 + 64)
+    delta = lora.delta_parameters(enc)
+    assert sum(p.numel() for _, p in delta) == 2 * per_layer
+    assert not any("pooler" in n for n, _ in delta)

@@ -39,6 +39,15 @@ _DEFAULT_TARGETS = {
     "lora": {"timm": ("conv_pw", "conv_pwl"), "transformers": ("query", "value")},
     "adapter": {"timm": ("conv_pwl",), "transformers": ("attention.output.dense", "output.dense")},
 }
+#: ``target_modules="all-linear"``: every linear layer (and 1x1 convolution) of the backbone that the model uses
+ALL_LINEAR = "all-linear"
+#: per backbone family, the delta's default learning rate relative to the head's (``TrainConfig.lr``, 2e-3 by
+#: default); see each strategy's docstring for the paper behind the text (transformers) value
+_DEFAULT_LR_SCALE = {
+    "lora": {"timm": 1.0, "transformers": 0.25},  # 5e-4: Hu et al. 2022, RoBERTa-base (SST-2 and most GLUE tasks)
+    "adapter": {"timm": 1.0, "transformers": 0.5},  # 1e-3: Houlsby et al. 2019 (their range 3e-5 .. 3e-3)
+    "bitfit": {"timm": 1.0, "transformers": 0.5},  # 1e-3: Ben Zaken et al. 2022 (their range 1e-4 .. 1e-3)
+}
 
 
 def _family(backbone: nn.Module) -> str | None:
@@ -61,7 +70,16 @@ def default_targets(strategy: str, backbone: nn.Module) -> tuple[str, ...]:
 
 
 def _matching(backbone: nn.Module, targets: Sequence[str], types: tuple[type, ...]) -> list[str]:
-    """Names of sub-modules of ``types`` whose name is a target or ends with ``.<target>`` (``*`` wildcards)."""
+    """Names of sub-modules of ``types`` whose name is a target or ends with ``.<target>`` (``*`` wildcards);
+    ``targets == ("all-linear",)``: every linear layer and 1x1 convolution whose weights the model uses."""
+    if tuple(targets) == (ALL_LINEAR,):
+        from .model import layer_groups
+
+        unused = set(layer_groups(backbone)[1])  # e.g. a transformers pooler that mean pooling never calls
+        return [name for name, m in backbone.named_modules()
+                if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+                                                 and m.groups == 1))
+                and f"{name}.weight" not in unused]
     out = []
     for name, module in backbone.named_modules():
         if isinstance(module, types) and any(name == t or name.endswith("." + t) or fnmatch.fnmatch(name, t)
@@ -76,6 +94,13 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
+def _targets(target_modules: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``target_modules`` as a tuple (a single name, ``"all-linear"`` included, as a 1-tuple); None: the default."""
+    if not target_modules:
+        return None
+    return (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
+
+
 def _no_match(strategy: str, targets: Sequence[str], backbone: nn.Module, types: tuple[type, ...]) -> TransferkitError:
     names = [n for n, m in backbone.named_modules() if isinstance(m, types)]
     return TransferkitError(f"strategy {strategy!r}: target_modules={list(targets)} match no "
@@ -88,17 +113,27 @@ class EfficientStrategy(Strategy):
     """Base of the parameter-efficient strategies: the backbone's groups never train; a delta does.
 
     Subclasses implement :meth:`attach` (change the backbone's structure, deterministically from ``seed``) and
-    :meth:`delta_names` (the parameters that train). ``lr_scale`` sets their learning rate relative to the head's.
+    :meth:`delta_names` (the parameters that train). ``lr_scale`` sets their learning rate relative to the head's;
+    None (the default): the strategy's default for the backbone's family (:meth:`delta_lr_scale`).
     """
 
-    lr_scale: float = 1.0
+    lr_scale: float | None = None
 
     #: the run saves only the delta (the engine and the run writer read this)
     saves_delta: ClassVar[bool] = True
 
     def validate(self) -> None:
-        if not isinstance(self.lr_scale, (int, float)) or not self.lr_scale > 0:
-            raise TransferkitError(f"strategy {self.name!r}: lr_scale must be a positive number, got {self.lr_scale!r}")
+        if self.lr_scale is not None and (isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float))
+                                          or not self.lr_scale > 0):
+            raise TransferkitError(f"strategy {self.name!r}: lr_scale must be a positive number (or None for the "
+                                   f"default), got {self.lr_scale!r}")
+
+    def delta_lr_scale(self, backbone: nn.Module) -> float:
+        """The delta's learning rate relative to the head's: ``lr_scale``, or by default 1 with a timm net (the
+        delta at the head's rate) and the paper's rate with a transformers encoder (the strategy's docstring)."""
+        if self.lr_scale is not None:
+            return float(self.lr_scale)
+        return _DEFAULT_LR_SCALE[self.name].get(_family(backbone) or "timm", 1.0)
 
     def trainable(self, epoch: int) -> list[bool]:
         return [False] * self.n_groups_
@@ -142,11 +177,16 @@ class Lora(EfficientStrategy):
         alpha: scaling numerator (the update is multiplied by ``alpha / rank``).
         dropout: dropout on the input of the low-rank path.
         target_modules: module name suffixes to adapt (default: timm nets ``conv_pw``, ``conv_pwl``, the 1x1
-            convolutions of EfficientNet blocks; transformers encoders ``query``, ``value``).
-        lr_scale: learning rate of the LoRA weights relative to the head's.
+            convolutions of EfficientNet blocks; transformers encoders ``query``, ``value`` as Hu et al.), or
+            ``"all-linear"``: every linear layer / 1x1 convolution the model uses (a transformer's query, key, value,
+            attention output and both feed-forward layers, as QLoRA, Dettmers et al., NeurIPS 2023).
+        lr_scale: learning rate of the LoRA weights relative to the head's (``TrainConfig.lr``). Default: with a
+            transformers encoder 0.25, i.e. 5e-4 at the default head rate 2e-3, Hu et al.'s rate for RoBERTa-base
+            (rank 8 on query/value; SST-2 and most GLUE tasks); with a timm net 1 (the head's rate).
 
     ``B`` starts at zero, so training starts from the pretrained network; after training ``W + (alpha / r) B A`` is
     merged into ``W`` (peft's layer ``merge``), so the exported network has the base architecture and cost.
+    ``alpha = 2 * rank`` by default (scale 2, peft's usual choice; Hu et al. used ``alpha = rank`` for RoBERTa).
 
     References:
         Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022.
@@ -157,7 +197,7 @@ class Lora(EfficientStrategy):
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None
+    target_modules: tuple[str, ...] | str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -171,7 +211,7 @@ class Lora(EfficientStrategy):
 
     def attach(self, backbone: nn.Module, seed: int = 0) -> None:
         peft = _peft()
-        targets = tuple(self.target_modules or default_targets("lora", backbone))
+        targets = _targets(self.target_modules) or default_targets("lora", backbone)
         types = (nn.Linear, nn.Conv2d)
         names = _matching(backbone, targets, types)
         if not names:
@@ -241,7 +281,9 @@ class Adapter(EfficientStrategy):
         target_modules: module name suffixes followed by an adapter (default: transformers encoders
             ``attention.output.dense`` and ``output.dense``, i.e. after the attention and the feed-forward output
             projections as Houlsby et al.; timm nets ``conv_pwl``, each inverted-residual block's projection).
-        lr_scale: learning rate of the adapters relative to the head's.
+        lr_scale: learning rate of the adapters relative to the head's (``TrainConfig.lr``). Default: with a
+            transformers encoder 0.5, i.e. 1e-3 at the default head rate 2e-3 (Houlsby et al. chose from
+            3e-5 .. 3e-3 per task on BERT); with a timm net 1 (the head's rate).
 
     References:
         Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", ICML 2019; Rebuffi et al., "Learning multiple
@@ -251,7 +293,7 @@ class Adapter(EfficientStrategy):
     name: ClassVar[str] = "adapter"
     description: ClassVar[str] = "bottleneck adapters (bottleneck=) after frozen sub-layers (Houlsby / residual)"
     bottleneck: int = 16
-    target_modules: tuple[str, ...] | None = None
+    target_modules: tuple[str, ...] | str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -259,7 +301,7 @@ class Adapter(EfficientStrategy):
             raise TransferkitError(f"strategy 'adapter': bottleneck must be an integer >= 1, got {self.bottleneck!r}")
 
     def attach(self, backbone: nn.Module, seed: int = 0) -> None:
-        targets = tuple(self.target_modules or default_targets("adapter", backbone))
+        targets = _targets(self.target_modules) or default_targets("adapter", backbone)
         types = (nn.Linear, nn.Conv2d)
         names = _matching(backbone, targets, types)
         if not names:
@@ -282,6 +324,11 @@ class Adapter(EfficientStrategy):
 class BitFit(EfficientStrategy):
     """Only the backbone's bias terms train (and the head); with BatchNorm nets the normalisation biases, their
     running statistics kept from pre-training.
+
+    Args:
+        lr_scale: learning rate of the biases relative to the head's (``TrainConfig.lr``). Default: with a
+            transformers encoder 0.5, i.e. 1e-3 at the default head rate 2e-3, the top of Ben Zaken et al.'s range
+            (1e-4 .. 1e-3 on BERT); with a timm net 1 (the head's rate).
 
     References:
         Ben Zaken et al., "BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked

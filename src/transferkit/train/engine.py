@@ -528,7 +528,7 @@ class FinetunePlan:
             if ever[g]:
                 entries.append((group.name, group_params[g], group_lr(cfg.lr, scales[g])))
         if delta:
-            entries.append(("delta", delta, group_lr(cfg.lr, float(getattr(strategy, "lr_scale", 1.0)))))
+            entries.append(("delta", delta, group_lr(cfg.lr, strategy.delta_lr_scale(model.backbone))))
         own = [p for p in objective.parameters() if p.requires_grad]
         if own:
             entries.append(("objective", own, cfg.lr))
@@ -554,6 +554,7 @@ class FinetunePlan:
         }
         frozen_all = [g.name for g, f in zip(groups, strategy.ever_trainable()) if not f]
         info = {"layer_groups": [g.name for g in groups], "never_trained_groups": frozen_all,
+                "learning_rates": {name: lr for name, _, lr in entries},
                 "parameters": {"backbone": sum(p.numel() for p in model.backbone.parameters()),
                                "head": sum(p.numel() for p in model.head.parameters()),
                                **parameter_counts(model, [p for _, ps, _ in entries for p in ps])},
