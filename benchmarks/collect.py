@@ -32,7 +32,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Safe transfer: defect inheritance (issue 14, ReMoS)", ["safe_transfer_section"]),
     ("The strategy advisor's race (issue 10: `--strategy auto`)", ["advisor_race_section"]),
     ("Speed and scale: inference engines, decode workers, several processes (issue 15, items 1, 2, 4, 5)",
-     ["speed_section"]),
+     ["speed_section", "bench_engines_image"]),
     ("Domain generalisation (issue 14)", ["bench_dg", "bench_dg_notes"]),
     ("Parameter-efficient fine-tuning (issue 14)", ["peft_section"]),
 ]
