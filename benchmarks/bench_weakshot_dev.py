@@ -40,22 +40,6 @@ BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 CELLS = [(k, r) for k in ("flip", "outlier", "mixed") for r in (0.3, 0.5)]
 
 
-class _Fixed:
-    """A precomputed similarity matrix behind the ``matrix`` interface (items are their row numbers)."""
-
-    def __init__(self, P):
-        import torch
-
-        self.P = torch.as_tensor(P, dtype=torch.float32)
-
-    def eval(self):
-        return self
-
-    def matrix(self, x, y=None):
-        i = x[:, 0].long()
-        return self.P[i][:, i if y is None else y[:, 0].long()]
-
-
 def _split(ds: str, kind: str, rate: float, seed: int, cfg, store):
     from transferkit.weakshot import prepare_weakshot
 
@@ -86,7 +70,7 @@ def stage_weights(args, cfg, store, work: Path) -> None:
 
     from transferkit.weakshot import NovelSet, weight_auc
     from transferkit.weakshot.density import Density
-    from transferkit.weakshot.similarity import same_class_probabilities
+    from transferkit.weakshot.similarity import PrecomputedSimilarity, same_class_probabilities
     from transferkit.weakshot.simtrans import similarity_weights
 
     for ds in args.datasets.split(","):
@@ -112,7 +96,7 @@ def stage_weights(args, cfg, store, work: Path) -> None:
                        "density": weight_auc(Density().weights(NovelSet(Zn, sp.novel_noisy)), sp.clean), "auc": {}}
                 ids = np.arange(len(Zn), dtype=np.float32)[:, None]
                 for b in BLENDS:
-                    nov = NovelSet(ids, sp.novel_noisy, _Fixed(b * Pn + (1 - b) * Pc))
+                    nov = NovelSet(ids, sp.novel_noisy, PrecomputedSimilarity(b * Pn + (1 - b) * Pc))
                     for wt in ("mean", "contrast"):
                         for it in (0, 1, 3):
                             rec["auc"][f"{b}/{wt}/{it}"] = weight_auc(similarity_weights(nov, wt, it), sp.clean)

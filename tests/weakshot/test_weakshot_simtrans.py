@@ -13,23 +13,11 @@ from transferkit.errors import TransferkitError
 from transferkit.weakshot import NovelSet, WeakShotConfig, train_novel, weight_auc
 from transferkit.weakshot.methods import create_method
 from transferkit.weakshot.objectives import GraphRegularizer
-from transferkit.weakshot.similarity import SimilarityNet
+from transferkit.weakshot.similarity import PrecomputedSimilarity, SimilarityNet
 from transferkit.weakshot.simtrans import similarity_weights
 
 
-class _FixedSimilarity:
-    """A stand-in similarity net: items are their ids (one feature column), ``P`` is given by hand."""
-
-    def __init__(self, P):
-        self.P = torch.as_tensor(P, dtype=torch.float32)
-
-    def eval(self):
-        return self
-
-    def matrix(self, x, y=None):
-        i = x[:, 0].long()
-        j = i if y is None else y[:, 0].long()
-        return self.P[i][:, j]
+_FixedSimilarity = PrecomputedSimilarity  # items are their ids (one feature column), P given by hand
 
 
 def _look_alike_outliers():

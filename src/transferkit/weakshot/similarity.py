@@ -36,7 +36,7 @@ from ..train.streams import TensorStream, derive_seed
 #: what the similarity net's pair MLP reads (see :class:`SimilarityNet`)
 PAIR_KINDS = ("concat", "symmetric", "difference")
 
-__all__ = ["PAIR_KINDS", "SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit", "train_similarity", "all_pairs",
+__all__ = ["PAIR_KINDS", "PrecomputedSimilarity", "SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit", "train_similarity", "all_pairs",
            "same_class_probabilities", "pair_targets", "heldout_pairs", "CosinePrior", "BlendedSimilarity",
            "fit_similarity"]
 
@@ -344,6 +344,23 @@ def same_class_probabilities(net: Any, X: np.ndarray) -> np.ndarray:
     net = net.eval()
     with torch.no_grad():
         return net.matrix(torch.as_tensor(np.asarray(X, np.float32))).numpy()
+
+
+class PrecomputedSimilarity:
+    """A similarity matrix computed elsewhere behind the similarity nets' ``matrix`` interface: an item is its row
+    number, given as the first feature column (``x[:, 0]``). For similarities from another tool, and for tests and
+    ablations that fix the similarities by hand."""
+
+    def __init__(self, P: Any):
+        self.P = torch.as_tensor(np.asarray(P), dtype=torch.float32)
+
+    def eval(self) -> "PrecomputedSimilarity":
+        return self
+
+    def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``P[i, j]`` for the items ``i`` of ``x`` and ``j`` of ``y`` (``x`` with itself when ``y`` is None)."""
+        i = x[:, 0].long()
+        return self.P[i][:, i if y is None else y[:, 0].long()]
 
 
 class CosinePrior(nn.Module):
