@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -245,9 +245,11 @@ class _SemiPlan:
         consistency.set_target(np.bincount(self.y_l, minlength=self.n_classes))
         if cfg.calibrate == "threshold":
             consistency.set_temperature(_labelled_temperature(head, self.banks_l, self.y_l, self.n_classes))
-        elif cfg.calibrate == "head":
-            head._config["scale"] = float(cfg.scale) / _labelled_temperature(head, self.banks_l, self.y_l,
-                                                                            self.n_classes)
+        elif cfg.calibrate == "head":  # the same head (same seed) built at the calibrated scale
+            t = _labelled_temperature(head, self.banks_l, self.y_l, self.n_classes)
+            torch.manual_seed(cfg.seed)
+            head = _make_head(replace(cfg, scale=float(cfg.scale) / t), pooled, self.banks_l["eval"], self.y_l,
+                              self.n_classes)
         objective = Objectives(CrossEntropy("labelled"), consistency)
         train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
                                 for v in cfg.labelled_views])
