@@ -36,9 +36,9 @@ from ..train.streams import TensorStream, derive_seed
 #: what the similarity net's pair MLP reads (see :class:`SimilarityNet`)
 PAIR_KINDS = ("concat", "symmetric", "difference")
 
-__all__ = ["PAIR_KINDS", "PrecomputedSimilarity", "SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit", "train_similarity", "all_pairs",
-           "same_class_probabilities", "pair_targets", "heldout_pairs", "CosinePrior", "BlendedSimilarity",
-           "fit_similarity"]
+__all__ = ["PAIR_KINDS", "PrecomputedSimilarity", "SimilarityNet", "PairLoss", "PairAccuracy", "SimilarityFit",
+           "train_similarity", "all_pairs", "same_class_probabilities", "pair_targets", "heldout_pairs", "CosinePrior",
+           "BlendedSimilarity", "fit_similarity"]
 
 
 def all_pairs(x: torch.Tensor) -> torch.Tensor:
