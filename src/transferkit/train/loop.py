@@ -51,7 +51,7 @@ from .objectives import Objective, Outputs, Step, scalar_term
 from .streams import Stream, cycle_batches, derive_seed, epoch_batches, stream_key
 
 __all__ = ["Plan", "Evaluator", "ValidationAccuracy", "LoopSettings", "LoopResult", "run_loop", "make_fabric", "load_checkpoint",
-           "set_train_mode", "frozen_modules", "CHECKPOINT_FORMAT", "PRECISIONS", "PRECISION_NAMES"]
+           "sgd", "set_train_mode", "frozen_modules", "CHECKPOINT_FORMAT", "PRECISIONS", "PRECISION_NAMES"]
 
 CHECKPOINT_FORMAT = "transferkit-train/2"
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
@@ -291,6 +291,17 @@ def make_fabric(accelerator: str = "auto", devices: int = 1, precision: str = "3
 
 # ---------------------------------------------------------------------------------------------------------------
 # the entry point
+def sgd(groups: list[dict[str, Any]], **options: Any) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` with its fused kernel where torch has one for these parameters (CPU and CUDA since torch
+    2.4: one kernel per tensor instead of a chain of foreach operations, about 3x faster a step on a small head on the
+    CPU), else the foreach implementation. The two compute the same update; they may differ in the last bit of a
+    float (the fused kernel uses fused multiply-adds)."""
+    try:
+        return torch.optim.SGD(groups, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device / dtype without the fused kernel
+        return torch.optim.SGD(groups, foreach=True, **options)
+
+
 def run_loop(plan_factory: Callable[[Any], Plan], settings: LoopSettings, run_dir: str | Path | None = None, *,
              resume: bool = False, callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
              log: Callable[[str], None] | None = None) -> LoopResult:
@@ -500,6 +511,7 @@ class _Loop:
             self.container = nn.SyncBatchNorm.convert_sync_batchnorm(self.container)
         self._apply_trainable(min(start, s.epochs - 1))
         self.model = fabric.setup_module(self.container)
+        self.forward_model = self._forward_model()
         self.ema = None
         self.ema_updates = 0
         if s.ema_decay:
@@ -526,6 +538,7 @@ class _Loop:
             while not finished and epoch < s.epochs:
                 if self._apply_trainable(epoch) and self.world > 1:
                     self.model = fabric.setup_module(self.container)  # DDP tracks what requires gradients at wrap
+                    self.forward_model = self._forward_model()
                 row = self._train_epoch(epoch, run_bar)
                 self.history.append(row)
                 done = epoch + 1
@@ -556,6 +569,18 @@ class _Loop:
         with progress_bar(total, s.label, unit="steps", enabled=enabled) as bar:
             yield bar if enabled else None
 
+    def _forward_model(self) -> nn.Module:
+        """What the training steps and evaluations call: Fabric's module wrapper, except for one process at 32-bit
+        precision, where its work (casting inputs and outputs, a backward hook on every output) changes nothing and
+        costs about 0.4 ms a step, a tenth of a small head's step on the CPU; the container itself is then called."""
+        from lightning.fabric.plugins.precision import Precision
+        from lightning.fabric.strategies import SingleDeviceStrategy
+
+        strategy = self.fabric.strategy
+        plain = (self.world == 1 and isinstance(strategy, SingleDeviceStrategy)
+                 and type(strategy.precision) is Precision)
+        return self.container if plain else self.model
+
     def _stop_early(self, done: int) -> bool:
         if self.s.patience is None or self.plan.evaluator is None or self.plan.evaluator.selection == "last":
             return False
@@ -584,17 +609,18 @@ class _Loop:
         with progress_bar(n_samples, f"{s.label} epoch {epoch + 1}/{s.epochs}", unit=s.unit, enabled=per_epoch) as bar:
             for k, parts in enumerate(zip(*loaders)):
                 gstep = epoch * self.steps_per_epoch + k
-                step = Step(self.model, dict(zip(self.streams, parts)), epoch, gstep, gstep / max(total_steps, 1),
-                            self.world, net=self.raw, gather=self._gather)
+                step = Step(self.forward_model, dict(zip(self.streams, parts)), epoch, gstep,
+                            gstep / max(total_steps, 1), self.world, net=self.raw, gather=self._gather)
                 with fabric.autocast():
                     terms = {n: scalar_term(v, n).to(device) for n, v in self.objective(step).items()}
                 if not terms:
                     raise TransferkitError(f"objective {self.objective.name!r} returned no loss terms")
                 loss = sum(terms.values())
-                check = loss.detach().float().reshape(1)
                 if self.world > 1:
-                    check = fabric.all_reduce(check, reduce_op="sum")
-                if not bool(torch.isfinite(check).all()):
+                    finite = bool(torch.isfinite(fabric.all_reduce(loss.detach().float().reshape(1), reduce_op="sum")))
+                else:
+                    finite = math.isfinite(float(loss.detach()))
+                if not finite:
                     self._diverged(epoch, k, terms)
                 self.optimizer.zero_grad(set_to_none=True)
                 fabric.backward(loss, model=self.model)
@@ -707,7 +733,7 @@ class _Loop:
         logit_parts, feat_parts, idx_parts = [], [], []
         for x, pos in stream.eval_batches(self.s.eval_batch_size, self.rank, self.world):
             with self.fabric.autocast():
-                lg, ft = self.model(x, return_features=True)
+                lg, ft = self.forward_model(x, return_features=True)
             logit_parts.append(lg.float())
             if features:
                 feat_parts.append(ft.float())

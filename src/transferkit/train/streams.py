@@ -141,7 +141,7 @@ class Stream:
 
 
 def _share(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
-    return np.array_split(batch, world)[rank]
+    return batch if world == 1 else np.array_split(batch, world)[rank]
 
 
 class TensorStream(Stream):
@@ -186,9 +186,10 @@ class TensorStream(Stream):
             self._yt = torch.as_tensor(self._y.astype(np.int64) if self._y.dtype.kind in "iub" else self._y
                                        ).to(self.device)
 
-    def rows(self, idx: np.ndarray) -> torch.Tensor:
+    def rows(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Inputs at ``idx`` on the device."""
         if self._mapped:
+            idx = np.asarray(idx)
             order = np.argsort(idx, kind="stable")
             got = np.empty((len(idx), *self.x.shape[1:]), dtype=np.float32)
             got[order] = np.asarray(self.x[idx[order]], dtype=np.float32)  # sorted reads from the memmap
@@ -198,11 +199,11 @@ class TensorStream(Stream):
     def loader(self, batches: list[np.ndarray], views: Sequence[str], epoch: int, seed: int, rank: int,
                world: int) -> Iterator[Batch]:
         for b in batches:
-            idx = _share(b, rank, world)
+            idx = torch.from_numpy(np.ascontiguousarray(_share(b, rank, world), dtype=np.int64))  # once per batch
             x = self.rows(idx)
             xs = {v: (self.view_fns[v](x) if self.view_fns[v] is not None else x) for v in views}
-            y = None if self._yt is None else self._yt[torch.as_tensor(idx, device=self._yt.device)]
-            yield Batch(xs, y, torch.as_tensor(idx), len(b))
+            y = None if self._yt is None else self._yt[idx.to(self._yt.device)]
+            yield Batch(xs, y, idx, len(b))
 
     def eval_batches(self, batch_size: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """This process's share of every row in order (padded), for prediction: ``(inputs, positions)``."""
