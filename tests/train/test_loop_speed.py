@@ -1,6 +1,5 @@
 """The training loop's shortcuts for one process change no number: calling the model without Fabric's wrapper gives
-the same weights bit for bit; ``sgd`` (the fused kernel) gives the foreach update within float rounding, and falls
-back to foreach where torch has no fused kernel; a stream's batches are the same rows and labels either way."""
+the same weights bit for bit; a stream's batches are the rows and labels asked for, on one process and on two."""
 
 from __future__ import annotations
 
@@ -42,42 +41,6 @@ def test_calling_the_model_without_fabrics_wrapper_changes_nothing(method, monke
     for k in fast_state:
         assert torch.equal(fast_state[k], slow_state[k]), k
     assert [h["dev"] for h in fast_hist] == [h["dev"] for h in slow_hist]
-
-
-def _params(seed: int) -> list[torch.nn.Parameter]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in [(16, 12), (16,), (3, 16), (3,)]]
-
-
-def _train(opt_factory, steps: int = 25) -> list[torch.Tensor]:
-    ps = _params(0)
-    opt = opt_factory([{"params": ps[:2], "lr": 0.01}, {"params": ps[2:], "lr": 0.1}])
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        for p in ps:
-            p.grad = torch.randn(p.shape, generator=g)
-        opt.step()
-    return [p.detach() for p in ps]
-
-
-def test_sgd_matches_the_foreach_update_and_falls_back(monkeypatch):
-    opts = dict(momentum=0.9, weight_decay=5e-4, nesterov=True)
-    ours = _train(lambda g: loop_mod.sgd(g, **opts))
-    ref = _train(lambda g: torch.optim.SGD(g, foreach=True, **opts))
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(ours[0], _params(0)[0])  # it did train
-
-    real = torch.optim.SGD
-
-    def no_fused(groups, **kw):
-        if kw.get("fused"):
-            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
-        return real(groups, **kw)
-
-    monkeypatch.setattr(torch.optim, "SGD", no_fused)
-    opt = loop_mod.sgd([{"params": _params(0), "lr": 0.1}], **opts)
-    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
 
 
 def test_tensor_stream_batches_are_the_rows_and_labels_asked_for():

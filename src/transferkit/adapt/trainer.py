@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DataError, TransferkitError
-from ..train.loop import PRECISION_NAMES, PRECISIONS, Evaluator, LoopSettings, Plan, run_loop, sgd
+from ..train.loop import PRECISION_NAMES, PRECISIONS, Evaluator, LoopSettings, Plan, run_loop
 from ..train.objectives import Objective, Outputs, Step
 from ..train.streams import TensorStream, derive_seed
 from .methods import DomainStep, Method
@@ -277,7 +277,8 @@ class _AdaptPlan:
                     "data": {"source": _digest(self.Xs), "labels": _digest(self.ys), "target": _digest(self.Xt),
                              "labelled_target": None if self.Xtl is None else _digest(self.Xtl)}}
         return Plan(model=net, objective=objective, streams=streams, param_groups=groups,
-                    optimizer=lambda g: sgd(g, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True),
+                    optimizer=lambda g: torch.optim.SGD(g, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay,
+                                                        nesterov=True, foreach=True),
                     schedule=_dann_annealing, evaluator=evaluator, identity=identity, describe=_Line(cfg, self.stage),
                     info={"method": self.method.name, "stage": self.stage}, info_name="adapt.json")
 

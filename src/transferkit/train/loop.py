@@ -51,7 +51,7 @@ from .objectives import Objective, Outputs, Step, scalar_term
 from .streams import Stream, cycle_batches, derive_seed, epoch_batches, stream_key
 
 __all__ = ["Plan", "Evaluator", "ValidationAccuracy", "LoopSettings", "LoopResult", "run_loop", "make_fabric", "load_checkpoint",
-           "sgd", "set_train_mode", "frozen_modules", "CHECKPOINT_FORMAT", "PRECISIONS", "PRECISION_NAMES"]
+           "set_train_mode", "frozen_modules", "CHECKPOINT_FORMAT", "PRECISIONS", "PRECISION_NAMES"]
 
 CHECKPOINT_FORMAT = "transferkit-train/2"
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
@@ -291,17 +291,6 @@ def make_fabric(accelerator: str = "auto", devices: int = 1, precision: str = "3
 
 # ---------------------------------------------------------------------------------------------------------------
 # the entry point
-def sgd(groups: list[dict[str, Any]], **options: Any) -> torch.optim.Optimizer:
-    """``torch.optim.SGD`` with its fused kernel where torch has one for these parameters (CPU and CUDA since torch
-    2.4: one kernel per tensor instead of a chain of foreach operations, about 3x faster a step on a small head on the
-    CPU), else the foreach implementation. The two compute the same update; they may differ in the last bit of a
-    float (the fused kernel uses fused multiply-adds)."""
-    try:
-        return torch.optim.SGD(groups, fused=True, **options)
-    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device / dtype without the fused kernel
-        return torch.optim.SGD(groups, foreach=True, **options)
-
-
 def run_loop(plan_factory: Callable[[Any], Plan], settings: LoopSettings, run_dir: str | Path | None = None, *,
              resume: bool = False, callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
              log: Callable[[str], None] | None = None) -> LoopResult:
