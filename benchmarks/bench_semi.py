@@ -8,8 +8,8 @@ per class are labelled and all the others form the unlabelled pool. On the same 
   a validation split the few-shot default, logistic regression on L2-normalised features with C=100), on the same
   labels;
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
-- ``fixmatch``, ``flexmatch``, ``freematch`` at probe cost: the head trains on cached features of 4 weak and
-  4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
+- ``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch`` at probe cost: the head trains on cached features of 4 weak
+  and 4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
 - optionally (``--end-to-end``) one method end to end (the backbone trains on raw weak/strong views).
 
 Nothing is chosen on the test split: the semi-supervised heads run a fixed number of steps and keep the EMA of the
@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_info, machine_line, md_table  # noqa: E402
 
-SEMI = ("fixmatch", "flexmatch", "freematch")
+SEMI = ("fixmatch", "flexmatch", "freematch", "softmatch")
 METHODS = ("probe", "probe-auto", "self-training", "label-spreading", *SEMI)
 #: image size per dataset (mnist5k's 28 px digits at 64 px, as in bench_probe_accuracy's small runs)
 SIZES = {"clipart": None, "mnist5k": 64}
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
                                                      "version's: with --init random --labelled-views weak --no-align)")
-    ap.add_argument("--init", default="prototypes")
+    ap.add_argument("--init", default=None, help="how the cosine head starts (default: SemiConfig's)")
     ap.add_argument("--scale", type=float, default=None, help="the cosine head's logit scale (default: SemiConfig's)")
     ap.add_argument("--weight-decay", type=float, default=None, help="default: SemiConfig's")
     ap.add_argument("--lambda-u", type=float, default=None,
@@ -165,6 +165,9 @@ def main() -> None:
     ap.add_argument("--calibrate", choices=("default", "none", "threshold", "head"), default="default",
                     help="temperature scaling of the weak logits before the thresholds or of the head's scale "
                          "(default: SemiConfig's)")
+    ap.add_argument("--anchor", type=float, default=None,
+                    help="weight of the probe anchor (distillation of the few-shot probe; default: SemiConfig's)")
+    ap.add_argument("--anchor-schedule", default=None, help="linear or constant (default: SemiConfig's)")
     ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
     ap.add_argument("--flex-warmup-end", type=float, default=None,
                     help="FlexMatch's threshold warm-up ends by schedule at this share of the run")
@@ -257,12 +260,15 @@ def main() -> None:
                         cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
-                                         head=args.head, init=args.init,
+                                         head=args.head,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
                                          **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
                                          **{k: v for k, v in (("scale", args.scale),
-                                                              ("weight_decay", args.weight_decay)) if v is not None})
-                        kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
+                                                              ("weight_decay", args.weight_decay),
+                                                              ("anchor", args.anchor), ("init", args.init),
+                                                              ("anchor_schedule", args.anchor_schedule))
+                                            if v is not None})
+                        kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}
                         if args.lambda_u is not None:
                             kw["lambda_u"] = args.lambda_u
                         if m == "flexmatch" and args.no_flex_warmup:

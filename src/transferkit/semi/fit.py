@@ -26,14 +26,15 @@ from ..train.loop import LoopSettings, Plan, ValidationAccuracy, run_loop
 from ..train.objectives import CrossEntropy, Objectives
 from ..train.streams import DrawStream, TensorStream
 from .algorithms import SEMI_METHODS, create_semi_objective
+from .objective import ANCHOR_SCHEDULES, ProbeAnchor
 
-__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "HEADS", "INITS", "LABELLED_VIEWS",
-           "CALIBRATIONS"]
+__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "probe_module", "logistic_rows", "HEADS",
+           "INITS", "LABELLED_VIEWS", "CALIBRATIONS"]
 
 #: the heads a semi-supervised run trains (see :class:`SemiConfig`)
 HEADS = ("cosine", "linear")
 #: how the cosine head starts
-INITS = ("prototypes", "random")
+INITS = ("prototypes", "logistic", "random")
 #: temperature scaling of the head (see :class:`SemiConfig`)
 CALIBRATIONS = ("none", "threshold", "head")
 #: the labelled items' views the supervised term may draw from
@@ -64,7 +65,10 @@ class SemiConfig:
             0.95 on the development seeds, so no pseudo-label passed).
         init: ``prototypes``: the cosine head starts as the nearest-class-mean classifier of the labelled items
             (weight imprinting, Qi, Brown & Lowe, CVPR 2018), so the first pseudo-labels are the few-shot head's, not
-            a random head's; ``random``: small random weights.
+            a random head's; ``logistic``: its rows are the unit-normalised rows of a logistic regression fitted on
+            the labelled items' CL2N eval-view features (no intercept, C=100 as ``fit``'s few-shot probe, scikit-learn
+            L-BFGS), so the labelled-only start is a logistic probe on the head's own features rather than the class
+            means; ``random``: small random weights.
         labelled_views: the labelled items' cached views the supervised term draws from (``weak``, ``strong``,
             ``eval``): with a handful of labels the strong draws are more labelled data (``("weak",)``: FixMatch's
             choice, the first version's).
@@ -79,6 +83,9 @@ class SemiConfig:
             and FreeMatch on clipart (up to +4 points on the pool) but cost them 8-15 points on mnist5k, and cost
             FixMatch on clipart (its fixed 0.95 is then out of reach), so it is an option, not the default
             (benchmarks/results/bench_semi_notes.md).
+        anchor: weight of the probe anchor (:class:`~.objective.ProbeAnchor`: distillation of ``fit``'s few-shot
+            probe, fitted on the labelled items, into the head on the unlabelled items' strong views; 0: none).
+        anchor_schedule: ``linear`` (the weight decays to 0 over the run) or ``constant``.
         hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
             layer was 4x slower and 4-6 points worse on the unlabelled pool.
         dropout: dropout of the ``linear`` head.
@@ -98,10 +105,12 @@ class SemiConfig:
     weight_decay: float = 5e-4
     head: str = "cosine"
     scale: float = 30.0
-    init: str = "prototypes"
+    init: str = "logistic"
     labelled_views: tuple[str, ...] = ("weak", "strong", "eval")
     align: bool = True
     calibrate: str = "none"
+    anchor: float = 0.0
+    anchor_schedule: str = "linear"
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     ema_decay: float | None = 0.999
@@ -124,13 +133,17 @@ class SemiConfig:
             bad.append(f"head must be one of {', '.join(HEADS)} (got {self.head!r})")
         if self.init not in INITS:
             bad.append(f"init must be one of {', '.join(INITS)} (got {self.init!r})")
-        elif self.init == "prototypes" and self.head != "cosine":
-            bad.append("init='prototypes' needs head='cosine' (give init='random' with a linear head)")
+        elif self.init != "random" and self.head != "cosine":
+            bad.append(f"init={self.init!r} needs head='cosine' (give init='random' with a linear head)")
         if self.calibrate not in CALIBRATIONS:
             bad.append(f"calibrate must be one of {', '.join(CALIBRATIONS)} (got {self.calibrate!r})")
         elif self.calibrate != "none" and self.head != "cosine":
             bad.append(f"calibrate={self.calibrate!r} needs head='cosine' (the temperature is fitted on its class-mean "
                        "start)")
+        if not (isinstance(self.anchor, (int, float)) and math.isfinite(self.anchor) and self.anchor >= 0):
+            bad.append(f"anchor is the probe distillation's weight, a number >= 0 (got {self.anchor!r})")
+        if self.anchor_schedule not in ANCHOR_SCHEDULES:
+            bad.append(f"anchor_schedule must be one of {', '.join(ANCHOR_SCHEDULES)} (got {self.anchor_schedule!r})")
         if self.head == "cosine" and tuple(self.hidden):
             bad.append(f"hidden layers {tuple(self.hidden)} need head='linear' (the cosine head is one layer)")
         if not (isinstance(self.scale, (int, float)) and self.scale > 0 and math.isfinite(self.scale)):
@@ -205,13 +218,65 @@ def _make_head(cfg: SemiConfig, pooled: np.ndarray, X_l: np.ndarray, y_l: np.nda
     head = NormedLinearModule(pooled.shape[1], n_classes, "cl2n", float(cfg.scale), bias=False, cosine=True)
     with torch.no_grad():
         head.center.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        if cfg.init == "prototypes":
+        if cfg.init != "random":
             z = transform_features(torch.as_tensor(np.asarray(X_l, dtype=np.float32)), "cl2n", head.center)
             y = torch.as_tensor(np.asarray(y_l, dtype=np.int64))
             for c in range(n_classes):
                 if bool((y == c).any()):
                     head.linear.weight[c] = z[y == c].mean(0)
+            if cfg.init == "logistic" and len(np.unique(y_l)) > 1:
+                head.linear.weight[:] = torch.as_tensor(logistic_rows(z.double().numpy(), np.asarray(y_l), n_classes,
+                                                                      head.linear.weight.double().numpy()))
     return head
+
+
+def logistic_rows(z: np.ndarray, y: np.ndarray, n_classes: int, fallback: np.ndarray, C: float = 100.0) -> np.ndarray:
+    """The unit-normalised weight rows of a multinomial logistic regression without intercept fitted on ``(z, y)``
+    (scikit-learn, L-BFGS), one per class; a class with no labelled item keeps its row of ``fallback``.
+
+    Shape:
+        z ``(N, D)``, y ``(N,)``, fallback ``(n_classes, D)`` -> ``(n_classes, D)``.
+
+    References:
+        Tian et al., "Rethinking Few-Shot Image Classification: a Good Embedding Is All You Need?", ECCV 2020
+        (logistic regression on normalised features as the few-shot probe).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=float(C), fit_intercept=False, max_iter=2000).fit(z, y)
+    coef = model.coef_ if len(model.classes_) > 2 else np.vstack([-model.coef_, model.coef_]) / 2
+    out = np.array(fallback, dtype=np.float64, copy=True)
+    out[np.asarray(model.classes_, dtype=np.int64)] = coef / np.linalg.norm(coef, axis=1, keepdims=True).clip(1e-12)
+    return out
+
+
+def probe_module(X_l: np.ndarray, y_l: np.ndarray, n_classes: int) -> Any:
+    """``fit``'s few-shot probe (:data:`~transferkit.fewshot.choice.FEWSHOT_HEAD` with its parameters: logistic
+    regression on L2-normalised features, C=100) fitted on ``(X_l, y_l)``, as a torch module with the same logits.
+    A class with no labelled item gets a zero weight row and the lowest fitted bias.
+
+    Returns:
+        a :class:`~transferkit.heads.fewshot.NormedLinearModule` of ``n_classes`` outputs.
+    """
+    from ..fewshot.choice import FEWSHOT_HEAD, auto_head_params
+    from ..heads import create_head
+
+    probe = create_head(FEWSHOT_HEAD, **auto_head_params(FEWSHOT_HEAD)).fit(np.asarray(X_l, dtype=np.float32),
+                                                                            np.asarray(y_l))
+    module = probe.module_
+    linear = module.linear
+    present = np.asarray(probe.classes_, dtype=np.int64)
+    if len(present) < n_classes:
+        w, b = linear.weight.detach().clone(), linear.bias.detach().clone()
+        full = torch.nn.Linear(w.shape[1], n_classes).to(w.dtype)
+        with torch.no_grad():
+            full.weight.zero_()
+            full.bias.fill_(float(b.min()))
+            full.weight[torch.as_tensor(present)] = w
+            full.bias[torch.as_tensor(present)] = b
+        module.linear = full
+        module._config["num_classes"] = int(n_classes)
+    return module.float().train()
 
 
 def _labelled_temperature(head: Any, banks_l: dict[str, np.ndarray], y_l: np.ndarray, n_classes: int) -> float:
@@ -250,7 +315,11 @@ class _SemiPlan:
             torch.manual_seed(cfg.seed)
             head = _make_head(replace(cfg, scale=float(cfg.scale) / t), pooled, self.banks_l["eval"], self.y_l,
                               self.n_classes)
-        objective = Objectives(CrossEntropy("labelled"), consistency)
+        terms = [CrossEntropy("labelled"), consistency]
+        if cfg.anchor > 0:
+            terms.append(ProbeAnchor(probe_module(self.banks_l["eval"], self.y_l, self.n_classes), cfg.anchor,
+                                     cfg.anchor_schedule))
+        objective = Objectives(*terms)
         train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
                                 for v in cfg.labelled_views])
         labelled = DrawStream("labelled", {"eval": self.banks_l["eval"], "train": train}, self.y_l,
