@@ -78,9 +78,12 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
              "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
              "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
-             "features started at the labelled class means, the labelled term on every cached view, distribution "
-             "alignment (see the notes below); `(calibrated head)` rows: `SemiConfig(calibrate=\"head\")`, an option, "
-             "not the default (the head's scale divided by a temperature fitted on the labelled items). `wins` = "
+             "features started at the unit rows of a logistic regression on the labelled items' features "
+             "(`init=\"logistic\"`, the default from the fourth round), the labelled term on every cached view, "
+             "distribution alignment (see the notes below); `(class-mean start)` rows: the same head started at the "
+             "labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
+             "...)` rows: `SemiConfig(calibrate=\"head\")`, an option, not the default (the head's scale divided by a "
+             "temperature fitted on the labelled items). `wins` = "
              "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
              "(view features cached), this shared 2-core machine.", "", *_tables(records, key)]
@@ -165,9 +168,6 @@ def main() -> None:
     ap.add_argument("--calibrate", choices=("default", "none", "threshold", "head"), default="default",
                     help="temperature scaling of the weak logits before the thresholds or of the head's scale "
                          "(default: SemiConfig's)")
-    ap.add_argument("--anchor", type=float, default=None,
-                    help="weight of the probe anchor (distillation of the few-shot probe; default: SemiConfig's)")
-    ap.add_argument("--anchor-schedule", default=None, help="linear or constant (default: SemiConfig's)")
     ap.add_argument("--no-flex-warmup", action="store_true", help="FlexMatch without its threshold warm-up")
     ap.add_argument("--flex-warmup-end", type=float, default=None,
                     help="FlexMatch's threshold warm-up ends by schedule at this share of the run")
@@ -265,8 +265,7 @@ def main() -> None:
                                          **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
                                          **{k: v for k, v in (("scale", args.scale),
                                                               ("weight_decay", args.weight_decay),
-                                                              ("anchor", args.anchor), ("init", args.init),
-                                                              ("anchor_schedule", args.anchor_schedule))
+                                                              ("init", args.init))
                                             if v is not None})
                         kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}
                         if args.lambda_u is not None:

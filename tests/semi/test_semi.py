@@ -247,8 +247,6 @@ def test_the_cosine_head_starts_at_the_class_means_of_cl2n_features(tmp_path):
 @pytest.mark.parametrize("kwargs,needle", [
     ({"head": "mlp"}, "head must be one of cosine, linear"),
     ({"init": "zeros"}, "init must be one of prototypes, logistic, random"),
-    ({"anchor": -1}, "anchor is the probe distillation.s weight"),
-    ({"anchor_schedule": "step"}, "anchor_schedule must be one of constant, linear"),
     ({"head": "linear"}, "init='logistic' needs head='cosine'"),
     ({"hidden": (8,)}, "need head='linear'"),
     ({"labelled_views": ("weak", "rotated")}, "labelled_views must be a non-empty subset"),
@@ -294,34 +292,3 @@ def test_the_logistic_start_puts_a_logistic_probe_on_cl2n_features_into_the_cosi
         acc[init] = _accuracy(head, Xt, yt)
     assert acc["logistic"] >= acc["prototypes"] + 0.1, acc
 
-
-def test_the_probe_anchor_matches_a_hand_computation_and_decays():
-    """ProbeAnchor: w(t) * mean(-sum p_teacher(weak) log softmax(strong logits)); w(t) = w (1 - t) or w."""
-    from types import SimpleNamespace
-
-    from transferkit.semi.objective import ProbeAnchor
-
-    teacher = torch.nn.Linear(2, 3)
-    with torch.no_grad():
-        teacher.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
-        teacher.bias.zero_()
-    weak = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    strong_logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
-
-    def step(progress):
-        out = SimpleNamespace(logits=strong_logits)
-        return SimpleNamespace(progress=progress, x=lambda s, v: {"weak": weak}[v],
-                               outputs=lambda s, view: (out,) if view == "strong" else None)
-
-    pt = np.exp([[2.0, 0, 0], [0, 1.0, 0]])
-    pt /= pt.sum(1, keepdims=True)
-    ls = strong_logits.numpy() - np.log(np.exp(strong_logits.numpy()).sum(1, keepdims=True))
-    ce = float(-(pt * ls).sum(1).mean())
-    anchor = ProbeAnchor(teacher, weight=0.5, schedule="linear")
-    assert float(anchor(step(0.0))["anchor"]) == pytest.approx(0.5 * ce, rel=1e-5)
-    assert float(anchor(step(0.75))["anchor"]) == pytest.approx(0.5 * 0.25 * ce, rel=1e-5)
-    const = ProbeAnchor(teacher, weight=2.0, schedule="constant")
-    assert float(const(step(0.9))["anchor"]) == pytest.approx(2.0 * ce, rel=1e-5)
-    assert not any(p.requires_grad for p in anchor.teacher.parameters())
-    with pytest.raises(TransferkitError, match="schedule must be one of constant, linear"):
-        ProbeAnchor(teacher, schedule="cosine")

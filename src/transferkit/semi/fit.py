@@ -26,10 +26,9 @@ from ..train.loop import LoopSettings, Plan, ValidationAccuracy, run_loop
 from ..train.objectives import CrossEntropy, Objectives
 from ..train.streams import DrawStream, TensorStream
 from .algorithms import SEMI_METHODS, create_semi_objective
-from .objective import ANCHOR_SCHEDULES, ProbeAnchor
 
-__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "probe_module", "logistic_rows", "HEADS",
-           "INITS", "LABELLED_VIEWS", "CALIBRATIONS"]
+__all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "logistic_rows", "HEADS", "INITS",
+           "LABELLED_VIEWS", "CALIBRATIONS"]
 
 #: the heads a semi-supervised run trains (see :class:`SemiConfig`)
 HEADS = ("cosine", "linear")
@@ -83,9 +82,6 @@ class SemiConfig:
             and FreeMatch on clipart (up to +4 points on the pool) but cost them 8-15 points on mnist5k, and cost
             FixMatch on clipart (its fixed 0.95 is then out of reach), so it is an option, not the default
             (benchmarks/results/bench_semi_notes.md).
-        anchor: weight of the probe anchor (:class:`~.objective.ProbeAnchor`: distillation of ``fit``'s few-shot
-            probe, fitted on the labelled items, into the head on the unlabelled items' strong views; 0: none).
-        anchor_schedule: ``linear`` (the weight decays to 0 over the run) or ``constant``.
         hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
             layer was 4x slower and 4-6 points worse on the unlabelled pool.
         dropout: dropout of the ``linear`` head.
@@ -109,8 +105,6 @@ class SemiConfig:
     labelled_views: tuple[str, ...] = ("weak", "strong", "eval")
     align: bool = True
     calibrate: str = "none"
-    anchor: float = 0.0
-    anchor_schedule: str = "linear"
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     ema_decay: float | None = 0.999
@@ -140,10 +134,6 @@ class SemiConfig:
         elif self.calibrate != "none" and self.head != "cosine":
             bad.append(f"calibrate={self.calibrate!r} needs head='cosine' (the temperature is fitted on its class-mean "
                        "start)")
-        if not (isinstance(self.anchor, (int, float)) and math.isfinite(self.anchor) and self.anchor >= 0):
-            bad.append(f"anchor is the probe distillation's weight, a number >= 0 (got {self.anchor!r})")
-        if self.anchor_schedule not in ANCHOR_SCHEDULES:
-            bad.append(f"anchor_schedule must be one of {', '.join(ANCHOR_SCHEDULES)} (got {self.anchor_schedule!r})")
         if self.head == "cosine" and tuple(self.hidden):
             bad.append(f"hidden layers {tuple(self.hidden)} need head='linear' (the cosine head is one layer)")
         if not (isinstance(self.scale, (int, float)) and self.scale > 0 and math.isfinite(self.scale)):
@@ -250,35 +240,6 @@ def logistic_rows(z: np.ndarray, y: np.ndarray, n_classes: int, fallback: np.nda
     return out
 
 
-def probe_module(X_l: np.ndarray, y_l: np.ndarray, n_classes: int) -> Any:
-    """``fit``'s few-shot probe (:data:`~transferkit.fewshot.choice.FEWSHOT_HEAD` with its parameters: logistic
-    regression on L2-normalised features, C=100) fitted on ``(X_l, y_l)``, as a torch module with the same logits.
-    A class with no labelled item gets a zero weight row and the lowest fitted bias.
-
-    Returns:
-        a :class:`~transferkit.heads.fewshot.NormedLinearModule` of ``n_classes`` outputs.
-    """
-    from ..fewshot.choice import FEWSHOT_HEAD, auto_head_params
-    from ..heads import create_head
-
-    probe = create_head(FEWSHOT_HEAD, **auto_head_params(FEWSHOT_HEAD)).fit(np.asarray(X_l, dtype=np.float32),
-                                                                            np.asarray(y_l))
-    module = probe.module_
-    linear = module.linear
-    present = np.asarray(probe.classes_, dtype=np.int64)
-    if len(present) < n_classes:
-        w, b = linear.weight.detach().clone(), linear.bias.detach().clone()
-        full = torch.nn.Linear(w.shape[1], n_classes).to(w.dtype)
-        with torch.no_grad():
-            full.weight.zero_()
-            full.bias.fill_(float(b.min()))
-            full.weight[torch.as_tensor(present)] = w
-            full.bias[torch.as_tensor(present)] = b
-        module.linear = full
-        module._config["num_classes"] = int(n_classes)
-    return module.float().train()
-
-
 def _labelled_temperature(head: Any, banks_l: dict[str, np.ndarray], y_l: np.ndarray, n_classes: int) -> float:
     """Temperature scaling's ``T`` for a cosine head's weak-view logits, fitted on the labelled items' weak views
     with each item left out of its class mean (1.0 when no class has two labelled items)."""
@@ -315,11 +276,7 @@ class _SemiPlan:
             torch.manual_seed(cfg.seed)
             head = _make_head(replace(cfg, scale=float(cfg.scale) / t), pooled, self.banks_l["eval"], self.y_l,
                               self.n_classes)
-        terms = [CrossEntropy("labelled"), consistency]
-        if cfg.anchor > 0:
-            terms.append(ProbeAnchor(probe_module(self.banks_l["eval"], self.y_l, self.n_classes), cfg.anchor,
-                                     cfg.anchor_schedule))
-        objective = Objectives(*terms)
+        objective = Objectives(CrossEntropy("labelled"), consistency)
         train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
                                 for v in cfg.labelled_views])
         labelled = DrawStream("labelled", {"eval": self.banks_l["eval"], "train": train}, self.y_l,

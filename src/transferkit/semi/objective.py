@@ -14,7 +14,7 @@ from ..errors import TransferkitError
 from ..train.objectives import Objective, Step
 from .masks import Mask, SelfAdaptiveThreshold
 
-__all__ = ["PseudoLabelConsistency", "ProbeAnchor", "fairness_term", "align_distribution"]
+__all__ = ["PseudoLabelConsistency", "fairness_term", "align_distribution"]
 
 
 def align_distribution(probs: torch.Tensor, p_model: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
@@ -169,61 +169,3 @@ class PseudoLabelConsistency(Objective):
         return {"val_mask_rate": float(sel.mean()),
                 "val_pseudo_accuracy": float((pred[sel] == y[sel]).mean()) if sel.any() else None}
 
-
-#: how the anchor's weight moves over the run (``progress`` in [0, 1))
-ANCHOR_SCHEDULES = ("constant", "linear")
-
-
-class ProbeAnchor(Objective):
-    """Distillation towards a fixed teacher (the logistic probe on the labels alone) on the unlabelled stream:
-    ``w(t) * mean_b(-sum_c p_teacher(weak_b)_c log p_head(strong_b)_c)``, the teacher reading the weak view and the
-    trained head the strong one, so the head stays near the probe where the pseudo-labels would pull it elsewhere.
-
-    ``w(t) = weight`` (``constant``) or ``weight * (1 - t)`` over the run's progress ``t`` (``linear``: the anchor
-    holds the early pseudo-labels to the probe's and lets go as the head learns). The teacher's parameters are frozen
-    and never in the optimizer.
-
-    Args:
-        teacher: a module mapping the stream's features to logits (:func:`~transferkit.semi.fit.probe_module`).
-        weight: the anchor's weight at the start.
-        schedule: ``constant`` or ``linear`` (:data:`ANCHOR_SCHEDULES`).
-        stream: the unlabelled stream's name.
-
-    References:
-        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", NIPS Deep Learning Workshop 2014
-        (soft targets); Li & Hoiem, "Learning without Forgetting", ECCV 2016 (distilling the starting model's
-        responses on the new data as an anchor while training); Xie et al., "Self-training with Noisy Student
-        Improves ImageNet Classification", CVPR 2020 (teacher on the clean input, student on the noised one).
-    """
-
-    name = "anchor"
-
-    def __init__(self, teacher: torch.nn.Module, weight: float = 1.0, schedule: str = "linear",
-                 stream: str = "unlabelled"):
-        super().__init__()
-        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-            raise TransferkitError(f"the anchor's weight must be a number >= 0, got {weight!r}")
-        if schedule not in ANCHOR_SCHEDULES:
-            raise TransferkitError(f"the anchor's schedule must be one of {', '.join(ANCHOR_SCHEDULES)}, got "
-                                   f"{schedule!r}")
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.weight, self.schedule, self.stream = float(weight), schedule, stream
-        self.streams = (stream,)
-        self.views = {stream: ("weak", "strong")}
-
-    def current_weight(self, progress: float) -> float:
-        """``w(t)`` at the run's progress ``t``."""
-        return self.weight * (1.0 - float(progress) if self.schedule == "linear" else 1.0)
-
-    def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        strong = step.outputs(self.stream, view="strong")[0].logits.float()
-        with torch.no_grad():
-            self.teacher.eval()
-            target = self.teacher(step.x(self.stream, "weak").float()).float().softmax(1)
-        loss = -(target * strong.log_softmax(1)).sum(1).mean()
-        return {self.name: self.current_weight(step.progress) * loss}
-
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "weight": self.weight, "schedule": self.schedule}
