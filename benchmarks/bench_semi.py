@@ -84,7 +84,9 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
              "...)` rows: `SemiConfig(calibrate=\"head\")`, an option, not the default (the head's scale divided by a "
              "temperature fitted on the labelled items). `wins` = "
-             "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
+             "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the "
+             "unlabelled pool above the final thresholds (SoftMatch: at full weight; every item trains with some weight) "
+             "and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
              "(view features cached), this shared 2-core machine.", "", *_tables(records, key)]
     e2e = [r for r in records if r["method"].endswith("end-to-end")]
