@@ -168,4 +168,3 @@ class PseudoLabelConsistency(Objective):
         pred = probs.argmax(1).cpu().numpy()
         return {"val_mask_rate": float(sel.mean()),
                 "val_pseudo_accuracy": float((pred[sel] == y[sel]).mean()) if sel.any() else None}
-
