@@ -8,8 +8,8 @@ per class are labelled and all the others form the unlabelled pool. On the same 
   a validation split the few-shot default, logistic regression on L2-normalised features with C=100), on the same
   labels;
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
-- ``fixmatch``, ``flexmatch``, ``freematch`` at probe cost: the head trains on cached features of 4 weak and
-  4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
+- ``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch`` at probe cost: the head trains on cached features of 4 weak
+  and 4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
 - optionally (``--end-to-end``) one method end to end (the backbone trains on raw weak/strong views).
 
 Nothing is chosen on the test split: the semi-supervised heads run a fixed number of steps and keep the EMA of the
@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_info, machine_line, md_table  # noqa: E402
 
-SEMI = ("fixmatch", "flexmatch", "freematch")
+SEMI = ("fixmatch", "flexmatch", "freematch", "softmatch")
 METHODS = ("probe", "probe-auto", "self-training", "label-spreading", *SEMI)
 #: image size per dataset (mnist5k's 28 px digits at 64 px, as in bench_probe_accuracy's small runs)
 SIZES = {"clipart": None, "mnist5k": 64}
@@ -78,10 +78,15 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
              "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
              "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
-             "features started at the labelled class means, the labelled term on every cached view, distribution "
-             "alignment (see the notes below); `(calibrated head)` rows: `SemiConfig(calibrate=\"head\")`, an option, "
-             "not the default (the head's scale divided by a temperature fitted on the labelled items). `wins` = "
-             "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the unlabelled pool above the final thresholds and the "
+             "features started at the unit rows of a logistic regression on the labelled items' features "
+             "(`init=\"logistic\"`, the default from the fourth round), the labelled term on every cached view, "
+             "distribution alignment (see the notes below); `(class-mean start)` rows: the same head started at the "
+             "labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
+             "...)` rows: `SemiConfig(calibrate=\"head\")`, an option, not the default (the head's scale divided by a "
+             "temperature fitted on the labelled items). `wins` = "
+             "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the "
+             "unlabelled pool above the final thresholds (SoftMatch: at full weight; every item trains with some weight) "
+             "and the "
              "accuracy of those pseudo-labels (pool labels read for this report only). Seconds: head training only "
              "(view features cached), this shared 2-core machine.", "", *_tables(records, key)]
     e2e = [r for r in records if r["method"].endswith("end-to-end")]
@@ -155,7 +160,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
                                                      "version's: with --init random --labelled-views weak --no-align)")
-    ap.add_argument("--init", default="prototypes")
+    ap.add_argument("--init", default=None, help="how the cosine head starts (default: SemiConfig's)")
     ap.add_argument("--scale", type=float, default=None, help="the cosine head's logit scale (default: SemiConfig's)")
     ap.add_argument("--weight-decay", type=float, default=None, help="default: SemiConfig's")
     ap.add_argument("--lambda-u", type=float, default=None,
@@ -257,12 +262,14 @@ def main() -> None:
                         cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
-                                         head=args.head, init=args.init,
+                                         head=args.head,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
                                          **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
                                          **{k: v for k, v in (("scale", args.scale),
-                                                              ("weight_decay", args.weight_decay)) if v is not None})
-                        kw = {"tau": args.tau} if args.tau is not None and m != "freematch" else {}
+                                                              ("weight_decay", args.weight_decay),
+                                                              ("init", args.init))
+                                            if v is not None})
+                        kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}
                         if args.lambda_u is not None:
                             kw["lambda_u"] = args.lambda_u
                         if m == "flexmatch" and args.no_flex_warmup:

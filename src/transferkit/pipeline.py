@@ -188,8 +188,9 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         log: called with one-line progress messages.
         strategy: ``probe`` (frozen backbone, cached features, shallow head), ``auto`` (the advisor picks), a
             fine-tuning strategy of the engine (``finetune``, ``partial``, ``gradual``, ``scratch``) or a
-            semi-supervised method (``fixmatch``, ``flexmatch``, ``freematch``: needs ``unlabelled``); such a run
-            still reports the probe beside it (and self-training and label spreading for a semi-supervised one).
+            semi-supervised method (``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch``: needs
+            ``unlabelled``); such a run still reports the probe beside it (and self-training and label spreading for
+            a semi-supervised one).
         strategy_params: e.g. ``{"freeze": 3}`` for ``partial``, ``{"tau": 0.9}`` for ``fixmatch``.
         train_config: a :class:`~transferkit.train.engine.TrainConfig` or a dict of its fields (fine-tuning).
         regularizers: fine-tuning loss terms by name, e.g. ``{"l2sp": {"alpha": 0.01}, "bss": {"eta": 0.001}}``.

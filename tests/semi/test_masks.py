@@ -175,3 +175,28 @@ def test_size_aware_freematch_scales_by_the_mean_confidence_of_each_predicted_cl
     paper.setup(10, 2)
     paper(torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.8, 0.2]]), torch.arange(3))
     assert paper.thresholds().tolist() == pytest.approx([0.65, 0.65 * 5 / 7])
+
+
+def test_softmatch_weights_are_a_gaussian_truncated_at_the_running_mean_confidence():
+    """SoftMatch, m = 0.5, n_sigma 2, 3 classes: mu_0 = 1/3, var_0 = 1. Batch confidences [0.9, 0.6, 0.4, 0.5]:
+    mean 0.6, unbiased variance ((0.3^2 + 0 + 0.2^2 + 0.1^2) / 3) = 0.14 / 3; mu_1 = (1/3 + 0.6) / 2,
+    var_1 = (1 + 0.14 / 3) / 2; weight 1 at or above mu_1, else exp(-(conf - mu_1)^2 / (2 var_1 / 4))."""
+    from transferkit.semi.masks import TruncatedGaussian
+
+    m = TruncatedGaussian(momentum=0.5, n_sigma=2.0)
+    m.setup(10, 3, steps=100)
+    assert float(m.mu) == pytest.approx(1 / 3) and float(m.var) == pytest.approx(1.0)
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4], [0.5, 0.25, 0.25]])
+    w = m(probs, torch.arange(4)).numpy()
+    mu, var = (1 / 3 + 0.6) / 2, (1 + 0.14 / 3) / 2
+    conf = np.array([0.9, 0.6, 0.4, 0.5])
+    want = np.where(conf >= mu, 1.0, np.exp(-(conf - mu) ** 2 / (2 * var / 4)))
+    np.testing.assert_allclose(w, want, rtol=1e-5)
+    assert float(m.mu) == pytest.approx(mu) and float(m.var) == pytest.approx(var, rel=1e-5)
+    assert m.thresholds().tolist() == pytest.approx([mu] * 3)
+    assert m.select(probs).tolist() == [1.0, 1.0, 0.0, 1.0]  # full weight: conf >= mu_1 = 0.467
+    obj = create_semi_objective("softmatch", 10, 3, 1000)
+    assert obj.mask.momentum == pytest.approx(scaled_momentum(1000))
+    assert SEMI_METHODS.get("softmatch").paper.startswith("Chen et al., SoftMatch")
+    with pytest.raises(TransferkitError, match="n_sigma must be > 0"):
+        TruncatedGaussian(n_sigma=0)

@@ -216,17 +216,19 @@ def test_distribution_alignment_matches_a_hand_computation():
         obj.set_target([1.0])
 
 
-def test_the_default_head_is_a_cosine_classifier_that_starts_at_the_class_means_of_cl2n_features(tmp_path):
+def test_the_cosine_head_starts_at_the_class_means_of_cl2n_features(tmp_path):
     """init='prototypes': logits are 30 * cos(x - centre, class mean of the labelled CL2N features), the centre the
-    mean of labelled and unlabelled features; it saves and loads as a head module with the same outputs."""
+    mean of labelled and unlabelled features; it saves and loads as a head module with the same outputs. The default
+    head is this cosine head started from the logistic rows (tested below)."""
     from transferkit.heads.modules import load_head, save_head
     from transferkit.semi.fit import _make_head
 
     rng = np.random.default_rng(3)
     Xl, yl = rng.normal(size=(6, 5)).astype(np.float32), np.array([0, 0, 1, 1, 2, 2])
     Xu = rng.normal(size=(20, 5)).astype(np.float32) + 1.0
-    cfg = SemiConfig().validate()
-    assert (cfg.head, cfg.init, cfg.scale, cfg.align) == ("cosine", "prototypes", 30.0, True)
+    default = SemiConfig().validate()
+    assert (default.head, default.init, default.scale, default.align) == ("cosine", "logistic", 30.0, True)
+    cfg = SemiConfig(init="prototypes").validate()
     head = _make_head(cfg, np.concatenate([Xl, Xu]), Xl, yl, 3)
     c = np.concatenate([Xl, Xu]).mean(0)
     z = (Xl - c) / np.linalg.norm(Xl - c, axis=1, keepdims=True)
@@ -244,11 +246,49 @@ def test_the_default_head_is_a_cosine_classifier_that_starts_at_the_class_means_
 
 @pytest.mark.parametrize("kwargs,needle", [
     ({"head": "mlp"}, "head must be one of cosine, linear"),
-    ({"init": "zeros"}, "init must be one of prototypes, random"),
-    ({"head": "linear"}, "init='prototypes' needs head='cosine'"),
+    ({"init": "zeros"}, "init must be one of prototypes, logistic, random"),
+    ({"head": "linear"}, "init='logistic' needs head='cosine'"),
     ({"hidden": (8,)}, "need head='linear'"),
     ({"labelled_views": ("weak", "rotated")}, "labelled_views must be a non-empty subset"),
     ({"scale": 0}, "scale must be a positive number")])
 def test_bad_head_settings_fail_with_a_clear_message(kwargs, needle):
     with pytest.raises(TransferkitError, match=needle):
         SemiConfig(**kwargs).validate()
+
+
+def test_the_logistic_start_puts_a_logistic_probe_on_cl2n_features_into_the_cosine_head():
+    """init='logistic': the rows are scikit-learn's no-intercept logistic regression (C=100) on the labelled CL2N
+    features, unit-normalised; a class without labels keeps its class-mean row. On a toy whose classes differ most along
+    a direction in which they also vary widely, the class means misclassify where the logistic rows do not."""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.semi.fit import _make_head, logistic_rows
+
+    rng = np.random.default_rng(5)
+    Xl = rng.normal(size=(9, 6))
+    yl = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    model = LogisticRegression(C=100.0, fit_intercept=False, max_iter=2000).fit(Xl, yl)
+    want = model.coef_ / np.linalg.norm(model.coef_, axis=1, keepdims=True)
+    fallback = np.ones((4, 6))
+    got = logistic_rows(Xl, yl, 4, fallback)
+    np.testing.assert_allclose(got[:3], want, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(got[3], fallback[3])  # class 3 has no label
+
+    # two classes whose means differ most along x0, where each class also varies widely, and a little along x1,
+    # where they barely vary: the class means (cosine) follow x0 and err often, the logistic rows use x1
+    def draw(n):
+        y = np.repeat([0, 1], n)
+        sign = np.where(y == 0, 1.0, -1.0)
+        X = np.stack([sign + rng.normal(0, 2.0, 2 * n), 0.5 * sign + rng.normal(0, 0.05, 2 * n),
+                      rng.normal(0, 0.05, 2 * n)], 1)
+        return X.astype(np.float32), y
+
+    Xl, yl = draw(10)
+    Xt, yt = draw(200)
+    pooled = np.zeros((1, 3), dtype=np.float32)  # centre 0: the classes lie either side of it
+    acc = {}
+    for init in ("prototypes", "logistic"):
+        head = _make_head(SemiConfig(init=init).validate(), pooled, Xl, yl, 2)
+        acc[init] = _accuracy(head, Xt, yt)
+    assert acc["logistic"] >= acc["prototypes"] + 0.1, acc
+

@@ -52,6 +52,17 @@ def test_flexmatch_reads_a_folder_of_unlabelled_inputs(image_folder, tmp_path):
     assert len(hist[-1]["thresholds"]) == 3
 
 
+def test_softmatch_runs_through_fit_with_soft_weights(image_folder, tmp_path):
+    res = fit_run(str(image_folder), backbone=TINY, strategy="softmatch", labels_per_class=2, unlabelled="rest",
+                  semi_config=SMALL, out=tmp_path / "run", progress=False, baseline=False, report=False)
+    semi = json.loads((tmp_path / "run" / "config.json").read_text())["semi"]
+    assert semi["method"] == "softmatch" and res.splits["unlabelled"] > 0
+    # soft weights: every item trains with a weight in (0, 1], so the logged mean weight is above 0
+    assert all(0 < h["metric_mask_rate"] <= 1 for h in semi["history"])
+    thresholds = semi["history"][-1]["thresholds"]
+    assert len(thresholds) == 3 and len(set(thresholds)) == 1  # one running mean confidence for every class
+
+
 def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
     res = fit_run(str(image_folder), backbone=TINY, strategy="fixmatch", labels_per_class=3, unlabelled="rest",
                   semi_level="end-to-end", train_config={"epochs": 1, "batch_size": 4}, out=tmp_path / "run",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import Registry
-from .masks import FixedThreshold, FlexThreshold, Mask, SelfAdaptiveThreshold
+from .masks import FixedThreshold, FlexThreshold, Mask, SelfAdaptiveThreshold, TruncatedGaussian
 from .objective import PseudoLabelConsistency
 
 __all__ = ["SEMI_METHODS", "create_semi_objective"]
@@ -44,6 +44,16 @@ def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: fl
     thresholds are the running mean confidence, which an over-confident head puts below most of the pool (not the
     default: see :class:`~.fit.SemiConfig`)."""
     return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum, size_aware), lambda_u, fairness, align=align)
+
+
+@SEMI_METHODS.register("softmatch", needs_unlabelled=True, mask="soft",
+                       paper="Chen et al., SoftMatch, ICLR 2023")
+def softmatch(momentum: float | None = None, lambda_u: float = 1.0, n_sigma: float = 2.0,
+              align: bool = False) -> PseudoLabelConsistency:
+    """SoftMatch: every pseudo-label trains, weighted by a Gaussian truncated at the running mean confidence
+    (:class:`~.masks.TruncatedGaussian`), with uniform alignment of the weak probabilities (``align``: our
+    distribution alignment towards the labelled class shares, which are uniform with a budget per class)."""
+    return PseudoLabelConsistency(TruncatedGaussian(momentum, n_sigma), lambda_u, align=align)
 
 
 def create_semi_objective(name: str, n_unlabelled: int, n_classes: int, steps: int | None = None,

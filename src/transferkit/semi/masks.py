@@ -9,6 +9,7 @@ References:
     Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence", NeurIPS 2020.
     Zhang et al., "FlexMatch: Boosting Semi-Supervised Learning with Curriculum Pseudo Labeling", NeurIPS 2021.
     Wang et al., "FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning", ICLR 2023.
+    Chen et al., "SoftMatch: Addressing the Quantity-Quality Trade-off in Semi-supervised Learning", ICLR 2023.
     Wang et al., "USB: A Unified Semi-supervised Learning Benchmark", NeurIPS 2022 (the masking-hook design).
 """
 
@@ -22,7 +23,8 @@ from torch import nn
 from ..errors import TransferkitError
 from ..registry import Registry
 
-__all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold", "scaled_momentum"]
+__all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold", "TruncatedGaussian",
+           "scaled_momentum"]
 
 #: masking rules by name
 MASKS: Registry["Mask"] = Registry("pseudo-label mask")
@@ -249,6 +251,65 @@ class SelfAdaptiveThreshold(Mask):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "momentum": self.requested, **({"size_aware": True} if self.size_aware else {})}
+
+
+@MASKS.register("soft")
+class TruncatedGaussian(Mask):
+    """SoftMatch's soft weights: ``1`` where the confidence ``max p`` is at least its running mean ``mu_t``, else
+    ``exp(-(max p - mu_t)^2 / (2 sigma_t^2 / n_sigma^2))``, a Gaussian truncated at its mean: every pseudo-label
+    trains, weighted by how far its confidence falls below the typical one. ``mu_t`` and ``sigma_t^2`` are running
+    means (momentum ``m``) of each batch's mean and unbiased variance of ``max p``, starting at ``1 / C`` and 1.
+    ``n_sigma = 2`` as USB's reference implementation (the paper's eq. 7 is ``n_sigma = 1``); the momentum is
+    scaled to the run's length as :class:`SelfAdaptiveThreshold`'s (the paper's 0.999 from 20000 steps on).
+
+    ``thresholds`` are ``mu_t`` for every class (the items at full weight), for the logs; the loss uses the weights.
+
+    Args:
+        momentum: ``m``; None: :func:`scaled_momentum` of the run's steps.
+        n_sigma: the Gaussian's width divisor (2).
+    """
+
+    name = "soft"
+
+    def __init__(self, momentum: float | None = None, n_sigma: float = 2.0):
+        super().__init__()
+        if momentum is not None and not 0 <= float(momentum) < 1:
+            raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
+        if not float(n_sigma) > 0:
+            raise TransferkitError(f"n_sigma must be > 0, got {n_sigma!r}")
+        self.requested, self.n_sigma = None if momentum is None else float(momentum), float(n_sigma)
+        self.momentum = 0.999 if momentum is None else float(momentum)
+        self.register_buffer("mu", torch.zeros(()))
+        self.register_buffer("var", torch.ones(()))
+        self.register_buffer("_n_classes", torch.zeros((), dtype=torch.long))
+
+    def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
+        if self.requested is None and steps:
+            self.momentum = scaled_momentum(steps)
+        self.mu = torch.tensor(1.0 / n_classes)
+        self.var = torch.tensor(1.0)
+        self._n_classes = torch.tensor(int(n_classes))
+
+    def thresholds(self) -> torch.Tensor:
+        return self.mu.expand(int(self._n_classes)).clone()
+
+    def weights(self, probs: torch.Tensor) -> torch.Tensor:
+        """The current soft weight of each row of ``probs`` (no update)."""
+        conf = probs.max(1).values
+        gap = torch.clamp(conf - self.mu.to(conf), max=0.0)
+        return torch.exp(-gap ** 2 / (2 * self.var.to(conf) / self.n_sigma ** 2))
+
+    def forward(self, probs: torch.Tensor, index: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+        conf = gather(probs).max(1).values
+        m = self.momentum
+        var = conf.var(unbiased=True) if len(conf) > 1 else torch.zeros((), device=conf.device)
+        self.mu = self.mu * m + (1 - m) * conf.mean().to(self.mu)
+        self.var = self.var * m + (1 - m) * var.to(self.var)
+        return self.weights(probs)  # after the update, as the reference implementation
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "momentum": self.requested, "n_sigma": self.n_sigma}
 
 
 def scaled_momentum(steps: int, span: float = 20.0) -> float:
