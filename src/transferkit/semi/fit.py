@@ -6,8 +6,9 @@ strong augmentations are extracted once into the feature cache (each draw is see
 reused across runs, methods and seeds); every step then takes one draw of each view per item
 (:class:`~transferkit.train.streams.DrawStream`). The head (by default a cosine classifier on centred, L2-normalised
 features, started from a logistic regression on the labelled items: :class:`SemiConfig`) is trained with
-cross-entropy on the labelled items' views plus the method's pseudo-label consistency term on the unlabelled ones; the reported model is the exponential moving average of its weights, as in FixMatch. Minutes of extraction,
-then seconds per method: no peer library offers semi-supervised learning at this cost.
+cross-entropy on the labelled items' views plus the method's pseudo-label consistency term on the unlabelled ones;
+the reported model is the exponential moving average of its weights, as in FixMatch. Minutes of extraction, then
+seconds per method: no peer library offers semi-supervised learning at this cost.
 """
 
 from __future__ import annotations

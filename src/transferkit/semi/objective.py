@@ -116,7 +116,8 @@ class PseudoLabelConsistency(Objective):
         """Distribution alignment's target: the labelled items' class shares ``(C,)`` (and ``p_model`` starts there)."""
         t = torch.as_tensor(np.asarray(class_shares, dtype=np.float32))
         if t.ndim != 1 or len(t) < 2 or bool((t < 0).any()) or float(t.sum()) <= 0:
-            raise TransferkitError(f"class shares must be a non-negative vector over >= 2 classes; got {class_shares!r}")
+            raise TransferkitError("class shares must be a non-negative vector over >= 2 classes; "
+                                   f"got {class_shares!r}")
         self.p_target = t / t.sum()
         self.p_model = self.p_target.clone()
 
