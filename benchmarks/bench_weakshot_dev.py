@@ -106,12 +106,20 @@ def stage_weights(args, cfg, store, work: Path) -> None:
 
 
 def _candidates(spec: str, cfg) -> list[dict]:
+    """``name:method:blend:iterations:drop[:alpha][:key=value...]`` (keys: ``rule`` the drop rule, ``eye``,
+    ``alpha``, ``schedule`` the graph schedule)."""
     out = []
     for s in spec.split(";"):
         p = s.split(":")
-        out.append({"name": p[0], "method": p[1], "blend": float(p[2]) if len(p) > 2 else 1.0,
-                    "iters": int(p[3]) if len(p) > 3 else 0, "drop": float(p[4]) if len(p) > 4 else 0.0,
-                    "alpha": float(p[5]) if len(p) > 5 else cfg.alpha})
+        extra = dict(x.split("=", 1) for x in p[5:] if "=" in x)
+        pos = [x for x in p[5:] if "=" not in x]
+        c = {"name": p[0], "method": p[1], "blend": float(p[2]) if len(p) > 2 else 1.0,
+             "iters": int(p[3]) if len(p) > 3 else 0, "drop": float(p[4]) if len(p) > 4 else 0.0,
+             "alpha": float(extra.get("alpha", pos[0] if pos else cfg.alpha))}
+        for key, cast in (("rule", str), ("eye", float), ("schedule", str)):
+            if key in extra:
+                c[key] = cast(extra[key])
+        out.append(c)
     return out
 
 
@@ -140,13 +148,95 @@ def stage_accuracy(args, cfg, store, work: Path) -> None:
                     sim = net if c["blend"] >= 1 else BlendedSimilarity(net, prior, c["blend"]).eval()
                     t = time.time()
                     torch.manual_seed(0)
-                    r = train_novel(wd, c["method"], base, sim,
-                                    replace(cfg, sim_iterations=c["iters"], sim_drop=c["drop"], alpha=c["alpha"]), seed)
+                    more = {f: c[k] for k, f in (("rule", "sim_drop_rule"), ("eye", "eye"),
+                                                 ("schedule", "graph_schedule")) if k in c}
+                    r = train_novel(wd, c["method"], base, sim, replace(
+                        cfg, sim_iterations=c["iters"], sim_drop=c["drop"], alpha=c["alpha"], **more), seed)
                     rec = {"dataset": ds, "seed": seed, "kind": kind, "rate": rate, **c, "acc": r.accuracy,
                            "auc": r.weights_auc, "seconds": time.time() - t}
                     with journal.open("a") as f:
                         f.write(json.dumps(rec) + "\n")
                     log(f"{ds} {seed} {kind} {rate} {c['name']}: {100 * r.accuracy:.1f}%")
+
+
+def stage_scale(args, cfg, store, work: Path) -> None:
+    """The graph term's scale against the weighted cross-entropy's: on random batches of the noisy novel items, each
+    term's value and the norm of its gradient with respect to the novel classifier's parameters, at the start (the
+    base classifier's hidden layer, a fresh output layer) and after training with the weights alone; for our setting
+    (L2-normalised features, ``alpha``) and the reference code's (raw features, alpha 0.1)."""
+    import torch
+
+    from transferkit.weakshot import NovelSet, train_novel
+    from transferkit.weakshot.methods import create_method
+    from transferkit.weakshot.objectives import WeightedCrossEntropy, graph_term
+    from transferkit.weakshot.similarity import BlendedSimilarity
+    from transferkit.heads.modules import HeadModule
+
+    out = work / "scale.jsonl"
+    done = set()
+    if out.is_file():
+        done = {(r["dataset"], r["seed"], r["kind"], r["rate"]) for r in map(json.loads, out.read_text().splitlines())}
+    cells = CELLS if args.cells == "all" else [(c.split("/")[0], float(c.split("/")[1])) for c in args.cells.split(",")]
+    for ds in args.datasets.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            for kind, rate in cells:
+                if (ds, seed, kind, rate) in done:
+                    continue
+                wd = _split(ds, kind, rate, seed, cfg, store)
+                sp = wd.split
+                base, net, prior = _models(ds, seed, wd, cfg, work)
+                sim = BlendedSimilarity(net, prior, cfg.sim_blend).eval()
+                X = np.asarray(wd.X[sp.novel_train], np.float32)
+                w = create_method("simtrans-weights", cfg).weights(NovelSet(X, sp.novel_noisy, sim, Z=X))
+                torch.manual_seed(0)
+                trained = train_novel(wd, "simtrans-weights", base, sim, cfg, seed).model
+                start = HeadModule(X.shape[1], len(sp.novel_classes), (cfg.hidden,), cfg.dropout)
+                start.load_state_dict(trained.state_dict())
+                with torch.no_grad():
+                    torch.nn.init.normal_(start.layers[-1].weight, std=0.01)
+                    start.layers[0].weight.copy_(base.layers[0].weight)
+                    start.layers[0].bias.copy_(base.layers[0].bias)
+                ce = WeightedCrossEntropy(w)
+                ours = graph_term(sim, X, cfg, 2)
+                ref = graph_term(sim, X, replace(cfg, alpha=0.1, graph_normalize=False), 2)
+                ours.start_epoch = ref.start_epoch = 0
+                rng = np.random.default_rng(seed)
+                rec = {"dataset": ds, "seed": seed, "kind": kind, "rate": rate, "alpha": cfg.alpha}
+                for label, model in (("start", start), ("trained", trained)):
+                    model.eval()
+                    vals: dict[str, list] = defaultdict(list)
+                    for _ in range(20):
+                        idx = torch.as_tensor(rng.choice(len(X), min(cfg.batch_size, len(X)), replace=False))
+                        logits, feats = model(torch.as_tensor(X[idx.numpy()]), return_features=True)
+
+                        class _Step:  # the loop's Step for one labelled batch
+                            batches = {"labelled": type("B", (), {"index": idx,
+                                                                  "y": torch.as_tensor(sp.novel_noisy[idx.numpy()])})()}
+                            epoch = 0
+
+                            @staticmethod
+                            def outputs(stream, view="train"):
+                                return [type("O", (), {"logits": logits, "features": feats})()]
+
+                            @staticmethod
+                            def y(stream):
+                                return _Step.batches["labelled"].y
+
+                            @staticmethod
+                            def weight(stream):
+                                return 1.0
+
+                        for name, term in (("ce", ce), ("graph", ours), ("graph_ref", ref)):
+                            v = next(iter(term(_Step).values()))
+                            g = torch.autograd.grad(v, [p for p in model.parameters() if p.requires_grad],
+                                                    retain_graph=True, allow_unused=True)
+                            vals[name].append(float(v))
+                            norm = torch.sqrt(sum((x * x).sum() for x in g if x is not None))
+                            vals[name + "_grad"].append(float(norm))
+                    rec[label] = {k: float(np.mean(v)) for k, v in vals.items()}
+                with out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                log(f"{ds} {seed} {kind} {rate}: {rec}")
 
 
 def render(work: Path, out: Path, describe: dict[str, str]) -> str:
@@ -243,7 +333,7 @@ DESCRIBE = {"plain": "plain training",
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=("weights", "accuracy", "render"))
+    ap.add_argument("stage", choices=("weights", "accuracy", "scale", "render"))
     ap.add_argument("--datasets", default="clipart,mnist5k")
     ap.add_argument("--seeds", default="100,101,102")
     ap.add_argument("--cells", default="all", help="kind/rate,... (e.g. flip/0.5,mixed/0.5) or all")
@@ -266,7 +356,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cfg, store = WeakShotConfig(), FeatureStore(args.cache_dir)
-    (stage_weights if args.stage == "weights" else stage_accuracy)(args, cfg, store, work)
+    {"weights": stage_weights, "accuracy": stage_accuracy, "scale": stage_scale}[args.stage](args, cfg, store, work)
 
 
 if __name__ == "__main__":
