@@ -202,8 +202,7 @@ def render(state: dict) -> str:
              f"{cfg['hidden']}) on the clean base classes, similarity net on base pairs ({cfg['sim_steps']} steps)"
              + (f", blended with the calibrated cosine of the frozen features (net share {cfg.get('sim_blend')})"
                 if cfg.get("sim_blend", 1) < 1 else "")
-             + (f", SimTrans's weights with the lowest {100 * cfg.get('sim_drop'):.0f} % of each class dropped"
-                if cfg.get("sim_drop", 0) > 0 else "") + ", "
+             + _drop_text(cfg) + ", "
              f"each method's novel classifier {cfg['novel_epochs']} epochs from the base classifier's hidden layer "
              "(the last epoch kept: no clean novel data exists to choose on); clean novel test accuracy %, mean ± std "
              "over seeds. clipart: 6 base / 6 novel categories, outliers from MNIST digits and photo crops; mnist5k: "
@@ -239,6 +238,19 @@ def render(state: dict) -> str:
                      "kept); the similarity net learns on the base-trained network's features.\n\n"
                      + md_table(["data", "noise", "seeds", *E2E_METHODS, "s per method"], rows) + "\n")
     return "\n".join(parts)
+
+
+def _drop_text(cfg: dict) -> str:
+    """How the config's SimTrans weights leave items out, for the table's caption."""
+    share, rule = 100 * cfg.get("sim_drop", 0), cfg.get("sim_drop_rule", "lowest")
+    if not share:
+        return ""
+    if rule == "confusable":
+        return (f", SimTrans's weights with each class's items dropped that are among its lowest-weighted {share:.0f} % "
+                "and significantly more similar to another novel class (Welch test, z > 2)")
+    if rule == "mixture":
+        return (f", SimTrans's weights with each class's low mixture component dropped (at most {share:.0f} %)")
+    return f", SimTrans's weights with the lowest {share:.0f} % of each class dropped"
 
 
 def _before_after(rows: list[dict], previous: dict) -> str:

@@ -18,3 +18,5 @@ def test_weakshot_refuses_both_kinds_of_noise_and_bad_values(tmp_path):
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--sim-blend", "1.2"),
                       "--sim-blend must be in [0, 1]; got 1.2")
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop", "1"), "--drop must be in [0, 1); got 1")
+    assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop-rule", "median"),
+                      "--drop-rule must be one of lowest, confusable, mixture (got 'median')")

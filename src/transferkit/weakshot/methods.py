@@ -70,10 +70,11 @@ class WeakShotMethod:
 
 def create_method(name: str, config: Any = None, **params: Any) -> WeakShotMethod:
     """A method by name (see :data:`WEAKSHOT_METHODS`); with a :class:`~transferkit.weakshot.WeakShotConfig`, the
-    methods that use the similarity net get its ``sim_weighting``, ``sim_iterations`` and ``sim_drop``."""
+    methods that use the similarity net get its ``sim_weighting``, ``sim_iterations``, ``sim_drop`` and
+    ``sim_drop_rule``."""
     if config is not None and WEAKSHOT_METHODS.get(name).cap("uses_similarity"):
         params = {"weighting": config.sim_weighting, "iterations": config.sim_iterations, "drop": config.sim_drop,
-                  **params}
+                  "drop_rule": config.sim_drop_rule, **params}
     return WEAKSHOT_METHODS.create(name, **params)
 
 
