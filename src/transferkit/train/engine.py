@@ -14,6 +14,8 @@ What a run leaves in ``run_dir``::
     epochs.csv               one row per epoch: train loss, extra-loss terms, val loss/accuracy, lr, time, speed
     finetune.json            the configuration, layer groups and parameter counts
     model/                   the best model: the fine-tuned backbone (backbone/) and the head, read by load_run
+    selection/               with TrainConfig.refit: the run on the training split that chose the epoch count (the
+                             files above are then the refit's, trained on train + val for that many epochs)
 """
 
 from __future__ import annotations
