@@ -350,6 +350,9 @@ def main() -> None:
                                                    "separated), instead of the cells")
     ap.add_argument("--search-seed", type=int, default=100)
     ap.add_argument("--dev-size", type=int, default=1000, help="search: score a stratified sample of the dev split")
+    ap.add_argument("--row-params", action="append", default=[],
+                    help="ROW=JSON: this row's strategy parameters on rt (minilm) instead of PARAMS, e.g. "
+                         "'adapter={\"bottleneck\": 16, \"lr_scale\": 1.0}' (the setting the search chose)")
     ap.add_argument("--refit", action="store_true", help="engine rows: after the epoch is chosen on the validation "
                                                          "part, retrain on all N labels (TrainConfig.refit)")
     ap.add_argument("--report-only", action="store_true")
@@ -360,6 +363,9 @@ def main() -> None:
     from transferkit._io import append_journal, read_journal
 
     torch.set_num_threads(1)
+    for spec in args.row_params:
+        row, _, js = spec.partition("=")
+        PARAMS[(row.strip(), "minilm")] = json.loads(js)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if args.search and not args.report_only:
@@ -368,9 +374,11 @@ def main() -> None:
     records = read_journal(journal) if journal.is_file() else []
     done = {(r["data"], r["budget"], r["row"], r["seed"]) for r in records}
     if args.carry_from:
+        # whole groups only: a (data, budget, row) this run has any cell of is never mixed with carried cells
+        ran = {(r["data"], r["budget"], r["row"]) for r in records if not r.get("carried_from")}
         for r in read_journal(Path(args.carry_from)):
-            if (CARRIED(r) or r["row"] in _csv(args.carry_rows)) and (r["data"], r["budget"], r["row"],
-                                                                       r["seed"]) not in done:
+            if (CARRIED(r) or r["row"] in _csv(args.carry_rows)) and (r["data"], r["budget"], r["row"]) not in ran \
+                    and (r["data"], r["budget"], r["row"], r["seed"]) not in done:
                 rec = {**r, "carried_from": str(args.carry_from), "protocol": "v1"}
                 append_journal(journal, rec)
                 records.append(rec)
