@@ -296,9 +296,9 @@ def render(records: list[dict], info: dict, cmd: str, args, found: list[dict] = 
             "MiniLM forward passes cost ~25 texts/s on this shared CPU). Wall time: the engine rows' training + test "
             "prediction; the probe's head fit + test prediction (its feature extraction is cached and listed in the "
             "JSON)."
-            + (f" {carried} cells are carried over from the v1 run's journal (clipart and the rt probe, whose "
-               "settings did not change" + (f"; and {args.carry_rows} on rt, not rerun: v1 settings, see its lr "
-                                            "and max epochs" if args.carry_rows else "") + ")." if carried else "")
+            + (f" {carried} cells are copied from an earlier run's journal (`--carry-from`; whole groups not rerun "
+               "here, each with its own lr, max epochs and protocol; a '+ refit' row was rerun with `--refit`)."
+               if carried else "")
             + "\n\n" + table + "\n\n" + md_table(["target", "measured", "status"], checks) + "\n")
     if found:
         text += ("\nDevelopment search (`--search`; the settings of the rt rows above were chosen from it on the dev "
@@ -431,7 +431,8 @@ def main() -> None:
                     records.append(rec)
                     log(f"  -> {100 * out['accuracy']:.1f}% in {out['seconds']:.0f}s, {out['trainable']:,} trainable "
                         f"({100 * out['trainable_fraction']:.2f}%), model/ {out['model_bytes']:,} bytes")
-                    for sub in ("checkpoints", "selection/checkpoints"):  # the resume checkpoint is not part of the result: free the disk
+                    # the resume checkpoints are not part of the result: free the disk
+                    for sub in ("checkpoints", "selection/checkpoints"):
                         shutil.rmtree(run_dir / sub, ignore_errors=True)
                     save()
     save()

@@ -614,7 +614,8 @@ class FinetunePlan:
                     trainable=group_params + ([delta] if delta else []),
                     trainable_at=_with_delta(strategy.trainable) if delta else strategy.trainable,
                     settled_epoch=strategy.settled_epoch(),
-                    final=final, identity=identity, describe=_epoch_line(self.refit_of["epochs"] if self.refit_of else cfg.epochs, bb.modality), info=info,
+                    final=final, identity=identity, info=info,
+                    describe=_epoch_line(self.refit_of["epochs"] if self.refit_of else cfg.epochs, bb.modality),
                     info_name="finetune.json")
 
 
