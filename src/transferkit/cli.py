@@ -97,7 +97,7 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "sim_blend": "--sim-blend", "sim_drop": "--drop", "sim_drop_rule": "--drop-rule", "drop_rule": "--drop-rule",
-         "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "engine": "--engine",
+         "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "refit": "--refit", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
          "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck",
          "descriptions": "--descriptions"}
@@ -235,6 +235,7 @@ def fit(
     safe: Optional[str] = typer.Option(None, "--safe", help="Fine-tuning: a safe-transfer step against inheriting the backbone's defects (a backdoor): remos (ReMoS: zero the conv weights least relevant to your training data, by neuron coverage and magnitude, then fine-tune)."),
     prune: Optional[float] = typer.Option(None, "--prune", help="--safe remos: share of the backbone's conv weights to drop (default: 0.05)."),
     resume: bool = typer.Option(False, "--resume", help="Fine-tuning: continue the run in --out from its last checkpoint."),
+    refit: bool = typer.Option(False, "--refit", help="Fine-tuning: once early stopping has chosen the epoch count on the validation share, train again on all labels (train + validation) for that many epochs and keep that model."),
     encoding: Optional[str] = EncodingOpt,
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Unlabelled texts (a text file with one document per line, a folder of text files, or a table) to train the backbone on first: -b word2vec, fasttext or simcse:minilm; the data's own texts are added without their labels (cached by corpus and settings)."),
     hidden: Optional[int] = typer.Option(None, "--hidden", help="Hidden units of --head hidden (or mlp): --head hidden --hidden 32 on 125-d vectors and 2 classes is the word-vector recipe's 4,098-weight head."),
@@ -264,7 +265,7 @@ def fit(
                                   "--hidden": hidden is not None, "--activation": activation is not None,
                                   "--freeze": freeze is not None or freeze_until is not None,
                                   "--l2sp": l2sp is not None, "--bss": bss is not None, "--resume": resume,
-                                  "--safe": safe is not None, "--prune": prune is not None,
+                                  "--safe": safe is not None, "--prune": prune is not None, "--refit": refit,
                                   "--devices": devices != 1, "--label-column": label_column is not None})
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
@@ -277,13 +278,14 @@ def fit(
                                 ("prompt", prompt)) if v is not None}
     cfg = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", train_batch_size),
                              ("image_size", image_size), ("devices", devices), ("precision", precision),
-                             ("safe", safe), ("prune", prune)) if v is not None}
+                             ("safe", safe), ("prune", prune), ("refit", True if refit else None)) if v is not None}
     regs = {k: v for k, v in (("l2sp", {"alpha": l2sp} if l2sp is not None else None),
                               ("bss", {"eta": bss} if bss is not None else None)) if v is not None}
     from .semi import SEMI_METHODS
 
     semi = strategy in SEMI_METHODS.names()
-    tuning = params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size or safe is not None
+    tuning = (params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size or safe is not None
+              or refit)
     if prune is not None and safe is None:
         from .errors import TransferkitError
 
@@ -296,7 +298,7 @@ def fit(
     if strategy == "probe" and (params or tuning or resume):
         from .errors import TransferkitError
 
-        raise TransferkitError("--freeze, --rank, --bottleneck, --epochs, --lr, --image-size, --devices, --l2sp, --bss, --tau and --resume "
+        raise TransferkitError("--freeze, --rank, --bottleneck, --epochs, --lr, --image-size, --devices, --l2sp, --bss, --tau, --refit and --resume "
                                "are options of other strategies; add --strategy finetune (or partial, gradual, "
                                "scratch, fixmatch, ...)")
     if semi and semi_level == "features" and tuning:

@@ -247,6 +247,11 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         engine = engine_settings(train_config, regularizers, seed,
                                  defaults=entry.cap("train_defaults") if entry is not None else None)
         engine["trainer"] = entry.cap("trainer") if entry is not None else None  # its own trainer, or the engine
+    if engine is not None and getattr(engine.get("config"), "refit", False) and (
+            semi is not None or strategy == "auto" or engine.get("trainer") is not None):
+        raise TransferkitError(f"refit retrains one fine-tuning run on all labels; strategy {strategy!r} "
+                               f"{'races several strategies' if strategy == 'auto' else 'has its own trainer'}: use "
+                               "strategy finetune, partial, gradual, lora, adapter or bitfit, or leave out refit")
     is_builtin = isinstance(data, str) and data in DATASETS and not os.path.exists(data)
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None
@@ -608,7 +613,8 @@ def _save_fit_model(run_dir: Path, model: Any, bb: Any, ft: Any, classes: list[s
     from .train.engine import save_finetuned
 
     save_finetuned(run_dir, ft.model, ft.config.get("strategy"), ft.config.get("backbone") or {}, classes,
-                   extra={"strategy": strategy, "best_epoch": ft.best_epoch})
+                   extra={"strategy": strategy, "best_epoch": ft.best_epoch,
+                          **({"refit": True} if getattr(ft, "selection", None) is not None else {})})
 
 
 def _write_report(run_dir: Path, store: Any, fs: Any, backbone: str, head: str, params: dict, metrics: dict,

@@ -162,3 +162,57 @@ def test_early_stopping_restores_the_best_weights_chosen_on_validation(shapes, t
     for k, v in state["best"]["state"]["model"].items():
         assert torch.equal(returned[k], v), k
     assert any(not torch.equal(returned[k], v) for k, v in state["model"].items())  # the last epoch's differ
+
+
+class _Recording:
+    """Wraps a source's ``load`` to record which items a run reads (in-process: ``num_workers=0``)."""
+
+    def __init__(self, source):
+        from dataclasses import replace
+
+        self.seen: list[int] = []
+        self.source = replace(source)
+        inner = self.source.load
+        self.source.load = lambda i: (self.seen.append(int(i)), inner(i))[1]
+
+
+def test_refit_retrains_on_every_labelled_item_for_the_chosen_epochs_of_the_same_schedule(shapes, tmp_path):
+    from transferkit.train.engine import _steps_per_epoch, cosine_warmup, finetune
+
+    rec, phases = _Recording(shapes.source), []
+
+    def per_epoch(info):  # what each epoch read, by run folder (the selection run is run_dir/selection)
+        phases.append((Path(info["checkpoint"]).parents[1].name, info["epoch"], set(rec.seen)))
+        rec.seen.clear()
+
+    cfg = shapes.config(epochs=8, patience=2, lr=3e-2, refit=True)
+    r = finetune(rec.source, shapes.y, shapes.splits, "random:test_efficientnet", "finetune", cfg, tmp_path / "run",
+                 classes=shapes.classes, callbacks=[per_epoch])
+    sel, e = r.selection, r.selection.best_epoch
+    assert sel.stop_reason == "early stopping" and e < sel.epochs_run  # the refit is shorter than the selection run
+    assert r.best_epoch == e and r.val_accuracy == sel.val_accuracy and sel.run_dir == tmp_path / "run" / "selection"
+    assert r.epochs_run == e == len(r.history) and r.stop_reason == "max epochs"
+    labelled = set(shapes.splits.train) | set(shapes.splits.val)
+    refit = [seen for name, _, seen in phases if name == "run"]
+    # every labelled item, every refit epoch (the first also holds the selection run's final test predictions)
+    assert len(refit) == e and all(seen - set(shapes.splits.test) == labelled for seen in refit)
+    assert sum(name == "selection" for name, _, _ in phases) == sel.epochs_run
+    # the refit follows the selection run's schedule (length cfg.epochs), not one squeezed into its e epochs
+    steps = _steps_per_epoch(len(labelled), cfg.batch_size, 1)
+    factor = cosine_warmup(round(cfg.warmup_epochs * steps), cfg.schedule, cfg.min_lr_ratio)(e * steps,
+                                                                                             cfg.epochs * steps)
+    assert r.history[-1]["lr"] == pytest.approx(cfg.lr * factor) and factor > 2 * cfg.min_lr_ratio
+    assert r.config["refit"]["epochs"] == e and r.config["refit"]["labelled"] == len(labelled)
+    assert not np.array_equal(r.proba, sel.proba)  # two models: the refit's predictions are the result
+
+
+def test_refit_without_a_validation_split_is_refused(shapes, tmp_path):
+    from transferkit.data.splits import Splits
+    from transferkit.train.engine import finetune
+
+    sp = Splits(shapes.splits.train, np.zeros(0, np.int64), shapes.splits.test)
+    with pytest.raises(DataError, match="refit"):
+        finetune(shapes.source, shapes.y, sp, "random:test_efficientnet", "finetune",
+                 shapes.config(refit=True), tmp_path / "run")
+    with pytest.raises(TransferkitError, match="refit must be True or False"):
+        shapes.config(refit="yes").validate()

@@ -14,6 +14,8 @@ What a run leaves in ``run_dir``::
     epochs.csv               one row per epoch: train loss, extra-loss terms, val loss/accuracy, lr, time, speed
     finetune.json            the configuration, layer groups and parameter counts
     model/                   the best model: the fine-tuned backbone (backbone/) and the head, read by load_run
+    selection/               with TrainConfig.refit: the run on the training split that chose the epoch count (the
+                             files above are then the refit's, trained on train + val for that many epochs)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -83,6 +85,12 @@ class TrainConfig:
             the ``prune`` share of the backbone's conv weights least relevant to the training split (ReMoS, Zhang et
             al., ICSE 2022) so a teacher's defect (a backdoor) is less inherited; None: off.
         prune: share of the backbone's conv weights ``safe="remos"`` drops (0.05 in the paper's backdoor setting).
+        refit: after the run on ``train`` has chosen its epoch E on ``val`` (early stopping), train again from the
+            same initialisation and seed on every labelled item (``train`` + ``val``) for exactly E epochs of the
+            same learning-rate schedule (its length stays ``epochs``), and keep that last epoch's weights: the
+            validation part then also trains the model (the usual refit after model selection, e.g. Goodfellow,
+            Bengio and Courville, *Deep Learning*, MIT Press 2016, section 7.8). The selection run is kept in
+            ``run_dir/selection``; the test split is predicted by both. Needs a validation split.
     """
 
     epochs: int = 15
@@ -110,6 +118,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     safe: str | None = None
     prune: float = 0.05
+    refit: bool = False
 
     def validate(self) -> "TrainConfig":
         """Check every setting; raise one :class:`TransferkitError` listing all problems."""
@@ -160,6 +169,7 @@ class TrainConfig:
              f"eval_batch_size must be >= 1 or None (got {self.eval_batch_size!r})")
         from ..safe.remos import check_safe
 
+        need(isinstance(self.refit, bool), f"refit must be True or False (got {self.refit!r})")
         bad += check_safe(self.safe, self.prune)
         if bad:
             raise TransferkitError("invalid training configuration: " + "; ".join(bad))
@@ -206,6 +216,9 @@ class FinetuneResult:
         preprocessing: the evaluation preprocessing (timm data config or tokenizer settings).
         parameters: parameter counts: ``backbone``, ``head``, ``total``, ``trainable`` (what the optimizer trains)
             and ``trainable_fraction``.
+        selection: with ``TrainConfig.refit``, the selection run (trained on ``train`` only; its test predictions
+            too); the fields above are then the refit's, except ``val_accuracy`` and ``best_epoch`` (the selection
+            run's choice, which the refit trained for). None without refit.
     """
 
     test_index: np.ndarray
@@ -226,6 +239,7 @@ class FinetuneResult:
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     preprocessing: dict[str, Any] = field(default_factory=dict, repr=False)
     parameters: dict[str, Any] = field(default_factory=dict)
+    selection: "FinetuneResult | None" = field(default=None, repr=False)
 
 
 def cosine_warmup(warmup_steps: int, schedule: str = "cosine", min_ratio: float = 0.01) -> Callable[[int, int], float]:
@@ -322,6 +336,10 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
             raise DataError(f"splits.{name} holds indices outside 0..{len(source) - 1}")
     if len(splits.train) == 0:
         raise DataError("the training split is empty")
+    if cfg.refit and len(splits.val) == 0:
+        raise DataError("refit=True retrains for the number of epochs chosen on the validation split, but the "
+                        "validation split is empty; give one (e.g. make_splits(..., val_fraction=0.2)) or leave out "
+                        "refit")
     num_classes = len(classes) if classes is not None else int(y.max()) + 1
     if y.min() < 0 or y.max() >= num_classes:
         raise DataError(f"labels must be class indices in 0..{num_classes - 1}; got {int(y.min())}..{int(y.max())}")
@@ -358,23 +376,41 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
                             num_workers=_workers(cfg), eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
                             progress="epoch" if progress else None, label=strat.name,
                             unit="images" if source.modality == "image" else "texts", ema_decay=ema_decay)
+    selection = None
+    if cfg.refit:  # the selection run (train only, epoch chosen on val), then the same run on train + val
+        sel = run_loop(job, settings, out_dir / "selection", resume=resume, callbacks=callbacks, log=log)
+        selection = _result(sel, splits, out_dir / "selection", len(classes))
+        labelled = np.concatenate([np.asarray(splits.train, np.int64), np.asarray(splits.val, np.int64)])
+        job = replace(job, splits=Splits(labelled, np.zeros(0, np.int64), np.asarray(splits.test, np.int64)),
+                      refit_of={"epochs": sel.best_epoch, "selection_run": "selection",
+                                "selection_val_accuracy": sel.best_scores.get("val_accuracy"),
+                                "labelled": int(len(labelled))})
+        settings = replace(settings, epochs=sel.best_epoch, patience=None, schedule_epochs=cfg.epochs)
     r = run_loop(job, settings, out_dir, resume=resume, callbacks=callbacks, log=log)
-    logits = r.predictions["test"].logits if "test" in r.predictions else np.zeros((0, len(classes)), np.float32)
-    proba = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()
-    info = json.loads((out_dir / "finetune.json").read_text())
-    identity, config_hash = info["identity"], info["config_hash"]
-    preprocessing = r.model.backbone.data_config()
-    model_path = None
+    out = _result(r, splits, out_dir, len(classes))
+    if selection is not None:  # the epoch and its validation score are the selection run's
+        out.val_accuracy, out.best_epoch, out.selection = selection.val_accuracy, selection.best_epoch, selection
     if export and r.model is not None:
-        save_finetuned(out_dir, r.model, strat, identity["backbone"], classes,
-                       extra={"strategy": strat.config(), "config_hash": config_hash, "best_epoch": r.best_epoch})
-        model_path = out_dir / "model"
+        save_finetuned(out_dir, r.model, strat, out.config["backbone"], classes,
+                       extra={"strategy": strat.config(), "config_hash": out.config["hash"], "best_epoch": r.best_epoch,
+                              **({"refit": True} if cfg.refit else {})})
+        out.model_path = out_dir / "model"
+    return out
+
+
+def _result(r: Any, splits: Splits, run_dir: Path, num_classes: int) -> "FinetuneResult":
+    """A :class:`FinetuneResult` from one loop run (its test predictions, history and ``finetune.json``)."""
+    logits = r.predictions["test"].logits if "test" in r.predictions else np.zeros((0, num_classes), np.float32)
+    proba = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()
+    info = json.loads((run_dir / "finetune.json").read_text())
+    identity, config_hash = info["identity"], info["config_hash"]
     return FinetuneResult(
         test_index=np.asarray(splits.test), y_pred=proba.argmax(1) if len(proba) else np.zeros(0, np.int64),
         proba=proba, val_accuracy=r.best_scores.get("val_accuracy"), best_epoch=r.best_epoch, epochs_run=r.epochs_run,
         stop_reason=r.stop_reason, history=r.history, seconds=r.seconds, train_seconds=r.train_seconds,
-        run_dir=out_dir, checkpoint=r.checkpoint, model_path=model_path, resumed_from=r.resumed_from, model=r.model,
-        config={**identity, "hash": config_hash}, preprocessing=preprocessing, parameters=info.get("parameters", {}))
+        run_dir=run_dir, checkpoint=r.checkpoint, model_path=None, resumed_from=r.resumed_from, model=r.model,
+        config={**identity, "hash": config_hash}, preprocessing=r.model.backbone.data_config(),
+        parameters=info.get("parameters", {}))
 
 
 def save_finetuned(run_dir: Path, model: TransferModel, strategy: "Strategy | dict[str, Any] | None",
@@ -442,6 +478,8 @@ class FinetunePlan:
     unlabelled: Any = None
     unlabelled_ratio: int = 7
     progress: bool = False
+    #: the refit phase of ``TrainConfig.refit`` (its epochs, the selection run): recorded in identity and info
+    refit_of: dict[str, Any] | None = None
 
     def build_model(self) -> tuple[TransferModel, dict[str, Any], list, list[str]]:
         """The model (pretrained backbone + seeded head), the backbone's identity, its groups and unused params."""
@@ -543,7 +581,7 @@ class FinetunePlan:
         primary = next(iter(streams.values()))
         warm = int(round(cfg.warmup_epochs * _steps_per_epoch(len(primary), primary.batch_size, cfg.devices)))
         # without a safe step the identity is the one runs had before the option existed (their resume still works)
-        unset = ("safe", "prune") if cfg.safe is None else ()
+        unset = (("safe", "prune") if cfg.safe is None else ()) + (() if cfg.refit else ("refit",))
         identity = {
             "train": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED + unset},
             "strategy": strategy.config(),
@@ -561,6 +599,9 @@ class FinetunePlan:
                 "preprocessing": bb.data_config()}
         if safe_info is not None:
             info["safe"] = safe_info
+        if self.refit_of is not None:  # the refit phase: it trains for the selection run's epoch count
+            identity["refit"] = {k: v for k, v in self.refit_of.items() if k != "selection_val_accuracy"}
+            info["refit"] = self.refit_of
         if self.unlabelled is not None:
             identity["unlabelled"] = {"items": (self.unlabelled.fingerprint() if isinstance(self.unlabelled, DataSource)
                                                 else _digest(np.asarray(self.unlabelled).tobytes())),
@@ -573,7 +614,8 @@ class FinetunePlan:
                     trainable=group_params + ([delta] if delta else []),
                     trainable_at=_with_delta(strategy.trainable) if delta else strategy.trainable,
                     settled_epoch=strategy.settled_epoch(),
-                    final=final, identity=identity, describe=_epoch_line(cfg.epochs, bb.modality), info=info,
+                    final=final, identity=identity, info=info,
+                    describe=_epoch_line(self.refit_of["epochs"] if self.refit_of else cfg.epochs, bb.modality),
                     info_name="finetune.json")
 
 

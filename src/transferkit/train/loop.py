@@ -188,6 +188,9 @@ class LoopSettings:
         ema_decay: keep an exponential moving average of the model's weights (decay per step, with the usual
             warm-up ``min(decay, (1 + t) / (10 + t))`` so a short run is not dominated by its initial weights); the
             evaluation, the chosen checkpoint and the returned model use the averaged weights (FixMatch's EMA model).
+        schedule_epochs: the length, in epochs, of the learning-rate schedule and of every step's progress
+            (``Step.progress``); None: ``epochs``. A refit run (``TrainConfig.refit``) trains ``epochs`` of a longer
+            schedule, so it follows the learning rates of the run that chose its epoch count.
     """
 
     epochs: int = 1
@@ -204,6 +207,12 @@ class LoopSettings:
     label: str = "train"
     unit: str = "samples"
     ema_decay: float | None = None
+    schedule_epochs: int | None = None
+
+    @property
+    def horizon(self) -> int:
+        """The schedule's length in epochs (``schedule_epochs``, else ``epochs``)."""
+        return self.epochs if self.schedule_epochs is None else max(self.epochs, int(self.schedule_epochs))
 
 
 @dataclass
@@ -457,7 +466,10 @@ class _Loop:
                                                "loop": {"epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
                                                         "seed": s.seed, "max_grad_norm": s.max_grad_norm,
                                                         "precision": s.precision, "devices": s.devices,
-                                                        "ema_decay": s.ema_decay}},
+                                                        "ema_decay": s.ema_decay,
+                                                        # only when set: older checkpoints keep their identity
+                                                        **({"schedule_epochs": s.schedule_epochs}
+                                                           if s.schedule_epochs is not None else {})}},
                                               default=str))
         self.config_hash = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -509,7 +521,7 @@ class _Loop:
                         for k, v in self.raw.state_dict().items()}
             self.ema_updates = int(state.get("ema_updates", 0)) if state is not None else 0
         optimizer = plan.optimizer([g for g in plan.param_groups if g["params"]])
-        total = s.epochs * self.steps_per_epoch
+        total = s.horizon * self.steps_per_epoch
         sched = plan.schedule
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, (lambda k: sched(k, total)) if sched is not None else (lambda k: 1.0))
@@ -592,7 +604,7 @@ class _Loop:
         sums: dict[str, torch.Tensor] = {}
         msums: dict[str, float] = {}
         seen = 0
-        total_steps = s.epochs * self.steps_per_epoch
+        total_steps = s.horizon * self.steps_per_epoch
         t0 = time.perf_counter()
         per_epoch = s.progress == "epoch" and self.rank == 0
         with progress_bar(n_samples, f"{s.label} epoch {epoch + 1}/{s.epochs}", unit=s.unit, enabled=per_epoch) as bar:

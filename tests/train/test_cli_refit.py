@@ -1,0 +1,29 @@
+"""``fit --refit``: the flag reaches the engine (a selection run, then the refit on all labels) or is refused."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import TINY
+from tests.test_cli import assert_user_error, tk
+
+
+def test_fit_refit_trains_a_selection_run_then_the_refit_on_train_and_validation(image_folder, tmp_path):
+    run = tmp_path / "run"
+    p = tk("fit", image_folder, "-b", TINY, "--strategy", "bitfit", "--epochs", "2", "--image-size", "32",
+           "--refit", "--no-baseline", "--no-report", "-o", run, "-q")
+    assert p.returncode == 0, p.stderr
+    sel = json.loads((run / "selection" / "finetune.json").read_text())
+    refit = json.loads((run / "finetune.json").read_text())
+    n_sel = len((run / "selection" / "epochs.csv").read_text().splitlines()) - 1
+    assert n_sel == 2 and refit["refit"]["epochs"] == len((run / "epochs.csv").read_text().splitlines()) - 1
+    # the refit trains on the selection run's train and validation items together
+    assert sel["identity"]["data"]["train"] != refit["identity"]["data"]["train"]
+    assert refit["refit"]["labelled"] > 0 and "refit" not in sel["identity"]
+    assert json.loads((run / "model" / "model.json").read_text()).get("refit") is True
+
+
+def test_refit_is_refused_where_it_does_not_apply(image_folder):
+    assert_user_error(tk("fit", image_folder, "-b", TINY, "--refit", "-q"), "--refit", "--strategy finetune")
+    assert_user_error(tk("fit", image_folder, "-b", TINY, "--strategy", "auto", "--refit", "-q"),
+                      "refit", "races several strategies")
