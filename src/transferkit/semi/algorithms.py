@@ -51,8 +51,9 @@ def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: fl
 def softmatch(momentum: float | None = None, lambda_u: float = 1.0, n_sigma: float = 2.0,
               align: bool = False) -> PseudoLabelConsistency:
     """SoftMatch: every pseudo-label trains, weighted by a Gaussian truncated at the running mean confidence
-    (:class:`~.masks.TruncatedGaussian`), with uniform alignment of the weak probabilities (``align``: our
-    distribution alignment towards the labelled class shares, which are uniform with a budget per class)."""
+    (:class:`~.masks.TruncatedGaussian`). The paper's uniform alignment of the weak probabilities is ``align``: our
+    distribution alignment towards the labelled class shares (uniform with a budget per class), off here and on
+    in :class:`~.fit.SemiConfig`'s defaults, which pass it to every method."""
     return PseudoLabelConsistency(TruncatedGaussian(momentum, n_sigma), lambda_u, align=align)
 
 

@@ -212,18 +212,14 @@ class SelfAdaptiveThreshold(Mask):
     def __init__(self, momentum: float | None = None, size_aware: bool = False):
         super().__init__()
         self.size_aware = bool(size_aware)
-        if momentum is not None and not 0 <= float(momentum) < 1:
-            raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.requested = None if momentum is None else float(momentum)
-        self.momentum = 0.999 if momentum is None else float(momentum)
+        self.requested, self.momentum = _checked_momentum(momentum)
         self.register_buffer("global_threshold", torch.zeros(()))
         self.register_buffer("class_prob", torch.zeros(0))
         self.register_buffer("label_hist", torch.zeros(0))
         self.register_buffer("class_conf", torch.zeros(0))
 
     def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
-        if self.requested is None and steps:
-            self.momentum = scaled_momentum(steps)
+        self.momentum = _run_momentum(self.requested, self.momentum, steps)
         self.global_threshold = torch.tensor(1.0 / n_classes)
         self.class_prob = torch.full((n_classes,), 1.0 / n_classes)
         self.label_hist = torch.full((n_classes,), 1.0 / n_classes)
@@ -273,19 +269,16 @@ class TruncatedGaussian(Mask):
 
     def __init__(self, momentum: float | None = None, n_sigma: float = 2.0):
         super().__init__()
-        if momentum is not None and not 0 <= float(momentum) < 1:
-            raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
         if not float(n_sigma) > 0:
             raise TransferkitError(f"n_sigma must be > 0, got {n_sigma!r}")
-        self.requested, self.n_sigma = None if momentum is None else float(momentum), float(n_sigma)
-        self.momentum = 0.999 if momentum is None else float(momentum)
+        self.requested, self.momentum = _checked_momentum(momentum)
+        self.n_sigma = float(n_sigma)
         self.register_buffer("mu", torch.zeros(()))
         self.register_buffer("var", torch.ones(()))
         self.register_buffer("_n_classes", torch.zeros((), dtype=torch.long))
 
     def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
-        if self.requested is None and steps:
-            self.momentum = scaled_momentum(steps)
+        self.momentum = _run_momentum(self.requested, self.momentum, steps)
         self.mu = torch.tensor(1.0 / n_classes)
         self.var = torch.tensor(1.0)
         self._n_classes = torch.tensor(int(n_classes))
@@ -310,6 +303,20 @@ class TruncatedGaussian(Mask):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "momentum": self.requested, "n_sigma": self.n_sigma}
+
+
+def _checked_momentum(momentum: float | None) -> tuple[float | None, float]:
+    """``(requested, momentum)`` of a running-mean mask: what the user gave (None: scale it to the run in
+    :func:`_run_momentum`) and the value in use until then (0.999, the papers')."""
+    if momentum is not None and not 0 <= float(momentum) < 1:
+        raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
+    return (None, 0.999) if momentum is None else (float(momentum), float(momentum))
+
+
+def _run_momentum(requested: float | None, current: float, steps: int | None) -> float:
+    """The momentum for a run of ``steps``: the requested one, else :func:`scaled_momentum` (``current`` when the
+    length is unknown)."""
+    return scaled_momentum(steps) if requested is None and steps else current
 
 
 def scaled_momentum(steps: int, span: float = 20.0) -> float:
