@@ -249,8 +249,9 @@ def test_advise_and_fit_strategy_auto(image_folder, tmp_path):
     assert "strategy auto chose" in p.stdout
     config = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert config["advice"]["strategy"] == config["strategy"] and config["advice"]["reasons"]
-    race = config["advice"]["evidence"]["race"]  # 2 validation items per class: the four candidates raced
-    assert set(race["validation_accuracy"]) == {"probe", "gradual", "partial", "finetune"}
+    race = config["advice"]["evidence"]["race"]  # 2 validation items per class: the probe and gradual raced
+    assert set(race["validation_accuracy"]) == {"probe", "gradual"} and set(race["seconds"]) == {"gradual"}
+    assert not any((tmp_path / "auto" / "race" / k).exists() for k in ("partial", "finetune"))
     assert race["choice"] == config["strategy"] and "validation accuracy on" in config["advice"]["reasons"][0]
     assert "(strategy auto)" in (tmp_path / "auto" / "report.html").read_text()
 

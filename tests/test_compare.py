@@ -14,6 +14,7 @@ from transferkit.compare import (advisor_sentence, advisor_summary, aggregate_ce
 from transferkit.data.sources import from_arrays, from_folder
 from transferkit.data.splits import make_splits
 from transferkit.data.transforms import to_grayscale
+from transferkit.transferability.advisor import race_choice
 from transferkit.errors import DataError, UnknownNameError
 from transferkit.train.engine import TrainConfig
 
@@ -136,15 +137,15 @@ def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_ce
         for s in (0, 1):
             a = by[("auto", b, s)]
             chosen = a["details"]["chosen"]
-            assert chosen in ("probe", "gradual", "partial", "finetune") and not a["details"]["trained_for_auto"]
+            assert chosen in ("probe", "gradual") and not a["details"]["trained_for_auto"]
             assert a["accuracy"] == by[(chosen, b, s)]["accuracy"] and a["split"] == by[("probe", b, s)]["split"]
-            if b == 5:  # the race: the best validation accuracy of the four, ties to the cheaper
-                val = {k: by[(k, b, s)]["details"]["val_accuracy"] for k in ("probe", "gradual", "partial", "finetune")}
-                assert a["details"]["val_accuracy"] == val and val[chosen] == max(val.values())
-                cheaper = ("probe", "gradual", "partial", "finetune")[: ("probe", "gradual", "partial",
-                                                                        "finetune").index(chosen)]
-                assert all(val[k] < val[chosen] for k in cheaper)
-                assert a["seconds"] >= sum(by[(k, b, s)]["seconds"] for k in val)  # the race's cost: all four
+            if b == 5:  # the race: the probe and gradual unfreezing, decided by race_choice on their val scores
+                val = {k: by[(k, b, s)]["details"]["val_accuracy"] for k in ("probe", "gradual")}
+                assert a["details"]["val_accuracy"] == val
+                assert chosen == race_choice(val, by[("gradual", b, s)]["n_val"], rule=a["details"]["rule"])[0]
+                # the race's cost: the advice and both candidates, not partial or finetune
+                assert a["seconds"] == pytest.approx(a["details"]["advice_seconds"]
+                                                     + sum(by[(k, b, s)]["seconds"] for k in val))
     assert all(by[("auto", 3, s)]["details"]["chosen"] == "probe" for s in (0, 1))  # no validation split: the rule
     assert "auto" not in again.winners.values()
     assert again.advisor["n"] == 4 and 0 <= again.advisor["hit_rate"] <= 1
@@ -158,25 +159,30 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
 
     y = from_folder(image_folder).encoded_labels()
     trained = []
-    val = {"gradual": 0.6, "partial": 1.0, "finetune": 0.6}  # partial wins the race on validation
 
     def fake(source, y_, splits, backbone, strategy, *a, **k):
-        trained.append(strategy)
-        pred = y[splits.test] if strategy == "partial" else (y[splits.test] + 1) % 3
-        return SimpleNamespace(test_index=splits.test, y_pred=pred, best_epoch=1, epochs_run=1,
-                               val_accuracy=val[strategy], train_seconds=0.0, resumed_from=None)
+        trained.append(strategy)  # gradual is perfect on validation and test
+        return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test], best_epoch=1, epochs_run=1,
+                               val_accuracy=1.0, train_seconds=0.0, resumed_from=None)
+
+    import transferkit.transferability.advisor as advisor
+
+    real = advisor.advise
+
+    def says_partial(*a, **k):  # the size x similarity rule says fine-tune: gradual is the race's default
+        adv = real(*a, **k)
+        adv.strategy = "partial"
+        return adv
 
     monkeypatch.setattr(engine, "finetune", fake)
+    monkeypatch.setattr(advisor, "advise", says_partial)
     res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
     auto = next(c for c in res.cells if c["strategy"] == "auto")
-    assert trained == ["gradual", "partial", "finetune"] and auto["details"]["trained_for_auto"] == trained
+    assert trained == ["gradual"] and auto["details"]["trained_for_auto"] == ["gradual"]  # partial, finetune: not raced
     seen = auto["details"]["val_accuracy"]
-    assert {k: seen[k] for k in val} == val and seen["probe"] is not None
-    # partial wins unless the probe ties it on validation (these shapes are easy): then the cheaper probe wins
-    expected = "probe" if seen["probe"] >= 1.0 else "partial"
-    probe_acc = next(c for c in res.cells if c["strategy"] == "probe")["accuracy"]
-    assert auto["details"]["chosen"] == expected
-    assert auto["accuracy"] == (probe_acc if expected == "probe" else 1.0)
+    assert set(seen) == {"probe", "gradual"} and seen["gradual"] == 1.0 and seen["probe"] is not None
+    assert auto["details"]["rule"] == "partial" and auto["details"]["chosen"] == "gradual"  # the probe cannot lead
+    assert auto["accuracy"] == 1.0  # gradual's test predictions are the labels
     assert res.advisor == {}  # only probe was compared: nothing to judge the pick against
 
 

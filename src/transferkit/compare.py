@@ -41,6 +41,7 @@ import numpy as np
 
 from .data.splits import Splits, make_splits
 from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
+from .transferability.advisor import JUDGED_STRATEGIES, RACE_CANDIDATES
 
 __all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_transfer_flags", "winners",
            "valid_strategies", "cap_test", "advisor_summary",
@@ -48,7 +49,7 @@ __all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_t
 
 CELLS_FILE = "cells.jsonl"
 _BASELINES = ("scratch", "cnn")  # the first one present is the yardstick of negative transfer
-ADVISOR_CHOICES = ("probe", "gradual", "partial", "finetune")  # what ``auto`` races (the advisor's candidates)
+ADVISOR_CHOICES = JUDGED_STRATEGIES  # what ``auto``'s choice is judged against; it races RACE_CANDIDATES of them
 NEAR_POINTS = 1.0  # "within a point of the best" counts as a good choice too
 
 
@@ -351,7 +352,7 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
         if strategy in ("probe", "auto"):
             st["image_size"] = cfg.image_size
         if strategy == "auto":  # scores the strategy it picks, trained as the others are
-            st["choices"] = {k: settings_hash(cell_settings(k)) for k in ADVISOR_CHOICES}
+            st["choices"] = {k: settings_hash(cell_settings(k)) for k in RACE_CANDIDATES}
         elif strategy not in ("probe", "cnn"):
             st["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "num_workers",
                                                                                  "eval_batch_size")}
@@ -519,7 +520,7 @@ class _CellRunner:
         advice_seconds = time.perf_counter() - t0
         runs: dict[str, dict[str, Any]] = {}
         trained = []
-        for k in ADVISOR_CHOICES:
+        for k in RACE_CANDIDATES:
             twin = next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
                          and c["settings_hash"] == self.hashes[k]), None)
             missing_score = twin is not None and twin.get("details", {}).get("val_accuracy") is None
@@ -653,6 +654,6 @@ def _advisor_html(summary: dict[str, Any]) -> str:
     return (f"<p>{e(advisor_sentence(summary))}.</p><table><tr><th>labels / class</th><th>seed</th><th>advisor "
             "chose</th><th>best (measured)</th><th>chosen acc %</th><th>best acc %</th><th>points lost</th></tr>"
             f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: every candidate is "
-            "trained on its training part and the best accuracy on its validation part wins (ties: the cheaper "
-            f"candidate); the best here is the measured test accuracy of {', '.join(ADVISOR_CHOICES)} on the same "
-            "split.</small></p>")
+            f"trained on its training part ({', '.join(RACE_CANDIDATES)}) and the rule's verdict stands unless another "
+            "leads on its validation part by more than the noise; the best here is the measured test accuracy of "
+            f"{', '.join(ADVISOR_CHOICES)} on the same split.</small></p>")
