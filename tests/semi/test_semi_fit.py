@@ -59,8 +59,15 @@ def test_softmatch_runs_through_fit_with_soft_weights(image_folder, tmp_path):
     assert semi["method"] == "softmatch" and res.splits["unlabelled"] > 0
     # soft weights: every item trains with a weight in (0, 1], so the logged mean weight is above 0
     assert all(0 < h["metric_mask_rate"] <= 1 for h in semi["history"])
-    thresholds = semi["history"][-1]["thresholds"]
-    assert len(thresholds) == 3 and len(set(thresholds)) == 1  # one running mean confidence for every class
+    # ... and not a 0/1 mask: a hard mask's rate, averaged over eval_every steps of batch_size * mu unlabelled items,
+    # is a multiple of 1 / (eval_every * batch_size * mu); a truncated Gaussian's mean weight is not
+    grid = SMALL["eval_every"] * SMALL["batch_size"] * SMALL["mu"]
+    assert any(abs(h["metric_mask_rate"] * grid - round(h["metric_mask_rate"] * grid)) > 1e-3
+               for h in semi["history"]), [h["metric_mask_rate"] for h in semi["history"]]
+    thresholds = [h["thresholds"] for h in semi["history"]]
+    assert all(len(t) == 3 and len(set(t)) == 1 for t in thresholds)  # one running mean confidence for every class
+    # a running mean that moves with the head's confidence (not a fixed tau such as FixMatch's 0.95), above 1/3
+    assert len({t[0] for t in thresholds}) == len(thresholds) and all(1 / 3 < t[0] < 1 for t in thresholds)
 
 
 def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
