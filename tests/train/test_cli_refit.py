@@ -27,3 +27,7 @@ def test_refit_is_refused_where_it_does_not_apply(image_folder):
     assert_user_error(tk("fit", image_folder, "-b", TINY, "--refit", "-q"), "--refit", "--strategy finetune")
     assert_user_error(tk("fit", image_folder, "-b", TINY, "--strategy", "auto", "--refit", "-q"),
                       "refit", "races several strategies")
+    # no validation split (fewer than 5 labels per class keep none): the message says how to get one
+    assert_user_error(tk("fit", image_folder, "-b", TINY, "-n", "3", "--strategy", "bitfit", "--refit",
+                         "--epochs", "1", "--image-size", "32", "--no-baseline", "--no-report", "-q"),
+                      "validation split is empty", "--labels-per-class 5 or more", "--val-fraction above 0")
