@@ -80,6 +80,9 @@ def test_the_config_passes_the_drop_rule_and_rejects_bad_ones():
     assert m.drop_rule == "confusable"
     with pytest.raises(TransferkitError, match="sim_drop_rule"):
         WeakShotConfig(sim_drop_rule="median").validate()
+    with pytest.raises(TransferkitError, match="sim_drop=0 leaves none out"):
+        WeakShotConfig(sim_drop=0.0, sim_drop_rule="mixture").validate()
+    WeakShotConfig(sim_drop=0.0).validate()  # no drop with the default rule: the paper's setting
     novel, _ = _flips_and_outliers(0)
     with pytest.raises(TransferkitError, match="drop_rule must be one of"):
         similarity_weights(novel, "contrast", drop=0.2, drop_rule="median")

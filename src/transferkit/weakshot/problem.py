@@ -126,6 +126,9 @@ class WeakShotConfig:
 
         if self.sim_drop_rule not in DROP_RULES:
             bad.append(f"sim_drop_rule must be one of {', '.join(DROP_RULES)} (got {self.sim_drop_rule!r})")
+        elif self.sim_drop_rule != "lowest" and self.sim_drop == 0:
+            bad.append(f"sim_drop_rule={self.sim_drop_rule!r} picks which of the sim_drop share are left out, but "
+                       "sim_drop=0 leaves none out; give sim_drop above 0 or leave out sim_drop_rule")
         if not 0 <= self.eye <= 1:
             bad.append(f"eye must be in [0, 1] (got {self.eye!r})")
         if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
