@@ -76,8 +76,12 @@ def test_low_component_by_hand_and_on_values_without_two_groups():
 
 
 def test_the_config_passes_the_drop_rule_and_rejects_bad_ones():
-    m = create_method("simtrans", WeakShotConfig(sim_drop_rule="confusable"))
+    m = create_method("simtrans", WeakShotConfig(sim_drop=0.4, sim_drop_rule="confusable"))
     assert m.drop_rule == "confusable"
+    novel, kind = _flips_and_outliers(0)  # the method's weights apply the rule: the outliers kept, the flips dropped
+    w = m.weights(novel)
+    np.testing.assert_array_equal(w, similarity_weights(novel, "contrast", drop=0.4, drop_rule="confusable"))
+    assert (w[kind == 2] > 0).all() and (w[kind == 1] == 0).all()
     with pytest.raises(TransferkitError, match="sim_drop_rule"):
         WeakShotConfig(sim_drop_rule="median").validate()
     with pytest.raises(TransferkitError, match="sim_drop=0 leaves none out"):

@@ -355,6 +355,7 @@ class PrecomputedSimilarity:
         self.P = torch.as_tensor(np.asarray(P), dtype=torch.float32)
 
     def eval(self) -> "PrecomputedSimilarity":
+        """Itself (nothing to switch: the matrix is fixed), as the nets' ``eval`` returns the net."""
         return self
 
     def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
