@@ -8,6 +8,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import TINY
 from tests.test_cli import assert_user_error, tk
@@ -79,6 +80,14 @@ def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
     assert 0 <= res.metrics["accuracy"] <= 1
     run = load_run(tmp_path / "run")
     assert len(run.predict(collect_inputs(sorted(str(p) for p in image_folder.rglob("*.png"))[:3]))) == 3
+    # the backbone trained: the saved one differs from the (seeded) pretrained weights it started from
+    from transferkit.backbones import create_backbone
+
+    start = create_backbone(TINY).state_dict()
+    trained = run.backbone.state_dict()
+    shared = [k for k in trained if k in start and trained[k].is_floating_point()]
+    assert len(shared) > 10  # the feature extractor's weights (the source classifier is dropped for the new head)
+    assert any(not torch.equal(trained[k], start[k]) for k in shared)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
