@@ -87,6 +87,8 @@ def test_the_config_passes_the_drop_rule_and_rejects_bad_ones():
     with pytest.raises(TransferkitError, match="sim_drop=0 leaves none out"):
         WeakShotConfig(sim_drop=0.0, sim_drop_rule="mixture").validate()
     WeakShotConfig(sim_drop=0.0).validate()  # no drop with the default rule: the paper's setting
+    with pytest.raises(TransferkitError, match=r"eye must be a number \(got None\); sim_drop must be a number"):
+        WeakShotConfig(sim_drop="0.1", eye=None).validate()  # not a bare TypeError from the range checks
     novel, _ = _flips_and_outliers(0)
     with pytest.raises(TransferkitError, match="drop_rule must be one of"):
         similarity_weights(novel, "contrast", drop=0.2, drop_rule="median")

@@ -93,6 +93,12 @@ class WeakShotConfig:
 
     def validate(self) -> "WeakShotConfig":
         """Raise one :class:`TransferkitError` naming every bad setting."""
+        numeric = ("dropout", "lr", "weight_decay", "alpha", "mu", "eye", "sim_blend", "sim_drop", "test_fraction",
+                   "val_fraction", "e2e_lr")
+        not_numbers = [f"{k} must be a number (got {getattr(self, k)!r})" for k in numeric
+                       if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), (int, float))]
+        if not_numbers:  # the range checks below cannot compare them
+            raise TransferkitError("weak-shot settings: " + "; ".join(not_numbers))
         bad = []
         for k in ("hidden", "batch_size", "base_epochs", "sim_steps", "sim_eval_every", "sim_batch_size",
                   "novel_epochs", "outlier_pool", "e2e_base_epochs", "e2e_epochs", "e2e_batch_size"):
