@@ -146,7 +146,11 @@ def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_ce
                 # the race's cost: the advice and both candidates, not partial or finetune
                 assert a["seconds"] == pytest.approx(a["details"]["advice_seconds"]
                                                      + sum(by[(k, b, s)]["seconds"] for k in val))
-    assert all(by[("auto", 3, s)]["details"]["chosen"] == "probe" for s in (0, 1))  # no validation split: the rule
+    for s in (0, 1):  # no validation split: the rule decides, and auto costs the advice and its pick, nothing else
+        a = by[("auto", 3, s)]
+        assert a["details"]["chosen"] == "probe" and a["details"]["val_accuracy"] == {}
+        assert a["seconds"] == pytest.approx(a["details"]["advice_seconds"] + by[("probe", 3, s)]["seconds"])
+        assert a["details"]["extra_seconds"] == pytest.approx(a["details"]["advice_seconds"])
     assert "auto" not in again.winners.values()
     # judged on the test items against every compared candidate, by hand: a hit is the best accuracy of the four
     judged = {(b, s): {k: by[(k, b, s)]["accuracy"] for k in ("probe", "gradual", "partial", "finetune")}

@@ -524,22 +524,25 @@ class _CellRunner:
         advice_seconds = time.perf_counter() - t0
         runs: dict[str, dict[str, Any]] = {}
         trained = []
-        for k in RACE_CANDIDATES:
-            twin = next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
+
+        def twin(k: str) -> dict[str, Any] | None:  # the compared cell of ``k`` on this split, if any
+            return next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
                          and c["settings_hash"] == self.hashes[k]), None)
-            missing_score = twin is not None and twin.get("details", {}).get("val_accuracy") is None
-            if len(sp.val) and (twin is None or missing_score):
+
+        for k in RACE_CANDIDATES if len(sp.val) else ():  # no validation split: nothing races
+            runs[k] = twin(k)
+            if runs[k] is None or runs[k].get("details", {}).get("val_accuracy") is None:
                 # a candidate that is not compared (or a cell recorded before cells kept their validation score):
                 # train it for the race
-                twin = self.run(k, budget, seed, sp, done)
+                runs[k] = self.run(k, budget, seed, sp, done)
                 trained.append(k)
-            if twin is not None:
-                runs[k] = twin
         val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
         chosen, why = race_choice(val, len(sp.val), rule=adv.strategy)
-        if chosen not in runs:  # no validation split: the rule's pick, trained if it was not compared
-            runs[chosen] = self.run(chosen, budget, seed, sp, done)
-            trained.append(chosen)
+        if chosen not in runs:  # no validation split: the rule's pick alone (its cost too), trained if not compared
+            runs[chosen] = twin(chosen)
+            if runs[chosen] is None:
+                runs[chosen] = self.run(chosen, budget, seed, sp, done)
+                trained.append(chosen)
         winner = runs[chosen]
         race_seconds = advice_seconds + sum(float(r["seconds"]) for r in runs.values())
         return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": winner["accuracy"],
