@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from transferkit.errors import TransferkitError
 from transferkit.weakshot import NovelSet, WeakShotConfig, weight_auc
@@ -94,3 +95,14 @@ def test_the_config_passes_the_drop_rule_and_rejects_bad_ones():
         similarity_weights(novel, "contrast", drop=0.2, drop_rule="median")
     with pytest.raises(TransferkitError, match="needs each item's flag"):
         drop_items(np.ones(4), np.zeros(4, int), 0.5, "confusable")
+
+
+def test_a_precomputed_similarity_refuses_matrices_and_items_that_do_not_fit():
+    with pytest.raises(TransferkitError, match=r"square \(N, N\) matrix.*got shape \(2, 3\)"):
+        PrecomputedSimilarity(np.zeros((2, 3)))
+    with pytest.raises(TransferkitError, match="NaN or inf"):
+        PrecomputedSimilarity(np.array([[0.0, np.nan], [np.nan, 0.0]]))
+    sim = PrecomputedSimilarity(np.array([[0.0, 0.3], [0.3, 0.0]]))
+    np.testing.assert_allclose(sim.matrix(torch.tensor([[1.0], [0.0]])).numpy(), [[0.0, 0.3], [0.3, 0.0]], rtol=1e-6)
+    with pytest.raises(TransferkitError, match="similarity of 2 items.*rows 0..5"):
+        sim.matrix(torch.tensor([[0.0], [5.0]]))
