@@ -146,9 +146,19 @@ def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_ce
                 # the race's cost: the advice and both candidates, not partial or finetune
                 assert a["seconds"] == pytest.approx(a["details"]["advice_seconds"]
                                                      + sum(by[(k, b, s)]["seconds"] for k in val))
-    assert all(by[("auto", 3, s)]["details"]["chosen"] == "probe" for s in (0, 1))  # no validation split: the rule
+    for s in (0, 1):  # no validation split: the rule decides, and auto costs the advice and its pick, nothing else
+        a = by[("auto", 3, s)]
+        assert a["details"]["chosen"] == "probe" and a["details"]["val_accuracy"] == {}
+        assert a["seconds"] == pytest.approx(a["details"]["advice_seconds"] + by[("probe", 3, s)]["seconds"])
+        assert a["details"]["extra_seconds"] == pytest.approx(a["details"]["advice_seconds"])
     assert "auto" not in again.winners.values()
-    assert again.advisor["n"] == 4 and 0 <= again.advisor["hit_rate"] <= 1
+    # judged on the test items against every compared candidate, by hand: a hit is the best accuracy of the four
+    judged = {(b, s): {k: by[(k, b, s)]["accuracy"] for k in ("probe", "gradual", "partial", "finetune")}
+              for b in (3, 5) for s in (0, 1)}
+    hits = sum(acc[by[("auto", b, s)]["details"]["chosen"]] == max(acc.values()) for (b, s), acc in judged.items())
+    loss = [100 * (max(acc.values()) - acc[by[("auto", b, s)]["details"]["chosen"]]) for (b, s), acc in judged.items()]
+    assert again.advisor["n"] == 4 and again.advisor["hits"] == hits and again.advisor["hit_rate"] == hits / 4
+    assert again.advisor["mean_loss_points"] == pytest.approx(np.mean(loss))
     assert "What auto chose" in (out / "report.html").read_text()
     assert json.loads((out / "compare.json").read_text())["advisor"]["n"] == 4
 
@@ -206,6 +216,22 @@ def test_advisor_summary_hit_rate_and_loss_by_hand():
     assert summ["fixed"]["probe"]["mean_accuracy"] == pytest.approx((0.6 + 0.5 + 0.6) / 3)
     assert "within 1 point of it on 2 of 3 splits (67%; the best on 2)" in advisor_sentence(summ)
     assert advisor_summary(cells[:9], choices=("probe", "partial", "finetune")) == {}
+
+
+def test_auto_is_judged_against_the_strategies_it_no_longer_races():
+    """``auto`` races the probe and gradual only, but its choice is judged (by default, and in ``compare.json``)
+    against partial and finetune too: a split where partial was best is a miss even if auto beat the probe."""
+    from transferkit.compare import ADVISOR_CHOICES
+    from transferkit.transferability.advisor import RACE_CANDIDATES
+
+    assert set(RACE_CANDIDATES) < set(ADVISOR_CHOICES) == {"probe", "gradual", "partial", "finetune"}
+    accs = {"probe": 0.5, "gradual": 0.6, "partial": 0.75, "finetune": 0.7}
+    cells = [{"strategy": k, "budget": 10, "seed": 0, "accuracy": v} for k, v in accs.items()]
+    cells.append({"strategy": "auto", "budget": 10, "seed": 0, "accuracy": 0.6, "details": {"chosen": "gradual"}})
+    summ = advisor_summary(cells)
+    assert (summ["n"], summ["hits"], summ["near"]) == (1, 0, 0) and summ["best"] == {"partial": 1}
+    assert summ["mean_loss_points"] == pytest.approx(15.0)
+    assert advisor_summary(cells[:-2] + cells[-1:]) == {}  # finetune not compared: the split is not judged
 
 
 def test_negative_transfer_is_flagged_with_the_gap_when_significant():

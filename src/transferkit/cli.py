@@ -285,7 +285,7 @@ def fit(
 
     semi = strategy in SEMI_METHODS.names()
     tuning = (params.keys() - {"tau"} or regs or devices != 1 or epochs or lr or image_size or safe is not None
-              or refit)
+              or (refit and not semi))  # a semi-supervised --refit: fit_run says why it does not apply
     if prune is not None and safe is None:
         from .errors import TransferkitError
 

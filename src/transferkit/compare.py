@@ -12,10 +12,13 @@ Strategies (one flow, see DESIGN.md):
 - ``scratch``: the engine's ``scratch`` strategy: the same architecture from random weights (the baseline
   that negative transfer is measured against).
 - ``cnn``: the small CNN trained from raw pixels (:func:`~transferkit.train.scratch.train_scratch`).
-- ``auto``: the strategy advisor (:func:`~transferkit.transferability.advisor.advise`, what ``fit --strategy
-  auto`` runs) on the probe's features of the labelled part of the split; the cell scores what the strategy it
-  chose scored on the same split (run for it when that strategy is not compared). :func:`advisor_summary` then
-  says how often the advisor picked the best of ``probe`` / ``partial`` / ``finetune`` and what it lost when not.
+- ``auto``: what ``fit --strategy auto`` runs: the size x similarity rule
+  (:func:`~transferkit.transferability.advisor.advise`) on the probe's features of the labelled part of the split,
+  then the race of ``RACE_CANDIDATES`` (the probe and ``gradual``) on its validation part
+  (:func:`~transferkit.transferability.advisor.race_choice`); the cell scores what the strategy it chose scored on
+  the same split (run for it when that strategy is not compared). :func:`advisor_summary` then says how often the
+  choice was the best of ``probe`` / ``gradual`` / ``partial`` / ``finetune`` (``ADVISOR_CHOICES``) and what it
+  lost when not.
 
 For every ``(budget, seed)`` there is ONE split (``make_splits(y, labels_per_class=N, seed=s)``) shared by
 all strategies. Every finished cell is appended to ``cells.jsonl`` in ``out`` at once, so a killed
@@ -504,10 +507,11 @@ class _CellRunner:
                 "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
-        """``auto``: the candidates race on the split and the best validation accuracy wins
-        (:func:`~transferkit.transferability.advisor.race_choice`); the cell scores what the winner scored on the
-        test items, and its time is the whole race (every candidate trained). The size x similarity rule is computed
-        too: it decides when there is no validation split, and explains."""
+        """``auto``: the candidates (``RACE_CANDIDATES``) race on the split; the size x similarity rule's verdict
+        stands unless another leads on validation by more than the noise
+        (:func:`~transferkit.transferability.advisor.race_choice`), and decides alone when there is no validation
+        split. The cell scores what the winner scored on the test items, and its time is the whole race (the advice
+        and every candidate trained)."""
         from .transferability.advisor import advise, race_choice
         from .transferability.source import source_probabilities
 
@@ -520,22 +524,25 @@ class _CellRunner:
         advice_seconds = time.perf_counter() - t0
         runs: dict[str, dict[str, Any]] = {}
         trained = []
-        for k in RACE_CANDIDATES:
-            twin = next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
+
+        def twin(k: str) -> dict[str, Any] | None:  # the compared cell of ``k`` on this split, if any
+            return next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
                          and c["settings_hash"] == self.hashes[k]), None)
-            missing_score = twin is not None and twin.get("details", {}).get("val_accuracy") is None
-            if len(sp.val) and (twin is None or missing_score):
+
+        for k in RACE_CANDIDATES if len(sp.val) else ():  # no validation split: nothing races
+            runs[k] = twin(k)
+            if runs[k] is None or runs[k].get("details", {}).get("val_accuracy") is None:
                 # a candidate that is not compared (or a cell recorded before cells kept their validation score):
                 # train it for the race
-                twin = self.run(k, budget, seed, sp, done)
+                runs[k] = self.run(k, budget, seed, sp, done)
                 trained.append(k)
-            if twin is not None:
-                runs[k] = twin
         val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
         chosen, why = race_choice(val, len(sp.val), rule=adv.strategy)
-        if chosen not in runs:  # no validation split: the rule's pick, trained if it was not compared
-            runs[chosen] = self.run(chosen, budget, seed, sp, done)
-            trained.append(chosen)
+        if chosen not in runs:  # no validation split: the rule's pick alone (its cost too), trained if not compared
+            runs[chosen] = twin(chosen)
+            if runs[chosen] is None:
+                runs[chosen] = self.run(chosen, budget, seed, sp, done)
+                trained.append(chosen)
         winner = runs[chosen]
         race_seconds = advice_seconds + sum(float(r["seconds"]) for r in runs.values())
         return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": winner["accuracy"],

@@ -247,11 +247,13 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         engine = engine_settings(train_config, regularizers, seed,
                                  defaults=entry.cap("train_defaults") if entry is not None else None)
         engine["trainer"] = entry.cap("trainer") if entry is not None else None  # its own trainer, or the engine
-    if engine is not None and getattr(engine.get("config"), "refit", False) and (
-            semi is not None or strategy == "auto" or engine.get("trainer") is not None):
-        raise TransferkitError(f"refit retrains one fine-tuning run on all labels; strategy {strategy!r} "
-                               f"{'races several strategies' if strategy == 'auto' else 'has its own trainer'}: use "
-                               "strategy finetune, partial, gradual, lora, adapter or bitfit, or leave out refit")
+    refit = train_config.get("refit") if isinstance(train_config, dict) else getattr(train_config, "refit", False)
+    if refit and (semi is not None or strategy == "auto" or (engine or {}).get("trainer") is not None):
+        why = ("races several strategies" if strategy == "auto" else "is semi-supervised (it trains on the "
+               "unlabelled items too)" if semi is not None else "has its own trainer")
+        raise TransferkitError(f"refit=True retrains one fine-tuning run on all labels; strategy={strategy} {why}: "
+                               "use strategy=finetune (or partial, gradual, lora, adapter, bitfit), or leave out "
+                               "refit=True")
     is_builtin = isinstance(data, str) and data in DATASETS and not os.path.exists(data)
     if labels_per_class == "auto":
         labels_per_class = DEFAULT_LABELS_PER_CLASS if is_builtin else None

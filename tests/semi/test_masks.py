@@ -200,3 +200,18 @@ def test_softmatch_weights_are_a_gaussian_truncated_at_the_running_mean_confiden
     assert SEMI_METHODS.get("softmatch").paper.startswith("Chen et al., SoftMatch")
     with pytest.raises(TransferkitError, match="n_sigma must be > 0"):
         TruncatedGaussian(n_sigma=0)
+
+
+@pytest.mark.parametrize("method,params,needle", [
+    ("softmatch", {"n_sigma": "wide"}, "n_sigma must be a number > 0, got 'wide'"),
+    ("freematch", {"momentum": "fast"}, "momentum must be a number in [0, 1), got 'fast'"),
+    ("fixmatch", {"tau": None}, "tau must be a number in (0, 1], got None"),
+    ("flexmatch", {"warmup_end": "half"}, "warmup_end must be a share in [0, 1], got 'half'"),
+    ("softmatch", {"lambda_u": -1.0}, "lambda_u is the weight of a loss term, a number >= 0; got -1.0"),
+    ("freematch", {"fairness": float("nan")}, "fairness is the weight of a loss term, a number >= 0; got nan")])
+def test_a_methods_bad_parameters_fail_with_the_setting_named(method, params, needle):
+    """A method's parameters (Python's ``strategy_params`` or a config) that are not numbers, or negative loss
+    weights, raise a TransferkitError naming the setting, not a bare ValueError or a silently inverted loss."""
+    with pytest.raises(TransferkitError) as e:
+        create_semi_objective(method, 10, 3, 100, **params)
+    assert needle in str(e.value)

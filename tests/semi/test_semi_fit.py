@@ -8,6 +8,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import TINY
 from tests.test_cli import assert_user_error, tk
@@ -59,8 +60,15 @@ def test_softmatch_runs_through_fit_with_soft_weights(image_folder, tmp_path):
     assert semi["method"] == "softmatch" and res.splits["unlabelled"] > 0
     # soft weights: every item trains with a weight in (0, 1], so the logged mean weight is above 0
     assert all(0 < h["metric_mask_rate"] <= 1 for h in semi["history"])
-    thresholds = semi["history"][-1]["thresholds"]
-    assert len(thresholds) == 3 and len(set(thresholds)) == 1  # one running mean confidence for every class
+    # ... and not a 0/1 mask: a hard mask's rate, averaged over eval_every steps of batch_size * mu unlabelled items,
+    # is a multiple of 1 / (eval_every * batch_size * mu); a truncated Gaussian's mean weight is not
+    grid = SMALL["eval_every"] * SMALL["batch_size"] * SMALL["mu"]
+    assert any(abs(h["metric_mask_rate"] * grid - round(h["metric_mask_rate"] * grid)) > 1e-3
+               for h in semi["history"]), [h["metric_mask_rate"] for h in semi["history"]]
+    thresholds = [h["thresholds"] for h in semi["history"]]
+    assert all(len(t) == 3 and len(set(t)) == 1 for t in thresholds)  # one running mean confidence for every class
+    # a running mean that moves with the head's confidence (not a fixed tau such as FixMatch's 0.95), above 1/3
+    assert len({t[0] for t in thresholds}) == len(thresholds) and all(1 / 3 < t[0] < 1 for t in thresholds)
 
 
 def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
@@ -72,6 +80,14 @@ def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
     assert 0 <= res.metrics["accuracy"] <= 1
     run = load_run(tmp_path / "run")
     assert len(run.predict(collect_inputs(sorted(str(p) for p in image_folder.rglob("*.png"))[:3]))) == 3
+    # the backbone trained: the saved one differs from the (seeded) pretrained weights it started from
+    from transferkit.backbones import create_backbone
+
+    start = create_backbone(TINY).state_dict()
+    trained = run.backbone.state_dict()
+    shared = [k for k in trained if k in start and trained[k].is_floating_point()]
+    assert len(shared) > 10  # the feature extractor's weights (the source classifier is dropped for the new head)
+    assert any(not torch.equal(trained[k], start[k]) for k in shared)
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -26,4 +26,13 @@ def test_fit_refit_trains_a_selection_run_then_the_refit_on_train_and_validation
 def test_refit_is_refused_where_it_does_not_apply(image_folder):
     assert_user_error(tk("fit", image_folder, "-b", TINY, "--refit", "-q"), "--refit", "--strategy finetune")
     assert_user_error(tk("fit", image_folder, "-b", TINY, "--strategy", "auto", "--refit", "-q"),
-                      "refit", "races several strategies")
+                      "--refit retrains", "--strategy auto races several strategies")
+    # semi-supervised, at either level: refused for what it is (the features level once blamed --epochs, --lr, ...)
+    for level in ("features", "end-to-end"):
+        assert_user_error(tk("fit", image_folder, "-b", TINY, "-n", "2", "-u", "rest", "--strategy", "fixmatch",
+                             "--semi-level", level, "--refit", "-q"),
+                          "--refit retrains", "--strategy fixmatch is semi-supervised", "leave out --refit")
+    # no validation split (fewer than 5 labels per class keep none): the message says how to get one
+    assert_user_error(tk("fit", image_folder, "-b", TINY, "-n", "3", "--strategy", "bitfit", "--refit",
+                         "--epochs", "1", "--image-size", "32", "--no-baseline", "--no-report", "-q"),
+                      "validation split is empty", "--labels-per-class 5 or more", "--val-fraction above 0")

@@ -176,10 +176,19 @@ class _Recording:
         self.source.load = lambda i: (self.seen.append(int(i)), inner(i))[1]
 
 
-def test_refit_retrains_on_every_labelled_item_for_the_chosen_epochs_of_the_same_schedule(shapes, tmp_path):
-    from transferkit.train.engine import _steps_per_epoch, cosine_warmup, finetune
+def test_refit_retrains_on_every_labelled_item_for_the_chosen_epochs_of_the_same_schedule(shapes, tmp_path,
+                                                                                          monkeypatch):
+    from transferkit.train.engine import FinetunePlan, _steps_per_epoch, cosine_warmup, finetune
 
-    rec, phases = _Recording(shapes.source), []
+    rec, phases, starts = _Recording(shapes.source), [], []
+    build = FinetunePlan.build_model
+
+    def recording_build(self):  # the weights each run starts from
+        out = build(self)
+        starts.append({k: v.detach().clone() for k, v in out[0].state_dict().items()})
+        return out
+
+    monkeypatch.setattr(FinetunePlan, "build_model", recording_build)
 
     def per_epoch(info):  # what each epoch read, by run folder (the selection run is run_dir/selection)
         phases.append((Path(info["checkpoint"]).parents[1].name, info["epoch"], set(rec.seen)))
@@ -204,6 +213,9 @@ def test_refit_retrains_on_every_labelled_item_for_the_chosen_epochs_of_the_same
     assert r.history[-1]["lr"] == pytest.approx(cfg.lr * factor) and factor > 2 * cfg.min_lr_ratio
     assert r.config["refit"]["epochs"] == e and r.config["refit"]["labelled"] == len(labelled)
     assert not np.array_equal(r.proba, sel.proba)  # two models: the refit's predictions are the result
+    # the refit starts from the selection run's initialisation (same pretrained backbone, same seeded head)
+    assert len(starts) == 2 and starts[0].keys() == starts[1].keys()
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
 
 
 def test_refit_without_a_validation_split_is_refused(shapes, tmp_path):

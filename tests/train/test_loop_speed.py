@@ -43,10 +43,16 @@ def test_calling_the_model_without_fabrics_wrapper_changes_nothing(method, monke
     assert [h["dev"] for h in fast_hist] == [h["dev"] for h in slow_hist]
 
 
-def test_tensor_stream_batches_are_the_rows_and_labels_asked_for():
+@pytest.mark.parametrize("mapped", [False, True])
+def test_tensor_stream_batches_are_the_rows_and_labels_asked_for(mapped, tmp_path):
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     y = np.arange(20) % 3
-    st = TensorStream("s", x, y, batch_size=4)
+    if mapped:  # features cached on disk: read through the memmap in sorted order, returned in the batch's order
+        np.save(tmp_path / "x.npy", x)
+        st = TensorStream("s", np.load(tmp_path / "x.npy", mmap_mode="r"), y, batch_size=4)
+        assert st._mapped
+    else:
+        st = TensorStream("s", x, y, batch_size=4)
     st.setup(SimpleNamespace(device=torch.device("cpu")), 0)
     batches = [np.array([5, 0, 19, 7]), np.array([3, 3, 11, 2])]
     got = list(st.loader(batches, ["train"], 0, 0, 0, 1))

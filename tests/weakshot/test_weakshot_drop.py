@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from transferkit.errors import TransferkitError
 from transferkit.weakshot import NovelSet, WeakShotConfig, weight_auc
@@ -76,12 +77,32 @@ def test_low_component_by_hand_and_on_values_without_two_groups():
 
 
 def test_the_config_passes_the_drop_rule_and_rejects_bad_ones():
-    m = create_method("simtrans", WeakShotConfig(sim_drop_rule="confusable"))
+    m = create_method("simtrans", WeakShotConfig(sim_drop=0.4, sim_drop_rule="confusable"))
     assert m.drop_rule == "confusable"
+    novel, kind = _flips_and_outliers(0)  # the method's weights apply the rule: the outliers kept, the flips dropped
+    w = m.weights(novel)
+    np.testing.assert_array_equal(w, similarity_weights(novel, "contrast", drop=0.4, drop_rule="confusable"))
+    assert (w[kind == 2] > 0).all() and (w[kind == 1] == 0).all()
     with pytest.raises(TransferkitError, match="sim_drop_rule"):
         WeakShotConfig(sim_drop_rule="median").validate()
+    with pytest.raises(TransferkitError, match="sim_drop=0 leaves none out"):
+        WeakShotConfig(sim_drop=0.0, sim_drop_rule="mixture").validate()
+    WeakShotConfig(sim_drop=0.0).validate()  # no drop with the default rule: the paper's setting
+    with pytest.raises(TransferkitError, match=r"eye must be a number \(got None\); sim_drop must be a number"):
+        WeakShotConfig(sim_drop="0.1", eye=None).validate()  # not a bare TypeError from the range checks
     novel, _ = _flips_and_outliers(0)
     with pytest.raises(TransferkitError, match="drop_rule must be one of"):
         similarity_weights(novel, "contrast", drop=0.2, drop_rule="median")
     with pytest.raises(TransferkitError, match="needs each item's flag"):
         drop_items(np.ones(4), np.zeros(4, int), 0.5, "confusable")
+
+
+def test_a_precomputed_similarity_refuses_matrices_and_items_that_do_not_fit():
+    with pytest.raises(TransferkitError, match=r"square \(N, N\) matrix.*got shape \(2, 3\)"):
+        PrecomputedSimilarity(np.zeros((2, 3)))
+    with pytest.raises(TransferkitError, match="NaN or inf"):
+        PrecomputedSimilarity(np.array([[0.0, np.nan], [np.nan, 0.0]]))
+    sim = PrecomputedSimilarity(np.array([[0.0, 0.3], [0.3, 0.0]]))
+    np.testing.assert_allclose(sim.matrix(torch.tensor([[1.0], [0.0]])).numpy(), [[0.0, 0.3], [0.3, 0.0]], rtol=1e-6)
+    with pytest.raises(TransferkitError, match="similarity of 2 items.*rows 0..5"):
+        sim.matrix(torch.tensor([[0.0], [5.0]]))

@@ -319,7 +319,7 @@ def train_semi_head(banks_l: dict[str, np.ndarray], y_l: np.ndarray, banks_u: di
         banks_l: the labelled items' view features (:func:`view_banks`; needs ``eval`` and ``weak``).
         y_l: their integer labels.
         banks_u: the unlabelled items' view features (``eval``, ``weak``, ``strong``).
-        method: ``fixmatch``, ``flexmatch`` or ``freematch``.
+        method: a name in :data:`SEMI_METHODS` (``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch``).
         n_classes: number of classes.
         val: validation features (eval view) and labels: choose the evaluation to keep and log pseudo-label
             statistics (None: the last is kept).

@@ -58,8 +58,17 @@ class Mask(nn.Module):
         return {"name": self.name}
 
 
+def _number(value: Any, name: str, allowed: str) -> float:
+    """``value`` as a float, or a :class:`TransferkitError` naming the setting and what it allows (a method's
+    parameters come from Python or a config file, where a string or None may slip in)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TransferkitError(f"{name} must be {allowed}, got {value!r}") from None
+
+
 def _check_tau(tau: float) -> float:
-    if not 0 < float(tau) <= 1:
+    if not 0 < _number(tau, "tau", "a number in (0, 1]") <= 1:
         raise TransferkitError(f"the confidence threshold must be in (0, 1], got tau={tau!r}")
     return float(tau)
 
@@ -122,7 +131,7 @@ class FlexThreshold(Mask):
                  size_aware: bool = False):
         super().__init__()
         self.tau, self.warmup, self.size_aware = _check_tau(tau), bool(warmup), bool(size_aware)
-        if warmup_end is not None and not 0 <= float(warmup_end) <= 1:
+        if warmup_end is not None and not 0 <= _number(warmup_end, "warmup_end", "a share in [0, 1]") <= 1:
             raise TransferkitError(f"warmup_end is a share of the run's steps in [0, 1], got {warmup_end!r}")
         self.warmup_end = None if warmup_end is None else float(warmup_end)
         self._end_step: int | None = None
@@ -269,7 +278,7 @@ class TruncatedGaussian(Mask):
 
     def __init__(self, momentum: float | None = None, n_sigma: float = 2.0):
         super().__init__()
-        if not float(n_sigma) > 0:
+        if not _number(n_sigma, "n_sigma", "a number > 0") > 0:
             raise TransferkitError(f"n_sigma must be > 0, got {n_sigma!r}")
         self.requested, self.momentum = _checked_momentum(momentum)
         self.n_sigma = float(n_sigma)
@@ -308,7 +317,7 @@ class TruncatedGaussian(Mask):
 def _checked_momentum(momentum: float | None) -> tuple[float | None, float]:
     """``(requested, momentum)`` of a running-mean mask: what the user gave (None: scale it to the run in
     :func:`_run_momentum`) and the value in use until then (0.999, the papers')."""
-    if momentum is not None and not 0 <= float(momentum) < 1:
+    if momentum is not None and not 0 <= _number(momentum, "momentum", "a number in [0, 1)") < 1:
         raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
     return (None, 0.999) if momentum is None else (float(momentum), float(momentum))
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import TransferkitError
 from ..train.objectives import Objective, Step
-from .masks import Mask, SelfAdaptiveThreshold
+from .masks import Mask, SelfAdaptiveThreshold, _number
 
 __all__ = ["PseudoLabelConsistency", "fairness_term", "align_distribution"]
 
@@ -97,6 +97,9 @@ class PseudoLabelConsistency(Objective):
     def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
                  align: bool = False, temperature: float = 1.0):
         super().__init__()
+        for name, v in (("lambda_u", lambda_u), ("fairness", fairness)):
+            if not (math.isfinite(_number(v, name, "a number >= 0")) and float(v) >= 0):
+                raise TransferkitError(f"{name} is the weight of a loss term, a number >= 0; got {v!r}")
         self.mask, self.lambda_u, self.fairness, self.stream = mask, float(lambda_u), float(fairness), stream
         self.align = bool(align)
         self.streams = (stream,)

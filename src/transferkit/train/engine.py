@@ -338,8 +338,9 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
         raise DataError("the training split is empty")
     if cfg.refit and len(splits.val) == 0:
         raise DataError("refit=True retrains for the number of epochs chosen on the validation split, but the "
-                        "validation split is empty; give one (e.g. make_splits(..., val_fraction=0.2)) or leave out "
-                        "refit")
+                        "validation split is empty (with labels per class, a class needs at least 5 labelled items "
+                        "to keep any for validation); give one (labels_per_class=5 or more, and val_fraction above "
+                        "0) or leave out refit")
     num_classes = len(classes) if classes is not None else int(y.max()) + 1
     if y.min() < 0 or y.max() >= num_classes:
         raise DataError(f"labels must be class indices in 0..{num_classes - 1}; got {int(y.min())}..{int(y.max())}")

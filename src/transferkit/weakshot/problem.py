@@ -93,6 +93,12 @@ class WeakShotConfig:
 
     def validate(self) -> "WeakShotConfig":
         """Raise one :class:`TransferkitError` naming every bad setting."""
+        numeric = ("dropout", "lr", "weight_decay", "alpha", "mu", "eye", "sim_blend", "sim_drop", "test_fraction",
+                   "val_fraction", "e2e_lr")
+        not_numbers = [f"{k} must be a number (got {getattr(self, k)!r})" for k in numeric
+                       if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), (int, float))]
+        if not_numbers:  # the range checks below cannot compare them
+            raise TransferkitError("weak-shot settings: " + "; ".join(not_numbers))
         bad = []
         for k in ("hidden", "batch_size", "base_epochs", "sim_steps", "sim_eval_every", "sim_batch_size",
                   "novel_epochs", "outlier_pool", "e2e_base_epochs", "e2e_epochs", "e2e_batch_size"):
@@ -126,6 +132,9 @@ class WeakShotConfig:
 
         if self.sim_drop_rule not in DROP_RULES:
             bad.append(f"sim_drop_rule must be one of {', '.join(DROP_RULES)} (got {self.sim_drop_rule!r})")
+        elif self.sim_drop_rule != "lowest" and self.sim_drop == 0:
+            bad.append(f"sim_drop_rule={self.sim_drop_rule!r} picks which of the sim_drop share are left out, but "
+                       "sim_drop=0 leaves none out; give sim_drop above 0 or leave out sim_drop_rule")
         if not 0 <= self.eye <= 1:
             bad.append(f"eye must be in [0, 1] (got {self.eye!r})")
         if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:

@@ -352,15 +352,28 @@ class PrecomputedSimilarity:
     ablations that fix the similarities by hand."""
 
     def __init__(self, P: Any):
-        self.P = torch.as_tensor(np.asarray(P), dtype=torch.float32)
+        P = np.asarray(P, dtype=np.float64)
+        if P.ndim != 2 or P.shape[0] != P.shape[1] or not np.isfinite(P).all():
+            raise DataError(f"a precomputed similarity must be a square (N, N) matrix of finite numbers, one row and "
+                            f"column per item; got shape {P.shape}"
+                            + ("" if P.ndim != 2 or np.isfinite(P).all() else " with NaN or inf values"))
+        self.P = torch.as_tensor(P, dtype=torch.float32)
 
     def eval(self) -> "PrecomputedSimilarity":
+        """Itself (nothing to switch: the matrix is fixed), as the nets' ``eval`` returns the net."""
         return self
 
     def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``P[i, j]`` for the items ``i`` of ``x`` and ``j`` of ``y`` (``x`` with itself when ``y`` is None)."""
         i = x[:, 0].long()
-        return self.P[i][:, i if y is None else y[:, 0].long()]
+        j = i if y is None else y[:, 0].long()
+        n = len(self.P)
+        for items in (i, j):
+            if len(items) and (int(items.min()) < 0 or int(items.max()) >= n):
+                raise DataError(f"a precomputed similarity of {n} items is read by row number (the first feature "
+                                f"column), but the items ask for rows {int(items.min())}..{int(items.max())}; give "
+                                "the items' positions in the matrix as their first column")
+        return self.P[i][:, j]
 
 
 class CosinePrior(nn.Module):
