@@ -248,9 +248,10 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
                                  defaults=entry.cap("train_defaults") if entry is not None else None)
         engine["trainer"] = entry.cap("trainer") if entry is not None else None  # its own trainer, or the engine
     refit = train_config.get("refit") if isinstance(train_config, dict) else getattr(train_config, "refit", False)
-    if refit and (semi is not None or strategy == "auto" or (engine or {}).get("trainer") is not None):
+    if refit and (semi is not None or strategy in ("auto", "probe") or (engine or {}).get("trainer") is not None):
         why = ("races several strategies" if strategy == "auto" else "is semi-supervised (it trains on the "
-               "unlabelled items too)" if semi is not None else "has its own trainer")
+               "unlabelled items too)" if semi is not None else "trains no network (its head's C is chosen on "
+               "validation)" if strategy == "probe" else "has its own trainer")
         raise TransferkitError(f"refit=True retrains one fine-tuning run on all labels; strategy={strategy} {why}: "
                                "use strategy=finetune (or partial, gradual, lora, adapter, bitfit), or leave out "
                                "refit=True")

@@ -36,3 +36,14 @@ def test_refit_is_refused_where_it_does_not_apply(image_folder):
     assert_user_error(tk("fit", image_folder, "-b", TINY, "-n", "3", "--strategy", "bitfit", "--refit",
                          "--epochs", "1", "--image-size", "32", "--no-baseline", "--no-report", "-q"),
                       "validation split is empty", "--labels-per-class 5 or more", "--val-fraction above 0")
+
+
+def test_refit_with_the_probe_is_refused_in_python_too(image_folder, tmp_path):
+    import pytest
+
+    from transferkit import fit_run
+    from transferkit.errors import TransferkitError
+
+    with pytest.raises(TransferkitError, match="strategy=probe trains no network"):
+        fit_run(image_folder, backbone=TINY, train_config={"refit": True}, out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # refused before any work
