@@ -1145,7 +1145,8 @@ def _fit_tasks(data: str, tasks: str, weighting: str, *, backbone: str, seed: in
 
     given = [flag for flag, on in unused.items() if on]
     if given:
-        raise TransferkitError(f"{', '.join(given)} do not apply to a multitask fit (--tasks); leave them out")
+        raise TransferkitError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a multitask fit "
+                               f"(--tasks); leave {'it' if len(given) == 1 else 'them'} out")
     if strategy not in ("probe", "finetune"):
         raise TransferkitError(f"with --tasks, --strategy is probe (a trunk and heads on cached features) or finetune "
                                f"(the backbone trained too); got {strategy!r}")

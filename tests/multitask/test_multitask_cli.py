@@ -27,6 +27,9 @@ def test_fit_with_tasks_names_what_is_wrong(image_folder, tmp_path):
     assert_user_error(tk("fit", "clipart", "--tasks", "category,colour", "--out", tmp_path / "a"),
                       "clipart has no task 'colour'; its tasks are category, super")
     assert_user_error(tk("fit", image_folder, "--tasks", "shape", "--out", tmp_path / "b"), "a table")
-    assert_user_error(tk("fit", "clipart", "--tasks", "category,super", "--head", "mlp"), "--head", "do not apply")
+    assert_user_error(tk("fit", "clipart", "--tasks", "category,super", "--head", "mlp"), "--head does not apply",
+                      "leave it out")
+    assert_user_error(tk("fit", "clipart", "--tasks", "category,super", "--refit", "--resume"),
+                      "--resume, --refit do not apply to a multitask fit", "leave them out")
     assert_user_error(tk("fit", "clipart", "--tasks", "category,super", "--weighting", "gradnrom", "--out",
                          tmp_path / "c"), "unknown multitask loss weighting 'gradnrom'", "gradnorm")
