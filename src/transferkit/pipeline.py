@@ -261,6 +261,14 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     if labels_per_class is not None and (not isinstance(labels_per_class, int) or labels_per_class < 1):
         raise TransferkitError(f"labels_per_class must be an integer >= 1 (or None for fraction splits); got "
                                f"{labels_per_class!r}")
+    if refit and labels_per_class is not None and (labels_per_class < 5 or round(labels_per_class * val_fraction) < 1):
+        # the split would keep no validation item (make_splits: a class needs 5 labelled items): say so before the
+        # features are extracted, in the engine's words
+        raise TransferkitError(f"refit=True retrains for the number of epochs chosen on the validation split, but "
+                               f"{labels_per_class} labels per class at val_fraction={val_fraction:g} keep no "
+                               "validation item (a class needs at least 5 labelled items to keep any for "
+                               "validation); give one (labels_per_class=5 or more, and val_fraction above 0) or "
+                               "leave out refit")
     entry_bb = backbone_entry(backbone)  # unknown names fail before the slow work
     if head_params and head != "auto":  # auto's choice is checked against them once the labels are known
         HEADS.create(head, **head_params)  # unknown head parameters fail before the slow work

@@ -32,10 +32,12 @@ def test_refit_is_refused_where_it_does_not_apply(image_folder):
         assert_user_error(tk("fit", image_folder, "-b", TINY, "-n", "2", "-u", "rest", "--strategy", "fixmatch",
                              "--semi-level", level, "--refit", "-q"),
                           "--refit retrains", "--strategy fixmatch is semi-supervised", "leave out --refit")
-    # no validation split (fewer than 5 labels per class keep none): the message says how to get one
+    # no validation split (fewer than 5 labels per class keep none): refused before the features are extracted, with
+    # how to get one
     assert_user_error(tk("fit", image_folder, "-b", TINY, "-n", "3", "--strategy", "bitfit", "--refit",
                          "--epochs", "1", "--image-size", "32", "--no-baseline", "--no-report", "-q"),
-                      "validation split is empty", "--labels-per-class 5 or more", "--val-fraction above 0")
+                      "3 labels per class", "keep no validation item", "--labels-per-class 5 or more",
+                      "--val-fraction above 0")
 
 
 def test_refit_with_the_probe_is_refused_in_python_too(image_folder, tmp_path):
