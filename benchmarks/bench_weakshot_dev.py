@@ -107,7 +107,7 @@ def stage_weights(args, cfg, store, work: Path) -> None:
 
 def _candidates(spec: str, cfg) -> list[dict]:
     """``name:method:blend:iterations:drop[:alpha][:key=value...]`` (keys: ``rule`` the drop rule, ``eye``,
-    ``alpha``, ``mu``, ``schedule`` the graph schedule)."""
+    ``alpha``, ``mu``, ``schedule`` the graph schedule, ``on`` what the graph term pulls together)."""
     out = []
     for s in spec.split(";"):
         p = s.split(":")
@@ -116,7 +116,7 @@ def _candidates(spec: str, cfg) -> list[dict]:
         c = {"name": p[0], "method": p[1], "blend": float(p[2]) if len(p) > 2 else 1.0,
              "iters": int(p[3]) if len(p) > 3 else 0, "drop": float(p[4]) if len(p) > 4 else 0.0,
              "alpha": float(extra.get("alpha", pos[0] if pos else cfg.alpha))}
-        for key, cast in (("rule", str), ("eye", float), ("mu", float), ("schedule", str)):
+        for key, cast in (("rule", str), ("eye", float), ("mu", float), ("schedule", str), ("on", str)):
             if key in extra:
                 c[key] = cast(extra[key])
         out.append(c)
@@ -149,7 +149,7 @@ def stage_accuracy(args, cfg, store, work: Path) -> None:
                     t = time.time()
                     torch.manual_seed(0)
                     more = {f: c[k] for k, f in (("rule", "sim_drop_rule"), ("eye", "eye"), ("mu", "mu"),
-                                                 ("schedule", "graph_schedule")) if k in c}
+                                                 ("schedule", "graph_schedule"), ("on", "graph_on")) if k in c}
                     r = train_novel(wd, c["method"], base, sim, replace(
                         cfg, sim_iterations=c["iters"], sim_drop=c["drop"], alpha=c["alpha"], **more), seed)
                     rec = {"dataset": ds, "seed": seed, "kind": kind, "rate": rate, **c, "acc": r.accuracy,

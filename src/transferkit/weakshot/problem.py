@@ -32,6 +32,8 @@ class WeakShotConfig:
             the epochs, then epochs without and with the graph term in turn) or ``always``.
         graph_normalize: the graph term measures distances between L2-normalised features (see
             :class:`~transferkit.weakshot.objectives.GraphRegularizer`).
+        graph_on: what the graph term pulls together: ``features`` (the classifier's hidden features, the paper's)
+            or ``outputs`` (its softmax probabilities; see :class:`~transferkit.weakshot.objectives.GraphRegularizer`).
         sim_pair: what the similarity net's pair MLP reads: ``concat`` (the paper's), ``symmetric`` or
             ``difference`` (see :class:`~transferkit.weakshot.similarity.SimilarityNet`).
         sim_init: the similarity net's trunk starts from the base classifier's hidden layer (``base``, the paper's)
@@ -74,6 +76,7 @@ class WeakShotConfig:
     eye: float = 1.0
     graph_schedule: str = "alternate"
     graph_normalize: bool = True
+    graph_on: str = "features"
     sim_pair: str = "difference"
     sim_init: str = "base"
     sim_weighting: str = "contrast"
@@ -108,7 +111,11 @@ class WeakShotConfig:
             bad.append(f"alpha must be >= 0 (got {self.alpha!r})")
         if self.graph_schedule not in ("alternate", "always"):
             bad.append(f"graph_schedule must be 'alternate' or 'always' (got {self.graph_schedule!r})")
+        from .objectives import GRAPH_TARGETS
         from .similarity import PAIR_KINDS
+
+        if self.graph_on not in GRAPH_TARGETS:
+            bad.append(f"graph_on must be one of {', '.join(GRAPH_TARGETS)} (got {self.graph_on!r})")
 
         if self.sim_pair not in PAIR_KINDS:
             bad.append(f"sim_pair must be one of {', '.join(PAIR_KINDS)} (got {self.sim_pair!r})")
