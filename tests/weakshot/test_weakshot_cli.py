@@ -19,4 +19,6 @@ def test_weakshot_refuses_both_kinds_of_noise_and_bad_values(tmp_path):
                       "--sim-blend must be in [0, 1]; got 1.2")
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop", "1"), "--drop must be in [0, 1); got 1")
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop-rule", "median"),
-                      "--drop-rule must be one of lowest, confusable, mixture (got 'median')")
+                      "--drop-rule must be one of lowest, confusable, mixture, claimed (got 'median')")
+    assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--graph-on", "logits"),
+                      "--graph-on must be one of features, outputs (got 'logits')")

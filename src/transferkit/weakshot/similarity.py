@@ -357,6 +357,10 @@ class PrecomputedSimilarity:
     def eval(self) -> "PrecomputedSimilarity":
         return self
 
+    def parameters(self):
+        """None to train or freeze (the graph term freezes a net's parameters)."""
+        return iter(())
+
     def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``P[i, j]`` for the items ``i`` of ``x`` and ``j`` of ``y`` (``x`` with itself when ``y`` is None)."""
         i = x[:, 0].long()
