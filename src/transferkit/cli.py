@@ -1217,7 +1217,7 @@ def weakshot(
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the noise and training."),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Fine-tune the backbone (on the base classes, then with each method) instead of training heads on cached features."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each method on the novel classes (default: 40 on features, 4 end to end)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of SimTrans's graph regulariser on L2-normalised features (default 1.0; 0 turns it off)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of SimTrans's graph regulariser (default 3.0, on the predicted probabilities: see --graph-on; 0 turns it off)."),
     sim_blend: Optional[float] = typer.Option(None, "--sim-blend", help="SimTrans: the similarity net's share of the pair similarity, the rest the calibrated cosine of the frozen features (default 0.25; 1: the paper's net alone)."),
     drop: Optional[float] = typer.Option(None, "--drop", help="SimTrans: share of each novel class's lowest-weighted items left out (default 0.1; 0 keeps every item, as in the paper)."),
     drop_rule: Optional[str] = typer.Option(None, "--drop-rule", help="SimTrans: which of each class's lowest-weighted --drop share are left out: lowest (all of them), confusable (only the items significantly more similar to another novel class: flips, not outliers that resemble no class), claimed (only the items another novel class claims; the unclaimed train at the class's mean weight at least) or mixture (the low component of a two-component mixture of the weights)."),

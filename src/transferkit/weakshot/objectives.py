@@ -58,7 +58,8 @@ class WeightedCrossEntropy(Objective):
 def relax(a: torch.Tensor, mu: float) -> torch.Tensor:
     """SimTrans's relaxation of similarities: ``(exp(mu * a) - 1) / (exp(mu) - 1)`` (the identity for ``mu = 0``).
 
-    It maps 0 to 0 and 1 to 1; a negative ``mu`` lifts middling similarities (``mu = -4`` sends 0.5 to 0.88).
+    It maps 0 to 0 and 1 to 1; a negative ``mu`` lifts middling similarities (``mu = -4`` sends 0.5 to 0.88), a
+    positive one keeps only the pairs near 1 (``mu = +8`` sends 0.9 to 0.45 and 0.5 to 0.02).
 
     Shape:
         any -> the same.
@@ -81,9 +82,10 @@ class GraphRegularizer(Objective):
         simnet: the trained :class:`~transferkit.weakshot.similarity.SimilarityNet`, or a
             :class:`~transferkit.weakshot.similarity.BlendedSimilarity` (kept frozen; read through its ``matrix``).
         features: ``(N, D)`` the similarity net's input for every item of ``stream``, in the stream's order.
-        alpha: weight of the term (0.1 in the reference code, on raw features; the default config uses 1.0 on
-            normalised ones).
-        mu: relaxation of the similarities (-4 in the reference code).
+        alpha: weight of the term (0.1 in the reference code, on raw features; the default config uses 3.0 on the
+            outputs).
+        mu: relaxation of the similarities (-4 in the reference code, which lifts middling similarities; the
+            default config uses +8, which keeps only the most similar pairs).
         eye: weight of pairs with different labels (1: every pair counts).
         stream: the stream whose batches are regularised.
         start_epoch, every: the term is on in epochs ``start_epoch, start_epoch + every, ...`` (0 and 1: always).
