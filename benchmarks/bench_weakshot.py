@@ -15,8 +15,9 @@ items and scored on the clean novel test split.
 
 The base classifier and the similarity net depend only on (dataset, seed): trained once per pair and reused by its
 six noise cells in the same process. Settings are the :class:`~transferkit.weakshot.WeakShotConfig` defaults, chosen
-on MNIST-M features (a dataset reported nowhere here) and, for SimTrans's similarity blend and dropped share, on
-development seeds 100-102 of these datasets (``bench_weakshot_dev.py``), never on the reported seeds' test splits.
+on MNIST-M features (a dataset reported nowhere here) and, for SimTrans's similarity blend, drop rule and graph
+term, on development seeds 100-105 of these datasets (``bench_weakshot_dev.py``), never on the reported seeds' test
+splits.
 
 End to end (``--e2e``, small on purpose for a CPU): clipart, flip and outlier noise at 50%, seeds 0-1, lite0 at
 96 px fine-tuned on the base classes, then each method fine-tuning the whole network on the noisy novel items.
@@ -202,7 +203,7 @@ def render(state: dict) -> str:
              f"{cfg['hidden']}) on the clean base classes, similarity net on base pairs ({cfg['sim_steps']} steps)"
              + (f", blended with the calibrated cosine of the frozen features (net share {cfg.get('sim_blend')})"
                 if cfg.get("sim_blend", 1) < 1 else "")
-             + _drop_text(cfg) + ", "
+             + _drop_text(cfg) + _graph_text(cfg) + ", "
              f"each method's novel classifier {cfg['novel_epochs']} epochs from the base classifier's hidden layer "
              "(the last epoch kept: no clean novel data exists to choose on); clean novel test accuracy %, mean ± std "
              "over seeds. clipart: 6 base / 6 novel categories, outliers from MNIST digits and photo crops; mnist5k: "
@@ -250,7 +251,17 @@ def _drop_text(cfg: dict) -> str:
                 "and significantly more similar to another novel class (Welch test, z > 2)")
     if rule == "mixture":
         return (f", SimTrans's weights with each class's low mixture component dropped (at most {share:.0f} %)")
+    if rule == "claimed":
+        return (f", SimTrans's weights with each class's items dropped that are among its lowest-weighted {share:.0f} % "
+                "and claimed by another novel class (the unclaimed weighted at least the class mean)")
     return f", SimTrans's weights with the lowest {share:.0f} % of each class dropped"
+
+
+def _graph_text(cfg: dict) -> str:
+    """Where the config's graph term acts and its settings, for the table's caption."""
+    on = cfg.get("graph_on", "features")
+    where = "the predicted probabilities" if on == "outputs" else "the hidden features"
+    return f", the graph term on {where} (alpha {cfg.get('alpha'):g}, mu {cfg.get('mu'):+g})"
 
 
 def _before_after(rows: list[dict], previous: dict) -> str:

@@ -107,7 +107,7 @@ def stage_weights(args, cfg, store, work: Path) -> None:
 
 def _candidates(spec: str, cfg) -> list[dict]:
     """``name:method:blend:iterations:drop[:alpha][:key=value...]`` (keys: ``rule`` the drop rule, ``eye``,
-    ``alpha``, ``mu``, ``schedule`` the graph schedule)."""
+    ``alpha``, ``mu``, ``schedule`` the graph schedule, ``on`` what the graph term pulls together)."""
     out = []
     for s in spec.split(";"):
         p = s.split(":")
@@ -116,7 +116,7 @@ def _candidates(spec: str, cfg) -> list[dict]:
         c = {"name": p[0], "method": p[1], "blend": float(p[2]) if len(p) > 2 else 1.0,
              "iters": int(p[3]) if len(p) > 3 else 0, "drop": float(p[4]) if len(p) > 4 else 0.0,
              "alpha": float(extra.get("alpha", pos[0] if pos else cfg.alpha))}
-        for key, cast in (("rule", str), ("eye", float), ("mu", float), ("schedule", str)):
+        for key, cast in (("rule", str), ("eye", float), ("mu", float), ("schedule", str), ("on", str)):
             if key in extra:
                 c[key] = cast(extra[key])
         out.append(c)
@@ -149,7 +149,7 @@ def stage_accuracy(args, cfg, store, work: Path) -> None:
                     t = time.time()
                     torch.manual_seed(0)
                     more = {f: c[k] for k, f in (("rule", "sim_drop_rule"), ("eye", "eye"), ("mu", "mu"),
-                                                 ("schedule", "graph_schedule")) if k in c}
+                                                 ("schedule", "graph_schedule"), ("on", "graph_on")) if k in c}
                     r = train_novel(wd, c["method"], base, sim, replace(
                         cfg, sim_iterations=c["iters"], sim_drop=c["drop"], alpha=c["alpha"], **more), seed)
                     rec = {"dataset": ds, "seed": seed, "kind": kind, "rate": rate, **c, "acc": r.accuracy,
@@ -309,7 +309,7 @@ def render(work: Path, out: Path, describe: dict[str, str]) -> str:
             row += [" / ".join(f"{r[k]['same']:.2f} vs {r[k]['different']:.2f}" for k in ("A_mu-4", "A_mu0"))
                     if "A_mu-4" in r else "–"]
             rows.append(row)
-        parts.append("\nThe graph term's scale (`scale` stage): on 20 random batches of 64 noisy novel items, each term's "
+        parts.append("\nThe graph term's scale (`scale` stage, measured in s5 with s5's settings): on 20 random batches of 64 noisy novel items, each term's "
                      "value / the norm of its gradient with respect to the novel classifier's parameters, at the start "
                      "(the base classifier's hidden layer, a fresh output layer) → after 40 epochs with the weights alone "
                      "(`simtrans-weights`). `graph` is ours (L2-normalised hidden features, alpha 1), `graph (ref)` the "
@@ -375,6 +375,25 @@ What was chosen, and by which rule (on these dev tables alone):
   0.70), so the term mostly pulls every batch's features together. Sharpening (mu +4) only weakens it towards no
   effect. The reference code's setting differs where it matters: a similarity net learned on 100+ CUB classes
   (a sharper same/different output) and a fine-tuned ResNet's pooled features.
+- **s6: the two targets still unmet** (at or above plain on every split; the graph term worth 0.5 point). The rules,
+  written before any s6 run (`/work/bench-s6weak/RULE.md`, quoted in `bench_weakshot_notes.md`): (A) the new drop
+  rule replaces ``lowest`` if its worst (dataset, noise cell) gain over plain is higher than ``w25d1``'s and its mean
+  gain is at least +1.5 points on each dataset; (B) with those weights, the graph candidate with the highest gain
+  over the same weights without the term (mean per dataset, then over the two) becomes the default if that gain is
+  at least +0.5 point and its worst cell against plain is at most 0.5 point below the weights alone's. Seeds: clipart
+  100-105, mnist5k 100 (42 cells per candidate).
+  - (A) ``claimed`` (``w25k``: of the lowest 10 %, only the items another novel class claims dropped, the unclaimed
+    weighted at least the class mean): clipart +2.2, mnist5k +3.6; worst cell -0.5 (mnist5k outlier 50 %) against
+    ``lowest``'s -0.7 (clipart outlier 30 %). **Adopted** by rule A, by a margin (0.15 point) well inside the cells'
+    noise; it did not lift mnist5k's outlier cells on dev (outlier 30 % +0.0 as before, outlier 50 % -0.5 against
+    -0.3).
+  - (B) graph candidates over the ``claimed`` weights (gain over ``w25k``, clipart / mnist5k / mean): on the hidden
+    features (s5's term) -0.8 / -0.3 / -0.5; on the outputs with mu -4 -0.9 / -1.0 / -1.0, mu 0 -0.2 / -0.0 / -0.1,
+    mu +4 +0.3 / +0.1 / +0.2, mu +8 +0.3 / +0.1 / +0.2; alpha 3: mu +4 +0.0 / +0.7 / +0.4, **mu +8 +0.5 / +0.6 /
+    +0.5** (worst cell against plain -0.7, clipart outlier 30 %, 0.15 below the weights alone's): **adopted** by
+    rule B, just over the bar. Round 1 (the hidden features, mu -4 / 0 / +4 on the outputs) ran first; round 2 (mu
+    +8, alpha 3) was added after reading round 1 (the gain rose with mu), under the same rule: the best of 7
+    candidates is an optimistic estimate of its gain.
 """
 
 #: the candidates of the journal, described (name -> settings)
@@ -383,7 +402,7 @@ DESCRIBE = {"plain": "plain training",
             "w0": "weights, cosine alone",
             "w25": "weights, net share 0.25",
             "w25d": "weights, net share 0.25, lowest 20 % dropped (the s4 default)",
-            "w25d1": "weights, net share 0.25, lowest 10 % dropped (**chosen**, s5)",
+            "w25d1": "weights, net share 0.25, lowest 10 % dropped (chosen in s5)",
             "w25c": "weights, net share 0.25, of the lowest 20 % only the significantly confusable dropped",
             "w25c5": "weights, net share 0.25, of the lowest 50 % only the significantly confusable dropped",
             "w25g": "weights, net share 0.25, each class's low mixture component dropped (at most 50 %)",
@@ -397,7 +416,15 @@ DESCRIBE = {"plain": "plain training",
             "g25d1": "full SimTrans, lowest 10 % dropped (the chosen weights)",
             "g25d1m0": "full SimTrans, lowest 10 % dropped, mu 0 (similarities not relaxed)",
             "g25d1m4": "full SimTrans, lowest 10 % dropped, mu +4 (similarities sharpened)",
-            "g25m": "full SimTrans, net share 0.25, items more similar to another class dropped"}
+            "g25m": "full SimTrans, net share 0.25, items more similar to another class dropped",
+            "w25k": "weights, net share 0.25, of the lowest 10 % only the claimed dropped, the unclaimed floored (**chosen**, s6)",
+            "g25k": "full SimTrans, claimed rule, graph term on the hidden features (s5's graph)",
+            "g25ko": "full SimTrans, claimed rule, graph term on the outputs, mu -4",
+            "g25ko0": "full SimTrans, claimed rule, graph term on the outputs, mu 0",
+            "g25ko4": "full SimTrans, claimed rule, graph term on the outputs, mu +4",
+            "g25ko8": "full SimTrans, claimed rule, graph term on the outputs, mu +8",
+            "g25ko4a3": "full SimTrans, claimed rule, graph term on the outputs, mu +4, alpha 3",
+            "g25ko8a3": "full SimTrans, claimed rule, graph term on the outputs, mu +8, alpha 3 (**chosen**, s6)"}
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Few-shot and one-shot (issue 11)", ["bench_fewshot", "bench_fewshot_notes", "bench_fewshot_fit"]),
     ("Semi-supervised (issue 11)", ["bench_semi", "bench_semi_notes", "bench_semi_dev"]),
     ("Text transfer (issue 12)", ["bench_text", "bench_text_w2v_dev", "bench_text_dev"]),
-    ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_weakshot_dev", "bench_multitask"]),
+    ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_weakshot_notes", "bench_weakshot_dev", "bench_multitask"]),
     ("Safe transfer: defect inheritance (issue 14, ReMoS)", ["safe_transfer_section"]),
     ("The strategy advisor's race (issue 10: `--strategy auto`)", ["advisor_race_section"]),
     ("Speed and scale: inference engines, decode workers, several processes (issue 15, items 1, 2, 4, 5)",

@@ -97,6 +97,7 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "sim_blend": "--sim-blend", "sim_drop": "--drop", "sim_drop_rule": "--drop-rule", "drop_rule": "--drop-rule",
+         "graph_on": "--graph-on",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "refit": "--refit", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
          "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck",
@@ -1217,10 +1218,11 @@ def weakshot(
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the noise and training."),
     end_to_end: bool = typer.Option(False, "--end-to-end", help="Fine-tune the backbone (on the base classes, then with each method) instead of training heads on cached features."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each method on the novel classes (default: 40 on features, 4 end to end)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of SimTrans's graph regulariser on L2-normalised features (default 1.0; 0 turns it off)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of SimTrans's graph regulariser (default 3.0, on the predicted probabilities: see --graph-on; 0 turns it off)."),
     sim_blend: Optional[float] = typer.Option(None, "--sim-blend", help="SimTrans: the similarity net's share of the pair similarity, the rest the calibrated cosine of the frozen features (default 0.25; 1: the paper's net alone)."),
     drop: Optional[float] = typer.Option(None, "--drop", help="SimTrans: share of each novel class's lowest-weighted items left out (default 0.1; 0 keeps every item, as in the paper)."),
-    drop_rule: Optional[str] = typer.Option(None, "--drop-rule", help="SimTrans: which of each class's lowest-weighted --drop share are left out: lowest (all of them), confusable (only the items significantly more similar to another novel class: flips, not outliers that resemble no class) or mixture (the low component of a two-component mixture of the weights)."),
+    drop_rule: Optional[str] = typer.Option(None, "--drop-rule", help="SimTrans: which of each class's lowest-weighted --drop share are left out: lowest (all of them), confusable (only the items significantly more similar to another novel class: flips, not outliers that resemble no class), claimed (only the items another novel class claims; the unclaimed train at the class's mean weight at least) or mixture (the low component of a two-component mixture of the weights)."),
+    graph_on: Optional[str] = typer.Option(None, "--graph-on", help="SimTrans: what the graph term pulls together: features (the classifier's hidden features, the paper's) or outputs (its predicted probabilities)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="End to end: the image side (default: 96)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for weakshot.json, predictions.csv, weights.csv and the SimTrans model, read by `transferkit predict` (default: runs/<time>-<data>-weakshot)."),
     input_column: Optional[str] = InputColOpt,
@@ -1235,6 +1237,7 @@ def weakshot(
     learned on the base classes to weigh the novel classes' noisy items (and regularise with a graph), beside plain
     training, a density denoiser and the clean-subset oracle, all on the same split."""
     from .runs import default_run_dir
+    from .errors import TransferkitError
     from .weakshot import WeakShotConfig, fit_weakshot
 
     check_options(seed=seed, noise=noise, epochs=epochs, alpha=alpha, image_size=image_size, workers=workers,
@@ -1247,7 +1250,12 @@ def weakshot(
     if drop is not None:
         cfg.sim_drop = drop
     if drop_rule is not None:
+        if cfg.sim_drop == 0 and drop_rule != "lowest":
+            raise TransferkitError(f"--drop-rule {drop_rule} picks which of the --drop share are left out, but --drop 0 "
+                                   "leaves none out; give --drop above 0 or leave out --drop-rule")
         cfg.sim_drop_rule = drop_rule
+    if graph_on is not None:
+        cfg.graph_on = graph_on
     if image_size is not None:
         cfg.image_size = image_size
     if epochs is not None:

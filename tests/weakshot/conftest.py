@@ -20,8 +20,9 @@ def blobs(n_classes=16, per_class=60, dim=8, spread=1.0, seed=0):
     return X.astype(np.float32), y
 
 
-def fake_step(idx, y, features):
-    """A stand-in for the loop's ``Step`` with one ``labelled`` batch: its indices, labels and head features."""
+def fake_step(idx, y, features, logits=None):
+    """A stand-in for the loop's ``Step`` with one ``labelled`` batch: its indices, labels, head features and
+    (optionally) logits."""
 
     class _Step:
         batches = {"labelled": type("B", (), {"index": idx, "y": y})()}
@@ -29,7 +30,7 @@ def fake_step(idx, y, features):
 
         @staticmethod
         def outputs(stream):
-            return [type("O", (), {"features": features})()]
+            return [type("O", (), {"features": features, "logits": logits})()]
 
         @staticmethod
         def weight(stream):

@@ -19,7 +19,11 @@ def test_weakshot_refuses_both_kinds_of_noise_and_bad_values(tmp_path):
                       "--sim-blend must be in [0, 1]; got 1.2")
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop", "1"), "--drop must be in [0, 1); got 1")
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop-rule", "median"),
-                      "--drop-rule must be one of lowest, confusable, mixture (got 'median')")
+                      "--drop-rule must be one of lowest, confusable, mixture, claimed (got 'median')")
     # a rule without a share to apply it to would be ignored: refused instead
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop", "0", "--drop-rule", "confusable"),
                       "--drop-rule confusable picks which of the --drop share", "--drop 0 leaves none out")
+    assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop", "0", "--drop-rule", "claimed"),
+                      "--drop-rule claimed picks which of the --drop share", "--drop 0 leaves none out")
+    assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--graph-on", "logits"),
+                      "--graph-on must be one of features, outputs (got 'logits')")

@@ -17,10 +17,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..errors import DataError
 from ..train.objectives import Objective, Step
 from .similarity import SimilarityNet
 
-__all__ = ["WeightedCrossEntropy", "GraphRegularizer", "relax", "graph_term"]
+__all__ = ["WeightedCrossEntropy", "GraphRegularizer", "relax", "graph_term", "GRAPH_TARGETS"]
+
+#: what the graph term pulls together (see :class:`GraphRegularizer`)
+GRAPH_TARGETS = ("features", "outputs")
 
 
 class WeightedCrossEntropy(Objective):
@@ -54,7 +58,8 @@ class WeightedCrossEntropy(Objective):
 def relax(a: torch.Tensor, mu: float) -> torch.Tensor:
     """SimTrans's relaxation of similarities: ``(exp(mu * a) - 1) / (exp(mu) - 1)`` (the identity for ``mu = 0``).
 
-    It maps 0 to 0 and 1 to 1; a negative ``mu`` lifts middling similarities (``mu = -4`` sends 0.5 to 0.88).
+    It maps 0 to 0 and 1 to 1; a negative ``mu`` lifts middling similarities (``mu = -4`` sends 0.5 to 0.88), a
+    positive one keeps only the pairs near 1 (``mu = +8`` sends 0.9 to 0.45 and 0.5 to 0.02).
 
     Shape:
         any -> the same.
@@ -77,9 +82,10 @@ class GraphRegularizer(Objective):
         simnet: the trained :class:`~transferkit.weakshot.similarity.SimilarityNet`, or a
             :class:`~transferkit.weakshot.similarity.BlendedSimilarity` (kept frozen; read through its ``matrix``).
         features: ``(N, D)`` the similarity net's input for every item of ``stream``, in the stream's order.
-        alpha: weight of the term (0.1 in the reference code, on raw features; the default config uses 1.0 on
-            normalised ones).
-        mu: relaxation of the similarities (-4 in the reference code).
+        alpha: weight of the term (0.1 in the reference code, on raw features; the default config uses 3.0 on the
+            outputs).
+        mu: relaxation of the similarities (-4 in the reference code, which lifts middling similarities; the
+            default config uses +8, which keeps only the most similar pairs).
         eye: weight of pairs with different labels (1: every pair counts).
         stream: the stream whose batches are regularised.
         start_epoch, every: the term is on in epochs ``start_epoch, start_epoch + every, ...`` (0 and 1: always).
@@ -87,18 +93,28 @@ class GraphRegularizer(Objective):
             without and with the graph term: ``start_epoch`` = the first half, ``every = 2``.
         normalize: measure ``||f_i - f_j||^2`` between L2-normalised features (then in ``[0, 4]`` whatever the
             features' scale); False: the raw features, as in the reference code.
+        on: what ``f`` is: ``features`` (the classifier's features, the paper's) or ``outputs`` (its softmax
+            probabilities, then ``||f_i - f_j||^2`` is in ``[0, 2]`` and ``normalize`` does not apply): similar
+            items are pulled towards the same *prediction*, the neighbour consistency of Iscen et al. (CVPR 2022)
+            with SimTrans's transferred similarities as the neighbourhood. At probe cost the features are one
+            hidden layer started from the base classifier; pulling them together moves the prediction only
+            through the output layer, while the outputs are what the noisy labels corrupt.
 
     References:
         Chen et al., "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021, eq. (3)-(4);
-        reference code ``GCN_reg/graph_modules.py`` (``rectify``, ``GCN``).
+        reference code ``GCN_reg/graph_modules.py`` (``rectify``, ``GCN``). ``on="outputs"``: Iscen, Valmadre,
+        Arnab & Schmid, "Learning with Neighbor Consistency for Noisy Labels", CVPR 2022.
     """
 
     name = "graph"
 
     def __init__(self, simnet: SimilarityNet, features: Any, alpha: float = 0.1, mu: float = -4.0, eye: float = 1.0,
-                 stream: str = "labelled", start_epoch: int = 0, every: int = 1, normalize: bool = False):
+                 stream: str = "labelled", start_epoch: int = 0, every: int = 1, normalize: bool = False,
+                 on: str = "features"):
         super().__init__()
-        self.normalize = bool(normalize)
+        if on not in GRAPH_TARGETS:
+            raise DataError(f"the graph term acts on one of {', '.join(GRAPH_TARGETS)}; got {on!r}")
+        self.normalize, self.on = bool(normalize), on
         self.start_epoch, self.every = int(start_epoch), max(int(every), 1)
         self.simnet = simnet.eval()
         for p in self.simnet.parameters():
@@ -123,9 +139,12 @@ class GraphRegularizer(Objective):
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         out = step.outputs(self.stream)[0]
-        f = out.features.float()
-        if self.normalize:
-            f = F.normalize(f, dim=1)
+        if self.on == "outputs":
+            f = torch.softmax(out.logits.float(), dim=1)
+        else:
+            f = out.features.float()
+            if self.normalize:
+                f = F.normalize(f, dim=1)
         if not self.active(step.epoch):
             return {self.name: f.sum() * 0.0}
         idx = step.batches[self.stream].index.to(self.z.device)
@@ -136,7 +155,8 @@ class GraphRegularizer(Objective):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "mu": self.mu, "eye": self.eye, "stream": self.stream,
-                "features": list(self.z.shape), "start_epoch": self.start_epoch, "every": self.every, "normalize": self.normalize}
+                "features": list(self.z.shape), "start_epoch": self.start_epoch, "every": self.every, "normalize": self.normalize,
+                "on": self.on}
 
     def train(self, mode: bool = True) -> "GraphRegularizer":
         """The similarity net stays in evaluation mode (batch norm statistics frozen) whatever the loop asks."""
@@ -150,4 +170,4 @@ def graph_term(simnet: SimilarityNet, Z: Any, cfg: Any, epochs: int) -> "GraphRe
     over ``epochs`` (on a copy of the net, which stays frozen)."""
     start, every = (epochs // 2, 2) if cfg.graph_schedule == "alternate" else (0, 1)
     return GraphRegularizer(copy.deepcopy(simnet), Z, cfg.alpha, cfg.mu, cfg.eye, start_epoch=start, every=every,
-                            normalize=cfg.graph_normalize)
+                            normalize=cfg.graph_normalize, on=cfg.graph_on)

@@ -363,6 +363,10 @@ class PrecomputedSimilarity:
         """Itself (nothing to switch: the matrix is fixed), as the nets' ``eval`` returns the net."""
         return self
 
+    def parameters(self):
+        """None to train or freeze (the graph term freezes a net's parameters)."""
+        return iter(())
+
     def matrix(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """``P[i, j]`` for the items ``i`` of ``x`` and ``j`` of ``y`` (``x`` with itself when ``y`` is None)."""
         i = x[:, 0].long()
