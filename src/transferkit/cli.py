@@ -1251,8 +1251,8 @@ def weakshot(
         cfg.sim_drop = drop
     if drop_rule is not None:
         if cfg.sim_drop == 0 and drop_rule != "lowest":
-            raise TransferkitError(f"--drop-rule {drop_rule} picks which of the --drop share are left out, but --drop 0 "
-                                   "leaves none out; give --drop above 0 or leave out --drop-rule")
+            raise TransferkitError(f"--drop-rule {drop_rule} picks which of the --drop share are left out, but "
+                                   "--drop 0 leaves none out; give --drop above 0 or leave out --drop-rule")
         cfg.sim_drop_rule = drop_rule
     if graph_on is not None:
         cfg.graph_on = graph_on
