@@ -204,7 +204,7 @@ class Lora(EfficientStrategy):
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             raise TransferkitError(f"strategy 'lora': rank must be an integer >= 1, got {self.rank!r}")
         if not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise TransferkitError(f"strategy 'lora': alpha (--lora-alpha) must be a positive number, got {self.alpha!r}")
+            raise TransferkitError(f"strategy 'lora': alpha must be a positive number, got {self.alpha!r}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise TransferkitError(f"strategy 'lora': dropout must be in [0, 1), got {self.dropout!r}")
         _peft()
