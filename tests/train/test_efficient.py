@@ -163,6 +163,8 @@ def test_adapter_starts_as_the_identity_and_computes_the_bottleneck(shapes, tmp_
 def test_bad_parameters_and_a_delta_that_does_not_fit_are_clear_errors():
     with pytest.raises(TransferkitError, match="rank must be an integer >= 1"):
         create_strategy("lora", rank=0)
+    with pytest.raises(TransferkitError, match="alpha must be a positive number, got -1"):
+        create_strategy("lora", alpha=-1.0)
     with pytest.raises(TransferkitError, match="takes no parameter bottleneck"):
         create_strategy("lora", bottleneck=4)
     with pytest.raises(TransferkitError, match="match no"):
