@@ -85,6 +85,12 @@ class SemiConfig:
             and FreeMatch on clipart (up to +4 points on the pool) but cost them 8-15 points on mnist5k, and cost
             FixMatch on clipart (its fixed 0.95 is then out of reach), so it is an option, not the default
             (benchmarks/results/bench_semi_notes.md).
+        smoothing: CoMatch's memory-smoothed pseudo-labels (Li, Xiong & Hoi, ICCV 2021, eq. 4) on the frozen
+            features' neighbour graph: each weak-view prediction becomes ``alpha p + (1 - alpha)`` times the mean of
+            its ``neighbours`` nearest pool items' latest pseudo-label distributions (affinity ``cos ** 3`` on the
+            head's CL2N eval-view features, Iscen et al. CVPR 2019's graph), before every method's mask
+            (:class:`~.objective.PseudoLabelConsistency`). ``alpha``: 0.9 in the paper; 1 (the default): off.
+        neighbours: the graph's neighbours per pool item (10).
         hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
             layer was 4x slower and 4-6 points worse on the unlabelled pool.
         dropout: dropout of the ``linear`` head.
@@ -108,6 +114,8 @@ class SemiConfig:
     labelled_views: tuple[str, ...] = ("weak", "strong", "eval")
     align: bool = True
     calibrate: str = "none"
+    smoothing: float = 1.0
+    neighbours: int = 10
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     ema_decay: float | None = 0.999
@@ -137,6 +145,12 @@ class SemiConfig:
         elif self.calibrate != "none" and self.head != "cosine":
             bad.append(f"calibrate={self.calibrate!r} needs head='cosine' (the temperature is fitted on its class-mean "
                        "start)")
+        if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
+            bad.append(f"smoothing must be in [0, 1] (1: off; got {self.smoothing!r})")
+        elif self.smoothing < 1 and self.head != "cosine":
+            bad.append(f"smoothing={self.smoothing!r} needs head='cosine' (the graph is built on its CL2N features)")
+        if not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 1:
+            bad.append(f"neighbours must be an integer >= 1 (got {self.neighbours!r})")
         if self.head == "cosine" and tuple(self.hidden):
             bad.append(f"hidden layers {tuple(self.hidden)} need head='linear' (the cosine head is one layer)")
         if not (isinstance(self.scale, (int, float)) and self.scale > 0 and math.isfinite(self.scale)):
@@ -256,6 +270,20 @@ def _labelled_temperature(head: Any, banks_l: dict[str, np.ndarray], y_l: np.nda
     return fit_temperature(logits, y) if len(y) else 1.0
 
 
+def _set_pool_graph(consistency: Any, head: Any, X_u: np.ndarray, k: int, alpha: float) -> None:
+    """Give the consistency objective the unlabelled pool's kNN graph on the cosine head's CL2N eval-view features
+    and the head's first predictions as the memory's start (CoMatch's smoothing, :class:`SemiConfig`)."""
+    from ..heads.fewshot import transform_features
+    from .graph import knn_neighbours
+
+    x = torch.as_tensor(np.asarray(X_u, dtype=np.float32))
+    with torch.no_grad():
+        z = transform_features(x, "cl2n", head.center).numpy()
+        start = head(x).float().softmax(1).numpy()
+    nn, aff = knn_neighbours(z, k) if len(z) > 1 else (np.zeros((len(z), 0), np.int64), np.zeros((len(z), 0)))
+    consistency.set_neighbours(nn, aff, start, alpha)
+
+
 class _SemiPlan:
     """The loop's plan of a semi-supervised head (picklable)."""
 
@@ -279,6 +307,8 @@ class _SemiPlan:
             torch.manual_seed(cfg.seed)
             head = _make_head(replace(cfg, scale=float(cfg.scale) / t), pooled, self.banks_l["eval"], self.y_l,
                               self.n_classes)
+        if cfg.smoothing < 1:
+            _set_pool_graph(consistency, head, self.banks_u["eval"], cfg.neighbours, cfg.smoothing)
         objective = Objectives(CrossEntropy("labelled"), consistency)
         train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
                                 for v in cfg.labelled_views])

@@ -60,6 +60,12 @@ def fairness_term(mask: torch.Tensor, logits_s: torch.Tensor, class_prob: torch.
     return (target * torch.log(mean_s + 1e-12)).sum()
 
 
+def _checked_smoothing(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 <= float(alpha) <= 1):
+        raise TransferkitError(f"smoothing (CoMatch's alpha) must be in [0, 1] (1: off), got {alpha!r}")
+    return float(alpha)
+
+
 class PseudoLabelConsistency(Objective):
     """``lambda_u * mean_b(mask_b * CE(strong logits_b, argmax weak probs_b))`` over the unlabelled stream.
 
@@ -70,6 +76,13 @@ class PseudoLabelConsistency(Objective):
     With ``temperature`` ``T`` the weak view's probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et
     al., ICML 2017: :mod:`.calibration` fits ``T`` on the labelled items so that the thresholds read calibrated
     confidences); the strong view's cross-entropy is unchanged. ``T = 1``: the papers' form.
+
+    With ``smoothing`` ``alpha < 1`` (CoMatch's memory-smoothed pseudo-labelling, Li, Xiong & Hoi, ICCV 2021, eq. 4)
+    the (aligned) weak probabilities of item ``b`` become ``q_b = alpha p_b + (1 - alpha) sum_j a_bj m_j``: ``m`` is a
+    memory of every pool item's latest ``q`` (started at the head's first predictions), ``a_b`` the normalised
+    affinities of item ``b``'s nearest neighbours in the pool (:meth:`set_neighbours`, a kNN graph of frozen features,
+    :func:`~.graph.knn_neighbours`); masks and pseudo-labels then read ``q``, so a confident prediction whose
+    neighbours disagree is damped. ``alpha = 1``: no smoothing (the papers' form).
 
     With ``align`` the weak view's probabilities are first aligned to the labelled class distribution
     (:func:`align_distribution`, ReMixMatch's distribution alignment): ``p_model`` is the running mean of the weak
@@ -83,6 +96,7 @@ class PseudoLabelConsistency(Objective):
         stream: the unlabelled stream's name.
         align: distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020).
         temperature: the weak logits' temperature (1: none; set later by :meth:`set_temperature`).
+        smoothing: CoMatch's ``alpha`` (0.9 in the paper; 1: off); needs :meth:`set_neighbours` before training.
 
     References:
         Sohn et al., FixMatch, NeurIPS 2020 (eq. 2-4); Zhang et al., FlexMatch, NeurIPS 2021; Wang et al., FreeMatch,
@@ -95,8 +109,12 @@ class PseudoLabelConsistency(Objective):
     align_momentum = 0.999
 
     def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
-                 align: bool = False, temperature: float = 1.0):
+                 align: bool = False, temperature: float = 1.0, smoothing: float = 1.0):
         super().__init__()
+        self.smoothing = _checked_smoothing(smoothing)
+        self.register_buffer("memory", torch.zeros(0))
+        self.register_buffer("nb_index", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("nb_weight", torch.zeros(0))
         self.mask, self.lambda_u, self.fairness, self.stream = mask, float(lambda_u), float(fairness), stream
         self.align = bool(align)
         self.streams = (stream,)
@@ -121,6 +139,38 @@ class PseudoLabelConsistency(Objective):
         self.p_target = t / t.sum()
         self.p_model = self.p_target.clone()
 
+    def set_neighbours(self, index: Any, weight: Any, start: Any, smoothing: float | None = None) -> None:
+        """The pool's neighbour graph for :attr:`smoothing`: ``index`` ``(N, k)`` positions in the pool, ``weight``
+        ``(N, k)`` non-negative affinities (each row is normalised to sum to 1 here; a row of zeros leaves its item
+        unsmoothed), and the memory's start ``(N, C)`` (the head's first class probabilities of the pool);
+        ``smoothing``: CoMatch's ``alpha`` (None: the one given at construction)."""
+        if smoothing is not None:
+            self.smoothing = _checked_smoothing(smoothing)
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+        m = torch.as_tensor(np.asarray(start, dtype=np.float32))
+        if idx.ndim != 2 or w.shape != idx.shape or m.ndim != 2 or len(m) != len(idx) or bool((w < 0).any()) \
+                or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(m))):
+            raise TransferkitError("set_neighbours needs index and weight of one shape (N, k) with positions in "
+                                   f"[0, N) and weights >= 0, and a start (N, C); got {tuple(idx.shape)}, "
+                                   f"{tuple(w.shape)}, {tuple(m.shape)}")
+        tot = w.sum(1, keepdim=True)
+        self.nb_index, self.nb_weight, self.memory = idx, torch.where(tot > 0, w / tot.clamp(min=1e-12), w), m
+
+    def _smoothed(self, probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if not len(self.memory):
+            raise TransferkitError("smoothing < 1 needs the pool's neighbour graph (set_neighbours) before training")
+        idx = index.to(self.memory.device).long()
+        ok = idx >= 0
+        i = idx.clamp(min=0)
+        w, nb = self.nb_weight[i], self.nb_index[i]
+        has = (w.sum(1) > 0) & ok
+        neigh = (w.unsqueeze(2) * self.memory[nb]).sum(1).to(probs)
+        a = self.smoothing
+        q = torch.where(has.to(probs.device).unsqueeze(1), a * probs + (1 - a) * neigh, probs)
+        self.memory[i[ok]] = q[ok.to(q.device)].detach().to(self.memory)
+        return q
+
     def _aligned(self, probs: torch.Tensor, gather: Any) -> torch.Tensor:
         c = probs.shape[1]
         if len(self.p_target) != c:
@@ -136,6 +186,8 @@ class PseudoLabelConsistency(Objective):
         probs = (weak.detach().float() / self.temperature.to(weak.device)).softmax(1)
         if self.align:
             probs = self._aligned(probs, step.gather)
+        if self.smoothing < 1:
+            probs = self._smoothed(probs, step.batches[self.stream].index)
         mask = self.mask(probs, step.batches[self.stream].index, step.gather)
         target = probs.argmax(1)
         loss = (F.cross_entropy(strong.float(), target, reduction="none") * mask).mean()
@@ -148,7 +200,8 @@ class PseudoLabelConsistency(Objective):
     def config(self) -> dict[str, Any]:
         t = float(self.temperature)
         return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness,
-                **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {})}
+                **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {}),
+                **({"smoothing": self.smoothing} if self.smoothing < 1 else {})}
 
     def epoch_state(self) -> dict[str, Any]:
         """The per-class confidence thresholds in force at the end of the epoch (and the weak logits' temperature
