@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_info, machine_line, md_table  # noqa: E402
 
-SEMI = ("fixmatch", "flexmatch", "freematch", "softmatch")
+SEMI = ("fixmatch", "flexmatch", "freematch", "softmatch", "labelprop")
 METHODS = ("probe", "probe-auto", "self-training", "label-spreading", *SEMI)
 #: image size per dataset (mnist5k's 28 px digits at 64 px, as in bench_probe_accuracy's small runs)
 SIZES = {"clipart": None, "mnist5k": 64}

@@ -27,6 +27,7 @@ from ..train.loop import LoopSettings, Plan, ValidationAccuracy, run_loop
 from ..train.objectives import CrossEntropy, Objectives
 from ..train.streams import DrawStream, TensorStream
 from .algorithms import SEMI_METHODS, create_semi_objective
+from .masks import GraphWeights
 
 __all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "logistic_rows", "HEADS", "INITS",
            "LABELLED_VIEWS", "CALIBRATIONS"]
@@ -270,6 +271,18 @@ def _labelled_temperature(head: Any, banks_l: dict[str, np.ndarray], y_l: np.nda
     return fit_temperature(logits, y) if len(y) else 1.0
 
 
+def _set_label_propagation(mask: Any, head: Any, X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray,
+                           n_classes: int) -> None:
+    """Label propagation (Iscen et al., CVPR 2019) over the labelled and unlabelled items' CL2N eval-view features
+    (the cosine head's centre), its pseudo-labels and weights handed to the graph rule."""
+    from ..heads.fewshot import transform_features
+    from .graph import propagate_labels
+
+    z = [transform_features(torch.as_tensor(np.asarray(x, dtype=np.float32)), "cl2n", head.center).numpy()
+         for x in (X_l, X_u)]
+    mask.set_graph(propagate_labels(z[0], y_l, z[1], n_classes, k=mask.k, gamma=mask.gamma, alpha=mask.alpha))
+
+
 def _set_pool_graph(consistency: Any, head: Any, X_u: np.ndarray, k: int, alpha: float) -> None:
     """Give the consistency objective the unlabelled pool's kNN graph on the cosine head's CL2N eval-view features
     and the head's first predictions as the memory's start (CoMatch's smoothing, :class:`SemiConfig`)."""
@@ -307,6 +320,9 @@ class _SemiPlan:
             torch.manual_seed(cfg.seed)
             head = _make_head(replace(cfg, scale=float(cfg.scale) / t), pooled, self.banks_l["eval"], self.y_l,
                               self.n_classes)
+        if isinstance(consistency.mask, GraphWeights):
+            _set_label_propagation(consistency.mask, head, self.banks_l["eval"], self.y_l, self.banks_u["eval"],
+                                   self.n_classes)
         if cfg.smoothing < 1:
             _set_pool_graph(consistency, head, self.banks_u["eval"], cfg.neighbours, cfg.smoothing)
         objective = Objectives(CrossEntropy("labelled"), consistency)
@@ -362,7 +378,8 @@ def train_semi_head(banks_l: dict[str, np.ndarray], y_l: np.ndarray, banks_u: di
         DataError: mismatched banks or labels; UnknownNameError: an unknown method.
     """
     cfg = (config or SemiConfig()).validate()
-    SEMI_METHODS.get(method)
+    if SEMI_METHODS.get(method).cap("needs_features") and cfg.head != "cosine":
+        raise TransferkitError(f"{method} builds its graph on the cosine head's CL2N features: use head='cosine'")
     y_l = np.asarray(y_l, dtype=np.int64)
     if len(y_l) != len(banks_l["eval"]):
         raise DataError(f"{len(banks_l['eval'])} labelled items but {len(y_l)} labels")

@@ -189,7 +189,7 @@ class PseudoLabelConsistency(Objective):
         if self.smoothing < 1:
             probs = self._smoothed(probs, step.batches[self.stream].index)
         mask = self.mask(probs, step.batches[self.stream].index, step.gather)
-        target = probs.argmax(1)
+        target = self.mask.targets(probs, step.batches[self.stream].index)
         loss = (F.cross_entropy(strong.float(), target, reduction="none") * mask).mean()
         step.metrics["mask_rate"] = float(mask.mean())
         out = {self.name: self.lambda_u * loss}
