@@ -1,5 +1,6 @@
 """Graph pseudo-labels: Iscen et al.'s label propagation (its weights against a hand computation, and the method on a
-toy set where the unlabelled pool carries the signal) and CoMatch's memory smoothing of the pseudo-labels."""
+toy set where the unlabelled pool carries the signal), CoMatch's memory smoothing of the pseudo-labels, and soft
+(sharpened) pseudo-labels."""
 
 from __future__ import annotations
 
@@ -145,3 +146,34 @@ def test_graph_settings_fail_with_a_clear_message(toy):
     assert SEMI_METHODS.get("labelprop").cap("needs_features") is True
     with pytest.raises(TransferkitError, match="no graph"):
         SEMI_METHODS.create("labelprop").mask(torch.ones(1, 2) / 2, torch.tensor([0]))
+
+
+def _step(weak_logits, strong_logits):
+    """A training step whose model returns its input as the logits (weak and strong views given directly)."""
+    from transferkit.train.objectives import Step
+    from transferkit.train.streams import Batch
+
+    weak, strong = torch.tensor(weak_logits), torch.tensor(strong_logits)
+    batch = Batch(x={"weak": weak, "strong": strong}, y=None, index=torch.arange(len(weak)), global_size=len(weak))
+    return Step(lambda x, return_features=False: (x, x), {"unlabelled": batch}, 0, 0, 0.0)
+
+
+def test_soft_pseudo_labels_match_a_hand_computation():
+    """Weak probabilities (0.6, 0.4) (logits ln 1.5, 0) sharpened at T = 0.5: (0.36, 0.16) / 0.52 = (9/13, 4/13);
+    strong logits (0, 0): the loss is -(9/13 ln 1/2 + 4/13 ln 1/2) = ln 2 times the mask (threshold 0.5 admits it);
+    the hard target would give the same ln 2 here, so a second item tells them apart: strong logits (ln 3, 0),
+    log-probabilities (ln 3/4, ln 1/4): soft -(9/13 ln 0.75 + 4/13 ln 0.25), hard -ln 0.75."""
+    weak = [[math.log(1.5), 0.0], [math.log(1.5), 0.0]]
+    strong = [[0.0, 0.0], [math.log(3.0), 0.0]]
+    soft = PseudoLabelConsistency(FixedThreshold(0.5), sharpen=0.5)
+    soft.mask.setup(2, 2)
+    hard = PseudoLabelConsistency(FixedThreshold(0.5))
+    hard.mask.setup(2, 2)
+    got_soft = float(soft(_step(weak, strong))["unlabelled"])
+    got_hard = float(hard(_step(weak, strong))["unlabelled"])
+    want_soft = (math.log(2) - (9 / 13 * math.log(0.75) + 4 / 13 * math.log(0.25))) / 2
+    assert got_soft == pytest.approx(want_soft, rel=1e-5)
+    assert got_hard == pytest.approx((math.log(2) - math.log(0.75)) / 2, rel=1e-5)
+    assert soft.config()["sharpen"] == 0.5 and "sharpen" not in hard.config()
+    with pytest.raises(TransferkitError, match="sharpen"):
+        SemiConfig(sharpen=0.0).validate()

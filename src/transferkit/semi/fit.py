@@ -92,6 +92,9 @@ class SemiConfig:
             head's CL2N eval-view features, Iscen et al. CVPR 2019's graph), before every method's mask
             (:class:`~.objective.PseudoLabelConsistency`). ``alpha``: 0.9 in the paper; 1 (the default): off.
         neighbours: the graph's neighbours per pool item (10).
+        sharpen: soft pseudo-labels (USB's ``use_hard_label=False``): the strong view's target is the weak view's
+            distribution sharpened at this temperature (:class:`~.objective.PseudoLabelConsistency`); None (the
+            default, the papers' form): hard pseudo-labels.
         hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
             layer was 4x slower and 4-6 points worse on the unlabelled pool.
         dropout: dropout of the ``linear`` head.
@@ -117,6 +120,7 @@ class SemiConfig:
     calibrate: str = "none"
     smoothing: float = 1.0
     neighbours: int = 10
+    sharpen: float | None = None
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     ema_decay: float | None = 0.999
@@ -150,6 +154,9 @@ class SemiConfig:
             bad.append(f"smoothing must be in [0, 1] (1: off; got {self.smoothing!r})")
         elif self.smoothing < 1 and self.head != "cosine":
             bad.append(f"smoothing={self.smoothing!r} needs head='cosine' (the graph is built on its CL2N features)")
+        if self.sharpen is not None and (isinstance(self.sharpen, bool) or not isinstance(self.sharpen, (int, float))
+                                         or not 0 < self.sharpen <= 10):
+            bad.append(f"sharpen must be in (0, 10] or None (got {self.sharpen!r})")
         if not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 1:
             bad.append(f"neighbours must be an integer >= 1 (got {self.neighbours!r})")
         if self.head == "cosine" and tuple(self.hidden):
@@ -313,6 +320,7 @@ class _SemiPlan:
         consistency = create_semi_objective(self.method, len(self.banks_u["eval"]), self.n_classes, cfg.steps,
                                             **params)
         consistency.set_target(np.bincount(self.y_l, minlength=self.n_classes))
+        consistency.set_sharpen(cfg.sharpen)
         if cfg.calibrate == "threshold":
             consistency.set_temperature(_labelled_temperature(head, self.banks_l, self.y_l, self.n_classes))
         elif cfg.calibrate == "head":  # the same head (same seed) built at the calibrated scale

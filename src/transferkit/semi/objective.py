@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import TransferkitError
 from ..train.objectives import Objective, Step
-from .masks import Mask, SelfAdaptiveThreshold
+from .masks import GraphWeights, Mask, SelfAdaptiveThreshold
 
 __all__ = ["PseudoLabelConsistency", "fairness_term", "align_distribution"]
 
@@ -84,6 +84,12 @@ class PseudoLabelConsistency(Objective):
     :func:`~.graph.knn_neighbours`); masks and pseudo-labels then read ``q``, so a confident prediction whose
     neighbours disagree is damped. ``alpha = 1``: no smoothing (the papers' form).
 
+    With ``sharpen`` ``T`` the target is soft (USB's ``use_hard_label=False``; UDA's sharpening, Xie et al., NeurIPS
+    2020): the weak view's distribution raised to ``1 / T`` and renormalised, and the loss the cross-entropy of the
+    strong view's log-probabilities against it, so an item admitted at a low confidence pulls less towards one class.
+    None (the papers' default): hard pseudo-labels, the most probable class. Label propagation's targets
+    (:class:`~.masks.GraphWeights`) stay hard.
+
     With ``align`` the weak view's probabilities are first aligned to the labelled class distribution
     (:func:`align_distribution`, ReMixMatch's distribution alignment): ``p_model`` is the running mean of the weak
     probabilities (momentum 0.999, as USB's implementation), ``p_target`` the labelled items' class shares (set by
@@ -97,6 +103,7 @@ class PseudoLabelConsistency(Objective):
         align: distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020).
         temperature: the weak logits' temperature (1: none; set later by :meth:`set_temperature`).
         smoothing: CoMatch's ``alpha`` (0.9 in the paper; 1: off); needs :meth:`set_neighbours` before training.
+        sharpen: the soft targets' temperature (None: hard pseudo-labels; USB's default ``T`` is 0.5).
 
     References:
         Sohn et al., FixMatch, NeurIPS 2020 (eq. 2-4); Zhang et al., FlexMatch, NeurIPS 2021; Wang et al., FreeMatch,
@@ -109,9 +116,11 @@ class PseudoLabelConsistency(Objective):
     align_momentum = 0.999
 
     def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
-                 align: bool = False, temperature: float = 1.0, smoothing: float = 1.0):
+                 align: bool = False, temperature: float = 1.0, smoothing: float = 1.0,
+                 sharpen: float | None = None):
         super().__init__()
         self.smoothing = _checked_smoothing(smoothing)
+        self.set_sharpen(sharpen)
         self.register_buffer("memory", torch.zeros(0))
         self.register_buffer("nb_index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("nb_weight", torch.zeros(0))
@@ -138,6 +147,14 @@ class PseudoLabelConsistency(Objective):
                                    f"got {class_shares!r}")
         self.p_target = t / t.sum()
         self.p_model = self.p_target.clone()
+
+    def set_sharpen(self, sharpen: float | None) -> None:
+        """Soft targets at temperature ``sharpen`` (None: hard pseudo-labels)."""
+        if sharpen is not None and (isinstance(sharpen, bool) or not isinstance(sharpen, (int, float))
+                                    or not 0 < sharpen <= 10):
+            raise TransferkitError(f"sharpen (the soft pseudo-labels' temperature) must be in (0, 10] or None, "
+                                   f"got {sharpen!r}")
+        self.sharpen = None if sharpen is None else float(sharpen)
 
     def set_neighbours(self, index: Any, weight: Any, start: Any, smoothing: float | None = None) -> None:
         """The pool's neighbour graph for :attr:`smoothing`: ``index`` ``(N, k)`` positions in the pool, ``weight``
@@ -189,8 +206,14 @@ class PseudoLabelConsistency(Objective):
         if self.smoothing < 1:
             probs = self._smoothed(probs, step.batches[self.stream].index)
         mask = self.mask(probs, step.batches[self.stream].index, step.gather)
-        target = self.mask.targets(probs, step.batches[self.stream].index)
-        loss = (F.cross_entropy(strong.float(), target, reduction="none") * mask).mean()
+        if self.sharpen is not None and not isinstance(self.mask, GraphWeights):
+            soft = probs.clamp(min=1e-12) ** (1.0 / self.sharpen)
+            soft = soft / soft.sum(1, keepdim=True)
+            per_item = -(soft * F.log_softmax(strong.float(), 1)).sum(1)
+        else:
+            target = self.mask.targets(probs, step.batches[self.stream].index)
+            per_item = F.cross_entropy(strong.float(), target, reduction="none")
+        loss = (per_item * mask).mean()
         step.metrics["mask_rate"] = float(mask.mean())
         out = {self.name: self.lambda_u * loss}
         if self.fairness and isinstance(self.mask, SelfAdaptiveThreshold):
@@ -201,7 +224,8 @@ class PseudoLabelConsistency(Objective):
         t = float(self.temperature)
         return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness,
                 **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {}),
-                **({"smoothing": self.smoothing} if self.smoothing < 1 else {})}
+                **({"smoothing": self.smoothing} if self.smoothing < 1 else {}),
+                **({"sharpen": self.sharpen} if self.sharpen is not None else {})}
 
     def epoch_state(self) -> dict[str, Any]:
         """The per-class confidence thresholds in force at the end of the epoch (and the weak logits' temperature
