@@ -177,3 +177,48 @@ def test_soft_pseudo_labels_match_a_hand_computation():
     assert soft.config()["sharpen"] == 0.5 and "sharpen" not in hard.config()
     with pytest.raises(TransferkitError, match="sharpen"):
         SemiConfig(sharpen=0.0).validate()
+
+
+class _Lin(torch.nn.Module):
+    """y = w * x on one feature, as the loop calls a model."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([[w]]))
+
+    def forward(self, x, return_features=False):
+        out = x @ self.w.T
+        return (out, x) if return_features else out
+
+
+def test_the_ema_teacher_pseudo_labels_the_weak_view_with_the_moving_average_of_the_weights():
+    """Teacher copied at w = 1; the network moves to w = 3. At the first update the warm-up decay is
+    min(0.9, 2/11) = 2/11: the teacher's w = 2/11 * 1 + 9/11 * 3 = 29/11; at the second min(0.9, 3/12) = 1/4 with the
+    network back at 1: 1/4 * 29/11 + 3/4 * 1 = 62/44. The weak view's logits are the teacher's, the strong the
+    network's."""
+    from transferkit.semi.masks import FixedThreshold
+    from transferkit.train.objectives import Step
+    from transferkit.train.streams import Batch
+
+    net = _Lin(1.0)
+    obj = PseudoLabelConsistency(FixedThreshold(0.5), teacher_decay=0.9)
+    obj.mask.setup(1, 1)
+    obj.setup(net)
+    x = torch.tensor([[1.0]])
+    batch = Batch(x={"weak": x, "strong": x}, y=None, index=torch.tensor([0]), global_size=1)
+    with torch.no_grad():
+        net.w.fill_(3.0)
+    assert float(obj._teacher_logits(Step(net, {"unlabelled": batch}, 0, 0, 0.0, net=net))) == pytest.approx(29 / 11)
+    with torch.no_grad():
+        net.w.fill_(1.0)
+    assert float(obj._teacher_logits(Step(net, {"unlabelled": batch}, 0, 1, 0.0, net=net))) == pytest.approx(62 / 44)
+    assert float(net.w.detach()) == 1.0 and not obj.teacher.w.requires_grad
+    assert "teacher.w" in obj.state_dict() and obj.config()["teacher_decay"] == 0.9
+    with pytest.raises(TransferkitError, match="teacher_decay"):
+        SemiConfig(teacher_decay=1.0).validate()
+
+
+def test_a_run_with_the_ema_teacher_learns_from_the_unlabelled_pool(toy, only):
+    fit = train_semi_head(toy["bl"], toy["yl"], toy["bu"], "fixmatch", n_classes=C,
+                          config=SemiConfig(**CFG, teacher_decay=0.999))
+    assert _acc(fit, toy) >= only + 0.05

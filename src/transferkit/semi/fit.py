@@ -95,6 +95,11 @@ class SemiConfig:
         sharpen: soft pseudo-labels (USB's ``use_hard_label=False``): the strong view's target is the weak view's
             distribution sharpened at this temperature (:class:`~.objective.PseudoLabelConsistency`); None (the
             default, the papers' form): hard pseudo-labels.
+        teacher_decay: pseudo-labels from an EMA teacher (Mean Teacher, Tarvainen & Valpola, NeurIPS 2017; Unbiased
+            Teacher, Liu et al., ICLR 2021): the weak views are predicted by the moving average of the head's
+            weights at this decay (with the usual warm-up), the strong views by the head
+            (:class:`~.objective.PseudoLabelConsistency`); None (the default, the papers' form): the head
+            pseudo-labels its own weak views.
         hidden: hidden layers of the ``linear`` head (``()``: linear): on the development seed a 512-unit hidden
             layer was 4x slower and 4-6 points worse on the unlabelled pool.
         dropout: dropout of the ``linear`` head.
@@ -121,6 +126,7 @@ class SemiConfig:
     smoothing: float = 1.0
     neighbours: int = 10
     sharpen: float | None = None
+    teacher_decay: float | None = None
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
     ema_decay: float | None = 0.999
@@ -157,6 +163,10 @@ class SemiConfig:
         if self.sharpen is not None and (isinstance(self.sharpen, bool) or not isinstance(self.sharpen, (int, float))
                                          or not 0 < self.sharpen <= 10):
             bad.append(f"sharpen must be in (0, 10] or None (got {self.sharpen!r})")
+        if self.teacher_decay is not None and (isinstance(self.teacher_decay, bool)
+                                               or not isinstance(self.teacher_decay, (int, float))
+                                               or not 0 < self.teacher_decay < 1):
+            bad.append(f"teacher_decay must be a number in (0, 1) or None (got {self.teacher_decay!r})")
         if not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 1:
             bad.append(f"neighbours must be an integer >= 1 (got {self.neighbours!r})")
         if self.head == "cosine" and tuple(self.hidden):
@@ -321,6 +331,7 @@ class _SemiPlan:
                                             **params)
         consistency.set_target(np.bincount(self.y_l, minlength=self.n_classes))
         consistency.set_sharpen(cfg.sharpen)
+        consistency.set_teacher_decay(cfg.teacher_decay)
         if cfg.calibrate == "threshold":
             consistency.set_temperature(_labelled_temperature(head, self.banks_l, self.y_l, self.n_classes))
         elif cfg.calibrate == "head":  # the same head (same seed) built at the calibrated scale

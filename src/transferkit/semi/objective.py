@@ -3,12 +3,14 @@ cross-entropy on their strong view where the mask lets them through."""
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import TransferkitError
 from ..train.objectives import Objective, Step
@@ -90,6 +92,12 @@ class PseudoLabelConsistency(Objective):
     None (the papers' default): hard pseudo-labels, the most probable class. Label propagation's targets
     (:class:`~.masks.GraphWeights`) stay hard.
 
+    With ``teacher_decay`` ``d`` the weak view's predictions come from a teacher, an exponential moving average of
+    the trained network's weights (Mean Teacher, Tarvainen & Valpola, NeurIPS 2017; pseudo-labels from the EMA
+    teacher on weak views for a student trained on strong ones, as Unbiased Teacher, Liu et al., ICLR 2021), updated
+    before every step with the usual warm-up ``min(d, (1 + t) / (10 + t))``; the student's strong view is trained as
+    before. None (the papers' form): the network pseudo-labels its own weak views.
+
     With ``align`` the weak view's probabilities are first aligned to the labelled class distribution
     (:func:`align_distribution`, ReMixMatch's distribution alignment): ``p_model`` is the running mean of the weak
     probabilities (momentum 0.999, as USB's implementation), ``p_target`` the labelled items' class shares (set by
@@ -104,6 +112,7 @@ class PseudoLabelConsistency(Objective):
         temperature: the weak logits' temperature (1: none; set later by :meth:`set_temperature`).
         smoothing: CoMatch's ``alpha`` (0.9 in the paper; 1: off); needs :meth:`set_neighbours` before training.
         sharpen: the soft targets' temperature (None: hard pseudo-labels; USB's default ``T`` is 0.5).
+        teacher_decay: the EMA teacher's decay (None: no teacher); the teacher is made in :meth:`setup`.
 
     References:
         Sohn et al., FixMatch, NeurIPS 2020 (eq. 2-4); Zhang et al., FlexMatch, NeurIPS 2021; Wang et al., FreeMatch,
@@ -117,8 +126,11 @@ class PseudoLabelConsistency(Objective):
 
     def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
                  align: bool = False, temperature: float = 1.0, smoothing: float = 1.0,
-                 sharpen: float | None = None):
+                 sharpen: float | None = None, teacher_decay: float | None = None):
         super().__init__()
+        self.set_teacher_decay(teacher_decay)
+        self.teacher: nn.Module | None = None
+        self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
         self.smoothing = _checked_smoothing(smoothing)
         self.set_sharpen(sharpen)
         self.register_buffer("memory", torch.zeros(0))
@@ -147,6 +159,32 @@ class PseudoLabelConsistency(Objective):
                                    f"got {class_shares!r}")
         self.p_target = t / t.sum()
         self.p_model = self.p_target.clone()
+
+    def set_teacher_decay(self, decay: float | None) -> None:
+        """Pseudo-labels from an EMA teacher at this decay (None: from the network itself); before training."""
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
+            raise TransferkitError(f"teacher_decay must be in (0, 1) or None, got {decay!r}")
+        self.teacher_decay = None if decay is None else float(decay)
+
+    def setup(self, model: nn.Module) -> None:
+        """With a teacher: the teacher starts as a frozen copy of the network (its state is checkpointed with the
+        objective's)."""
+        if self.teacher_decay is not None:
+            self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
+
+    def _teacher_logits(self, step: Step) -> torch.Tensor:
+        if self.teacher is None:
+            raise TransferkitError("teacher_decay needs setup(model) before training (the training loop calls it)")
+        self.teacher_updates += 1
+        t = float(self.teacher_updates)
+        d = min(float(self.teacher_decay), (1 + t) / (10 + t))
+        with torch.no_grad():
+            for (_, tv), (_, sv) in zip(self.teacher.state_dict().items(), step.net.state_dict().items()):
+                if tv.dtype.is_floating_point:
+                    tv.mul_(d).add_(sv.detach().to(tv), alpha=1 - d)
+                else:
+                    tv.copy_(sv)
+            return self.teacher(step.x(self.stream, "weak"), return_features=True)[0]
 
     def set_sharpen(self, sharpen: float | None) -> None:
         """Soft targets at temperature ``sharpen`` (None: hard pseudo-labels)."""
@@ -198,7 +236,8 @@ class PseudoLabelConsistency(Objective):
         return align_distribution(probs, self.p_model.to(probs), p_target)
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        weak = step.outputs(self.stream, view="weak")[0].logits
+        weak = (self._teacher_logits(step) if self.teacher_decay is not None
+                else step.outputs(self.stream, view="weak")[0].logits)
         strong = step.outputs(self.stream, view="strong")[0].logits
         probs = (weak.detach().float() / self.temperature.to(weak.device)).softmax(1)
         if self.align:
@@ -225,7 +264,8 @@ class PseudoLabelConsistency(Objective):
         return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness,
                 **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {}),
                 **({"smoothing": self.smoothing} if self.smoothing < 1 else {}),
-                **({"sharpen": self.sharpen} if self.sharpen is not None else {})}
+                **({"sharpen": self.sharpen} if self.sharpen is not None else {}),
+                **({"teacher_decay": self.teacher_decay} if self.teacher_decay is not None else {})}
 
     def epoch_state(self) -> dict[str, Any]:
         """The per-class confidence thresholds in force at the end of the epoch (and the weak logits' temperature
