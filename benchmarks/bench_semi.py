@@ -181,6 +181,8 @@ def main() -> None:
                     help="soft pseudo-labels sharpened at this temperature (default: SemiConfig's, hard labels)")
     ap.add_argument("--teacher-decay", type=float, default=None,
                     help="pseudo-labels from an EMA teacher at this decay (default: SemiConfig's, none)")
+    ap.add_argument("--graph-weight", type=float, default=None,
+                    help="label propagation's term added to each method with this weight (default: SemiConfig's, 0)")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -276,7 +278,8 @@ def main() -> None:
                                                               ("init", args.init),
                                                               ("smoothing", args.smoothing),
                                                               ("sharpen", args.sharpen),
-                                                              ("teacher_decay", args.teacher_decay))
+                                                              ("teacher_decay", args.teacher_decay),
+                                                              ("graph_weight", args.graph_weight))
                                             if v is not None})
                         kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}
                         if args.lambda_u is not None:

@@ -222,3 +222,15 @@ def test_a_run_with_the_ema_teacher_learns_from_the_unlabelled_pool(toy, only):
     fit = train_semi_head(toy["bl"], toy["yl"], toy["bu"], "fixmatch", n_classes=C,
                           config=SemiConfig(**CFG, teacher_decay=0.999))
     assert _acc(fit, toy) >= only + 0.05
+
+
+def test_the_label_propagation_term_adds_to_a_method_and_keeps_its_logs(toy, only):
+    """FixMatch's own term switched off (lambda_u 0): with graph_weight 1 the graph's pseudo-labels alone move the
+    head; the thresholds logged stay FixMatch's 0.95 and the graph term's mean weight is logged on its own."""
+    fit = train_semi_head(toy["bl"], toy["yl"], toy["bu"], "fixmatch", n_classes=C,
+                          config=SemiConfig(**CFG, graph_weight=1.0), lambda_u=0.0)
+    assert _acc(fit, toy) >= only + 0.05
+    last = fit.history[-1]
+    assert last["thresholds"] == [0.95] * C and 0 < last["metric_graph_weight"] <= 3
+    with pytest.raises(TransferkitError, match="graph_weight"):
+        SemiConfig(graph_weight=-1.0).validate()

@@ -28,6 +28,7 @@ from ..train.objectives import CrossEntropy, Objectives
 from ..train.streams import DrawStream, TensorStream
 from .algorithms import SEMI_METHODS, create_semi_objective
 from .masks import GraphWeights
+from .objective import GraphTerm
 
 __all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "logistic_rows", "HEADS", "INITS",
            "LABELLED_VIEWS", "CALIBRATIONS"]
@@ -92,6 +93,9 @@ class SemiConfig:
             head's CL2N eval-view features, Iscen et al. CVPR 2019's graph), before every method's mask
             (:class:`~.objective.PseudoLabelConsistency`). ``alpha``: 0.9 in the paper; 1 (the default): off.
         neighbours: the graph's neighbours per pool item (10).
+        graph_weight: label propagation's term (Iscen et al., CVPR 2019: the graph's pseudo-labels weighted by
+            certainty and class, :class:`~.objective.GraphTerm`) added to the method's loss with this weight (0, the
+            default: none; the ``labelprop`` method is that term alone).
         sharpen: soft pseudo-labels (USB's ``use_hard_label=False``): the strong view's target is the weak view's
             distribution sharpened at this temperature (:class:`~.objective.PseudoLabelConsistency`); None (the
             default, the papers' form): hard pseudo-labels.
@@ -126,6 +130,7 @@ class SemiConfig:
     smoothing: float = 1.0
     neighbours: int = 10
     sharpen: float | None = None
+    graph_weight: float = 0.0
     teacher_decay: float | None = None
     hidden: tuple[int, ...] = ()
     dropout: float = 0.0
@@ -167,6 +172,11 @@ class SemiConfig:
                                                or not isinstance(self.teacher_decay, (int, float))
                                                or not 0 < self.teacher_decay < 1):
             bad.append(f"teacher_decay must be a number in (0, 1) or None (got {self.teacher_decay!r})")
+        if isinstance(self.graph_weight, bool) or not isinstance(self.graph_weight, (int, float)) \
+                or not 0 <= self.graph_weight < math.inf:
+            bad.append(f"graph_weight must be a number >= 0 (got {self.graph_weight!r})")
+        elif self.graph_weight > 0 and self.head != "cosine":
+            bad.append("graph_weight > 0 needs head='cosine' (the graph is built on its CL2N features)")
         if not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 1:
             bad.append(f"neighbours must be an integer >= 1 (got {self.neighbours!r})")
         if self.head == "cosine" and tuple(self.hidden):
@@ -344,7 +354,14 @@ class _SemiPlan:
                                    self.n_classes)
         if cfg.smoothing < 1:
             _set_pool_graph(consistency, head, self.banks_u["eval"], cfg.neighbours, cfg.smoothing)
-        objective = Objectives(CrossEntropy("labelled"), consistency)
+        terms = [CrossEntropy("labelled"), consistency]
+        if cfg.graph_weight > 0:
+            graph = GraphTerm(float(cfg.graph_weight))
+            graph.mask.setup(len(self.banks_u["eval"]), self.n_classes, cfg.steps)
+            _set_label_propagation(graph.mask, head, self.banks_l["eval"], self.y_l, self.banks_u["eval"],
+                                   self.n_classes)
+            terms.append(graph)
+        objective = Objectives(*terms)
         train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
                                 for v in cfg.labelled_views])
         labelled = DrawStream("labelled", {"eval": self.banks_l["eval"], "train": train}, self.y_l,

@@ -16,7 +16,7 @@ from ..errors import TransferkitError
 from ..train.objectives import Objective, Step
 from .masks import GraphWeights, Mask, SelfAdaptiveThreshold
 
-__all__ = ["PseudoLabelConsistency", "fairness_term", "align_distribution"]
+__all__ = ["PseudoLabelConsistency", "GraphTerm", "fairness_term", "align_distribution"]
 
 
 def align_distribution(probs: torch.Tensor, p_model: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
@@ -120,6 +120,8 @@ class PseudoLabelConsistency(Objective):
     """
 
     name = "unlabelled"
+    #: the step metric the term logs (the mean mask or weight of the batch)
+    metric = "mask_rate"
 
     #: momentum of the running mean of the model's weak-view probabilities (distribution alignment)
     align_momentum = 0.999
@@ -253,7 +255,7 @@ class PseudoLabelConsistency(Objective):
             target = self.mask.targets(probs, step.batches[self.stream].index)
             per_item = F.cross_entropy(strong.float(), target, reduction="none")
         loss = (per_item * mask).mean()
-        step.metrics["mask_rate"] = float(mask.mean())
+        step.metrics[self.metric] = float(mask.mean())
         out = {self.name: self.lambda_u * loss}
         if self.fairness and isinstance(self.mask, SelfAdaptiveThreshold):
             out["fairness"] = self.fairness * fairness_term(mask, strong, self.mask.class_prob, self.mask.label_hist)
@@ -286,3 +288,30 @@ class PseudoLabelConsistency(Objective):
         pred = probs.argmax(1).cpu().numpy()
         return {"val_mask_rate": float(sel.mean()),
                 "val_pseudo_accuracy": float((pred[sel] == y[sel]).mean()) if sel.any() else None}
+
+
+class GraphTerm(PseudoLabelConsistency):
+    """Label propagation's term added beside a method's consistency term (Iscen et al., CVPR 2019, whose "+ MT" rows
+    add it to Mean Teacher's consistency): the strong view's cross-entropy against the graph's pseudo-labels,
+    weighted by certainty and class (:class:`~.masks.GraphWeights`, given its graph by the plan), named ``graph``; it
+    logs its mean weight as ``metric_graph_weight`` and leaves the thresholds and the validation statistics to the
+    method's term.
+
+    Args:
+        weight: the term's weight (``lambda``); k, gamma, alpha: the graph's (:class:`~.masks.GraphWeights`).
+    """
+
+    name = "graph"
+    metric = "graph_weight"
+
+    def __init__(self, weight: float = 1.0, k: int = 10, gamma: float = 3.0, alpha: float = 0.99,
+                 stream: str = "unlabelled"):
+        super().__init__(GraphWeights(k, gamma, alpha), weight, stream=stream)
+
+    def epoch_state(self) -> dict[str, Any]:
+        """Nothing: the thresholds logged are the method's."""
+        return {}
+
+    def validation_metrics(self, probs: torch.Tensor, y: np.ndarray) -> dict[str, Any]:
+        """Nothing: the validation statistics logged are the method's."""
+        return {}
