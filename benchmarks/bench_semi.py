@@ -180,7 +180,8 @@ def main() -> None:
     ap.add_argument("--sharpen", type=float, default=None,
                     help="soft pseudo-labels sharpened at this temperature (default: SemiConfig's, hard labels)")
     ap.add_argument("--teacher-decay", type=float, default=None,
-                    help="pseudo-labels from an EMA teacher at this decay (default: SemiConfig's, none)")
+                    help="pseudo-labels from an EMA teacher at this decay (default: SemiConfig's; 0: no teacher, "
+                         "the network pseudo-labels its own weak views)")
     ap.add_argument("--graph-weight", type=float, default=None,
                     help="label propagation's term added to each method with this weight (default: SemiConfig's, 0)")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
@@ -278,9 +279,10 @@ def main() -> None:
                                                               ("init", args.init),
                                                               ("smoothing", args.smoothing),
                                                               ("sharpen", args.sharpen),
-                                                              ("teacher_decay", args.teacher_decay),
                                                               ("graph_weight", args.graph_weight))
-                                            if v is not None})
+                                            if v is not None},
+                                         **({} if args.teacher_decay is None
+                                            else {"teacher_decay": args.teacher_decay or None}))
                         kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}
                         if args.lambda_u is not None:
                             kw["lambda_u"] = args.lambda_u
