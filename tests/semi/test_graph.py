@@ -23,7 +23,7 @@ def test_knn_neighbours_exclude_the_item_and_raise_the_cosine_to_gamma():
     nn, aff = knn_neighbours(z, k=1, gamma=2.0)
     assert nn[:, 0].tolist() == [1, 0, 1, 2]  # item 3's best is item 2 (cos 0 beats cos -1)
     assert aff[:, 0] == pytest.approx([0.64, 0.64, 0.36, 0.0])
-    w = knn_affinity(z, k=1, gamma=2.0)
+    w = knn_affinity(z, k=1, gamma=2.0).toarray()
     assert w[0, 1] == pytest.approx(1.28) and w[1, 2] == pytest.approx(0.36) and w[2, 3] == 0.0
     assert np.allclose(w, w.T)
     with pytest.raises(TransferkitError, match="k .neighbours."):
@@ -87,7 +87,8 @@ def toy():
     return {"bl": _banks(X[lab], rng), "yl": y[lab], "bu": _banks(X[unl], rng), "Xt": Xt, "yt": yt}
 
 
-CFG = dict(steps=150, eval_every=150, batch_size=4, mu=8, ema_decay=0.99)
+# graph_weight 0: each option is checked alone (the label propagation term, on by default, on its own below)
+CFG = dict(steps=150, eval_every=150, batch_size=4, mu=8, ema_decay=0.99, graph_weight=0.0)
 
 
 def _acc(fit, toy) -> float:
@@ -228,7 +229,7 @@ def test_the_label_propagation_term_adds_to_a_method_and_keeps_its_logs(toy, onl
     """FixMatch's own term switched off (lambda_u 0): with graph_weight 1 the graph's pseudo-labels alone move the
     head; the thresholds logged stay FixMatch's 0.95 and the graph term's mean weight is logged on its own."""
     fit = train_semi_head(toy["bl"], toy["yl"], toy["bu"], "fixmatch", n_classes=C,
-                          config=SemiConfig(**CFG, graph_weight=1.0), lambda_u=0.0)
+                          config=SemiConfig(**{**CFG, "graph_weight": None}), lambda_u=0.0)  # the default: 1
     assert _acc(fit, toy) >= only + 0.05
     last = fit.history[-1]
     assert last["thresholds"] == [0.95] * C and 0 < last["metric_graph_weight"] <= 3

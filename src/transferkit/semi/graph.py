@@ -41,9 +41,10 @@ class GraphLabels:
         return self.weights * self.class_weights[self.labels]
 
 
-def knn_neighbours(z: np.ndarray, k: int = 10, gamma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+def knn_neighbours(z: np.ndarray, k: int = 10, gamma: float = 3.0, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Each item's ``k`` nearest neighbours by the dot product (itself excluded) and their affinities
-    ``max(z_i . z_j, 0) ** gamma``; ``z`` should be L2-normalised rows (the dot product is then the cosine).
+    ``max(z_i . z_j, 0) ** gamma``; ``z`` should be L2-normalised rows (the dot product is then the cosine). The
+    similarities are computed ``block`` rows at a time (memory ``block * N``, time ``N^2 D``).
 
     Shape:
         z ``(N, D)`` -> index ``(N, k)`` and affinity ``(N, k)`` (``k`` capped at ``N - 1``).
@@ -57,24 +58,32 @@ def knn_neighbours(z: np.ndarray, k: int = 10, gamma: float = 3.0) -> tuple[np.n
     if n < 2:
         raise DataError(f"a neighbour graph needs at least 2 items, got {n}")
     k = min(int(k), n - 1)
-    s = z @ z.T
-    np.fill_diagonal(s, -np.inf)
-    nn = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    return nn, np.clip(np.take_along_axis(s, nn, 1), 0, None) ** float(gamma)
+    nn = np.zeros((n, k), dtype=np.int64)
+    aff = np.zeros((n, k))
+    for lo in range(0, n, block):
+        s = z[lo:lo + block] @ z.T
+        rows = np.arange(len(s))
+        s[rows, lo + rows] = -np.inf
+        idx = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        nn[lo:lo + block] = idx
+        aff[lo:lo + block] = np.clip(np.take_along_axis(s, idx, 1), 0, None) ** float(gamma)
+    return nn, aff
 
 
-def knn_affinity(z: np.ndarray, k: int = 10, gamma: float = 3.0) -> np.ndarray:
-    """The symmetric affinity ``W = A + A^T`` (dense ``(N, N)``) of :func:`knn_neighbours`: ``A_ij`` is the affinity
-    of ``j`` when ``j`` is among the ``k`` nearest neighbours of ``i``, else 0 (Iscen et al., eq. 9).
+def knn_affinity(z: np.ndarray, k: int = 10, gamma: float = 3.0):
+    """The symmetric affinity ``W = A + A^T`` (a scipy sparse ``(N, N)`` matrix) of :func:`knn_neighbours`:
+    ``A_ij`` is the affinity of ``j`` when ``j`` is among the ``k`` nearest neighbours of ``i``, else 0 (Iscen et al.,
+    eq. 9).
 
     Shape:
         z ``(N, D)`` -> ``(N, N)``.
     """
+    from scipy.sparse import csr_matrix
+
     nn, aff = knn_neighbours(z, k, gamma)
     n = len(nn)
-    a = np.zeros((n, n))
-    a[np.repeat(np.arange(n), nn.shape[1]), nn.ravel()] = aff.ravel()
-    return a + a.T
+    a = csr_matrix((aff.ravel(), (np.repeat(np.arange(n), nn.shape[1]), nn.ravel())), shape=(n, n))
+    return (a + a.T).tocsr()
 
 
 def propagate_labels(z_l: np.ndarray, y_l: np.ndarray, z_u: np.ndarray, n_classes: int, *, k: int = 10,
@@ -105,11 +114,13 @@ def propagate_labels(z_l: np.ndarray, y_l: np.ndarray, z_u: np.ndarray, n_classe
         raise DataError(f"labels must be in [0, {n_classes}), got {y_l.min()}..{y_l.max()}")
     if not 0 < alpha < 1:
         raise TransferkitError(f"alpha must be in (0, 1), got {alpha!r}")
+    from scipy.sparse import diags
+
     z = np.concatenate([z_l, z_u])
     w = knn_affinity(z, k, gamma)
-    d = w.sum(1)
+    d = np.asarray(w.sum(1)).ravel()
     inv = np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 0.0)
-    wn = inv[:, None] * w * inv[None, :]
+    wn = (diags(inv) @ w @ diags(inv)).tocsr()
     n, nl = len(z), len(z_l)
     op = LinearOperator((n, n), matvec=lambda v: v - alpha * (wn @ v), dtype=np.float64)
     scores = np.zeros((n, n_classes))
