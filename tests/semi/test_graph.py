@@ -123,7 +123,8 @@ def test_memory_smoothing_matches_a_hand_computation():
     neigh0 = 0.25 * np.array([0.2, 0.8]) + 0.75 * np.array([0.6, 0.4])  # (0.5, 0.5)
     assert q[0].tolist() == pytest.approx((0.8 * np.array([0.9, 0.1]) + 0.2 * neigh0).tolist())  # (0.82, 0.18)
     assert q[1].tolist() == pytest.approx([0.3, 0.7])  # item 2 has no neighbour weight: unsmoothed
-    assert obj.memory[0].tolist() == pytest.approx(q[0].tolist()) and obj.memory[1].tolist() == pytest.approx([0.2, 0.8])
+    assert obj.memory[0].tolist() == pytest.approx(q[0].tolist())
+    assert obj.memory[1].tolist() == pytest.approx([0.2, 0.8])
     # item 1 now reads item 0's new memory: 0.8 * (0.1, 0.9) + 0.2 * (0.82, 0.18)
     q1 = obj._smoothed(torch.tensor([[0.1, 0.9]]), torch.tensor([1]))
     assert q1[0].tolist() == pytest.approx([0.08 + 0.164, 0.72 + 0.036])

@@ -24,8 +24,8 @@ from torch import nn
 from ..errors import TransferkitError
 from ..registry import Registry
 
-__all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold", "TruncatedGaussian", "GraphWeights",
-           "scaled_momentum"]
+__all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold", "TruncatedGaussian",
+           "GraphWeights", "scaled_momentum"]
 
 #: masking rules by name
 MASKS: Registry["Mask"] = Registry("pseudo-label mask")
