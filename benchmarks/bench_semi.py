@@ -10,6 +10,7 @@ per class are labelled and all the others form the unlabelled pool. On the same 
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
 - ``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch`` at probe cost: the head trains on cached features of 4 weak
   and 4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
+  ``labelprop``: label propagation's pseudo-labels alone (Iscen et al. 2019), the same head;
 - optionally (``--end-to-end``) one method end to end (the backbone trains on raw weak/strong views).
 
 Nothing is chosen on the test split: the semi-supervised heads run a fixed number of steps and keep the EMA of the
@@ -80,8 +81,10 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
              "features started at the unit rows of a logistic regression on the labelled items' features "
              "(`init=\"logistic\"`, the default from the fourth round), the labelled term on every cached view, "
-             "distribution alignment (see the notes below); `(class-mean start)` rows: the same head started at the "
-             "labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
+             "distribution alignment, and label propagation's pseudo-labels on the frozen features' kNN graph as a "
+             "second unlabelled term (`graph_weight=1`, Iscen et al. 2019, the default from the fifth round; see the "
+             "notes below); `(no graph term)` rows: the fourth round's defaults, without it; `(class-mean start)` "
+             "rows: the same head started at the labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
              "...)` rows: `SemiConfig(calibrate=\"head\")`, an option, not the default (the head's scale divided by a "
              "temperature fitted on the labelled items). `wins` = "
              "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the "
