@@ -8,8 +8,8 @@ per class are labelled and all the others form the unlabelled pool. On the same 
   a validation split the few-shot default, logistic regression on L2-normalised features with C=100), on the same
   labels;
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
-- ``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch`` at probe cost: the head trains on cached features of 4 weak
-  and 4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
+- ``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch`` at probe cost: the head trains on cached features of 8 weak
+  and 8 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
   ``labelprop``: label propagation's pseudo-labels alone (Iscen et al. 2019), the same head;
 - optionally (``--end-to-end``) one method end to end (the backbone trains on raw weak/strong views).
 
@@ -77,8 +77,8 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "are inflated; the machine line gives the date and load of the last):", "",
              *[f"    {c}" for c in cmds], "", f"Machine: {machine_line(info)}", "",
              "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
-             "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
-             "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
+             "rest of the train part unlabelled. Probe cost = the head trains on cached features of 8 weak + 8 "
+             "strong views (lite0 frozen; 4 + 4 in the rows of the first four rounds and the `(4 draws)` rows), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
              "features started at the unit rows of a logistic regression on the labelled items' features "
              "(`init=\"logistic\"`, the default from the fourth round), the labelled term on every cached view, "
              "distribution alignment, and label propagation's pseudo-labels on the frozen features' kNN graph as a "
@@ -158,7 +158,7 @@ def main() -> None:
                     "accuracy, written to results/bench_semi_dev.md (unless --out)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=1000, help="optimisation steps of the semi-supervised heads")
-    ap.add_argument("--draws", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=None, help="cached draws of each view (default: SemiConfig's)")
     ap.add_argument("--hidden", default="", help="hidden layers of the semi-supervised head ('' = linear)")
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
@@ -238,6 +238,7 @@ def main() -> None:
         save()
 
     store = FeatureStore(args.cache_dir)
+    draws = args.draws if args.draws is not None else SemiConfig().draws
     for ds in _csv(args.datasets):
         source = load_data(ds)
         y = source.encoded_labels(source.classes)
@@ -246,7 +247,7 @@ def main() -> None:
         if SIZES.get(ds):
             bb = bb.with_preprocessing(input_size=SIZES[ds])
         t = time.perf_counter()
-        banks = view_banks(source, bb, store=store, draws=args.draws, seed=0, progress=True, num_workers=1)
+        banks = view_banks(source, bb, store=store, draws=draws, seed=0, progress=True, num_workers=1)
         log(f"{ds}: view features ready ({time.perf_counter() - t:.0f} s)")
         X = banks["eval"]
         for b in _csv(args.budgets, int):
@@ -272,7 +273,7 @@ def main() -> None:
                         rec["pool_accuracy"] = float((model.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
                     else:
                         cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
-                        cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
+                        cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
