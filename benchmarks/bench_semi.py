@@ -8,8 +8,9 @@ per class are labelled and all the others form the unlabelled pool. On the same 
   a validation split the few-shot default, logistic regression on L2-normalised features with C=100), on the same
   labels;
 - ``self-training`` and ``label spreading`` (scikit-learn) on the same features and pool;
-- ``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch`` at probe cost: the head trains on cached features of 4 weak
-  and 4 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
+- ``fixmatch``, ``flexmatch``, ``freematch``, ``softmatch`` at probe cost: the head trains on cached features of 8 weak
+  and 8 strong augmented views of every image (``transferkit.semi``, SemiConfig defaults except ``--steps``);
+  ``labelprop``: label propagation's pseudo-labels alone (Iscen et al. 2019), the same head;
 - optionally (``--end-to-end``) one method end to end (the backbone trains on raw weak/strong views).
 
 Nothing is chosen on the test split: the semi-supervised heads run a fixed number of steps and keep the EMA of the
@@ -33,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_info, machine_line, md_table  # noqa: E402
 
-SEMI = ("fixmatch", "flexmatch", "freematch", "softmatch")
+SEMI = ("fixmatch", "flexmatch", "freematch", "softmatch", "labelprop")
 METHODS = ("probe", "probe-auto", "self-training", "label-spreading", *SEMI)
 #: image size per dataset (mnist5k's 28 px digits at 64 px, as in bench_probe_accuracy's small runs)
 SIZES = {"clipart": None, "mnist5k": 64}
@@ -76,12 +77,14 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "are inflated; the machine line gives the date and load of the last):", "",
              *[f"    {c}" for c in cmds], "", f"Machine: {machine_line(info)}", "",
              "Test accuracy (%), mean ± std over seeds; 30 % of each class is the test split, N labels per class, the "
-             "rest of the train part unlabelled. Probe cost = the head trains on cached features of 4 weak + 4 "
-             "strong views (lite0 frozen), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
+             "rest of the train part unlabelled. Probe cost = the head trains on cached features of 8 weak + 8 "
+             "strong views (lite0 frozen; 4 + 4 in the rows of the first four rounds and the `(4 draws)` rows), with `SemiConfig`'s defaults: a cosine head on centred, L2-normalised "
              "features started at the unit rows of a logistic regression on the labelled items' features "
              "(`init=\"logistic\"`, the default from the fourth round), the labelled term on every cached view, "
-             "distribution alignment (see the notes below); `(class-mean start)` rows: the same head started at the "
-             "labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
+             "distribution alignment, and label propagation's pseudo-labels on the frozen features' kNN graph as a "
+             "second unlabelled term (`graph_weight=1`, Iscen et al. 2019, the default from the fifth round; see the "
+             "notes below); `(no graph term)` rows: the fourth round's defaults, without it; `(class-mean start)` "
+             "rows: the same head started at the labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
              "...)` rows: `SemiConfig(calibrate=\"head\")`, an option, not the default (the head's scale divided by a "
              "temperature fitted on the labelled items). `wins` = "
              "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the "
@@ -155,7 +158,7 @@ def main() -> None:
                     "accuracy, written to results/bench_semi_dev.md (unless --out)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=1000, help="optimisation steps of the semi-supervised heads")
-    ap.add_argument("--draws", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=None, help="cached draws of each view (default: SemiConfig's)")
     ap.add_argument("--hidden", default="", help="hidden layers of the semi-supervised head ('' = linear)")
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--head", default="cosine", help="semi-supervised head: cosine (default) or linear (the first "
@@ -175,6 +178,15 @@ def main() -> None:
                     help="FlexMatch's threshold warm-up ends by schedule at this share of the run")
     ap.add_argument("--size-aware", action="store_true",
                     help="FlexMatch's / FreeMatch's class thresholds without the class sizes")
+    ap.add_argument("--smoothing", type=float, default=None,
+                    help="CoMatch's memory-smoothed pseudo-labels on the pool's kNN graph: alpha (default: SemiConfig's)")
+    ap.add_argument("--sharpen", type=float, default=None,
+                    help="soft pseudo-labels sharpened at this temperature (default: SemiConfig's, hard labels)")
+    ap.add_argument("--teacher-decay", type=float, default=None,
+                    help="pseudo-labels from an EMA teacher at this decay (default: SemiConfig's; 0: no teacher, "
+                         "the network pseudo-labels its own weak views)")
+    ap.add_argument("--graph-weight", type=float, default=None,
+                    help="label propagation's term added to each method with this weight (default: SemiConfig's, 0)")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -226,6 +238,7 @@ def main() -> None:
         save()
 
     store = FeatureStore(args.cache_dir)
+    draws = args.draws if args.draws is not None else SemiConfig().draws
     for ds in _csv(args.datasets):
         source = load_data(ds)
         y = source.encoded_labels(source.classes)
@@ -234,7 +247,7 @@ def main() -> None:
         if SIZES.get(ds):
             bb = bb.with_preprocessing(input_size=SIZES[ds])
         t = time.perf_counter()
-        banks = view_banks(source, bb, store=store, draws=args.draws, seed=0, progress=True, num_workers=1)
+        banks = view_banks(source, bb, store=store, draws=draws, seed=0, progress=True, num_workers=1)
         log(f"{ds}: view features ready ({time.perf_counter() - t:.0f} s)")
         X = banks["eval"]
         for b in _csv(args.budgets, int):
@@ -260,15 +273,20 @@ def main() -> None:
                         rec["pool_accuracy"] = float((model.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
                     else:
                         cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
-                        cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=args.draws,
+                        cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
                                          **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
                                          **{k: v for k, v in (("scale", args.scale),
                                                               ("weight_decay", args.weight_decay),
-                                                              ("init", args.init))
-                                            if v is not None})
+                                                              ("init", args.init),
+                                                              ("smoothing", args.smoothing),
+                                                              ("sharpen", args.sharpen),
+                                                              ("graph_weight", args.graph_weight))
+                                            if v is not None},
+                                         **({} if args.teacher_decay is None
+                                            else {"teacher_decay": args.teacher_decay or None}))
                         kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}
                         if args.lambda_u is not None:
                             kw["lambda_u"] = args.lambda_u

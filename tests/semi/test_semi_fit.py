@@ -71,6 +71,17 @@ def test_softmatch_runs_through_fit_with_soft_weights(image_folder, tmp_path):
     assert len({t[0] for t in thresholds}) == len(thresholds) and all(1 / 3 < t[0] < 1 for t in thresholds)
 
 
+def test_labelprop_and_graph_options_run_through_fit(image_folder, tmp_path):
+    res = fit_run(str(image_folder), backbone=TINY, strategy="labelprop", labels_per_class=2, unlabelled="rest",
+                  semi_config={**SMALL, "smoothing": 0.9, "sharpen": 0.5, "teacher_decay": 0.99},
+                  out=tmp_path / "run", progress=False, baseline=False, report=False)
+    semi = json.loads((tmp_path / "run" / "config.json").read_text())["semi"]
+    assert semi["method"] == "labelprop" and res.splits["unlabelled"] > 0
+    assert all(0 < h["metric_mask_rate"] <= 1 for h in semi["history"])  # certainty x class weights
+    run = load_run(tmp_path / "run")
+    assert len(run.predict(collect_inputs(sorted(str(p) for p in image_folder.rglob("*.png"))[:2]))) == 2
+
+
 def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
     res = fit_run(str(image_folder), backbone=TINY, strategy="fixmatch", labels_per_class=3, unlabelled="rest",
                   semi_level="end-to-end", train_config={"epochs": 1, "batch_size": 4}, out=tmp_path / "run",
@@ -99,6 +110,8 @@ def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
     ({"strategy": "flexmatch", "unlabelled": "rest", "labels_per_class": 2, "semi_config": {"stpes": 3}},
      "unknown semi-supervised setting(s) stpes"),
     ({"strategy": "fixmatch", "unlabelled": "rest", "labels_per_class": 2, "semi_level": "half"}, "semi_level"),
+    ({"strategy": "labelprop", "unlabelled": "rest", "labels_per_class": 2, "semi_level": "end-to-end"},
+     "probe cost only: use semi_level=features"),
 ])
 def test_bad_semi_settings_fail_before_any_work(image_folder, tmp_path, kwargs, needle):
     with pytest.raises(TransferkitError) as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import Registry
-from .masks import FixedThreshold, FlexThreshold, Mask, SelfAdaptiveThreshold, TruncatedGaussian
+from .masks import FixedThreshold, FlexThreshold, GraphWeights, Mask, SelfAdaptiveThreshold, TruncatedGaussian
 from .objective import PseudoLabelConsistency
 
 __all__ = ["SEMI_METHODS", "create_semi_objective"]
@@ -55,6 +55,18 @@ def softmatch(momentum: float | None = None, lambda_u: float = 1.0, n_sigma: flo
     distribution alignment towards the labelled class shares (uniform with a budget per class), off here and on
     in :class:`~.fit.SemiConfig`'s defaults, which pass it to every method."""
     return PseudoLabelConsistency(TruncatedGaussian(momentum, n_sigma), lambda_u, align=align)
+
+
+@SEMI_METHODS.register("labelprop", needs_unlabelled=True, mask="graph", needs_features=True,
+                       paper="Iscen, Tolias, Avrithis & Chum, Label Propagation for Deep Semi-supervised Learning, "
+                             "CVPR 2019")
+def labelprop(lambda_u: float = 1.0, k: int = 10, gamma: float = 3.0, alpha: float = 0.99,
+              align: bool = False) -> PseudoLabelConsistency:
+    """Label propagation pseudo-labels: the unlabelled items' targets come from diffusing the labels over the kNN
+    graph of the frozen features, weighted by the propagation's certainty and the class balance
+    (:class:`~.masks.GraphWeights`), the cross-entropy on their strong view. Frozen features only (the graph is
+    built once, at probe cost); ``align`` is accepted for a uniform interface and has no effect on the targets."""
+    return PseudoLabelConsistency(GraphWeights(k, gamma, alpha), lambda_u, align=align)
 
 
 def create_semi_objective(name: str, n_unlabelled: int, n_classes: int, steps: int | None = None,

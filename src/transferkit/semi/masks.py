@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,7 @@ from ..errors import TransferkitError
 from ..registry import Registry
 
 __all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold", "TruncatedGaussian",
-           "scaled_momentum"]
+           "GraphWeights", "scaled_momentum"]
 
 #: masking rules by name
 MASKS: Registry["Mask"] = Registry("pseudo-label mask")
@@ -53,12 +54,16 @@ class Mask(nn.Module):
                 gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:  # noqa: D102
         return self.select(probs)
 
+    def targets(self, probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The pseudo-labels of a batch: the most probable class of the weak view (a graph rule overrides this)."""
+        return probs.argmax(1)
+
     def config(self) -> dict[str, Any]:
         """Name and parameters (part of a run's identity)."""
         return {"name": self.name}
 
 
-def _number(value: Any, name: str, allowed: str) -> float:
+def number_setting(value: Any, name: str, allowed: str) -> float:
     """``value`` as a float, or a :class:`TransferkitError` naming the setting and what it allows (a method's
     parameters come from Python or a config file, where a string or None may slip in)."""
     try:
@@ -68,7 +73,7 @@ def _number(value: Any, name: str, allowed: str) -> float:
 
 
 def _check_tau(tau: float) -> float:
-    if not 0 < _number(tau, "tau", "a number in (0, 1]") <= 1:
+    if not 0 < number_setting(tau, "tau", "a number in (0, 1]") <= 1:
         raise TransferkitError(f"the confidence threshold must be in (0, 1], got tau={tau!r}")
     return float(tau)
 
@@ -131,7 +136,7 @@ class FlexThreshold(Mask):
                  size_aware: bool = False):
         super().__init__()
         self.tau, self.warmup, self.size_aware = _check_tau(tau), bool(warmup), bool(size_aware)
-        if warmup_end is not None and not 0 <= _number(warmup_end, "warmup_end", "a share in [0, 1]") <= 1:
+        if warmup_end is not None and not 0 <= number_setting(warmup_end, "warmup_end", "a share in [0, 1]") <= 1:
             raise TransferkitError(f"warmup_end is a share of the run's steps in [0, 1], got {warmup_end!r}")
         self.warmup_end = None if warmup_end is None else float(warmup_end)
         self._end_step: int | None = None
@@ -278,7 +283,7 @@ class TruncatedGaussian(Mask):
 
     def __init__(self, momentum: float | None = None, n_sigma: float = 2.0):
         super().__init__()
-        if not _number(n_sigma, "n_sigma", "a number > 0") > 0:
+        if not number_setting(n_sigma, "n_sigma", "a number > 0") > 0:
             raise TransferkitError(f"n_sigma must be > 0, got {n_sigma!r}")
         self.requested, self.momentum = _checked_momentum(momentum)
         self.n_sigma = float(n_sigma)
@@ -314,10 +319,74 @@ class TruncatedGaussian(Mask):
         return {"name": self.name, "momentum": self.requested, "n_sigma": self.n_sigma}
 
 
+@MASKS.register("graph")
+class GraphWeights(Mask):
+    """Iscen et al.'s label propagation pseudo-labels: each unlabelled item's target is its class after label
+    propagation over the kNN graph of the frozen features (:func:`~.graph.propagate_labels`), fixed for the run, and
+    its weight the propagation's certainty ``1 - H / log C`` times its class's balancing weight; the weak view's
+    prediction is not read. ``thresholds`` are 0 (every item trains, with its weight). :meth:`set_graph` must be
+    called before training (the plan of :func:`~.fit.train_semi_head` does).
+
+    Args:
+        k, gamma, alpha: the graph's neighbours, the affinity's exponent and the diffusion's alpha (10, 3, 0.99).
+
+    References:
+        Iscen, Tolias, Avrithis & Chum, "Label Propagation for Deep Semi-supervised Learning", CVPR 2019 (one
+        propagation: the features are frozen, so the graph does not change between epochs).
+    """
+
+    name = "graph"
+
+    def __init__(self, k: int = 10, gamma: float = 3.0, alpha: float = 0.99):
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise TransferkitError(f"k (neighbours) must be an integer >= 1, got {k!r}")
+        if not (isinstance(gamma, (int, float)) and gamma > 0):
+            raise TransferkitError(f"gamma must be > 0, got {gamma!r}")
+        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise TransferkitError(f"alpha must be in (0, 1), got {alpha!r}")
+        self.k, self.gamma, self.alpha = int(k), float(gamma), float(alpha)
+        self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("weights", torch.zeros(0))
+        self.register_buffer("_n_classes", torch.zeros((), dtype=torch.long))
+
+    def setup(self, n_unlabelled: int, n_classes: int, steps: int | None = None) -> None:
+        self._n_classes = torch.tensor(int(n_classes))
+
+    def set_graph(self, graph: Any) -> None:
+        """The propagation's result (:class:`~.graph.GraphLabels`) for the pool, in pool order."""
+        self.labels = torch.as_tensor(np.asarray(graph.labels, dtype=np.int64))
+        self.weights = torch.as_tensor(np.asarray(graph.item_weights(), dtype=np.float32))
+
+    def _check(self) -> None:
+        if not len(self.labels):
+            raise TransferkitError("the label propagation rule has no graph: it needs frozen features of the "
+                                   "labelled and unlabelled items (semi-supervised level 'features')")
+
+    def thresholds(self) -> torch.Tensor:
+        return torch.zeros(int(self._n_classes))
+
+    def select(self, probs: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(probs), device=probs.device)
+
+    def forward(self, probs: torch.Tensor, index: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+        self._check()
+        i = index.to(self.weights.device).long()
+        return torch.where(i >= 0, self.weights[i.clamp(min=0)], torch.zeros(())).to(probs.device)
+
+    def targets(self, probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        self._check()
+        return self.labels[index.to(self.labels.device).long().clamp(min=0)].to(probs.device)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "k": self.k, "gamma": self.gamma, "alpha": self.alpha}
+
+
 def _checked_momentum(momentum: float | None) -> tuple[float | None, float]:
     """``(requested, momentum)`` of a running-mean mask: what the user gave (None: scale it to the run in
     :func:`_run_momentum`) and the value in use until then (0.999, the papers')."""
-    if momentum is not None and not 0 <= _number(momentum, "momentum", "a number in [0, 1)") < 1:
+    if momentum is not None and not 0 <= number_setting(momentum, "momentum", "a number in [0, 1)") < 1:
         raise TransferkitError(f"momentum must be in [0, 1), got {momentum!r}")
     return (None, 0.999) if momentum is None else (float(momentum), float(momentum))
 

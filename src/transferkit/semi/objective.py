@@ -3,18 +3,20 @@ cross-entropy on their strong view where the mask lets them through."""
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import TransferkitError
 from ..train.objectives import Objective, Step
-from .masks import Mask, SelfAdaptiveThreshold, _number
+from .masks import GraphWeights, Mask, SelfAdaptiveThreshold, number_setting
 
-__all__ = ["PseudoLabelConsistency", "fairness_term", "align_distribution"]
+__all__ = ["PseudoLabelConsistency", "GraphTerm", "fairness_term", "align_distribution"]
 
 
 def align_distribution(probs: torch.Tensor, p_model: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
@@ -60,6 +62,12 @@ def fairness_term(mask: torch.Tensor, logits_s: torch.Tensor, class_prob: torch.
     return (target * torch.log(mean_s + 1e-12)).sum()
 
 
+def _checked_smoothing(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 <= float(alpha) <= 1):
+        raise TransferkitError(f"smoothing (CoMatch's alpha) must be in [0, 1] (1: off), got {alpha!r}")
+    return float(alpha)
+
+
 class PseudoLabelConsistency(Objective):
     """``lambda_u * mean_b(mask_b * CE(strong logits_b, argmax weak probs_b))`` over the unlabelled stream.
 
@@ -70,6 +78,25 @@ class PseudoLabelConsistency(Objective):
     With ``temperature`` ``T`` the weak view's probabilities are ``softmax(logits / T)`` (temperature scaling, Guo et
     al., ICML 2017: :mod:`.calibration` fits ``T`` on the labelled items so that the thresholds read calibrated
     confidences); the strong view's cross-entropy is unchanged. ``T = 1``: the papers' form.
+
+    With ``smoothing`` ``alpha < 1`` (CoMatch's memory-smoothed pseudo-labelling, Li, Xiong & Hoi, ICCV 2021, eq. 4)
+    the (aligned) weak probabilities of item ``b`` become ``q_b = alpha p_b + (1 - alpha) sum_j a_bj m_j``: ``m`` is a
+    memory of every pool item's latest ``q`` (started at the head's first predictions), ``a_b`` the normalised
+    affinities of item ``b``'s nearest neighbours in the pool (:meth:`set_neighbours`, a kNN graph of frozen features,
+    :func:`~.graph.knn_neighbours`); masks and pseudo-labels then read ``q``, so a confident prediction whose
+    neighbours disagree is damped. ``alpha = 1``: no smoothing (the papers' form).
+
+    With ``sharpen`` ``T`` the target is soft (USB's ``use_hard_label=False``; UDA's sharpening, Xie et al., NeurIPS
+    2020): the weak view's distribution raised to ``1 / T`` and renormalised, and the loss the cross-entropy of the
+    strong view's log-probabilities against it, so an item admitted at a low confidence pulls less towards one class.
+    None (the papers' default): hard pseudo-labels, the most probable class. Label propagation's targets
+    (:class:`~.masks.GraphWeights`) stay hard.
+
+    With ``teacher_decay`` ``d`` the weak view's predictions come from a teacher, an exponential moving average of
+    the trained network's weights (Mean Teacher, Tarvainen & Valpola, NeurIPS 2017; pseudo-labels from the EMA
+    teacher on weak views for a student trained on strong ones, as Unbiased Teacher, Liu et al., ICLR 2021), updated
+    before every step with the usual warm-up ``min(d, (1 + t) / (10 + t))``; the student's strong view is trained as
+    before. None (the papers' form): the network pseudo-labels its own weak views.
 
     With ``align`` the weak view's probabilities are first aligned to the labelled class distribution
     (:func:`align_distribution`, ReMixMatch's distribution alignment): ``p_model`` is the running mean of the weak
@@ -83,6 +110,9 @@ class PseudoLabelConsistency(Objective):
         stream: the unlabelled stream's name.
         align: distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020).
         temperature: the weak logits' temperature (1: none; set later by :meth:`set_temperature`).
+        smoothing: CoMatch's ``alpha`` (0.9 in the paper; 1: off); needs :meth:`set_neighbours` before training.
+        sharpen: the soft targets' temperature (None: hard pseudo-labels; USB's default ``T`` is 0.5).
+        teacher_decay: the EMA teacher's decay (None: no teacher); the teacher is made in :meth:`setup`.
 
     References:
         Sohn et al., FixMatch, NeurIPS 2020 (eq. 2-4); Zhang et al., FlexMatch, NeurIPS 2021; Wang et al., FreeMatch,
@@ -90,16 +120,27 @@ class PseudoLabelConsistency(Objective):
     """
 
     name = "unlabelled"
+    #: the step metric the term logs (the mean mask or weight of the batch)
+    metric = "mask_rate"
 
     #: momentum of the running mean of the model's weak-view probabilities (distribution alignment)
     align_momentum = 0.999
 
     def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
-                 align: bool = False, temperature: float = 1.0):
+                 align: bool = False, temperature: float = 1.0, smoothing: float = 1.0,
+                 sharpen: float | None = None, teacher_decay: float | None = None):
         super().__init__()
         for name, v in (("lambda_u", lambda_u), ("fairness", fairness)):
-            if not (math.isfinite(_number(v, name, "a number >= 0")) and float(v) >= 0):
+            if not (math.isfinite(number_setting(v, name, "a number >= 0")) and float(v) >= 0):
                 raise TransferkitError(f"{name} is the weight of a loss term, a number >= 0; got {v!r}")
+        self.set_teacher_decay(teacher_decay)
+        self.teacher: nn.Module | None = None
+        self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
+        self.smoothing = _checked_smoothing(smoothing)
+        self.set_sharpen(sharpen)
+        self.register_buffer("memory", torch.zeros(0))
+        self.register_buffer("nb_index", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("nb_weight", torch.zeros(0))
         self.mask, self.lambda_u, self.fairness, self.stream = mask, float(lambda_u), float(fairness), stream
         self.align = bool(align)
         self.streams = (stream,)
@@ -124,6 +165,72 @@ class PseudoLabelConsistency(Objective):
         self.p_target = t / t.sum()
         self.p_model = self.p_target.clone()
 
+    def set_teacher_decay(self, decay: float | None) -> None:
+        """Pseudo-labels from an EMA teacher at this decay (None: from the network itself); before training."""
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
+            raise TransferkitError(f"teacher_decay must be in (0, 1) or None, got {decay!r}")
+        self.teacher_decay = None if decay is None else float(decay)
+
+    def setup(self, model: nn.Module) -> None:
+        """With a teacher: the teacher starts as a frozen copy of the network (its state is checkpointed with the
+        objective's)."""
+        if self.teacher_decay is not None:
+            self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
+
+    def _teacher_logits(self, step: Step) -> torch.Tensor:
+        if self.teacher is None:
+            raise TransferkitError("teacher_decay needs setup(model) before training (the training loop calls it)")
+        self.teacher_updates += 1
+        t = float(self.teacher_updates)
+        d = min(float(self.teacher_decay), (1 + t) / (10 + t))
+        with torch.no_grad():
+            for (_, tv), (_, sv) in zip(self.teacher.state_dict().items(), step.net.state_dict().items()):
+                if tv.dtype.is_floating_point:
+                    tv.mul_(d).add_(sv.detach().to(tv), alpha=1 - d)
+                else:
+                    tv.copy_(sv)
+            return self.teacher(step.x(self.stream, "weak"), return_features=True)[0]
+
+    def set_sharpen(self, sharpen: float | None) -> None:
+        """Soft targets at temperature ``sharpen`` (None: hard pseudo-labels)."""
+        if sharpen is not None and (isinstance(sharpen, bool) or not isinstance(sharpen, (int, float))
+                                    or not 0 < sharpen <= 10):
+            raise TransferkitError(f"sharpen (the soft pseudo-labels' temperature) must be in (0, 10] or None, "
+                                   f"got {sharpen!r}")
+        self.sharpen = None if sharpen is None else float(sharpen)
+
+    def set_neighbours(self, index: Any, weight: Any, start: Any, smoothing: float | None = None) -> None:
+        """The pool's neighbour graph for :attr:`smoothing`: ``index`` ``(N, k)`` positions in the pool, ``weight``
+        ``(N, k)`` non-negative affinities (each row is normalised to sum to 1 here; a row of zeros leaves its item
+        unsmoothed), and the memory's start ``(N, C)`` (the head's first class probabilities of the pool);
+        ``smoothing``: CoMatch's ``alpha`` (None: the one given at construction)."""
+        if smoothing is not None:
+            self.smoothing = _checked_smoothing(smoothing)
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+        m = torch.as_tensor(np.asarray(start, dtype=np.float32))
+        if idx.ndim != 2 or w.shape != idx.shape or m.ndim != 2 or len(m) != len(idx) or bool((w < 0).any()) \
+                or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(m))):
+            raise TransferkitError("set_neighbours needs index and weight of one shape (N, k) with positions in "
+                                   f"[0, N) and weights >= 0, and a start (N, C); got {tuple(idx.shape)}, "
+                                   f"{tuple(w.shape)}, {tuple(m.shape)}")
+        tot = w.sum(1, keepdim=True)
+        self.nb_index, self.nb_weight, self.memory = idx, torch.where(tot > 0, w / tot.clamp(min=1e-12), w), m
+
+    def _smoothed(self, probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if not len(self.memory):
+            raise TransferkitError("smoothing < 1 needs the pool's neighbour graph (set_neighbours) before training")
+        idx = index.to(self.memory.device).long()
+        ok = idx >= 0
+        i = idx.clamp(min=0)
+        w, nb = self.nb_weight[i], self.nb_index[i]
+        has = (w.sum(1) > 0) & ok
+        neigh = (w.unsqueeze(2) * self.memory[nb]).sum(1).to(probs)
+        a = self.smoothing
+        q = torch.where(has.to(probs.device).unsqueeze(1), a * probs + (1 - a) * neigh, probs)
+        self.memory[i[ok]] = q[ok.to(q.device)].detach().to(self.memory)
+        return q
+
     def _aligned(self, probs: torch.Tensor, gather: Any) -> torch.Tensor:
         c = probs.shape[1]
         if len(self.p_target) != c:
@@ -134,15 +241,24 @@ class PseudoLabelConsistency(Objective):
         return align_distribution(probs, self.p_model.to(probs), p_target)
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        weak = step.outputs(self.stream, view="weak")[0].logits
+        weak = (self._teacher_logits(step) if self.teacher_decay is not None
+                else step.outputs(self.stream, view="weak")[0].logits)
         strong = step.outputs(self.stream, view="strong")[0].logits
         probs = (weak.detach().float() / self.temperature.to(weak.device)).softmax(1)
         if self.align:
             probs = self._aligned(probs, step.gather)
+        if self.smoothing < 1:
+            probs = self._smoothed(probs, step.batches[self.stream].index)
         mask = self.mask(probs, step.batches[self.stream].index, step.gather)
-        target = probs.argmax(1)
-        loss = (F.cross_entropy(strong.float(), target, reduction="none") * mask).mean()
-        step.metrics["mask_rate"] = float(mask.mean())
+        if self.sharpen is not None and not isinstance(self.mask, GraphWeights):
+            soft = probs.clamp(min=1e-12) ** (1.0 / self.sharpen)
+            soft = soft / soft.sum(1, keepdim=True)
+            per_item = -(soft * F.log_softmax(strong.float(), 1)).sum(1)
+        else:
+            target = self.mask.targets(probs, step.batches[self.stream].index)
+            per_item = F.cross_entropy(strong.float(), target, reduction="none")
+        loss = (per_item * mask).mean()
+        step.metrics[self.metric] = float(mask.mean())
         out = {self.name: self.lambda_u * loss}
         if self.fairness and isinstance(self.mask, SelfAdaptiveThreshold):
             out["fairness"] = self.fairness * fairness_term(mask, strong, self.mask.class_prob, self.mask.label_hist)
@@ -151,7 +267,10 @@ class PseudoLabelConsistency(Objective):
     def config(self) -> dict[str, Any]:
         t = float(self.temperature)
         return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness,
-                **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {})}
+                **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {}),
+                **({"smoothing": self.smoothing} if self.smoothing < 1 else {}),
+                **({"sharpen": self.sharpen} if self.sharpen is not None else {}),
+                **({"teacher_decay": self.teacher_decay} if self.teacher_decay is not None else {})}
 
     def epoch_state(self) -> dict[str, Any]:
         """The per-class confidence thresholds in force at the end of the epoch (and the weak logits' temperature
@@ -172,3 +291,30 @@ class PseudoLabelConsistency(Objective):
         pred = probs.argmax(1).cpu().numpy()
         return {"val_mask_rate": float(sel.mean()),
                 "val_pseudo_accuracy": float((pred[sel] == y[sel]).mean()) if sel.any() else None}
+
+
+class GraphTerm(PseudoLabelConsistency):
+    """Label propagation's term added beside a method's consistency term (Iscen et al., CVPR 2019, whose "+ MT" rows
+    add it to Mean Teacher's consistency): the strong view's cross-entropy against the graph's pseudo-labels,
+    weighted by certainty and class (:class:`~.masks.GraphWeights`, given its graph by the plan), named ``graph``; it
+    logs its mean weight as ``metric_graph_weight`` and leaves the thresholds and the validation statistics to the
+    method's term.
+
+    Args:
+        weight: the term's weight (``lambda``); k, gamma, alpha: the graph's (:class:`~.masks.GraphWeights`).
+    """
+
+    name = "graph"
+    metric = "graph_weight"
+
+    def __init__(self, weight: float = 1.0, k: int = 10, gamma: float = 3.0, alpha: float = 0.99,
+                 stream: str = "unlabelled"):
+        super().__init__(GraphWeights(k, gamma, alpha), weight, stream=stream)
+
+    def epoch_state(self) -> dict[str, Any]:
+        """Nothing: the thresholds logged are the method's."""
+        return {}
+
+    def validation_metrics(self, probs: torch.Tensor, y: np.ndarray) -> dict[str, Any]:
+        """Nothing: the validation statistics logged are the method's."""
+        return {}

@@ -174,6 +174,9 @@ def semi_finetune(source: Any, y: np.ndarray, splits: Any, backbone: Any, method
     per_step = cfg.batch_size * mu
     steps = cfg.epochs * max(1, -(-n_pool // per_step))
     n_classes = len(classes) if classes is not None else int(np.max(y[y >= 0])) + 1
+    if SEMI_METHODS.get(method).cap("needs_features"):
+        raise TransferkitError(f"{method} builds a graph of frozen features and runs at probe cost only: use "
+                               "semi_level=features")
     objective = create_semi_objective(method, n_pool if not isinstance(pool, DataSource) else len(pool), n_classes,
                                       steps, **(method_params or {}))
     return finetune(source, y, splits, backbone, strategy, cfg, run_dir, resume=resume, extra_losses=[objective],
