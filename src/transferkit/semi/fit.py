@@ -73,7 +73,8 @@ class SemiConfig:
             L-BFGS), so the labelled-only start is a logistic probe on the head's own features rather than the class
             means (the default since the fourth round of benchmarks/results/bench_semi_notes.md: on the development
             seeds it raised the nine cells' mean by 0.7 points, FixMatch +1.9 on clipart at 4 labels per class, no
-            cell down by more than 0.4); ``random``: small random weights.
+            cell down by more than 0.4; with one labelled class a logistic regression cannot be fitted and the
+            class means are used); ``random``: small random weights.
         labelled_views: the labelled items' cached views the supervised term draws from (``weak``, ``strong``,
             ``eval``): with a handful of labels the strong draws are more labelled data (``("weak",)``: FixMatch's
             choice, the first version's).
