@@ -46,9 +46,10 @@ def rescore(cells: list[dict]) -> list[dict]:
                 extra = (float(d.get("advice_seconds") or 0.0) + sum(float(by[(k, *key)]["seconds"])
                                                                      for k in RACE_CANDIDATES)
                          - float(by[(chosen, *key)]["seconds"]))
+            wider = set(d["val_accuracy"]) - set(RACE_CANDIDATES)  # recorded when more candidates raced
             c = {**c, "details": {**d, "val_accuracy": val, "chosen": chosen, "recorded_choice": d.get("chosen"),
                                   "reasons": why, "extra_seconds": extra,
-                                  "recorded_extra_seconds": d.get("extra_seconds")}}
+                                  "recorded_extra_seconds": d.get("extra_seconds") if wider else None}}
         out.append(c)
     return out
 
@@ -85,9 +86,9 @@ def main() -> None:
     from transferkit.transferability.advisor import RACE_CANDIDATES
 
     cost_line = "" if not cost else (
-        f" Racing {' and '.join(RACE_CANDIDATES)} only (the recorded runs' CPU seconds): "
-        f"{np.mean([a for a, _ in cost]):.0f}s per split beyond training the winner alone, against {np.mean([b for _, b in cost]):.0f}s recorded for the "
-        f"four-way race ({len(cost)} splits).")
+        f" On the {len(cost)} splits that were raced four ways, racing {' and '.join(RACE_CANDIDATES)} only costs "
+        f"{np.mean([a for a, _ in cost]):.0f}s per split beyond training the winner alone (the recorded runs' CPU "
+        f"seconds), against {np.mean([b for _, b in cost]):.0f}s recorded for the four-way race.")
     text = (f"### race_rescore\n\ncommand: `{command_line()}`\n\n" + "\n".join(parts)
             + f"\n**All {s['n']} splits pooled**: {advisor_sentence(s)}.{cost_line}\n")
     atomic_write_text(Path(args.out), text)

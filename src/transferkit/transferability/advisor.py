@@ -118,7 +118,7 @@ PAD_DISSIMILAR = 1.5
 MAX_SAMPLES = 2000
 
 #: what ``auto`` races, cheapest first (the order breaks ties on validation). ``partial`` and ``finetune`` are not
-#: raced: in 39 ``bench_finetune`` runs over 24 splits (clipart, mnist5k, synth-digits, mnist-m; 5-100 labels per
+#: raced: in 45 ``bench_finetune`` runs over 30 splits (clipart, mnist5k, synth-digits, mnist-m; 5-100 labels per
 #: class) neither was ever more than a point above the better of the probe and gradual unfreezing on the test items,
 #: and on the 21 recorded four-way races the two-way race makes the same choice every time, for one fine-tuning run
 #: instead of three (``benchmarks/race_rescore.py``)
