@@ -28,6 +28,12 @@ def test_knn_neighbours_exclude_the_item_and_raise_the_cosine_to_gamma():
     assert np.allclose(w, w.T)
     with pytest.raises(TransferkitError, match="k .neighbours."):
         knn_neighbours(z, k=0)
+    from transferkit.semi.masks import GraphWeights  # the label propagation rule checks the same settings
+
+    for bad, needle in (({"k": 2.5}, "k .neighbours."), ({"gamma": 0}, "gamma must be > 0"),
+                        ({"alpha": 1.0}, r"alpha must be in \(0, 1\)")):
+        with pytest.raises(TransferkitError, match=needle):
+            GraphWeights(**bad)
 
 
 def test_label_propagation_matches_a_hand_computation():

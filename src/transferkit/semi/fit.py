@@ -29,7 +29,7 @@ from ..train.objectives import CrossEntropy, Objectives
 from ..train.streams import DrawStream, TensorStream
 from .algorithms import SEMI_METHODS, create_semi_objective
 from .masks import GraphWeights
-from .objective import GraphTerm
+from .objective import GraphTerm, checked_sharpen, checked_smoothing, checked_teacher_decay
 
 __all__ = ["SemiConfig", "SemiFit", "view_banks", "train_semi_head", "logistic_rows", "HEADS", "INITS",
            "LABELLED_VIEWS", "CALIBRATIONS"]
@@ -172,17 +172,15 @@ class SemiConfig:
         elif self.calibrate != "none" and self.head != "cosine":
             bad.append(f"calibrate={self.calibrate!r} needs head='cosine' (the temperature is fitted on its class-mean "
                        "start)")
-        if not (isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
-            bad.append(f"smoothing must be in [0, 1] (1: off; got {self.smoothing!r})")
-        elif self.smoothing < 1 and self.head != "cosine":
+        checked = {}
+        for name, check in (("smoothing", checked_smoothing), ("sharpen", checked_sharpen),
+                            ("teacher_decay", checked_teacher_decay)):  # the objective's own checks
+            try:
+                checked[name] = check(getattr(self, name))
+            except TransferkitError as e:
+                bad.append(str(e))
+        if checked.get("smoothing", 1.0) < 1 and self.head != "cosine":
             bad.append(f"smoothing={self.smoothing!r} needs head='cosine' (the graph is built on its CL2N features)")
-        if self.sharpen is not None and (isinstance(self.sharpen, bool) or not isinstance(self.sharpen, (int, float))
-                                         or not 0 < self.sharpen <= 10):
-            bad.append(f"sharpen must be in (0, 10] or None (got {self.sharpen!r})")
-        if self.teacher_decay is not None and (isinstance(self.teacher_decay, bool)
-                                               or not isinstance(self.teacher_decay, (int, float))
-                                               or not 0 < self.teacher_decay < 1):
-            bad.append(f"teacher_decay must be a number in (0, 1) or None (got {self.teacher_decay!r})")
         if self.graph_weight is None:
             pass
         elif isinstance(self.graph_weight, bool) or not isinstance(self.graph_weight, (int, float)) \
@@ -252,7 +250,7 @@ def view_banks(source: Any, backbone: Any, *, store: Any, views: tuple[str, ...]
 def _make_head(cfg: SemiConfig, pooled: np.ndarray, X_l: np.ndarray, y_l: np.ndarray, n_classes: int) -> Any:
     """The head a plan trains: a cosine classifier on CL2N features centred on ``pooled``'s mean (its rows the
     labelled class means with ``init='prototypes'``), or a linear/MLP head on features standardised by ``pooled``."""
-    from ..heads.fewshot import NormedLinearModule, transform_features
+    from ..heads.fewshot import NormedLinearModule
     from ..heads.modules import HeadModule
     from ..heads.shallow import chunked_moments
 
@@ -267,7 +265,7 @@ def _make_head(cfg: SemiConfig, pooled: np.ndarray, X_l: np.ndarray, y_l: np.nda
     with torch.no_grad():
         head.center.copy_(torch.as_tensor(mean, dtype=torch.float32))
         if cfg.init != "random":
-            z = transform_features(torch.as_tensor(np.asarray(X_l, dtype=np.float32)), "cl2n", head.center)
+            z = _head_features(head, X_l)
             y = torch.as_tensor(np.asarray(y_l, dtype=np.int64))
             for c in range(n_classes):
                 if bool((y == c).any()):
@@ -298,15 +296,21 @@ def logistic_rows(z: np.ndarray, y: np.ndarray, n_classes: int, fallback: np.nda
     return out
 
 
+def _head_features(head: Any, x: np.ndarray) -> torch.Tensor:
+    """The cosine head's input space: ``x`` centred on the head's centre and L2-normalised (CL2N)."""
+    from ..heads.fewshot import transform_features
+
+    with torch.no_grad():
+        return transform_features(torch.as_tensor(np.asarray(x, dtype=np.float32)), "cl2n", head.center)
+
+
 def _labelled_temperature(head: Any, banks_l: dict[str, np.ndarray], y_l: np.ndarray, n_classes: int) -> float:
     """Temperature scaling's ``T`` for a cosine head's weak-view logits, fitted on the labelled items' weak views
     with each item left out of its class mean (1.0 when no class has two labelled items)."""
-    from ..heads.fewshot import transform_features
     from .calibration import fit_temperature, leave_one_out_prototype_logits
 
+    z_e, z_w = _head_features(head, banks_l["eval"]), _head_features(head, banks_l["weak"])
     with torch.no_grad():
-        z_e = transform_features(torch.as_tensor(np.asarray(banks_l["eval"], dtype=np.float32)), "cl2n", head.center)
-        z_w = transform_features(torch.as_tensor(np.asarray(banks_l["weak"], dtype=np.float32)), "cl2n", head.center)
         logits, y = leave_one_out_prototype_logits(z_e, y_l, z_w, head.config()["scale"], n_classes)
     return fit_temperature(logits, y) if len(y) else 1.0
 
@@ -315,24 +319,20 @@ def _set_label_propagation(mask: Any, head: Any, X_l: np.ndarray, y_l: np.ndarra
                            n_classes: int) -> None:
     """Label propagation (Iscen et al., CVPR 2019) over the labelled and unlabelled items' CL2N eval-view features
     (the cosine head's centre), its pseudo-labels and weights handed to the graph rule."""
-    from ..heads.fewshot import transform_features
     from .graph import propagate_labels
 
-    z = [transform_features(torch.as_tensor(np.asarray(x, dtype=np.float32)), "cl2n", head.center).numpy()
-         for x in (X_l, X_u)]
+    z = [_head_features(head, x).numpy() for x in (X_l, X_u)]
     mask.set_graph(propagate_labels(z[0], y_l, z[1], n_classes, k=mask.k, gamma=mask.gamma, alpha=mask.alpha))
 
 
 def _set_pool_graph(consistency: Any, head: Any, X_u: np.ndarray, k: int, alpha: float) -> None:
     """Give the consistency objective the unlabelled pool's kNN graph on the cosine head's CL2N eval-view features
     and the head's first predictions as the memory's start (CoMatch's smoothing, :class:`SemiConfig`)."""
-    from ..heads.fewshot import transform_features
     from .graph import knn_neighbours
 
-    x = torch.as_tensor(np.asarray(X_u, dtype=np.float32))
+    z = _head_features(head, X_u).numpy()
     with torch.no_grad():
-        z = transform_features(x, "cl2n", head.center).numpy()
-        start = head(x).float().softmax(1).numpy()
+        start = head(torch.as_tensor(np.asarray(X_u, dtype=np.float32))).float().softmax(1).numpy()
     nn, aff = knn_neighbours(z, k) if len(z) > 1 else (np.zeros((len(z), 0), np.int64), np.zeros((len(z), 0)))
     consistency.set_neighbours(nn, aff, start, alpha)
 

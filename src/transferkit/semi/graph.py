@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError, TransferkitError
 
-__all__ = ["GraphLabels", "knn_neighbours", "knn_affinity", "propagate_labels"]
+__all__ = ["GraphLabels", "check_graph_settings", "knn_neighbours", "knn_affinity", "propagate_labels"]
 
 
 @dataclass
@@ -41,6 +41,17 @@ class GraphLabels:
         return self.weights * self.class_weights[self.labels]
 
 
+def check_graph_settings(k: int = 10, gamma: float = 3.0, alpha: float = 0.99) -> None:
+    """A :class:`TransferkitError` naming the first bad setting of the graph: ``k`` neighbours (an integer >= 1),
+    the affinity's exponent ``gamma`` (> 0) and the diffusion's ``alpha`` (in (0, 1))."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise TransferkitError(f"k (neighbours) must be an integer >= 1, got {k!r}")
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and gamma > 0):
+        raise TransferkitError(f"gamma must be > 0, got {gamma!r}")
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise TransferkitError(f"alpha must be in (0, 1), got {alpha!r}")
+
+
 def knn_neighbours(z: np.ndarray, k: int = 10, gamma: float = 3.0, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Each item's ``k`` nearest neighbours by the dot product (itself excluded) and their affinities
     ``max(z_i . z_j, 0) ** gamma``; ``z`` should be L2-normalised rows (the dot product is then the cosine). The
@@ -51,10 +62,7 @@ def knn_neighbours(z: np.ndarray, k: int = 10, gamma: float = 3.0, block: int = 
     """
     z = np.asarray(z, dtype=np.float64)
     n = len(z)
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise TransferkitError(f"k (neighbours) must be an integer >= 1, got {k!r}")
-    if not (isinstance(gamma, (int, float)) and gamma > 0):
-        raise TransferkitError(f"gamma must be > 0, got {gamma!r}")
+    check_graph_settings(k, gamma)
     if n < 2:
         raise DataError(f"a neighbour graph needs at least 2 items, got {n}")
     k = min(int(k), n - 1)
@@ -112,8 +120,7 @@ def propagate_labels(z_l: np.ndarray, y_l: np.ndarray, z_u: np.ndarray, n_classe
         raise DataError("the unlabelled pool is empty: label propagation needs unlabelled items")
     if len(y_l) and (y_l.min() < 0 or y_l.max() >= n_classes):
         raise DataError(f"labels must be in [0, {n_classes}), got {y_l.min()}..{y_l.max()}")
-    if not 0 < alpha < 1:
-        raise TransferkitError(f"alpha must be in (0, 1), got {alpha!r}")
+    check_graph_settings(k, gamma, alpha)
     from scipy.sparse import diags
 
     z = np.concatenate([z_l, z_u])

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import TransferkitError
 from ..registry import Registry
+from .graph import check_graph_settings
 
 __all__ = ["MASKS", "Mask", "FixedThreshold", "FlexThreshold", "SelfAdaptiveThreshold", "TruncatedGaussian",
            "GraphWeights", "scaled_momentum"]
@@ -339,12 +340,7 @@ class GraphWeights(Mask):
 
     def __init__(self, k: int = 10, gamma: float = 3.0, alpha: float = 0.99):
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise TransferkitError(f"k (neighbours) must be an integer >= 1, got {k!r}")
-        if not (isinstance(gamma, (int, float)) and gamma > 0):
-            raise TransferkitError(f"gamma must be > 0, got {gamma!r}")
-        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-            raise TransferkitError(f"alpha must be in (0, 1), got {alpha!r}")
+        check_graph_settings(k, gamma, alpha)
         self.k, self.gamma, self.alpha = int(k), float(gamma), float(alpha)
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("weights", torch.zeros(0))

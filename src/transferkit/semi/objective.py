@@ -62,10 +62,27 @@ def fairness_term(mask: torch.Tensor, logits_s: torch.Tensor, class_prob: torch.
     return (target * torch.log(mean_s + 1e-12)).sum()
 
 
-def _checked_smoothing(alpha: Any) -> float:
+def checked_smoothing(alpha: Any) -> float:
+    """CoMatch's smoothing ``alpha`` as a float in [0, 1] (1: off), or a :class:`TransferkitError`."""
     if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0 <= float(alpha) <= 1):
         raise TransferkitError(f"smoothing (CoMatch's alpha) must be in [0, 1] (1: off), got {alpha!r}")
     return float(alpha)
+
+
+def checked_sharpen(sharpen: Any) -> float | None:
+    """The soft pseudo-labels' temperature as a float in (0, 10], or None (hard pseudo-labels)."""
+    if sharpen is not None and (isinstance(sharpen, bool) or not isinstance(sharpen, (int, float))
+                                or not 0 < sharpen <= 10):
+        raise TransferkitError(f"sharpen (the soft pseudo-labels' temperature) must be in (0, 10] or None, "
+                               f"got {sharpen!r}")
+    return None if sharpen is None else float(sharpen)
+
+
+def checked_teacher_decay(decay: Any) -> float | None:
+    """The EMA teacher's decay as a float in (0, 1), or None (no teacher)."""
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
+        raise TransferkitError(f"teacher_decay must be in (0, 1) or None, got {decay!r}")
+    return None if decay is None else float(decay)
 
 
 class PseudoLabelConsistency(Objective):
@@ -136,7 +153,7 @@ class PseudoLabelConsistency(Objective):
         self.set_teacher_decay(teacher_decay)
         self.teacher: nn.Module | None = None
         self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
-        self.smoothing = _checked_smoothing(smoothing)
+        self.smoothing = checked_smoothing(smoothing)
         self.set_sharpen(sharpen)
         self.register_buffer("memory", torch.zeros(0))
         self.register_buffer("nb_index", torch.zeros(0, dtype=torch.long))
@@ -167,9 +184,7 @@ class PseudoLabelConsistency(Objective):
 
     def set_teacher_decay(self, decay: float | None) -> None:
         """Pseudo-labels from an EMA teacher at this decay (None: from the network itself); before training."""
-        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
-            raise TransferkitError(f"teacher_decay must be in (0, 1) or None, got {decay!r}")
-        self.teacher_decay = None if decay is None else float(decay)
+        self.teacher_decay = checked_teacher_decay(decay)
 
     def setup(self, model: nn.Module) -> None:
         """With a teacher: the teacher starts as a frozen copy of the network (its state is checkpointed with the
@@ -193,11 +208,7 @@ class PseudoLabelConsistency(Objective):
 
     def set_sharpen(self, sharpen: float | None) -> None:
         """Soft targets at temperature ``sharpen`` (None: hard pseudo-labels)."""
-        if sharpen is not None and (isinstance(sharpen, bool) or not isinstance(sharpen, (int, float))
-                                    or not 0 < sharpen <= 10):
-            raise TransferkitError(f"sharpen (the soft pseudo-labels' temperature) must be in (0, 10] or None, "
-                                   f"got {sharpen!r}")
-        self.sharpen = None if sharpen is None else float(sharpen)
+        self.sharpen = checked_sharpen(sharpen)
 
     def set_neighbours(self, index: Any, weight: Any, start: Any, smoothing: float | None = None) -> None:
         """The pool's neighbour graph for :attr:`smoothing`: ``index`` ``(N, k)`` positions in the pool, ``weight``
@@ -205,7 +216,7 @@ class PseudoLabelConsistency(Objective):
         unsmoothed), and the memory's start ``(N, C)`` (the head's first class probabilities of the pool);
         ``smoothing``: CoMatch's ``alpha`` (None: the one given at construction)."""
         if smoothing is not None:
-            self.smoothing = _checked_smoothing(smoothing)
+            self.smoothing = checked_smoothing(smoothing)
         idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
         w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
         m = torch.as_tensor(np.asarray(start, dtype=np.float32))
