@@ -299,8 +299,8 @@ def fit(
     if strategy == "probe" and (params or tuning or resume):
         from .errors import TransferkitError
 
-        raise TransferkitError("--freeze, --rank, --bottleneck, --epochs, --lr, --image-size, --devices, --l2sp, --bss, --tau, --refit and --resume "
-                               "are options of other strategies; add --strategy finetune (or partial, gradual, "
+        raise TransferkitError("--freeze, --rank, --bottleneck, --epochs, --lr, --image-size, --devices, --l2sp, "
+                               "--bss, --tau, --refit and --resume are options of other strategies; add --strategy finetune (or partial, gradual, "
                                "scratch, fixmatch, ...)")
     if semi and semi_level == "features" and tuning:
         from .errors import TransferkitError

@@ -155,8 +155,8 @@ class GraphRegularizer(Objective):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "mu": self.mu, "eye": self.eye, "stream": self.stream,
-                "features": list(self.z.shape), "start_epoch": self.start_epoch, "every": self.every, "normalize": self.normalize,
-                "on": self.on}
+                "features": list(self.z.shape), "start_epoch": self.start_epoch, "every": self.every,
+                "normalize": self.normalize, "on": self.on}
 
     def train(self, mode: bool = True) -> "GraphRegularizer":
         """The similarity net stays in evaluation mode (batch norm statistics frozen) whatever the loop asks."""

@@ -37,8 +37,8 @@ What we take from the reference code (github.com/bcmi/SimTrans-Weak-Shot-Classif
   is not used by its scripts), but of each class's lowest-weighted 10 % (``sim_drop``) the items another novel
   class claims get weight 0 and the unclaimed items weigh at least the class mean (``sim_drop_rule="claimed"``,
   branch s6, :func:`claimed`: noise far from every novel class, such as clip art among digits, did not hurt plain
-  training, so it is trained as plain training does). Before it, the whole lowest 10 % got weight 0 (``lowest``): soft weights
-  barely moved accuracy even when they ranked the noisy items well, leaving the worst out did (chosen on
+  training, so it is trained as plain training does). Before it, the whole lowest 10 % got weight 0 (``lowest``):
+  soft weights barely moved accuracy even when they ranked the noisy items well, leaving the worst out did (chosen on
   development seeds 100-105, see ``benchmarks/bench_weakshot_dev.py``: 20 % gained more on flipped labels but lost
   up to 1.9 points to plain training where the noise is outliers; 10 % lost at most 0.7). ``sim_drop=0`` keeps every
   item. Two more rules (``sim_drop_rule``) were tried there and not chosen: ``confusable`` (only the items
