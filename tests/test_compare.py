@@ -184,10 +184,22 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
         adv.strategy = "partial"
         return adv
 
+    import transferkit.transferability.bnstats as bnstats
+
+    measured = []
+
+    def shift(backbone, source, positions, **k):  # the statistics are measured on the labelled inputs only
+        measured.append(np.asarray(positions))
+        return 0.3
+
     monkeypatch.setattr(engine, "finetune", fake)
     monkeypatch.setattr(advisor, "advise", says_partial)
+    monkeypatch.setattr(bnstats, "bn_shift_of", shift)
     res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
     auto = next(c for c in res.cells if c["strategy"] == "auto")
+    probe = next(c for c in res.cells if c["strategy"] == "probe")
+    assert len(measured) == 1 and len(measured[0]) == probe["n_train"] + probe["n_val"]
+    assert auto["details"]["bn_shift"] == 0.3 and auto["details"]["votes"]["bn"] == "similar"
     assert trained == ["gradual"] and auto["details"]["trained_for_auto"] == ["gradual"]  # partial, finetune: not raced
     seen = auto["details"]["val_accuracy"]
     assert set(seen) == {"probe", "gradual"} and seen["gradual"] == 1.0 and seen["probe"] is not None

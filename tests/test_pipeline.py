@@ -138,6 +138,27 @@ def test_estimator_sklearn_conventions(tmp_path):
     assert (out["prediction"].to_numpy() == clf.predict(X[80:])).all()
 
 
+def test_fit_auto_measures_the_labelled_inputs_batch_norm_shift(image_folder, tmp_path, monkeypatch):
+    """--strategy auto: the advice gets the batch-norm statistics shift of the labelled inputs (never the test
+    ones), and a dissimilar verdict at 10+ labels per class makes gradual unfreezing the race's default."""
+    import transferkit.transferability.bnstats as bnstats
+
+    measured = []
+
+    def shift(backbone, source, positions, **k):
+        measured.append(np.asarray(positions))
+        return 1.5
+
+    monkeypatch.setattr(bnstats, "bn_shift_of", shift)
+    res = fit_run(str(image_folder), backbone=TINY, strategy="auto", labels_per_class=10, out=tmp_path / "a",
+                  progress=False, report=False, baseline=False,
+                  train_config={"epochs": 1, "image_size": 32, "num_workers": 0})
+    ev = res.advice["evidence"]
+    assert ev["bn_shift"] == 1.5 and ev["similarity"] == "dissimilar" and ev["rule"] == "partial"
+    assert len(measured) == 1 and len(measured[0]) == 3 * 10  # the labelled part: 3 classes x 10, no test item
+    assert set(ev["race"]["validation_accuracy"]) == {"probe", "gradual"}
+
+
 def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, tmp_path):
     """--strategy finetune: the engine trains the whole network; the probe stays beside it for reference; the run's
     exported network predicts the test split exactly as the run did."""

@@ -513,6 +513,7 @@ class _CellRunner:
         split. The cell scores what the winner scored on the test items, and its time is the whole race (the advice
         and every candidate trained)."""
         from .transferability.advisor import advise, race_choice
+        from .transferability.bnstats import bn_shift_of
         from .transferability.source import source_probabilities
 
         fs = self.probe_features()
@@ -520,7 +521,8 @@ class _CellRunner:
         t0 = time.perf_counter()
         lab = np.sort(np.concatenate([sp.train, sp.val]))  # the labelled part only
         adv = advise(X[lab], self.y[lab], source_probs=source_probabilities(fs.backbone, X[lab]),
-                     n_labelled_per_class=float(budget), seed=seed)
+                     n_labelled_per_class=float(budget), seed=seed,
+                     bn_shift=bn_shift_of(fs.backbone, fs.source, lab, seed=seed))
         advice_seconds = time.perf_counter() - t0
         runs: dict[str, dict[str, Any]] = {}
         trained = []
@@ -552,7 +554,7 @@ class _CellRunner:
                             "advice_seconds": advice_seconds, "trained_for_auto": trained,
                             "chosen_seconds": float(winner["seconds"]), "extra_seconds": race_seconds - float(
                                 winner["seconds"]), "reasons": why + adv.reasons,
-                            "votes": adv.evidence.get("votes")}}
+                            "votes": adv.evidence.get("votes"), "bn_shift": adv.evidence.get("bn_shift")}}
 
 
 def _finish(cells: list[dict[str, Any]], out_dir: Path, settings: dict[str, Any], reused: int,

@@ -544,10 +544,13 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
 
     from .train.engine import finetune
     from .transferability.advisor import RACE_CANDIDATES, advise, race_choice
+    from .transferability.bnstats import bn_shift_of
     from .transferability.source import source_probabilities
 
     Xl, yl = fs.part("labelled")
-    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=engine["config"].seed)
+    seed = engine["config"].seed
+    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=seed,
+                    bn_shift=bn_shift_of(fs.backbone, fs.source, fs.splits.labelled, seed=seed))
     sp = fs.splits
     advice.evidence["rule"] = advice.strategy
     if not len(sp.val):

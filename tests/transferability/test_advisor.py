@@ -10,9 +10,10 @@ import pytest
 
 from tests.conftest import TINY
 from transferkit.errors import ScoreError
-from transferkit.transferability.advisor import (KNN_SIMILAR_SKILL, LARGE_LABELS_PER_CLASS, PAD_DISSIMILAR,
-                                                 PAD_SIMILAR, SIMILAR_SKILL, SOURCE_FAMILIAR, SOURCE_UNFAMILIAR,
-                                                 TINY_LABELS_PER_CLASS, advise, advise_data)
+from transferkit.transferability.advisor import (BN_SIMILAR, FEW_LABELS_PER_CLASS, KNN_SIMILAR_SKILL,
+                                                 LARGE_LABELS_PER_CLASS, PAD_DISSIMILAR, PAD_SIMILAR, SIMILAR_SKILL,
+                                                 SOURCE_FAMILIAR, SOURCE_UNFAMILIAR, TINY_LABELS_PER_CLASS, advise,
+                                                 advise_data)
 
 
 def _task(per_class: int, kind: str, k: int = 4, d: int = 32, seed: int = 0):
@@ -110,6 +111,37 @@ def test_domain_distance_to_a_source_reference_votes():
         advise(X, y, target_vs_source=np.zeros((10, 8)))
 
 
+@pytest.mark.parametrize("per_class,kind,shift,expected", [
+    (10, "dissimilar", BN_SIMILAR - 0.01, "probe"),           # the label votes say dissimilar: the statistics decide
+    (10, "similar", BN_SIMILAR, "partial"),                   # ... and the other way round (similar *below* 0.6)
+    (LARGE_LABELS_PER_CLASS, "dissimilar", 0.2, "partial"),   # large & similar
+    (LARGE_LABELS_PER_CLASS, "similar", 1.0, "finetune"),     # large & dissimilar
+])
+def test_the_batch_norm_shift_decides_the_similarity_alone(per_class, kind, shift, expected):
+    X, y = _task(per_class, kind)
+    a = advise(X, y, source_probs=_source(len(y), kind == "similar"), bn_shift=shift)
+    assert a.strategy == expected, a.reasons
+    ev = a.evidence
+    assert ev["bn_shift"] == shift and ev["votes"]["bn"] == ev["similarity"]
+    assert ev["similarity"] == ("similar" if shift < BN_SIMILAR else "dissimilar")
+    assert ev["votes"]["probe"] == kind  # the other measures are still computed and reported
+    assert f"shift {shift:.2f}" in a.reasons[-3] and "batch-norm statistics shift" in a.reasons[-1]
+    with pytest.raises(ScoreError, match="bn_shift must be a non-negative number"):
+        advise(X, y, bn_shift=-0.1)
+    with pytest.raises(ScoreError, match="bn_shift must be a non-negative number"):
+        advise(X, y, bn_shift="far")
+
+
+def test_fewer_than_ten_labels_per_class_advise_the_probe():
+    X, y = _task(FEW_LABELS_PER_CLASS - 1, "dissimilar")
+    a = advise(X, y, source_probs=_source(len(y), False), bn_shift=1.2)  # dissimilar by every measure
+    assert a.strategy == "probe" and a.evidence["size"] == "few" and a.evidence["similarity"] == "dissimilar"
+    assert f"fewer than {FEW_LABELS_PER_CLASS} labels per class" in a.reasons[-1]
+    assert "auto still races gradual unfreezing" in a.reasons[-1]
+    assert advise(*_task(FEW_LABELS_PER_CLASS, "dissimilar"), bn_shift=1.2).strategy == "partial"
+    assert advise(*_task(5, "dissimilar"), n_labelled_per_class=TINY_LABELS_PER_CLASS).evidence["size"] == "few"
+
+
 def test_budget_subsample_and_input_errors():
     X, y = _task(300, "similar")
     a = advise(X, y, max_samples=200)  # measured on a subsample; the budget is still the full one
@@ -138,6 +170,7 @@ def test_advise_data_uses_the_labelled_split_and_the_cache(image_folder, tmp_pat
     assert a.strategy in ("probe", "partial", "finetune") and a.evidence["labels_per_class"] == 8
     assert a.evidence["n_samples"] == a.evidence["n_labelled"] == 3 * 8  # never the 3 x 4 test images
     assert a.evidence["backbone"] == TINY and a.evidence["source_confidence"] is not None
+    assert a.evidence["bn_shift"] is None  # random weights: no source statistics to compare with
     assert "extracted" in logs[0]
     again = advise_data(str(image_folder), TINY, labels_per_class=8, cache_dir=tmp_path, log=logs.append)
     assert "cache hit" in logs[1]
