@@ -9,6 +9,11 @@ validation scores (never the test scores) and judges the choice on the test accu
 
     python benchmarks/race_rescore.py benchmarks/results/bench_finetune_clipart.json /path/other.json ...
 
+With ``--readvise`` the size x similarity advice that sets the race's default is computed again too, by today's
+rule, exactly as a compared ``auto`` cell computes it (:func:`transferkit.compare.race_advice`: the split rebuilt
+from the recorded settings, the probe's features from the feature cache at the recorded image size, the labelled
+inputs' batch-norm statistics); without it the recorded advice is kept. Still no training and no test label.
+
 Writes ``benchmarks/results/race_rescore.md`` (``--out``).
 """
 
@@ -25,10 +30,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, atomic_write_text, command_line  # noqa: E402
 
 
-def rescore(cells: list[dict]) -> list[dict]:
+class Readviser:
+    """Today's advice for a recorded split: the split rebuilt as ``compare_strategies`` builds it, the probe's
+    features from the cache, :func:`transferkit.compare.race_advice` on the labelled part."""
+
+    def __init__(self, settings: dict, cache_dir: str):
+        from transferkit.backbones import create_backbone
+        from transferkit.data import load_builtin
+        from transferkit.features.featureset import build_featureset
+
+        self.settings = settings
+        source = load_builtin(settings["dataset"])
+        if source.fingerprint() != settings["data"] or settings.get("grayscale"):
+            raise SystemExit(f"{settings['dataset']}: not the recorded data (or a grayscale run): cannot re-advise")
+        self.y = source.encoded_labels(settings["classes"])
+        bb = create_backbone(settings["backbone"])
+        size = settings["train_config"].get("image_size")
+        if size:
+            bb = bb.with_preprocessing(input_size=size)
+        self.fs = build_featureset(source, bb, cache_dir=cache_dir, labels="ignore", split=False, num_workers=0)
+
+    def __call__(self, budget: int, seed: int):
+        from transferkit.compare import cap_test, race_advice
+        from transferkit.data.splits import Splits, make_splits
+
+        sp = make_splits(self.y, labels_per_class=budget, seed=seed, classes=self.settings["classes"])
+        sp = Splits(sp.train, sp.val, cap_test(sp.test, self.y, self.settings["max_test"], seed))
+        return race_advice(self.fs, self.y, sp, budget, seed)
+
+
+def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
     """The cells with every ``auto`` choice re-decided from its recorded validation scores, as today's race would:
     only today's candidates (``RACE_CANDIDATES``) are read, and the race's extra cost is recomputed from the recorded
-    seconds of those candidates' cells (the four-way race's recorded cost is kept as ``recorded_extra_seconds``)."""
+    seconds of those candidates' cells (the four-way race's recorded cost is kept as ``recorded_extra_seconds``).
+    With ``readvise`` the race's default comes from today's advice on the split, not the recorded one."""
     from transferkit.transferability.advisor import RACE_CANDIDATES, race_choice
 
     by = {(c["strategy"], c["budget"], c["seed"]): c for c in cells}
@@ -40,14 +75,21 @@ def rescore(cells: list[dict]) -> list[dict]:
             n_val = next((by[(k, *key)].get("n_val") for k in ("partial", "gradual", "finetune")
                           if (k, *key) in by), 0)
             val = {k: v for k, v in d["val_accuracy"].items() if k in RACE_CANDIDATES}
-            chosen, why = race_choice(val, int(n_val or 0), rule=d.get("rule"))
+            rule, extra_details = d.get("rule"), {}
+            if readvise is not None:
+                adv = readvise(c["budget"], c["seed"])
+                rule = adv.strategy
+                extra_details = {"recorded_rule": d.get("rule"), "rule": rule, "votes": adv.evidence["votes"],
+                                 "bn_shift": adv.evidence["bn_shift"]}
+            chosen, why = race_choice(val, int(n_val or 0), rule=rule)
             extra = d.get("extra_seconds")
             if all((k, *key) in by for k in RACE_CANDIDATES) and (chosen, *key) in by:
                 extra = (float(d.get("advice_seconds") or 0.0) + sum(float(by[(k, *key)]["seconds"])
                                                                      for k in RACE_CANDIDATES)
                          - float(by[(chosen, *key)]["seconds"]))
             wider = set(d["val_accuracy"]) - set(RACE_CANDIDATES)  # recorded when more candidates raced
-            c = {**c, "details": {**d, "val_accuracy": val, "chosen": chosen, "recorded_choice": d.get("chosen"),
+            c = {**c, "details": {**d, **extra_details, "val_accuracy": val, "chosen": chosen,
+                                  "recorded_choice": d.get("chosen"),
                                   "reasons": why, "extra_seconds": extra,
                                   "recorded_extra_seconds": d.get("extra_seconds") if wider else None}}
         out.append(c)
@@ -58,6 +100,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+")
     ap.add_argument("--out", default=str(RESULTS_DIR / "race_rescore.md"))
+    ap.add_argument("--readvise", action="store_true",
+                    help="compute the race's default again with today's advice (features from --cache-dir)")
+    ap.add_argument("--cache-dir", default="/work/bench-cache", help="feature cache of the recorded runs")
     args = ap.parse_args()
     from transferkit.compare import advisor_sentence, advisor_summary
 
@@ -65,7 +110,9 @@ def main() -> None:
     for f in args.files:
         data = json.loads(Path(f).read_text())
         for ds, res in data["results"].items():
-            cells = rescore(res["cells"])
+            if not any(c["strategy"] == "auto" for c in res["cells"]):
+                continue
+            cells = rescore(res["cells"], Readviser(res["settings"], args.cache_dir) if args.readvise else None)
             if not any(c["strategy"] == "auto" and "recorded_choice" in c["details"] for c in cells):
                 continue
             pooled += [(ds, c) for c in cells]

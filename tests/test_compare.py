@@ -208,6 +208,18 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     assert res.advisor == {}  # only probe was compared: nothing to judge the pick against
 
 
+def test_a_new_advisor_rule_decides_again_on_a_resumed_comparison(image_folder, tmp_path, monkeypatch):
+    import transferkit.compare as compare
+
+    first = _run(image_folder, tmp_path / "c", strategies=("probe", "auto"), labels_per_class=(3,), seeds=(0,))
+    assert first.reused == 0
+    assert _run(image_folder, tmp_path / "c", strategies=("probe", "auto"), labels_per_class=(3,),
+                seeds=(0,)).reused == 2  # the same rule: both cells reused
+    monkeypatch.setattr(compare, "RULE_VERSION", compare.RULE_VERSION + 1)
+    again = _run(image_folder, tmp_path / "c", strategies=("probe", "auto"), labels_per_class=(3,), seeds=(0,))
+    assert again.reused == 1  # the probe's cell is reused; auto's decision is made again under the new rule
+
+
 def test_advisor_summary_hit_rate_and_loss_by_hand():
     accs = {(5, 0): {"probe": 0.6, "partial": 0.5, "finetune": 0.4},
             (5, 1): {"probe": 0.5, "partial": 0.7, "finetune": 0.7},

@@ -44,10 +44,10 @@ import numpy as np
 
 from .data.splits import Splits, make_splits
 from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
-from .transferability.advisor import JUDGED_STRATEGIES, RACE_CANDIDATES
+from .transferability.advisor import JUDGED_STRATEGIES, RACE_CANDIDATES, RULE_VERSION
 
 __all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_transfer_flags", "winners",
-           "valid_strategies", "cap_test", "advisor_summary",
+           "valid_strategies", "cap_test", "race_advice", "advisor_summary",
            "advisor_sentence"]
 
 CELLS_FILE = "cells.jsonl"
@@ -264,6 +264,29 @@ def _flag_sentence(f: dict[str, Any]) -> str:
             f"{f['difference']['n']} test items: {difference_text(f['difference'])}")
 
 
+def race_advice(features: Any, y: np.ndarray, splits: Splits, budget: int, seed: int) -> Any:
+    """The size x similarity advice an ``auto`` cell races from: :func:`~transferkit.transferability.advise` on the
+    labelled part of ``splits`` only (train + validation: features, labels, the source classifier's probabilities,
+    and the batch-norm statistics shift of those inputs), with ``budget`` labels per class.
+
+    Args:
+        features: the probe's :class:`~transferkit.features.featureset.FeatureSet` (rows = ``y``'s items).
+        y: integer labels of every item.
+        splits: the cell's split.
+        budget: labels per class.
+        seed: the cell's seed (the advice's folds and the statistics' subsample).
+    """
+    from .transferability.advisor import advise
+    from .transferability.bnstats import bn_shift_of
+    from .transferability.source import source_probabilities
+
+    lab = np.sort(np.concatenate([splits.train, splits.val]))
+    X = np.asarray(features.X[lab], dtype=np.float32)
+    return advise(X, y[lab], source_probs=source_probabilities(features.backbone, X),
+                  n_labelled_per_class=float(budget), seed=seed,
+                  bn_shift=bn_shift_of(features.backbone, features.source, lab, seed=seed))
+
+
 def cap_test(test: np.ndarray, y: np.ndarray, max_test: int | None, seed: int) -> np.ndarray:
     """At most ``max_test`` test indices, stratified by class (largest remainders), seeded; sorted."""
     test = np.asarray(test, dtype=np.int64)
@@ -354,8 +377,9 @@ def compare_strategies(data: Any, *, backbone: str = "lite0",
         st = {**base_settings, "strategy": strategy}
         if strategy in ("probe", "auto"):
             st["image_size"] = cfg.image_size
-        if strategy == "auto":  # scores the strategy it picks, trained as the others are
+        if strategy == "auto":  # scores the strategy it picks, trained as the others are; a new rule, a new cell
             st["choices"] = {k: settings_hash(cell_settings(k)) for k in RACE_CANDIDATES}
+            st["rule"] = RULE_VERSION
         elif strategy not in ("probe", "cnn"):
             st["config"] = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "num_workers",
                                                                                  "eval_batch_size")}
@@ -512,17 +536,11 @@ class _CellRunner:
         (:func:`~transferkit.transferability.advisor.race_choice`), and decides alone when there is no validation
         split. The cell scores what the winner scored on the test items, and its time is the whole race (the advice
         and every candidate trained)."""
-        from .transferability.advisor import advise, race_choice
-        from .transferability.bnstats import bn_shift_of
-        from .transferability.source import source_probabilities
+        from .transferability.advisor import race_choice
 
         fs = self.probe_features()
-        X = np.asarray(fs.X, dtype=np.float32)
         t0 = time.perf_counter()
-        lab = np.sort(np.concatenate([sp.train, sp.val]))  # the labelled part only
-        adv = advise(X[lab], self.y[lab], source_probs=source_probabilities(fs.backbone, X[lab]),
-                     n_labelled_per_class=float(budget), seed=seed,
-                     bn_shift=bn_shift_of(fs.backbone, fs.source, lab, seed=seed))
+        adv = race_advice(fs, self.y, sp, budget, seed)
         advice_seconds = time.perf_counter() - t0
         runs: dict[str, dict[str, Any]] = {}
         trained = []

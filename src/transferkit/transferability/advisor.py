@@ -111,7 +111,7 @@ import numpy as np
 from ..errors import ScoreError
 
 __all__ = ["Advice", "advise", "advise_data", "race_choice", "race_margin", "rule_default", "RACE_Z",
-           "RACE_CANDIDATES", "JUDGED_STRATEGIES", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
+           "RACE_CANDIDATES", "JUDGED_STRATEGIES", "RULE_VERSION", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
            "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR",
            "PAD_DISSIMILAR", "MAX_SAMPLES"]
 
@@ -146,6 +146,11 @@ MAX_SAMPLES = 2000
 RACE_CANDIDATES = ("probe", "gradual")
 #: what ``auto``'s choice is judged against in ``compare`` (best of these on the test items, or within a point)
 JUDGED_STRATEGIES = ("probe", "gradual", "partial", "finetune")
+
+#: the version of the rule ``auto`` decides by (advice + race); part of a compared ``auto`` cell's settings, so that a
+#: resumed comparison decides again under a new rule instead of reusing the old decision. 4: similarity from the
+#: batch-norm statistics shift, the probe as the advice under FEW_LABELS_PER_CLASS (session 7)
+RULE_VERSION = 4
 
 #: (large data, similar) -> strategy
 STRATEGIES = {(False, True): "probe", (False, False): "partial", (True, True): "partial", (True, False): "finetune"}
