@@ -70,23 +70,30 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
         return None
     transform = backbone.transform() if hasattr(backbone, "transform") else None
     collate = getattr(backbone, "collate", None)
-    sums: dict[int, list[torch.Tensor]] = {}
+    stats: dict[int, list[Any]] = {}  # per layer: [count, mean, sum of squared deviations], pooled in float64
 
     def hook(mod: Any, args: tuple, _out: Any) -> None:
-        x = args[0].detach().double()
+        x = args[0].detach()
+        x = x.float() if x.device.type == "mps" else x.double()  # MPS has no float64; the pooling below has it
         dims = [d for d in range(x.dim()) if d != 1]
         n = x.numel() // x.shape[1]
-        s = sums.setdefault(id(mod), [torch.zeros(x.shape[1], dtype=torch.float64),
-                                      torch.zeros(x.shape[1], dtype=torch.float64), 0])
-        s[0] += x.sum(dim=dims).cpu()
-        s[1] += (x * x).sum(dim=dims).cpu()
-        s[2] += n
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        mean, m2 = mean.cpu().double(), var.cpu().double() * n  # .cpu() first: MPS cannot hold float64
+        s = stats.get(id(mod))
+        if s is None:
+            stats[id(mod)] = [n, mean, m2]
+            return
+        total = s[0] + n  # two batches' statistics pooled exactly (Chan, Golub & LeVeque 1983)
+        delta = mean - s[1]
+        s[1] = s[1] + delta * (n / total)
+        s[2] = s[2] + m2 + delta * delta * (s[0] * n / total)
+        s[0] = total
 
     handles = [m.register_forward_hook(hook) for m in layers]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one: a frozen part may be in eval mode
     model.eval()
     try:
-        device = next(model.parameters()).device
+        device = layers[0].running_var.device  # a model of buffers only (affine=False) has no parameter to ask
         with torch.inference_mode():
             for start in range(0, len(inputs), batch_size):
                 chunk = inputs[start:start + batch_size]
@@ -100,15 +107,15 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     per_layer = []
     for m in layers:
-        if id(m) not in sums:  # a layer the forward pass did not reach (e.g. the unused classifier branch)
+        if id(m) not in stats:  # a layer the forward pass did not reach (e.g. the unused classifier branch)
             continue
-        s1, s2, n = sums[id(m)]
-        mean = s1 / n
-        var = (s2 / n - mean * mean).clamp_min(0)
-        src = m.running_var.detach().double().cpu()
+        n, _mean, m2 = stats[id(m)]
+        var = m2 / n
+        src = m.running_var.detach().cpu().double()
         keep = src > min_var
         if not bool(keep.any()):
             continue
