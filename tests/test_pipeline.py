@@ -156,6 +156,8 @@ def test_fit_auto_measures_the_labelled_inputs_batch_norm_shift(image_folder, tm
     ev = res.advice["evidence"]
     assert ev["bn_shift"] == 1.5 and ev["similarity"] == "dissimilar" and ev["rule"] == "partial"
     assert len(measured) == 1 and len(measured[0]) == 3 * 10  # the labelled part: 3 classes x 10, no test item
+    tested = pd.read_csv(res.run_dir / "predictions.csv")["index"]
+    assert not set(measured[0]) & set(tested) and len(set(measured[0]) | set(tested)) == 3 * 12
     assert set(ev["race"]["validation_accuracy"]) == {"probe", "gradual"}
 
 
