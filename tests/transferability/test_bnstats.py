@@ -122,6 +122,29 @@ def test_bn_shift_of_skips_unreadable_items_and_subsamples():
     assert bn_shift_of(net, texts, np.arange(3)) is None
 
 
+def test_bn_shift_of_reads_one_batch_at_a_time():
+    """Items are read, transformed and measured a batch at a time (never all decoded at once), and the number is
+    the one of all the readable inputs together."""
+    events: list = []
+
+    class Logged(_Items):
+        def load(self, i: int):
+            events.append("load")
+            return super().load(i)
+
+    class LoggedNet(_Net):
+        def forward(self, x):
+            events.append(len(x))
+            return super().forward(x)
+
+    net = LoggedNet()
+    shift = bn_shift_of(net, Logged(20), np.arange(20), batch_size=8)
+    assert [e for e in events if e != "load"] == [8, 8, 3]  # item 1 unreadable: 19 inputs
+    assert events.index(8) == 9  # 8 readable items (and the unreadable one) read before the first pass
+    together = torch.stack([_Items(20).load(i) for i in range(20) if i != 1])
+    assert shift == pytest.approx(bn_shift(_one_layer(4.0), together), rel=1e-9)
+
+
 def test_clip_art_is_nearer_to_imagenet_than_handwritten_digits():
     from transferkit.backbones import create_backbone
     from transferkit.data import load_builtin

@@ -19,7 +19,7 @@ the size the model will run at; the advisor uses the run's own preprocessing.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
     Args:
         backbone: a :class:`~transferkit.backbones.base.Backbone` (its ``transform`` and ``collate`` prepare the
             inputs) or a plain ``torch.nn.Module`` taking ready tensors.
-        inputs: raw inputs (PIL images, arrays, texts) for a backbone, or a tensor ``(N, ...)`` of model inputs.
+        inputs: raw inputs (PIL images) for a backbone, or a tensor ``(N, ...)`` of model inputs.
         batch_size: inputs per forward pass (the statistics are pooled over all of them, not averaged per batch).
         min_var: channels whose source variance is below this are left out (dead channels: their log-ratio is
             meaningless).
@@ -64,12 +64,29 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
     """
     import torch
 
-    model = getattr(backbone, "model", backbone)
-    layers = bn_layers(model)
-    if not layers or len(inputs) == 0:
+    if not bn_layers(getattr(backbone, "model", backbone)) or len(inputs) == 0:
         return None
     transform = backbone.transform() if hasattr(backbone, "transform") else None
     collate = getattr(backbone, "collate", None)
+
+    def batches() -> Iterator[Any]:
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            if isinstance(chunk, torch.Tensor):
+                yield chunk
+            else:
+                items = [transform(v) if transform is not None else v for v in chunk]
+                yield collate(items) if collate is not None else torch.stack(items)
+
+    return _measure(backbone, batches(), min_var)
+
+
+def _measure(backbone: Any, batches: Iterable[Any], min_var: float) -> float | None:
+    """The shift of the model inputs in ``batches`` (made lazily, so that only one batch of inputs is held)."""
+    import torch
+
+    model = getattr(backbone, "model", backbone)
+    layers = bn_layers(model)
     stats: dict[int, list[Any]] = {}  # per layer: [count, mean, sum of squared deviations], pooled in float64
 
     def hook(mod: Any, args: tuple, _out: Any) -> None:
@@ -95,15 +112,8 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
     try:
         device = layers[0].running_var.device  # a model of buffers only (affine=False) has no parameter to ask
         with torch.inference_mode():
-            for start in range(0, len(inputs), batch_size):
-                chunk = inputs[start:start + batch_size]
-                if isinstance(chunk, torch.Tensor):
-                    x = chunk
-                else:
-                    items = [transform(v) if transform is not None else v for v in chunk]
-                    x = collate(items) if collate is not None else torch.stack(items)
-                x = x.to(device) if isinstance(x, torch.Tensor) else x
-                backbone(x)
+            for x in batches:
+                backbone(x.to(device) if isinstance(x, torch.Tensor) else x)
     finally:
         for h in handles:
             h.remove()
@@ -128,10 +138,12 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
 
 
 def bn_shift_of(backbone: Any, source: Any, positions: Any, *, max_inputs: int = BN_MAX_INPUTS,
-                seed: int = 0) -> float | None:
+                seed: int = 0, batch_size: int = 32, min_var: float = 1e-3) -> float | None:
     """:func:`bn_shift` of the items of a :class:`~transferkit.data.DataSource` at ``positions`` (a random subsample
-    of at most ``max_inputs`` of them; unreadable items are skipped). None for backbones without batch-norm
-    statistics (checked before any item is read) and for non-image data."""
+    of at most ``max_inputs`` of them; unreadable items are skipped). The items are read, transformed and measured
+    one batch at a time: a folder of photos is never held decoded at full size (256 12-megapixel photos would take
+    9 GB). None for backbones without batch-norm statistics (checked before any item is read), for non-image data,
+    and when no item at ``positions`` can be read."""
     from ..errors import BadInputError
 
     if not bn_layers(getattr(backbone, "model", backbone)) or getattr(source, "modality", "image") != "image":
@@ -139,10 +151,23 @@ def bn_shift_of(backbone: Any, source: Any, positions: Any, *, max_inputs: int =
     pos = np.asarray(positions, dtype=np.int64)
     if len(pos) > max_inputs:
         pos = np.sort(np.random.default_rng(seed).choice(pos, max_inputs, replace=False))
-    items = []
-    for i in pos:
-        try:
-            items.append(source.load(int(i)))
-        except BadInputError:
-            continue
-    return bn_shift(backbone, items)
+    transform = backbone.transform() if hasattr(backbone, "transform") else None
+    collate = getattr(backbone, "collate", None)
+
+    def batches() -> Iterator[Any]:
+        import torch
+
+        items: list[Any] = []
+        for i in pos:
+            try:
+                x = source.load(int(i))
+            except BadInputError:
+                continue
+            items.append(transform(x) if transform is not None else x)
+            if len(items) == batch_size:
+                yield collate(items) if collate is not None else torch.stack(items)
+                items = []
+        if items:
+            yield collate(items) if collate is not None else torch.stack(items)
+
+    return _measure(backbone, batches(), min_var)
