@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["bn_layers", "bn_shift", "bn_shift_of", "BN_MAX_INPUTS"]
 
-#: the measure uses at most this many inputs (a stratified or random subsample): 60 already give it to +-0.02
+#: the measure uses at most this many inputs (a seeded random subsample): 60 already give it to +-0.02
 BN_MAX_INPUTS = 256
 
 
