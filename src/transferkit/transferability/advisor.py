@@ -112,8 +112,8 @@ from ..errors import ScoreError
 
 __all__ = ["Advice", "advise", "advise_data", "race_choice", "race_margin", "rule_default", "RACE_Z",
            "RACE_CANDIDATES", "JUDGED_STRATEGIES", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
-           "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR",
-           "SOURCE_UNFAMILIAR", "PAD_SIMILAR", "PAD_DISSIMILAR", "MAX_SAMPLES"]
+           "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR",
+           "PAD_DISSIMILAR", "MAX_SAMPLES"]
 
 #: labels per class from which the data count as large (fine-tuning more layers pays off)
 LARGE_LABELS_PER_CLASS = 100
