@@ -168,10 +168,11 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     import transferkit.train.engine as engine
 
     y = from_folder(image_folder).encoded_labels()
-    trained = []
+    trained, given = [], []
 
     def fake(source, y_, splits, backbone, strategy, *a, **k):
         trained.append(strategy)  # gradual is perfect on validation and test
+        given.append((source, splits))
         return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test], best_epoch=1, epochs_run=1,
                                val_accuracy=1.0, train_seconds=0.0, resumed_from=None)
 
@@ -189,7 +190,7 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     measured = []
 
     def shift(backbone, source, positions, **k):  # the statistics are measured on the labelled inputs only
-        measured.append(np.asarray(positions))
+        measured.append((source, np.asarray(positions)))
         return 0.3
 
     monkeypatch.setattr(engine, "finetune", fake)
@@ -198,7 +199,11 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
     auto = next(c for c in res.cells if c["strategy"] == "auto")
     probe = next(c for c in res.cells if c["strategy"] == "probe")
-    assert len(measured) == 1 and len(measured[0]) == probe["n_train"] + probe["n_val"]
+    assert len(measured) == 1 and len(measured[0][1]) == probe["n_train"] + probe["n_val"]
+    (source, sp), (measured_source, positions) = given[0], measured[0]
+    # the split's train + validation items of the very source the engine trains on (so the same pixels, gray ones
+    # with grayscale=True), never a test item
+    assert measured_source is source and np.array_equal(positions, np.sort(np.concatenate([sp.train, sp.val])))
     assert auto["details"]["bn_shift"] == 0.3 and auto["details"]["votes"]["bn"] == "similar"
     assert trained == ["gradual"] and auto["details"]["trained_for_auto"] == ["gradual"]  # partial, finetune: not raced
     seen = auto["details"]["val_accuracy"]

@@ -143,10 +143,11 @@ def test_fit_auto_measures_the_labelled_inputs_batch_norm_shift(image_folder, tm
     ones), and a dissimilar verdict at 10+ labels per class makes gradual unfreezing the race's default."""
     import transferkit.transferability.bnstats as bnstats
 
-    measured = []
+    measured, sizes = [], []
 
     def shift(backbone, source, positions, **k):
         measured.append(np.asarray(positions))
+        sizes.append(backbone.preprocessing.input_size)
         return 1.5
 
     monkeypatch.setattr(bnstats, "bn_shift_of", shift)
@@ -156,7 +157,10 @@ def test_fit_auto_measures_the_labelled_inputs_batch_norm_shift(image_folder, tm
     ev = res.advice["evidence"]
     assert ev["bn_shift"] == 1.5 and ev["similarity"] == "dissimilar" and ev["rule"] == "partial"
     assert len(measured) == 1 and len(measured[0]) == 3 * 10  # the labelled part: 3 classes x 10, no test item
+    tested = pd.read_csv(res.run_dir / "predictions.csv")["index"]
+    assert not set(measured[0]) & set(tested) and len(set(measured[0]) | set(tested)) == 3 * 12
     assert set(ev["race"]["validation_accuracy"]) == {"probe", "gradual"}
+    assert sizes == [32]  # measured at the fine-tuning's image_size, not the backbone's default
 
 
 def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, tmp_path):

@@ -495,7 +495,8 @@ def advise(
     quiet: bool = QuietOpt,
 ):
     """Say whether to freeze the backbone and train a head, or fine-tune part or all of it, and why: from the
-    labelled data size and how well the frozen features already fit the task, without training."""
+    labelled data size and how near the data are to the backbone's source (its batch-norm statistics on the
+    inputs, or how well the frozen features already fit the task), without training."""
     from .transferability.advisor import advise_data
 
     check_options(labels_per_class=labels_per_class, seed=seed)

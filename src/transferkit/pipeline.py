@@ -548,9 +548,12 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     from .transferability.source import source_probabilities
 
     Xl, yl = fs.part("labelled")
-    seed = engine["config"].seed
+    seed, size = engine["config"].seed, engine["config"].image_size
+    # the batch-norm statistics at the size the fine-tuning runs at (the shift depends on it), as compare measures
+    shifted = (fs.backbone.with_preprocessing(input_size=size) if size and fs.backbone.modality == "image"
+               else fs.backbone)
     advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=seed,
-                    bn_shift=bn_shift_of(fs.backbone, fs.source, fs.splits.labelled, seed=seed))
+                    bn_shift=bn_shift_of(shifted, fs.source, fs.splits.labelled, seed=seed))
     sp = fs.splits
     advice.evidence["rule"] = advice.strategy
     if not len(sp.val):

@@ -177,6 +177,28 @@ def test_advise_data_uses_the_labelled_split_and_the_cache(image_folder, tmp_pat
     assert again.strategy == a.strategy and again.reasons == a.reasons
 
 
+def test_advise_data_measures_the_batch_norm_shift_on_the_labelled_split(image_folder, tmp_path, monkeypatch):
+    """The shift is measured on the labelled items of the split ``fit`` makes (never a test item), with the
+    backbone the features came from, and it decides the similarity."""
+    import transferkit.transferability.bnstats as bnstats
+    from transferkit.data.splits import make_splits
+
+    measured = []
+
+    def shift(backbone, source, positions, **k):
+        measured.append((backbone, source, np.asarray(positions)))
+        return 1.5
+
+    monkeypatch.setattr(bnstats, "bn_shift_of", shift)
+    a = advise_data(str(image_folder), TINY, labels_per_class=10, cache_dir=tmp_path, seed=1)
+    assert a.evidence["bn_shift"] == 1.5 and a.evidence["similarity"] == "dissimilar" and a.strategy == "partial"
+    assert a.evidence["seconds"]["bn_shift"] >= 0
+    (backbone, source, positions), = measured
+    assert backbone.name == TINY and len(source) == 3 * 12
+    sp = make_splits(source.encoded_labels(source.classes), labels_per_class=10, seed=1, classes=source.classes)
+    assert sorted(positions) == sorted(sp.labelled) and not set(positions) & set(sp.test)
+
+
 def test_the_race_keeps_the_probe_unless_a_costlier_strategy_leads_by_more_than_the_noise():
     from transferkit.transferability.advisor import race_choice, race_margin
 

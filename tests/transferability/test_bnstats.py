@@ -36,6 +36,35 @@ def test_the_shift_by_hand_on_one_layer():
     assert net.training  # the model's mode is restored
 
 
+def test_batches_of_any_size_pool_to_the_whole_inputs_variance():
+    """Unequal batches (7, 7, ..., 1) pooled exactly, even far from zero mean (where E[x^2] - E[x]^2 cancels)."""
+    g = torch.Generator().manual_seed(1)
+    x = 1000 + 0.5 * torch.randn(64, 2, 8, 8, generator=g)
+    net = _one_layer(4.0)
+    var = x.double().var(dim=(0, 2, 3), unbiased=False)
+    expected = float(torch.log((var + net[0].eps) / (4.0 + net[0].eps)).abs().mean())
+    assert expected == pytest.approx(math.log(16), abs=0.05)  # variance 0.25 against 4
+    for batch_size in (1, 7, 64):
+        assert bn_shift(net, x, batch_size=batch_size) == pytest.approx(expected, rel=1e-9), batch_size
+
+
+def test_each_layers_mode_is_restored_and_buffer_only_models_work():
+    net = torch.nn.Sequential(_one_layer(4.0)[0], torch.nn.BatchNorm2d(2))
+    net[1].running_var.fill_(2.0)
+    net.train()
+    net[1].eval()  # a frozen part of a model being trained
+    before = [b.clone() for b in net.buffers()]
+    assert bn_shift(net, torch.randn(8, 2, 4, 4)) is not None
+    assert net.training and net[0].training and not net[1].training
+    assert all(torch.equal(a, b) for a, b in zip(before, net.buffers()))  # measured in eval mode: stats unchanged
+    bare = torch.nn.BatchNorm2d(2, affine=False)  # running statistics, no parameter
+    bare.running_var.fill_(4.0)
+    x = torch.randn(16, 2, 4, 4)
+    var = x.double().var(dim=(0, 2, 3), unbiased=False)
+    expected = float(torch.log((var + bare.eps) / (4.0 + bare.eps)).abs().mean())
+    assert bn_shift(torch.nn.Sequential(bare), x) == pytest.approx(expected, rel=1e-9)
+
+
 def test_layers_without_learned_statistics_are_left_out():
     fresh = torch.nn.Sequential(torch.nn.BatchNorm2d(3))  # mean 0, variance 1: never trained
     assert bn_layers(fresh) == [] and bn_shift(fresh, torch.randn(4, 3, 2, 2)) is None
@@ -91,6 +120,29 @@ def test_bn_shift_of_skips_unreadable_items_and_subsamples():
     texts = _Items(3)
     texts.modality = "text"
     assert bn_shift_of(net, texts, np.arange(3)) is None
+
+
+def test_bn_shift_of_reads_one_batch_at_a_time():
+    """Items are read, transformed and measured a batch at a time (never all decoded at once), and the number is
+    the one of all the readable inputs together."""
+    events: list = []
+
+    class Logged(_Items):
+        def load(self, i: int):
+            events.append("load")
+            return super().load(i)
+
+    class LoggedNet(_Net):
+        def forward(self, x):
+            events.append(len(x))
+            return super().forward(x)
+
+    net = LoggedNet()
+    shift = bn_shift_of(net, Logged(20), np.arange(20), batch_size=8)
+    assert [e for e in events if e != "load"] == [8, 8, 3]  # item 1 unreadable: 19 inputs
+    assert events.index(8) == 9  # 8 readable items (and the unreadable one) read before the first pass
+    together = torch.stack([_Items(20).load(i) for i in range(20) if i != 1])
+    assert shift == pytest.approx(bn_shift(_one_layer(4.0), together), rel=1e-9)
 
 
 def test_clip_art_is_nearer_to_imagenet_than_handwritten_digits():

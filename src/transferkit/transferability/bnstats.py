@@ -19,13 +19,13 @@ the size the model will run at; the advisor uses the run's own preprocessing.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 __all__ = ["bn_layers", "bn_shift", "bn_shift_of", "BN_MAX_INPUTS"]
 
-#: the measure uses at most this many inputs (a stratified or random subsample): 60 already give it to +-0.02
+#: the measure uses at most this many inputs (a seeded random subsample): 60 already give it to +-0.02
 BN_MAX_INPUTS = 256
 
 
@@ -53,7 +53,7 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
     Args:
         backbone: a :class:`~transferkit.backbones.base.Backbone` (its ``transform`` and ``collate`` prepare the
             inputs) or a plain ``torch.nn.Module`` taking ready tensors.
-        inputs: raw inputs (PIL images, arrays, texts) for a backbone, or a tensor ``(N, ...)`` of model inputs.
+        inputs: raw inputs (PIL images) for a backbone, or a tensor ``(N, ...)`` of model inputs.
         batch_size: inputs per forward pass (the statistics are pooled over all of them, not averaged per batch).
         min_var: channels whose source variance is below this are left out (dead channels: their log-ratio is
             meaningless).
@@ -64,51 +64,68 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
     """
     import torch
 
-    model = getattr(backbone, "model", backbone)
-    layers = bn_layers(model)
-    if not layers or len(inputs) == 0:
+    if not bn_layers(getattr(backbone, "model", backbone)) or len(inputs) == 0:
         return None
     transform = backbone.transform() if hasattr(backbone, "transform") else None
     collate = getattr(backbone, "collate", None)
-    sums: dict[int, list[torch.Tensor]] = {}
+
+    def batches() -> Iterator[Any]:
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            if isinstance(chunk, torch.Tensor):
+                yield chunk
+            else:
+                items = [transform(v) if transform is not None else v for v in chunk]
+                yield collate(items) if collate is not None else torch.stack(items)
+
+    return _measure(backbone, batches(), min_var)
+
+
+def _measure(backbone: Any, batches: Iterable[Any], min_var: float) -> float | None:
+    """The shift of the model inputs in ``batches`` (made lazily, so that only one batch of inputs is held)."""
+    import torch
+
+    model = getattr(backbone, "model", backbone)
+    layers = bn_layers(model)
+    stats: dict[int, list[Any]] = {}  # per layer: [count, mean, sum of squared deviations], pooled in float64
 
     def hook(mod: Any, args: tuple, _out: Any) -> None:
-        x = args[0].detach().double()
+        x = args[0].detach()
+        x = x.float() if x.device.type == "mps" else x.double()  # MPS has no float64; the pooling below has it
         dims = [d for d in range(x.dim()) if d != 1]
         n = x.numel() // x.shape[1]
-        s = sums.setdefault(id(mod), [torch.zeros(x.shape[1], dtype=torch.float64),
-                                      torch.zeros(x.shape[1], dtype=torch.float64), 0])
-        s[0] += x.sum(dim=dims).cpu()
-        s[1] += (x * x).sum(dim=dims).cpu()
-        s[2] += n
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        mean, m2 = mean.cpu().double(), var.cpu().double() * n  # .cpu() first: MPS cannot hold float64
+        s = stats.get(id(mod))
+        if s is None:
+            stats[id(mod)] = [n, mean, m2]
+            return
+        total = s[0] + n  # two batches' statistics pooled exactly (Chan, Golub & LeVeque 1983)
+        delta = mean - s[1]
+        s[1] = s[1] + delta * (n / total)
+        s[2] = s[2] + m2 + delta * delta * (s[0] * n / total)
+        s[0] = total
 
     handles = [m.register_forward_hook(hook) for m in layers]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one: a frozen part may be in eval mode
     model.eval()
     try:
-        device = next(model.parameters()).device
+        device = layers[0].running_var.device  # a model of buffers only (affine=False) has no parameter to ask
         with torch.inference_mode():
-            for start in range(0, len(inputs), batch_size):
-                chunk = inputs[start:start + batch_size]
-                if isinstance(chunk, torch.Tensor):
-                    x = chunk
-                else:
-                    items = [transform(v) if transform is not None else v for v in chunk]
-                    x = collate(items) if collate is not None else torch.stack(items)
-                x = x.to(device) if isinstance(x, torch.Tensor) else x
-                backbone(x)
+            for x in batches:
+                backbone(x.to(device) if isinstance(x, torch.Tensor) else x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     per_layer = []
     for m in layers:
-        if id(m) not in sums:  # a layer the forward pass did not reach (e.g. the unused classifier branch)
+        if id(m) not in stats:  # a layer the forward pass did not reach (e.g. the unused classifier branch)
             continue
-        s1, s2, n = sums[id(m)]
-        mean = s1 / n
-        var = (s2 / n - mean * mean).clamp_min(0)
-        src = m.running_var.detach().double().cpu()
+        n, _mean, m2 = stats[id(m)]
+        var = m2 / n
+        src = m.running_var.detach().cpu().double()
         keep = src > min_var
         if not bool(keep.any()):
             continue
@@ -121,10 +138,12 @@ def bn_shift(backbone: Any, inputs: Any, *, batch_size: int = 32, min_var: float
 
 
 def bn_shift_of(backbone: Any, source: Any, positions: Any, *, max_inputs: int = BN_MAX_INPUTS,
-                seed: int = 0) -> float | None:
+                seed: int = 0, batch_size: int = 32, min_var: float = 1e-3) -> float | None:
     """:func:`bn_shift` of the items of a :class:`~transferkit.data.DataSource` at ``positions`` (a random subsample
-    of at most ``max_inputs`` of them; unreadable items are skipped). None for backbones without batch-norm
-    statistics (checked before any item is read) and for non-image data."""
+    of at most ``max_inputs`` of them; unreadable items are skipped). The items are read, transformed and measured
+    one batch at a time: a folder of photos is never held decoded at full size (256 12-megapixel photos would take
+    9 GB). None for backbones without batch-norm statistics (checked before any item is read), for non-image data,
+    and when no item at ``positions`` can be read."""
     from ..errors import BadInputError
 
     if not bn_layers(getattr(backbone, "model", backbone)) or getattr(source, "modality", "image") != "image":
@@ -132,10 +151,23 @@ def bn_shift_of(backbone: Any, source: Any, positions: Any, *, max_inputs: int =
     pos = np.asarray(positions, dtype=np.int64)
     if len(pos) > max_inputs:
         pos = np.sort(np.random.default_rng(seed).choice(pos, max_inputs, replace=False))
-    items = []
-    for i in pos:
-        try:
-            items.append(source.load(int(i)))
-        except BadInputError:
-            continue
-    return bn_shift(backbone, items)
+    transform = backbone.transform() if hasattr(backbone, "transform") else None
+    collate = getattr(backbone, "collate", None)
+
+    def batches() -> Iterator[Any]:
+        import torch
+
+        items: list[Any] = []
+        for i in pos:
+            try:
+                x = source.load(int(i))
+            except BadInputError:
+                continue
+            items.append(transform(x) if transform is not None else x)
+            if len(items) == batch_size:
+                yield collate(items) if collate is not None else torch.stack(items)
+                items = []
+        if items:
+            yield collate(items) if collate is not None else torch.stack(items)
+
+    return _measure(backbone, batches(), min_var)
