@@ -552,8 +552,11 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     # the batch-norm statistics at the size the fine-tuning runs at (the shift depends on it), as compare measures
     shifted = (fs.backbone.with_preprocessing(input_size=size) if size and fs.backbone.modality == "image"
                else fs.backbone)
-    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=seed,
-                    bn_shift=bn_shift_of(shifted, fs.source, fs.splits.labelled, seed=seed))
+    t = time.perf_counter()
+    shift = bn_shift_of(shifted, fs.source, fs.splits.labelled, seed=seed)
+    shift_seconds = time.perf_counter() - t
+    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=seed, bn_shift=shift)
+    advice.evidence["seconds"]["bn_shift"] = shift_seconds
     sp = fs.splits
     advice.evidence["rule"] = advice.strategy
     if not len(sp.val):
