@@ -531,10 +531,9 @@ class _CellRunner:
                 "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
-        """``auto``: the candidates (``RACE_CANDIDATES``) race on the split; the size x similarity rule's verdict
-        stands unless another leads on validation by more than the noise
-        (:func:`~transferkit.transferability.advisor.race_choice`), and decides alone when there is no validation
-        split. The cell scores what the winner scored on the test items, and its time is the whole race (the advice
+        """``auto``: the candidates (``RACE_CANDIDATES``) race on the split; the probe stands unless another leads on
+        validation by more than the noise (:func:`~transferkit.transferability.advisor.race_choice`); the size x
+        similarity advice decides alone when there is no validation split. The cell scores what the winner scored on the test items, and its time is the whole race (the advice
         and every candidate trained)."""
         from .transferability.advisor import race_choice
 
@@ -681,6 +680,6 @@ def _advisor_html(summary: dict[str, Any]) -> str:
     return (f"<p>{e(advisor_sentence(summary))}.</p><table><tr><th>labels / class</th><th>seed</th><th>advisor "
             "chose</th><th>best (measured)</th><th>chosen acc %</th><th>best acc %</th><th>points lost</th></tr>"
             f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: every candidate is "
-            f"trained on its training part ({', '.join(RACE_CANDIDATES)}) and the rule's verdict stands unless another "
+            f"trained on its training part ({', '.join(RACE_CANDIDATES)}) and the probe stands unless another "
             "leads on its validation part by more than the noise; the best here is the measured test accuracy of "
             f"{', '.join(ADVISOR_CHOICES)} on the same split.</small></p>")

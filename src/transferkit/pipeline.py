@@ -531,9 +531,10 @@ def _data_name(data: Any, full: bool = False) -> str:
 
 def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bool, progress: bool,
           say: Callable[[str], None]) -> tuple[Any, str, dict[str, Any] | None]:
-    """``--strategy auto``: race the probe and gradual unfreezing (``RACE_CANDIDATES``) on the split; the size x
-    similarity rule's verdict stands unless the other leads on validation by more than the noise
-    (:func:`~transferkit.transferability.advisor.race_choice`), and decides alone when there is no validation split.
+    """``--strategy auto``: race the probe and gradual unfreezing (``RACE_CANDIDATES``) on the split; the probe stands
+    unless gradual unfreezing leads on validation by more than the noise
+    (:func:`~transferkit.transferability.advisor.race_choice`); the size x similarity advice is printed as the
+    explanation, and decides alone when there is no validation split.
     Each candidate trains in ``run_dir/race/<strategy>`` (resumable);
     the losers' checkpoints are removed once the race is decided.
 
