@@ -129,7 +129,12 @@ def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_ce
     res, folder, out = compared
     import transferkit.train.engine as engine
 
+    import transferkit.transferability.advisor as advisor
+
     monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("auto must reuse the compared cells"))
+    # the fixture's budgets are 3 and 5 labels per class (tiny data, fast): let the race start at 5 here (it starts
+    # at FEW_LABELS_PER_CLASS = 10; test_auto_does_not_race_below_few_labels_per_class checks that)
+    monkeypatch.setattr(advisor, "FEW_LABELS_PER_CLASS", 5)
     again = _run(folder, out, strategies=("auto", *STRATEGIES))  # auto is run last whatever its position
     assert again.reused == 24 and len(again.cells) == 28
     by = {(c["strategy"], c["budget"], c["seed"]): c for c in again.cells}
@@ -196,7 +201,7 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     monkeypatch.setattr(engine, "finetune", fake)
     monkeypatch.setattr(advisor, "advise", says_partial)
     monkeypatch.setattr(bnstats, "bn_shift_of", shift)
-    res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
+    res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(10,), seeds=(0,))
     auto = next(c for c in res.cells if c["strategy"] == "auto")
     probe = next(c for c in res.cells if c["strategy"] == "probe")
     assert len(measured) == 1 and len(measured[0][1]) == probe["n_train"] + probe["n_val"]
@@ -217,6 +222,21 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     assert auto["details"]["chosen"] == race_choice(seen, auto["n_val"], rule="partial")[0]
     assert auto["accuracy"] == (1.0 if significant else probe["accuracy"])  # gradual's test predictions are the labels
     assert res.advisor == {}  # only probe was compared: nothing to judge the pick against
+
+
+def test_auto_does_not_race_below_few_labels_per_class(image_folder, tmp_path, monkeypatch):
+    import transferkit.train.engine as engine
+    from transferkit.transferability.advisor import FEW_LABELS_PER_CLASS
+
+    monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("nothing races below 10 labels per class"))
+    res = _run(image_folder, tmp_path / "few", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
+    auto = next(c for c in res.cells if c["strategy"] == "auto")
+    probe = next(c for c in res.cells if c["strategy"] == "probe")
+    assert auto["n_val"] > 0 and FEW_LABELS_PER_CLASS > 5  # a validation split exists, yet nothing races
+    assert auto["details"]["chosen"] == "probe" and auto["details"]["trained_for_auto"] == []
+    assert auto["details"]["val_accuracy"] == {} and "nothing races below 10" in auto["details"]["reasons"][0]
+    assert auto["accuracy"] == probe["accuracy"]
+    assert auto["seconds"] == pytest.approx(auto["details"]["advice_seconds"] + probe["seconds"])
 
 
 def test_a_new_advisor_rule_decides_again_on_a_resumed_comparison(image_folder, tmp_path, monkeypatch):

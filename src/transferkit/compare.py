@@ -535,7 +535,7 @@ class _CellRunner:
         validation by more than the noise (:func:`~transferkit.transferability.advisor.race_choice`); the size x
         similarity advice decides alone when there is no validation split. The cell scores what the winner scored on the test items, and its time is the whole race (the advice
         and every candidate trained)."""
-        from .transferability.advisor import race_choice
+        from .transferability.advisor import race_choice, races
 
         fs = self.probe_features()
         t0 = time.perf_counter()
@@ -548,7 +548,7 @@ class _CellRunner:
             return next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
                          and c["settings_hash"] == self.hashes[k]), None)
 
-        for k in RACE_CANDIDATES if len(sp.val) else ():  # no validation split: nothing races
+        for k in RACE_CANDIDATES if races(budget, len(sp.val)) else ():  # too few labels (or no validation split)
             runs[k] = twin(k)
             if runs[k] is None or runs[k].get("details", {}).get("val_accuracy") is None:
                 # a candidate that is not compared (or a cell recorded before cells kept their validation score):
@@ -556,8 +556,8 @@ class _CellRunner:
                 runs[k] = self.run(k, budget, seed, sp, done)
                 trained.append(k)
         val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
-        chosen, why = race_choice(val, len(sp.val), rule=adv.strategy)
-        if chosen not in runs:  # no validation split: the rule's pick alone (its cost too), trained if not compared
+        chosen, why = race_choice(val, len(sp.val), rule=adv.strategy, labels_per_class=budget)
+        if chosen not in runs:  # nothing raced: the advice's pick alone (its cost too), trained if not compared
             runs[chosen] = twin(chosen)
             if runs[chosen] is None:
                 runs[chosen] = self.run(chosen, budget, seed, sp, done)

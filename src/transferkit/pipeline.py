@@ -544,7 +544,7 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     import shutil
 
     from .train.engine import finetune
-    from .transferability.advisor import RACE_CANDIDATES, advise, race_choice
+    from .transferability.advisor import RACE_CANDIDATES, advise, race_choice, races
     from .transferability.bnstats import bn_shift_of
     from .transferability.source import source_probabilities
 
@@ -560,8 +560,9 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     advice.evidence["seconds"]["bn_shift"] = shift_seconds
     sp = fs.splits
     advice.evidence["rule"] = advice.strategy
-    if not len(sp.val):
-        choice, why = race_choice({}, 0, rule=advice.strategy)
+    per_class = advice.evidence["labels_per_class"]
+    if not races(per_class, len(sp.val)):  # no validation split, or too few labels per class to race on
+        choice, why = race_choice({}, len(sp.val), rule=advice.strategy, labels_per_class=per_class)
         advice.reasons[:0] = why
         advice.strategy = choice
         say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))

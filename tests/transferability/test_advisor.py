@@ -241,3 +241,16 @@ def test_the_race_keeps_the_probe_whatever_the_advice_says_when_there_is_a_valid
     assert race_choice({"probe": None, "gradual": 0.7}, 40, rule="probe")[0] == "gradual"
     # no validation split: the advice alone
     assert race_choice({"probe": None, "gradual": None}, 0, rule="partial")[0] == "partial"
+
+
+def test_nothing_races_below_few_labels_per_class():
+    from transferkit.transferability.advisor import race_choice, races
+
+    assert not races(9, 18) and races(FEW_LABELS_PER_CLASS, 20) and races(None, 20) and not races(50, 0)
+    # 5 labels per class: one validation item per class; gradual's 4-item lead on 12 would win a race (the margin is
+    # 0.25), but nothing races there: the advice decides (clipart seed 7: the race took gradual, 5.4 points worse)
+    scores = {"probe": 0.417, "gradual": 0.75}
+    assert race_choice(scores, 12, rule="probe")[0] == "gradual"
+    choice, why = race_choice(scores, 12, rule="probe", labels_per_class=5)
+    assert choice == "probe" and "nothing races below 10" in why[0]
+    assert race_choice(scores, 48, rule="probe", labels_per_class=20)[0] == "gradual"

@@ -110,7 +110,7 @@ import numpy as np
 
 from ..errors import ScoreError
 
-__all__ = ["Advice", "advise", "advise_data", "race_choice", "race_margin", "RACE_Z",
+__all__ = ["Advice", "advise", "advise_data", "race_choice", "race_margin", "races", "RACE_Z",
            "RACE_CANDIDATES", "JUDGED_STRATEGIES", "RULE_VERSION", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
            "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR",
            "PAD_DISSIMILAR", "MAX_SAMPLES"]
@@ -150,8 +150,9 @@ JUDGED_STRATEGIES = ("probe", "gradual", "partial", "finetune")
 #: the version of the rule ``auto`` decides by (advice + race); part of a compared ``auto`` cell's settings, so that a
 #: resumed comparison decides again under a new rule instead of reusing the old decision. 4: similarity from the
 #: batch-norm statistics shift, the probe as the advice under FEW_LABELS_PER_CLASS (session 7); 5: the race's
-#: default is the probe whatever the advice (session 7, after rule 4 failed its held-out check)
-RULE_VERSION = 5
+#: default is the probe whatever the advice (session 7, after rule 4 failed its held-out check); 6: no race below
+#: FEW_LABELS_PER_CLASS (session 7, after rule 5's check)
+RULE_VERSION = 6
 
 #: (large data, similar) -> strategy
 STRATEGIES = {(False, True): "probe", (False, False): "partial", (True, True): "partial", (True, False): "finetune"}
@@ -472,8 +473,17 @@ def race_margin(p_cheap: float, p_other: float, n_val: int, z: float = RACE_Z) -
     return z * math.sqrt(var / n_val)
 
 
+def races(labels_per_class: float | None, n_val: int) -> bool:
+    """Whether ``auto`` races at all: only with a validation split and at least :data:`FEW_LABELS_PER_CLASS`
+    labels per class. Below that the validation split holds about one item per class, too few to tell the
+    candidates apart: over 21 recorded splits at 5 labels per class the race was the best or within a point on 14,
+    never racing (the advice: the probe) on 15, and the race costs a fine-tuning run (rule 6)."""
+    return n_val > 0 and (labels_per_class is None or labels_per_class >= FEW_LABELS_PER_CLASS)
+
+
 def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str | None = None,
-                order: tuple[str, ...] = RACE_CANDIDATES, z: float = RACE_Z) -> tuple[str, list[str]]:
+                order: tuple[str, ...] = RACE_CANDIDATES, z: float = RACE_Z,
+                labels_per_class: float | None = None) -> tuple[str, list[str]]:
     """The strategy ``auto`` picks from the **validation** accuracies of the strategies raced on the same split.
 
     Every candidate was trained on the training part of the labelled split and chosen (head C, best epoch) on its
@@ -481,7 +491,8 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
     validation labels too); a costlier one replaces it only when it beats it on validation by a significant margin
     (:func:`race_margin`: ``z`` = 1.28, a one-sided test at 10 %), and among those that do the best validation score
     wins (ties to the cheaper). Without a validation split (fewer than 5 labels per class) the size x similarity
-    advice (``rule``, :func:`advise`) decides alone; otherwise it is only the printed explanation.
+    advice (``rule``, :func:`advise`) decides alone, and so it does below :data:`FEW_LABELS_PER_CLASS` labels per
+    class (:func:`races`; the advice is the probe there); otherwise it is only the printed explanation.
 
     Why this default. Five versions were judged on ``bench_finetune`` splits (``benchmarks/race_rescore.py``
     re-decides recorded races from their validation scores; ``benchmarks/RESULTS.md`` has every table): a bare
@@ -499,11 +510,18 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
         rule: the size x similarity advice's strategy (:func:`advise`), used only without a validation split.
         order: candidate preference (cheapest first): the default and the ties.
         z: the margin's one-sided z (0: the plain arg-max).
+        labels_per_class: the labelled budget; below :data:`FEW_LABELS_PER_CLASS` nothing races and the advice
+            decides (:func:`races`). None: race whenever there is a validation split.
 
     Returns:
         ``(choice, reasons)``.
     """
     scored = {k: float(v) for k, v in val_scores.items() if v is not None}
+    if n_val > 0 and not races(labels_per_class, n_val):
+        choice = rule or "probe"
+        return choice, [f"{labels_per_class:g} labels per class: nothing races below {FEW_LABELS_PER_CLASS} (the "
+                        f"validation split holds about one item per class, too few to tell the candidates apart): "
+                        f"{choice}, by the size x similarity advice"]
     if n_val == 0 or not scored:
         choice = rule or "probe"
         return choice, [f"no validation split to race on (fewer than {TINY_LABELS_PER_CLASS} labels per class): "
