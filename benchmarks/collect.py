@@ -30,7 +30,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Text transfer (issue 12)", ["bench_text", "bench_text_w2v_dev", "bench_text_dev"]),
     ("Weak-shot and multitask learning (issue 13)", ["bench_weakshot", "bench_weakshot_notes", "bench_weakshot_dev", "bench_multitask"]),
     ("Safe transfer: defect inheritance (issue 14, ReMoS)", ["safe_transfer_section"]),
-    ("The strategy advisor's race (issue 10: `--strategy auto`)", ["advisor_race_section"]),
+    ("The strategy advisor's race (issue 10: `--strategy auto`)", ["advisor_race_section", "race_rescore"]),
     ("Speed and scale: inference engines, decode workers, several processes (issue 15, items 1, 2, 4, 5)",
      ["speed_section", "bench_engines_image"]),
     ("Domain generalisation (issue 14)", ["bench_dg", "bench_dg_notes"]),

@@ -9,7 +9,7 @@ validation scores (never the test scores) and judges the choice on the test accu
 
     python benchmarks/race_rescore.py benchmarks/results/bench_finetune_clipart.json /path/other.json ...
 
-With ``--readvise`` the size x similarity advice that sets the race's default is computed again too, by today's
+With ``--readvise`` the size x similarity advice (the choice where nothing races) is computed again too, by today's
 rule, exactly as a compared ``auto`` cell computes it (:func:`transferkit.compare.race_advice`: the split rebuilt
 from the recorded settings, the probe's features from the feature cache at the recorded image size, the labelled
 inputs' batch-norm statistics); without it the recorded advice is kept. Still no training and no test label.
@@ -64,7 +64,7 @@ def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
     only today's candidates (``RACE_CANDIDATES``) are read, and the race's extra cost is recomputed from the recorded
     seconds of those candidates' cells (the four-way race's recorded cost is kept as ``recorded_extra_seconds``).
     With ``readvise`` the race's default comes from today's advice on the split, not the recorded one."""
-    from transferkit.transferability.advisor import RACE_CANDIDATES, race_choice
+    from transferkit.transferability.advisor import RACE_CANDIDATES, race_choice, races
 
     by = {(c["strategy"], c["budget"], c["seed"]): c for c in cells}
     out = []
@@ -81,9 +81,11 @@ def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
                 rule = adv.strategy
                 extra_details = {"recorded_rule": d.get("rule"), "rule": rule, "votes": adv.evidence["votes"],
                                  "bn_shift": adv.evidence["bn_shift"]}
-            chosen, why = race_choice(val, int(n_val or 0), rule=rule)
+            chosen, why = race_choice(val, int(n_val or 0), rule=rule, labels_per_class=c["budget"])
             extra = d.get("extra_seconds")
-            if all((k, *key) in by for k in RACE_CANDIDATES) and (chosen, *key) in by:
+            if not races(c["budget"], int(n_val or 0)):  # nothing races today: the advice is the only extra cost
+                extra = float(d.get("advice_seconds") or 0.0)
+            elif all((k, *key) in by for k in RACE_CANDIDATES) and (chosen, *key) in by:
                 extra = (float(d.get("advice_seconds") or 0.0) + sum(float(by[(k, *key)]["seconds"])
                                                                      for k in RACE_CANDIDATES)
                          - float(by[(chosen, *key)]["seconds"]))

@@ -1,0 +1,98 @@
+"""Compare ``auto``'s race rules and the constant policies on finished ``bench_finetune`` results, per group of files.
+
+Each policy picks a strategy per split from what the split recorded: the race rules from the probe's and gradual
+unfreezing's **validation** scores (:func:`transferkit.transferability.advisor.race_choice`), the constant ones
+without looking at anything; every pick is judged on the same split's test accuracies (best of probe / gradual /
+partial / finetune, or within a point). No training, no test label used to decide.
+
+    python benchmarks/race_policies.py --group design=a.json,b.json --group check=c.json ...
+
+Policies: ``race (probe default)`` (rule 5: the probe unless gradual leads by more than the noise),
+``race from 10 labels per class`` (rule 6, the shipped one: the probe below 10 labels per class, else rule 5's race),
+and always probe / gradual / partial / finetune. Prints a markdown table (hits, share, mean test accuracy per group
+and pooled) and the hits per budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+JUDGED = ("probe", "gradual", "partial", "finetune")
+
+
+def splits_of(path: str) -> list[dict]:
+    """Every split of a ``bench_finetune`` result file with an ``auto`` cell: budget, validation scores of the raced
+    candidates, validation items and the test accuracy (%) of each judged strategy."""
+    data = json.loads(Path(path).read_text())
+    out = []
+    for ds, res in data["results"].items():
+        by = {(c["strategy"], c["budget"], c["seed"]): c for c in res["cells"]}
+        for c in res["cells"]:
+            if c["strategy"] != "auto" or not all((s, c["budget"], c["seed"]) in by for s in JUDGED):
+                continue
+            key = (c["budget"], c["seed"])
+            val = {k: v for k, v in (c["details"].get("val_accuracy") or {}).items() if k in ("probe", "gradual")}
+            if len(val) < 2:  # a cell decided without a race: read the candidates' own validation scores
+                val = {k: by[(k, *key)]["details"].get("val_accuracy") for k in ("probe", "gradual")}
+            out.append({"dataset": ds, "budget": key[0], "seed": key[1], "val": val,
+                        "n_val": int(by[("gradual", *key)]["n_val"]),
+                        "test": {s: 100 * float(by[(s, *key)]["accuracy"]) for s in JUDGED}})
+    return out
+
+
+def policies() -> dict:
+    from transferkit.transferability.advisor import race_choice
+
+    return {"race (probe default; rule 5)": lambda r: race_choice(r["val"], r["n_val"])[0],
+            "race from 10 labels per class (rule 6)":
+                lambda r: race_choice(r["val"], r["n_val"], rule="probe", labels_per_class=r["budget"])[0],
+            **{f"always {s}": (lambda r, s=s: s) for s in JUDGED}}
+
+
+def judge(rows: list[dict], pick) -> tuple[int, float]:
+    """Hits (best or within a point) and mean test accuracy of a policy over ``rows``."""
+    hits, acc = 0, []
+    for r in rows:
+        chosen = pick(r)
+        best = max(r["test"].values())
+        hits += r["test"][chosen] >= best - 1.0 - 1e-9
+        acc.append(r["test"][chosen])
+    return hits, float(np.mean(acc))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--group", action="append", required=True, help="NAME=file.json,file.json,...")
+    args = ap.parse_args()
+    groups = {}
+    for g in args.group:
+        name, files = g.split("=", 1)
+        groups[name] = [row for f in files.split(",") for row in splits_of(f)]
+    pooled = [r for rows in groups.values() for r in rows]
+    names = [*groups, f"{len(pooled)} pooled"]
+    print("| policy | " + " | ".join(f"{n} ({len(groups.get(n, pooled))} splits)" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for label, pick in policies().items():
+        cells = []
+        for n in names:
+            rows = groups.get(n, pooled)
+            h, m = judge(rows, pick)
+            cells.append(f"{h} ({100 * h / len(rows):.0f} %), {m:.1f} %")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    by_budget = defaultdict(list)
+    for r in pooled:
+        by_budget[r["budget"]].append(r)
+    print("\nHits per budget, pooled (" + ", ".join(policies()) + "):")
+    for b in sorted(by_budget):
+        rows = by_budget[b]
+        print(f"- {b} labels per class ({len(rows)} splits): "
+              + ", ".join(str(judge(rows, pick)[0]) for pick in policies().values()))
+
+
+if __name__ == "__main__":
+    main()
