@@ -164,7 +164,8 @@ def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_ce
     loss = [100 * (max(acc.values()) - acc[by[("auto", b, s)]["details"]["chosen"]]) for (b, s), acc in judged.items()]
     assert again.advisor["n"] == 4 and again.advisor["hits"] == hits and again.advisor["hit_rate"] == hits / 4
     assert again.advisor["mean_loss_points"] == pytest.approx(np.mean(loss))
-    assert "What auto chose" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "What auto chose" in page and "below that nothing races" in page  # the report says where the race starts
     assert json.loads((out / "compare.json").read_text())["advisor"]["n"] == 4
 
 

@@ -140,7 +140,8 @@ def test_estimator_sklearn_conventions(tmp_path):
 
 def test_fit_auto_measures_the_labelled_inputs_batch_norm_shift(image_folder, tmp_path, monkeypatch):
     """--strategy auto: the advice gets the batch-norm statistics shift of the labelled inputs (never the test
-    ones), and a dissimilar verdict at 10+ labels per class makes gradual unfreezing the race's default."""
+    ones), and at 10+ labels per class the probe and gradual unfreezing race (the advice, here partial, only
+    explains the choice)."""
     import transferkit.transferability.bnstats as bnstats
 
     measured, sizes = [], []
@@ -161,6 +162,23 @@ def test_fit_auto_measures_the_labelled_inputs_batch_norm_shift(image_folder, tm
     assert not set(measured[0]) & set(tested) and len(set(measured[0]) | set(tested)) == 3 * 12
     assert set(ev["race"]["validation_accuracy"]) == {"probe", "gradual"}
     assert sizes == [32]  # measured at the fine-tuning's image_size, not the backbone's default
+
+
+def test_fit_auto_below_few_labels_per_class_trains_the_probe_alone(image_folder, tmp_path, monkeypatch):
+    """--strategy auto at 5 labels per class: a validation split exists, yet nothing races (rule 6): no network is
+    fine-tuned, the run is the probe's, and its config and reasons say why (no race evidence)."""
+    import transferkit.train.engine as engine
+
+    monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("nothing races below 10 labels per class"))
+    res = fit_run(str(image_folder), backbone=TINY, strategy="auto", labels_per_class=5, out=tmp_path / "few",
+                  progress=False, report=False, baseline=False,
+                  train_config={"epochs": 1, "image_size": 32, "num_workers": 0})
+    assert res.splits["val"] > 0 and res.advice["strategy"] == "probe"
+    assert "race" not in res.advice["evidence"] and res.advice["evidence"]["rule"] == "probe"
+    assert "nothing races below 10" in res.advice["reasons"][0]
+    assert [c["kind"] for c in res.comparison] == ["transfer"] and not (tmp_path / "few" / "race").exists()
+    config = json.loads((tmp_path / "few" / "config.json").read_text())
+    assert config["strategy"] == "probe" and config["finetune"] is None
 
 
 def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, tmp_path):

@@ -14,8 +14,9 @@ Strategies (one flow, see DESIGN.md):
 - ``cnn``: the small CNN trained from raw pixels (:func:`~transferkit.train.scratch.train_scratch`).
 - ``auto``: what ``fit --strategy auto`` runs: the size x similarity rule
   (:func:`~transferkit.transferability.advisor.advise`) on the probe's features of the labelled part of the split,
-  then the race of ``RACE_CANDIDATES`` (the probe and ``gradual``) on its validation part
-  (:func:`~transferkit.transferability.advisor.race_choice`); the cell scores what the strategy it chose scored on
+  then, from ``FEW_LABELS_PER_CLASS`` (10) labels per class, the race of ``RACE_CANDIDATES`` (the probe and
+  ``gradual``) on its validation part (:func:`~transferkit.transferability.advisor.race_choice`; below that, or
+  without a validation split, nothing races and the advice, the probe there, decides alone); the cell scores what the strategy it chose scored on
   the same split (run for it when that strategy is not compared). :func:`advisor_summary` then says how often the
   choice was the best of ``probe`` / ``gradual`` / ``partial`` / ``finetune`` (``ADVISOR_CHOICES``) and what it
   lost when not.
@@ -44,7 +45,7 @@ import numpy as np
 
 from .data.splits import Splits, make_splits
 from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
-from .transferability.advisor import JUDGED_STRATEGIES, RACE_CANDIDATES, RULE_VERSION
+from .transferability.advisor import FEW_LABELS_PER_CLASS, JUDGED_STRATEGIES, RACE_CANDIDATES, RULE_VERSION
 
 __all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_transfer_flags", "winners",
            "valid_strategies", "cap_test", "race_advice", "advisor_summary",
@@ -265,7 +266,7 @@ def _flag_sentence(f: dict[str, Any]) -> str:
 
 
 def race_advice(features: Any, y: np.ndarray, splits: Splits, budget: int, seed: int) -> Any:
-    """The size x similarity advice an ``auto`` cell races from: :func:`~transferkit.transferability.advise` on the
+    """The size x similarity advice of an ``auto`` cell (its explanation, and its choice where nothing races): :func:`~transferkit.transferability.advise` on the
     labelled part of ``splits`` only (train + validation: features, labels, the source classifier's probabilities,
     and the batch-norm statistics shift of those inputs), with ``budget`` labels per class.
 
@@ -533,8 +534,10 @@ class _CellRunner:
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
         """``auto``: the candidates (``RACE_CANDIDATES``) race on the split; the probe stands unless another leads on
         validation by more than the noise (:func:`~transferkit.transferability.advisor.race_choice`); the size x
-        similarity advice decides alone when there is no validation split. The cell scores what the winner scored on the test items, and its time is the whole race (the advice
-        and every candidate trained)."""
+        similarity advice decides alone where nothing races (no validation split, or fewer than
+        ``FEW_LABELS_PER_CLASS`` labels per class: :func:`~transferkit.transferability.advisor.races`). The cell
+        scores what the winner scored on the test items, and its time is the whole race (the advice and every
+        candidate trained; where nothing races, the advice and the advice's pick)."""
         from .transferability.advisor import race_choice, races
 
         fs = self.probe_features()
@@ -679,7 +682,9 @@ def _advisor_html(summary: dict[str, Any]) -> str:
         f"<td class=\"num\">{p['loss_points']:.1f}</td></tr>" for p in summary["per_split"])
     return (f"<p>{e(advisor_sentence(summary))}.</p><table><tr><th>labels / class</th><th>seed</th><th>advisor "
             "chose</th><th>best (measured)</th><th>chosen acc %</th><th>best acc %</th><th>points lost</th></tr>"
-            f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: every candidate is "
-            f"trained on its training part ({', '.join(RACE_CANDIDATES)}) and the probe stands unless another "
-            "leads on its validation part by more than the noise; the best here is the measured test accuracy of "
-            f"{', '.join(ADVISOR_CHOICES)} on the same split.</small></p>")
+            f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: from "
+            f"{FEW_LABELS_PER_CLASS} labels per class every candidate is trained on its training part "
+            f"({', '.join(RACE_CANDIDATES)}) and the probe stands unless another leads on its validation part by "
+            f"more than the noise; below that nothing races and the size x similarity advice (the probe) decides. "
+            f"The best here is the measured test accuracy of {', '.join(ADVISOR_CHOICES)} on the same split."
+            "</small></p>")

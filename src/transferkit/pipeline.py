@@ -534,7 +534,9 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     """``--strategy auto``: race the probe and gradual unfreezing (``RACE_CANDIDATES``) on the split; the probe stands
     unless gradual unfreezing leads on validation by more than the noise
     (:func:`~transferkit.transferability.advisor.race_choice`); the size x similarity advice is printed as the
-    explanation, and decides alone when there is no validation split.
+    explanation, and decides alone where nothing races (no validation split, or fewer than ``FEW_LABELS_PER_CLASS``
+    labels per class: :func:`~transferkit.transferability.advisor.races`; the advice is the probe there, so
+    nothing is fine-tuned and the result's third item is None).
     Each candidate trains in ``run_dir/race/<strategy>`` (resumable);
     the losers' checkpoints are removed once the race is decided.
 
@@ -577,7 +579,7 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
                               resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
                               log=say, export=False)
         val[k] = results[k].val_accuracy
-    choice, why = race_choice(val, len(sp.val), rule=advice.strategy)
+    choice, why = race_choice(val, len(sp.val), rule=advice.strategy, labels_per_class=per_class)
     for k, r in results.items():
         if k != choice:
             shutil.rmtree(r.run_dir / "checkpoints", ignore_errors=True)

@@ -253,4 +253,6 @@ def test_nothing_races_below_few_labels_per_class():
     assert race_choice(scores, 12, rule="probe")[0] == "gradual"
     choice, why = race_choice(scores, 12, rule="probe", labels_per_class=5)
     assert choice == "probe" and "nothing races below 10" in why[0]
+    # the message names the validation items it would have raced on and where racing starts
+    assert "split's 12 validation items" in why[0] and "from 10 labels per class" in why[0]
     assert race_choice(scores, 48, rule="probe", labels_per_class=20)[0] == "gradual"

@@ -32,9 +32,9 @@ fraction of the cost and risk (the early layers are generic anyway); ``finetune`
 * below :data:`TINY_LABELS_PER_CLASS` = 5 nothing but a head is trained: 1-4 examples per class cannot support
   fine-tuning a network of millions of weights, nor even a held-out validation split (``make_splits`` keeps none
   below 5 per class) to stop it from over-fitting.
-* below :data:`FEW_LABELS_PER_CLASS` = 10 the advice is ``probe`` too (``auto`` still races gradual unfreezing and
-  takes it on a clear validation lead): with 5-9 labels per class the validation split holds one item per class,
-  on which a fine-tuning run must also choose its epoch. Over the 9 ``bench_finetune`` splits at 5 labels per
+* below :data:`FEW_LABELS_PER_CLASS` = 10 the advice is ``probe`` too, and ``auto`` races nothing there (rule 6,
+  :func:`races`): with 5-9 labels per class the validation split holds one or two items per class, on which a
+  fine-tuning run must also choose its epoch. Over the 9 ``bench_finetune`` splits at 5 labels per
   class (clip art, MNIST, synth-digits, mnist-m) the probe averaged 42.1 % on the test items and gradual
   unfreezing 39.2 %.
 
@@ -520,12 +520,13 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
     if n_val > 0 and not races(labels_per_class, n_val):
         choice = rule or "probe"
         return choice, [f"{labels_per_class:g} labels per class: nothing races below {FEW_LABELS_PER_CLASS} (the "
-                        f"validation split holds about one item per class, too few to tell the candidates apart): "
-                        f"{choice}, by the size x similarity advice"]
+                        f"split's {n_val} validation items are too few per class to tell the candidates apart; from "
+                        f"{FEW_LABELS_PER_CLASS} labels per class the probe and gradual unfreezing race): {choice}, "
+                        "by the size x similarity advice"]
     if n_val == 0 or not scored:
         choice = rule or "probe"
         return choice, [f"no validation split to race on (fewer than {TINY_LABELS_PER_CLASS} labels per class): "
-                        f"{choice}, by the size x similarity rule"]
+                        f"{choice}, by the size x similarity advice"]
     ranked = [k for k in order if k in scored] + [k for k in scored if k not in order]
     base = ranked[0]
     clear = [k for k in ranked[1:] if scored[k] - scored[base] > race_margin(scored[base], scored[k], n_val, z)]
