@@ -63,8 +63,10 @@ def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
     """The cells with every ``auto`` choice re-decided from its recorded validation scores, as today's race would:
     only today's candidates (``RACE_CANDIDATES``) are read, and the race's extra cost is recomputed from the recorded
     seconds of those candidates' cells (the four-way race's recorded cost is kept as ``recorded_extra_seconds``).
-    With ``readvise`` the race's default comes from today's advice on the split, not the recorded one."""
-    from transferkit.transferability.advisor import RACE_CANDIDATES, race_choice, races
+    Where nothing races today (fewer than ``FEW_LABELS_PER_CLASS`` labels per class) the choice is today's advice
+    there, the probe; with ``readvise`` the advice (printed as the explanation, and the choice where nothing can
+    race) is today's on the split, not the recorded one."""
+    from transferkit.transferability.advisor import RACE_CANDIDATES, TINY_LABELS_PER_CLASS, race_choice, races
 
     by = {(c["strategy"], c["budget"], c["seed"]): c for c in cells}
     out = []
@@ -81,6 +83,8 @@ def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
                 rule = adv.strategy
                 extra_details = {"recorded_rule": d.get("rule"), "rule": rule, "votes": adv.evidence["votes"],
                                  "bn_shift": adv.evidence["bn_shift"]}
+            if not races(c["budget"], int(n_val or 0)) and c["budget"] >= TINY_LABELS_PER_CLASS:
+                rule = "probe"  # today's advice below FEW_LABELS_PER_CLASS, whatever a recorded older rule said
             chosen, why = race_choice(val, int(n_val or 0), rule=rule, labels_per_class=c["budget"])
             extra = d.get("extra_seconds")
             if not races(c["budget"], int(n_val or 0)):  # nothing races today: the advice is the only extra cost
