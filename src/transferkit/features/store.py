@@ -22,6 +22,7 @@ match these layouts, in folders the cache recognises as its own; anything else u
 from __future__ import annotations
 
 import errno
+import itertools
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ from ..errors import BadInputError, CacheError, ModalityError
 from .engines import cache_key, to_device
 
 __all__ = ["FeatureStore", "Features", "default_cache_dir", "resolve_device", "default_num_workers", "ItemDataset",
-           "CollateItems", "to_device", "size_workers", "split_eval_transform"]
+           "CollateItems", "to_device", "size_workers", "split_eval_transform", "readable_items"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -181,18 +182,19 @@ def _extraction_order(source: DataSource, positions: np.ndarray) -> np.ndarray:
     return positions[np.argsort(lengths, kind="stable")]
 
 
-def _sample_batch(backbone: Backbone, source: DataSource, positions: np.ndarray, n: int = 16) -> Any:
-    """Model inputs of up to ``n`` readable items at ``positions`` (what ``auto`` times the engines on)."""
-    transform = backbone.transform()
-    items = []
-    for i in positions[: 2 * n]:
+def readable_items(source: DataSource, positions: Iterable[int], transform: Callable | None) -> Iterator[Any]:
+    """The items at ``positions``, transformed, one at a time; unreadable ones are skipped."""
+    for i in positions:
         try:
             x = source.load(int(i))
         except BadInputError:
             continue
-        items.append(transform(x) if transform is not None else x)
-        if len(items) == n:
-            break
+        yield transform(x) if transform is not None else x
+
+
+def _sample_batch(backbone: Backbone, source: DataSource, positions: np.ndarray, n: int = 16) -> Any:
+    """Model inputs of up to ``n`` readable items at ``positions`` (what ``auto`` times the engines on)."""
+    items = list(itertools.islice(readable_items(source, positions[: 2 * n], backbone.transform()), n))
     return backbone.collate(items) if items else None
 
 

@@ -144,7 +144,7 @@ def bn_shift_of(backbone: Any, source: Any, positions: Any, *, max_inputs: int =
     one batch at a time: a folder of photos is never held decoded at full size (256 12-megapixel photos would take
     9 GB). None for backbones without batch-norm statistics (checked before any item is read), for non-image data,
     and when no item at ``positions`` can be read."""
-    from ..errors import BadInputError
+    from ..features.store import readable_items
 
     if not bn_layers(getattr(backbone, "model", backbone)) or getattr(source, "modality", "image") != "image":
         return None
@@ -158,12 +158,8 @@ def bn_shift_of(backbone: Any, source: Any, positions: Any, *, max_inputs: int =
         import torch
 
         items: list[Any] = []
-        for i in pos:
-            try:
-                x = source.load(int(i))
-            except BadInputError:
-                continue
-            items.append(transform(x) if transform is not None else x)
+        for x in readable_items(source, pos, transform):
+            items.append(x)
             if len(items) == batch_size:
                 yield collate(items) if collate is not None else torch.stack(items)
                 items = []
