@@ -16,10 +16,10 @@ Strategies (one flow, see DESIGN.md):
   (:func:`~transferkit.transferability.advisor.advise`) on the probe's features of the labelled part of the split,
   then, from ``FEW_LABELS_PER_CLASS`` (10) labels per class, the race of ``RACE_CANDIDATES`` (the probe and
   ``gradual``) on its validation part (:func:`~transferkit.transferability.advisor.race_choice`; below that, or
-  without a validation split, nothing races and the advice, the probe there, decides alone); the cell scores what the strategy it chose scored on
-  the same split (run for it when that strategy is not compared). :func:`advisor_summary` then says how often the
-  choice was the best of ``probe`` / ``gradual`` / ``partial`` / ``finetune`` (``ADVISOR_CHOICES``) and what it
-  lost when not.
+  without a validation split, nothing races and the advice, the probe there, decides alone); the cell scores what
+  the strategy it chose scored on the same split (run for it when that strategy is not compared).
+  :func:`advisor_summary` then says how often the choice was the best of ``probe`` / ``gradual`` / ``partial`` /
+  ``finetune`` (``ADVISOR_CHOICES``) and what it lost when not.
 
 For every ``(budget, seed)`` there is ONE split (``make_splits(y, labels_per_class=N, seed=s)``) shared by
 all strategies. Every finished cell is appended to ``cells.jsonl`` in ``out`` at once, so a killed
@@ -266,9 +266,9 @@ def _flag_sentence(f: dict[str, Any]) -> str:
 
 
 def race_advice(features: Any, y: np.ndarray, splits: Splits, budget: int, seed: int) -> Any:
-    """The size x similarity advice of an ``auto`` cell (its explanation, and its choice where nothing races): :func:`~transferkit.transferability.advise` on the
-    labelled part of ``splits`` only (train + validation: features, labels, the source classifier's probabilities,
-    and the batch-norm statistics shift of those inputs), with ``budget`` labels per class.
+    """The size x similarity advice of an ``auto`` cell (its explanation, and its choice where nothing races):
+    :func:`~transferkit.transferability.advisor.advise_labelled` on the labelled part of ``splits`` (train +
+    validation) with ``budget`` labels per class.
 
     Args:
         features: the probe's :class:`~transferkit.features.featureset.FeatureSet` (rows = ``y``'s items).
@@ -277,15 +277,10 @@ def race_advice(features: Any, y: np.ndarray, splits: Splits, budget: int, seed:
         budget: labels per class.
         seed: the cell's seed (the advice's folds and the statistics' subsample).
     """
-    from .transferability.advisor import advise
-    from .transferability.bnstats import bn_shift_of
-    from .transferability.source import source_probabilities
+    from .transferability.advisor import advise_labelled
 
     lab = np.sort(np.concatenate([splits.train, splits.val]))
-    X = np.asarray(features.X[lab], dtype=np.float32)
-    return advise(X, y[lab], source_probs=source_probabilities(features.backbone, X),
-                  n_labelled_per_class=float(budget), seed=seed,
-                  bn_shift=bn_shift_of(features.backbone, features.source, lab, seed=seed))
+    return advise_labelled(features, y, lab, labels_per_class=float(budget), seed=seed)
 
 
 def cap_test(test: np.ndarray, y: np.ndarray, max_test: int | None, seed: int) -> np.ndarray:

@@ -546,20 +546,13 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     import shutil
 
     from .train.engine import finetune
-    from .transferability.advisor import RACE_CANDIDATES, advise, race_choice, races
-    from .transferability.bnstats import bn_shift_of
-    from .transferability.source import source_probabilities
+    from .transferability.advisor import RACE_CANDIDATES, advise_labelled, race_choice, races
 
-    Xl, yl = fs.part("labelled")
     seed, size = engine["config"].seed, engine["config"].image_size
     # the batch-norm statistics at the size the fine-tuning runs at (the shift depends on it), as compare measures
     shifted = (fs.backbone.with_preprocessing(input_size=size) if size and fs.backbone.modality == "image"
                else fs.backbone)
-    t = time.perf_counter()
-    shift = bn_shift_of(shifted, fs.source, fs.splits.labelled, seed=seed)
-    shift_seconds = time.perf_counter() - t
-    advice = advise(Xl, yl, source_probs=source_probabilities(fs.backbone, Xl), seed=seed, bn_shift=shift)
-    advice.evidence["seconds"]["bn_shift"] = shift_seconds
+    advice = advise_labelled(fs, fs.y, fs.splits.labelled, seed=seed, bn_backbone=shifted)
     sp = fs.splits
     advice.evidence["rule"] = advice.strategy
     per_class = advice.evidence["labels_per_class"]

@@ -110,10 +110,10 @@ import numpy as np
 
 from ..errors import ScoreError
 
-__all__ = ["Advice", "advise", "advise_data", "race_choice", "race_margin", "races", "RACE_Z",
-           "RACE_CANDIDATES", "JUDGED_STRATEGIES", "RULE_VERSION", "STRATEGIES", "LARGE_LABELS_PER_CLASS", "TINY_LABELS_PER_CLASS",
-           "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL", "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR",
-           "PAD_DISSIMILAR", "MAX_SAMPLES"]
+__all__ = ["Advice", "advise", "advise_data", "advise_labelled", "race_choice", "race_margin", "races", "RACE_Z",
+           "RACE_CANDIDATES", "JUDGED_STRATEGIES", "RULE_VERSION", "STRATEGIES", "LARGE_LABELS_PER_CLASS",
+           "TINY_LABELS_PER_CLASS", "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL",
+           "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR", "PAD_DISSIMILAR", "MAX_SAMPLES"]
 
 #: labels per class from which the data count as large (fine-tuning more layers pays off)
 LARGE_LABELS_PER_CLASS = 100
@@ -396,6 +396,40 @@ def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_p
     return Advice(STRATEGIES[(large, similar)], reasons + [f"{verdict}; {_WHY[(large, similar)]}"], ev)
 
 
+def advise_labelled(features: Any, y: np.ndarray, labelled: Any, *, labels_per_class: float | None = None,
+                    seed: int = 0, max_samples: int | None = None, bn_backbone: Any = None) -> Advice:
+    """:func:`advise` on the labelled items of a feature set, with every measure it can take: their features and
+    labels, the backbone's source-classifier probabilities, and the batch-norm statistics shift of their inputs
+    (:func:`~transferkit.transferability.bnstats.bn_shift_of`, timed in ``evidence["seconds"]["bn_shift"]``).
+    The one entry point of ``advise_data``, ``fit --strategy auto`` and ``compare``'s ``auto`` cells.
+
+    Args:
+        features: a :class:`~transferkit.features.featureset.FeatureSet` (its ``X``, ``source`` and ``backbone``).
+        y: integer labels of its rows.
+        labelled: the rows to advise from (train + validation; never test rows).
+        labels_per_class: the labelled budget (default: the median class count of ``labelled``).
+        seed: seed of the subsample, the probe's folds and the statistics' subsample.
+        max_samples: the features' measures use a stratified subsample of at most this many rows (None: all).
+        bn_backbone: the backbone to measure the statistics through (default ``features.backbone``; give it with
+            the image size the model will run at, which the shift depends on).
+    """
+    from ..data.splits import stratified_subset
+    from . import bnstats
+    from .source import source_probabilities
+
+    labelled = np.asarray(labelled, dtype=np.int64)
+    rows = stratified_subset(labelled, y, max_samples, seed) if max_samples is not None else labelled
+    X = np.asarray(features.X[rows], dtype=np.float32)
+    t = time.perf_counter()
+    shift = bnstats.bn_shift_of(bn_backbone if bn_backbone is not None else features.backbone, features.source,
+                                labelled, seed=seed)
+    shift_seconds = time.perf_counter() - t
+    advice = advise(X, y[rows], source_probs=source_probabilities(features.backbone, X),
+                    n_labelled_per_class=labels_per_class, bn_shift=shift, max_samples=None, seed=seed)
+    advice.evidence["seconds"]["bn_shift"] = shift_seconds
+    return advice
+
+
 def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | None = None,
                 cache_dir: str | Path | None = None, seed: int = 0, max_samples: int | None = MAX_SAMPLES,
                 progress: bool = False, log: Callable[[str], None] | None = None, input_column: str | None = None,
@@ -425,10 +459,7 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
         ModalityError: a text backbone for images or the other way round.
     """
     from ..backbones import create_backbone
-    from ..data.splits import stratified_subset
     from ..features.featureset import build_featureset
-    from .bnstats import bn_shift_of
-    from .source import source_probabilities
 
     say = log or (lambda m: None)
     bb = create_backbone(backbone)
@@ -440,16 +471,10 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
     splits, y = fs.splits, fs.y
     per_class = float(labels_per_class if labels_per_class is not None
                       else np.median(np.bincount(y[splits.labelled])))
-    lab = stratified_subset(splits.labelled, y, max_samples, seed)
-    X = np.asarray(fs.X[lab], dtype=np.float32)
-    t = time.perf_counter()
-    shift = bn_shift_of(fs.backbone, fs.source, splits.labelled, seed=seed)
-    shift_seconds = time.perf_counter() - t
-    advice = advise(X, y[lab], source_probs=source_probabilities(bb, X), n_labelled_per_class=per_class,
-                    bn_shift=shift, max_samples=None, seed=seed)
-    advice.evidence["seconds"]["bn_shift"] = shift_seconds
-    if len(lab) < len(splits.labelled):
-        advice.reasons[0] += f" (measured on a stratified subsample of {len(lab)} of the {len(splits.labelled)})"
+    advice = advise_labelled(fs, y, splits.labelled, labels_per_class=per_class, seed=seed, max_samples=max_samples)
+    n_measured = advice.evidence["n_samples"]
+    if n_measured < len(splits.labelled):
+        advice.reasons[0] += f" (measured on a stratified subsample of {n_measured} of the {len(splits.labelled)})"
     advice.evidence.update(backbone=bb.name, data=fs.source.origin or fs.source.name,
                            n_labelled=int(len(splits.labelled)))
     return advice
@@ -542,6 +567,6 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
         else:
             why += f" (nothing beats the default {base})"
     else:
-        why += (f" (beats the default {base} by {100 * (scored[choice] - scored[base]):.1f} points, more than the noise margin "
-                f"{100 * race_margin(scored[base], scored[choice], n_val, z):.1f} on {n_val} items)")
+        why += (f" (beats the default {base} by {100 * (scored[choice] - scored[base]):.1f} points, more than the "
+                f"noise margin {100 * race_margin(scored[base], scored[choice], n_val, z):.1f} on {n_val} items)")
     return choice, [why]
