@@ -26,6 +26,8 @@ JUDGED = ("probe", "gradual", "partial", "finetune")
 
 
 def splits_of(path: str) -> list[dict]:
+    from transferkit.report.metrics import unpack_outcomes
+
     """Every split of a ``bench_finetune`` result file with an ``auto`` cell: budget, validation scores of the raced
     candidates, validation items and the test accuracy (%) of each judged strategy."""
     data = json.loads(Path(path).read_text())
@@ -39,30 +41,38 @@ def splits_of(path: str) -> list[dict]:
             val = {k: v for k, v in (c["details"].get("val_accuracy") or {}).items() if k in ("probe", "gradual")}
             if len(val) < 2:  # a cell decided without a race: read the candidates' own validation scores
                 val = {k: by[(k, *key)]["details"].get("val_accuracy") for k in ("probe", "gradual")}
-            out.append({"dataset": ds, "budget": key[0], "seed": key[1], "val": val,
+            held = {k: unpack_outcomes(v) for k, v in (c["details"].get("held_out") or {}).items()}
+            out.append({"dataset": ds, "budget": key[0], "seed": key[1], "val": val, "held": held,
                         "n_val": int(by[("gradual", *key)]["n_val"]),
                         "test": {s: 100 * float(by[(s, *key)]["accuracy"]) for s in JUDGED}})
     return out
 
 
 def policies() -> dict:
-    from transferkit.transferability.advisor import race_choice
+    from race_rescore import rule6_choice
 
-    return {"race (probe default; rule 5)": lambda r: race_choice(r["val"], r["n_val"])[0],
-            "race from 10 labels per class (rule 6)":
-                lambda r: race_choice(r["val"], r["n_val"], rule="probe", labels_per_class=r["budget"])[0],
+    from transferkit.transferability.advisor import RACE_Z, race_choice
+
+    return {"race (probe default; rule 5)": lambda r: race_choice(r["val"], r["n_val"], z=RACE_Z)[0],
+            "race from 10 labels per class (rule 6)": lambda r: rule6_choice(r["val"], r["n_val"], "probe",
+                                                                             r["budget"])[0],
+            "cross-validated race (rule 7)": lambda r: (race_choice(r["val"], r["n_val"], rule="probe",
+                                                                    held_out=r["held"])[0] if r["held"] else None),
             **{f"always {s}": (lambda r, s=s: s) for s in JUDGED}}
 
 
-def judge(rows: list[dict], pick) -> tuple[int, float]:
-    """Hits (best or within a point) and mean test accuracy of a policy over ``rows``."""
+def judge(rows: list[dict], pick) -> tuple[int, float, int]:
+    """Hits (best or within a point), mean test accuracy and splits judged of a policy over ``rows`` (a policy that
+    cannot decide a split, rule 7 on a split recorded without its cross-validated answers, skips it)."""
     hits, acc = 0, []
     for r in rows:
         chosen = pick(r)
+        if chosen is None:
+            continue
         best = max(r["test"].values())
         hits += r["test"][chosen] >= best - 1.0 - 1e-9
         acc.append(r["test"][chosen])
-    return hits, float(np.mean(acc))
+    return hits, float(np.mean(acc)) if acc else float("nan"), len(acc)
 
 
 def main() -> None:
@@ -81,8 +91,9 @@ def main() -> None:
         cells = []
         for n in names:
             rows = groups.get(n, pooled)
-            h, m = judge(rows, pick)
-            cells.append(f"{h} ({100 * h / len(rows):.0f} %), {m:.1f} %")
+            h, m, n = judge(rows, pick)
+            cells.append(f"{h} ({100 * h / n:.0f} %), {m:.1f} %" + ("" if n == len(rows) else f" of {n}")
+                         if n else "-")
         print(f"| {label} | " + " | ".join(cells) + " |")
     by_budget = defaultdict(list)
     for r in pooled:
@@ -91,7 +102,7 @@ def main() -> None:
     for b in sorted(by_budget):
         rows = by_budget[b]
         print(f"- {b} labels per class ({len(rows)} splits): "
-              + ", ".join(str(judge(rows, pick)[0]) for pick in policies().values()))
+              + ", ".join(str(judge(rows, pick)[0]) for pick in policies().values()))  # rule 7: its splits only
 
 
 if __name__ == "__main__":

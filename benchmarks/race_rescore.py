@@ -59,6 +59,18 @@ class Readviser:
         return race_advice(self.fs, self.y, sp, budget, seed)
 
 
+def rule6_choice(val: dict, n_val: int, rule: str | None, budget: int) -> tuple[str, list[str]]:
+    """Rule 6 (session 7), the last rule that raced on the split's validation part alone: the advice below
+    ``FEW_LABELS_PER_CLASS`` labels per class, else the probe unless gradual leads by more than ``race_margin``.
+    Kept here to re-decide the splits recorded before rule 7, which recorded no cross-validated answers."""
+    from transferkit.transferability.advisor import FEW_LABELS_PER_CLASS, RACE_Z, race_choice
+
+    if n_val > 0 and budget < FEW_LABELS_PER_CLASS:
+        choice = rule or "probe"
+        return choice, [f"{budget} labels per class: nothing races below {FEW_LABELS_PER_CLASS} (rule 6): {choice}"]
+    return race_choice(val, n_val, rule=rule, z=RACE_Z)
+
+
 def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
     """The cells with every ``auto`` choice re-decided from its recorded validation scores, as today's race would:
     only today's candidates (``RACE_CANDIDATES``) are read, and the race's extra cost is recomputed from the recorded
@@ -66,7 +78,9 @@ def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
     Where nothing races today (fewer than ``FEW_LABELS_PER_CLASS`` labels per class) the choice is today's advice
     there, the probe; with ``readvise`` the advice (printed as the explanation, and the choice where nothing can
     race) is today's on the split, not the recorded one."""
-    from transferkit.transferability.advisor import RACE_CANDIDATES, TINY_LABELS_PER_CLASS, race_choice, races
+    from transferkit.report.metrics import unpack_outcomes
+    from transferkit.transferability.advisor import (FEW_LABELS_PER_CLASS, RACE_CANDIDATES, TINY_LABELS_PER_CLASS,
+                                                     race_choice, races)
 
     by = {(c["strategy"], c["budget"], c["seed"]): c for c in cells}
     out = []
@@ -83,12 +97,22 @@ def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
                 rule = adv.strategy
                 extra_details = {"recorded_rule": d.get("rule"), "rule": rule, "votes": adv.evidence["votes"],
                                  "bn_shift": adv.evidence["bn_shift"]}
-            if not races(c["budget"], int(n_val or 0)) and c["budget"] >= TINY_LABELS_PER_CLASS:
+            if c["budget"] < TINY_LABELS_PER_CLASS or not n_val:
+                pass  # no validation split: the advice decides
+            elif c["budget"] < FEW_LABELS_PER_CLASS:
                 rule = "probe"  # today's advice below FEW_LABELS_PER_CLASS, whatever a recorded older rule said
-            chosen, why = race_choice(val, int(n_val or 0), rule=rule, labels_per_class=c["budget"])
+            held = d.get("held_out")
+            if held:  # recorded by rule 7's cross-validated race: its held-out answers decide
+                chosen, why = race_choice(val, int(n_val), rule=rule,
+                                          held_out={k: unpack_outcomes(v) for k, v in held.items()})
+            else:  # rule 6, the last single-split rule: no race below FEW_LABELS_PER_CLASS
+                chosen, why = rule6_choice(val, int(n_val or 0), rule, c["budget"])
             extra = d.get("extra_seconds")
-            if not races(c["budget"], int(n_val or 0)):  # nothing races today: the advice is the only extra cost
+            single = not held and not races(int(n_val or 0)) or (not held and c["budget"] < FEW_LABELS_PER_CLASS)
+            if single:  # nothing raced: the advice is the only extra cost
                 extra = float(d.get("advice_seconds") or 0.0)
+            elif held:
+                pass  # the recorded cost of the cross-validated race
             elif all((k, *key) in by for k in RACE_CANDIDATES) and (chosen, *key) in by:
                 extra = (float(d.get("advice_seconds") or 0.0) + sum(float(by[(k, *key)]["seconds"])
                                                                      for k in RACE_CANDIDATES)

@@ -128,28 +128,46 @@ def test_a_rerun_with_the_same_out_skips_finished_cells(compared, monkeypatch):
 def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_cells(compared, monkeypatch):
     res, folder, out = compared
     import transferkit.train.engine as engine
+    from transferkit.data.splits import make_splits
+    from transferkit.report.metrics import unpack_outcomes
+    from transferkit.transferability.advisor import race_folds
 
-    import transferkit.transferability.advisor as advisor
+    folds_trained = []
 
-    monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("auto must reuse the compared cells"))
-    # the fixture's budgets are 3 and 5 labels per class (tiny data, fast): let the race start at 5 here (it starts
-    # at FEW_LABELS_PER_CLASS = 10; test_auto_does_not_race_below_few_labels_per_class checks that)
-    monkeypatch.setattr(advisor, "FEW_LABELS_PER_CLASS", 5)
+    def fold_only(source, y, splits, backbone, strategy, config, run_dir, **k):
+        # the compared cells are reused: the engine trains only the race's folds, for the epochs fold 0 chose
+        assert k.get("train_epochs") and len(splits.val) == 0, "auto must reuse the compared cells"
+        folds_trained.append((strategy, config.seed, k["train_epochs"], splits))
+        return SimpleNamespace(y_pred=y[splits.test] if strategy == "gradual" else 0 * splits.test, history=[],
+                               resumed_from=None)
+
+    monkeypatch.setattr(engine, "finetune", fold_only)
     again = _run(folder, out, strategies=("auto", *STRATEGIES))  # auto is run last whatever its position
     assert again.reused == 24 and len(again.cells) == 28
     by = {(c["strategy"], c["budget"], c["seed"]): c for c in again.cells}
+    y = from_folder(folder).encoded_labels()
     for b in (3, 5):
         for s in (0, 1):
             a = by[("auto", b, s)]
             chosen = a["details"]["chosen"]
             assert chosen in ("probe", "gradual") and not a["details"]["trained_for_auto"]
             assert a["accuracy"] == by[(chosen, b, s)]["accuracy"] and a["split"] == by[("probe", b, s)]["split"]
-            if b == 5:  # the race: the probe and gradual unfreezing, decided by race_choice on their val scores
+            if b == 5:  # the race: cross-validated, the folds trained with the settings the compared cells chose
+                ran = [(st, e, sp) for st, seed, e, sp in folds_trained if seed == s]
+                assert [st for st, _, _ in ran] == ["gradual"] * 4
+                assert all(e == by[("gradual", b, s)]["details"]["best_epoch"] for _, e, _ in ran)
+                sp = make_splits(y, labels_per_class=5, seed=s, classes=from_folder(folder).classes)
+                folds = race_folds(y, sp, seed=s)
+                assert all(np.array_equal(f.train, r.train) and np.array_equal(f.val, r.test)
+                           for f, (_, _, r) in zip(folds[1:], ran))
+                held = {k: unpack_outcomes(v) for k, v in a["details"]["held_out"].items()}
+                assert held["gradual"].all() and len(held["probe"]) == len(sp.train) and a["details"]["folds"] == 5
                 val = {k: by[(k, b, s)]["details"]["val_accuracy"] for k in ("probe", "gradual")}
                 assert a["details"]["val_accuracy"] == val
-                assert chosen == race_choice(val, by[("gradual", b, s)]["n_val"], rule=a["details"]["rule"])[0]
-                # the race's cost: the advice and both candidates, not partial or finetune
-                assert a["seconds"] == pytest.approx(a["details"]["advice_seconds"]
+                assert chosen == race_choice(val, by[("gradual", b, s)]["n_val"], rule=a["details"]["rule"],
+                                             held_out=held)[0]
+                # the race's cost: the advice, both candidates' cells and their folds, not partial or finetune
+                assert a["seconds"] == pytest.approx(a["details"]["advice_seconds"] + a["details"]["fold_seconds"]
                                                      + sum(by[(k, b, s)]["seconds"] for k in val))
     for s in (0, 1):  # no validation split: the rule decides, and auto costs the advice and its pick, nothing else
         a = by[("auto", 3, s)]
@@ -165,7 +183,7 @@ def test_auto_scores_the_advisors_pick_on_the_same_split_and_reuses_the_other_ce
     assert again.advisor["n"] == 4 and again.advisor["hits"] == hits and again.advisor["hit_rate"] == hits / 4
     assert again.advisor["mean_loss_points"] == pytest.approx(np.mean(loss))
     page = (out / "report.html").read_text()
-    assert "What auto chose" in page and "below that nothing races" in page  # the report says where the race starts
+    assert "What auto chose" in page and "four more folds" in page  # the report says how the race decides
     assert json.loads((out / "compare.json").read_text())["advisor"]["n"] == 4
 
 
@@ -180,7 +198,8 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
         trained.append(strategy)  # gradual is perfect on validation and test
         given.append((source, splits))
         return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test], best_epoch=1, epochs_run=1,
-                               val_accuracy=1.0, train_seconds=0.0, resumed_from=None)
+                               val_accuracy=1.0 if len(splits.val) else None, train_seconds=0.0, resumed_from=None,
+                               history=[], fold=k.get("train_epochs"))
 
     import transferkit.transferability.advisor as advisor
 
@@ -211,33 +230,26 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     # with grayscale=True), never a test item
     assert measured_source is source and np.array_equal(positions, np.sort(np.concatenate([sp.train, sp.val])))
     assert auto["details"]["bn_shift"] == 0.3 and auto["details"]["votes"]["bn"] == "similar"
-    assert trained == ["gradual"] and auto["details"]["trained_for_auto"] == ["gradual"]  # partial, finetune: not raced
+    # partial, finetune: not raced; gradual: its cell on the split, then 4 folds for its chosen epoch count
+    assert trained == ["gradual"] * 5 and auto["details"]["trained_for_auto"] == ["gradual"]
+    assert [len(sp.val) for _, sp in given[1:]] == [0] * 4  # the folds choose nothing on their held-out items
+    held_out = np.concatenate([sp.test for _, sp in given[1:]])
+    assert sorted(held_out) == sorted(given[0][1].train)  # each training item of the split held out once
     seen = auto["details"]["val_accuracy"]
     assert set(seen) == {"probe", "gradual"} and seen["gradual"] == 1.0 and seen["probe"] is not None
-    # the advice says fine-tune, but the race starts from the probe: gradual wins only on a significant lead
-    from transferkit.transferability.advisor import race_choice, race_margin
+    # the advice says fine-tune, but the race starts from the probe: gradual wins only on a significant lead of its
+    # held-out answers (here all right)
+    from transferkit.report.metrics import unpack_outcomes
+    from transferkit.transferability.advisor import paired_margin, race_choice
 
     assert auto["details"]["rule"] == "partial"
-    significant = 1.0 - seen["probe"] > race_margin(seen["probe"], 1.0, auto["n_val"])
+    held = {k: unpack_outcomes(v) for k, v in auto["details"]["held_out"].items()}
+    assert held["gradual"].all() and len(held["probe"]) == len(held_out)
+    significant = 1.0 - held["probe"].mean() > paired_margin(held["probe"], held["gradual"], 0.5)
     assert auto["details"]["chosen"] == ("gradual" if significant else "probe")
-    assert auto["details"]["chosen"] == race_choice(seen, auto["n_val"], rule="partial")[0]
+    assert auto["details"]["chosen"] == race_choice(seen, auto["n_val"], rule="partial", held_out=held)[0]
     assert auto["accuracy"] == (1.0 if significant else probe["accuracy"])  # gradual's test predictions are the labels
     assert res.advisor == {}  # only probe was compared: nothing to judge the pick against
-
-
-def test_auto_does_not_race_below_few_labels_per_class(image_folder, tmp_path, monkeypatch):
-    import transferkit.train.engine as engine
-    from transferkit.transferability.advisor import FEW_LABELS_PER_CLASS
-
-    monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("nothing races below 10 labels per class"))
-    res = _run(image_folder, tmp_path / "few", strategies=("probe", "auto"), labels_per_class=(5,), seeds=(0,))
-    auto = next(c for c in res.cells if c["strategy"] == "auto")
-    probe = next(c for c in res.cells if c["strategy"] == "probe")
-    assert auto["n_val"] > 0 and FEW_LABELS_PER_CLASS > 5  # a validation split exists, yet nothing races
-    assert auto["details"]["chosen"] == "probe" and auto["details"]["trained_for_auto"] == []
-    assert auto["details"]["val_accuracy"] == {} and "nothing races below 10" in auto["details"]["reasons"][0]
-    assert auto["accuracy"] == probe["accuracy"]
-    assert auto["seconds"] == pytest.approx(auto["details"]["advice_seconds"] + probe["seconds"])
 
 
 def test_a_new_advisor_rule_decides_again_on_a_resumed_comparison(image_folder, tmp_path, monkeypatch):

@@ -164,21 +164,37 @@ def test_fit_auto_measures_the_labelled_inputs_batch_norm_shift(image_folder, tm
     assert sizes == [32]  # measured at the fine-tuning's image_size, not the backbone's default
 
 
-def test_fit_auto_below_few_labels_per_class_trains_the_probe_alone(image_folder, tmp_path, monkeypatch):
-    """--strategy auto at 5 labels per class: a validation split exists, yet nothing races (rule 6): no network is
-    fine-tuned, the run is the probe's, and its config and reasons say why (no race evidence)."""
+def test_fit_auto_races_cross_validated_and_keeps_only_the_winner(image_folder, tmp_path, monkeypatch):
+    """--strategy auto at 5 labels per class (rule 7): gradual unfreezing trains on the split, then on four more folds
+    for the epochs the split chose; the probe likewise with its C; the held-out answers decide, and only the
+    winner's checkpoints stay."""
     import transferkit.train.engine as engine
 
-    monkeypatch.setattr(engine, "finetune", lambda *a, **k: pytest.fail("nothing races below 10 labels per class"))
-    res = fit_run(str(image_folder), backbone=TINY, strategy="auto", labels_per_class=5, out=tmp_path / "few",
+    calls = []
+    real = engine.finetune
+
+    def spy(source, y, splits, backbone, strategy, config, run_dir, **k):
+        calls.append((run_dir.name, k.get("train_epochs"), len(splits.val), np.asarray(splits.test)))
+        return real(source, y, splits, backbone, strategy, config, run_dir, **k)
+
+    monkeypatch.setattr(engine, "finetune", spy)
+    res = fit_run(str(image_folder), backbone=TINY, strategy="auto", labels_per_class=5, out=tmp_path / "cv",
                   progress=False, report=False, baseline=False,
-                  train_config={"epochs": 1, "image_size": 32, "num_workers": 0})
-    assert res.splits["val"] > 0 and res.advice["strategy"] == "probe"
-    assert "race" not in res.advice["evidence"] and res.advice["evidence"]["rule"] == "probe"
-    assert "nothing races below 10" in res.advice["reasons"][0]
-    assert [c["kind"] for c in res.comparison] == ["transfer"] and not (tmp_path / "few" / "race").exists()
-    config = json.loads((tmp_path / "few" / "config.json").read_text())
-    assert config["strategy"] == "probe" and config["finetune"] is None
+                  train_config={"epochs": 2, "image_size": 32, "num_workers": 0})
+    race = res.advice["evidence"]["race"]
+    assert [c[0] for c in calls[:5]] == ["gradual"] + [f"gradual-fold{j}" for j in range(1, 5)]
+    epochs = pd.read_csv(tmp_path / "cv" / "race" / "gradual" / "epochs.csv")
+    chosen_epoch = int(epochs["epoch"][epochs["best"]].iloc[-1])  # the last epoch that was the best so far
+    assert calls[0][1] is None and calls[0][2] == res.splits["val"]  # the split's own run chooses its epoch
+    assert all(c[1] == chosen_epoch and c[2] == 0 for c in calls[1:5])  # the folds: that epoch count, no choice
+    held = np.concatenate([c[3] for c in calls[1:5]])
+    assert res.splits["val"] > 0 and race["folds"] == 5 and race["held_out_items"] == len(held) == 3 * 4
+    assert sorted(held) == sorted(set(held)) and not set(held) & set(pd.read_csv(tmp_path / "cv" / "predictions.csv")
+                                                                    ["index"])  # never a test item
+    assert set(race["held_out_accuracy"]) == {"probe", "gradual"} and race["choice"] == res.advice["strategy"]
+    assert "cross-validated" in res.advice["reasons"][0]
+    left = {p.parent.name for p in (tmp_path / "cv" / "race").glob("*/checkpoints")}
+    assert left == ({"gradual"} if race["choice"] == "gradual" else set())
 
 
 def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, tmp_path):

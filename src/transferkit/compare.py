@@ -14,10 +14,10 @@ Strategies (one flow, see DESIGN.md):
 - ``cnn``: the small CNN trained from raw pixels (:func:`~transferkit.train.scratch.train_scratch`).
 - ``auto``: what ``fit --strategy auto`` runs: the size x similarity rule
   (:func:`~transferkit.transferability.advisor.advise`) on the probe's features of the labelled part of the split,
-  then, from ``FEW_LABELS_PER_CLASS`` (10) labels per class, the race of ``RACE_CANDIDATES`` (the probe and
-  ``gradual``) on its validation part (:func:`~transferkit.transferability.advisor.race_choice`; below that, or
-  without a validation split, nothing races and the advice, the probe there, decides alone); the cell scores what
-  the strategy it chose scored on the same split (run for it when that strategy is not compared).
+  then the race of ``RACE_CANDIDATES`` (the probe and ``gradual``), cross-validated over the labelled part
+  (:func:`~transferkit.transferability.advisor.race_folds`, :func:`~transferkit.transferability.advisor.race_choice`;
+  without a validation split nothing races and the advice decides alone); the cell scores what the strategy it
+  chose scored on the same split (run for it when that strategy is not compared).
   :func:`advisor_summary` then says how often the choice was the best of ``probe`` / ``gradual`` / ``partial`` /
   ``finetune`` (``ADVISOR_CHOICES``) and what it lost when not.
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from .data.splits import Splits, make_splits
 from .errors import DataError, TrainingError, TransferkitError, UnknownNameError
-from .transferability.advisor import FEW_LABELS_PER_CLASS, JUDGED_STRATEGIES, RACE_CANDIDATES, RULE_VERSION
+from .transferability.advisor import JUDGED_STRATEGIES, RACE_CANDIDATES, RULE_VERSION, TINY_LABELS_PER_CLASS
 
 __all__ = ["CompareResult", "compare_strategies", "aggregate_cells", "negative_transfer_flags", "winners",
            "valid_strategies", "cap_test", "race_advice", "advisor_summary",
@@ -504,19 +504,12 @@ class _CellRunner:
             y_pred = np.asarray(r.y_pred)
             extra = {k: v for k, v in r.details.items() if isinstance(v, (int, float, str, type(None)))}
         else:
-            from .train.engine import finetune
-
-            run_dir = self.out_dir / "cells" / f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
-            r = finetune(self.source, y, sp, self.backbone, strategy, replace(self.cfg, seed=seed), run_dir,
-                         resume=True, strategy_params=self.params.get(strategy) or None, classes=classes,
-                         progress=self.progress, export=False)
+            r = self._finetune(strategy, budget, seed, sp)
             if not np.array_equal(r.test_index, sp.test):
-                raise TrainingError(f"the engine predicted other test items than the split's ({run_dir})")
+                raise TrainingError(f"the engine predicted other test items than the split's ({r.run_dir})")
             y_pred = np.asarray(r.y_pred)
             extra = {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "val_accuracy": r.val_accuracy,
                      "train_seconds": r.train_seconds, "resumed_from": r.resumed_from}
-            if not self.keep_checkpoints:
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         seconds = time.perf_counter() - t0
         if extra.get("resumed_from"):  # a cell resumed after a kill: count the epochs trained before it too
             seconds += sum(float(row["seconds"]) for row in r.history[: extra["resumed_from"]])
@@ -526,14 +519,55 @@ class _CellRunner:
                 "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "details": extra,
                 "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
+    def _finetune(self, strategy: str, budget: int, seed: int, sp: Splits, fold: int = 0,
+                  train_epochs: int | None = None) -> Any:
+        """One engine strategy trained on ``sp`` (resumable; ``fold`` > 0: a fold of ``auto``'s cross-validated
+        race, in a run directory of its own, trained for ``train_epochs``); its checkpoints removed unless they are
+        kept."""
+        from .train.engine import finetune
+
+        run_dir = self.out_dir / "cells" / (f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
+                                            + (f"-fold{fold}" if fold else ""))
+        r = finetune(self.source, self.y, sp, self.backbone, strategy, replace(self.cfg, seed=seed), run_dir,
+                     resume=True, strategy_params=self.params.get(strategy) or None, classes=self.classes,
+                     progress=self.progress, export=False, train_epochs=train_epochs)
+        if not self.keep_checkpoints:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        return r
+
+    def fold_answers(self, strategy: str, budget: int, seed: int, folds: list[Splits],
+                     chosen: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """``strategy`` on folds ``1..k-1`` of ``auto``'s cross-validated race
+        (:func:`~transferkit.transferability.advisor.race_folds`), with the settings its compared cell chose on
+        the split (``chosen``: the probe's C, an engine strategy's best epoch): whether it got each held-out item
+        right (pooled in fold order), and the seconds it took (a resumed fold counts its earlier epochs too)."""
+        from .transferability.advisor import fold_heads
+
+        y = self.y
+        t0 = time.perf_counter()
+        if strategy == "probe":
+            from .heads import create_head
+
+            return (fold_heads(create_head("logreg", C=float(chosen["C"])), self.probe_features().X, y, folds),
+                    time.perf_counter() - t0)
+        answers, earlier = [], 0.0
+        for j, f in enumerate(folds[1:], 1):
+            r = self._finetune(strategy, budget, seed, Splits(f.train, f.train[:0], f.val), fold=j,
+                               train_epochs=int(chosen["best_epoch"]))
+            answers.append(np.asarray(r.y_pred) == y[f.val])
+            earlier += sum(float(row["seconds"]) for row in r.history[: r.resumed_from or 0])
+        return np.concatenate(answers), time.perf_counter() - t0 + earlier
+
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
-        """``auto``: the candidates (``RACE_CANDIDATES``) race on the split; the probe stands unless another leads on
-        validation by more than the noise (:func:`~transferkit.transferability.advisor.race_choice`); the size x
-        similarity advice decides alone where nothing races (no validation split, or fewer than
-        ``FEW_LABELS_PER_CLASS`` labels per class: :func:`~transferkit.transferability.advisor.races`). The cell
-        scores what the winner scored on the test items, and its time is the whole race (the advice and every
-        candidate trained; where nothing races, the advice and the advice's pick)."""
-        from .transferability.advisor import race_choice, races
+        """``auto``: the candidates (``RACE_CANDIDATES``) race on the split, cross-validated over its labelled items
+        (:func:`~transferkit.transferability.advisor.race_folds`; fold 0 is the split itself, whose compared cells
+        are reused); the probe stands unless another's held-out answers beat it by more than the noise
+        (:func:`~transferkit.transferability.advisor.race_choice`); the size x similarity advice decides alone
+        without a validation split. The cell scores what the winner scored on the test items, and its time is the
+        whole race (the advice, every candidate on every fold; without a validation split, the advice and its
+        pick)."""
+        from .report.metrics import pack_outcomes
+        from .transferability.advisor import race_choice, race_folds, races
 
         fs = self.probe_features()
         t0 = time.perf_counter()
@@ -546,29 +580,37 @@ class _CellRunner:
             return next((c for c in done if (c["strategy"], c["budget"], c["seed"]) == (k, budget, seed)
                          and c["settings_hash"] == self.hashes[k]), None)
 
-        for k in RACE_CANDIDATES if races(budget, len(sp.val)) else ():  # too few labels (or no validation split)
+        folds = race_folds(self.y, sp, seed=seed) if races(len(sp.val)) else []
+        held: dict[str, np.ndarray] = {}
+        fold_seconds = 0.0
+        for k in RACE_CANDIDATES if folds else ():  # no validation split: nothing races
             runs[k] = twin(k)
             if runs[k] is None or runs[k].get("details", {}).get("val_accuracy") is None:
                 # a candidate that is not compared (or a cell recorded before cells kept their validation score):
                 # train it for the race
                 runs[k] = self.run(k, budget, seed, sp, done)
                 trained.append(k)
+            if len(folds) > 1:
+                held[k], sec = self.fold_answers(k, budget, seed, folds, runs[k]["details"])
+                fold_seconds += sec
         val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
-        chosen, why = race_choice(val, len(sp.val), rule=adv.strategy, labels_per_class=budget)
+        chosen, why = race_choice(val, len(sp.val), rule=adv.strategy, held_out=held)
         if chosen not in runs:  # nothing raced: the advice's pick alone (its cost too), trained if not compared
             runs[chosen] = twin(chosen)
             if runs[chosen] is None:
                 runs[chosen] = self.run(chosen, budget, seed, sp, done)
                 trained.append(chosen)
         winner = runs[chosen]
-        race_seconds = advice_seconds + sum(float(r["seconds"]) for r in runs.values())
+        race_seconds = advice_seconds + sum(float(r["seconds"]) for r in runs.values()) + fold_seconds
         return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": winner["accuracy"],
                 "macro_f1": winner["macro_f1"], "seconds": race_seconds, "correct": winner.get("correct"),
                 "n_train": int(len(sp.train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
-                "details": {"chosen": chosen, "rule": adv.strategy, "val_accuracy": val,
-                            "advice_seconds": advice_seconds, "trained_for_auto": trained,
-                            "chosen_seconds": float(winner["seconds"]), "extra_seconds": race_seconds - float(
-                                winner["seconds"]), "reasons": why + adv.reasons,
+                "details": {"chosen": chosen, "rule": adv.strategy, "val_accuracy": val, "folds": len(folds),
+                            "held_out_accuracy": {k: float(v.mean()) for k, v in held.items()},
+                            "held_out": {k: pack_outcomes(v) for k, v in held.items()},
+                            "advice_seconds": advice_seconds, "fold_seconds": fold_seconds,
+                            "trained_for_auto": trained, "chosen_seconds": float(winner["seconds"]),
+                            "extra_seconds": race_seconds - float(winner["seconds"]), "reasons": why + adv.reasons,
                             "votes": adv.evidence.get("votes"), "bn_shift": adv.evidence.get("bn_shift")}}
 
 
@@ -677,9 +719,10 @@ def _advisor_html(summary: dict[str, Any]) -> str:
         f"<td class=\"num\">{p['loss_points']:.1f}</td></tr>" for p in summary["per_split"])
     return (f"<p>{e(advisor_sentence(summary))}.</p><table><tr><th>labels / class</th><th>seed</th><th>advisor "
             "chose</th><th>best (measured)</th><th>chosen acc %</th><th>best acc %</th><th>points lost</th></tr>"
-            f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: from "
-            f"{FEW_LABELS_PER_CLASS} labels per class every candidate is trained on its training part "
-            f"({', '.join(RACE_CANDIDATES)}) and the probe stands unless another leads on its validation part by "
-            f"more than the noise; below that nothing races and the size x similarity advice (the probe) decides. "
+            f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: every "
+            f"candidate ({', '.join(RACE_CANDIDATES)}) chooses its settings on the split's validation part, then "
+            "trains with them on four more folds of the labelled items, and the probe stands unless another's "
+            "answers on the held-out items beat it by more than the noise; without a validation split (fewer than "
+            f"{TINY_LABELS_PER_CLASS} labels per class) nothing races and the size x similarity advice decides. "
             f"The best here is the measured test accuracy of {', '.join(ADVISOR_CHOICES)} on the same split."
             "</small></p>")

@@ -531,14 +531,14 @@ def _data_name(data: Any, full: bool = False) -> str:
 
 def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bool, progress: bool,
           say: Callable[[str], None]) -> tuple[Any, str, dict[str, Any] | None]:
-    """``--strategy auto``: race the probe and gradual unfreezing (``RACE_CANDIDATES``) on the split; the probe stands
-    unless gradual unfreezing leads on validation by more than the noise
-    (:func:`~transferkit.transferability.advisor.race_choice`); the size x similarity advice is printed as the
-    explanation, and decides alone where nothing races (no validation split, or fewer than ``FEW_LABELS_PER_CLASS``
-    labels per class: :func:`~transferkit.transferability.advisor.races`; the advice is the probe there, so
-    nothing is fine-tuned and the result's third item is None).
-    Each candidate trains in ``run_dir/race/<strategy>`` (resumable);
-    the losers' checkpoints are removed once the race is decided.
+    """``--strategy auto``: race the probe and gradual unfreezing (``RACE_CANDIDATES``) on the labelled split,
+    cross-validated (:func:`~transferkit.transferability.advisor.race_folds`: fold 0 is the split itself, then four
+    more folds of its labelled items); the probe stands unless gradual unfreezing's held-out answers beat it by
+    more than the noise (:func:`~transferkit.transferability.advisor.race_choice`). The size x similarity advice is
+    printed as the explanation, and decides alone without a validation split (then nothing is fine-tuned and the
+    result's third item is None). Each candidate trains in ``run_dir/race/<strategy>`` on the split (fold 0: the
+    model kept if it wins) and in ``run_dir/race/<strategy>-fold<j>`` on the other folds (resumable); every
+    checkpoint but the winner's is removed once the race is decided.
 
     Returns:
         ``(advice with the race's reasons first, the chosen strategy, strategy -> FinetuneResult or None)``.
@@ -546,7 +546,8 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     import shutil
 
     from .train.engine import finetune
-    from .transferability.advisor import RACE_CANDIDATES, advise_labelled, race_choice, races
+    from .transferability.advisor import (RACE_CANDIDATES, advise_labelled, fold_heads, race_choice, race_folds,
+                                          races)
 
     seed, size = engine["config"].seed, engine["config"].image_size
     # the batch-norm statistics at the size the fine-tuning runs at (the shift depends on it), as compare measures
@@ -555,15 +556,16 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     advice = advise_labelled(fs, fs.y, fs.splits.labelled, seed=seed, bn_backbone=shifted)
     sp = fs.splits
     advice.evidence["rule"] = advice.strategy
-    per_class = advice.evidence["labels_per_class"]
-    if not races(per_class, len(sp.val)):  # no validation split, or too few labels per class to race on
-        choice, why = race_choice({}, len(sp.val), rule=advice.strategy, labels_per_class=per_class)
+    if not races(len(sp.val)):  # no validation split: the advice decides
+        choice, why = race_choice({}, len(sp.val), rule=advice.strategy)
         advice.reasons[:0] = why
         advice.strategy = choice
         say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
         return advice, choice, None
+    folds = race_folds(fs.y, sp, seed=seed)
     val = {"probe": probe.scores_.get(probe.C_) if hasattr(probe, "scores_") else _best_val(probe)}
-    results = {}
+    held = {"probe": fold_heads(probe, fs.X, fs.y, folds)}
+    results, fold_runs = {}, []
     for k in RACE_CANDIDATES:
         if k == "probe":
             continue
@@ -572,14 +574,28 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
                               resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
                               log=say, export=False)
         val[k] = results[k].val_accuracy
-    choice, why = race_choice(val, len(sp.val), rule=advice.strategy, labels_per_class=per_class)
-    for k, r in results.items():
-        if k != choice:
-            shutil.rmtree(r.run_dir / "checkpoints", ignore_errors=True)
+        answers = []
+        for j, f in enumerate(folds[1:], 1):  # the epochs chosen on the split, trained on each other fold
+            say(f"strategy auto: {k} on fold {j + 1} of {len(folds)} ({len(f.train)} items, "
+                f"{results[k].best_epoch} epochs), answering its {len(f.val)} held-out items")
+            r = finetune(fs.source, fs.y, Splits(f.train, f.train[:0], f.val), fs.backbone, k, engine["config"],
+                         run_dir / "race" / f"{k}-fold{j}", resume=resume, extra_losses=engine["losses"],
+                         classes=fs.classes, progress=progress, log=say, export=False,
+                         train_epochs=results[k].best_epoch)
+            answers.append(np.asarray(r.y_pred) == fs.y[f.val])
+            fold_runs.append(r)
+        held[k] = np.concatenate(answers) if answers else np.zeros(0, dtype=bool)
+    cv = held if len(folds) > 1 else {}  # one fold: a validation split large enough to decide alone
+    choice, why = race_choice(val, len(sp.val), rule=advice.strategy, held_out=cv)
+    for r in fold_runs + [r for k, r in results.items() if k != choice]:
+        shutil.rmtree(r.run_dir / "checkpoints", ignore_errors=True)
     advice.reasons[:0] = why
     advice.strategy = choice
     advice.evidence["race"] = {"validation_accuracy": val, "validation_items": int(len(sp.val)), "choice": choice,
-                               "seconds": {k: r.seconds for k, r in results.items()}}
+                               "folds": len(folds), "held_out_accuracy": {k: float(v.mean()) for k, v in cv.items()},
+                               "held_out_items": int(len(cv["probe"])) if cv else 0,
+                               "seconds": {k: r.seconds + sum(fr.seconds for fr in fold_runs)
+                                           for k, r in results.items()}}
     say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
     return advice, choice, results
 

@@ -279,3 +279,27 @@ def test_splits_budget_and_fractions():
     assert f.sizes() == {"train": 36, "val": 12, "test": 12}
     with pytest.raises(DataError, match="class '0' has 20 samples.*at most 19"):
         make_splits(y, labels_per_class=20)
+
+
+def test_cross_folds_partition_the_labelled_items_stratified_with_fold_0_the_split():
+    from transferkit.data.splits import cross_folds
+
+    y = np.repeat(np.arange(3), 40)
+    for n, per_fold in ((5, 1), (10, 2), (20, 4)):
+        sp = make_splits(y, labels_per_class=n, seed=n)
+        folds = cross_folds(y, sp, seed=1)
+        assert len(folds) == 5 and folds[0] is sp
+        held = np.concatenate([f.val for f in folds])
+        assert sorted(held) == sorted(sp.labelled)  # every labelled item held out exactly once
+        for f in folds[1:]:
+            assert all(np.bincount(y[f.val], minlength=3) == per_fold)  # as many per class as the split's own
+            assert len(f.train) == len(sp.train) and len(f.test) == 0 and not set(f.train) & set(f.val)
+    sp = make_splits(y, labels_per_class=7, seed=0)  # 1 validation item and 6 training items per class: 7 folds
+    assert len(cross_folds(y, sp)) == 7 and len(cross_folds(y, sp, k=3)) == 3
+    three = cross_folds(y, sp, k=3)
+    assert sorted(len(f.val) for f in three[1:]) == [9, 9]  # 18 training items dealt evenly over 2 groups
+    assert not np.array_equal(cross_folds(y, sp, seed=1)[1].val, cross_folds(y, sp, seed=2)[1].val)  # seeded
+    with pytest.raises(DataError, match="k must be an integer from 2"):
+        cross_folds(y, sp, k=1)
+    with pytest.raises(DataError, match="validation part"):
+        cross_folds(y, make_splits(y, labels_per_class=3, seed=0))

@@ -228,3 +228,27 @@ def test_refit_without_a_validation_split_is_refused(shapes, tmp_path):
                  shapes.config(refit=True), tmp_path / "run")
     with pytest.raises(TransferkitError, match="refit must be True or False"):
         shapes.config(refit="yes").validate()
+
+
+def test_train_epochs_trains_that_many_epochs_of_the_configured_schedule_and_keeps_the_last(shapes, tmp_path):
+    """A cross-validated race's fold trains for the epoch count its split chose: exactly ``train_epochs`` epochs of
+    the ``epochs``-long schedule, no early stopping, nothing chosen on validation (there is none)."""
+    from transferkit.data.splits import Splits
+    from transferkit.train.engine import _steps_per_epoch, cosine_warmup, finetune
+
+    sp = Splits(shapes.splits.train, np.zeros(0, np.int64), shapes.splits.val)  # the held-out items as the test
+    cfg = shapes.config(epochs=8, patience=2, lr=3e-2)
+    r = finetune(shapes.source, shapes.y, sp, "random:test_efficientnet", "finetune", cfg, tmp_path / "run",
+                 classes=shapes.classes, train_epochs=3, export=False)
+    assert r.epochs_run == 3 == len(r.history) == r.best_epoch and r.stop_reason == "max epochs"
+    assert np.array_equal(r.test_index, shapes.splits.val) and len(r.y_pred) == len(shapes.splits.val)
+    steps = _steps_per_epoch(len(sp.train), cfg.batch_size, 1)
+    factor = cosine_warmup(round(cfg.warmup_epochs * steps), cfg.schedule, cfg.min_lr_ratio)(3 * steps, 8 * steps)
+    assert r.history[-1]["lr"] == pytest.approx(cfg.lr * factor) and factor > 0.5  # not squeezed into 3 epochs
+    for bad, why in ((0, "from 1 to epochs=8"), (9, "from 1 to epochs=8"), (True, "integer")):
+        with pytest.raises(DataError, match=why):
+            finetune(shapes.source, shapes.y, sp, "random:test_efficientnet", "finetune", cfg, tmp_path / "x",
+                     train_epochs=bad)
+    with pytest.raises(DataError, match="with 12 validation items"):
+        finetune(shapes.source, shapes.y, shapes.splits, "random:test_efficientnet", "finetune", cfg,
+                 tmp_path / "y", train_epochs=2)

@@ -243,16 +243,58 @@ def test_the_race_keeps_the_probe_whatever_the_advice_says_when_there_is_a_valid
     assert race_choice({"probe": None, "gradual": None}, 0, rule="partial")[0] == "partial"
 
 
-def test_nothing_races_below_few_labels_per_class():
-    from transferkit.transferability.advisor import race_choice, races
+def test_the_cross_validated_race_compares_held_out_answers_item_by_item():
+    from transferkit.transferability.advisor import RACE_CV_Z, paired_margin, race_choice, races
 
-    assert not races(9, 18) and races(FEW_LABELS_PER_CLASS, 20) and races(None, 20) and not races(50, 0)
-    # 5 labels per class: one validation item per class; gradual's 4-item lead on 12 would win a race (the margin is
-    # 0.25), but nothing races there: the advice decides (clipart seed 7: the race took gradual, 5.4 points worse)
-    scores = {"probe": 0.417, "gradual": 0.75}
-    assert race_choice(scores, 12, rule="probe")[0] == "gradual"
-    choice, why = race_choice(scores, 12, rule="probe", labels_per_class=5)
-    assert choice == "probe" and "nothing races below 10" in why[0]
-    # the message names the validation items it would have raced on and where racing starts
-    assert "split's 12 validation items" in why[0] and "from 10 labels per class" in why[0]
-    assert race_choice(scores, 48, rule="probe", labels_per_class=20)[0] == "gradual"
+    assert races(12) and not races(0)  # rule 7: a race wherever there is a validation split (5+ labels per class)
+    # by hand: 120 held-out items; gradual gets 6 right that the probe missed and misses 2 the probe got
+    base = np.zeros(120, bool)
+    base[:60] = True
+    other = base.copy()
+    other[60:66] = True
+    other[:2] = False
+    d = other.astype(float) - base
+    assert paired_margin(base, other, 0.5) == pytest.approx(0.5 * np.sqrt(d.var(ddof=1) / 120))
+    assert paired_margin(base, base, 0.5) == pytest.approx(0.5 / 120)  # floor: one item's worth of variance
+    # 4 items (3.3 points) ahead, 1.2 points of paired margin: gradual; the split's own validation scores are ignored
+    choice, why = race_choice({"probe": 0.9, "gradual": 0.5}, 24, held_out={"probe": base, "gradual": other})
+    assert choice == "gradual" and "120 held-out labelled items (cross-validated)" in why[0]
+    assert RACE_CV_Z == 0.5 and "noise margin 1.2" in why[0]
+    # unpaired, the same lead on 120 items is noise (race_margin's 1.28 z: 8 points)
+    assert race_choice({"probe": base.mean(), "gradual": other.mean()}, 120)[0] == "probe"
+    # one item ahead while disagreeing on 41 items: within the noise, the probe stays
+    noisy = base.copy()
+    noisy[60:81] = True
+    noisy[:20] = False
+    choice, why = race_choice({"probe": 0.5, "gradual": 0.5}, 24, held_out={"probe": base, "gradual": noisy})
+    assert choice == "probe" and "so the default probe stays" in why[0]
+    with pytest.raises(ScoreError, match="different numbers of held-out items"):
+        race_choice({}, 24, held_out={"probe": base, "gradual": other[:100]})
+    with pytest.raises(ScoreError, match="two answers per held-out item"):
+        paired_margin(base, other[:100])
+
+
+def test_race_folds_train_each_fold_with_the_settings_fold_0_chose():
+    """Folds 1..4 hold out the split's training items, each once; the probe trains on each fold's training part
+    alone with the C it chose on the split's validation part (nothing chosen on the held-out items)."""
+    from transferkit.data.splits import make_splits
+    from transferkit.heads import create_head
+    from transferkit.transferability.advisor import RACE_CV_BELOW, fold_heads, race_folds
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    X = rng.normal(size=(120, 6)) + y[:, None]
+    sp = make_splits(y, labels_per_class=10, seed=2)
+    folds = race_folds(y, sp, seed=2)
+    assert len(folds) == 5 and folds[0] is sp
+    held = np.concatenate([f.val for f in folds[1:]])
+    assert sorted(held) == sorted(sp.train)  # each training item held out once; fold 0's validation is not pooled
+    assert all(set(f.train) | set(f.val) == set(sp.labelled) and not set(f.train) & set(f.val) for f in folds)
+    probe = create_head("logreg").fit(X[sp.train], y[sp.train], eval_set=(X[sp.val], y[sp.val]))
+    answers = fold_heads(probe, X, y, folds)
+    by_hand = np.concatenate([create_head("logreg", C=probe.C_).fit(X[f.train], y[f.train]).predict(X[f.val])
+                              == y[f.val] for f in folds[1:]])
+    assert np.array_equal(answers, by_hand) and len(answers) == len(sp.train) and 0.3 < answers.mean() < 1
+    big_y = np.repeat(np.arange(2), 3000)
+    big = make_splits(big_y, labels_per_class=2500, seed=0)
+    assert len(big.val) >= RACE_CV_BELOW and race_folds(big_y, big) == [big]  # a large validation split decides

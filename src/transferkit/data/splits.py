@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["Splits", "make_splits", "stratified_subset"]
+__all__ = ["Splits", "make_splits", "stratified_subset", "cross_folds"]
 
 
 def _empty() -> np.ndarray:
@@ -120,3 +120,51 @@ def stratified_subset(idx: np.ndarray, y: np.ndarray, max_samples: int | None, s
         k = min(len(members), max(2, int(round(len(members) * frac))))
         keep.append(rng.choice(members, k, replace=False))
     return np.sort(np.concatenate(keep))
+
+
+def cross_folds(y: np.ndarray, splits: Splits, *, k: int | None = None, seed: int = 0) -> list[Splits]:
+    """``k`` folds of a split's labelled items, for cross-validating a choice that one validation split is too
+    small to make (``--strategy auto``'s race).
+
+    Fold 0 is ``splits`` itself. Each further fold holds out one of ``k - 1`` stratified, seeded groups of the
+    split's **training** items (each class's training items are dealt into the groups in turn) and trains on every
+    other labelled item; its test split is empty. Every labelled item is held out exactly once over the ``k``
+    folds. With a labels-per-class budget and the default 20 % validation share, ``k = 5`` and every fold holds out
+    as many items of each class as the split's own validation part, so each fold trains on as many items as the
+    model the split finally trains.
+
+    Args:
+        y: class index per item.
+        splits: the split whose labelled items (``train`` + ``val``) are folded; ``val`` must not be empty.
+        k: the number of folds (at least 2); None: ``round(labelled / val)``, 5 with a 20 % validation share.
+        seed: the seed of the grouping.
+
+    Returns:
+        ``k`` :class:`Splits` (fold 0 first); their held-out parts partition ``splits.labelled``.
+
+    Raises:
+        DataError: no validation split, or ``k`` below 2 or above the training items.
+    """
+    y = np.asarray(y)
+    train, val = np.asarray(splits.train, np.int64), np.asarray(splits.val, np.int64)
+    if not len(val):
+        raise DataError("cross_folds needs a split with a validation part (it is fold 0's held-out part)")
+    if k is None:
+        k = max(2, int(round((len(train) + len(val)) / len(val))))
+    if not isinstance(k, (int, np.integer)) or not 2 <= k <= len(train) + 1:
+        raise DataError(f"k must be an integer from 2 to {len(train) + 1} (the training items + 1), got {k!r}")
+    rng = np.random.default_rng(seed)
+    groups: list[list[np.ndarray]] = [[] for _ in range(k - 1)]
+    start = 0
+    for c in np.unique(y[train]):
+        members = train[y[train] == c]
+        members = members[rng.permutation(len(members))]
+        for j in range(k - 1):  # dealt in turn from where the last class stopped: group sizes stay even
+            groups[(start + j) % (k - 1)].append(members[j::k - 1])
+        start = (start + len(members)) % (k - 1)
+    labelled = np.concatenate([train, val])
+    folds = [splits]
+    for parts in groups:
+        held = np.sort(np.concatenate(parts)).astype(np.int64)
+        folds.append(Splits(np.sort(np.setdiff1d(labelled, held)).astype(np.int64), held, _empty()))
+    return folds

@@ -265,7 +265,8 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
              extra_losses: Sequence[Any] = (), classes: Sequence[str] | None = None,
              callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), progress: bool = False,
              log: Callable[[str], None] | None = None, export: bool = True, unlabelled: Any = None,
-             unlabelled_ratio: int = 7, ema_decay: float | None = None) -> FinetuneResult:
+             unlabelled_ratio: int = 7, ema_decay: float | None = None,
+             train_epochs: int | None = None) -> FinetuneResult:
     """Train ``backbone`` + a linear head on ``source`` with a fine-tuning strategy; predict the test split.
 
     Args:
@@ -294,6 +295,10 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
             is then one pass over them; the labelled stream cycles.
         unlabelled_ratio: unlabelled items per labelled item in a step (FixMatch's mu).
         ema_decay: evaluate and return the moving average of the weights (FixMatch's EMA model); None: the raw ones.
+        train_epochs: train exactly this many epochs of the configured learning-rate schedule (its length stays
+            ``config.epochs``), without early stopping, and keep the last epoch's weights: a model trained with an
+            epoch count chosen elsewhere (a cross-validated race's fold, which trains for the epochs its split
+            chose). Needs splits without a validation part; None: choose the epoch on ``val``.
 
     Returns:
         :class:`FinetuneResult`: test predictions and probabilities, validation accuracy, history, timings,
@@ -336,6 +341,11 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
             raise DataError(f"splits.{name} holds indices outside 0..{len(source) - 1}")
     if len(splits.train) == 0:
         raise DataError("the training split is empty")
+    if train_epochs is not None and (not isinstance(train_epochs, (int, np.integer)) or isinstance(train_epochs, bool)
+                                     or not 1 <= train_epochs <= cfg.epochs or len(splits.val) or cfg.refit):
+        raise DataError(f"train_epochs must be an integer from 1 to epochs={cfg.epochs}, with no validation split and "
+                        f"without refit (it trains a fixed number of epochs; nothing is chosen on validation); got "
+                        f"{train_epochs!r} with {len(splits.val)} validation items{' and refit' if cfg.refit else ''}")
     if cfg.refit and len(splits.val) == 0:
         raise DataError("refit=True retrains for the number of epochs chosen on the validation split, but the "
                         "validation split is empty (with labels per class, a class needs at least 5 labelled items "
@@ -377,6 +387,8 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
                             num_workers=_workers(cfg), eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
                             progress="epoch" if progress else None, label=strat.name,
                             unit="images" if source.modality == "image" else "texts", ema_decay=ema_decay)
+    if train_epochs is not None:  # a fixed length of the configured schedule, the last epoch kept
+        settings = replace(settings, epochs=int(train_epochs), patience=None, schedule_epochs=cfg.epochs)
     selection = None
     if cfg.refit:  # the selection run (train only, epoch chosen on val), then the same run on train + val
         sel = run_loop(job, settings, out_dir / "selection", resume=resume, callbacks=callbacks, log=log)

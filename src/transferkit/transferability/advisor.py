@@ -32,11 +32,11 @@ fraction of the cost and risk (the early layers are generic anyway); ``finetune`
 * below :data:`TINY_LABELS_PER_CLASS` = 5 nothing but a head is trained: 1-4 examples per class cannot support
   fine-tuning a network of millions of weights, nor even a held-out validation split (``make_splits`` keeps none
   below 5 per class) to stop it from over-fitting.
-* below :data:`FEW_LABELS_PER_CLASS` = 10 the advice is ``probe`` too, and ``auto`` races nothing there (rule 6,
-  :func:`races`): with 5-9 labels per class the validation split holds one or two items per class, on which a
-  fine-tuning run must also choose its epoch. Over the 9 ``bench_finetune`` splits at 5 labels per
-  class (clip art, MNIST, synth-digits, mnist-m) the probe averaged 42.1 % on the test items and gradual
-  unfreezing 39.2 %.
+* below :data:`FEW_LABELS_PER_CLASS` = 10 the advice is ``probe`` too: with 5-9 labels per class the validation
+  split holds one or two items per class, on which a fine-tuning run must also choose its epoch. Over the 9
+  ``bench_finetune`` splits at 5 labels per class (clip art, MNIST, synth-digits, mnist-m) the probe averaged
+  42.1 % on the test items and gradual unfreezing 39.2 %. ``auto`` still races there, cross-validated
+  (:func:`race_folds`), and keeps the probe unless gradual unfreezing clearly wins.
 
 **Similar** is decided, for a backbone with batch normalisation (every timm CNN we ship), by the *shift of the
 inputs' batch-norm statistics* from the source's (:func:`~transferkit.transferability.bnstats.bn_shift`: the
@@ -110,7 +110,8 @@ import numpy as np
 
 from ..errors import ScoreError
 
-__all__ = ["Advice", "advise", "advise_data", "advise_labelled", "race_choice", "race_margin", "races", "RACE_Z",
+__all__ = ["Advice", "advise", "advise_data", "advise_labelled", "race_choice", "race_margin", "paired_margin",
+           "race_folds", "fold_heads", "races", "RACE_Z", "RACE_CV_Z", "RACE_CV_BELOW",
            "RACE_CANDIDATES", "JUDGED_STRATEGIES", "RULE_VERSION", "STRATEGIES", "LARGE_LABELS_PER_CLASS",
            "TINY_LABELS_PER_CLASS", "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL",
            "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR", "PAD_DISSIMILAR", "MAX_SAMPLES"]
@@ -151,8 +152,14 @@ JUDGED_STRATEGIES = ("probe", "gradual", "partial", "finetune")
 #: resumed comparison decides again under a new rule instead of reusing the old decision. 4: similarity from the
 #: batch-norm statistics shift, the probe as the advice under FEW_LABELS_PER_CLASS (session 7); 5: the race's
 #: default is the probe whatever the advice (session 7, after rule 4 failed its held-out check); 6: no race below
-#: FEW_LABELS_PER_CLASS (session 7, after rule 5's check)
-RULE_VERSION = 6
+#: FEW_LABELS_PER_CLASS (session 7, after rule 5's check); 7: the race cross-validated over the labelled split
+#: (``race_folds``), judged item by item (``paired_margin``), from TINY_LABELS_PER_CLASS (session 8, after rule 6's
+#: check)
+RULE_VERSION = 7
+#: validation items below which ``auto``'s race is cross-validated over the labelled split (:func:`race_folds`):
+#: a split's own validation part is too small there to tell the candidates apart (at 500 items the standard error
+#: of an accuracy is about 2 points)
+RACE_CV_BELOW = 500
 
 #: (large data, similar) -> strategy
 STRATEGIES = {(False, True): "probe", (False, False): "partial", (True, True): "partial", (True, False): "finetune"}
@@ -391,8 +398,8 @@ def advise(features: Any, labels: Any, *, source_probs: Any = None, n_labelled_p
     if size == "few":
         return Advice("probe", reasons + [f"{verdict}; but with fewer than {FEW_LABELS_PER_CLASS} labels per class "
                                           "the validation split holds about one item per class, too few to steer "
-                                          "fine-tuning: freeze the backbone (auto still races gradual unfreezing "
-                                          "and takes it on a clear validation lead)"], ev)
+                                          "fine-tuning: freeze the backbone (auto still races gradual unfreezing, "
+                                          "cross-validated, and takes it on a clear lead)"], ev)
     return Advice(STRATEGIES[(large, similar)], reasons + [f"{verdict}; {_WHY[(large, similar)]}"], ev)
 
 
@@ -480,8 +487,15 @@ def advise_data(data: Any, backbone: str = "lite0", *, labels_per_class: int | N
     return advice
 
 
-#: one-sided z of the margin a costlier candidate needs over the cheaper one on validation (a 10 % test)
+#: one-sided z of the margin a costlier candidate needs over the cheaper one on one validation split (a 10 % test)
 RACE_Z = 1.28
+#: z of the paired margin on a cross-validated race's held-out answers (rule 7). Smaller than RACE_Z: the decision
+#: counts as right when the pick is within a point of the best, so a candidate that truly leads by 2-4 points should
+#: win, and the held-out answers carry no selection bias (each fold trains with the settings fold 0 chose). Set
+#: before its check from the recorded probe / gradual test answers of 64 splits: treating a cross-validated
+#: difference as the test difference plus paired noise over 80 % of the labelled items, the expected share of
+#: picks within a point of the best was flat between z = 0.25 and 0.5 (82 %) and fell to 79 % at 1.28
+RACE_CV_Z = 0.5
 
 
 def race_margin(p_cheap: float, p_other: float, n_val: int, z: float = RACE_Z) -> float:
@@ -498,75 +512,144 @@ def race_margin(p_cheap: float, p_other: float, n_val: int, z: float = RACE_Z) -
     return z * math.sqrt(var / n_val)
 
 
-def races(labels_per_class: float | None, n_val: int) -> bool:
-    """Whether ``auto`` races at all: only with a validation split and at least :data:`FEW_LABELS_PER_CLASS`
-    labels per class. Below that the validation split holds about one item per class, too few to tell the
-    candidates apart: over 21 recorded splits at 5 labels per class the race was the best or within a point on 14,
-    never racing (the advice: the probe) on 15, and the race costs a fine-tuning run (rule 6)."""
-    return n_val > 0 and (labels_per_class is None or labels_per_class >= FEW_LABELS_PER_CLASS)
+def paired_margin(correct_base: Any, correct_other: Any, z: float = RACE_Z) -> float:
+    """The lead a costlier strategy needs over a cheaper one when both answered the **same** held-out items.
+
+    ``z`` standard errors of the mean of the per-item difference ``d_i = other_i - base_i`` (1, 0 or -1: the paired
+    test of two classifiers on one test set, McNemar 1947; Dietterich, Neural Computation 1998): ``z sqrt(s^2 / n)``
+    with ``s^2`` the sample variance of ``d``, floored at one item's worth (``1 / n``) so that two candidates that
+    agree everywhere still need a lead. Items both get right or both get wrong cost nothing, so the margin is far
+    below :func:`race_margin`'s when the candidates mostly agree.
+
+    Args:
+        correct_base, correct_other: ``(n,)`` booleans, whether each candidate got each held-out item right.
+        z: one-sided z.
+    """
+    a, b = np.asarray(correct_base, dtype=float), np.asarray(correct_other, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ScoreError(f"paired_margin needs two answers per held-out item; got shapes {a.shape} and {b.shape}")
+    n = len(a)
+    if n == 0:
+        return float("inf")
+    d = b - a
+    var = max(float(d.var(ddof=1)) if n > 1 else 0.0, 1.0 / n)
+    return z * math.sqrt(var / n)
+
+
+def races(n_val: int) -> bool:
+    """Whether ``auto`` races at all: whenever the split has a validation part (from
+    :data:`TINY_LABELS_PER_CLASS` labels per class with the default 20 % share). Below :data:`RACE_CV_BELOW`
+    validation items the race is cross-validated over the labelled split (:func:`race_folds`, rule 7): rule 6
+    raced only from :data:`FEW_LABELS_PER_CLASS` labels per class, because one validation split of 1-4 items per
+    class could not tell the candidates apart."""
+    return n_val > 0
+
+
+def race_folds(y: np.ndarray, splits: Any, seed: int = 0) -> list[Any]:
+    """The folds ``auto`` races on: the split alone when its validation part holds :data:`RACE_CV_BELOW` items or
+    more, else the cross-validation folds of its labelled items (:func:`transferkit.data.splits.cross_folds`:
+    fold 0 is the split itself, 5 folds with the default 20 % validation share).
+
+    On fold 0 every candidate chooses its settings on the split's validation part, as the model ``auto`` keeps
+    does (the probe its C, gradual unfreezing its epoch by early stopping). On every other fold it trains on the
+    fold's training part **with those settings** (nothing chosen there) and answers the fold's held-out items; the
+    answers pooled over these folds (80 % of the labelled items) decide (:func:`race_choice`'s ``held_out``). Fold
+    0's own validation answers are left out of the pool: the choice of settings on them flatters them, most for
+    the candidate with more settings to choose from (an epoch among 15 against a C among 4)."""
+    from ..data.splits import cross_folds
+
+    if not races(len(splits.val)) or len(splits.val) >= RACE_CV_BELOW:
+        return [splits]
+    return cross_folds(y, splits, seed=seed)
+
+
+def fold_heads(probe: Any, X: Any, y: np.ndarray, folds: list[Any]) -> np.ndarray:
+    """The probe's answers on the held-out items of folds ``1..k-1`` (:func:`race_folds`), pooled in fold order:
+    on each fold an unfitted copy of ``probe`` trains on the fold's training part with the C ``probe`` chose on
+    fold 0's validation part (``C_``; unfitted, or a head without a C: its parameters as they are), nothing chosen
+    on the fold."""
+    from sklearn.base import clone
+
+    out = []
+    for f in folds[1:]:
+        head = clone(probe)
+        if hasattr(probe, "C_") and "C" in head.get_params():
+            head.set_params(C=float(probe.C_))
+        head.fit(np.asarray(X[f.train], dtype=np.float32), y[f.train])
+        out.append(np.asarray(head.predict(np.asarray(X[f.val], dtype=np.float32))) == y[f.val])
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str | None = None,
-                order: tuple[str, ...] = RACE_CANDIDATES, z: float = RACE_Z,
-                labels_per_class: float | None = None) -> tuple[str, list[str]]:
-    """The strategy ``auto`` picks from the **validation** accuracies of the strategies raced on the same split.
+                order: tuple[str, ...] = RACE_CANDIDATES, z: float | None = None,
+                held_out: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
+    """The strategy ``auto`` picks from the **validation** answers of the strategies raced on the same split.
 
-    Every candidate was trained on the training part of the labelled split and chosen (head C, best epoch) on its
-    validation part. The **default** is the cheapest candidate scored, the probe (whose head is then refitted on the
-    validation labels too); a costlier one replaces it only when it beats it on validation by a significant margin
-    (:func:`race_margin`: ``z`` = 1.28, a one-sided test at 10 %), and among those that do the best validation score
-    wins (ties to the cheaper). Without a validation split (fewer than 5 labels per class) the size x similarity
-    advice (``rule``, :func:`advise`) decides alone, and so it does below :data:`FEW_LABELS_PER_CLASS` labels per
-    class (:func:`races`; the advice is the probe there); otherwise it is only the printed explanation.
+    Every candidate was trained on the training part of each fold (:func:`race_folds`) and chose its head C or
+    epoch on the fold's held-out part. The **default** is the cheapest candidate scored, the probe (whose head is
+    then refitted on the validation labels too); a costlier one replaces it only when it beats it by a significant
+    margin (a one-sided test at 10 %, ``z`` = 1.28), and among those that do the best score wins (ties to the
+    cheaper). With ``held_out`` (rule 7) the scores are the candidates' accuracies over the held-out items of the
+    folds (:func:`race_folds`) and the margin is paired, item by item (:func:`paired_margin`, ``z`` =
+    :data:`RACE_CV_Z`); with validation accuracies alone it is :func:`race_margin`'s bound for unpaired scores
+    (``z`` = :data:`RACE_Z`). Without a validation split (fewer than 5 labels per class) the
+    size x similarity advice (``rule``, :func:`advise`) decides alone; otherwise it is only the printed explanation.
 
-    Why this default. Five versions were judged on ``bench_finetune`` splits (``benchmarks/race_rescore.py``
-    re-decides recorded races from their validation scores; ``benchmarks/RESULTS.md`` has every table): a bare
-    arg-max trusted noise (a dozen validation items, on which each fine-tuning run also chose its best epoch, picked
-    fine-tuned models that lost up to 8 points to the probe); defaults taken from the size x similarity verdict
-    (from label-based votes, rule 3, then from the inputs' batch-norm statistics, rule 4) both failed held-out
-    checks, 50 % and 61 % on 18 new splits each, because a fine-tuning default at 10-20 labels per class is only left
-    on a lead the validation split is too small to show (mnist5k at 10 labels per class: gradual unfreezing 50.7 %,
-    the probe 74.8 %). Over all 45 recorded splits the probe as the default was the best policy (76 % best or within
-    a point; rule 4 73 %, always-probe 62 %). Test labels are never looked at.
+    Why this rule. Six versions were judged on ``bench_finetune`` splits, each new one on splits no rule had seen
+    (``benchmarks/RESULTS.md`` has every table): a bare arg-max on one validation split trusted noise (a dozen
+    validation items, on which each fine-tuning run also chose its best epoch, picked fine-tuned models that lost
+    up to 8 points to the probe); defaults taken from the size x similarity verdict (rules 3 and 4) failed their
+    checks; the probe as the default with one validation split (rules 5 and 6) reached 74 % of 81 splits best or
+    within a point, short of 80 %, because 1-4 validation items per class cannot show the 1-4 point differences
+    that decide (rule 7 cross-validates for five times the held-out items). Test labels are never looked at.
 
     Args:
-        val_scores: candidate -> its validation accuracy (None when it could not be scored).
-        n_val: validation items.
+        val_scores: candidate -> its validation accuracy on the split (None when it could not be scored).
+        n_val: validation items of the split.
         rule: the size x similarity advice's strategy (:func:`advise`), used only without a validation split.
         order: candidate preference (cheapest first): the default and the ties.
-        z: the margin's one-sided z (0: the plain arg-max).
-        labels_per_class: the labelled budget; below :data:`FEW_LABELS_PER_CLASS` nothing races and the advice
-            decides (:func:`races`). None: race whenever there is a validation split.
+        z: the margin's one-sided z (0: the plain arg-max); None: :data:`RACE_CV_Z` with ``held_out``, else
+            :data:`RACE_Z`.
+        held_out: candidate -> ``(m,)`` booleans, whether it got each held-out item of the folds right (the same
+            items in the same order for every candidate); when given, these decide instead of ``val_scores``.
 
     Returns:
         ``(choice, reasons)``.
     """
-    scored = {k: float(v) for k, v in val_scores.items() if v is not None}
-    if n_val > 0 and not races(labels_per_class, n_val):
-        choice = rule or "probe"
-        return choice, [f"{labels_per_class:g} labels per class: nothing races below {FEW_LABELS_PER_CLASS} (the "
-                        f"split's {n_val} validation items are too few per class to tell the candidates apart; from "
-                        f"{FEW_LABELS_PER_CLASS} labels per class the probe and gradual unfreezing race): {choice}, "
-                        "by the size x similarity advice"]
+    if z is None:
+        z = RACE_CV_Z if held_out else RACE_Z
+    if held_out:
+        answers = {k: np.asarray(v, dtype=bool) for k, v in held_out.items() if v is not None}
+        sizes = {len(v) for v in answers.values()}
+        if len(sizes) > 1:
+            raise ScoreError(f"race_choice: the candidates answered different numbers of held-out items ({sizes})")
+        scored = {k: float(v.mean()) for k, v in answers.items() if len(v)}
+        n = sizes.pop() if sizes else 0
+        margin = lambda a, b: paired_margin(answers[a], answers[b], z)  # noqa: E731
+        where = f"{n} held-out labelled items (cross-validated)"
+    else:
+        scored = {k: float(v) for k, v in val_scores.items() if v is not None}
+        n = n_val
+        margin = lambda a, b: race_margin(scored[a], scored[b], n_val, z)  # noqa: E731
+        where = f"{n_val} held-out labelled items"
     if n_val == 0 or not scored:
         choice = rule or "probe"
         return choice, [f"no validation split to race on (fewer than {TINY_LABELS_PER_CLASS} labels per class): "
                         f"{choice}, by the size x similarity advice"]
     ranked = [k for k in order if k in scored] + [k for k in scored if k not in order]
     base = ranked[0]
-    clear = [k for k in ranked[1:] if scored[k] - scored[base] > race_margin(scored[base], scored[k], n_val, z)]
+    clear = [k for k in ranked[1:] if scored[k] - scored[base] > margin(base, k)]
     choice = max(clear, key=lambda k: (scored[k], -ranked.index(k))) if clear else base
     table = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(scored.items(), key=lambda kv: -kv[1]))
-    why = f"validation accuracy on {n_val} held-out labelled items: {table} -> {choice}"
+    why = f"validation accuracy on {where}: {table} -> {choice}"
     if choice == base and len(ranked) > 1:
         best = max(ranked[1:], key=lambda k: scored[k])
-        need = race_margin(scored[base], scored[best], n_val, z)
         if scored[best] > scored[base]:
             why += (f" ({best} leads by {100 * (scored[best] - scored[base]):.1f} points, within the noise of "
-                    f"{n_val} items: it needs more than {100 * need:.1f}, so the default {base} stays)")
+                    f"{n} items: it needs more than {100 * margin(base, best):.1f}, so the default {base} stays)")
         else:
             why += f" (nothing beats the default {base})"
     else:
         why += (f" (beats the default {base} by {100 * (scored[choice] - scored[base]):.1f} points, more than the "
-                f"noise margin {100 * race_margin(scored[base], scored[choice], n_val, z):.1f} on {n_val} items)")
+                f"noise margin {100 * margin(base, choice):.1f} on {n} items)")
     return choice, [why]
