@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -192,11 +193,12 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     import transferkit.train.engine as engine
 
     y = from_folder(image_folder).encoded_labels()
-    trained, given = [], []
+    trained, given, refits = [], [], []
 
-    def fake(source, y_, splits, backbone, strategy, *a, **k):
+    def fake(source, y_, splits, backbone, strategy, config, *a, **k):
         trained.append(strategy)  # gradual is perfect on validation and test
         given.append((source, splits))
+        refits.append(config.refit)
         return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test], best_epoch=1, epochs_run=1,
                                val_accuracy=1.0 if len(splits.val) else None, train_seconds=0.0, resumed_from=None,
                                history=[], fold=k.get("train_epochs"))
@@ -221,7 +223,9 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     monkeypatch.setattr(engine, "finetune", fake)
     monkeypatch.setattr(advisor, "advise", says_partial)
     monkeypatch.setattr(bnstats, "bn_shift_of", shift)
-    res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(10,), seeds=(0,))
+    res = _run(image_folder, tmp_path / "auto", strategies=("probe", "auto"), labels_per_class=(10,), seeds=(0,),
+               config=replace(_config(), refit=True))
+    assert refits == [True] + [False] * 4  # the split's run refits; a fold trains for the chosen epochs, no refit
     auto = next(c for c in res.cells if c["strategy"] == "auto")
     probe = next(c for c in res.cells if c["strategy"] == "probe")
     assert len(measured) == 1 and len(measured[0][1]) == probe["n_train"] + probe["n_val"]

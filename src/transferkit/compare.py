@@ -528,7 +528,8 @@ class _CellRunner:
 
         run_dir = self.out_dir / "cells" / (f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
                                             + (f"-fold{fold}" if fold else ""))
-        r = finetune(self.source, self.y, sp, self.backbone, strategy, replace(self.cfg, seed=seed), run_dir,
+        cfg = replace(self.cfg, seed=seed, **({"refit": False} if train_epochs else {}))  # a fold refits nothing
+        r = finetune(self.source, self.y, sp, self.backbone, strategy, cfg, run_dir,
                      resume=True, strategy_params=self.params.get(strategy) or None, classes=self.classes,
                      progress=self.progress, export=False, train_epochs=train_epochs)
         if not self.keep_checkpoints:

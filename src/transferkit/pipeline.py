@@ -12,7 +12,7 @@ import hashlib
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -566,6 +566,7 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     val = {"probe": probe.scores_.get(probe.C_) if hasattr(probe, "scores_") else _best_val(probe)}
     held = {"probe": fold_heads(probe, fs.X, fs.y, folds)}
     results, fold_runs = {}, []
+    fold_cfg = replace(engine["config"], refit=False)  # a fold trains for the epochs chosen; nothing to refit
     for k in RACE_CANDIDATES:
         if k == "probe":
             continue
@@ -578,7 +579,7 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
         for j, f in enumerate(folds[1:], 1):  # the epochs chosen on the split, trained on each other fold
             say(f"strategy auto: {k} on fold {j + 1} of {len(folds)} ({len(f.train)} items, "
                 f"{results[k].best_epoch} epochs), answering its {len(f.val)} held-out items")
-            r = finetune(fs.source, fs.y, Splits(f.train, f.train[:0], f.val), fs.backbone, k, engine["config"],
+            r = finetune(fs.source, fs.y, Splits(f.train, f.train[:0], f.val), fs.backbone, k, fold_cfg,
                          run_dir / "race" / f"{k}-fold{j}", resume=resume, extra_losses=engine["losses"],
                          classes=fs.classes, progress=progress, log=say, export=False,
                          train_epochs=results[k].best_epoch)
