@@ -512,7 +512,7 @@ def race_margin(p_cheap: float, p_other: float, n_val: int, z: float = RACE_Z) -
     return z * math.sqrt(var / n_val)
 
 
-def paired_margin(correct_base: Any, correct_other: Any, z: float = RACE_Z) -> float:
+def paired_margin(correct_base: Any, correct_other: Any, z: float = RACE_CV_Z) -> float:
     """The lead a costlier strategy needs over a cheaper one when both answered the **same** held-out items.
 
     ``z`` standard errors of the mean of the per-item difference ``d_i = other_i - base_i`` (1, 0 or -1: the paired
