@@ -107,7 +107,8 @@ def stage_weights(args, cfg, store, work: Path) -> None:
 
 def _candidates(spec: str, cfg) -> list[dict]:
     """``name:method:blend:iterations:drop[:alpha][:key=value...]`` (keys: ``rule`` the drop rule, ``eye``,
-    ``alpha``, ``mu``, ``schedule`` the graph schedule, ``on`` what the graph term pulls together)."""
+    ``alpha``, ``mu``, ``schedule`` the graph schedule, ``on`` what the graph term pulls together, ``gate`` the level of
+    the open-set gate)."""
     out = []
     for s in spec.split(";"):
         p = s.split(":")
@@ -116,7 +117,8 @@ def _candidates(spec: str, cfg) -> list[dict]:
         c = {"name": p[0], "method": p[1], "blend": float(p[2]) if len(p) > 2 else 1.0,
              "iters": int(p[3]) if len(p) > 3 else 0, "drop": float(p[4]) if len(p) > 4 else 0.0,
              "alpha": float(extra.get("alpha", pos[0] if pos else cfg.alpha))}
-        for key, cast in (("rule", str), ("eye", float), ("mu", float), ("schedule", str), ("on", str)):
+        for key, cast in (("rule", str), ("eye", float), ("mu", float), ("schedule", str), ("on", str),
+                          ("gate", float)):
             if key in extra:
                 c[key] = cast(extra[key])
         out.append(c)
@@ -149,11 +151,12 @@ def stage_accuracy(args, cfg, store, work: Path) -> None:
                     t = time.time()
                     torch.manual_seed(0)
                     more = {f: c[k] for k, f in (("rule", "sim_drop_rule"), ("eye", "eye"), ("mu", "mu"),
-                                                 ("schedule", "graph_schedule"), ("on", "graph_on")) if k in c}
+                                                 ("schedule", "graph_schedule"), ("on", "graph_on"),
+                                                 ("gate", "sim_gate")) if k in c}
                     r = train_novel(wd, c["method"], base, sim, replace(
                         cfg, sim_iterations=c["iters"], sim_drop=c["drop"], alpha=c["alpha"], **more), seed)
                     rec = {"dataset": ds, "seed": seed, "kind": kind, "rate": rate, **c, "acc": r.accuracy,
-                           "auc": r.weights_auc, "seconds": time.time() - t}
+                           "auc": r.weights_auc, "seconds": time.time() - t, "gate": r.gate}
                     with journal.open("a") as f:
                         f.write(json.dumps(rec) + "\n")
                     log(f"{ds} {seed} {kind} {rate} {c['name']}: {100 * r.accuracy:.1f}%")
