@@ -427,7 +427,11 @@ DESCRIBE = {"plain": "plain training",
             "g25ko4": "full SimTrans, claimed rule, graph term on the outputs, mu +4",
             "g25ko8": "full SimTrans, claimed rule, graph term on the outputs, mu +8",
             "g25ko4a3": "full SimTrans, claimed rule, graph term on the outputs, mu +4, alpha 3",
-            "g25ko8a3": "full SimTrans, claimed rule, graph term on the outputs, mu +8, alpha 3 (**chosen**, s6)"}
+            "g25ko8a3": "full SimTrans, claimed rule, graph term on the outputs, mu +8, alpha 3 (**chosen**, s6)",
+            "k8g": "weights, claimed rule, open-set gate at level 0.05 (s8)",
+            "o8g": "full SimTrans, claimed rule, outputs, mu +8, alpha 3, open-set gate 0.05 (s8)",
+            "o8gA": "as o8g, the graph term on in every epoch (schedule always) (s8)",
+            "o8g10": "as o8g, alpha 10 (s8)"}
 
 
 def main() -> None:

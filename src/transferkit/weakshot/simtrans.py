@@ -44,6 +44,12 @@ What we take from the reference code (github.com/bcmi/SimTrans-Weak-Shot-Classif
   item. Two more rules (``sim_drop_rule``) were tried there and not chosen: ``confusable`` (only the items
   significantly more similar to another novel class, meant to keep harmless outliers) and ``mixture`` (DivideMix's
   two-component split of each class's weights).
+- the open-set gate (``sim_gate``, branch s8, :func:`open_set_test`): before any item is left out, a one-sided
+  binomial test asks whether the items the weights suspect (each class's lowest-weighted ``sim_drop`` share) are
+  claimed by another novel class less often than half the time, the rate of the clean-looking items. If so, the
+  noise is open-set (items of no novel class, far from all of them), which plain training shrugs off (Wei et al.;
+  on such splits plain training matches the clean-subset oracle), and SimTrans trains as plain training: every
+  weight 1, no graph term. Closed-set noise (flips) and outliers that resemble a novel class keep the gate open.
 
 References:
     Chen, Niu, Liu & Zhang, "Weak-shot Fine-grained Classification via Similarity Transfer", NeurIPS 2021.
