@@ -97,7 +97,7 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "sim_blend": "--sim-blend", "sim_drop": "--drop", "sim_drop_rule": "--drop-rule", "drop_rule": "--drop-rule",
-         "graph_on": "--graph-on", "sim_gate": "--open-set-gate", "open_set_gate": "--open-set-gate",
+         "graph_on": "--graph-on", "graph_schedule": "--graph-schedule", "sim_gate": "--open-set-gate", "open_set_gate": "--open-set-gate",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "refit": "--refit", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
          "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck",
@@ -1225,6 +1225,7 @@ def weakshot(
     drop: Optional[float] = typer.Option(None, "--drop", help="SimTrans: share of each novel class's lowest-weighted items left out (default 0.1; 0 keeps every item, as in the paper)."),
     drop_rule: Optional[str] = typer.Option(None, "--drop-rule", help="SimTrans: which of each class's lowest-weighted --drop share are left out: lowest (all of them), confusable (only the items significantly more similar to another novel class: flips, not outliers that resemble no class), claimed (only the items another novel class claims; the unclaimed train at the class's mean weight at least) or mixture (the low component of a two-component mixture of the weights)."),
     graph_on: Optional[str] = typer.Option(None, "--graph-on", help="SimTrans: what the graph term pulls together: features (the classifier's hidden features, the paper's) or outputs (its predicted probabilities)."),
+    graph_schedule: Optional[str] = typer.Option(None, "--graph-schedule", help="SimTrans: when the graph term is on: always (every epoch, the default) or alternate (the reference code's: off in the first half of the epochs, then every other epoch)."),
     open_set_gate: Optional[float] = typer.Option(None, "--open-set-gate", help="SimTrans: the level of the open-set gate (default 0.05; 0: no gate). When the items SimTrans suspects (each class's lowest-weighted --drop share) are claimed by another novel class significantly less often than clean-looking items are, the noise is judged open-set (harmless to plain training) and SimTrans trains as plain training: weights 1, no graph term."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="End to end: the image side (default: 96)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for weakshot.json, predictions.csv, weights.csv and the SimTrans model, read by `transferkit predict` (default: runs/<time>-<data>-weakshot)."),
@@ -1259,6 +1260,8 @@ def weakshot(
         cfg.sim_drop_rule = drop_rule
     if graph_on is not None:
         cfg.graph_on = graph_on
+    if graph_schedule is not None:
+        cfg.graph_schedule = graph_schedule
     if open_set_gate is not None:
         if cfg.sim_drop == 0 and open_set_gate > 0:
             raise TransferkitError(f"--open-set-gate {open_set_gate} tests the items of the --drop share, but "

@@ -103,7 +103,7 @@ def _far_outliers() -> WeakShotData:
 def test_gated_simtrans_is_plain_training_through_the_loop():
     wd = _far_outliers()
     base, fit = base_and_similarity(wd)
-    fast = WeakShotConfig(**{**FAST.to_dict(), "novel_epochs": 12})
+    fast = WeakShotConfig(**{**FAST.to_dict(), "novel_epochs": 12, "sim_gate": 0.0})
     cfg = WeakShotConfig(**{**fast.to_dict(), "sim_gate": 0.05})
     plain = train_novel(wd, "plain", base, fit.net, cfg, seed=0)
     sim = train_novel(wd, "simtrans", base, fit.net, cfg, seed=0)
@@ -121,3 +121,16 @@ def test_cli_refuses_bad_gate(tmp_path):
                       "--open-set-gate must be in [0, 1); got 1.5")
     assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--drop", "0", "--open-set-gate", "0.05"),
                       "--open-set-gate 0.05 tests the items of the --drop share", "--drop 0 names none")
+
+
+def test_graph_schedule_always_and_alternate():
+    from transferkit.weakshot.objectives import graph_term
+
+    sim = PrecomputedSimilarity(np.eye(4))
+    Z = np.arange(4, dtype=np.float32)[:, None]
+    always = graph_term(sim, Z, WeakShotConfig(), 40)  # the default since s8
+    assert [always.active(e) for e in (0, 1, 19, 39)] == [True] * 4
+    alt = graph_term(sim, Z, WeakShotConfig(graph_schedule="alternate"), 40)  # the reference code's
+    assert [alt.active(e) for e in (0, 19, 20, 21, 22, 39)] == [False, False, True, False, True, False]
+    assert_user_error(tk("weakshot", "clipart", "--noise", "0.3", "--graph-schedule", "weekly"),
+                      "--graph-schedule must be 'alternate' or 'always' (got 'weekly')")

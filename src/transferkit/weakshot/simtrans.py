@@ -21,6 +21,9 @@ What we take from the reference code (github.com/bcmi/SimTrans-Weak-Shot-Classif
   (``graph_on="outputs"``: similar items are pulled towards the same prediction, the neighbour consistency of Iscen
   et al., CVPR 2022) with ``mu = +8`` instead of -4 (only the most similar pairs count, as in a nearest-neighbour
   graph) and ``alpha = 3``; chosen on development seeds 100-105 (branch s6: +0.5 point over the weights alone).
+  The reference code's schedule (the term off in the first half of the epochs, then every other epoch) is an
+  option; by default the term is on in every epoch (``graph_schedule="always"``, branch s8: +1.0 point over the
+  weights alone on development seeds, against +0.5 with the reference schedule).
 - the weights: the paper's (and script's ``avg1``) weight is an item's mean similarity to its class; by default we
   use its *share* of similarity that goes to its own class rather than to the other novel classes (``contrast``),
   which also ranks look-alike outliers low (see :func:`similarity_weights`); ``sim_weighting="mean"`` is the
