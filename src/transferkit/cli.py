@@ -97,7 +97,8 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "sim_blend": "--sim-blend", "sim_drop": "--drop", "sim_drop_rule": "--drop-rule", "drop_rule": "--drop-rule",
-         "graph_on": "--graph-on", "graph_schedule": "--graph-schedule", "sim_gate": "--open-set-gate", "open_set_gate": "--open-set-gate",
+         "graph_on": "--graph-on", "graph_schedule": "--graph-schedule", "sim_gate": "--open-set-gate",
+         "open_set_gate": "--open-set-gate",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "refit": "--refit", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
          "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck",
@@ -1295,8 +1296,8 @@ def weakshot(
                   "held-out base-class pairs")
     gate = next((r.gate for r in res.results if r.gate), None)
     if gate and gate["suspects"]:
-        out.print(f"open-set gate: {gate['claimed']} of the {gate['suspects']} suspected items claimed by another novel "
-                  f"class (one-sided binomial p = {gate['p_value']:.2g}, level {gate['level']:g}): "
+        out.print(f"open-set gate: {gate['claimed']} of the {gate['suspects']} suspected items claimed by another "
+                  f"novel class (one-sided binomial p = {gate['p_value']:.2g}, level {gate['level']:g}): "
                   + ("the noise looks open-set, SimTrans trained as plain training" if gate["open_set"]
                      else "SimTrans reweighted"))
     for w in res.warnings:

@@ -112,8 +112,8 @@ class WeakShotConfig:
 
     def validate(self) -> "WeakShotConfig":
         """Raise one :class:`TransferkitError` naming every bad setting."""
-        numeric = ("dropout", "lr", "weight_decay", "alpha", "mu", "eye", "sim_blend", "sim_drop", "sim_gate", "test_fraction",
-                   "val_fraction", "e2e_lr")
+        numeric = ("dropout", "lr", "weight_decay", "alpha", "mu", "eye", "sim_blend", "sim_drop", "sim_gate",
+                   "test_fraction", "val_fraction", "e2e_lr")
         not_numbers = [f"{k} must be a number (got {getattr(self, k)!r})" for k in numeric
                        if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), (int, float))]
         if not_numbers:  # the range checks below cannot compare them
