@@ -119,7 +119,7 @@ def run_cell(cell, cache: dict, args, cfg, store, reuse: dict | None = None) -> 
         torch.manual_seed(0)
         r = train_novel(wd, m, base, fit.net, cfg, c["seed"])
         out["methods"][m] = {"accuracy": r.accuracy, "weights_auc": r.weights_auc, "seconds": r.seconds,
-                             "outcomes": pack_outcomes(r.correct)}
+                             "outcomes": pack_outcomes(r.correct), **({"gate": r.gate} if r.gate else {})}
         log(f"{c['dataset']} {c['kind']} {c['rate']} seed {c['seed']}: {m} {100 * r.accuracy:.1f}% "
             f"(weights AUC {r.weights_auc if r.weights_auc is None else round(r.weights_auc, 3)})")
     out["seconds"] = time.perf_counter() - t0
@@ -171,6 +171,10 @@ def summarise(records: list[dict], methods: list[str]) -> dict:
                                  "auc": float(np.mean(auc)) if auc else None,
                                  "seconds": float(np.mean([r["methods"][m]["seconds"] for r in recs
                                                            if m in r["methods"]])) if acc else None}
+        gates = [r["methods"]["simtrans"].get("gate") for r in recs if "simtrans" in r.get("methods", {})]
+        row["gate_closed"] = sum(bool(g and g["open_set"]) for g in gates) if any(gates) else None
+        row["gate_share_claimed"] = (float(np.mean([g["share_claimed"] for g in gates if g and g["suspects"]]))
+                                     if any(gates) else None)
         row["simtrans_vs_plain"] = _pooled_mcnemar(recs, "simtrans", "plain")
         row["graph_term"] = _pooled_mcnemar(recs, "simtrans", "simtrans-weights")
         rows.append(row)
@@ -226,6 +230,7 @@ def render(state: dict) -> str:
         parts.append(md_table(["data", "noise", "seeds", *methods, "SimTrans − plain (pooled McNemar)",
                                "simnet base-pair bal. acc %", "weights AUC density / simtrans"], rows) + "\n")
         parts.append(_targets(s["rows"]))
+        parts.append(_gate_text(s["rows"]))
         if state.get("previous"):
             parts.append(_before_after(s["rows"], state["previous"]))
     e = state.get("e2e_summary")
@@ -261,7 +266,21 @@ def _graph_text(cfg: dict) -> str:
     """Where the config's graph term acts and its settings, for the table's caption."""
     on = cfg.get("graph_on", "features")
     where = "the predicted probabilities" if on == "outputs" else "the hidden features"
-    return f", the graph term on {where} (alpha {cfg.get('alpha'):g}, mu {cfg.get('mu'):+g})"
+    gate = cfg.get("sim_gate", 0)
+    return (f", the graph term on {where} (alpha {cfg.get('alpha'):g}, mu {cfg.get('mu'):+g}"
+            + (f", {cfg['graph_schedule']} schedule" if cfg.get("graph_schedule", "alternate") != "alternate" else "")
+            + ")" + (f", the open-set gate at level {gate:g} (SimTrans trains as plain training where fewer of its "
+                     "suspects than chance are claimed by another novel class)" if gate else ""))
+
+
+def _gate_text(rows: list[dict]) -> str:
+    """How often SimTrans's open-set gate closed (plain training), split by split."""
+    if not any(r.get("gate_closed") is not None for r in rows):
+        return ""
+    parts = [f"{r['dataset']} {r['kind']} {int(100 * r['rate'])}% {r['gate_closed']}/{r['n']} "
+             f"(claimed {r['gate_share_claimed']:.2f})" for r in rows if r.get("gate_closed") is not None]
+    return ("\nThe open-set gate: seeds where it closed (SimTrans = plain training) / seeds, and the mean share of "
+            "SimTrans's suspects claimed by another novel class: " + "; ".join(parts) + ".\n")
 
 
 def _before_after(rows: list[dict], previous: dict) -> str:

@@ -97,7 +97,8 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "noisy_labels": "--noisy-labels", "noise": "--noise", "noise_kind": "--noise-kind", "outliers": "--outliers",
          "methods": "--methods", "tasks": "--tasks", "weighting": "--weighting", "alpha": "--alpha",
          "sim_blend": "--sim-blend", "sim_drop": "--drop", "sim_drop_rule": "--drop-rule", "drop_rule": "--drop-rule",
-         "graph_on": "--graph-on",
+         "graph_on": "--graph-on", "graph_schedule": "--graph-schedule", "sim_gate": "--open-set-gate",
+         "open_set_gate": "--open-set-gate",
          "end_to_end": "--end-to-end", "safe": "--safe", "prune": "--prune", "refit": "--refit", "engine": "--engine",
          "feature_precision": "--feature-precision", "num_nodes": "--num-nodes", "leave_out": "--leave-out",
          "max_per_domain": "--max-per-domain", "domains": "--domains", "rank": "--rank", "bottleneck": "--bottleneck",
@@ -147,7 +148,8 @@ _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int
            "hidden": (int, 1, None),
            "dim": (int, 1, None), "window": (int, 1, None), "min_count": (int, 1, None), "max_texts": (int, 2, None), "noise": (float, 0.0, 1.0),
            "alpha": (float, 0.0, None), "images": (int, 2, None), "show": (int, 1, None),
-           "max_per_domain": (int, 2, None), "sim_blend": (float, 0.0, 1.0), "drop": (float, 0.0, 1.0)}
+           "max_per_domain": (int, 2, None), "sim_blend": (float, 0.0, 1.0), "drop": (float, 0.0, 1.0),
+           "open_set_gate": (float, 0.0, 1.0)}
 _OPTION_FLAGS = {"workers": "--workers", "train_batch_size": "--train-batch-size", "seeds": "--seeds"}
 
 
@@ -180,7 +182,7 @@ def check_options(**values: object) -> None:
             elif name == "sim_blend":
                 ok, allowed = low <= value <= high, f"in [{low:g}, {high:g}]"
             else:
-                half_open = name in ("val_fraction", "noise", "drop")
+                half_open = name in ("val_fraction", "noise", "drop", "open_set_gate")
                 ok = low <= value < high if half_open else low < value < high
                 allowed = f"in [{low:g}, {high:g})" if half_open else f"in ({low:g}, {high:g})"
         else:
@@ -1224,6 +1226,8 @@ def weakshot(
     drop: Optional[float] = typer.Option(None, "--drop", help="SimTrans: share of each novel class's lowest-weighted items left out (default 0.1; 0 keeps every item, as in the paper)."),
     drop_rule: Optional[str] = typer.Option(None, "--drop-rule", help="SimTrans: which of each class's lowest-weighted --drop share are left out: lowest (all of them), confusable (only the items significantly more similar to another novel class: flips, not outliers that resemble no class), claimed (only the items another novel class claims; the unclaimed train at the class's mean weight at least) or mixture (the low component of a two-component mixture of the weights)."),
     graph_on: Optional[str] = typer.Option(None, "--graph-on", help="SimTrans: what the graph term pulls together: features (the classifier's hidden features, the paper's) or outputs (its predicted probabilities)."),
+    graph_schedule: Optional[str] = typer.Option(None, "--graph-schedule", help="SimTrans: when the graph term is on: always (every epoch, the default) or alternate (the reference code's: off in the first half of the epochs, then every other epoch)."),
+    open_set_gate: Optional[float] = typer.Option(None, "--open-set-gate", help="SimTrans: the level of the open-set gate (default 0.05; 0: no gate). When the items SimTrans suspects (each class's lowest-weighted --drop share) are claimed by another novel class significantly less often than clean-looking items are, the noise is judged open-set (harmless to plain training) and SimTrans trains as plain training: weights 1, no graph term."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="End to end: the image side (default: 96)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for weakshot.json, predictions.csv, weights.csv and the SimTrans model, read by `transferkit predict` (default: runs/<time>-<data>-weakshot)."),
     input_column: Optional[str] = InputColOpt,
@@ -1242,7 +1246,7 @@ def weakshot(
     from .weakshot import WeakShotConfig, fit_weakshot
 
     check_options(seed=seed, noise=noise, epochs=epochs, alpha=alpha, image_size=image_size, workers=workers,
-                  device=device, sim_blend=sim_blend, drop=drop)
+                  device=device, sim_blend=sim_blend, drop=drop, open_set_gate=open_set_gate)
     cfg = WeakShotConfig(num_workers=workers)
     if alpha is not None:
         cfg.alpha = alpha
@@ -1257,6 +1261,13 @@ def weakshot(
         cfg.sim_drop_rule = drop_rule
     if graph_on is not None:
         cfg.graph_on = graph_on
+    if graph_schedule is not None:
+        cfg.graph_schedule = graph_schedule
+    if open_set_gate is not None:
+        if cfg.sim_drop == 0 and open_set_gate > 0:
+            raise TransferkitError(f"--open-set-gate {open_set_gate} tests the items of the --drop share, but "
+                                   "--drop 0 names none; give --drop above 0 or leave out --open-set-gate")
+        cfg.sim_gate = open_set_gate
     if image_size is not None:
         cfg.image_size = image_size
     if epochs is not None:
@@ -1283,6 +1294,12 @@ def weakshot(
     if res.similarity:
         out.print(f"similarity net: {100 * res.similarity['pair_balanced_accuracy']:.1f}% balanced accuracy on "
                   "held-out base-class pairs")
+    gate = next((r.gate for r in res.results if r.gate), None)
+    if gate and gate["suspects"]:
+        out.print(f"open-set gate: {gate['claimed']} of the {gate['suspects']} suspected items claimed by another "
+                  f"novel class (one-sided binomial p = {gate['p_value']:.2g}, level {gate['level']:g}): "
+                  + ("the noise looks open-set, SimTrans trained as plain training" if gate["open_set"]
+                     else "SimTrans reweighted"))
     for w in res.warnings:
         out.print(f"[bold yellow]warning:[/bold yellow] {w}")
     if res.out is not None:

@@ -149,8 +149,9 @@ def run_end_to_end(wd: WeakShotData, methods: Sequence[str], cfg: WeakShotConfig
             entry = WEAKSHOT_METHODS.get(m)
             novel = NovelSet(wd.X[sp.novel_train], sp.novel_noisy, simnet, clean, seed,
                              Z=None if Z is None else Z[sp.novel_train])
-            w = np.asarray(create_method(m, cfg).weights(novel), np.float32)
-            graph = bool(entry.cap("graph"))
+            meth = create_method(m, cfg)
+            w = np.asarray(meth.weights(novel), np.float32)
+            graph = bool(entry.cap("graph")) and not meth.trains_plain_  # the open-set gate: plain training
             log(f"end to end: novel classes with {m}")
             plan = _EndToEndNovelPlan(net, wd, w, simnet if graph else None,
                                       None if Z is None or not graph else Z[sp.novel_train], cfg, seed, m)
@@ -161,7 +162,7 @@ def run_end_to_end(wd: WeakShotData, methods: Sequence[str], cfg: WeakShotConfig
             correct = pred == sp.novel_y_test
             auc = None if clean is None or np.ptp(w) == 0 else weight_auc(w, clean)
             results.append(MethodResult(m, bool(entry.cap("oracle")), float(correct.mean()), correct, pred, auc, w,
-                                        time.perf_counter() - t, r.model.eval()))
+                                        time.perf_counter() - t, r.model.eval(), meth.gate_))
             times[m] = time.perf_counter() - t
         keep = next((r for r in results if r.method == "simtrans"), results[0])
         return results, scores, times, (keep.method, keep.model, keep.model.backbone)

@@ -264,8 +264,9 @@ def train_novel(wd: WeakShotData, method: str, base: torch.nn.Module, simnet: An
     Zall = wd.X if Z is None else Z
     clean = sp.clean
     novel = NovelSet(wd.X[sp.novel_train], sp.novel_noisy, simnet, clean, seed, Z=Zall[sp.novel_train])
-    w = np.asarray(create_method(method, cfg).weights(novel), np.float32)
-    graph = bool(entry.cap("graph"))
+    meth = create_method(method, cfg)
+    w = np.asarray(meth.weights(novel), np.float32)
+    graph = bool(entry.cap("graph")) and not meth.trains_plain_  # the open-set gate: plain training
     plan = _NovelPlan(np.asarray(wd.X[sp.novel_train], np.float32), sp.novel_noisy, w,
                       np.asarray(wd.X[sp.novel_test], np.float32), copy.deepcopy(base).cpu(),
                       simnet if graph else None, Zall[sp.novel_train] if graph else None, len(sp.novel_classes), cfg,
@@ -281,7 +282,7 @@ def train_novel(wd: WeakShotData, method: str, base: torch.nn.Module, simnet: An
     correct = pred == sp.novel_y_test
     auc = None if clean is None or np.ptp(w) == 0 else weight_auc(w, clean)
     return MethodResult(method, bool(entry.cap("oracle")), float(correct.mean()), correct, pred, auc, w,
-                        time.perf_counter() - t0, r.model.eval())
+                        time.perf_counter() - t0, r.model.eval(), meth.gate_)
 
 
 @dataclass

@@ -55,10 +55,15 @@ class WeakShotMethod:
     Class attributes:
         name: the registered name.
         paper: the reference.
+        trains_plain_: set by :meth:`weights` when the method judged the noise harmless and trains as plain
+            training (weights 1, no graph term; SimTrans's open-set gate); False otherwise.
+        gate_: what that judgement read (a dict for the report), None when the method has no such gate.
     """
 
     name = "method"
     paper = ""
+    trains_plain_ = False
+    gate_: dict | None = None
 
     def weights(self, novel: NovelSet) -> np.ndarray:  # noqa: D102 - see the class
         raise NotImplementedError
@@ -70,11 +75,11 @@ class WeakShotMethod:
 
 def create_method(name: str, config: Any = None, **params: Any) -> WeakShotMethod:
     """A method by name (see :data:`WEAKSHOT_METHODS`); with a :class:`~transferkit.weakshot.WeakShotConfig`, the
-    methods that use the similarity net get its ``sim_weighting``, ``sim_iterations``, ``sim_drop`` and
-    ``sim_drop_rule``."""
+    methods that use the similarity net get its ``sim_weighting``, ``sim_iterations``, ``sim_drop``,
+    ``sim_drop_rule`` and ``sim_gate``."""
     if config is not None and WEAKSHOT_METHODS.get(name).cap("uses_similarity"):
         params = {"weighting": config.sim_weighting, "iterations": config.sim_iterations, "drop": config.sim_drop,
-                  "drop_rule": config.sim_drop_rule, **params}
+                  "drop_rule": config.sim_drop_rule, "gate": config.sim_gate, **params}
     return WEAKSHOT_METHODS.create(name, **params)
 
 
