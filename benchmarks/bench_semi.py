@@ -170,6 +170,10 @@ def main() -> None:
                     help="weight of the unlabelled term (default: the paper's 1; 0: the head on the labels alone)")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
+    ap.add_argument("--align-start", default=None, help="where the alignment's estimate starts: target or batch "
+                                                        "(default: SemiConfig's)")
+    ap.add_argument("--align-momentum", default=None, help="the alignment's momentum, or 'run': scaled to the run "
+                                                           "(default: SemiConfig's)")
     ap.add_argument("--calibrate", choices=("default", "none", "threshold", "head"), default="default",
                     help="temperature scaling of the weak logits before the thresholds or of the head's scale "
                          "(default: SemiConfig's)")
@@ -285,6 +289,10 @@ def main() -> None:
                                                               ("sharpen", args.sharpen),
                                                               ("graph_weight", args.graph_weight))
                                             if v is not None},
+                                         **({} if args.align_start is None else {"align_start": args.align_start}),
+                                         **({} if args.align_momentum is None else
+                                            {"align_momentum": None if args.align_momentum == "run"
+                                             else float(args.align_momentum)}),
                                          **({} if args.teacher_decay is None
                                             else {"teacher_decay": args.teacher_decay or None}))
                         kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}
