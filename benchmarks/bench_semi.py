@@ -170,8 +170,8 @@ def main() -> None:
                     help="weight of the unlabelled term (default: the paper's 1; 0: the head on the labels alone)")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
-    ap.add_argument("--align-start", default=None, help="where the alignment's estimate starts: target or batch "
-                                                        "(default: SemiConfig's)")
+    ap.add_argument("--align-start", default=None, help="where the alignment's estimate starts: target, batch, or "
+                                                        "method: each method's own (default: SemiConfig's)")
     ap.add_argument("--align-momentum", default=None, help="the alignment's momentum, or 'run': scaled to the run "
                                                            "(default: SemiConfig's)")
     ap.add_argument("--calibrate", choices=("default", "none", "threshold", "head"), default="default",
@@ -289,7 +289,7 @@ def main() -> None:
                                                               ("sharpen", args.sharpen),
                                                               ("graph_weight", args.graph_weight))
                                             if v is not None},
-                                         **({} if args.align_start is None else {"align_start": args.align_start}),
+                                         **({} if args.align_start is None else {"align_start": None if args.align_start == "method" else args.align_start}),
                                          **({} if args.align_momentum is None else
                                             {"align_momentum": None if args.align_momentum == "run"
                                              else float(args.align_momentum)}),

@@ -255,6 +255,9 @@ def test_usb_alignment_starts_at_the_first_batch_and_moves_with_its_momentum():
         plan = _SemiPlan(banks, y, banks, None, "fixmatch", {}, 3, cfg)(None)
         term = plan.objective.terms[1]
         assert (term.align_start, term.align_momentum) == ("batch", pytest.approx(want_m))
+    for method, start in (("softmatch", "batch"), ("fixmatch", "target"), ("freematch", "target")):
+        plan = _SemiPlan(banks, y, banks, None, method, {}, 3, SemiConfig(align_start=None, graph_weight=0))(None)
+        assert plan.objective.terms[1].align_start == start, method  # each method's own (SoftMatch: USB's)
 
 
 def test_the_cosine_head_starts_at_the_class_means_of_cl2n_features(tmp_path):
@@ -292,7 +295,7 @@ def test_the_cosine_head_starts_at_the_class_means_of_cl2n_features(tmp_path):
     ({"hidden": (8,)}, "need head='linear'"),
     ({"labelled_views": ("weak", "rotated")}, "labelled_views must be a non-empty subset"),
     ({"scale": 0}, "scale must be a positive number"),
-    ({"align_start": "first"}, "align_start must be one of target, batch"),
+    ({"align_start": "first"}, "align_start must be one of target, batch or None"),
     ({"align_momentum": 1.0}, "align_momentum must be in")])
 def test_bad_head_settings_fail_with_a_clear_message(kwargs, needle):
     with pytest.raises(TransferkitError, match=needle):

@@ -85,7 +85,9 @@ class SemiConfig:
             class, SoftMatch's uniform alignment, Chen et al., ICLR 2023).
         align_start: where the alignment's running estimate of the model's class distribution starts: ``target``
             (the labelled class shares) or ``batch`` (the first unlabelled batch's mean probabilities, as USB's
-            ``DistAlignEMAHook``); :meth:`~.objective.PseudoLabelConsistency.set_alignment`.
+            ``DistAlignEMAHook``); :meth:`~.objective.PseudoLabelConsistency.set_alignment`. None: the method's own
+            (its registry entry's ``align_start``: ``batch`` for SoftMatch, whose uniform alignment USB implements so;
+            ``target`` for the others, whose papers have no alignment).
         align_momentum: that estimate's momentum (0.999, USB's); None: :func:`~.masks.scaled_momentum` of the run's
             steps, as the masks' running means (0.98 for 1000 steps).
         calibrate: temperature scaling (Guo et al., ICML 2017; :mod:`.calibration`): ``T`` is fitted once, before
@@ -145,7 +147,7 @@ class SemiConfig:
     init: str = "logistic"
     labelled_views: tuple[str, ...] = ("weak", "strong", "eval")
     align: bool = True
-    align_start: str = "target"
+    align_start: str | None = "target"
     align_momentum: float | None = 0.999
     calibrate: str = "none"
     smoothing: float = 1.0
@@ -177,8 +179,8 @@ class SemiConfig:
             bad.append(f"init must be one of {', '.join(INITS)} (got {self.init!r})")
         elif self.init != "random" and self.head != "cosine":
             bad.append(f"init={self.init!r} needs head='cosine' (give init='random' with a linear head)")
-        if self.align_start not in ALIGN_STARTS:
-            bad.append(f"align_start must be one of {', '.join(ALIGN_STARTS)} (got {self.align_start!r})")
+        if self.align_start is not None and self.align_start not in ALIGN_STARTS:
+            bad.append(f"align_start must be one of {', '.join(ALIGN_STARTS)} or None (got {self.align_start!r})")
         if self.align_momentum is not None and (isinstance(self.align_momentum, bool)
                                                 or not isinstance(self.align_momentum, (int, float))
                                                 or not 0 <= self.align_momentum < 1):
@@ -369,7 +371,8 @@ class _SemiPlan:
         consistency = create_semi_objective(self.method, len(self.banks_u["eval"]), self.n_classes, cfg.steps,
                                             **params)
         consistency.set_target(np.bincount(self.y_l, minlength=self.n_classes))
-        consistency.set_alignment(cfg.align_start, scaled_momentum(cfg.steps) if cfg.align_momentum is None
+        start = cfg.align_start or SEMI_METHODS.get(self.method).cap("align_start", "target")
+        consistency.set_alignment(start, scaled_momentum(cfg.steps) if cfg.align_momentum is None
                                   else cfg.align_momentum)
         consistency.set_sharpen(cfg.sharpen)
         consistency.set_teacher_decay(cfg.teacher_decay)
