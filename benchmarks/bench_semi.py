@@ -289,7 +289,9 @@ def main() -> None:
                                                               ("sharpen", args.sharpen),
                                                               ("graph_weight", args.graph_weight))
                                             if v is not None},
-                                         **({} if args.align_start is None else {"align_start": None if args.align_start == "method" else args.align_start}),
+                                         **({} if args.align_start is None else
+                                            {"align_start": None if args.align_start == "method"
+                                             else args.align_start}),
                                          **({} if args.align_momentum is None else
                                             {"align_momentum": None if args.align_momentum == "run"
                                              else float(args.align_momentum)}),
