@@ -12,9 +12,7 @@ from .objective import PseudoLabelConsistency
 __all__ = ["SEMI_METHODS", "create_semi_objective"]
 
 #: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name), ``align_start``
-#: (where the method's own distribution alignment starts its running estimate, when it is not ``target``),
-#: ``graph_weight`` (the weight of label propagation's term beside the method, when it is not 1; see
-#: :class:`~.fit.SemiConfig`)
+#: (where the method's own distribution alignment starts its running estimate, when it is not ``target``)
 SEMI_METHODS: Registry[PseudoLabelConsistency] = Registry("semi-supervised method")
 
 
@@ -26,7 +24,7 @@ def fixmatch(tau: float = 0.95, lambda_u: float = 1.0, align: bool = False) -> P
     return PseudoLabelConsistency(FixedThreshold(tau), lambda_u, align=align)
 
 
-@SEMI_METHODS.register("flexmatch", needs_unlabelled=True, mask="flex", graph_weight=10.0,
+@SEMI_METHODS.register("flexmatch", needs_unlabelled=True, mask="flex",
                        paper="Zhang et al., FlexMatch, NeurIPS 2021")
 def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True, warmup_end: float | None = None,
               size_aware: bool = False, align: bool = False) -> PseudoLabelConsistency:
@@ -37,7 +35,7 @@ def flexmatch(tau: float = 0.95, lambda_u: float = 1.0, warmup: bool = True, war
     return PseudoLabelConsistency(FlexThreshold(tau, warmup, warmup_end, size_aware), lambda_u, align=align)
 
 
-@SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive", graph_weight=10.0,
+@SEMI_METHODS.register("freematch", needs_unlabelled=True, mask="self-adaptive",
                        paper="Wang et al., FreeMatch, ICLR 2023")
 def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: float = 0.01,
               size_aware: bool = False, align: bool = False) -> PseudoLabelConsistency:
@@ -49,7 +47,7 @@ def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: fl
     return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum, size_aware), lambda_u, fairness, align=align)
 
 
-@SEMI_METHODS.register("softmatch", needs_unlabelled=True, mask="soft", align_start="batch", graph_weight=10.0,
+@SEMI_METHODS.register("softmatch", needs_unlabelled=True, mask="soft", align_start="batch",
                        paper="Chen et al., SoftMatch, ICLR 2023")
 def softmatch(momentum: float | None = None, lambda_u: float = 1.0, n_sigma: float = 2.0,
               align: bool = False) -> PseudoLabelConsistency:

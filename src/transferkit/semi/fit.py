@@ -392,9 +392,7 @@ class _SemiPlan:
         if cfg.smoothing < 1:
             _set_pool_graph(consistency, head, self.banks_u["eval"], cfg.neighbours, cfg.smoothing)
         terms = [CrossEntropy("labelled"), consistency]
-        graph_weight = (cfg.graph_weight if cfg.graph_weight is not None
-                        else float(SEMI_METHODS.get(self.method).cap("graph_weight", 1.0)) if cfg.head == "cosine"
-                        else 0.0)
+        graph_weight = cfg.graph_weight if cfg.graph_weight is not None else float(cfg.head == "cosine")
         if graph_weight > 0 and not isinstance(consistency.mask, GraphWeights):  # labelprop is that term alone
             graph = GraphTerm(float(graph_weight))
             graph.mask.setup(len(self.banks_u["eval"]), self.n_classes, cfg.steps)
