@@ -83,7 +83,11 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "(`init=\"logistic\"`, the default from the fourth round), the labelled term on every cached view, "
              "distribution alignment, and label propagation's pseudo-labels on the frozen features' kNN graph as a "
              "second unlabelled term (`graph_weight=1`, Iscen et al. 2019, the default from the fifth round; see the "
-             "notes below); `(no graph term)` rows: the fourth round's defaults, without it; `(class-mean start)` "
+             "notes below); SoftMatch's alignment estimate starts at the first unlabelled batch's mean, as USB "
+             "implements its uniform alignment (`align_start=None`: each method's own, the default from the sixth "
+             "round); `(round 5 defaults)` rows: SoftMatch before that (its estimate started at the labelled class "
+             "shares, as every other method's still does); `(no graph term)` rows: the fourth round's defaults, "
+             "without it; `(class-mean start)` "
              "rows: the same head started at the labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
              "...)` rows: `SemiConfig(calibrate=\"head\")`, an option, not the default (the head's scale divided by a "
              "temperature fitted on the labelled items). `wins` = "
@@ -170,6 +174,10 @@ def main() -> None:
                     help="weight of the unlabelled term (default: the paper's 1; 0: the head on the labels alone)")
     ap.add_argument("--labelled-views", default="weak,strong,eval")
     ap.add_argument("--no-align", action="store_true", help="no distribution alignment")
+    ap.add_argument("--align-start", default=None, help="where the alignment's estimate starts: target, batch, or "
+                                                        "method: each method's own (default: SemiConfig's)")
+    ap.add_argument("--align-momentum", default=None, help="the alignment's momentum, or 'run': scaled to the run "
+                                                           "(default: SemiConfig's)")
     ap.add_argument("--calibrate", choices=("default", "none", "threshold", "head"), default="default",
                     help="temperature scaling of the weak logits before the thresholds or of the head's scale "
                          "(default: SemiConfig's)")
@@ -285,6 +293,12 @@ def main() -> None:
                                                               ("sharpen", args.sharpen),
                                                               ("graph_weight", args.graph_weight))
                                             if v is not None},
+                                         **({} if args.align_start is None else
+                                            {"align_start": None if args.align_start == "method"
+                                             else args.align_start}),
+                                         **({} if args.align_momentum is None else
+                                            {"align_momentum": None if args.align_momentum == "run"
+                                             else float(args.align_momentum)}),
                                          **({} if args.teacher_decay is None
                                             else {"teacher_decay": args.teacher_decay or None}))
                         kw = {"tau": args.tau} if args.tau is not None and m in ("fixmatch", "flexmatch") else {}

@@ -223,6 +223,43 @@ def test_distribution_alignment_matches_a_hand_computation():
         obj.set_target([1.0])
 
 
+def test_usb_alignment_starts_at_the_first_batch_and_moves_with_its_momentum():
+    """align_start='batch' (USB's DistAlignEMAHook): p_model is the first batch's mean probabilities, then a running
+    mean at the given momentum; the plan passes SemiConfig's momentum, or the run-scaled one for None."""
+    from transferkit.semi import create_semi_objective
+    from transferkit.semi.fit import SemiConfig, _SemiPlan
+
+    p1 = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    p2 = torch.tensor([[0.1, 0.8, 0.1]])
+    target = np.full(3, 1 / 3)
+    obj = create_semi_objective("softmatch", 10, 3, 100, align=True)
+    obj.set_target([2, 2, 2])
+    obj.set_alignment("batch", 0.9)
+    out = obj._aligned(p1, lambda t: t)
+    first = p1.numpy().mean(0)  # not the target: the batch's mean
+    np.testing.assert_allclose(obj.p_model.numpy(), first, rtol=1e-6)
+    want = p1.numpy() * target / first
+    np.testing.assert_allclose(out.numpy(), want / want.sum(1, keepdims=True), rtol=1e-5)
+    obj._aligned(p2, lambda t: t)
+    np.testing.assert_allclose(obj.p_model.numpy(), 0.9 * first + 0.1 * p2.numpy().mean(0), rtol=1e-6)
+    assert obj.config()["align_start"] == "batch" and obj.config()["align_momentum"] == 0.9
+    with pytest.raises(TransferkitError, match="alignment's start must be one of target, batch"):
+        obj.set_alignment("first")
+
+    rng = np.random.default_rng(0)
+    banks = {"eval": rng.normal(size=(6, 4)).astype(np.float32), "weak": rng.normal(size=(2, 6, 4)).astype(np.float32),
+             "strong": rng.normal(size=(2, 6, 4)).astype(np.float32)}
+    y = np.array([0, 0, 1, 1, 2, 2])
+    for momentum, want_m in ((None, 0.98), (0.5, 0.5)):
+        cfg = SemiConfig(steps=1000, align_start="batch", align_momentum=momentum, graph_weight=0)
+        plan = _SemiPlan(banks, y, banks, None, "fixmatch", {}, 3, cfg)(None)
+        term = plan.objective.terms[1]
+        assert (term.align_start, term.align_momentum) == ("batch", pytest.approx(want_m))
+    for method, start in (("softmatch", "batch"), ("fixmatch", "target"), ("freematch", "target")):
+        plan = _SemiPlan(banks, y, banks, None, method, {}, 3, SemiConfig(align_start=None, graph_weight=0))(None)
+        assert plan.objective.terms[1].align_start == start, method  # each method's own (SoftMatch: USB's)
+
+
 def test_the_cosine_head_starts_at_the_class_means_of_cl2n_features(tmp_path):
     """init='prototypes': logits are 30 * cos(x - centre, class mean of the labelled CL2N features), the centre the
     mean of labelled and unlabelled features; it saves and loads as a head module with the same outputs. The default
@@ -257,7 +294,9 @@ def test_the_cosine_head_starts_at_the_class_means_of_cl2n_features(tmp_path):
     ({"head": "linear"}, "init='logistic' needs head='cosine'"),
     ({"hidden": (8,)}, "need head='linear'"),
     ({"labelled_views": ("weak", "rotated")}, "labelled_views must be a non-empty subset"),
-    ({"scale": 0}, "scale must be a positive number")])
+    ({"scale": 0}, "scale must be a positive number"),
+    ({"align_start": "first"}, "align_start must be one of target, batch or None"),
+    ({"align_momentum": 1.0}, "align_momentum must be in")])
 def test_bad_head_settings_fail_with_a_clear_message(kwargs, needle):
     with pytest.raises(TransferkitError, match=needle):
         SemiConfig(**kwargs).validate()

@@ -11,7 +11,8 @@ from .objective import PseudoLabelConsistency
 
 __all__ = ["SEMI_METHODS", "create_semi_objective"]
 
-#: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name)
+#: semi-supervised methods; capabilities: ``needs_unlabelled`` (always), ``mask`` (the rule's name), ``align_start``
+#: (where the method's own distribution alignment starts its running estimate, when it is not ``target``)
 SEMI_METHODS: Registry[PseudoLabelConsistency] = Registry("semi-supervised method")
 
 
@@ -46,14 +47,17 @@ def freematch(momentum: float | None = None, lambda_u: float = 1.0, fairness: fl
     return PseudoLabelConsistency(SelfAdaptiveThreshold(momentum, size_aware), lambda_u, fairness, align=align)
 
 
-@SEMI_METHODS.register("softmatch", needs_unlabelled=True, mask="soft",
+@SEMI_METHODS.register("softmatch", needs_unlabelled=True, mask="soft", align_start="batch",
                        paper="Chen et al., SoftMatch, ICLR 2023")
 def softmatch(momentum: float | None = None, lambda_u: float = 1.0, n_sigma: float = 2.0,
               align: bool = False) -> PseudoLabelConsistency:
     """SoftMatch: every pseudo-label trains, weighted by a Gaussian truncated at the running mean confidence
     (:class:`~.masks.TruncatedGaussian`). The paper's uniform alignment of the weak probabilities is ``align``: our
     distribution alignment towards the labelled class shares (uniform with a budget per class), off here and on
-    in :class:`~.fit.SemiConfig`'s defaults, which pass it to every method."""
+    in :class:`~.fit.SemiConfig`'s defaults, which pass it to every method. The registry's ``align_start="batch"``
+    is SoftMatch's own start of the alignment's running estimate, as USB implements its uniform alignment (the first
+    unlabelled batch's mean probabilities; :meth:`~.objective.PseudoLabelConsistency.set_alignment`), used when
+    ``SemiConfig(align_start=None)``; the other methods' papers have no alignment and theirs starts at the target."""
     return PseudoLabelConsistency(TruncatedGaussian(momentum, n_sigma), lambda_u, align=align)
 
 

@@ -116,9 +116,13 @@ class PseudoLabelConsistency(Objective):
     before. None (the papers' form): the network pseudo-labels its own weak views.
 
     With ``align`` the weak view's probabilities are first aligned to the labelled class distribution
-    (:func:`align_distribution`, ReMixMatch's distribution alignment): ``p_model`` is the running mean of the weak
-    probabilities (momentum 0.999, as USB's implementation), ``p_target`` the labelled items' class shares (set by
-    :meth:`set_target`; uniform until then); masks and pseudo-labels both use the aligned probabilities.
+    (:func:`align_distribution`, ReMixMatch's distribution alignment; SoftMatch's uniform alignment when every class
+    has as many labels): ``p_model`` is the running mean of the weak probabilities, ``p_target`` the labelled items'
+    class shares (set by :meth:`set_target`; uniform until then); masks and pseudo-labels both use the aligned
+    probabilities. Where ``p_model`` starts and its momentum are :meth:`set_alignment`'s: by default it starts at
+    the target with momentum 0.999; ``start="batch"`` starts it at the first unlabelled batch's mean probabilities,
+    as USB's ``DistAlignEMAHook`` (Wang et al., NeurIPS 2022) does for ReMixMatch and SoftMatch, so the alignment
+    acts from the first step instead of being held towards the target for most of a short run.
 
     Args:
         mask: the masking rule (set up for the pool size and classes by the plan).
@@ -140,8 +144,8 @@ class PseudoLabelConsistency(Objective):
     #: the step metric the term logs (the mean mask or weight of the batch)
     metric = "mask_rate"
 
-    #: momentum of the running mean of the model's weak-view probabilities (distribution alignment)
-    align_momentum = 0.999
+    #: where the running mean of the model's weak-view probabilities starts (distribution alignment)
+    ALIGN_STARTS = ("target", "batch")
 
     def __init__(self, mask: Mask, lambda_u: float = 1.0, fairness: float = 0.0, stream: str = "unlabelled",
                  align: bool = False, temperature: float = 1.0, smoothing: float = 1.0,
@@ -164,6 +168,8 @@ class PseudoLabelConsistency(Objective):
         self.views = {stream: ("weak", "strong")}
         self.register_buffer("p_model", torch.zeros(0))
         self.register_buffer("p_target", torch.zeros(0))
+        self.register_buffer("p_model_started", torch.zeros((), dtype=torch.bool))
+        self.set_alignment()
         self.register_buffer("temperature", torch.tensor(1.0))
         self.set_temperature(temperature)
 
@@ -181,6 +187,16 @@ class PseudoLabelConsistency(Objective):
                                    f"got {class_shares!r}")
         self.p_target = t / t.sum()
         self.p_model = self.p_target.clone()
+
+    def set_alignment(self, start: str = "target", momentum: float = 0.999) -> None:
+        """Distribution alignment's running estimate ``p_model``: where it starts (``target``: the labelled class
+        shares, ``batch``: the first unlabelled batch's mean probabilities, USB's) and its momentum (0.999, USB's)."""
+        if start not in self.ALIGN_STARTS:
+            raise TransferkitError(f"the alignment's start must be one of {', '.join(self.ALIGN_STARTS)}, "
+                                   f"got {start!r}")
+        if not 0 <= number_setting(momentum, "align_momentum", "a number in [0, 1)") < 1:
+            raise TransferkitError(f"align_momentum must be in [0, 1), got {momentum!r}")
+        self.align_start, self.align_momentum = start, float(momentum)
 
     def set_teacher_decay(self, decay: float | None) -> None:
         """Pseudo-labels from an EMA teacher at this decay (None: from the network itself); before training."""
@@ -248,7 +264,10 @@ class PseudoLabelConsistency(Objective):
             self.set_target(np.ones(c))
         p_target, p_model = self.p_target.to(probs), self.p_model.to(probs)
         m = self.align_momentum
+        if self.align_start == "batch" and not bool(self.p_model_started):
+            m = 0.0  # USB: the first batch's mean is the estimate's start
         self.p_model = (m * p_model + (1 - m) * gather(probs).mean(0)).to(self.p_model)
+        self.p_model_started.fill_(True)
         return align_distribution(probs, self.p_model.to(probs), p_target)
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
@@ -278,7 +297,10 @@ class PseudoLabelConsistency(Objective):
     def config(self) -> dict[str, Any]:
         t = float(self.temperature)
         return {"name": self.name, "mask": self.mask.config(), "lambda_u": self.lambda_u, "fairness": self.fairness,
-                **({"align": True} if self.align else {}), **({"temperature": round(t, 6)} if t != 1.0 else {}),
+                **({"align": True} if self.align else {}),
+                **({"align_start": self.align_start, "align_momentum": self.align_momentum}
+                   if self.align and (self.align_start, self.align_momentum) != ("target", 0.999) else {}),
+                **({"temperature": round(t, 6)} if t != 1.0 else {}),
                 **({"smoothing": self.smoothing} if self.smoothing < 1 else {}),
                 **({"sharpen": self.sharpen} if self.sharpen is not None else {}),
                 **({"teacher_decay": self.teacher_decay} if self.teacher_decay is not None else {})}
