@@ -519,20 +519,25 @@ class _CellRunner:
                 "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "details": extra,
                 "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
+    def _run_dir(self, strategy: str, budget: int, seed: int, fold: int = 0) -> Path:
+        """The run directory of an engine cell (``fold`` > 0: of a fold of ``auto``'s cross-validated race)."""
+        return self.out_dir / "cells" / (f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
+                                         + (f"-fold{fold}" if fold else ""))
+
     def _finetune(self, strategy: str, budget: int, seed: int, sp: Splits, fold: int = 0,
                   train_epochs: int | None = None) -> Any:
         """One engine strategy trained on ``sp`` (resumable; ``fold`` > 0: a fold of ``auto``'s cross-validated
-        race, in a run directory of its own, trained for ``train_epochs``); its checkpoints removed unless they are
-        kept."""
+        race, in a run directory of its own, trained for ``train_epochs``). A cell's checkpoints are removed unless
+        they are kept; a fold's stay until its ``auto`` cell has every answer (:meth:`auto`), so that a comparison
+        killed between folds resumes from the finished ones instead of training them again."""
         from .train.engine import finetune
 
-        run_dir = self.out_dir / "cells" / (f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
-                                            + (f"-fold{fold}" if fold else ""))
+        run_dir = self._run_dir(strategy, budget, seed, fold)
         cfg = replace(self.cfg, seed=seed, **({"refit": False} if train_epochs else {}))  # a fold refits nothing
         r = finetune(self.source, self.y, sp, self.backbone, strategy, cfg, run_dir,
                      resume=True, strategy_params=self.params.get(strategy) or None, classes=self.classes,
                      progress=self.progress, export=False, train_epochs=train_epochs)
-        if not self.keep_checkpoints:
+        if not self.keep_checkpoints and not fold:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return r
 
@@ -594,6 +599,10 @@ class _CellRunner:
             if len(folds) > 1:
                 held[k], sec = self.fold_answers(k, budget, seed, folds, runs[k]["details"])
                 fold_seconds += sec
+        if not self.keep_checkpoints:  # every fold answered: their checkpoints are no longer needed to resume
+            for k in held:
+                for j in range(1, len(folds)):
+                    shutil.rmtree(self._run_dir(k, budget, seed, j) / "checkpoints", ignore_errors=True)
         val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
         chosen, why = race_choice(val, len(sp.val), rule=adv.strategy, held_out=held)
         if chosen not in runs:  # nothing raced: the advice's pick alone (its cost too), trained if not compared
