@@ -197,6 +197,31 @@ def test_fit_auto_races_cross_validated_and_keeps_only_the_winner(image_folder, 
     assert left == ({"gradual"} if race["choice"] == "gradual" else set())
 
 
+def test_fit_auto_killed_after_the_race_resumes_every_race_run(image_folder, tmp_path, monkeypatch):
+    """A fit --strategy auto killed once the race is decided (here in the baseline) keeps every race checkpoint, so
+    the resumed run trains no epoch again; the finished run keeps only the winner's."""
+    import transferkit.pipeline as pipeline
+    import transferkit.train.engine as engine
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    kw = dict(backbone=TINY, strategy="auto", labels_per_class=5, out=tmp_path / "cv", progress=False, report=False,
+              train_config={"epochs": 2, "image_size": 32, "num_workers": 0})
+    monkeypatch.setattr(pipeline, "_baseline", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit_run(str(image_folder), baseline=True, **kw)
+    race = tmp_path / "cv" / "race"
+    assert {p.parent.parent.name for p in race.glob("*/checkpoints/last.ckpt")} == {
+        "gradual", *(f"gradual-fold{j}" for j in range(1, 5))}
+    runs, real = [], engine.finetune
+    monkeypatch.setattr(engine, "finetune", lambda *a, **k: runs.append(real(*a, **k)) or runs[-1])
+    res = fit_run(str(image_folder), baseline=False, resume=True, **kw)
+    assert len(runs) == 5 and all(r.resumed_from == r.epochs_run for r in runs)  # nothing trained again
+    left = {p.parent.name for p in race.glob("*/checkpoints")}
+    assert left == ({"gradual"} if res.advice["strategy"] == "gradual" else set())
+
+
 def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, tmp_path):
     """--strategy finetune: the engine trains the whole network; the probe stays beside it for reference; the run's
     exported network predicts the test split exactly as the run did."""
