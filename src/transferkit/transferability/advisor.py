@@ -565,16 +565,20 @@ def race_folds(y: np.ndarray, splits: Any, seed: int = 0) -> list[Any]:
 
 def fold_heads(probe: Any, X: Any, y: np.ndarray, folds: list[Any]) -> np.ndarray:
     """The probe's answers on the held-out items of folds ``1..k-1`` (:func:`race_folds`), pooled in fold order:
-    on each fold an unfitted copy of ``probe`` trains on the fold's training part with the C ``probe`` chose on
-    fold 0's validation part (``C_``; unfitted, or a head without a C: its parameters as they are), nothing chosen
-    on the fold."""
+    on each fold an unfitted copy of ``probe`` trains on the fold's training part with what ``probe`` chose on
+    fold 0's validation part, nothing chosen on the fold: the logistic head's C (``C_``), a torch head's epoch count
+    (``best_epoch_``: the MLP and linear heads, which stop early on validation); unfitted, or a head that chooses
+    nothing (the few-shot heads): its parameters as they are."""
     from sklearn.base import clone
 
     out = []
     for f in folds[1:]:
         head = clone(probe)
-        if hasattr(probe, "C_") and "C" in head.get_params():
+        params = head.get_params()
+        if hasattr(probe, "C_") and "C" in params:
             head.set_params(C=float(probe.C_))
+        if getattr(probe, "best_epoch_", None) and "epochs" in params:
+            head.set_params(epochs=int(probe.best_epoch_))
         head.fit(np.asarray(X[f.train], dtype=np.float32), y[f.train])
         out.append(np.asarray(head.predict(np.asarray(X[f.val], dtype=np.float32))) == y[f.val])
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
