@@ -572,27 +572,41 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     folds = race_folds(fs.y, sp, seed=seed)
     val = {"probe": probe.scores_.get(probe.C_) if hasattr(probe, "scores_") else _best_val(probe)}
     held = {"probe": fold_heads(probe, fs.X, fs.y, folds)}
-    results, fold_runs = {}, []
+    n_held, last = sum(len(f.val) for f in folds[1:]), len(folds)
+    if last > 1:
+        setting = (f"C={probe.C_:g}" if hasattr(probe, "C_") else f"{probe.best_epoch_} epochs"
+                   if getattr(probe, "best_epoch_", None) else "its parameters")
+        say(f"strategy auto: a race cross-validated over {last} folds of the {len(sp.labelled)} labelled items: each "
+            f"candidate chooses its settings on fold 1 (the split: {len(sp.train)} training, {len(sp.val)} "
+            f"validation items), trains with them on folds 2-{last} and answers their {n_held} held-out items")
+        say(f"strategy auto: probe ({setting}, chosen on fold 1): {100 * held['probe'].mean():.1f}% of the {n_held} "
+            "held-out items right")
+    results, fold_runs = {}, {}
     fold_cfg = replace(engine["config"], refit=False)  # a fold trains for the epochs chosen; nothing to refit
     for k in RACE_CANDIDATES:
         if k == "probe":
             continue
-        say(f"strategy auto: racing {k} on the training part, judged on {len(sp.val)} validation items")
+        say(f"strategy auto: {k} on fold 1 of {last} (the split: {len(sp.train)} training items, the epoch chosen on "
+            f"its {len(sp.val)} validation items)" if last > 1 else
+            f"strategy auto: racing {k} on the training part, judged on {len(sp.val)} validation items")
         results[k] = finetune(fs.source, fs.y, sp, fs.backbone, k, engine["config"], run_dir / "race" / k,
                               resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
                               log=say, export=False)
         val[k] = results[k].val_accuracy
-        answers = []
+        answers, fold_runs[k] = [], []
         for j, f in enumerate(folds[1:], 1):  # the epochs chosen on the split, trained on each other fold
-            say(f"strategy auto: {k} on fold {j + 1} of {len(folds)} ({len(f.train)} items, "
-                f"{results[k].best_epoch} epochs), answering its {len(f.val)} held-out items")
+            e = results[k].best_epoch
+            say(f"strategy auto: {k} on fold {j + 1} of {last}: {len(f.train)} training items for {e} "
+                f"epoch{'s' if e != 1 else ''} (chosen on fold 1), then its {len(f.val)} held-out items")
             r = finetune(fs.source, fs.y, Splits(f.train, f.train[:0], f.val), fs.backbone, k, fold_cfg,
                          run_dir / "race" / f"{k}-fold{j}", resume=resume, extra_losses=engine["losses"],
                          classes=fs.classes, progress=progress, log=say, export=False,
                          train_epochs=results[k].best_epoch)
             answers.append(np.asarray(r.y_pred) == fs.y[f.val])
-            fold_runs.append(r)
+            fold_runs[k].append(r)
         held[k] = np.concatenate(answers) if answers else np.zeros(0, dtype=bool)
+        if last > 1:
+            say(f"strategy auto: {k}: {100 * held[k].mean():.1f}% of the {n_held} held-out items right")
     cv = held if len(folds) > 1 else {}  # one fold: a validation split large enough to decide alone
     choice, why = race_choice(val, len(sp.val), rule=advice.strategy, held_out=cv)
     advice.reasons[:0] = why
@@ -600,10 +614,12 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     advice.evidence["race"] = {"validation_accuracy": val, "validation_items": int(len(sp.val)), "choice": choice,
                                "folds": len(folds), "held_out_accuracy": {k: float(v.mean()) for k, v in cv.items()},
                                "held_out_items": int(len(cv["probe"])) if cv else 0,
-                               "seconds": {k: r.seconds + sum(fr.seconds for fr in fold_runs)
+                               "seconds": {k: r.seconds + sum(fr.seconds for fr in fold_runs[k])
                                            for k, r in results.items()}}
     say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
-    return advice, choice, results, [r.run_dir for r in fold_runs + [r for k, r in results.items() if k != choice]]
+    spent = [r.run_dir for runs in fold_runs.values() for r in runs] + [r.run_dir for k, r in results.items()
+                                                                        if k != choice]
+    return advice, choice, results, spent
 
 
 def _best_val(head: Any) -> float | None:

@@ -244,6 +244,7 @@ def test_train_epochs_trains_that_many_epochs_of_the_configured_schedule_and_kee
     assert r.epochs_run == 3 == len(r.history) == r.best_epoch and r.stop_reason == "max epochs"
     epoch_lines = [ln.split(":")[0] for ln in lines if ln.startswith("epoch ")]
     assert epoch_lines == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]  # counts to the epochs it trains, not to 8
+    assert not any("(best)" in ln for ln in lines)  # nothing is chosen without a validation split
     assert np.array_equal(r.test_index, shapes.splits.val) and len(r.y_pred) == len(shapes.splits.val)
     steps = _steps_per_epoch(len(sp.train), cfg.batch_size, 1)
     factor = cosine_warmup(round(cfg.warmup_epochs * steps), cfg.schedule, cfg.min_lr_ratio)(3 * steps, 8 * steps)

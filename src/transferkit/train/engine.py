@@ -666,7 +666,8 @@ class _EpochLine:
         if row.get("val_pseudo_accuracy") is not None:
             extra += f", val pseudo-label acc {100 * row['val_pseudo_accuracy']:.1f}%"
         return (f"epoch {row['epoch']}/{self.epochs}: train loss {row['train_loss']:.4f}{extra}{val}"
-                f"{' (best)' if row.get('best') else ''}, {row['samples_per_s']:.1f} {self.unit}/s, {row['seconds']:.1f}s")
+                f"{' (best)' if row.get('best') and row.get('val_accuracy') is not None else ''}, "  # no val: no choice
+                f"{row['samples_per_s']:.1f} {self.unit}/s, {row['seconds']:.1f}s")
 
 
 def _epoch_line(epochs: int, modality: str) -> _EpochLine:
