@@ -383,9 +383,11 @@ def test_to_grayscale_gives_gray_three_channel_items_with_new_keys(image_folder)
         to_grayscale(from_arrays(["a text", "another"], [0, 1]))
 
 
-def test_a_killed_auto_cell_resumes_from_its_finished_folds(image_folder, tmp_path, monkeypatch):
-    """A comparison killed in the middle of auto's folds: the finished folds keep their checkpoints, so the rerun
-    resumes them instead of training them again; once the cell has every answer, no fold checkpoint is left."""
+@pytest.mark.parametrize("compared", [True, False])
+def test_a_killed_auto_cell_resumes_from_its_finished_folds(image_folder, tmp_path, monkeypatch, compared):
+    """A comparison killed in the middle of auto's folds: the finished folds (and gradual's run on the split when
+    auto trained it for the race, gradual not being compared) keep their checkpoints, so the rerun resumes them
+    instead of training them again; once the cell has every answer, no checkpoint is left."""
     import transferkit.train.engine as engine
 
     y = from_folder(image_folder).encoded_labels()
@@ -408,15 +410,18 @@ def test_a_killed_auto_cell_resumes_from_its_finished_folds(image_folder, tmp_pa
                                run_dir=run_dir)
 
     monkeypatch.setattr(engine, "finetune", fake)
-    kw = dict(strategies=("probe", "gradual", "auto"), labels_per_class=(5,), seeds=(0,))
+    kw = dict(strategies=("probe", "gradual", "auto") if compared else ("probe", "auto"), labels_per_class=(5,),
+              seeds=(0,))
     with pytest.raises(KeyboardInterrupt):
         _run(image_folder, tmp_path / "cmp", **kw)
     assert trained == ["gradual", "gradual-fold1", "gradual-fold2"]
-    assert sorted(p.parent.parent.name.split("-")[-1] for p in (tmp_path / "cmp").glob("cells/*fold*/checkpoints/*")
-                  ) == ["fold1", "fold2"]  # kept until the cell is done
+    kept = sorted(p.parent.parent.name.split("-")[-1] for p in (tmp_path / "cmp").glob("cells/*/checkpoints/*"))
+    # kept until the auto cell is done: the finished folds, and gradual's run on the split when auto trained it
+    assert [k for k in kept if k.startswith("fold")] == ["fold1", "fold2"] and len(kept) == 2 + (not compared)
     kill["at"] = None
     trained.clear()
     res = _run(image_folder, tmp_path / "cmp", **kw)
-    assert trained == ["gradual-fold3", "gradual-fold4"] and resumed == ["gradual-fold1", "gradual-fold2"]
+    assert trained == ["gradual-fold3", "gradual-fold4"]
+    assert resumed == ([] if compared else ["gradual"]) + ["gradual-fold1", "gradual-fold2"]
     assert next(c for c in res.cells if c["strategy"] == "auto")["details"]["folds"] == 5
     assert not list((tmp_path / "cmp").glob("cells/*/checkpoints/*"))  # every checkpoint dropped once recorded
