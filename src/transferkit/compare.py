@@ -716,7 +716,7 @@ def _write_html(result: CompareResult) -> None:
                     ("test items per cell", f"at most {st['max_test']}" if st.get("max_test") else "all"),
                     ("cells reused from an earlier run", result.reused)],
         "sections": [{"title": "Accuracy by strategy and budget", "html": table},
-                     *([{"title": "What auto chose (the race on validation)", "html": _advisor_html(result.advisor)}]
+                     *([{"title": "What auto chose (the cross-validated race)", "html": _advisor_html(result.advisor)}]
                        if result.advisor else []),
                      {"title": "Figures", "html": figs}],
         "config": st,
