@@ -542,11 +542,11 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     more folds of its labelled items); the probe stands unless gradual unfreezing's held-out answers beat it by
     more than the noise (:func:`~transferkit.transferability.advisor.race_choice`). The size x similarity advice is
     printed as the explanation, and decides alone without a validation split (then the race trains nothing and the
-    result's third item is None; ``fit`` trains the advice's pick itself when it is not the probe). Each candidate trains in ``run_dir/race/<strategy>`` on the split (fold 0: the
-    model kept if it wins) and in ``run_dir/race/<strategy>-fold<j>`` on the other folds (resumable). Every
-    checkpoint stays until the caller has written the run (a ``fit`` killed after the race resumes every run of it
-    instead of training it again); then the caller removes the checkpoints of the runs in the fourth item (all but
-    the winner's).
+    result's third item is None; ``fit`` trains the advice's pick itself when it is not the probe). Each candidate
+    trains in ``run_dir/race/<strategy>`` on the split (fold 0: the model kept if it wins) and in
+    ``run_dir/race/<strategy>-fold<j>`` on the other folds (resumable). Every checkpoint stays until the caller has
+    written the run (a ``fit`` killed after the race resumes every run of it instead of training it again); then
+    the caller removes the checkpoints of the runs in the fourth item (all but the winner's).
 
     Returns:
         ``(advice with the race's reasons first, the chosen strategy, strategy -> FinetuneResult or None, the run
