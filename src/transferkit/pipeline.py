@@ -587,7 +587,7 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
         if k == "probe":
             continue
         say(f"strategy auto: {k} on fold 1 of {last} (the split: {len(sp.train)} training items, the epoch chosen on "
-            f"its {len(sp.val)} validation items)" if last > 1 else
+            f"its {len(sp.val)} validation items; in race/{k})" if last > 1 else
             f"strategy auto: racing {k} on the training part, judged on {len(sp.val)} validation items")
         results[k] = finetune(fs.source, fs.y, sp, fs.backbone, k, engine["config"], run_dir / "race" / k,
                               resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
@@ -597,7 +597,8 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
         for j, f in enumerate(folds[1:], 1):  # the epochs chosen on the split, trained on each other fold
             e = results[k].best_epoch
             say(f"strategy auto: {k} on fold {j + 1} of {last}: {len(f.train)} training items for {e} "
-                f"epoch{'s' if e != 1 else ''} (chosen on fold 1), then its {len(f.val)} held-out items")
+                f"epoch{'s' if e != 1 else ''} (chosen on fold 1), then its {len(f.val)} held-out items "
+                f"(in race/{k}-fold{j})")
             r = finetune(fs.source, fs.y, Splits(f.train, f.train[:0], f.val), fs.backbone, k, fold_cfg,
                          run_dir / "race" / f"{k}-fold{j}", resume=resume, extra_losses=engine["losses"],
                          classes=fs.classes, progress=progress, log=say, export=False,
