@@ -26,10 +26,11 @@ JUDGED = ("probe", "gradual", "partial", "finetune")
 
 
 def splits_of(path: str) -> list[dict]:
+    """Every split of a ``bench_finetune`` result file with an ``auto`` cell: budget, validation scores of the raced
+    candidates, their cross-validated held-out answers (rule 7's cells), validation items and the test accuracy (%)
+    of each judged strategy."""
     from transferkit.report.metrics import unpack_outcomes
 
-    """Every split of a ``bench_finetune`` result file with an ``auto`` cell: budget, validation scores of the raced
-    candidates, validation items and the test accuracy (%) of each judged strategy."""
     data = json.loads(Path(path).read_text())
     out = []
     for ds, res in data["results"].items():

@@ -381,3 +381,47 @@ def test_to_grayscale_gives_gray_three_channel_items_with_new_keys(image_folder)
     assert np.asarray(to_grayscale(arrays).load(1)).shape == (32, 32, 3)
     with pytest.raises(DataError, match="needs images"):
         to_grayscale(from_arrays(["a text", "another"], [0, 1]))
+
+
+@pytest.mark.parametrize("compared", [True, False])
+def test_a_killed_auto_cell_resumes_from_its_finished_folds(image_folder, tmp_path, monkeypatch, compared):
+    """A comparison killed in the middle of auto's folds: the finished folds (and gradual's run on the split when
+    auto trained it for the race, gradual not being compared) keep their checkpoints, so the rerun resumes them
+    instead of training them again; once the cell has every answer, no checkpoint is left."""
+    import transferkit.train.engine as engine
+
+    y = from_folder(image_folder).encoded_labels()
+    trained, resumed, kill = [], [], {"at": "gradual-fold3"}
+
+    def fake(source, y_, splits, backbone, strategy, config, run_dir, **k):
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        name = run_dir.name.split("-")[0] + (f"-{run_dir.name.split('-')[-1]}" if "fold" in run_dir.name else "")
+        if ckpt.exists():  # what the engine does with resume=True and a finished checkpoint: no training
+            resumed.append(name)
+        else:
+            if name == kill["at"]:
+                raise KeyboardInterrupt  # killed during this fold
+            trained.append(name)
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.write_bytes(b"finished")
+        return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test], best_epoch=1, epochs_run=1,
+                               val_accuracy=1.0 if len(splits.val) else None, train_seconds=0.0,
+                               resumed_from=1 if name in resumed else None, history=[{"seconds": 0.0}],
+                               run_dir=run_dir)
+
+    monkeypatch.setattr(engine, "finetune", fake)
+    kw = dict(strategies=("probe", "gradual", "auto") if compared else ("probe", "auto"), labels_per_class=(5,),
+              seeds=(0,))
+    with pytest.raises(KeyboardInterrupt):
+        _run(image_folder, tmp_path / "cmp", **kw)
+    assert trained == ["gradual", "gradual-fold1", "gradual-fold2"]
+    kept = sorted(p.parent.parent.name.split("-")[-1] for p in (tmp_path / "cmp").glob("cells/*/checkpoints/*"))
+    # kept until the auto cell is done: the finished folds, and gradual's run on the split when auto trained it
+    assert [k for k in kept if k.startswith("fold")] == ["fold1", "fold2"] and len(kept) == 2 + (not compared)
+    kill["at"] = None
+    trained.clear()
+    res = _run(image_folder, tmp_path / "cmp", **kw)
+    assert trained == ["gradual-fold3", "gradual-fold4"]
+    assert resumed == ([] if compared else ["gradual"]) + ["gradual-fold1", "gradual-fold2"]
+    assert next(c for c in res.cells if c["strategy"] == "auto")["details"]["folds"] == 5
+    assert not list((tmp_path / "cmp").glob("cells/*/checkpoints/*"))  # every checkpoint dropped once recorded

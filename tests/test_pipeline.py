@@ -178,8 +178,9 @@ def test_fit_auto_races_cross_validated_and_keeps_only_the_winner(image_folder, 
         return real(source, y, splits, backbone, strategy, config, run_dir, **k)
 
     monkeypatch.setattr(engine, "finetune", spy)
+    lines = []
     res = fit_run(str(image_folder), backbone=TINY, strategy="auto", labels_per_class=5, out=tmp_path / "cv",
-                  progress=False, report=False, baseline=False,
+                  progress=False, report=False, baseline=False, log=lines.append,
                   train_config={"epochs": 2, "image_size": 32, "num_workers": 0})
     race = res.advice["evidence"]["race"]
     assert [c[0] for c in calls[:5]] == ["gradual"] + [f"gradual-fold{j}" for j in range(1, 5)]
@@ -193,8 +194,45 @@ def test_fit_auto_races_cross_validated_and_keeps_only_the_winner(image_folder, 
                                                                     ["index"])  # never a test item
     assert set(race["held_out_accuracy"]) == {"probe", "gradual"} and race["choice"] == res.advice["strategy"]
     assert "cross-validated" in res.advice["reasons"][0]
+    # what it prints: the folds counted as the user sees them (the split is fold 1 of 5), the epochs each fold trains
+    said = [ln for ln in lines if ln.startswith("strategy auto")]
+    assert "cross-validated over 5 folds of the 15 labelled items" in said[0]
+    assert said[1].startswith("strategy auto: probe (C=") and "of the 12 held-out items right" in said[1]
+    assert said[2].startswith("strategy auto: gradual on fold 1 of 5 (the split: 12 training items")
+    assert [ln.split(":")[1] for ln in said[3:7]] == [f" gradual on fold {j} of 5" for j in range(2, 6)]
+    assert all(f"12 training items for {chosen_epoch} epoch" in ln for ln in said[3:7])
+    gradual = 100 * race["held_out_accuracy"]["gradual"]
+    assert said[7] == f"strategy auto: gradual: {gradual:.1f}% of the 12 held-out items right"
+    assert said[8].startswith(f"strategy auto -> {race['choice']}: ")
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"] + [
+        f"epoch {e}/{chosen_epoch}" for _ in range(4) for e in range(1, chosen_epoch + 1)]
     left = {p.parent.name for p in (tmp_path / "cv" / "race").glob("*/checkpoints")}
     assert left == ({"gradual"} if race["choice"] == "gradual" else set())
+
+
+def test_fit_auto_killed_after_the_race_resumes_every_race_run(image_folder, tmp_path, monkeypatch):
+    """A fit --strategy auto killed once the race is decided (here in the baseline) keeps every race checkpoint, so
+    the resumed run trains no epoch again; the finished run keeps only the winner's."""
+    import transferkit.pipeline as pipeline
+    import transferkit.train.engine as engine
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    kw = dict(backbone=TINY, strategy="auto", labels_per_class=5, out=tmp_path / "cv", progress=False, report=False,
+              train_config={"epochs": 2, "image_size": 32, "num_workers": 0})
+    monkeypatch.setattr(pipeline, "_baseline", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit_run(str(image_folder), baseline=True, **kw)
+    race = tmp_path / "cv" / "race"
+    assert {p.parent.parent.name for p in race.glob("*/checkpoints/last.ckpt")} == {
+        "gradual", *(f"gradual-fold{j}" for j in range(1, 5))}
+    runs, real = [], engine.finetune
+    monkeypatch.setattr(engine, "finetune", lambda *a, **k: runs.append(real(*a, **k)) or runs[-1])
+    res = fit_run(str(image_folder), baseline=False, resume=True, **kw)
+    assert len(runs) == 5 and all(r.resumed_from == r.epochs_run for r in runs)  # nothing trained again
+    left = {p.parent.name for p in race.glob("*/checkpoints")}
+    assert left == ({"gradual"} if res.advice["strategy"] == "gradual" else set())
 
 
 def test_fit_with_a_finetuning_strategy_exports_a_loadable_model(image_folder, tmp_path):

@@ -478,7 +478,8 @@ class _CellRunner:
         out = self.run(c["strategy"], c["budget"], c["seed"], cell.context["splits"], done)
         return {**out, "split": cell.context["split"]}
 
-    def run(self, strategy: str, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
+    def run(self, strategy: str, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]],
+            keep: bool = False) -> dict[str, Any]:
         from .report import classification_metrics
         from .report.metrics import pack_outcomes
 
@@ -504,7 +505,7 @@ class _CellRunner:
             y_pred = np.asarray(r.y_pred)
             extra = {k: v for k, v in r.details.items() if isinstance(v, (int, float, str, type(None)))}
         else:
-            r = self._finetune(strategy, budget, seed, sp)
+            r = self._finetune(strategy, budget, seed, sp, keep=keep)
             if not np.array_equal(r.test_index, sp.test):
                 raise TrainingError(f"the engine predicted other test items than the split's ({r.run_dir})")
             y_pred = np.asarray(r.y_pred)
@@ -519,20 +520,26 @@ class _CellRunner:
                 "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "details": extra,
                 "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
+    def _run_dir(self, strategy: str, budget: int, seed: int, fold: int = 0) -> Path:
+        """The run directory of an engine cell (``fold`` > 0: of a fold of ``auto``'s cross-validated race)."""
+        return self.out_dir / "cells" / (f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
+                                         + (f"-fold{fold}" if fold else ""))
+
     def _finetune(self, strategy: str, budget: int, seed: int, sp: Splits, fold: int = 0,
-                  train_epochs: int | None = None) -> Any:
+                  train_epochs: int | None = None, keep: bool = False) -> Any:
         """One engine strategy trained on ``sp`` (resumable; ``fold`` > 0: a fold of ``auto``'s cross-validated
-        race, in a run directory of its own, trained for ``train_epochs``); its checkpoints removed unless they are
-        kept."""
+        race, in a run directory of its own, trained for ``train_epochs``). A cell's checkpoints are removed unless
+        they are kept; a fold's, and those of a candidate trained for ``auto`` alone (``keep``), stay until the
+        ``auto`` cell has every answer (:meth:`auto`), so that a comparison killed in the race resumes from its
+        finished runs instead of training them again (and the folds train for the same epoch count)."""
         from .train.engine import finetune
 
-        run_dir = self.out_dir / "cells" / (f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
-                                            + (f"-fold{fold}" if fold else ""))
+        run_dir = self._run_dir(strategy, budget, seed, fold)
         cfg = replace(self.cfg, seed=seed, **({"refit": False} if train_epochs else {}))  # a fold refits nothing
         r = finetune(self.source, self.y, sp, self.backbone, strategy, cfg, run_dir,
                      resume=True, strategy_params=self.params.get(strategy) or None, classes=self.classes,
                      progress=self.progress, export=False, train_epochs=train_epochs)
-        if not self.keep_checkpoints:
+        if not (self.keep_checkpoints or keep or fold):
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return r
 
@@ -589,11 +596,15 @@ class _CellRunner:
             if runs[k] is None or runs[k].get("details", {}).get("val_accuracy") is None:
                 # a candidate that is not compared (or a cell recorded before cells kept their validation score):
                 # train it for the race
-                runs[k] = self.run(k, budget, seed, sp, done)
+                runs[k] = self.run(k, budget, seed, sp, done, keep=True)
                 trained.append(k)
             if len(folds) > 1:
                 held[k], sec = self.fold_answers(k, budget, seed, folds, runs[k]["details"])
                 fold_seconds += sec
+        if not self.keep_checkpoints:  # every fold answered: the race's checkpoints are no longer needed to resume
+            for k in RACE_CANDIDATES if folds else ():
+                for j in range(0 if k in trained else 1, len(folds)):  # 0: the run on the split
+                    shutil.rmtree(self._run_dir(k, budget, seed, j) / "checkpoints", ignore_errors=True)
         val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
         chosen, why = race_choice(val, len(sp.val), rule=adv.strategy, held_out=held)
         if chosen not in runs:  # nothing raced: the advice's pick alone (its cost too), trained if not compared
@@ -705,7 +716,7 @@ def _write_html(result: CompareResult) -> None:
                     ("test items per cell", f"at most {st['max_test']}" if st.get("max_test") else "all"),
                     ("cells reused from an earlier run", result.reused)],
         "sections": [{"title": "Accuracy by strategy and budget", "html": table},
-                     *([{"title": "What auto chose (the race on validation)", "html": _advisor_html(result.advisor)}]
+                     *([{"title": "What auto chose (the cross-validated race)", "html": _advisor_html(result.advisor)}]
                        if result.advisor else []),
                      {"title": "Figures", "html": figs}],
         "config": st,

@@ -315,9 +315,10 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
     model, proba, y_pred = _fit_head(fs, head, params)
     timings["head"] = time.perf_counter() - t
     advice = raced = None
+    spent: list[Path] = []  # auto: race runs whose checkpoints go once the run is written
     if strategy == "auto":
         t = time.perf_counter()
-        advice, strategy, raced = _race(fs, model, engine, run_dir, resume, progress, say)
+        advice, strategy, raced, spent = _race(fs, model, engine, run_dir, resume, progress, say)
         timings["race"] = time.perf_counter() - t
         if strategy == "probe":
             engine = None
@@ -430,6 +431,11 @@ def fit_run(data: Any = "clipart", *, backbone: str = "lite0", head: str = "auto
         timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     write_json(run_dir / "metrics.json", metrics_doc)
+    if spent:  # the run is written: the race's other runs are no longer needed to resume it
+        import shutil
+
+        for d in spent:
+            shutil.rmtree(d / "checkpoints", ignore_errors=True)
     sizes = splits.sizes() | ({"unlabelled": int(outcome.summary["n_unlabelled"])} if outcome is not None else {})
     return FitResult(run_dir, metrics, base_metrics, comparison, warnings, timings, fs.extracted, sizes, fs.skipped,
                      None if advice is None else advice.to_dict(), head, head_reason)
@@ -530,21 +536,22 @@ def _data_name(data: Any, full: bool = False) -> str:
 
 
 def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bool, progress: bool,
-          say: Callable[[str], None]) -> tuple[Any, str, dict[str, Any] | None]:
+          say: Callable[[str], None]) -> tuple[Any, str, dict[str, Any] | None, list[Path]]:
     """``--strategy auto``: race the probe and gradual unfreezing (``RACE_CANDIDATES``) on the labelled split,
     cross-validated (:func:`~transferkit.transferability.advisor.race_folds`: fold 0 is the split itself, then four
     more folds of its labelled items); the probe stands unless gradual unfreezing's held-out answers beat it by
     more than the noise (:func:`~transferkit.transferability.advisor.race_choice`). The size x similarity advice is
-    printed as the explanation, and decides alone without a validation split (then nothing is fine-tuned and the
-    result's third item is None). Each candidate trains in ``run_dir/race/<strategy>`` on the split (fold 0: the
-    model kept if it wins) and in ``run_dir/race/<strategy>-fold<j>`` on the other folds (resumable); every
-    checkpoint but the winner's is removed once the race is decided.
+    printed as the explanation, and decides alone without a validation split (then the race trains nothing and the
+    result's third item is None; ``fit`` trains the advice's pick itself when it is not the probe). Each candidate
+    trains in ``run_dir/race/<strategy>`` on the split (fold 0: the model kept if it wins) and in
+    ``run_dir/race/<strategy>-fold<j>`` on the other folds (resumable). Every checkpoint stays until the caller has
+    written the run (a ``fit`` killed after the race resumes every run of it instead of training it again); then
+    the caller removes the checkpoints of the runs in the fourth item (all but the winner's).
 
     Returns:
-        ``(advice with the race's reasons first, the chosen strategy, strategy -> FinetuneResult or None)``.
+        ``(advice with the race's reasons first, the chosen strategy, strategy -> FinetuneResult or None, the run
+        directories whose checkpoints are spent once the run is written)``.
     """
-    import shutil
-
     from .train.engine import finetune
     from .transferability.advisor import (RACE_CANDIDATES, advise_labelled, fold_heads, race_choice, race_folds,
                                           races)
@@ -561,44 +568,59 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
         advice.reasons[:0] = why
         advice.strategy = choice
         say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
-        return advice, choice, None
+        return advice, choice, None, []
     folds = race_folds(fs.y, sp, seed=seed)
     val = {"probe": probe.scores_.get(probe.C_) if hasattr(probe, "scores_") else _best_val(probe)}
     held = {"probe": fold_heads(probe, fs.X, fs.y, folds)}
-    results, fold_runs = {}, []
+    n_held, last = sum(len(f.val) for f in folds[1:]), len(folds)
+    if last > 1:
+        setting = (f"C={probe.C_:g}" if hasattr(probe, "C_") else f"{probe.best_epoch_} epochs"
+                   if getattr(probe, "best_epoch_", None) else "its parameters")
+        say(f"strategy auto: a race cross-validated over {last} folds of the {len(sp.labelled)} labelled items: each "
+            f"candidate chooses its settings on fold 1 (the split: {len(sp.train)} training, {len(sp.val)} "
+            f"validation items), trains with them on folds 2-{last} and answers their {n_held} held-out items")
+        say(f"strategy auto: probe ({setting}, chosen on fold 1): {100 * held['probe'].mean():.1f}% of the {n_held} "
+            "held-out items right")
+    results, fold_runs = {}, {}
     fold_cfg = replace(engine["config"], refit=False)  # a fold trains for the epochs chosen; nothing to refit
     for k in RACE_CANDIDATES:
         if k == "probe":
             continue
-        say(f"strategy auto: racing {k} on the training part, judged on {len(sp.val)} validation items")
+        say(f"strategy auto: {k} on fold 1 of {last} (the split: {len(sp.train)} training items, the epoch chosen on "
+            f"its {len(sp.val)} validation items; in race/{k})" if last > 1 else
+            f"strategy auto: racing {k} on the training part, judged on {len(sp.val)} validation items")
         results[k] = finetune(fs.source, fs.y, sp, fs.backbone, k, engine["config"], run_dir / "race" / k,
                               resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
                               log=say, export=False)
         val[k] = results[k].val_accuracy
-        answers = []
+        answers, fold_runs[k] = [], []
         for j, f in enumerate(folds[1:], 1):  # the epochs chosen on the split, trained on each other fold
-            say(f"strategy auto: {k} on fold {j + 1} of {len(folds)} ({len(f.train)} items, "
-                f"{results[k].best_epoch} epochs), answering its {len(f.val)} held-out items")
+            e = results[k].best_epoch
+            say(f"strategy auto: {k} on fold {j + 1} of {last}: {len(f.train)} training items for {e} "
+                f"epoch{'s' if e != 1 else ''} (chosen on fold 1), then its {len(f.val)} held-out items "
+                f"(in race/{k}-fold{j})")
             r = finetune(fs.source, fs.y, Splits(f.train, f.train[:0], f.val), fs.backbone, k, fold_cfg,
                          run_dir / "race" / f"{k}-fold{j}", resume=resume, extra_losses=engine["losses"],
                          classes=fs.classes, progress=progress, log=say, export=False,
                          train_epochs=results[k].best_epoch)
             answers.append(np.asarray(r.y_pred) == fs.y[f.val])
-            fold_runs.append(r)
+            fold_runs[k].append(r)
         held[k] = np.concatenate(answers) if answers else np.zeros(0, dtype=bool)
+        if last > 1:
+            say(f"strategy auto: {k}: {100 * held[k].mean():.1f}% of the {n_held} held-out items right")
     cv = held if len(folds) > 1 else {}  # one fold: a validation split large enough to decide alone
     choice, why = race_choice(val, len(sp.val), rule=advice.strategy, held_out=cv)
-    for r in fold_runs + [r for k, r in results.items() if k != choice]:
-        shutil.rmtree(r.run_dir / "checkpoints", ignore_errors=True)
     advice.reasons[:0] = why
     advice.strategy = choice
     advice.evidence["race"] = {"validation_accuracy": val, "validation_items": int(len(sp.val)), "choice": choice,
                                "folds": len(folds), "held_out_accuracy": {k: float(v.mean()) for k, v in cv.items()},
                                "held_out_items": int(len(cv["probe"])) if cv else 0,
-                               "seconds": {k: r.seconds + sum(fr.seconds for fr in fold_runs)
+                               "seconds": {k: r.seconds + sum(fr.seconds for fr in fold_runs[k])
                                            for k, r in results.items()}}
     say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
-    return advice, choice, results
+    spent = [r.run_dir for runs in fold_runs.values() for r in runs] + [r.run_dir for k, r in results.items()
+                                                                        if k != choice]
+    return advice, choice, results, spent
 
 
 def _best_val(head: Any) -> float | None:

@@ -238,9 +238,19 @@ def test_train_epochs_trains_that_many_epochs_of_the_configured_schedule_and_kee
 
     sp = Splits(shapes.splits.train, np.zeros(0, np.int64), shapes.splits.val)  # the held-out items as the test
     cfg = shapes.config(epochs=8, patience=2, lr=3e-2)
+    lines = []
     r = finetune(shapes.source, shapes.y, sp, "random:test_efficientnet", "finetune", cfg, tmp_path / "run",
-                 classes=shapes.classes, train_epochs=3, export=False)
+                 classes=shapes.classes, train_epochs=3, export=False, log=lines.append)
     assert r.epochs_run == 3 == len(r.history) == r.best_epoch and r.stop_reason == "max epochs"
+    epoch_lines = [ln.split(":")[0] for ln in lines if ln.startswith("epoch ")]
+    assert epoch_lines == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]  # counts to the epochs it trains, not to 8
+    assert not any("(best)" in ln for ln in lines)  # nothing is chosen without a validation split
+    again = finetune(shapes.source, shapes.y, sp, "random:test_efficientnet", "finetune", cfg, tmp_path / "run",
+                     classes=shapes.classes, train_epochs=3, export=False, resume=True)
+    assert again.resumed_from == 3 and np.array_equal(again.y_pred, r.y_pred)  # a finished fold is reused as it is
+    with pytest.raises(ResumeMismatchError, match="epochs"):  # another epoch count never resumes this run
+        finetune(shapes.source, shapes.y, sp, "random:test_efficientnet", "finetune", cfg, tmp_path / "run",
+                 classes=shapes.classes, train_epochs=2, export=False, resume=True)
     assert np.array_equal(r.test_index, shapes.splits.val) and len(r.y_pred) == len(shapes.splits.val)
     steps = _steps_per_epoch(len(sp.train), cfg.batch_size, 1)
     factor = cosine_warmup(round(cfg.warmup_epochs * steps), cfg.schedule, cfg.min_lr_ratio)(3 * steps, 8 * steps)

@@ -298,3 +298,29 @@ def test_race_folds_train_each_fold_with_the_settings_fold_0_chose():
     big_y = np.repeat(np.arange(2), 3000)
     big = make_splits(big_y, labels_per_class=2500, seed=0)
     assert len(big.val) >= RACE_CV_BELOW and race_folds(big_y, big) == [big]  # a large validation split decides
+
+
+def test_fold_heads_train_a_torch_head_for_the_epochs_it_chose_on_fold_0(monkeypatch):
+    """An MLP head stops early on the split's validation part; on the other folds (no validation) it trains for that
+    epoch count, not for its 200-epoch maximum."""
+    from transferkit.data.splits import make_splits
+    from transferkit.heads import MLPHead, create_head
+    from transferkit.transferability.advisor import fold_heads, race_folds
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    X = (rng.normal(size=(60, 4)) + 2 * y[:, None]).astype(np.float32)
+    sp = make_splits(y, labels_per_class=10, seed=0)
+    folds = race_folds(y, sp, seed=0)
+    probe = create_head("mlp", hidden=(8,), epochs=60, patience=2, batch_size=8).fit(
+        X[sp.train], y[sp.train], eval_set=(X[sp.val], y[sp.val]))
+    assert probe.best_epoch_ < 60
+    real, trained = MLPHead.fit, []
+
+    def spy(self, X_, y_, eval_set=None):
+        trained.append((self.epochs, eval_set))
+        return real(self, X_, y_, eval_set=eval_set)
+
+    monkeypatch.setattr(MLPHead, "fit", spy)
+    answers = fold_heads(probe, X, y, folds)
+    assert trained == [(probe.best_epoch_, None)] * 4 and len(answers) == len(sp.train)

@@ -381,7 +381,8 @@ def finetune(source: DataSource, y: np.ndarray, splits: Splits, backbone: str | 
     if not isinstance(unlabelled_ratio, int) or unlabelled_ratio < 1:
         raise DataError(f"unlabelled_ratio must be an integer >= 1, got {unlabelled_ratio!r}")
     job = FinetunePlan(source=source, y=y, splits=splits, backbone=backbone, strategy=strat, cfg=cfg, losses=terms,
-                       classes=classes, unlabelled=unlabelled, unlabelled_ratio=unlabelled_ratio, progress=progress)
+                       classes=classes, unlabelled=unlabelled, unlabelled_ratio=unlabelled_ratio, progress=progress,
+                       train_epochs=None if train_epochs is None else int(train_epochs))
     settings = LoopSettings(epochs=cfg.epochs, seed=cfg.seed, max_grad_norm=cfg.max_grad_norm, patience=cfg.patience,
                             precision=cfg.precision, accelerator=cfg.accelerator, devices=cfg.devices,
                             num_workers=_workers(cfg), eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
@@ -493,6 +494,9 @@ class FinetunePlan:
     progress: bool = False
     #: the refit phase of ``TrainConfig.refit`` (its epochs, the selection run): recorded in identity and info
     refit_of: dict[str, Any] | None = None
+    #: ``finetune``'s ``train_epochs``: the epochs the run trains, shown in its epoch lines (the loop's identity
+    #: records them)
+    train_epochs: int | None = None
 
     def build_model(self) -> tuple[TransferModel, dict[str, Any], list, list[str]]:
         """The model (pretrained backbone + seeded head), the backbone's identity, its groups and unused params."""
@@ -628,7 +632,8 @@ class FinetunePlan:
                     trainable_at=_with_delta(strategy.trainable) if delta else strategy.trainable,
                     settled_epoch=strategy.settled_epoch(),
                     final=final, identity=identity, info=info,
-                    describe=_epoch_line(self.refit_of["epochs"] if self.refit_of else cfg.epochs, bb.modality),
+                    describe=_epoch_line(self.refit_of["epochs"] if self.refit_of else self.train_epochs or cfg.epochs,
+                                         bb.modality),
                     info_name="finetune.json")
 
 
@@ -661,7 +666,8 @@ class _EpochLine:
         if row.get("val_pseudo_accuracy") is not None:
             extra += f", val pseudo-label acc {100 * row['val_pseudo_accuracy']:.1f}%"
         return (f"epoch {row['epoch']}/{self.epochs}: train loss {row['train_loss']:.4f}{extra}{val}"
-                f"{' (best)' if row.get('best') else ''}, {row['samples_per_s']:.1f} {self.unit}/s, {row['seconds']:.1f}s")
+                f"{' (best)' if row.get('best') and row.get('val_accuracy') is not None else ''}, "  # no val: no choice
+                f"{row['samples_per_s']:.1f} {self.unit}/s, {row['seconds']:.1f}s")
 
 
 def _epoch_line(epochs: int, modality: str) -> _EpochLine:

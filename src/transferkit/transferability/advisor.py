@@ -565,16 +565,20 @@ def race_folds(y: np.ndarray, splits: Any, seed: int = 0) -> list[Any]:
 
 def fold_heads(probe: Any, X: Any, y: np.ndarray, folds: list[Any]) -> np.ndarray:
     """The probe's answers on the held-out items of folds ``1..k-1`` (:func:`race_folds`), pooled in fold order:
-    on each fold an unfitted copy of ``probe`` trains on the fold's training part with the C ``probe`` chose on
-    fold 0's validation part (``C_``; unfitted, or a head without a C: its parameters as they are), nothing chosen
-    on the fold."""
+    on each fold an unfitted copy of ``probe`` trains on the fold's training part with what ``probe`` chose on
+    fold 0's validation part, nothing chosen on the fold: the logistic head's C (``C_``), a torch head's epoch count
+    (``best_epoch_``: the MLP and linear heads, which stop early on validation); unfitted, or a head that chooses
+    nothing (the few-shot heads): its parameters as they are."""
     from sklearn.base import clone
 
     out = []
     for f in folds[1:]:
         head = clone(probe)
-        if hasattr(probe, "C_") and "C" in head.get_params():
+        params = head.get_params()
+        if hasattr(probe, "C_") and "C" in params:
             head.set_params(C=float(probe.C_))
+        if getattr(probe, "best_epoch_", None) and "epochs" in params:
+            head.set_params(epochs=int(probe.best_epoch_))
         head.fit(np.asarray(X[f.train], dtype=np.float32), y[f.train])
         out.append(np.asarray(head.predict(np.asarray(X[f.val], dtype=np.float32))) == y[f.val])
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
@@ -585,14 +589,15 @@ def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str
                 held_out: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
     """The strategy ``auto`` picks from the **validation** answers of the strategies raced on the same split.
 
-    Every candidate was trained on the training part of each fold (:func:`race_folds`) and chose its head C or
-    epoch on the fold's held-out part. The **default** is the cheapest candidate scored, the probe (whose head is
-    then refitted on the validation labels too); a costlier one replaces it only when it beats it by a significant
-    margin (a one-sided test at 10 %, ``z`` = 1.28), and among those that do the best score wins (ties to the
-    cheaper). With ``held_out`` (rule 7) the scores are the candidates' accuracies over the held-out items of the
-    folds (:func:`race_folds`) and the margin is paired, item by item (:func:`paired_margin`, ``z`` =
-    :data:`RACE_CV_Z`); with validation accuracies alone it is :func:`race_margin`'s bound for unpaired scores
-    (``z`` = :data:`RACE_Z`). Without a validation split (fewer than 5 labels per class) the
+    Every candidate was trained on the split's training part and chose its settings (head C, epoch) on its
+    validation part; in a cross-validated race (:func:`race_folds`) it then trained with those settings on each
+    other fold's training part and answered that fold's held-out items, choosing nothing there. The **default** is
+    the cheapest candidate scored, the probe (whose head is then refitted on the validation labels too); a costlier
+    one replaces it only when it beats it by more than a noise margin, and among those that do the best score wins
+    (ties to the cheaper). With ``held_out`` (rule 7) the scores are the candidates' accuracies over the held-out
+    items of the folds and the margin is paired, item by item (:func:`paired_margin`, ``z`` = :data:`RACE_CV_Z`);
+    with validation accuracies alone it is :func:`race_margin`'s bound for unpaired scores (``z`` = :data:`RACE_Z`, a
+    one-sided test at 10 %). Without a validation split (fewer than 5 labels per class) the
     size x similarity advice (``rule``, :func:`advise`) decides alone; otherwise it is only the printed explanation.
 
     Why this rule. Six versions were judged on ``bench_finetune`` splits, each new one on splits no rule had seen
