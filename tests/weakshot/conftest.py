@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferkit.weakshot import WeakShotConfig, WeakShotData, inject_noise
+from transferkit.weakshot import NovelSet, WeakShotConfig, WeakShotData, inject_noise
+from transferkit.weakshot.similarity import PrecomputedSimilarity
 
 FAST = WeakShotConfig(hidden=32, base_epochs=40, base_patience=8, sim_steps=120, sim_eval_every=40,
                       sim_batch_size=32, novel_epochs=25, batch_size=32, lr=3e-3)
@@ -79,3 +80,20 @@ def flipped_fit(flipped_session):
 @pytest.fixture(scope="session")
 def flipped_session():
     return problem("flip", 0.5, spread=1.6)
+
+
+def toy_noisy_set(y: np.ndarray, true: np.ndarray, far: np.ndarray, rng: np.random.Generator,
+                  near: np.ndarray | None = None) -> NovelSet:
+    """A toy novel set whose similarity is known: 0.8 within a ``true`` class, 0.2 between classes; the ``far``
+    items resemble no class (0.1 to everything, 0.3 to each other), or with ``near`` (a class per item) the clean
+    items of that class (0.8, as a flip would); noise of +-0.05, symmetric, 1 on the diagonal."""
+    P = np.where(true[:, None] == true[None, :], 0.8, 0.2)
+    P[far[:, None] | far[None, :]] = 0.1
+    P[far[:, None] & far[None, :]] = 0.3
+    if near is not None:
+        P[far[:, None] & (true[None, :] == near[:, None])] = 0.8
+        P[(true[:, None] == near[None, :]) & far[None, :]] = 0.8
+    P = P + rng.uniform(-.05, .05, P.shape)
+    P = 0.5 * (P + P.T)
+    np.fill_diagonal(P, 1.0)
+    return NovelSet(np.arange(len(y), dtype=np.float32)[:, None], y, PrecomputedSimilarity(P))

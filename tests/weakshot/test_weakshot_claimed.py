@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.weakshot.conftest import fake_step
+from tests.weakshot.conftest import fake_step, toy_noisy_set
 from transferkit.errors import TransferkitError
-from transferkit.weakshot import NovelSet, WeakShotConfig
+from transferkit.weakshot import WeakShotConfig
 from transferkit.weakshot.objectives import GraphRegularizer, graph_term
 from transferkit.weakshot.similarity import PrecomputedSimilarity
 from transferkit.weakshot.simtrans import claimed, drop_items, similarity_weights
@@ -24,18 +24,7 @@ def _toy(seed: int, outliers_near: bool):
     y = np.repeat(np.arange(3), 20)
     kind = np.tile(np.r_[np.zeros(12), np.ones(4), 2 * np.ones(4)], 3).astype(int)  # 0 clean, 1 flip, 2 outlier
     true = np.where(kind == 1, (y + 1) % 3, np.where(kind == 2, -1, y))
-    P = np.where(true[:, None] == true[None, :], 0.8, 0.2)
-    out = kind == 2
-    P[out[:, None] | out[None, :]] = 0.1
-    P[out[:, None] & out[None, :]] = 0.3
-    if outliers_near:
-        near = (y + 2) % 3
-        P[out[:, None] & (true[None, :] == near[:, None])] = 0.8
-        P[(true[:, None] == near[None, :]) & out[None, :]] = 0.8
-    P = P + rng.uniform(-.05, .05, P.shape)
-    P = 0.5 * (P + P.T)
-    np.fill_diagonal(P, 1.0)
-    return NovelSet(np.arange(60, dtype=np.float32)[:, None], y, PrecomputedSimilarity(P)), kind
+    return toy_noisy_set(y, true, kind == 2, rng, near=(y + 2) % 3 if outliers_near else None), kind
 
 
 def test_claimed_by_hand():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.test_cli import assert_user_error, tk
-from tests.weakshot.conftest import FAST, base_and_similarity, blobs
+from tests.weakshot.conftest import FAST, base_and_similarity, blobs, toy_noisy_set
 from transferkit.errors import DataError, TransferkitError
-from transferkit.weakshot import NovelSet, WeakShotConfig, WeakShotData, inject_noise, train_novel
+from transferkit.weakshot import WeakShotConfig, WeakShotData, inject_noise, train_novel
 from transferkit.weakshot.methods import create_method
 from transferkit.weakshot.similarity import PrecomputedSimilarity
 from transferkit.weakshot.simtrans import open_set_test, similarity_weights
@@ -25,14 +25,7 @@ def _toy(seed: int, noise: str):
     y = np.repeat(np.arange(3), 20)
     noisy = np.tile(np.r_[np.zeros(14), np.ones(6)], 3).astype(bool)
     true = np.where(noisy, (y + 1) % 3 if noise == "flip" else -1, y)
-    P = np.where(true[:, None] == true[None, :], 0.8, 0.2)
-    if noise == "far":
-        P[noisy[:, None] | noisy[None, :]] = 0.1
-        P[noisy[:, None] & noisy[None, :]] = 0.3
-    P = P + rng.uniform(-.05, .05, P.shape)
-    P = 0.5 * (P + P.T)
-    np.fill_diagonal(P, 1.0)
-    return NovelSet(np.arange(60, dtype=np.float32)[:, None], y, PrecomputedSimilarity(P)), noisy
+    return toy_noisy_set(y, true, noisy if noise == "far" else np.zeros_like(noisy), rng), noisy
 
 
 def test_open_set_test_by_hand():
