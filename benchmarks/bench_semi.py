@@ -195,6 +195,10 @@ def main() -> None:
                          "the network pseudo-labels its own weak views)")
     ap.add_argument("--graph-weight", type=float, default=None,
                     help="label propagation's term added to each method with this weight (default: SemiConfig's, 0)")
+    ap.add_argument("--tta", action="store_true",
+                    help="also record, from the same trained heads, the probe and each semi-supervised method with "
+                         "test-time augmentation over the cached views (rows 'METHOD (tta)': the mean probabilities "
+                         "of the eval view and the cached weak views, SemiConfig(tta=True)'s rule)")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -217,7 +221,7 @@ def main() -> None:
     from transferkit.fewshot.choice import auto_head_params, choose_head
     from transferkit.heads import create_head
     from transferkit.semi.baselines import label_spreading, self_training
-    from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
+    from transferkit.semi.fit import SemiConfig, head_proba, train_semi_head, view_averaged_proba, view_banks
 
     torch.set_num_threads(1)
     methods = _csv(args.methods)
@@ -264,6 +268,21 @@ def main() -> None:
                 base = {"dataset": ds, "budget": b, "seed": seed, "n_unlabelled": int(len(sp["unl"])),
                         "n_test": int(len(sp["test"]))}
                 yt = y[sp["test"]]
+                cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
+
+                def put_tta(m: str, predict, seconds: float) -> None:
+                    """The same trained head's record with its probabilities averaged over the cached views."""
+                    t = time.perf_counter()
+                    pt = view_averaged_proba(predict, cut(sp["test"]))
+                    pu = view_averaged_proba(predict, cut(sp["unl"]))
+                    rec = dict(base, method=m + " (tta)" + (args.suffix if m in SEMI else ""),
+                               accuracy=float((pt.argmax(1) == yt).mean()),
+                               pool_accuracy=float((pu.argmax(1) == y[sp["unl"]]).mean()),
+                               seconds=seconds + time.perf_counter() - t)
+                    put(rec)
+                    log(f"{ds} {b}/class seed {seed} {m} (tta): {100 * rec['accuracy']:.1f} % "
+                        f"pool {100 * rec['pool_accuracy']:.1f} %")
+
                 for m in methods:
                     t = time.perf_counter()
                     rec = dict(base, method=m + (args.suffix if m in SEMI else ""))
@@ -274,13 +293,14 @@ def main() -> None:
                         head = create_head(name, **hp).fit(X[sp["lab"]], y[sp["lab"]])
                         pred = head.predict(X[sp["test"]])
                         rec["pool_accuracy"] = float((head.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
+                        if args.tta:
+                            put_tta(m, head.predict_proba, time.perf_counter() - t)
                     elif m in ("self-training", "label-spreading"):
                         fn = self_training if m == "self-training" else label_spreading
                         model = fn(X[sp["lab"]], y[sp["lab"]], X[sp["unl"]])
                         pred = model.predict(X[sp["test"]])
                         rec["pool_accuracy"] = float((model.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
                     else:
-                        cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head,
@@ -326,6 +346,8 @@ def main() -> None:
                                    else None,
                                    curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history],
                                    temperature=temp, head_scale=fit.head.config().get("scale"))
+                        if args.tta:
+                            put_tta(m, head_proba(fit.head), time.perf_counter() - t)
                     rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"
