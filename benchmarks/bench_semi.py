@@ -19,6 +19,10 @@ pseudo-labels' accuracy (share of the pool above the final thresholds, accuracy 
 training.
 
     python benchmarks/bench_semi.py --datasets clipart --budgets 1,2,4,10 --seeds 0,1,2,3,4,5,6,7,8,9
+
+With ``--tta`` every probe and probe-cost head also gets a ``METHOD (tta)`` row from the same trained model: its test
+probabilities averaged over the eval view and the cached weak views (``SemiConfig(tta=True)``; the reported figures
+since the seventh round, beside the plain rows).
 """
 
 from __future__ import annotations
