@@ -19,6 +19,10 @@ pseudo-labels' accuracy (share of the pool above the final thresholds, accuracy 
 training.
 
     python benchmarks/bench_semi.py --datasets clipart --budgets 1,2,4,10 --seeds 0,1,2,3,4,5,6,7,8,9
+
+With ``--tta`` every probe and probe-cost head also gets a ``METHOD (tta)`` row from the same trained model: its test
+probabilities averaged over the eval view and the cached weak views (``SemiConfig(tta=True)``; the reported figures
+since the seventh round, beside the plain rows).
 """
 
 from __future__ import annotations
@@ -90,7 +94,10 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "without it; `(class-mean start)` "
              "rows: the same head started at the labelled class means (`init=\"prototypes\"`, the default of rounds two and three); `(calibrated head, "
              "...)` rows: `SemiConfig(calibrate=\"head\")`, an option, not the default (the head's scale divided by a "
-             "temperature fitted on the labelled items). `wins` = "
+             "temperature fitted on the labelled items); `(tta)` rows: the same trained head (or probe) with its "
+             "test probabilities averaged over the eval view and the 8 cached weak views of each test image "
+             "(`SemiConfig(tta=True)`, seventh round; the saved run predicts from the eval view alone; their `seeds "
+             "below probe` count the plain probe's seeds: against `probe (tta)` see bench_semi_notes.md). `wins` = "
              "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the "
              "unlabelled pool above the final thresholds (SoftMatch: at full weight; every item trains with some weight) "
              "and the "
@@ -195,6 +202,10 @@ def main() -> None:
                          "the network pseudo-labels its own weak views)")
     ap.add_argument("--graph-weight", type=float, default=None,
                     help="label propagation's term added to each method with this weight (default: SemiConfig's, 0)")
+    ap.add_argument("--tta", action="store_true",
+                    help="also record, from the same trained heads, the probe and each semi-supervised method with "
+                         "test-time augmentation over the cached views (rows 'METHOD (tta)': the mean probabilities "
+                         "of the eval view and the cached weak views, SemiConfig(tta=True)'s rule)")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -217,7 +228,7 @@ def main() -> None:
     from transferkit.fewshot.choice import auto_head_params, choose_head
     from transferkit.heads import create_head
     from transferkit.semi.baselines import label_spreading, self_training
-    from transferkit.semi.fit import SemiConfig, train_semi_head, view_banks
+    from transferkit.semi.fit import SemiConfig, head_proba, train_semi_head, view_averaged_proba, view_banks
 
     torch.set_num_threads(1)
     methods = _csv(args.methods)
@@ -264,6 +275,21 @@ def main() -> None:
                 base = {"dataset": ds, "budget": b, "seed": seed, "n_unlabelled": int(len(sp["unl"])),
                         "n_test": int(len(sp["test"]))}
                 yt = y[sp["test"]]
+                cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
+
+                def put_tta(m: str, predict, seconds: float) -> None:
+                    """The same trained head's record with its probabilities averaged over the cached views."""
+                    t = time.perf_counter()
+                    pt = view_averaged_proba(predict, cut(sp["test"]))
+                    pu = view_averaged_proba(predict, cut(sp["unl"]))
+                    rec = dict(base, method=m + " (tta)" + (args.suffix if m in SEMI else ""),
+                               accuracy=float((pt.argmax(1) == yt).mean()),
+                               pool_accuracy=float((pu.argmax(1) == y[sp["unl"]]).mean()),
+                               seconds=seconds + time.perf_counter() - t)
+                    put(rec)
+                    log(f"{ds} {b}/class seed {seed} {m} (tta): {100 * rec['accuracy']:.1f} % "
+                        f"pool {100 * rec['pool_accuracy']:.1f} %")
+
                 for m in methods:
                     t = time.perf_counter()
                     rec = dict(base, method=m + (args.suffix if m in SEMI else ""))
@@ -274,13 +300,14 @@ def main() -> None:
                         head = create_head(name, **hp).fit(X[sp["lab"]], y[sp["lab"]])
                         pred = head.predict(X[sp["test"]])
                         rec["pool_accuracy"] = float((head.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
+                        if args.tta:
+                            put_tta(m, head.predict_proba, time.perf_counter() - t)
                     elif m in ("self-training", "label-spreading"):
                         fn = self_training if m == "self-training" else label_spreading
                         model = fn(X[sp["lab"]], y[sp["lab"]], X[sp["unl"]])
                         pred = model.predict(X[sp["test"]])
                         rec["pool_accuracy"] = float((model.predict(X[sp["unl"]]) == y[sp["unl"]]).mean())
                     else:
-                        cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
                                          head=args.head,
@@ -326,6 +353,8 @@ def main() -> None:
                                    else None,
                                    curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history],
                                    temperature=temp, head_scale=fit.head.config().get("scale"))
+                        if args.tta:
+                            put_tta(m, head_proba(fit.head), time.perf_counter() - t)
                     rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"

@@ -338,3 +338,25 @@ def test_the_logistic_start_puts_a_logistic_probe_on_cl2n_features_into_the_cosi
         acc[init] = _accuracy(head, Xt, yt)
     assert acc["logistic"] >= acc["prototypes"] + 0.1, acc
 
+
+
+def test_view_averaging_matches_a_hand_computation_and_can_change_the_prediction():
+    from transferkit.semi.fit import head_proba, view_averaged_proba
+
+    head = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # logits = the features
+    banks = {"eval": np.array([[1.0, 0.0]], np.float32),                         # softmax: [e/(e+1), 1/(e+1)]
+             "weak": np.array([[[0.0, 2.0]], [[0.0, 0.0]]], np.float32)}          # [1/(1+e^2), e^2/(1+e^2)], [.5, .5]
+    e = np.e
+    want = np.array([[e / (e + 1) + 1 / (1 + e ** 2) + 0.5, 1 / (e + 1) + e ** 2 / (1 + e ** 2) + 0.5]]) / 3
+    got = view_averaged_proba(head_proba(head), banks)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got.argmax(1)[0] == 1 and head_proba(head)(banks["eval"]).argmax(1)[0] == 0  # the views changed the call
+    np.testing.assert_allclose(view_averaged_proba(head_proba(head), banks, views=()), head_proba(head)(banks["eval"]))
+    with pytest.raises(DataError, match="no cached 'strong' view"):
+        view_averaged_proba(head_proba(head), banks, views=("strong",))
+    with pytest.raises(DataError, match="expected \\(draws, 1, D\\)"):
+        view_averaged_proba(head_proba(head), {"eval": banks["eval"], "weak": banks["weak"][:, [0, 0]]})
+    with pytest.raises(TransferkitError, match="tta must be True or False"):
+        SemiConfig(tta="yes").validate()

@@ -131,3 +131,17 @@ def test_cli_fit_with_unlabelled_rest_and_clear_errors(image_folder, tmp_path):
                       "--unlabelled")
     assert_user_error(tk("fit", image_folder, "-b", TINY, "-s", "fixmatch", "-n", "2", "-o", tmp_path / "r4"),
                       "unlabelled")
+
+
+def test_tta_averages_the_reported_test_probabilities_and_leaves_the_saved_run_on_the_eval_view(image_folder, tmp_path):
+    for name, cfg in (("plain", SMALL), ("tta", {**SMALL, "tta": True})):
+        fit_run(str(image_folder), backbone=TINY, strategy="fixmatch", labels_per_class=2, unlabelled="rest",
+                semi_config=cfg, out=tmp_path / name, progress=False, baseline=False, report=False)
+    assert json.loads((tmp_path / "tta" / "config.json").read_text())["semi"]["tta"] is True
+    a, b = (pd.read_csv(tmp_path / n / "predictions.csv") for n in ("plain", "tta"))
+    assert list(a["input"]) == list(b["input"])
+    pa, pb = a.filter(like="p_").to_numpy(), b.filter(like="p_").to_numpy()
+    assert abs(pb.sum(1) - 1).max() < 1e-6 and abs(pa - pb).max() > 1e-4, "tta changed the test probabilities"
+    # training is unchanged: the saved tta run is the plain run's head, and predicts from the eval view as it
+    saved = load_run(tmp_path / "tta").predict(collect_inputs(list(a["input"])))
+    assert list(saved["prediction"]) == list(a["prediction"])

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from ..errors import DataError, TransferkitError
 from .algorithms import SEMI_METHODS, create_semi_objective
 from .baselines import label_spreading, self_training
-from .fit import SemiConfig, train_semi_head, view_banks
+from .fit import SemiConfig, head_proba, train_semi_head, view_averaged_proba, view_banks
 
 __all__ = ["SEMI_LEVELS", "SemiOutcome", "semi_fit", "semi_finetune", "baseline_rows", "history_summary"]
 
@@ -29,7 +28,8 @@ class SemiOutcome:
     """What :func:`semi_fit` returns.
 
     Attributes:
-        proba, y_pred: test probabilities and predictions.
+        proba, y_pred: test probabilities and predictions (with ``SemiConfig(tta=True)``, averaged over the eval
+            view and the cached weak views: then not what the saved run predicts from the eval view alone).
         head: the trained head module (``features``) — None end to end.
         finetuned: the :class:`~transferkit.train.engine.FinetuneResult` (end to end) — None at probe cost.
         history: per evaluation: losses, the unlabelled pool's mask rate, validation accuracy, pseudo-label accuracy
@@ -133,11 +133,14 @@ def _at_probe_cost(fs, backbone, store, method, other, config, params, run_dir, 
     fit = train_semi_head(banks_l, fs.y[sp.train], banks_u, method, n_classes=len(fs.classes), val=val, config=cfg,
                           run_dir=None if run_dir is None else Path(run_dir) / "semi", resume=resume,
                           progress=progress, log=say, **params)
-    with torch.no_grad():
-        logits = fit.head(torch.as_tensor(np.asarray(banks["eval"][sp.test], dtype=np.float32)))
-    proba = torch.softmax(logits.double(), 1).numpy()
+    if cfg.tta:  # the test items' weak views are in the banks already (every item of the data is extracted)
+        say(f"test predictions averaged over the eval view and {cfg.draws} cached weak views (tta); a saved run "
+            "predicts new inputs from the eval view alone")
+        proba = view_averaged_proba(head_proba(fit.head), rows(banks, sp.test))
+    else:
+        proba = head_proba(fit.head)(banks["eval"][sp.test])
     return SemiOutcome(proba=proba, y_pred=proba.argmax(1), head=fit.head, history=fit.history,
-                       summary={"best_epoch": fit.best_epoch, "config": {k: getattr(cfg, k) for k in
+                       summary={"best_epoch": fit.best_epoch, "tta": bool(cfg.tta), "config": {k: getattr(cfg, k) for k in
                                                                          cfg.__dataclass_fields__}},
                        other_features=None if other is None else more["eval"])
 
