@@ -549,7 +549,7 @@ class _CellRunner:
         (:func:`~transferkit.transferability.advisor.race_folds`), with the settings its compared cell chose on
         the split (``chosen``: the probe's C, an engine strategy's best epoch): whether it got each held-out item
         right (pooled in fold order), and the seconds it took (a resumed fold counts its earlier epochs too)."""
-        from .transferability.advisor import fold_heads
+        from .transferability.advisor import fold_heads, fold_runs
 
         y = self.y
         t0 = time.perf_counter()
@@ -558,13 +558,10 @@ class _CellRunner:
 
             return (fold_heads(create_head("logreg", C=float(chosen["C"])), self.probe_features().X, y, folds),
                     time.perf_counter() - t0)
-        answers, earlier = [], 0.0
-        for j, f in enumerate(folds[1:], 1):
-            r = self._finetune(strategy, budget, seed, Splits(f.train, f.train[:0], f.val), fold=j,
-                               train_epochs=int(chosen["best_epoch"]))
-            answers.append(np.asarray(r.y_pred) == y[f.val])
-            earlier += sum(float(row["seconds"]) for row in r.history[: r.resumed_from or 0])
-        return np.concatenate(answers), time.perf_counter() - t0 + earlier
+        answers, runs = fold_runs(folds, y, lambda j, split: self._finetune(
+            strategy, budget, seed, split, fold=j, train_epochs=int(chosen["best_epoch"])))
+        earlier = sum(float(row["seconds"]) for r in runs for row in r.history[: r.resumed_from or 0])
+        return answers, time.perf_counter() - t0 + earlier
 
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
         """``auto``: the candidates (``RACE_CANDIDATES``) race on the split, cross-validated over its labelled items

@@ -553,8 +553,8 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
         directories whose checkpoints are spent once the run is written)``.
     """
     from .train.engine import finetune
-    from .transferability.advisor import (RACE_CANDIDATES, advise_labelled, fold_heads, race_choice, race_folds,
-                                          races)
+    from .transferability.advisor import (RACE_CANDIDATES, advise_labelled, fold_heads, fold_runs, race_choice,
+                                          race_folds, races)
 
     seed, size = engine["config"].seed, engine["config"].image_size
     # the batch-norm statistics at the size the fine-tuning runs at (the shift depends on it), as compare measures
@@ -581,7 +581,7 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
             f"validation items), trains with them on folds 2-{last} and answers their {n_held} held-out items")
         say(f"strategy auto: probe ({setting}, chosen on fold 1): {100 * held['probe'].mean():.1f}% of the {n_held} "
             "held-out items right")
-    results, fold_runs = {}, {}
+    results, fold_results = {}, {}
     fold_cfg = replace(engine["config"], refit=False)  # a fold trains for the epochs chosen; nothing to refit
     for k in RACE_CANDIDATES:
         if k == "probe":
@@ -593,19 +593,17 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
                               resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
                               log=say, export=False)
         val[k] = results[k].val_accuracy
-        answers, fold_runs[k] = [], []
-        for j, f in enumerate(folds[1:], 1):  # the epochs chosen on the split, trained on each other fold
-            e = results[k].best_epoch
-            say(f"strategy auto: {k} on fold {j + 1} of {last}: {len(f.train)} training items for {e} "
-                f"epoch{'s' if e != 1 else ''} (chosen on fold 1), then its {len(f.val)} held-out items "
+        e = results[k].best_epoch
+
+        def train_fold(j: int, split: Splits, k: str = k, e: int = e) -> Any:  # the epochs chosen on the split
+            say(f"strategy auto: {k} on fold {j + 1} of {last}: {len(split.train)} training items for {e} "
+                f"epoch{'s' if e != 1 else ''} (chosen on fold 1), then its {len(split.test)} held-out items "
                 f"(in race/{k}-fold{j})")
-            r = finetune(fs.source, fs.y, Splits(f.train, f.train[:0], f.val), fs.backbone, k, fold_cfg,
-                         run_dir / "race" / f"{k}-fold{j}", resume=resume, extra_losses=engine["losses"],
-                         classes=fs.classes, progress=progress, log=say, export=False,
-                         train_epochs=results[k].best_epoch)
-            answers.append(np.asarray(r.y_pred) == fs.y[f.val])
-            fold_runs[k].append(r)
-        held[k] = np.concatenate(answers) if answers else np.zeros(0, dtype=bool)
+            return finetune(fs.source, fs.y, split, fs.backbone, k, fold_cfg, run_dir / "race" / f"{k}-fold{j}",
+                            resume=resume, extra_losses=engine["losses"], classes=fs.classes, progress=progress,
+                            log=say, export=False, train_epochs=e)
+
+        held[k], fold_results[k] = fold_runs(folds, fs.y, train_fold)
         if last > 1:
             say(f"strategy auto: {k}: {100 * held[k].mean():.1f}% of the {n_held} held-out items right")
     cv = held if len(folds) > 1 else {}  # one fold: a validation split large enough to decide alone
@@ -615,10 +613,10 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     advice.evidence["race"] = {"validation_accuracy": val, "validation_items": int(len(sp.val)), "choice": choice,
                                "folds": len(folds), "held_out_accuracy": {k: float(v.mean()) for k, v in cv.items()},
                                "held_out_items": int(len(cv["probe"])) if cv else 0,
-                               "seconds": {k: r.seconds + sum(fr.seconds for fr in fold_runs[k])
+                               "seconds": {k: r.seconds + sum(fr.seconds for fr in fold_results[k])
                                            for k, r in results.items()}}
     say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
-    spent = [r.run_dir for runs in fold_runs.values() for r in runs] + [r.run_dir for k, r in results.items()
+    spent = [r.run_dir for runs in fold_results.values() for r in runs] + [r.run_dir for k, r in results.items()
                                                                         if k != choice]
     return advice, choice, results, spent
 

@@ -31,8 +31,8 @@ from .algorithms import SEMI_METHODS, create_semi_objective
 from .masks import GraphWeights, scaled_momentum
 from .objective import GraphTerm, PseudoLabelConsistency, checked_sharpen, checked_smoothing, checked_teacher_decay
 
-__all__ = ["SemiConfig", "SemiFit", "view_banks", "view_averaged_proba", "head_proba", "train_semi_head", "logistic_rows", "HEADS", "INITS",
-           "LABELLED_VIEWS", "CALIBRATIONS", "ALIGN_STARTS"]
+__all__ = ["SemiConfig", "SemiFit", "view_banks", "view_averaged_proba", "head_proba", "train_semi_head",
+           "logistic_rows", "HEADS", "INITS", "LABELLED_VIEWS", "CALIBRATIONS", "ALIGN_STARTS"]
 
 #: the heads a semi-supervised run trains (see :class:`SemiConfig`)
 HEADS = ("cosine", "linear")

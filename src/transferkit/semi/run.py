@@ -140,8 +140,8 @@ def _at_probe_cost(fs, backbone, store, method, other, config, params, run_dir, 
     else:
         proba = head_proba(fit.head)(banks["eval"][sp.test])
     return SemiOutcome(proba=proba, y_pred=proba.argmax(1), head=fit.head, history=fit.history,
-                       summary={"best_epoch": fit.best_epoch, "tta": bool(cfg.tta), "config": {k: getattr(cfg, k) for k in
-                                                                         cfg.__dataclass_fields__}},
+                       summary={"best_epoch": fit.best_epoch, "tta": bool(cfg.tta),
+                                "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}},
                        other_features=None if other is None else more["eval"])
 
 

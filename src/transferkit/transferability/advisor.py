@@ -111,7 +111,7 @@ import numpy as np
 from ..errors import ScoreError
 
 __all__ = ["Advice", "advise", "advise_data", "advise_labelled", "race_choice", "race_margin", "paired_margin",
-           "race_folds", "fold_heads", "races", "RACE_Z", "RACE_CV_Z", "RACE_CV_BELOW",
+           "race_folds", "fold_heads", "fold_runs", "races", "RACE_Z", "RACE_CV_Z", "RACE_CV_BELOW",
            "RACE_CANDIDATES", "JUDGED_STRATEGIES", "RULE_VERSION", "STRATEGIES", "LARGE_LABELS_PER_CLASS",
            "TINY_LABELS_PER_CLASS", "FEW_LABELS_PER_CLASS", "BN_SIMILAR", "SIMILAR_SKILL", "KNN_SIMILAR_SKILL",
            "SOURCE_FAMILIAR", "SOURCE_UNFAMILIAR", "PAD_SIMILAR", "PAD_DISSIMILAR", "MAX_SAMPLES"]
@@ -582,6 +582,21 @@ def fold_heads(probe: Any, X: Any, y: np.ndarray, folds: list[Any]) -> np.ndarra
         head.fit(np.asarray(X[f.train], dtype=np.float32), y[f.train])
         out.append(np.asarray(head.predict(np.asarray(X[f.val], dtype=np.float32))) == y[f.val])
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
+def fold_runs(folds: list[Any], y: np.ndarray, train: Callable[[int, Any], Any]) -> tuple[np.ndarray, list[Any]]:
+    """An engine candidate on folds ``1..k-1`` of the race (:func:`race_folds`): ``train(j, split)`` trains on
+    fold ``j``'s training part and predicts its held-out items, given as the split's test part (``split.val`` is
+    empty, so nothing is chosen there; the caller trains for the epoch count fold 0 chose). Returns whether each
+    held-out item was answered right, pooled in fold order, and the results of ``train``."""
+    from ..data.splits import Splits
+
+    answers, results = [], []
+    for j, f in enumerate(folds[1:], 1):
+        r = train(j, Splits(f.train, f.train[:0], f.val))
+        answers.append(np.asarray(r.y_pred) == y[f.val])
+        results.append(r)
+    return (np.concatenate(answers) if answers else np.zeros(0, dtype=bool)), results
 
 
 def race_choice(val_scores: Mapping[str, float | None], n_val: int, *, rule: str | None = None,
