@@ -63,7 +63,7 @@ def render(results: dict[str, dict], info: dict, cmd: str, args) -> str:
              "`scratch`, the same architecture from random init, at that budget).\n"]
     pooled = [p for res in results.values() for p in res.get("advisor", {}).get("per_split", [])]
     if pooled:
-        hits = sum(p["chosen"] in p["best"] for p in pooled)
+        hits = sum(p["loss_points"] <= 1e-9 for p in pooled)
         loss = [p["loss_points"] for p in pooled]
         parts.append(f"**Strategy advisor (`auto`, what `fit --strategy auto` picks from the labelled part of each "
                      f"split) over every dataset and budget: best of probe/partial/finetune on {hits} of {len(pooled)} "

@@ -118,7 +118,9 @@ def rescore(cells: list[dict], readvise: Readviser | None = None) -> list[dict]:
                                                                      for k in RACE_CANDIDATES)
                          - float(by[(chosen, *key)]["seconds"]))
             wider = set(d["val_accuracy"]) - set(RACE_CANDIDATES)  # recorded when more candidates raced
-            c = {**c, "details": {**d, **extra_details, "val_accuracy": val, "chosen": chosen,
+            # the recorded model when the choice stands (rule 8 keeps a retrained winner), else the pick's cell
+            acc = c["accuracy"] if chosen == d.get("chosen") else by[(chosen, *key)]["accuracy"]
+            c = {**c, "accuracy": acc, "details": {**d, **extra_details, "val_accuracy": val, "chosen": chosen,
                                   "recorded_choice": d.get("chosen"),
                                   "reasons": why, "extra_seconds": extra,
                                   "recorded_extra_seconds": d.get("extra_seconds") if wider else None}}

@@ -256,6 +256,58 @@ def test_auto_trains_the_candidates_that_are_not_compared_and_picks_on_validatio
     assert res.advisor == {}  # only probe was compared: nothing to judge the pick against
 
 
+def test_auto_keeps_a_finetuning_winner_retrained_on_every_labelled_item(image_folder, tmp_path, monkeypatch):
+    """Rule 8: when gradual unfreezing wins the race, the model ``auto`` keeps trains again on the split's training
+    *and* validation items, for the epoch count its compared cell chose, nothing chosen on the test items; the cell
+    scores that model (here right on every test item, while the split's run answers class 0 everywhere), says what
+    the split's run scored, and charges the extra run to the race."""
+    import transferkit.train.engine as engine
+    import transferkit.transferability.advisor as advisor
+
+    y = from_folder(image_folder).encoded_labels()
+    runs = []
+
+    def fake(source, y_, splits, backbone, strategy, config, run_dir, **k):
+        runs.append((run_dir.name, splits, k.get("train_epochs")))
+        kept = run_dir.name.endswith("-all")
+        e = k.get("train_epochs") or 2  # the split's run chooses its second epoch
+        return SimpleNamespace(test_index=splits.test, y_pred=y[splits.test] if kept else 0 * splits.test,
+                               best_epoch=e, epochs_run=e, val_accuracy=0.5 if len(splits.val) else None,
+                               train_seconds=0.0, resumed_from=None, history=[])
+
+    monkeypatch.setattr(engine, "finetune", fake)
+    monkeypatch.setattr(advisor, "race_choice", lambda *a, **k: ("gradual", ["gradual led (forced)"]))
+    res = _run(image_folder, tmp_path / "auto", strategies=("probe", "gradual", "auto"), labels_per_class=(10,),
+               seeds=(0,), config=replace(_config(), epochs=3))
+    by = {c["strategy"]: c for c in res.cells}
+    sp = make_splits(y, labels_per_class=10, seed=0, classes=from_folder(image_folder).classes)
+    names = [n for n, _, _ in runs]
+    assert names[0].startswith("gradual-n10-s0-") and names[1:5] == [f"{names[0]}-fold{j}" for j in range(1, 5)]
+    assert names[5:] == [f"{names[0]}-all"]  # trained once, after the race
+    _, kept_split, epochs = runs[5]
+    assert sorted(kept_split.train) == sorted(np.concatenate([sp.train, sp.val])) and len(kept_split.val) == 0
+    assert np.array_equal(kept_split.test, sp.test) and epochs == by["gradual"]["details"]["best_epoch"] == 2
+    auto = by["auto"]
+    assert auto["details"]["chosen"] == "gradual" and auto["accuracy"] == 1.0 and by["gradual"]["accuracy"] < 0.5
+    kept = auto["details"]["kept"]
+    assert kept["trained_on"] == len(sp.train) + len(sp.val) and kept["epochs"] == 2
+    assert kept["split_run_accuracy"] == by["gradual"]["accuracy"]
+    assert auto["seconds"] == pytest.approx(auto["details"]["advice_seconds"] + auto["details"]["fold_seconds"]
+                                            + by["probe"]["seconds"] + by["gradual"]["seconds"] + kept["seconds"])
+    assert auto["details"]["extra_seconds"] == pytest.approx(auto["seconds"] - by["gradual"]["seconds"])
+    # the probe winning keeps its cell: nothing retrained
+    runs.clear()
+    monkeypatch.setattr(advisor, "race_choice", lambda *a, **k: ("probe", ["forced"]))
+    import transferkit.compare as compare
+
+    monkeypatch.setattr(compare, "RULE_VERSION", compare.RULE_VERSION + 1)  # decide again
+    again = _run(image_folder, tmp_path / "auto", strategies=("probe", "gradual", "auto"), labels_per_class=(10,),
+                 seeds=(0,), config=replace(_config(), epochs=3))
+    auto = next(c for c in again.cells if c["strategy"] == "auto")
+    assert auto["details"]["kept"] is None and auto["accuracy"] == by["probe"]["accuracy"]
+    assert not [n for n, _, _ in runs if n.endswith("-all")]
+
+
 def test_a_new_advisor_rule_decides_again_on_a_resumed_comparison(image_folder, tmp_path, monkeypatch):
     import transferkit.compare as compare
 
@@ -288,6 +340,14 @@ def test_advisor_summary_hit_rate_and_loss_by_hand():
     assert summ["fixed"]["probe"]["mean_accuracy"] == pytest.approx((0.6 + 0.5 + 0.6) / 3)
     assert "within 1 point of it on 2 of 3 splits (67%; the best on 2)" in advisor_sentence(summ)
     assert advisor_summary(cells[:9], choices=("probe", "partial", "finetune")) == {}
+    # rule 8: the kept model (a fine-tuning winner retrained on every label) is judged, not the chosen cell: above
+    # every candidate is a hit with no loss
+    # (20, 0): partial picked, its cell 0.8 (10 points below finetune's), the model kept 0.92
+    cells[-1] = {**cells[-1], "accuracy": 0.92, "details": {"chosen": "partial"}}
+    summ = advisor_summary(cells, choices=("probe", "partial", "finetune"))
+    assert (summ["hits"], summ["near"]) == (3, 3) and summ["per_split"][2]["loss_points"] == 0.0
+    assert summ["mean_accuracy"] == pytest.approx((0.6 + 0.7 + 0.92) / 3)
+    assert summ["picked"] == {"probe": 1, "finetune": 1, "partial": 1}
 
 
 def test_auto_is_judged_against_the_strategies_it_no_longer_races():

@@ -210,6 +210,43 @@ def test_fit_auto_races_cross_validated_and_keeps_only_the_winner(image_folder, 
     assert left == ({"gradual"} if race["choice"] == "gradual" else set())
 
 
+def test_fit_auto_keeps_a_gradual_winner_retrained_on_every_labelled_item(image_folder, tmp_path, monkeypatch):
+    """Rule 8: when gradual unfreezing wins the race, fit trains it once more on the split's training and
+    validation items for the epoch count it chose, and that run is the model kept: its test predictions are the
+    run's, its checkpoints the only ones left; a resumed fit trains nothing again."""
+    import transferkit.train.engine as engine
+    import transferkit.transferability.advisor as advisor
+
+    calls, real = [], engine.finetune
+
+    def spy(source, y, splits, backbone, strategy, config, run_dir, **k):
+        r = real(source, y, splits, backbone, strategy, config, run_dir, **k)
+        calls.append((run_dir.name, k.get("train_epochs"), splits, r))
+        return r
+
+    monkeypatch.setattr(engine, "finetune", spy)
+    monkeypatch.setattr(advisor, "race_choice", lambda *a, **k: ("gradual", ["gradual led (forced)"]))
+    lines = []
+    kw = dict(backbone=TINY, strategy="auto", labels_per_class=5, out=tmp_path / "cv", progress=False, report=False,
+              baseline=False, train_config={"epochs": 2, "image_size": 32, "num_workers": 0})
+    res = fit_run(str(image_folder), log=lines.append, **kw)
+    assert [c[0] for c in calls] == ["gradual"] + [f"gradual-fold{j}" for j in range(1, 5)] + ["gradual-all"]
+    split_run, (_, epochs, kept_split, kept) = calls[0][3], calls[-1]
+    assert epochs == split_run.best_epoch and len(kept_split.val) == 0
+    assert len(kept_split.train) == res.splits["train"] + res.splits["val"] == 15
+    assert np.array_equal(kept_split.test, split_run.test_index)
+    preds = pd.read_csv(tmp_path / "cv" / "predictions.csv")
+    classes = json.loads((tmp_path / "cv" / "config.json").read_text())["classes"]
+    assert list(preds["prediction"]) == [classes[i] for i in kept.y_pred]  # the kept run's answers are the run's
+    race = res.advice["evidence"]["race"]
+    assert race["kept"] == {"strategy": "gradual", "trained_on": 15, "epochs": epochs}
+    assert any(f"again on all 15 labelled items for the {epochs} epoch" in ln for ln in lines)
+    assert {p.parent.name for p in (tmp_path / "cv" / "race").glob("*/checkpoints")} == {"gradual-all"}
+    calls.clear()
+    fit_run(str(image_folder), resume=True, **kw)
+    assert calls[-1][0] == "gradual-all" and calls[-1][3].resumed_from == calls[-1][3].epochs_run  # not again
+
+
 def test_fit_auto_killed_after_the_race_resumes_every_race_run(image_folder, tmp_path, monkeypatch):
     """A fit --strategy auto killed once the race is decided (here in the baseline) keeps every race checkpoint, so
     the resumed run trains no epoch again; the finished run keeps only the winner's."""

@@ -187,8 +187,9 @@ def advisor_summary(cells: Sequence[dict[str, Any]], choices: Sequence[str] = AD
     """How good were the advisor's choices? Hit rate and accuracy lost, from the ``auto`` cells.
 
     For every ``(budget, seed)`` with an ``auto`` cell, the candidates are the cells of ``choices`` on the same
-    split; the advisor *hits* when its choice scored the best test accuracy among them (ties count as hits) and
-    otherwise loses ``best - chosen`` points. For scale, the same is given for always answering one fixed
+    split; the advisor *hits* when the model it kept scored at least the best test accuracy among them and
+    otherwise loses ``best - kept`` points (the kept model is the chosen candidate's cell, except that from rule 8 a
+    fine-tuning winner is retrained on every labelled item, so it may score above every candidate). For scale, the same is given for always answering one fixed
     strategy (a choice is only scored where every candidate was run).
 
     Returns:
@@ -210,13 +211,14 @@ def advisor_summary(cells: Sequence[dict[str, Any]], choices: Sequence[str] = AD
         if len(cand) < len(choices) or chosen not in cand:
             continue
         best_acc = max(cand.values())
-        per_split.append({"budget": b, "seed": s, "chosen": chosen, "accuracy": cand[chosen],
+        acc = float(c["accuracy"])  # the model auto kept (rule 8: a fine-tuning winner retrained on every label)
+        per_split.append({"budget": b, "seed": s, "chosen": chosen, "accuracy": acc,
                           "best": [k for k, v in cand.items() if v == best_acc], "best_accuracy": best_acc,
-                          "loss_points": 100 * (best_acc - cand[chosen]), "candidates": cand})
+                          "loss_points": max(0.0, 100 * (best_acc - acc)), "candidates": cand})
     if not per_split:
         return {}
     loss = np.array([p["loss_points"] for p in per_split])
-    hits = int(sum(p["chosen"] in p["best"] for p in per_split))
+    hits = int(np.sum(loss <= 1e-9))
     near = int(np.sum(loss <= NEAR_POINTS + 1e-9))
     fixed = {}
     for k in choices:
@@ -520,12 +522,14 @@ class _CellRunner:
                 "n_val": int(len(sp.val)), "n_test": int(len(sp.test)), "details": extra,
                 "correct": pack_outcomes(np.asarray(y_pred) == y[sp.test])}
 
-    def _run_dir(self, strategy: str, budget: int, seed: int, fold: int = 0) -> Path:
-        """The run directory of an engine cell (``fold`` > 0: of a fold of ``auto``'s cross-validated race)."""
+    def _run_dir(self, strategy: str, budget: int, seed: int, fold: int | str = 0) -> Path:
+        """The run directory of an engine cell (``fold`` > 0: of a fold of ``auto``'s cross-validated race;
+        ``"all"``: the model ``auto`` keeps, trained on every labelled item)."""
         return self.out_dir / "cells" / (f"{strategy}-n{budget}-s{seed}-{self.hashes[strategy]}"
-                                         + (f"-fold{fold}" if fold else ""))
+                                         + (f"-fold{fold}" if isinstance(fold, int) and fold else
+                                            f"-{fold}" if fold else ""))
 
-    def _finetune(self, strategy: str, budget: int, seed: int, sp: Splits, fold: int = 0,
+    def _finetune(self, strategy: str, budget: int, seed: int, sp: Splits, fold: int | str = 0,
                   train_epochs: int | None = None, keep: bool = False) -> Any:
         """One engine strategy trained on ``sp`` (resumable; ``fold`` > 0: a fold of ``auto``'s cross-validated
         race, in a run directory of its own, trained for ``train_epochs``). A cell's checkpoints are removed unless
@@ -563,6 +567,22 @@ class _CellRunner:
         earlier = sum(float(row["seconds"]) for r in runs for row in r.history[: r.resumed_from or 0])
         return answers, time.perf_counter() - t0 + earlier
 
+    def kept_run(self, strategy: str, budget: int, seed: int, sp: Splits, epochs: int) -> dict[str, Any]:
+        """The model ``auto`` keeps when the engine candidate ``strategy`` wins its race (rule 8): trained on every
+        labelled item of the split (:func:`~transferkit.transferability.advisor.kept_split`) for the ``epochs``
+        its compared cell chose, scored on the split's test items, in a run directory of its own (resumable)."""
+        from .report import classification_metrics
+        from .report.metrics import pack_outcomes
+        from .transferability.advisor import kept_split
+
+        t0 = time.perf_counter()
+        r = self._finetune(strategy, budget, seed, kept_split(sp), fold="all", train_epochs=epochs)
+        seconds = time.perf_counter() - t0 + sum(float(row["seconds"]) for row in r.history[: r.resumed_from or 0])
+        y_pred = np.asarray(r.y_pred)
+        m = classification_metrics(self.y[sp.test], y_pred, self.classes)
+        return {"accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"]), "seconds": seconds,
+                "correct": pack_outcomes(y_pred == self.y[sp.test]), "details": {"epochs_run": r.epochs_run}}
+
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
         """``auto``: the candidates (``RACE_CANDIDATES``) race on the split, cross-validated over its labelled items
         (:func:`~transferkit.transferability.advisor.race_folds`; fold 0 is the split itself, whose compared cells
@@ -598,28 +618,38 @@ class _CellRunner:
             if len(folds) > 1:
                 held[k], sec = self.fold_answers(k, budget, seed, folds, runs[k]["details"])
                 fold_seconds += sec
-        if not self.keep_checkpoints:  # every fold answered: the race's checkpoints are no longer needed to resume
+        val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
+        chosen, why = race_choice(val, len(sp.val), rule=adv.strategy, held_out=held)
+        kept = None
+        if folds and chosen != "probe":  # rule 8: the winner trains again on every labelled item for its epochs
+            kept = self.kept_run(chosen, budget, seed, sp, int(runs[chosen]["details"]["best_epoch"]))
+        if not self.keep_checkpoints:  # every run answered: the race's checkpoints are no longer needed to resume
             for k in RACE_CANDIDATES if folds else ():
                 for j in range(0 if k in trained else 1, len(folds)):  # 0: the run on the split
                     shutil.rmtree(self._run_dir(k, budget, seed, j) / "checkpoints", ignore_errors=True)
-        val = {k: r.get("details", {}).get("val_accuracy") for k, r in runs.items()}
-        chosen, why = race_choice(val, len(sp.val), rule=adv.strategy, held_out=held)
+            if kept:
+                shutil.rmtree(self._run_dir(chosen, budget, seed, "all") / "checkpoints", ignore_errors=True)
         if chosen not in runs:  # nothing raced: the advice's pick alone (its cost too), trained if not compared
             runs[chosen] = twin(chosen)
             if runs[chosen] is None:
                 runs[chosen] = self.run(chosen, budget, seed, sp, done)
                 trained.append(chosen)
-        winner = runs[chosen]
-        race_seconds = advice_seconds + sum(float(r["seconds"]) for r in runs.values()) + fold_seconds
+        winner = kept or runs[chosen]
+        race_seconds = (advice_seconds + sum(float(r["seconds"]) for r in runs.values()) + fold_seconds
+                        + (kept["seconds"] if kept else 0.0))
         return {"strategy": "auto", "budget": budget, "seed": seed, "accuracy": winner["accuracy"],
                 "macro_f1": winner["macro_f1"], "seconds": race_seconds, "correct": winner.get("correct"),
                 "n_train": int(len(sp.train)), "n_val": int(len(sp.val)), "n_test": int(len(sp.test)),
                 "details": {"chosen": chosen, "rule": adv.strategy, "val_accuracy": val, "folds": len(folds),
+                            "kept": ({"trained_on": int(len(sp.labelled)), "epochs": kept["details"]["epochs_run"],
+                                      "seconds": kept["seconds"], "split_run_accuracy": runs[chosen]["accuracy"]}
+                                     if kept else None),
                             "held_out_accuracy": {k: float(v.mean()) for k, v in held.items()},
                             "held_out": {k: pack_outcomes(v) for k, v in held.items()},
                             "advice_seconds": advice_seconds, "fold_seconds": fold_seconds,
-                            "trained_for_auto": trained, "chosen_seconds": float(winner["seconds"]),
-                            "extra_seconds": race_seconds - float(winner["seconds"]), "reasons": why + adv.reasons,
+                            "trained_for_auto": trained, "chosen_seconds": float(runs[chosen]["seconds"]),
+                            "extra_seconds": race_seconds - float(runs[chosen]["seconds"]),
+                            "reasons": why + adv.reasons,
                             "votes": adv.evidence.get("votes"), "bn_shift": adv.evidence.get("bn_shift")}}
 
 

@@ -543,8 +543,10 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     more than the noise (:func:`~transferkit.transferability.advisor.race_choice`). The size x similarity advice is
     printed as the explanation, and decides alone without a validation split (then the race trains nothing and the
     result's third item is None; ``fit`` trains the advice's pick itself when it is not the probe). Each candidate
-    trains in ``run_dir/race/<strategy>`` on the split (fold 0: the model kept if it wins) and in
-    ``run_dir/race/<strategy>-fold<j>`` on the other folds (resumable). Every checkpoint stays until the caller has
+    trains in ``run_dir/race/<strategy>`` on the split (fold 0, where it chooses its epoch count) and in
+    ``run_dir/race/<strategy>-fold<j>`` on the other folds (resumable). A fine-tuning winner then trains once more,
+    in ``run_dir/race/<strategy>-all``, on every labelled item for that epoch count (rule 8,
+    :func:`~transferkit.transferability.advisor.kept_split`): that is the model kept. Every checkpoint stays until the caller has
     written the run (a ``fit`` killed after the race resumes every run of it instead of training it again); then
     the caller removes the checkpoints of the runs in the fourth item (all but the winner's).
 
@@ -553,8 +555,8 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
         directories whose checkpoints are spent once the run is written)``.
     """
     from .train.engine import finetune
-    from .transferability.advisor import (RACE_CANDIDATES, advise_labelled, fold_heads, fold_runs, race_choice,
-                                          race_folds, races)
+    from .transferability.advisor import (RACE_CANDIDATES, advise_labelled, fold_heads, fold_runs, kept_split,
+                                          race_choice, race_folds, races)
 
     seed, size = engine["config"].seed, engine["config"].image_size
     # the batch-norm statistics at the size the fine-tuning runs at (the shift depends on it), as compare measures
@@ -618,6 +620,18 @@ def _race(fs: Any, probe: Any, engine: dict[str, Any], run_dir: Path, resume: bo
     say(f"strategy auto -> {choice}: " + "; ".join(advice.reasons))
     spent = [r.run_dir for runs in fold_results.values() for r in runs] + [r.run_dir for k, r in results.items()
                                                                         if k != choice]
+    if choice in results:  # rule 8: the winner trains again on every labelled item, as the probe's head refits
+        e = results[choice].best_epoch
+        say(f"strategy auto: the model kept trains {choice} again on all {len(sp.labelled)} labelled items for the "
+            f"{e} epoch{'s' if e != 1 else ''} it chose on the split (the probe's head refits on them too; in "
+            f"race/{choice}-all)")
+        kept = finetune(fs.source, fs.y, kept_split(sp), fs.backbone, choice, fold_cfg, run_dir / "race" /
+                        f"{choice}-all", resume=resume, extra_losses=engine["losses"], classes=fs.classes,
+                        progress=progress, log=say, export=False, train_epochs=e)
+        advice.evidence["race"]["seconds"][choice] += kept.seconds
+        advice.evidence["race"]["kept"] = {"strategy": choice, "trained_on": int(len(sp.labelled)), "epochs": int(e)}
+        spent.append(results[choice].run_dir)
+        results[choice] = kept
     return advice, choice, results, spent
 
 
