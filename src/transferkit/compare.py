@@ -757,11 +757,13 @@ def _advisor_html(summary: dict[str, Any]) -> str:
         f"<td class=\"num\">{100 * p['accuracy']:.1f}</td><td class=\"num\">{100 * p['best_accuracy']:.1f}</td>"
         f"<td class=\"num\">{p['loss_points']:.1f}</td></tr>" for p in summary["per_split"])
     return (f"<p>{e(advisor_sentence(summary))}.</p><table><tr><th>labels / class</th><th>seed</th><th>advisor "
-            "chose</th><th>best (measured)</th><th>chosen acc %</th><th>best acc %</th><th>points lost</th></tr>"
+            "chose</th><th>best (measured)</th><th>kept model acc %</th><th>best acc %</th><th>points lost</th></tr>"
             f"{rows}</table><p><small><code>auto</code> sees only the labelled part of each split: every "
             f"candidate ({', '.join(RACE_CANDIDATES)}) chooses its settings on the split's validation part, then "
             "trains with them on four more folds of the labelled items, and the probe stands unless another's "
-            "answers on the held-out items beat it by more than the noise; without a validation split (fewer than "
-            f"{TINY_LABELS_PER_CLASS} labels per class) nothing races and the size x similarity advice decides. "
-            f"The best here is the measured test accuracy of {', '.join(ADVISOR_CHOICES)} on the same split."
+            "answers on the held-out items beat it by more than the noise; a fine-tuning winner then trains once more "
+            "on all the labelled items for the epochs it chose, and that model is kept (the probe's head refits on "
+            "them too), so the kept model's accuracy may differ from its strategy's cell; without a validation split "
+            f"(fewer than {TINY_LABELS_PER_CLASS} labels per class) nothing races and the size x similarity advice "
+            f"decides. The best here is the measured test accuracy of {', '.join(ADVISOR_CHOICES)} on the same split."
             "</small></p>")
