@@ -22,7 +22,10 @@ training.
 
 With ``--tta`` every probe and probe-cost head also gets a ``METHOD (tta)`` row from the same trained model: its test
 probabilities averaged over the eval view and the cached weak views (``SemiConfig(tta=True)``; the reported figures
-since the seventh round, beside the plain rows).
+since the seventh round, beside the plain rows). With ``--ensemble K`` (K > 1) each semi-supervised method trains K
+heads (``SemiConfig(ensemble=K)``, seeds ``seed + 1000 k``): the ``METHOD`` rows are member 0 (the single head, the
+same as without the option) and the ``METHOD (ensemble K)`` rows the mean of the K members' probabilities (eighth
+round).
 """
 
 from __future__ import annotations
@@ -97,7 +100,9 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "temperature fitted on the labelled items); `(tta)` rows: the same trained head (or probe) with its "
              "test probabilities averaged over the eval view and the 8 cached weak views of each test image "
              "(`SemiConfig(tta=True)`, seventh round; the saved run predicts from the eval view alone; their `seeds "
-             "below probe` count the plain probe's seeds: against `probe (tta)` see bench_semi_notes.md). `wins` = "
+             "below probe` count the plain probe's seeds: against `probe (tta)` see bench_semi_notes.md); `(ensemble 3)` rows: "
+             "the mean probability of three heads of the method trained with the seeds `seed + 1000 k` "
+             "(`SemiConfig(ensemble=3)`, eighth round), whose member 0 is the plain row's head. `wins` = "
              "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the "
              "unlabelled pool above the final thresholds (SoftMatch: at full weight; every item trains with some weight) "
              "and the "
