@@ -75,7 +75,7 @@ def test_member_zero_is_the_single_head_and_the_ensemble_averages_different_memb
     lab, unl = np.arange(2 * C), np.arange(2 * C, len(y))
     bl, bu = _banks(X[lab], rng), _banks(X[unl], rng)
     cfg = dict(steps=40, eval_every=20, batch_size=4, mu=2, draws=2, seed=5)
-    one = train_semi_head(bl, y[lab], bu, "fixmatch", n_classes=C, config=SemiConfig(**cfg))
+    one = train_semi_head(bl, y[lab], bu, "fixmatch", n_classes=C, config=SemiConfig(**cfg, ensemble=1))
     ens = train_semi_head(bl, y[lab], bu, "fixmatch", n_classes=C, config=SemiConfig(**cfg, ensemble=3),
                           run_dir=tmp_path / "run")
     assert len(ens.members) == 3 and not one.members
