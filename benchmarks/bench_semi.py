@@ -22,7 +22,10 @@ training.
 
 With ``--tta`` every probe and probe-cost head also gets a ``METHOD (tta)`` row from the same trained model: its test
 probabilities averaged over the eval view and the cached weak views (``SemiConfig(tta=True)``; the reported figures
-since the seventh round, beside the plain rows).
+since the seventh round, beside the plain rows). With ``--ensemble K`` (K > 1) each semi-supervised method trains K
+heads (``SemiConfig(ensemble=K)``, seeds ``seed + 1000 k``): the ``METHOD`` rows are member 0 (the single head, the
+same as without the option) and the ``METHOD (ensemble K)`` rows the mean of the K members' probabilities (eighth
+round).
 """
 
 from __future__ import annotations
@@ -97,7 +100,10 @@ def render(records: list[dict], info: dict, cmd: str, dev: bool = False) -> str:
              "temperature fitted on the labelled items); `(tta)` rows: the same trained head (or probe) with its "
              "test probabilities averaged over the eval view and the 8 cached weak views of each test image "
              "(`SemiConfig(tta=True)`, seventh round; the saved run predicts from the eval view alone; their `seeds "
-             "below probe` count the plain probe's seeds: against `probe (tta)` see bench_semi_notes.md). `wins` = "
+             "below probe` count the plain probe's seeds: against `probe (tta)` see bench_semi_notes.md); `(ensemble 3)` rows: "
+             "the mean probability of three heads of the method trained with the seeds `seed + 1000 k` "
+             "(`SemiConfig(ensemble=3)`, the default since the eighth round), whose member 0 is the plain row's head (one "
+             "head, the defaults of the seventh round). `wins` = "
              "seeds on which the row beats both self-training and label spreading. `pool used` / `pseudo acc` = share of the "
              "unlabelled pool above the final thresholds (SoftMatch: at full weight; every item trains with some weight) "
              "and the "
@@ -206,6 +212,10 @@ def main() -> None:
                     help="also record, from the same trained heads, the probe and each semi-supervised method with "
                          "test-time augmentation over the cached views (rows 'METHOD (tta)': the mean probabilities "
                          "of the eval view and the cached weak views, SemiConfig(tta=True)'s rule)")
+    ap.add_argument("--ensemble", type=int, default=None,
+                    help="heads per semi-supervised method (SemiConfig(ensemble=K); default: SemiConfig's). With K > "
+                         "1 the rows 'METHOD' and 'METHOD (tta)' are member 0 (one head, the seed of the split) and "
+                         "'METHOD (ensemble K)' the mean of the K members' probabilities, from the same trained heads")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -258,6 +268,7 @@ def main() -> None:
 
     store = FeatureStore(args.cache_dir)
     draws = args.draws if args.draws is not None else SemiConfig().draws
+    ensemble = args.ensemble if args.ensemble is not None else SemiConfig().ensemble
     for ds in _csv(args.datasets):
         source = load_data(ds)
         y = source.encoded_labels(source.classes)
@@ -277,17 +288,17 @@ def main() -> None:
                 yt = y[sp["test"]]
                 cut = lambda idx: {k: (v[:, idx] if v.ndim == 3 else v[idx]) for k, v in banks.items()}  # noqa: E731
 
-                def put_tta(m: str, predict, seconds: float) -> None:
+                def put_tta(m: str, predict, seconds: float, tag: str = "") -> None:
                     """The same trained head's record with its probabilities averaged over the cached views."""
                     t = time.perf_counter()
                     pt = view_averaged_proba(predict, cut(sp["test"]))
                     pu = view_averaged_proba(predict, cut(sp["unl"]))
-                    rec = dict(base, method=m + " (tta)" + (args.suffix if m in SEMI else ""),
+                    rec = dict(base, method=m + tag + " (tta)" + (args.suffix if m in SEMI else ""),
                                accuracy=float((pt.argmax(1) == yt).mean()),
                                pool_accuracy=float((pu.argmax(1) == y[sp["unl"]]).mean()),
                                seconds=seconds + time.perf_counter() - t)
                     put(rec)
-                    log(f"{ds} {b}/class seed {seed} {m} (tta): {100 * rec['accuracy']:.1f} % "
+                    log(f"{ds} {b}/class seed {seed} {m}{tag} (tta): {100 * rec['accuracy']:.1f} % "
                         f"pool {100 * rec['pool_accuracy']:.1f} %")
 
                 for m in methods:
@@ -310,6 +321,7 @@ def main() -> None:
                     else:
                         cfg = SemiConfig(steps=args.steps, eval_every=max(1, args.steps // 10), draws=draws,
                                          seed=seed, hidden=tuple(_csv(args.hidden, int)), lr=args.lr,
+                                         ensemble=ensemble,
                                          head=args.head,
                                          labelled_views=tuple(_csv(args.labelled_views)), align=not args.no_align,
                                          **({} if args.calibrate == "default" else {"calibrate": args.calibrate}),
@@ -337,8 +349,9 @@ def main() -> None:
                             kw["size_aware"] = True
                         if m == "flexmatch" and args.flex_warmup_end is not None:
                             kw["warmup_end"] = args.flex_warmup_end
-                        fit = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
-                                              config=cfg, **kw)
+                        whole = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
+                                                config=cfg, **kw)
+                        fit = whole.members[0] if whole.members else whole  # the plain rows: member 0, one head
                         rec["calibrate"] = cfg.calibrate
                         with torch.no_grad():
                             pt = torch.softmax(fit.head(torch.as_tensor(X[sp["test"]])), 1).numpy()
@@ -354,7 +367,21 @@ def main() -> None:
                                    curve=[float(h.get("metric_mask_rate", 0.0)) for h in fit.history],
                                    temperature=temp, head_scale=fit.head.config().get("scale"))
                         if args.tta:
-                            put_tta(m, head_proba(fit.head), time.perf_counter() - t)
+                            put_tta(m, head_proba(fit.head), fit.seconds)
+                        if whole.members:  # the ensemble's rows, from the same trained members
+                            tag = f" (ensemble {len(whole.members)})"
+                            with torch.no_grad():
+                                pe = torch.softmax(whole.head(torch.as_tensor(X[sp["test"]])).double(), 1).numpy()
+                                pue = torch.softmax(whole.head(torch.as_tensor(X[sp["unl"]])).double(), 1).numpy()
+                            put(dict(base, method=m + tag + args.suffix, calibrate=cfg.calibrate,
+                                     accuracy=float((pe.argmax(1) == yt).mean()),
+                                     pool_accuracy=float((pue.argmax(1) == y[sp["unl"]]).mean()),
+                                     seconds=whole.seconds))
+                            log(f"{ds} {b}/class seed {seed} {m}{tag}: {100 * records[-1]['accuracy']:.1f} % "
+                                f"({whole.seconds:.1f} s)")
+                            if args.tta:
+                                put_tta(m, head_proba(whole.head), whole.seconds, tag)
+                        t = time.perf_counter() - fit.seconds  # the plain row's seconds: member 0's
                     rec.update(accuracy=float((np.asarray(pred) == yt).mean()), seconds=time.perf_counter() - t)
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"

@@ -75,7 +75,7 @@ def test_a_calibrated_run_uses_the_temperature_fitted_on_the_labelled_items():
         return {"eval": X, "weak": noise(0.1), "strong": noise(0.5)}
 
     bl, bu = bank(X_l), bank(X_u)
-    cfg = dict(steps=4, eval_every=4, batch_size=4, mu=2, draws=1, ema_decay=None)
+    cfg = dict(steps=4, eval_every=4, batch_size=4, mu=2, draws=1, ema_decay=None, ensemble=1)
     fit = train_semi_head(bl, y_l, bu, "flexmatch", n_classes=C, config=SemiConfig(calibrate="threshold", **cfg))
     centre = np.concatenate([X_l, X_u]).mean(0)
 

@@ -94,7 +94,7 @@ def toy():
 
 
 # graph_weight 0: each option is checked alone (the label propagation term, on by default, on its own below)
-CFG = dict(steps=150, eval_every=150, batch_size=4, mu=8, ema_decay=0.99, graph_weight=0.0)
+CFG = dict(steps=150, eval_every=150, batch_size=4, mu=8, ema_decay=0.99, graph_weight=0.0, ensemble=1)
 
 
 def _acc(fit, toy) -> float:

@@ -54,7 +54,7 @@ def toy():
 # can fix it. The default cosine head starts at the class means of CL2N features centred on the pool, which this
 # toy already separates (96.5 % from the labels alone): it is checked by the tests further down.
 CFG = dict(steps=150, eval_every=150, batch_size=4, mu=8, hidden=(), ema_decay=0.99, head="linear", init="random",
-           labelled_views=("weak",), align=False)
+           labelled_views=("weak",), align=False, ensemble=1)
 
 
 def _accuracy(head, X, y) -> float:

@@ -17,7 +17,9 @@ from transferkit.data import collect_inputs
 from transferkit.errors import TransferkitError
 from transferkit.pipeline import fit_run
 
-SMALL = {"steps": 30, "eval_every": 10, "draws": 2, "batch_size": 4, "mu": 2}
+# one head (the default trains three, SemiConfig(ensemble=3)): these tests are about the rest; the ensemble
+# through fit is tests/semi/test_ensemble.py's
+SMALL = {"steps": 30, "eval_every": 10, "draws": 2, "batch_size": 4, "mu": 2, "ensemble": 1}
 
 
 def test_fixmatch_on_the_rest_of_the_data_reports_baselines_and_predicts_as_trained(image_folder, tmp_path):

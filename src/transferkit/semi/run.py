@@ -30,7 +30,8 @@ class SemiOutcome:
     Attributes:
         proba, y_pred: test probabilities and predictions (with ``SemiConfig(tta=True)``, averaged over the eval
             view and the cached weak views: then not what the saved run predicts from the eval view alone).
-        head: the trained head module (``features``) — None end to end.
+        head: the trained head module (``features``; with ``SemiConfig(ensemble=K > 1)`` the members' mean, a
+            :class:`~transferkit.heads.ensemble.MeanProbabilityModule` the run saves whole) — None end to end.
         finetuned: the :class:`~transferkit.train.engine.FinetuneResult` (end to end) — None at probe cost.
         history: per evaluation: losses, the unlabelled pool's mask rate, validation accuracy, pseudo-label accuracy
             and mask rate on the validation items (their labels only), per-class thresholds.
@@ -130,6 +131,9 @@ def _at_probe_cost(fs, backbone, store, method, other, config, params, run_dir, 
                           num_workers=num_workers, batch_size=batch_size)
         banks_u = {k: np.concatenate([banks_u[k], more[k]], axis=1 if more[k].ndim == 3 else 0) for k in banks_u}
     val = (banks["eval"][sp.val], fs.y[sp.val]) if len(sp.val) else None
+    if cfg.ensemble > 1:
+        say(f"an ensemble of {cfg.ensemble} heads (seeds {cfg.seed} + 1000 k), predicting their mean probability; the "
+            "pseudo-label history shown is the first head's")
     fit = train_semi_head(banks_l, fs.y[sp.train], banks_u, method, n_classes=len(fs.classes), val=val, config=cfg,
                           run_dir=None if run_dir is None else Path(run_dir) / "semi", resume=resume,
                           progress=progress, log=say, **params)
