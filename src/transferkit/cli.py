@@ -81,7 +81,7 @@ FLAGS = {"labels_per_class": "--labels-per-class", "on_bad_input": "--on-bad-inp
          "strategy": "--strategy", "resume": "--resume", "image_size": "--image-size", "finetune": "--finetune",
          "seed": "--seed", "head": "--head", "precision": "--precision", "device": "--device", "devices": "--devices",
          "epochs": "--epochs", "lr": "--lr", "freeze": "--freeze", "freeze_until": "--freeze-until",
-         "output": "--output", "max_test": "--max-test", "strategies": "--strategies", "steps": "--steps",
+         "output": "--output", "max_test": "--max-test", "strategies": "--strategies", "steps": "--steps", "ensemble": "--ensemble",
          "trade_off": "--trade-off", "selection": "--selection", "max_samples": "--max-samples",
          "scores": "--scores", "encoding": "--encoding", "accelerator": "--device", "unlabelled": "--unlabelled",
          "semi_level": "--semi-level", "tau": "--tau", "classes": "--classes",
@@ -140,7 +140,7 @@ def _one_line(e: BaseException) -> str:
 #: option -> (kind, lowest allowed, highest allowed or None, inclusive high): checked before any work
 _RANGES = {"seed": (int, 0, None), "batch_size": (int, 1, None), "workers": (int, 0, None),
            "labels_per_class": (int, 1, None), "epochs": (int, 1, None), "train_batch_size": (int, 1, None),
-           "image_size": (int, 8, None), "devices": (int, 1, None), "num_nodes": (int, 1, None), "steps": (int, 1, None), "seeds": (int, 1, None),
+           "image_size": (int, 8, None), "devices": (int, 1, None), "num_nodes": (int, 1, None), "steps": (int, 1, None), "ensemble": (int, 1, None), "seeds": (int, 1, None),
            "max_samples": (int, 1, None), "target_labels": (int, 1, None), "max_test": (int, 1, None),
            "freeze": (int, 0, None), "lr": (float, 0.0, None), "trade_off": (float, 0.0, None),
            "ways": (int, 2, None), "shots": (int, 1, None), "queries": (int, 1, None), "episodes": (int, 1, None),
@@ -219,6 +219,7 @@ def fit(
     unlabelled: Optional[str] = typer.Option(None, "--unlabelled", "-u", help="Semi-supervised strategies: 'rest' (with -n, every item neither labelled nor in the test share) or a folder / table of inputs without labels."),
     semi_level: str = typer.Option("features", "--semi-level", help="Semi-supervised strategies: features (frozen backbone, cached augmented views, a head: seconds after one extraction) or end-to-end (the backbone trains too; fine-tuning options apply)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Semi-supervised at features level: optimisation steps of the head (default: 1000)."),
+    ensemble: Optional[int] = typer.Option(None, "--ensemble", help="Semi-supervised at features level: heads trained with different seeds, their probabilities averaged (a deep ensemble; default: 3; 1 for a single head, a third of the time)."),
     tau: Optional[float] = typer.Option(None, "--tau", help="fixmatch / flexmatch: confidence threshold of a pseudo-label (default: 0.95)."),
     freeze: Optional[int] = typer.Option(None, "--freeze", help="partial: freeze the first K layer groups (timm's own grouping)."),
     freeze_until: Optional[str] = typer.Option(None, "--freeze-until", help="partial: freeze every group up to and including this one (e.g. blocks.3)."),
@@ -264,6 +265,7 @@ def fit(
                           val_fraction=val_fraction, test_fraction=test_fraction, quiet=quiet,
                           unused={"--head": head != "auto", "--labels-per-class": labels_per_class is not None,
                                   "--unlabelled": unlabelled is not None, "--steps": steps is not None,
+                                  "--ensemble": ensemble is not None,
                                   "--tau": tau is not None, "--corpus": corpus is not None,
                                   "--hidden": hidden is not None, "--activation": activation is not None,
                                   "--freeze": freeze is not None or freeze_until is not None,
@@ -273,7 +275,7 @@ def fit(
     check_options(labels_per_class=labels_per_class, seed=seed, batch_size=batch_size, workers=workers, device=device,
                   val_fraction=val_fraction, test_fraction=test_fraction, epochs=epochs, lr=lr,
                   train_batch_size=train_batch_size, image_size=image_size, devices=devices, freeze=freeze,
-                  steps=steps, tau=tau, hidden=hidden)
+                  steps=steps, ensemble=ensemble, tau=tau, hidden=hidden)
 
     lpc = labels_per_class if labels_per_class is not None else "auto"
     params = {k: v for k, v in (("freeze", freeze), ("freeze_until", freeze_until), ("tau", tau), ("rank", rank),
@@ -310,11 +312,17 @@ def fit(
         raise TransferkitError("--freeze, --epochs, --lr, --image-size, --devices, --l2sp and --bss train the "
                                "backbone: add --semi-level end-to-end, or leave them out (the features level trains "
                                "a head; set its length with --steps)")
-    if not semi and (unlabelled is not None or steps is not None or tau is not None):
+    if not semi and (unlabelled is not None or steps is not None or ensemble is not None or tau is not None):
         from .errors import TransferkitError
 
-        raise TransferkitError("--unlabelled, --steps and --tau are options of the semi-supervised strategies; add "
+        raise TransferkitError("--unlabelled, --steps, --ensemble and --tau are options of the semi-supervised "
+                               "strategies; add "
                                f"--strategy {' or '.join(SEMI_METHODS.names())}")
+    if semi and semi_level != "features" and (steps is not None or ensemble is not None):
+        from .errors import TransferkitError
+
+        raise TransferkitError("--steps and --ensemble set the head trained at --semi-level features; end to end the "
+                               "backbone trains for --epochs: leave them out, or use --semi-level features")
     if resume and out_dir is None:
         from .errors import TransferkitError
 
@@ -325,7 +333,7 @@ def fit(
                   head_params=head_params or None, corpus=corpus,
                   strategy=strategy, strategy_params=params or None, train_config=cfg or None,
                   regularizers=regs or None, resume=resume, unlabelled=unlabelled, semi_level=semi_level,
-                  semi_config={"steps": steps} if steps is not None else None,
+                  semi_config={k: v for k, v in (("steps", steps), ("ensemble", ensemble)) if v is not None} or None,
                   cache_dir=cache_dir, baseline=baseline, report=report, on_bad_input=on_bad_input,
                   val_fraction=val_fraction, test_fraction=test_fraction, input_column=input_column,
                   label_column=label_column, batch_size=batch_size, num_workers=workers, device=device,

@@ -114,6 +114,8 @@ def test_end_to_end_semi_trains_the_backbone(image_folder, tmp_path):
     ({"strategy": "fixmatch", "unlabelled": "rest", "labels_per_class": 2, "semi_level": "half"}, "semi_level"),
     ({"strategy": "labelprop", "unlabelled": "rest", "labels_per_class": 2, "semi_level": "end-to-end"},
      "probe cost only: use semi_level=features"),
+    ({"strategy": "fixmatch", "unlabelled": "rest", "labels_per_class": 2, "semi_level": "end-to-end",
+      "semi_config": {"ensemble": 2}}, "semi_config sets the head trained at semi_level='features'"),
 ])
 def test_bad_semi_settings_fail_before_any_work(image_folder, tmp_path, kwargs, needle):
     with pytest.raises(TransferkitError) as e:
@@ -124,9 +126,14 @@ def test_bad_semi_settings_fail_before_any_work(image_folder, tmp_path, kwargs, 
 
 def test_cli_fit_with_unlabelled_rest_and_clear_errors(image_folder, tmp_path):
     p = tk("fit", image_folder, "-b", TINY, "-s", "flexmatch", "-u", "rest", "-n", "2", "--steps", "20",
-           "--no-baseline", "--no-report", "-o", tmp_path / "run")
+           "--ensemble", "2", "--no-baseline", "--no-report", "-o", tmp_path / "run")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "flexmatch" in p.stdout and "label spreading" in p.stdout
+    head = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["head"]
+    assert head["kind"] == "mean-probability" and len(head["config"]["members"]) == 2  # --ensemble 2: two heads
+    for bad in (("-s", "fixmatch", "-u", "rest", "--ensemble", "0"), ("--ensemble", "2"),
+                ("-s", "fixmatch", "-u", "rest", "--ensemble", "2", "--semi-level", "end-to-end")):
+        assert_user_error(tk("fit", image_folder, "-b", TINY, "-n", "2", *bad, "-o", tmp_path / "bad"), "--ensemble")
     assert_user_error(tk("fit", image_folder, "-b", TINY, "-s", "fixmatch", "-u", "rest", "-n", "2", "--tau", "2",
                          "-o", tmp_path / "r2"), "--tau")
     assert_user_error(tk("fit", image_folder, "-b", TINY, "-u", "rest", "-n", "2", "-o", tmp_path / "r3"),
