@@ -481,7 +481,7 @@ class _CellRunner:
         return {**out, "split": cell.context["split"]}
 
     def run(self, strategy: str, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]],
-            keep: bool = False) -> dict[str, Any]:
+            keep: bool = False, fold: int | str = 0, train_epochs: int | None = None) -> dict[str, Any]:
         from .report import classification_metrics
         from .report.metrics import pack_outcomes
 
@@ -507,7 +507,7 @@ class _CellRunner:
             y_pred = np.asarray(r.y_pred)
             extra = {k: v for k, v in r.details.items() if isinstance(v, (int, float, str, type(None)))}
         else:
-            r = self._finetune(strategy, budget, seed, sp, keep=keep)
+            r = self._finetune(strategy, budget, seed, sp, keep=keep, fold=fold, train_epochs=train_epochs)
             if not np.array_equal(r.test_index, sp.test):
                 raise TrainingError(f"the engine predicted other test items than the split's ({r.run_dir})")
             y_pred = np.asarray(r.y_pred)
@@ -571,17 +571,9 @@ class _CellRunner:
         """The model ``auto`` keeps when the engine candidate ``strategy`` wins its race (rule 8): trained on every
         labelled item of the split (:func:`~transferkit.transferability.advisor.kept_split`) for the ``epochs``
         its compared cell chose, scored on the split's test items, in a run directory of its own (resumable)."""
-        from .report import classification_metrics
-        from .report.metrics import pack_outcomes
         from .transferability.advisor import kept_split
 
-        t0 = time.perf_counter()
-        r = self._finetune(strategy, budget, seed, kept_split(sp), fold="all", train_epochs=epochs)
-        seconds = time.perf_counter() - t0 + sum(float(row["seconds"]) for row in r.history[: r.resumed_from or 0])
-        y_pred = np.asarray(r.y_pred)
-        m = classification_metrics(self.y[sp.test], y_pred, self.classes)
-        return {"accuracy": float(m["accuracy"]), "macro_f1": float(m["macro_f1"]), "seconds": seconds,
-                "correct": pack_outcomes(y_pred == self.y[sp.test]), "details": {"epochs_run": r.epochs_run}}
+        return self.run(strategy, budget, seed, kept_split(sp), [], fold="all", train_epochs=epochs)
 
     def auto(self, budget: int, seed: int, sp: Splits, done: list[dict[str, Any]]) -> dict[str, Any]:
         """``auto``: the candidates (``RACE_CANDIDATES``) race on the split, cross-validated over its labelled items

@@ -499,7 +499,7 @@ def _check_semi(strategy: str, params: dict[str, Any] | None, unlabelled: Any, l
     if isinstance(unlabelled, (str, Path)) and unlabelled != "rest" and not Path(unlabelled).expanduser().exists():
         raise TransferkitError(f"unlabelled inputs {str(unlabelled)!r}: no such folder or file (or give 'rest')")
     SEMI_METHODS.create(strategy, **(params or {}))  # bad parameters fail now
-    if level != "features" and config:
+    if level != "features" and config and config != SemiConfig():  # settings given that would do nothing
         raise TransferkitError("semi_config sets the head trained at semi_level='features' (its steps, ensemble, "
                                "...); end to end the backbone trains by train_config: leave semi_config out, or use "
                                "semi_level='features'")

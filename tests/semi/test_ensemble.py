@@ -68,7 +68,11 @@ def test_bad_ensembles_fail_with_a_clear_message():
             SemiConfig(ensemble=bad).validate()
 
 
-def test_member_zero_is_the_single_head_and_the_ensemble_averages_different_members(tmp_path):
+def test_member_zero_is_the_single_head_and_the_ensemble_averages_different_members(tmp_path, monkeypatch):
+    import transferkit.semi.graph as graph
+
+    calls, real = [], graph.propagate_labels
+    monkeypatch.setattr(graph, "propagate_labels", lambda *a, **k: calls.append(1) or real(*a, **k))
     rng = np.random.default_rng(1)
     X, y = _blobs(rng, 60)
     Xt, _ = _blobs(rng, 30)
@@ -79,6 +83,7 @@ def test_member_zero_is_the_single_head_and_the_ensemble_averages_different_memb
     ens = train_semi_head(bl, y[lab], bu, "fixmatch", n_classes=C, config=SemiConfig(**cfg, ensemble=3),
                           run_dir=tmp_path / "run")
     assert len(ens.members) == 3 and not one.members
+    assert len(calls) == 2  # the members share one label propagation (they start from the same head)
     assert all(torch.equal(a, b) for a, b in zip(one.head.state_dict().values(),
                                                   ens.members[0].head.state_dict().values()))
     assert ens.history == ens.members[0].history

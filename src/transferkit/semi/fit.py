@@ -411,13 +411,23 @@ def _labelled_temperature(head: Any, banks_l: dict[str, np.ndarray], y_l: np.nda
 
 
 def _set_label_propagation(mask: Any, head: Any, X_l: np.ndarray, y_l: np.ndarray, X_u: np.ndarray,
-                           n_classes: int) -> None:
+                           n_classes: int, memo: dict | None = None) -> None:
     """Label propagation (Iscen et al., CVPR 2019) over the labelled and unlabelled items' CL2N eval-view features
-    (the cosine head's centre), its pseudo-labels and weights handed to the graph rule."""
+    (the cosine head's centre), its pseudo-labels and weights handed to the graph rule. ``memo``: propagations
+    already computed, by their inputs (an ensemble's members start from the same head, so they share one)."""
+    import hashlib
+
     from .graph import propagate_labels
 
     z = [_head_features(head, x).numpy() for x in (X_l, X_u)]
-    mask.set_graph(propagate_labels(z[0], y_l, z[1], n_classes, k=mask.k, gamma=mask.gamma, alpha=mask.alpha))
+    shape = repr((z[0].shape, z[1].shape, n_classes, mask.k, mask.gamma, mask.alpha)).encode()
+    key = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (*z, y_l)) + shape).hexdigest()
+    if memo is None or key not in memo:
+        graph = propagate_labels(z[0], y_l, z[1], n_classes, k=mask.k, gamma=mask.gamma, alpha=mask.alpha)
+        if memo is None:
+            return mask.set_graph(graph)
+        memo[key] = graph
+    mask.set_graph(memo[key])
 
 
 def _set_pool_graph(consistency: Any, head: Any, X_u: np.ndarray, k: int, alpha: float) -> None:
@@ -435,9 +445,10 @@ def _set_pool_graph(consistency: Any, head: Any, X_u: np.ndarray, k: int, alpha:
 class _SemiPlan:
     """The loop's plan of a semi-supervised head (picklable)."""
 
-    def __init__(self, banks_l, y_l, banks_u, val, method, method_params, n_classes, cfg):
+    def __init__(self, banks_l, y_l, banks_u, val, method, method_params, n_classes, cfg, memo=None):
         self.banks_l, self.y_l, self.banks_u, self.val = banks_l, y_l, banks_u, val
         self.method, self.method_params, self.n_classes, self.cfg = method, method_params, n_classes, cfg
+        self.memo = memo  # label propagations shared by an ensemble's members (:func:`_set_label_propagation`)
 
     def __call__(self, fabric: Any) -> Plan:
         cfg = self.cfg
@@ -462,7 +473,7 @@ class _SemiPlan:
                               self.n_classes)
         if isinstance(consistency.mask, GraphWeights):
             _set_label_propagation(consistency.mask, head, self.banks_l["eval"], self.y_l, self.banks_u["eval"],
-                                   self.n_classes)
+                                   self.n_classes, self.memo)
         if cfg.smoothing < 1:
             _set_pool_graph(consistency, head, self.banks_u["eval"], cfg.neighbours, cfg.smoothing)
         terms = [CrossEntropy("labelled"), consistency]
@@ -471,7 +482,7 @@ class _SemiPlan:
             graph = GraphTerm(float(graph_weight))
             graph.mask.setup(len(self.banks_u["eval"]), self.n_classes, cfg.steps)
             _set_label_propagation(graph.mask, head, self.banks_l["eval"], self.y_l, self.banks_u["eval"],
-                                   self.n_classes)
+                                   self.n_classes, self.memo)
             terms.append(graph)
         objective = Objectives(*terms)
         train = np.concatenate([self.banks_l[v] if self.banks_l[v].ndim == 3 else self.banks_l[v][None]
@@ -534,11 +545,17 @@ def train_semi_head(banks_l: dict[str, np.ndarray], y_l: np.ndarray, banks_u: di
     if len(banks_u["eval"]) == 0:
         raise DataError("the unlabelled pool is empty: semi-supervised methods need unlabelled inputs")
     if cfg.ensemble > 1:
-        return _train_ensemble(banks_l, y_l, banks_u, method, n_classes=n_classes, val=val, config=cfg,
-                               run_dir=run_dir, resume=resume, progress=progress, log=log, callbacks=callbacks,
-                               **method_params)
+        return _train_ensemble(banks_l, y_l, banks_u, method, n_classes, val, cfg, run_dir, resume, progress, log,
+                               callbacks, method_params)
+    return _train_one(banks_l, y_l, banks_u, method, n_classes, val, cfg, run_dir, resume, progress, log, callbacks,
+                      method_params)
+
+
+def _train_one(banks_l, y_l, banks_u, method, n_classes, val, cfg, run_dir, resume, progress, log, callbacks,
+               method_params, memo=None) -> SemiFit:
+    """One head through the training loop (the inputs checked by :func:`train_semi_head`)."""
     t0 = time.perf_counter()
-    plan = _SemiPlan(banks_l, y_l, banks_u, val, method, method_params, n_classes, cfg)
+    plan = _SemiPlan(banks_l, y_l, banks_u, val, method, method_params, n_classes, cfg, memo)
     every = min(cfg.eval_every, cfg.steps)
     settings = LoopSettings(epochs=-(-cfg.steps // every), steps_per_epoch=every, seed=cfg.seed,
                             patience=cfg.patience if val is not None else None, accelerator="cpu",
@@ -553,22 +570,22 @@ def member_seed(seed: int, k: int) -> int:
     return int(seed) + 1000 * int(k)
 
 
-def _train_ensemble(banks_l, y_l, banks_u, method, *, n_classes, val, config, run_dir, resume, progress, log,
-                    callbacks, **method_params) -> SemiFit:
+def _train_ensemble(banks_l, y_l, banks_u, method, n_classes, val, config, run_dir, resume, progress, log,
+                    callbacks, method_params) -> SemiFit:
     """``config.ensemble`` heads trained one after the other (member ``k`` seeded by :func:`member_seed`, its
     checkpoints in ``run_dir/member-k``), returned as one head predicting their mean probability (Lakshminarayanan
-    et al., NeurIPS 2017)."""
+    et al., NeurIPS 2017). The members start from the same head, so the label propagation is computed once."""
     from ..heads.ensemble import MeanProbabilityModule
 
     t0 = time.perf_counter()
-    fits = []
+    fits, memo = [], {}
     for k in range(config.ensemble):
         if log is not None and k:
             log(f"ensemble member {k + 1} of {config.ensemble} (seed {member_seed(config.seed, k)})")
-        fits.append(train_semi_head(banks_l, y_l, banks_u, method, n_classes=n_classes, val=val,
-                                    config=replace(config, ensemble=1, seed=member_seed(config.seed, k)),
-                                    run_dir=None if run_dir is None else Path(run_dir) / f"member-{k}",
-                                    resume=resume, progress=progress, log=log, callbacks=callbacks, **method_params))
+        fits.append(_train_one(banks_l, y_l, banks_u, method, n_classes, val,
+                               replace(config, ensemble=1, seed=member_seed(config.seed, k)),
+                               None if run_dir is None else Path(run_dir) / f"member-{k}", resume, progress, log,
+                               callbacks, method_params, memo))
     head = MeanProbabilityModule([f.head for f in fits]).eval()
     return SemiFit(head=head, history=fits[0].history, best_epoch=fits[0].best_epoch,
                    seconds=time.perf_counter() - t0, members=fits)
