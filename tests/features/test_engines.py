@@ -273,3 +273,22 @@ def test_onnx_session_shared_per_model_file(tiny, digits24, shared_root, tmp_pat
     a = E.OnnxEngine(tiny, E.engine_folder(shared_root, tiny), cpu)
     b = E.OnnxEngine(tiny, E.engine_folder(tmp_path, tiny), cpu)
     assert a.path != b.path and a._session() is b._session()
+
+
+def test_onnx_sessions_are_bounded(tiny, digits24, tmp_path):
+    """Each augmented view is its own model file; the sessions kept alive stay at MAX_SESSIONS, least recently used
+    dropped first (one session per view once filled 24 GB over clipart's 17 views)."""
+    E._SESSIONS.clear()
+    store = FeatureStore(tmp_path)
+    views = [tiny.with_view("weak", k, 0) for k in range(E.MAX_SESSIONS + 2)]
+    first = store.get(views[0], digits24, batch_size=8, num_workers=0, device="cpu", engine="onnx")
+    for bb in views[1:]:
+        store.get(bb, digits24, batch_size=8, num_workers=0, device="cpu", engine="onnx")
+        assert 1 <= len(E._SESSIONS) <= E.MAX_SESSIONS
+    assert len({k[0] for k in E._SESSIONS}) == E.MAX_SESSIONS  # the newest model files
+    assert str((E.engine_folder(tmp_path, views[-1]) / "model.onnx").resolve()) in {k[0] for k in E._SESSIONS}
+    # an evicted model's session is rebuilt on demand and gives the same features
+    E._SESSIONS.clear()
+    again = FeatureStore(tmp_path / "again").get(views[0], digits24, batch_size=8, num_workers=0, device="cpu",
+                                                 engine="onnx")
+    np.testing.assert_allclose(again.X, first.X, atol=1e-5)

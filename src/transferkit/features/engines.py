@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -41,8 +42,9 @@ import torch
 from .._io import atomic_write
 from ..errors import TransferkitError, TransferkitWarning
 
-__all__ = ["ENGINES", "FEATURE_PRECISIONS", "TOLERANCE", "AUTO_MIN_ITEMS", "Engine", "TorchEngine", "OnnxEngine",
-           "resolve_engine", "build_variant", "engine_folder", "cache_key", "to_device", "check_engine_options", "features_close", "onnx_available"]
+__all__ = ["ENGINES", "FEATURE_PRECISIONS", "TOLERANCE", "AUTO_MIN_ITEMS", "MAX_SESSIONS", "Engine", "TorchEngine",
+           "OnnxEngine", "resolve_engine", "build_variant", "engine_folder", "cache_key", "to_device",
+           "check_engine_options", "features_close", "onnx_available"]
 
 ENGINES = ("auto", "torch", "onnx")
 FEATURE_PRECISIONS = ("32", "bf16", "16", "int8")
@@ -159,7 +161,12 @@ class TorchEngine(Engine):
             return self._module(x).float().cpu().numpy()
 
 
-_SESSIONS: dict[tuple, Any] = {}
+#: ONNX Runtime sessions by model file, most recently used last. Bounded: each holds its memory arena (about 1.5 GB
+#: for lite0 at batch 64), and every augmented view of a backbone is its own cache key and model file, so an unbounded
+#: cache held one session per view (17 views of clipart reached the machine's 24 GB)
+_SESSIONS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+#: sessions kept alive at once (a process alternating between two models does not rebuild them)
+MAX_SESSIONS = 2
 
 
 class OnnxEngine(Engine):
@@ -223,7 +230,9 @@ class OnnxEngine(Engine):
         real = self.path.resolve()  # one session per model file, however the cache folder was reached
         key = (str(real), real.stat().st_mtime_ns, threads, tuple(self.providers))
         sess = _SESSIONS.get(key)
-        if sess is None:
+        if sess is not None:
+            _SESSIONS.move_to_end(key)
+        else:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -231,6 +240,8 @@ class OnnxEngine(Engine):
             opts.log_severity_level = 3
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting on shared CPUs
             sess = _SESSIONS[key] = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+            while len(_SESSIONS) > MAX_SESSIONS:
+                _SESSIONS.popitem(last=False)  # the least recently used; freed once no engine call holds it
         return sess
 
     def __call__(self, inputs: Any) -> np.ndarray:
