@@ -71,11 +71,16 @@ def transform_features(x: torch.Tensor, norm: str, center: torch.Tensor | None =
 def squared_distances(z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances between rows, without an ``(N, C, D)`` intermediate.
 
+    Computed in float64 and returned in ``z``'s dtype: a float32 matrix product rounds differently with the number
+    of rows (BLAS picks its kernel by shape), so an item's distances, and a head's probabilities, would depend on
+    the batch it came in (by up to 4e-7, which scikit-learn's subset-invariance check rejects).
+
     Shape:
         ``z``: ``(..., N, D)``, ``p``: ``(..., C, D)`` -> ``(..., N, C)``.
     """
-    d = (z * z).sum(-1, keepdim=True) - 2 * z @ p.transpose(-1, -2) + (p * p).sum(-1).unsqueeze(-2)
-    return d.clamp_min(0)
+    z64, p64 = z.double(), p.double()
+    d = (z64 * z64).sum(-1, keepdim=True) - 2 * z64 @ p64.transpose(-1, -2) + (p64 * p64).sum(-1).unsqueeze(-2)
+    return d.clamp_min(0).to(z.dtype)
 
 
 def _check_norm(norm: Any) -> str:
