@@ -25,7 +25,9 @@ probabilities averaged over the eval view and the cached weak views (``SemiConfi
 since the seventh round, beside the plain rows). With ``--ensemble K`` (K > 1) each semi-supervised method trains K
 heads (``SemiConfig(ensemble=K)``, seeds ``seed + 1000 k``): the ``METHOD`` rows are member 0 (the single head, the
 same as without the option) and the ``METHOD (ensemble K)`` rows the mean of the K members' probabilities (eighth
-round).
+round). With ``--committee`` a ``committee`` row (and ``committee (tta)``) averages the probabilities of the
+FixMatch, FlexMatch, FreeMatch and SoftMatch heads trained on the split (ninth round's exploration: a benchmark
+measurement, not a library method; see bench_semi_notes.md).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from _common import RESULTS_DIR, atomic_write_text, command_line, log, machine_i
 
 SEMI = ("fixmatch", "flexmatch", "freematch", "softmatch", "labelprop")
 METHODS = ("probe", "probe-auto", "self-training", "label-spreading", *SEMI)
+#: the methods whose heads the ``committee`` rows average (--committee)
+COMMITTEE = ("fixmatch", "flexmatch", "freematch", "softmatch")
 #: image size per dataset (mnist5k's 28 px digits at 64 px, as in bench_probe_accuracy's small runs)
 SIZES = {"clipart": None, "mnist5k": 64}
 
@@ -216,6 +220,9 @@ def main() -> None:
                     help="heads per semi-supervised method (SemiConfig(ensemble=K); default: SemiConfig's). With K > "
                          "1 the rows 'METHOD' and 'METHOD (tta)' are member 0 (one head, the seed of the split) and "
                          "'METHOD (ensemble K)' the mean of the K members' probabilities, from the same trained heads")
+    ap.add_argument("--committee", action="store_true",
+                    help="also record 'committee' rows: the mean probability of the FixMatch, FlexMatch, FreeMatch and "
+                         "SoftMatch heads trained on the split (each its ensemble), plain and with --tta")
     ap.add_argument("--suffix", default="", help="appended to the semi-supervised methods' names in the records")
     ap.add_argument("--tau", type=float, default=None, help="FixMatch/FlexMatch threshold (default: the paper's 0.95)")
     ap.add_argument("--end-to-end", default="", help="DATASET:BUDGET:SEED:METHOD:EPOCHS cells trained end to end")
@@ -293,7 +300,7 @@ def main() -> None:
                     t = time.perf_counter()
                     pt = view_averaged_proba(predict, cut(sp["test"]))
                     pu = view_averaged_proba(predict, cut(sp["unl"]))
-                    rec = dict(base, method=m + tag + " (tta)" + (args.suffix if m in SEMI else ""),
+                    rec = dict(base, method=m + tag + " (tta)" + (args.suffix if m in (*SEMI, "committee") else ""),
                                accuracy=float((pt.argmax(1) == yt).mean()),
                                pool_accuracy=float((pu.argmax(1) == y[sp["unl"]]).mean()),
                                seconds=seconds + time.perf_counter() - t)
@@ -301,6 +308,7 @@ def main() -> None:
                     log(f"{ds} {b}/class seed {seed} {m}{tag} (tta): {100 * rec['accuracy']:.1f} % "
                         f"pool {100 * rec['pool_accuracy']:.1f} %")
 
+                trained: dict[str, object] = {}  # semi-supervised method -> its head, for --committee
                 for m in methods:
                     t = time.perf_counter()
                     rec = dict(base, method=m + (args.suffix if m in SEMI else ""))
@@ -352,6 +360,7 @@ def main() -> None:
                         whole = train_semi_head(cut(sp["lab"]), y[sp["lab"]], cut(sp["unl"]), m, n_classes=C,
                                                 config=cfg, **kw)
                         fit = whole.members[0] if whole.members else whole  # the plain rows: member 0, one head
+                        trained[m] = whole
                         rec["calibrate"] = cfg.calibrate
                         with torch.no_grad():
                             pt = torch.softmax(fit.head(torch.as_tensor(X[sp["test"]])), 1).numpy()
@@ -386,6 +395,16 @@ def main() -> None:
                     put(rec)
                     log(f"{ds} {b}/class seed {seed} {m}: {100 * rec['accuracy']:.1f} % ({rec['seconds']:.1f} s)"
                         + (f" pool {100 * rec['pool_accuracy']:.1f} %" if "pool_accuracy" in rec else ""))
+                if args.committee and all(m in trained for m in COMMITTEE):
+                    preds = [head_proba(trained[m].head) for m in COMMITTEE]
+                    mean = lambda x: np.mean([p(x) for p in preds], axis=0)  # noqa: E731
+                    secs = float(sum(trained[m].seconds for m in COMMITTEE))
+                    pt, pu = mean(X[sp["test"]]), mean(X[sp["unl"]])
+                    put(dict(base, method="committee" + args.suffix, accuracy=float((pt.argmax(1) == yt).mean()),
+                             pool_accuracy=float((pu.argmax(1) == y[sp["unl"]]).mean()), seconds=secs))
+                    log(f"{ds} {b}/class seed {seed} committee: {100 * records[-1]['accuracy']:.1f} %")
+                    if args.tta:
+                        put_tta("committee", mean, secs)
     for cellspec in _csv(args.end_to_end):
         ds, b, seed, m, epochs = cellspec.split(":")
         b, seed, epochs = int(b), int(seed), int(epochs)
