@@ -137,16 +137,18 @@ def _tables(records: list[dict], key: str) -> list[str]:
             for m in [m for m in (*METHODS, *sorted({r["method"] for r in cell} - set(METHODS))) if m in by]:
                 rs = list(by[m].values())
                 acc = np.array([r[key] for r in rs]) * 100
+                bbt = {f" ({r['backbone']})" for r in rs if r.get("backbone")}
+                tag = bbt.pop() if len(bbt) == 1 else ""  # peers on the same backbone
+                st, ls, pr = "self-training" + tag, "label-spreading" + tag, "probe" + tag
                 wins = ""
-                if m not in ("self-training", "label-spreading") and "self-training" in by and "label-spreading" in by:
-                    seeds = [s for s in by[m] if s in by["self-training"] and s in by["label-spreading"]]
-                    w = sum(by[m][s][key] > max(by["self-training"][s][key], by["label-spreading"][s][key])
-                            for s in seeds)
+                if m not in (st, ls) and st in by and ls in by:
+                    seeds = [s for s in by[m] if s in by[st] and s in by[ls]]
+                    w = sum(by[m][s][key] > max(by[st][s][key], by[ls][s][key]) for s in seeds)
                     wins = f"{w}/{len(seeds)}"
                 below = ""
-                if m not in ("probe", "probe-auto") and "probe" in by:
-                    seeds = [s for s in by[m] if s in by["probe"]]
-                    below = str(sum(by[m][s][key] < by["probe"][s][key] for s in seeds))
+                if m not in (pr, "probe-auto" + tag) and pr in by:
+                    seeds = [s for s in by[m] if s in by[pr]]
+                    below = str(sum(by[m][s][key] < by[pr][s][key] for s in seeds))
                 pool = [r["pool_used"] for r in rs if r.get("pool_used") is not None]
                 pacc = [r["pseudo_acc"] for r in rs if r.get("pseudo_acc") is not None]
                 rows.append([b, m, len(rs), f"{acc.mean():.1f} ± {acc.std():.1f}", wins, below,
@@ -220,6 +222,9 @@ def main() -> None:
                     help="heads per semi-supervised method (SemiConfig(ensemble=K); default: SemiConfig's). With K > "
                          "1 the rows 'METHOD' and 'METHOD (tta)' are member 0 (one head, the seed of the split) and "
                          "'METHOD (ensemble K)' the mean of the K members' probabilities, from the same trained heads")
+    ap.add_argument("--backbone", default="lite0",
+                    help="the frozen backbone (default lite0); any other's rows are named 'METHOD ... (BACKBONE)' and "
+                         "compared with the probe and baselines on the same backbone")
     ap.add_argument("--committee", action="store_true",
                     help="also record 'committee' rows: the mean probability of the FixMatch, FlexMatch, FreeMatch and "
                          "SoftMatch heads trained on the split (each its ensemble), plain and with --tta")
@@ -267,7 +272,11 @@ def main() -> None:
         atomic_write_text(raw, json.dumps({"command": cmd, "machine": info, "records": records}, indent=1))
         atomic_write_text(out, render(records, info, cmd, args.dev))
 
+    bbtag = "" if args.backbone == "lite0" else f" ({args.backbone})"
+
     def put(rec: dict) -> None:
+        if bbtag:
+            rec.update(method=rec["method"] + bbtag, backbone=args.backbone)
         key = ("dataset", "budget", "seed", "method")
         records[:] = [r for r in records if tuple(r[k] for k in key) != tuple(rec[k] for k in key)]
         records.append(rec)
@@ -280,7 +289,7 @@ def main() -> None:
         source = load_data(ds)
         y = source.encoded_labels(source.classes)
         C = len(source.classes)
-        bb = create_backbone("lite0")
+        bb = create_backbone(args.backbone)
         if SIZES.get(ds):
             bb = bb.with_preprocessing(input_size=SIZES[ds])
         t = time.perf_counter()

@@ -124,3 +124,43 @@ def test_hub_backbones_fail_fast_offline():
     with pytest.raises(BackboneUnavailableError, match="hub"):
         create_backbone("timm:resnet18")
     assert time.perf_counter() - t < 30, "offline must fail quickly, not retry for minutes"
+
+
+def test_mid_level_taps(tmp_path):
+    """lite0+mid: lite0's penultimate features, then the sixth stage's pooled output rescaled to the same norm; saved
+    and loaded with its taps; a cache key of its own."""
+    from transferkit.backbones import load_backbone
+
+    a, b = create_backbone("lite0"), create_backbone("lite0+mid")
+    x = a.collate([a.transform()(make_image(2, 3)), a.transform()(make_image(0, 1))])
+    with torch.inference_mode():
+        fa, fb = a(x), b(x)
+        m = a.model
+        h = m.bn1(m.conv_stem(x))
+        for stage in m.blocks[:6]:
+            h = stage(h)
+        mid = h.mean((2, 3))
+    assert fb.shape == (2, 1280 + 192) and b.num_features == 1472
+    torch.testing.assert_close(fb[:, :1280], fa)
+    torch.testing.assert_close(fb[:, 1280:].norm(dim=1), fa.norm(dim=1))
+    torch.testing.assert_close(torch.nn.functional.cosine_similarity(fb[:, 1280:], mid), torch.ones(2))
+    assert a.identity_key() != b.identity_key()
+    c = load_backbone(b.save(tmp_path / "bb"))
+    assert c.taps == (5,) and c.num_features == 1472 and c.identity_key() == b.identity_key()
+    with torch.inference_mode():
+        torch.testing.assert_close(c(x), fb)
+
+
+def test_mid_level_taps_errors():
+    from transferkit.backbones.vision import TimmBackbone, create_timm
+
+    tiny = create_timm("test_efficientnet", pretrained=False)
+    n = len(tiny.blocks)
+    with pytest.raises(BackboneUnavailableError, match=rf"taps \[{n - 1}\] are not blocks .* \(0 \.\. {n - 2}\)"):
+        TimmBackbone(tiny, "t", "test_efficientnet", "none", taps=(n - 1,))
+    with pytest.raises(BackboneUnavailableError, match="EfficientNet-style"):
+        TimmBackbone(create_timm("resnet18", pretrained=False), "r", "resnet18", "none", taps=(1,))
+    ok = TimmBackbone(tiny, "t", "test_efficientnet", "none", taps=(0,))
+    with torch.inference_mode():
+        f = ok(torch.randn(2, 3, 32, 32))
+    assert ok.num_features == tiny.num_features + 16 and f.shape == (2, ok.num_features)

